@@ -1,0 +1,1 @@
+"""Analyses that read a run store: summaries, transitions, ablations."""

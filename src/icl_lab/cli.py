@@ -1,0 +1,192 @@
+"""The icl-lab command line: train, resume, eval, list, demo.
+
+Every user error (bad config, missing file, corrupt checkpoint, bad argument) prints one line and
+exits with code 2.
+"""
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import torch
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from icl_lab.errors import IclLabError
+
+app = typer.Typer(
+    help="icl-lab: train, clamp and dissect small models on in-context-learning tasks.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a config field: key.path=value (repeatable)."),
+]
+RunsDir = Annotated[Path, typer.Option(help="Directory holding run directories.")]
+Device = Annotated[str | None, typer.Option(help="Device to train on, e.g. cpu or cuda.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+
+
+def _overrides(overrides: list[str] | None, device: str | None) -> list[str]:
+    return [*(overrides or []), *([f"training.device={device}"] if device else [])]
+
+
+@app.command()
+def train(
+    config: Annotated[str, typer.Argument(help="Config YAML file, or the name of a bundled one.")],
+    set_: SetOption = None,
+    runs_dir: RunsDir = Path("runs"),
+    device: Device = None,
+    quiet: Quiet = False,
+) -> None:
+    """Train a model as a config describes; writes runs/<id>/."""
+    from icl_lab.experiment import load_config
+    from icl_lab.training.trainer import train as train_run
+
+    cfg = load_config(config, _overrides(set_, device))
+    run = train_run(cfg, str(runs_dir), progress=not quiet)
+    console.print(f"run complete: {run.path}")
+
+
+@app.command()
+def resume(
+    run: Annotated[Path, typer.Argument(help="Run directory.")],
+    device: Device = None,
+    quiet: Quiet = False,
+) -> None:
+    """Continue an interrupted run from its latest checkpoint, bit-identically on the CPU."""
+    from icl_lab.store.run import Run
+    from icl_lab.training.trainer import resume as resume_run
+
+    handle = Run.open(run)
+    if handle.status == "complete":
+        console.print(f"run {handle.id} is already complete")
+        return
+    if handle.status == "running":
+        raise IclLabError(f"run {handle.id} is still running (pid {handle.manifest.get('pid')})")
+    if device:
+        handle.config.training.device = device
+    resume_run(handle, progress=not quiet)
+    console.print(f"run complete: {handle.path}")
+
+
+@app.command(name="eval")
+def eval_(
+    run: Annotated[Path, typer.Argument(help="Run directory.")],
+    checkpoint: Annotated[int | None, typer.Option(help="Step of the checkpoint (default: latest).")] = None,
+    member: Annotated[int, typer.Option(help="Ensemble member.")] = 0,
+) -> None:
+    """Evaluate a checkpoint on every split and print its metrics."""
+    from icl_lab.evaluation import eval_batches, evaluate, metric_names
+    from icl_lab.experiment import build_task
+    from icl_lab.interventions.base import active_at, compile_clamps
+    from icl_lab.store.run import Run
+
+    handle = Run.open(run)
+    model = handle.model(checkpoint, member)
+    step = checkpoint if checkpoint is not None else handle.checkpoint_steps[-1]
+    cfg, task = handle.config, build_task(handle.config)
+    clamps = active_at(cfg.clamps, step) if cfg.eval.with_clamps else []
+    console.print(f"[bold]{handle.id}[/] step {step}, member {member}, seed {cfg.seed}")
+    for split, batch in eval_batches(cfg, task, cfg.seed, torch.device("cpu")).items():
+        hooks = compile_clamps(clamps, model, torch.ones(len(clamps), dtype=torch.bool), batch.meta)
+        values = evaluate(model, task, batch, metric_names(cfg, task), hooks)
+        console.print(_metrics_table(f"split {split} ({len(batch.inputs)} sequences)", values))
+
+
+def _metrics_table(title: str, values: dict[str, torch.Tensor]) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column("metric")
+    table.add_column("value / per head (rows: layers)")
+    for name, value in values.items():
+        if value.dim() == 0:
+            table.add_row(name, f"{value.item():.4f}")
+        else:
+            rows = ["  ".join(f"{v:6.3f}" for v in layer) for layer in value.tolist()]
+            table.add_row(name, "\n".join(rows))
+    return table
+
+
+class Listable(str, Enum):
+    tasks = "tasks"
+    models = "models"
+    metrics = "metrics"
+    clamps = "clamps"
+    runs = "runs"
+    experiments = "experiments"
+
+
+@app.command(name="list")
+def list_(
+    what: Annotated[Listable, typer.Argument(help="What to list.")],
+    runs_dir: RunsDir = Path("runs"),
+) -> None:
+    """List registered tasks, models, metrics, clamp kinds, bundled experiments or runs."""
+    from icl_lab.experiment import BUNDLED_CONFIGS
+    from icl_lab.interventions import CLAMPS
+    from icl_lab.metrics import METRICS
+    from icl_lab.models import MODELS
+    from icl_lab.store.run import list_runs
+    from icl_lab.tasks import TASKS
+
+    table = Table(show_header=True)
+    if what is Listable.runs:
+        for column in ("run", "status", "step", "created"):
+            table.add_column(column)
+        for r in list_runs(runs_dir):
+            total = r.manifest.get("total_steps", "?")
+            table.add_row(str(r.path), r.status, f"{r.manifest.get('last_checkpoint', 0)}/{total}", r.manifest["created"])
+    else:
+        table.add_column(what.value)
+        table.add_column("description")
+        entries = {
+            Listable.tasks: [(n, _first_line(c.__doc__)) for n, c in TASKS.items()],
+            Listable.models: [(n, _first_line(c.__doc__)) for n, c in MODELS.items()],
+            Listable.metrics: [(n, m.description) for n, m in METRICS.items()],
+            Listable.clamps: [(n, _first_line(c.__doc__)) for n, c in CLAMPS.items()],
+            Listable.experiments: [
+                (p.stem, _first_line(p.read_text().split("\n", 1)[0].lstrip("# ")))
+                for p in sorted(BUNDLED_CONFIGS.glob("*.yaml"))
+            ],
+        }[what]
+        for name, text in entries:
+            table.add_row(name, text)
+    console.print(table)
+
+
+def _first_line(text: str | None) -> str:
+    return (text or "").strip().splitlines()[0] if text else ""
+
+
+@app.command()
+def demo(
+    set_: SetOption = None,
+    runs_dir: RunsDir = Path("runs"),
+    device: Device = None,
+    quiet: Quiet = False,
+) -> None:
+    """Train the induction-head experiment and report when the induction heads formed."""
+    from icl_lab.analysis.induction import induction_summary
+    from icl_lab.experiment import load_config
+    from icl_lab.training.trainer import train as train_run
+
+    cfg = load_config("induction", _overrides(set_, device))
+    run = train_run(cfg, str(runs_dir), progress=not quiet)
+    console.print(f"run: {run.path}")
+    for line in induction_summary(run):
+        console.print(line)
+
+
+def main() -> None:
+    """Entry point: run the app, turning user errors into one line and exit code 2."""
+    try:
+        app()
+    except IclLabError as e:
+        err_console.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+        raise SystemExit(2) from None

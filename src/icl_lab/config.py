@@ -1,0 +1,160 @@
+"""Building blocks of experiment configs: strict pydantic bases, durations in steps/sequences/tokens."""
+
+import math
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+
+
+
+class StrictModel(BaseModel):
+    """A config section: unknown fields are errors, every field is validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+
+class Duration(StrictModel):
+    """A length of training given in exactly one unit: optimiser steps, sequences or tokens."""
+
+    steps: PositiveInt | None = None
+    sequences: PositiveInt | None = None
+    tokens: PositiveInt | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_int_is_steps(cls, value: object) -> object:
+        return {"steps": value} if isinstance(value, int) else value
+
+    @model_validator(mode="after")
+    def _exactly_one_unit(self) -> "Duration":
+        given = [u for u in ("steps", "sequences", "tokens") if getattr(self, u) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of steps, sequences, tokens")
+        return self
+
+    def to_steps(self, batch_size: int, tokens_per_sequence: int) -> int:
+        """Whole optimiser steps covering this duration (rounded up)."""
+        if self.steps is not None:
+            return self.steps
+        if self.sequences is not None:
+            return math.ceil(self.sequences / batch_size)
+        return math.ceil(self.tokens / (batch_size * tokens_per_sequence))
+
+
+class StepWindow(StrictModel):
+    """Steps [from, until) in which something is active; until=None means to the end."""
+
+    start: int = Field(0, ge=0, alias="from")
+    until: int | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "StepWindow":
+        if self.until is not None and self.until <= self.start:
+            raise ValueError(f"until ({self.until}) must be greater than from ({self.start})")
+        return self
+
+    def contains(self, step: int) -> bool:
+        return self.start <= step and (self.until is None or step < self.until)
+
+
+class OptimizerConfig(StrictModel):
+    """Optimiser and its hyper-parameters."""
+
+    name: Literal["sgd", "adam", "adamw"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0)
+    momentum: float = Field(0.0, ge=0, lt=1)
+
+
+class ScheduleConfig(StrictModel):
+    """Learning-rate schedule: constant, linear warm-up then constant, or warm-up then cosine decay."""
+
+    name: Literal["constant", "warmup", "cosine"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _warmup_needs_steps(self) -> "ScheduleConfig":
+        if self.name == "warmup" and self.warmup_steps == 0:
+            raise ValueError("schedule 'warmup' needs warmup_steps > 0")
+        return self
+
+
+class TrainingConfig(StrictModel):
+    """How long and how to optimise."""
+
+    optimizer: OptimizerConfig = OptimizerConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    batch_size: PositiveInt = 32
+    length: Duration = Duration(steps=1000)
+    grad_clip: float | None = Field(None, gt=0)
+    device: str = "cpu"
+    threads: PositiveInt = 1
+    log_every: PositiveInt = Field(10, description="steps between progress-bar updates")
+
+
+class EvalConfig(StrictModel):
+    """When and on what to evaluate; metrics go to metrics.parquet."""
+
+    every: Duration = Duration(steps=100)
+    batch_size: PositiveInt = 256
+    splits: list[str] | None = None
+    metrics: list[str] | None = None
+    with_clamps: bool = True
+
+
+class CheckpointConfig(StrictModel):
+    """When to write checkpoints (always also at the end of training)."""
+
+    every: Duration | None = None
+
+
+class TaskConfig(StrictModel):
+    """Base of every task's config; `name` selects the registered task."""
+
+    name: str
+
+
+class ModelConfig(StrictModel):
+    """Base of every model's config; `name` selects the registered model."""
+
+    name: str
+
+
+def format_validation_error(error: Exception, data: object = None) -> str:
+    """One line naming the failing field, from a pydantic ValidationError."""
+    from pydantic import ValidationError
+
+    if not isinstance(error, ValidationError):
+        return str(error)
+    first = error.errors()[0]
+    parts: list[str] = []
+    node = data
+    for key in first["loc"]:
+        # discriminated unions put the tag (e.g. the task name) in the location: leave it out
+        if isinstance(node, dict) and key not in node and key in (node.get("name"), node.get("kind")):
+            continue
+        parts.append(str(key))
+        if isinstance(node, dict):
+            node = node.get(key)
+        elif isinstance(node, list) and isinstance(key, int) and key < len(node):
+            node = node[key]
+        else:
+            node = None
+    where = ".".join(parts)
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown field"
+    elif first["type"] == "union_tag_invalid":
+        ctx = first["ctx"]
+        message = f"unknown choice {ctx['tag']!r} (known: {ctx['expected_tags']})"
+    elif first["type"] == "union_tag_not_found":
+        message = "needs a 'name' (or, for a clamp, 'kind') field"
+    elif first["type"] == "missing":
+        message = "field required"
+    elif "input" in first and first["type"] not in ("value_error", "assertion_error"):
+        shown = repr(first["input"])
+        message += f" (got {shown if len(shown) < 60 else shown[:57] + '...'})"
+    return f"config error: {where}: {message}" if where else f"config error: {message}"

@@ -1,0 +1,48 @@
+"""One evaluation pass: run a model on a batch, cache the hooks its metrics read, compute them."""
+
+import torch
+from torch import Tensor
+
+from icl_lab.experiment import ExperimentConfig
+from icl_lab.metrics import METRICS, EvalContext
+from icl_lab.models import Model
+from icl_lab.models.hooks import HookFn
+from icl_lab.seeding import generator
+from icl_lab.tasks import Batch, Task
+
+
+def metric_names(config: ExperimentConfig, task: Task) -> list[str]:
+    """The metrics a run evaluates: the config's list, else the task's defaults."""
+    return config.eval.metrics or list(task.default_metrics)
+
+
+def eval_batches(config: ExperimentConfig, task: Task, seed: int, device: torch.device) -> dict[str, Batch]:
+    """The fixed evaluation batch of every split; it depends only on the seed and the split name."""
+    samplers = task.eval_splits()
+    return {
+        split: samplers[split](config.eval.batch_size, generator(seed, "eval", split, device=device))
+        for split in config.eval.splits or type(task).split_names(config.task)
+    }
+
+
+@torch.no_grad()
+def evaluate(
+    model: Model,
+    task: Task,
+    batch: Batch,
+    metrics: list[str],
+    hooks: list[tuple[str, HookFn]] = (),
+) -> dict[str, Tensor]:
+    """{metric: value} for one batch; values are 0-d or (n_layers, n_heads) tensors.
+
+    `hooks` (e.g. compiled clamps) run before the cache reads the activations.
+    """
+    wanted = {h for name in metrics for h in METRICS.get(name).hooks}
+    names = {f"blocks.{layer}.{h}" for h in wanted for layer in range(model.n_layers)}
+    with model.hooks(hooks):
+        logits, cache = model.run_with_cache(batch.inputs, names_filter=names.__contains__)
+    ctx = EvalContext(model, task, batch, logits, cache)
+    values: dict[str, Tensor] = {}
+    for name in metrics:
+        values.update(METRICS.get(name).fn(ctx))
+    return values

@@ -1,0 +1,176 @@
+"""The one experiment config (task, model, clamps, training, eval, checkpointing) and its builders."""
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Union
+
+import torch
+import yaml
+from pydantic import Discriminator, Field, Tag, ValidationError, model_validator
+
+from icl_lab.config import (
+    CheckpointConfig,
+    EvalConfig,
+    StrictModel,
+    TrainingConfig,
+    format_validation_error,
+)
+from icl_lab.errors import ConfigError
+from icl_lab.interventions import CLAMPS
+from icl_lab.metrics import METRICS
+from icl_lab.models import MODELS, Model
+from icl_lab.registry import Registry
+from icl_lab.tasks import TASKS, Task
+
+BUNDLED_CONFIGS = Path(__file__).parent / "configs"
+
+
+def _tagged_union(registry: Registry[Any], field: str, config_of: Any) -> Any:
+    """A pydantic union of the registered config classes, chosen by the value of `field`."""
+    members = tuple(Annotated[config_of(cls), Tag(name)] for name, cls in registry.items())
+
+    def tag(value: object) -> str | None:
+        return value.get(field) if isinstance(value, dict) else getattr(value, field, None)
+
+    return Annotated[Union[members], Discriminator(tag)]  # noqa: UP007 - a runtime-built union
+
+
+TaskSection = _tagged_union(TASKS, "name", lambda cls: cls.Config)
+ModelSection = _tagged_union(MODELS, "name", lambda cls: cls.Config)
+ClampSection = _tagged_union(CLAMPS, "kind", lambda cls: cls)
+
+
+class ExperimentConfig(StrictModel):
+    """Everything that defines a run; validated as a whole before any work starts."""
+
+    name: str = Field("experiment", pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: int = Field(0, ge=0)
+    task: TaskSection
+    model: ModelSection
+    training: TrainingConfig = TrainingConfig()
+    eval: EvalConfig = EvalConfig()
+    checkpointing: CheckpointConfig = CheckpointConfig()
+    clamps: list[ClampSection] = []
+
+    @model_validator(mode="after")
+    def _parts_fit_together(self) -> "ExperimentConfig":
+        task_cls = TASKS.get(self.task.name)
+        io = task_cls.io(self.task)
+        try:
+            self.model.check_io(io)
+        except ValueError as e:
+            raise ValueError(f"model: {e}") from None
+        model = build_model(self, device="meta")
+        for i, clamp in enumerate(self.clamps):
+            try:
+                clamp.check(model)
+            except ValueError as e:
+                raise ValueError(f"clamps.{i}: {e}") from None
+        splits = task_cls.split_names(self.task)
+        for split in self.eval.splits or []:
+            if split not in splits:
+                raise ValueError(f"eval.splits: task has no split {split!r} (it has {splits})")
+        for metric in self.eval.metrics or []:
+            if metric not in METRICS.names():
+                raise ValueError(f"eval.metrics: unknown metric {metric!r} (known: {METRICS.names()})")
+        if self.training.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"training.device: {self.training.device!r} requested but CUDA is absent")
+        return self
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json", by_alias=True), sort_keys=False)
+
+    def hash(self) -> str:
+        """Fingerprint of everything that determines the run's numbers (device and threads excluded)."""
+        data = self.model_dump(mode="json", by_alias=True)
+        del data["training"]["device"], data["training"]["threads"], data["training"]["log_every"]
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def build_task(config: ExperimentConfig, seed: int | None = None, device: str = "cpu") -> Task:
+    """The task of a config, seeded by the run seed unless another seed is given."""
+    return TASKS.get(config.task.name)(config.task, config.seed if seed is None else seed, device)
+
+
+def build_model(config: ExperimentConfig, device: str | torch.device = "cpu") -> Model:
+    """A freshly initialised model of a config (weights are set by the trainer from the seed)."""
+    io = TASKS.get(config.task.name).io(config.task)
+    with torch.device(device):
+        return MODELS.get(config.model.name)(config.model, io)
+
+
+def parse_overrides(overrides: list[str]) -> list[tuple[list[str], Any]]:
+    """'a.b=value' strings -> (path, YAML-parsed value) pairs."""
+    parsed = []
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"bad override {item!r}: expected key.path=value")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise ConfigError(f"bad override {item!r}: value is not valid YAML") from None
+        parsed.append((key.split("."), value))
+    return parsed
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set each key.path=value in a nested dict/list structure (list items by index)."""
+    for path, value in parse_overrides(overrides):
+        node: Any = data
+        for i, part in enumerate(path):
+            last = i == len(path) - 1
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(f"bad override {'.'.join(path)}: no list item {part!r}")
+                index: Any = int(part)
+            elif isinstance(node, dict):
+                index = part
+                if not last and not isinstance(node.get(part), dict | list):
+                    node[part] = {}
+            else:
+                raise ConfigError(f"bad override {'.'.join(path)}: {part!r} is not a section")
+            if last:
+                node[index] = value
+            else:
+                node = node[index]
+    return data
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A config file path, or the name of a config bundled with icl-lab (e.g. 'induction')."""
+    candidate = Path(path)
+    if candidate.is_file():
+        return candidate
+    bundled = BUNDLED_CONFIGS / f"{candidate.stem}.yaml"
+    if candidate.suffix in ("", ".yaml") and candidate.parent == Path(".") and bundled.is_file():
+        return bundled
+    raise ConfigError(f"config file not found: {path}")
+
+
+def validate_config(data: object) -> ExperimentConfig:
+    """A validated ExperimentConfig, or ConfigError with one line naming the field."""
+    if not isinstance(data, dict):
+        raise ConfigError("config error: the config must be a mapping of sections")
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, data)) from None
+
+
+def read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file {path} is not valid YAML{where}") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:
+    """Read a YAML config (or a bundled config's name), apply overrides, validate."""
+    data = read_yaml(resolve_config_path(path))
+    return validate_config(apply_overrides(data if data is not None else {}, list(overrides)))

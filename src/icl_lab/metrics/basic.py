@@ -1,0 +1,19 @@
+"""Loss and accuracy over the positions that carry a target."""
+
+from torch import Tensor
+
+from icl_lab.metrics.base import EvalContext, metric
+from icl_lab.tasks.base import masked_mean
+
+
+@metric("loss")
+def loss(ctx: EvalContext) -> dict[str, Tensor]:
+    """Mean cross-entropy (nats) over target positions."""
+    return {"loss": masked_mean(ctx.token_loss, ctx.batch.loss_mask)}
+
+
+@metric("accuracy")
+def accuracy(ctx: EvalContext) -> dict[str, Tensor]:
+    """Share of target positions where the arg-max prediction is the target."""
+    hits = ctx.output_logits.argmax(-1) == ctx.batch.targets
+    return {"accuracy": masked_mean(hits.float(), ctx.batch.loss_mask)}

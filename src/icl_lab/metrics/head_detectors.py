@@ -1,0 +1,76 @@
+"""Head detectors on TransformerLens' definitions, and the OV-circuit copying score.
+
+The detectors score a head by the attention mass it puts on a detection pattern built from the
+tokens, as TransformerLens' head_detector does with error_measure="mul", exclude_bos=False and
+exclude_current_token=False: score = sum(A * P) / sum(A) per sequence, averaged over sequences.
+Range [0, 1]; rows without any detection target count as 0, so a perfect induction head on a
+sequence whose second half repeats its first half scores about 0.5, not 1 (use prefix_matching for
+a score that ignores rows without a target).
+"""
+
+import torch
+from torch import Tensor
+
+from icl_lab.metrics.base import EvalContext, metric
+
+
+def previous_token_pattern(tokens: Tensor) -> Tensor:
+    """(B, T) -> (B, T, T): 1 at (i, i-1)."""
+    T = tokens.shape[-1]
+    eye = torch.eye(T - 1, device=tokens.device)
+    pattern = torch.zeros(T, T, device=tokens.device)
+    pattern[1:, :-1] = eye
+    return pattern.expand(tokens.shape[0], T, T)
+
+
+def duplicate_token_pattern(tokens: Tensor) -> Tensor:
+    """(B, T) -> (B, T, T): 1 at (i, j) for j < i with tokens[j] == tokens[i]."""
+    same = tokens[:, :, None] == tokens[:, None, :]
+    return same.float().tril(-1)
+
+
+def induction_pattern(tokens: Tensor) -> Tensor:
+    """(B, T) -> (B, T, T): 1 at (i, j + 1) for j < i with tokens[j] == tokens[i]."""
+    shifted = torch.zeros_like(duplicate_token_pattern(tokens))
+    shifted[:, :, 1:] = duplicate_token_pattern(tokens)[:, :, :-1]
+    return shifted.tril()
+
+
+def detector_score(pattern: Tensor, detection: Tensor) -> Tensor:
+    """pattern (L, B, H, T, T), detection (B, T, T) -> (L, H) TransformerLens 'mul' score."""
+    per_sequence = (pattern * detection[None, :, None]).sum((-1, -2)) / pattern.sum((-1, -2))
+    return per_sequence.mean(1)
+
+
+@metric("head_detectors", hooks=("attn.hook_pattern",))
+def head_detectors(ctx: EvalContext) -> dict[str, Tensor]:
+    """Per head: previous-token, duplicate-token and induction scores (TransformerLens definitions)."""
+    pattern = ctx.per_layer("attn.hook_pattern")
+    tokens = ctx.batch.inputs
+    return {
+        "previous_token_score": detector_score(pattern, previous_token_pattern(tokens)),
+        "duplicate_token_score": detector_score(pattern, duplicate_token_pattern(tokens)),
+        "induction_score": detector_score(pattern, induction_pattern(tokens)),
+    }
+
+
+def ov_copying_score(W_E: Tensor, W_V: Tensor, W_O: Tensor, W_U: Tensor) -> Tensor:
+    """Per head: sum(eigenvalues) / sum(|eigenvalues|) of the OV circuit W_E W_V W_O W_U (vocab x vocab).
+
+    W_V: (L, H, d, e), W_O: (L, H, e, d). Range [-1, 1]; 1 when every eigenvalue is positive (the
+    head copies its input token to the output). The nonzero eigenvalues of (W_E W_V)(W_O W_U) are
+    those of the small (W_O W_U)(W_E W_V), which is what is decomposed.
+    """
+    small = W_O @ W_U @ W_E @ W_V  # (L, H, e, e)
+    eig = torch.linalg.eigvals(small.double())
+    return (eig.sum(-1).real / eig.abs().sum(-1)).float()
+
+
+@metric("copying_eigenvalues")
+def copying_eigenvalues(ctx: EvalContext) -> dict[str, Tensor]:
+    """Per head: positive-eigenvalue share of W_U W_OV W_E (Olsson; ignores LayerNorm and MLPs)."""
+    model = ctx.model
+    blocks = [block.attn for block in model.blocks]
+    W_V = torch.stack([a.W_V for a in blocks])
+    W_O = torch.stack([a.W_O for a in blocks])
+    return {"copying_eigenvalue_score": ov_copying_score(model.embed.W_E, W_V, W_O, model.unembed.W_U)}

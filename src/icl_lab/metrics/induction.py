@@ -1,0 +1,71 @@
+"""Progress measures of induction on repeated random tokens (Olsson et al. 2022).
+
+They read the task's meta: `period` (length ell of the repeated segment, 0 when none) and
+`repeat_end` (first position after the repeated part). Position t predicts the token at t + 1.
+"""
+
+import torch
+from torch import Tensor
+
+from icl_lab.metrics.base import EvalContext, metric
+from icl_lab.tasks.base import masked_mean
+
+# Olsson et al. compare the loss at token 500 with token 50 of a 512-token context.
+EARLY, LATE = 50 / 512, 500 / 512
+
+
+def _positions(ctx: EvalContext) -> tuple[Tensor, Tensor, Tensor]:
+    T = ctx.batch.inputs.shape[1]
+    pos = torch.arange(T, device=ctx.batch.inputs.device)[None]  # (1, T)
+    return pos, ctx.batch.meta["period"][:, None], ctx.batch.meta["repeat_end"][:, None]
+
+
+@metric("icl_score")
+def icl_score(ctx: EvalContext) -> dict[str, Tensor]:
+    """Loss at the late token minus loss at the early token (500 and 50 of 512, scaled to the context).
+
+    Negative when later tokens are predicted better than early ones: in-context learning.
+    """
+    T = ctx.token_loss.shape[1]
+    early, late = round(EARLY * T), min(round(LATE * T), T - 2)
+    mean_loss = ctx.token_loss.mean(0)  # (T,)
+    return {
+        "icl_score": mean_loss[late] - mean_loss[early],
+        "loss_early_token": mean_loss[early],
+        "loss_late_token": mean_loss[late],
+    }
+
+
+@metric("copying")
+def copying(ctx: EvalContext) -> dict[str, Tensor]:
+    """Loss on predicting the repeated copies (from the second token of the second copy on) vs the
+    first copy; the drop (first - repeat, nats) measures copying."""
+    pos, period, end = _positions(ctx)
+    target = pos + 1
+    first = (target >= 1) & (target < period)
+    repeat = (target > period) & (target < end)
+    loss_first = masked_mean(ctx.token_loss, first)
+    loss_repeat = masked_mean(ctx.token_loss, repeat)
+    return {
+        "copy_loss_first": loss_first,
+        "copy_loss_repeat": loss_repeat,
+        "copy_loss_drop": loss_first - loss_repeat,
+    }
+
+
+@metric("prefix_matching", hooks=("attn.hook_pattern",))
+def prefix_matching(ctx: EvalContext) -> dict[str, Tensor]:
+    """Per head: attention from each token of a later copy to the tokens that followed its earlier
+    occurrences (Olsson's prefix matching), averaged over those tokens. Range [0, 1]; a perfect
+    induction head scores 1 however it spreads its attention over the earlier copies."""
+    pattern = ctx.per_layer("attn.hook_pattern")  # (L, B, H, T, T)
+    pos, period, end = _positions(ctx)
+    query, key = pos[:, :, None], pos[:, None, :]  # (1, T, 1), (1, 1, T)
+    ell = period[:, :, None].clamp(min=1)  # (B, 1, 1)
+    rows = (period > 0) & (pos >= period) & (pos < end)  # (B, T): queries inside a later copy
+    # key j follows an earlier occurrence of query i's token: j = i + 1 - k * ell for some k >= 1
+    follows = ((query + 1 - key) % ell == 0) & (query + 1 - key >= ell) & (key >= 1)
+    targets = (follows & rows[:, :, None]).to(pattern.dtype)  # (B, T, T)
+    mass = (pattern * targets[None, :, None]).sum(-1)  # (L, B, H, T)
+    n_rows = rows.sum()
+    return {"prefix_matching": mass.sum((1, 3)) / n_rows}

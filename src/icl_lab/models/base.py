@@ -1,0 +1,40 @@
+"""What a model must offer, what a task tells it about its inputs and outputs, and the registry."""
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from torch import Tensor
+
+from icl_lab.config import ModelConfig
+from icl_lab.models.hooks import HookedModule
+from icl_lab.registry import Registry
+
+
+@dataclass(frozen=True)
+class ModelIO:
+    """The shape contract between a task and a model.
+
+    Exactly one of d_vocab (token-id input) and d_input (vector input) is set. target_positions is
+    None when every position carries a target, else the positions that do (negative counts from the end).
+    """
+
+    n_ctx: int
+    d_out: int
+    d_vocab: int | None = None
+    d_input: int | None = None
+    target_positions: tuple[int, ...] | None = None
+
+
+class Model(HookedModule):
+    """A hookable sequence model: inputs (batch, pos) ids or (batch, pos, d_input) -> logits."""
+
+    Config: ClassVar[type[ModelConfig]]
+    io: ModelIO
+    n_layers: int
+    n_heads: int
+
+    def forward(self, inputs: Tensor) -> Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+MODELS: Registry[type[Model]] = Registry("model")

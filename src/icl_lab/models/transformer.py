@@ -1,0 +1,287 @@
+"""A decoder-only causal transformer whose variants (the papers' models) are all configuration.
+
+Parameter names and shapes follow TransformerLens (W_Q: head, d_model, d_head; W_O: head, d_head,
+d_model; ...), and so do hook names and activation layouts (hook_z: batch, pos, head, d_head;
+hook_pattern: batch, head, query, key). Read top to bottom: norm -> attention -> MLP -> block -> model.
+"""
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, PositiveInt, model_validator
+from torch import Tensor, nn
+
+from icl_lab.config import ModelConfig, StrictModel
+from icl_lab.models.base import MODELS, Model, ModelIO
+from icl_lab.models.hooks import HookPoint
+
+
+class ReadoutConfig(StrictModel):
+    """Logits read out at chosen positions only, through an optional ReLU MLP."""
+
+    positions: list[int] = [-1]
+    hidden: list[PositiveInt] = Field(default_factory=list, description="widths of hidden layers")
+
+
+class TransformerConfig(ModelConfig):
+    """Shape and variant of the transformer; input/output sizes come from the task."""
+
+    name: Literal["transformer"] = "transformer"
+    n_layers: PositiveInt = 2
+    n_heads: PositiveInt = 4
+    d_model: PositiveInt = 64
+    d_head: PositiveInt | None = Field(None, description="default: d_model // n_heads")
+    attn_only: bool = False
+    d_mlp: PositiveInt | None = Field(None, description="default: 4 * d_model")
+    act_fn: Literal["relu", "gelu"] = "gelu"
+    norm: Literal["none", "pre", "post"] = "pre"
+    final_norm: bool | None = Field(None, description="LayerNorm before the output; default: norm == pre")
+    positional: Literal["learned", "sinusoidal", "rope", "none"] = "learned"
+    rope_base: float = Field(10000.0, gt=0)
+    attn_scale: bool = Field(True, description="divide attention scores by sqrt(d_head)")
+    bias: bool = Field(True, description="biases on attention, MLP and read-in/out maps")
+    readout: ReadoutConfig | None = None
+    init_std: float = Field(0.02, gt=0)
+
+    @model_validator(mode="after")
+    def _head_size(self) -> "TransformerConfig":
+        if self.d_head is None and self.d_model % self.n_heads:
+            raise ValueError(
+                f"d_model ({self.d_model}) is not divisible by n_heads ({self.n_heads}); set d_head"
+            )
+        if self.positional == "rope" and self.head_dim % 2:
+            raise ValueError(f"rope needs an even d_head (got {self.head_dim})")
+        return self
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_head or self.d_model // self.n_heads
+
+    def check_io(self, io: ModelIO) -> None:
+        """Raise ValueError if this model cannot serve the task's inputs and targets."""
+        if self.readout is None:
+            return
+        for p in self.readout.positions:
+            if not -io.n_ctx <= p < io.n_ctx:
+                raise ValueError(f"readout position {p} is outside a context of {io.n_ctx}")
+        wanted = io.target_positions
+        if wanted is None or [p % io.n_ctx for p in self.readout.positions] != [
+            p % io.n_ctx for p in wanted
+        ]:
+            raise ValueError(
+                f"readout positions {self.readout.positions} differ from the task's target "
+                f"positions {list(wanted) if wanted else 'every position'}"
+            )
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with TransformerLens parameter names (w, b)."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(d))
+        self.b = nn.Parameter(torch.zeros(d))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.layer_norm(x, self.w.shape, self.w, self.b, 1e-5)
+
+
+def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotary embedding (rotate-half form) of x: (batch, pos, head, d_head)."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+class Attention(nn.Module):
+    """Multi-head causal self-attention with per-head hook points."""
+
+    def __init__(self, cfg: TransformerConfig, n_ctx: int) -> None:
+        super().__init__()
+        H, d, e = cfg.n_heads, cfg.d_model, cfg.head_dim
+        self.W_Q = nn.Parameter(torch.empty(H, d, e))
+        self.W_K = nn.Parameter(torch.empty(H, d, e))
+        self.W_V = nn.Parameter(torch.empty(H, d, e))
+        self.W_O = nn.Parameter(torch.empty(H, e, d))
+        if cfg.bias:
+            self.b_Q = nn.Parameter(torch.zeros(H, e))
+            self.b_K = nn.Parameter(torch.zeros(H, e))
+            self.b_V = nn.Parameter(torch.zeros(H, e))
+            self.b_O = nn.Parameter(torch.zeros(d))
+        self.bias = cfg.bias
+        self.scale = 1 / math.sqrt(e) if cfg.attn_scale else 1.0
+        self.register_buffer("mask", torch.ones(n_ctx, n_ctx).tril().bool(), persistent=False)
+        self.rope = cfg.positional == "rope"
+        if self.rope:
+            freq = cfg.rope_base ** (-torch.arange(0, e, 2).float() / e)
+            angle = torch.arange(n_ctx).float()[:, None] * torch.cat([freq, freq])[None]  # (T, e)
+            self.register_buffer("rope_cos", angle.cos()[:, None], persistent=False)  # (T, 1, e)
+            self.register_buffer("rope_sin", angle.sin()[:, None], persistent=False)
+            self.hook_rot_q, self.hook_rot_k = HookPoint(), HookPoint()
+        self.hook_q, self.hook_k, self.hook_v = HookPoint(), HookPoint(), HookPoint()
+        self.hook_attn_scores, self.hook_pattern = HookPoint(), HookPoint()
+        self.hook_z = HookPoint()
+
+    def forward(self, x: Tensor) -> Tensor:
+        T, H = x.shape[1], self.W_Q.shape[0]
+        W = torch.cat([self.W_Q, self.W_K, self.W_V])  # (3H, d, e): one matmul for q, k and v
+        qkv = torch.einsum("btd,hde->bthe", x, W)  # (B, T, 3H, e)
+        if self.bias:
+            qkv = qkv + torch.cat([self.b_Q, self.b_K, self.b_V])
+        q = self.hook_q(qkv[:, :, :H])
+        k = self.hook_k(qkv[:, :, H : 2 * H])
+        v = self.hook_v(qkv[:, :, 2 * H :])
+        if self.rope:
+            cos, sin = self.rope_cos[:T], self.rope_sin[:T]
+            q = self.hook_rot_q(rotate(q, cos, sin))
+            k = self.hook_rot_k(rotate(k, cos, sin))
+        if self.hook_attn_scores.fns or self.hook_pattern.fns:
+            scores = torch.einsum("bqhe,bkhe->bhqk", q, k) * self.scale  # (B, H, T, T)
+            scores = self.hook_attn_scores(scores.masked_fill(~self.mask[:T, :T], float("-inf")))
+            pattern = self.hook_pattern(scores.softmax(dim=-1))
+            z = torch.einsum("bhqk,bkhe->bqhe", pattern, v)
+        else:  # nobody looks at the pattern: the fused kernel computes the same thing faster
+            z = F.scaled_dot_product_attention(
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True, scale=self.scale
+            ).transpose(1, 2)
+        z = self.hook_z(z)  # (B, T, H, e)
+        out = torch.einsum("bqhe,hem->bqm", z, self.W_O)
+        return out + self.b_O if self.bias else out
+
+
+class MLP(nn.Module):
+    """Two-layer perceptron with TransformerLens names (W_in, W_out)."""
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        d_mlp = cfg.d_mlp or 4 * cfg.d_model
+        self.W_in = nn.Parameter(torch.empty(cfg.d_model, d_mlp))
+        self.W_out = nn.Parameter(torch.empty(d_mlp, cfg.d_model))
+        self.b_in = nn.Parameter(torch.zeros(d_mlp)) if cfg.bias else None
+        self.b_out = nn.Parameter(torch.zeros(cfg.d_model)) if cfg.bias else None
+        self.act = F.relu if cfg.act_fn == "relu" else F.gelu
+        self.hook_pre, self.hook_post = HookPoint(), HookPoint()
+
+    def forward(self, x: Tensor) -> Tensor:
+        pre = x @ self.W_in
+        post = self.hook_post(self.act(self.hook_pre(pre if self.b_in is None else pre + self.b_in)))
+        out = post @ self.W_out
+        return out if self.b_out is None else out + self.b_out
+
+
+class Block(nn.Module):
+    """Attention (+ MLP) with residual connections and pre-, post- or no LayerNorm."""
+
+    def __init__(self, cfg: TransformerConfig, n_ctx: int) -> None:
+        super().__init__()
+        self.norm = cfg.norm
+        self.ln1 = LayerNorm(cfg.d_model) if cfg.norm != "none" else nn.Identity()
+        self.attn = Attention(cfg, n_ctx)
+        self.mlp = None if cfg.attn_only else MLP(cfg)
+        if self.mlp is not None:
+            self.ln2 = LayerNorm(cfg.d_model) if cfg.norm != "none" else nn.Identity()
+            self.hook_resid_mid, self.hook_mlp_out = HookPoint(), HookPoint()
+        self.hook_resid_pre, self.hook_attn_out, self.hook_resid_post = HookPoint(), HookPoint(), HookPoint()
+
+    def forward(self, x: Tensor) -> Tensor:
+        pre = self.norm == "pre"
+        x = self.hook_resid_pre(x)
+        x = x + self.hook_attn_out(self.attn(self.ln1(x) if pre else x))
+        if self.norm == "post":
+            x = self.ln1(x)
+        if self.mlp is not None:
+            x = self.hook_resid_mid(x)
+            x = x + self.hook_mlp_out(self.mlp(self.ln2(x) if pre else x))
+            if self.norm == "post":
+                x = self.ln2(x)
+        return self.hook_resid_post(x)
+
+
+def sinusoidal(n_ctx: int, d: int) -> Tensor:
+    """Fixed sine/cosine position codes of Vaswani et al.: (n_ctx, d)."""
+    pos = torch.arange(n_ctx).float()[:, None]
+    freq = torch.exp(-math.log(10000.0) * torch.arange(0, d, 2).float() / d)
+    codes = torch.zeros(n_ctx, d)
+    codes[:, 0::2] = torch.sin(pos * freq)
+    codes[:, 1::2] = torch.cos(pos * freq)[:, : d // 2]
+    return codes
+
+
+@MODELS.register("transformer")
+class Transformer(Model):
+    """Decoder-only transformer: token embedding or linear read-in -> blocks -> unembed or readout."""
+
+    Config = TransformerConfig
+
+    def __init__(self, cfg: TransformerConfig, io: ModelIO) -> None:
+        super().__init__()
+        self.cfg, self.io = cfg, io
+        self.n_layers, self.n_heads = cfg.n_layers, cfg.n_heads
+        d = cfg.d_model
+        self.embed = nn.Module()
+        if io.d_vocab is not None:
+            self.embed.W_E = nn.Parameter(torch.empty(io.d_vocab, d))
+        else:
+            self.embed.W_E = nn.Parameter(torch.empty(io.d_input, d))
+            self.embed.b_E = nn.Parameter(torch.zeros(d)) if cfg.bias else None
+        self.hook_embed = HookPoint()
+        if cfg.positional == "learned":
+            self.pos_embed = nn.Module()
+            self.pos_embed.W_pos = nn.Parameter(torch.empty(io.n_ctx, d))
+        elif cfg.positional == "sinusoidal":
+            self.register_buffer("pos_codes", sinusoidal(io.n_ctx, d), persistent=False)
+        self.hook_pos_embed = HookPoint()
+        self.blocks = nn.ModuleList([Block(cfg, io.n_ctx) for _ in range(cfg.n_layers)])
+        final_norm = cfg.norm == "pre" if cfg.final_norm is None else cfg.final_norm
+        self.ln_final = LayerNorm(d) if final_norm else nn.Identity()
+        self.readout_positions = cfg.readout.positions if cfg.readout else None
+        widths = [d, *(cfg.readout.hidden if cfg.readout else [])]
+        self.readout = nn.ModuleList(
+            [nn.Linear(a, b, bias=cfg.bias) for a, b in zip(widths[:-1], widths[1:], strict=True)]
+        )
+        self.unembed = nn.Module()
+        self.unembed.W_U = nn.Parameter(torch.empty(widths[-1], io.d_out))
+        self.unembed.b_U = nn.Parameter(torch.zeros(io.d_out)) if cfg.bias else None
+        self.hook_logits = HookPoint()
+        self.setup_hooks()
+        self.reset_parameters()
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Weights ~ N(0, init_std); readout MLP layers He-initialised; biases 0, LayerNorm gains 1."""
+        for name, p in self.named_parameters():
+            if name.startswith("readout.") and name.endswith("weight"):
+                nn.init.normal_(p, 0.0, math.sqrt(2 / p.shape[1]), generator=generator)
+            elif name.split(".")[-1].startswith("W_"):
+                nn.init.normal_(p, 0.0, self.cfg.init_std, generator=generator)
+            elif name.endswith(".w"):
+                nn.init.ones_(p)
+            else:
+                nn.init.zeros_(p)
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        """inputs: (B, T) token ids or (B, T, d_input) vectors -> logits (B, T or P, d_out)."""
+        if self.io.d_vocab is not None:
+            x = F.embedding(inputs, self.embed.W_E)
+        else:
+            x = inputs @ self.embed.W_E
+            if self.embed.b_E is not None:
+                x = x + self.embed.b_E
+        x = self.hook_embed(x)  # (B, T, d_model)
+        T = x.shape[1]
+        if self.cfg.positional == "learned":
+            x = x + self.hook_pos_embed(self.pos_embed.W_pos[:T])
+        elif self.cfg.positional == "sinusoidal":
+            x = x + self.hook_pos_embed(self.pos_codes[:T])
+        for block in self.blocks:
+            x = block(x)
+        x = self.ln_final(x)
+        if self.readout_positions is not None:
+            x = x[:, self.readout_positions]  # (B, P, d_model)
+            for layer in self.readout:
+                x = F.relu(layer(x))
+        logits = x @ self.unembed.W_U
+        if self.unembed.b_U is not None:
+            logits = logits + self.unembed.b_U
+        return self.hook_logits(logits)

@@ -1,0 +1,96 @@
+"""Checkpoints: a safetensors file of tensors plus a JSON sidecar, verified on load.
+
+The tensors file holds parameters (with the member axis first), optimiser state and RNG states;
+the sidecar holds the step, units, config hash, the tensors file's SHA-256 and non-tensor state.
+The sidecar is renamed into place last, so a checkpoint without one never counts.
+"""
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from icl_lab.errors import CheckpointError
+from icl_lab.store.files import atomic_write, atomic_write_text, sha256_of
+
+FORMAT = "icl-lab-checkpoint/1"
+_NAME = re.compile(r"^step_(\d{9})\.json$")
+
+
+@dataclass
+class Checkpoint:
+    """Tensors and sidecar information of one checkpoint."""
+
+    tensors: dict[str, Tensor]
+    info: dict[str, Any]
+
+    @property
+    def step(self) -> int:
+        return int(self.info["step"])
+
+    def group(self, prefix: str) -> dict[str, Tensor]:
+        """Tensors under 'prefix/', keyed by the rest of their name."""
+        start = f"{prefix}/"
+        return {k[len(start) :]: v for k, v in self.tensors.items() if k.startswith(start)}
+
+
+def checkpoint_paths(directory: Path, step: int) -> tuple[Path, Path]:
+    stem = f"step_{step:09d}"
+    return directory / f"{stem}.safetensors", directory / f"{stem}.json"
+
+
+def list_steps(directory: Path) -> list[int]:
+    """Steps of the checkpoints whose sidecar is in place, ascending."""
+    if not directory.is_dir():
+        return []
+    return sorted(int(m.group(1)) for p in directory.iterdir() if (m := _NAME.match(p.name)))
+
+
+def save_checkpoint(directory: Path, step: int, tensors: dict[str, Tensor], info: dict) -> None:
+    """Write the tensors, then the sidecar naming their checksum; both atomically."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tensor_path, sidecar_path = checkpoint_paths(directory, step)
+    contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    atomic_write(tensor_path, lambda tmp: save_file(contiguous, str(tmp), metadata={"format": FORMAT}))
+    sidecar = {
+        "format": FORMAT,
+        **info,
+        "step": step,
+        "file": tensor_path.name,
+        "sha256": sha256_of(tensor_path),
+    }
+    atomic_write_text(sidecar_path, json.dumps(sidecar, indent=1))
+
+
+def load_checkpoint(sidecar_path: Path, config_hash: str | None = None) -> Checkpoint:
+    """Read and verify a checkpoint; CheckpointError names what is wrong with it."""
+    if not sidecar_path.is_file():
+        raise CheckpointError(f"checkpoint sidecar not found: {sidecar_path}")
+    try:
+        info = json.loads(sidecar_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise CheckpointError(f"checkpoint sidecar {sidecar_path} is not valid JSON") from None
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        raise CheckpointError(f"{sidecar_path} is not an icl-lab checkpoint sidecar")
+    tensor_path = sidecar_path.with_name(str(info.get("file")))
+    if not tensor_path.is_file():
+        raise CheckpointError(f"checkpoint tensors file missing: {tensor_path}")
+    if sha256_of(tensor_path) != info.get("sha256"):
+        raise CheckpointError(
+            f"checkpoint {tensor_path} is corrupt or truncated (checksum does not match its sidecar)"
+        )
+    if config_hash is not None and info.get("config_hash") != config_hash:
+        raise CheckpointError(
+            f"checkpoint {tensor_path} belongs to another config "
+            f"(hash {info.get('config_hash')}, this run {config_hash})"
+        )
+    try:
+        tensors = load_file(str(tensor_path))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"checkpoint {tensor_path} cannot be read: {e}") from None
+    return Checkpoint(tensors, info)

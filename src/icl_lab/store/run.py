@@ -1,0 +1,186 @@
+"""A run directory: runs/<id>/{config.yaml, manifest.json, metrics.parquet, checkpoints/}.
+
+The manifest's status says whether the run is running, complete, interrupted or failed; only a run
+that finished training is ever marked complete.
+"""
+
+import json
+import os
+import secrets
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from icl_lab import __version__
+from icl_lab.errors import CheckpointError, IclLabError, RunStoreError
+from icl_lab.experiment import ExperimentConfig, build_model, read_yaml, validate_config
+from icl_lab.models import Model
+from icl_lab.tasks import TASKS
+from icl_lab.store.checkpoints import Checkpoint, checkpoint_paths, list_steps, load_checkpoint
+from icl_lab.store.files import atomic_write_text
+from icl_lab.store.metrics_table import read_metrics
+
+MANIFEST_FORMAT = "icl-lab-run/1"
+
+
+class Run:
+    """Handle on a run directory: its config, metrics table and checkpoints."""
+
+    def __init__(self, path: Path, config: ExperimentConfig, manifest: dict[str, Any]) -> None:
+        self.path, self.config, self.manifest = path, config, manifest
+
+    @classmethod
+    def create(cls, config: ExperimentConfig, runs_dir: str | Path = "runs") -> "Run":
+        """A new run directory for a validated config, marked running."""
+        runs = Path(runs_dir)
+        runs.mkdir(parents=True, exist_ok=True)
+        run_id = f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+        path = runs / run_id
+        path.mkdir()
+        atomic_write_text(path / "config.yaml", config.to_yaml())
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "id": run_id,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "config_hash": config.hash(),
+            "icl_lab_version": __version__,
+            "torch_version": torch.__version__,
+            "members": 1,
+        }
+        run = cls(path, config, manifest)
+        run.update_manifest(status="running")
+        return run
+
+    @classmethod
+    def open(cls, path: str | Path) -> "Run":
+        """Open an existing run directory; RunStoreError if it is not one."""
+        path = Path(path)
+        if not (path / "manifest.json").is_file():
+            raise RunStoreError(f"not a run directory (no manifest.json): {path}")
+        try:
+            manifest = json.loads((path / "manifest.json").read_text())
+        except json.JSONDecodeError:
+            raise RunStoreError(f"run manifest is not valid JSON: {path / 'manifest.json'}") from None
+        if manifest.get("format") != MANIFEST_FORMAT:
+            raise RunStoreError(f"not an icl-lab run (unknown manifest format): {path}")
+        if not (path / "config.yaml").is_file():
+            raise RunStoreError(f"run has no config.yaml: {path}")
+        return cls(path, validate_config(read_yaml(path / "config.yaml")), manifest)
+
+    @property
+    def id(self) -> str:
+        return self.path.name
+
+    @property
+    def status(self) -> str:
+        """complete, failed, interrupted, or running (if its process is still alive)."""
+        status = self.manifest.get("status", "unknown")
+        if status == "running" and not _alive(self.manifest.get("pid"), self.manifest.get("host")):
+            return "interrupted"
+        return status
+
+    def update_manifest(self, **fields: Any) -> None:
+        if fields.get("status") == "running":
+            fields |= {"pid": os.getpid(), "host": socket.gethostname()}
+        self.manifest.update(fields)
+        atomic_write_text(self.path / "manifest.json", json.dumps(self.manifest, indent=1))
+
+    # metrics -------------------------------------------------------------------------------
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.parquet"
+
+    @property
+    def metrics(self) -> pa.Table:
+        """All metric rows: step, sequences, tokens, wall_s, member, split, metric, head, value."""
+        return read_metrics(self.metrics_path)
+
+    def curve(
+        self, metric: str, split: str, head: str | None = None, member: int = 0
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(steps, values) of one metric on one split, for one head or a head-less metric."""
+        t = self.metrics
+        keep = pc.and_(
+            pc.and_(pc.equal(t["metric"], metric), pc.equal(t["split"], split)),
+            pc.equal(t["member"], member),
+        )
+        head_match = pc.is_null(t["head"]) if head is None else pc.equal(t["head"], head)
+        t = t.filter(pc.and_(keep, head_match)).sort_by("step")
+        return t["step"].to_numpy(), t["value"].to_numpy()
+
+    def units_at(self, step: int) -> tuple[int, int]:
+        """(sequences, tokens) seen by the end of a training step."""
+        sequences = step * self.config.training.batch_size
+        return sequences, sequences * self._tokens_per_sequence
+
+    @property
+    def _tokens_per_sequence(self) -> int:
+        return TASKS.get(self.config.task.name).io(self.config.task).n_ctx
+
+    # checkpoints ---------------------------------------------------------------------------
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def checkpoint_steps(self) -> list[int]:
+        return list_steps(self.checkpoint_dir)
+
+    def load_checkpoint(self, step: int | None = None) -> Checkpoint:
+        """The checkpoint at `step` (default: the latest), verified against this run's config."""
+        steps = self.checkpoint_steps
+        if not steps:
+            raise CheckpointError(f"run {self.id} has no checkpoints")
+        if step is None:
+            step = steps[-1]
+        elif step not in steps:
+            raise CheckpointError(f"run {self.id} has no checkpoint at step {step} (it has {steps})")
+        return load_checkpoint(checkpoint_paths(self.checkpoint_dir, step)[1], self.config.hash())
+
+    def model(self, step: int | None = None, member: int = 0) -> Model:
+        """The model of one member at a checkpoint (default: the latest), on the CPU."""
+        checkpoint = self.load_checkpoint(step)
+        model = build_model(self.config)
+        params = checkpoint.group("param")
+        expected = dict(model.named_parameters())
+        if set(params) != set(expected) or any(
+            params[k].shape[1:] != p.shape for k, p in expected.items()
+        ):
+            raise CheckpointError(f"checkpoint at step {checkpoint.step} does not fit this model")
+        if not 0 <= member < params[next(iter(params))].shape[0]:
+            raise CheckpointError(f"run {self.id} has no member {member}")
+        model.load_state_dict({k: v[member] for k, v in params.items()})
+        return model.eval()
+
+
+def _alive(pid: object, host: object) -> bool:
+    if host != socket.gethostname():
+        return True  # another machine's process cannot be checked from here
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def list_runs(runs_dir: str | Path = "runs") -> list[Run]:
+    """Every readable run under a directory, oldest first."""
+    runs = []
+    for path in sorted(Path(runs_dir).glob("*/manifest.json")):
+        try:
+            runs.append(Run.open(path.parent))
+        except IclLabError:  # an unreadable directory is skipped, not fatal to listing
+            continue
+    return runs

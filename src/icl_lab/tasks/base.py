@@ -1,0 +1,117 @@
+"""What a task is: a seeded, vectorised sampler of batches with named evaluation splits."""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from icl_lab.config import TaskConfig
+from icl_lab.models.base import ModelIO
+from icl_lab.registry import Registry
+
+
+@dataclass
+class Batch:
+    """One batch of sequences; every tensor's first axis is the sequence (or, stacked, the member).
+
+    targets and loss_mask have one entry per output position (every position, or the task's
+    target positions); meta holds what metrics need (e.g. the period of a repeat).
+    """
+
+    inputs: Tensor
+    targets: Tensor
+    loss_mask: Tensor
+    meta: dict[str, Tensor] = field(default_factory=dict)
+
+    def to(self, device: torch.device | str) -> "Batch":
+        return Batch(
+            self.inputs.to(device),
+            self.targets.to(device),
+            self.loss_mask.to(device),
+            {k: v.to(device) for k, v in self.meta.items()},
+        )
+
+    @staticmethod
+    def stack(batches: list["Batch"]) -> "Batch":
+        """Stack per-member batches along a new leading member axis."""
+        return Batch(
+            torch.stack([b.inputs for b in batches]),
+            torch.stack([b.targets for b in batches]),
+            torch.stack([b.loss_mask for b in batches]),
+            {k: torch.stack([b.meta[k] for b in batches]) for k in batches[0].meta},
+        )
+
+    def member(self, index: int) -> "Batch":
+        """The batch of one member of a stacked batch."""
+        return Batch(
+            self.inputs[index],
+            self.targets[index],
+            self.loss_mask[index],
+            {k: v[index] for k, v in self.meta.items()},
+        )
+
+
+Sampler = Callable[[int, torch.Generator], Batch]
+
+
+def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """Mean of values where mask is true (NaN when nothing is selected)."""
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum()
+
+
+def token_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    """Cross-entropy per output position: logits (..., C), targets (...) -> (...)."""
+    return F.cross_entropy(logits.flatten(0, -2), targets.flatten(), reduction="none").view(
+        targets.shape
+    )
+
+
+class Task:
+    """A seeded task; subclasses set Config and implement io, sample and eval_splits."""
+
+    Config: ClassVar[type[TaskConfig]]
+    default_metrics: ClassVar[tuple[str, ...]] = ("loss", "accuracy")
+    key_metric: ClassVar[tuple[str, str]] = ("loss", "min")
+    """(metric, how per-head values are summarised: max/min/mean) shown live in the progress bar"""
+
+    def __init__(self, config: TaskConfig, seed: int, device: torch.device | str = "cpu") -> None:
+        self.config, self.seed, self.device = config, seed, torch.device(device)
+
+    @classmethod
+    def io(cls, config: TaskConfig) -> ModelIO:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    @property
+    def tokens_per_sequence(self) -> int:
+        return self.io(self.config).n_ctx
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> Batch:  # pragma: no cover
+        raise NotImplementedError
+
+    @classmethod
+    def split_names(cls, config: TaskConfig) -> list[str]:
+        """Names of the evaluation splits a task with this config offers."""
+        return ["train"]
+
+    def eval_splits(self) -> dict[str, Sampler]:
+        """Named samplers of evaluation batches (keys as split_names); by default the training
+        distribution."""
+        return {"train": self.sample}
+
+    def output_logits(self, logits: Tensor) -> Tensor:
+        """The model's logits at the positions that carry targets: (B, P, C)."""
+        positions = self.io(self.config).target_positions
+        if positions is None or logits.shape[-2] == len(positions):
+            return logits
+        return logits[..., list(positions), :]
+
+    def loss(self, logits: Tensor, targets: Tensor, loss_mask: Tensor) -> Tensor:
+        """Scalar training loss of one member's batch."""
+        return masked_mean(token_cross_entropy(self.output_logits(logits), targets), loss_mask)
+
+
+TASKS: Registry[type[Task]] = Registry("task")

@@ -1,0 +1,1 @@
+"""Training: the one trainer (a run is an ensemble of one), optimisers and schedules."""
