@@ -4,7 +4,7 @@ Every user error (bad config, missing file, corrupt checkpoint, bad argument) pr
 exits with code 2.
 """
 
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -113,7 +113,7 @@ def _metrics_table(title: str, values: dict[str, torch.Tensor]) -> Table:
     return table
 
 
-class Listable(str, Enum):
+class Listable(StrEnum):
     tasks = "tasks"
     models = "models"
     metrics = "metrics"
@@ -141,7 +141,12 @@ def list_(
             table.add_column(column)
         for r in list_runs(runs_dir):
             total = r.manifest.get("total_steps", "?")
-            table.add_row(str(r.path), r.status, f"{r.manifest.get('last_checkpoint', 0)}/{total}", r.manifest["created"])
+            table.add_row(
+                str(r.path),
+                r.status,
+                f"{r.manifest.get('last_checkpoint', 0)}/{total}",
+                r.manifest["created"],
+            )
     else:
         table.add_column(what.value)
         table.add_column("description")

@@ -6,7 +6,6 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
 
-
 class StrictModel(BaseModel):
     """A config section: unknown fields are errors, every field is validated on assignment."""
 

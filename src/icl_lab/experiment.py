@@ -51,7 +51,7 @@ class ExperimentConfig(StrictModel):
     training: TrainingConfig = TrainingConfig()
     eval: EvalConfig = EvalConfig()
     checkpointing: CheckpointConfig = CheckpointConfig()
-    clamps: list[ClampSection] = []
+    clamps: list[ClampSection] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _parts_fit_together(self) -> "ExperimentConfig":
@@ -144,7 +144,7 @@ def resolve_config_path(path: str | Path) -> Path:
     if candidate.is_file():
         return candidate
     bundled = BUNDLED_CONFIGS / f"{candidate.stem}.yaml"
-    if candidate.suffix in ("", ".yaml") and candidate.parent == Path(".") and bundled.is_file():
+    if candidate.suffix in ("", ".yaml") and candidate.parent == Path() and bundled.is_file():
         return bundled
     raise ConfigError(f"config file not found: {path}")
 

@@ -8,8 +8,7 @@ from icl_lab.store.run import Run
 def best_head(run: Run, metric: str, split: str, layer: int) -> tuple[str, np.ndarray, np.ndarray]:
     """The head of `layer` with the highest final value of a per-head metric: (head, steps, values)."""
     curves = {
-        f"{layer}.{h}": run.curve(metric, split, head=f"{layer}.{h}")
-        for h in range(run.config.model.n_heads)
+        f"{layer}.{h}": run.curve(metric, split, head=f"{layer}.{h}") for h in range(run.config.model.n_heads)
     }
     head = max(curves, key=lambda h: curves[h][1][-1])
     return head, *curves[head]

@@ -72,9 +72,7 @@ def check_positions(positions: list[int] | None, n_ctx: int) -> None:
             raise ValueError(f"position {p} is outside a context of {n_ctx}")
 
 
-def head_position_mask(
-    act: Tensor, activation: str, heads: list[int], positions: list[int] | None
-) -> Tensor:
+def head_position_mask(act: Tensor, activation: str, heads: list[int], positions: list[int] | None) -> Tensor:
     """Bool mask broadcastable to act, true at the chosen heads and positions."""
     head_axis, pos_axis = HEAD_LAYOUTS[activation]
     H, T = act.shape[head_axis], act.shape[pos_axis]

@@ -39,7 +39,7 @@ class EvalContext:
 
     def per_layer(self, hook: str) -> Tensor:
         """blocks.{l}.{hook} stacked over layers: (n_layers, *activation shape)."""
-        return torch.stack([self.cache[f"blocks.{l}.{hook}"] for l in range(self.model.n_layers)])
+        return torch.stack([self.cache[f"blocks.{layer}.{hook}"] for layer in range(self.model.n_layers)])
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ d_model; ...), and so do hook names and activation layouts (hook_z: batch, pos, 
 hook_pattern: batch, head, query, key). Read top to bottom: norm -> attention -> MLP -> block -> model.
 """
 
+import itertools
 import math
 from typing import Literal
 
@@ -21,7 +22,7 @@ from icl_lab.models.hooks import HookPoint
 class ReadoutConfig(StrictModel):
     """Logits read out at chosen positions only, through an optional ReLU MLP."""
 
-    positions: list[int] = [-1]
+    positions: list[int] = Field(default_factory=lambda: [-1])
     hidden: list[PositiveInt] = Field(default_factory=list, description="widths of hidden layers")
 
 
@@ -67,9 +68,7 @@ class TransformerConfig(ModelConfig):
             if not -io.n_ctx <= p < io.n_ctx:
                 raise ValueError(f"readout position {p} is outside a context of {io.n_ctx}")
         wanted = io.target_positions
-        if wanted is None or [p % io.n_ctx for p in self.readout.positions] != [
-            p % io.n_ctx for p in wanted
-        ]:
+        if wanted is None or [p % io.n_ctx for p in self.readout.positions] != [p % io.n_ctx for p in wanted]:
             raise ValueError(
                 f"readout positions {self.readout.positions} differ from the task's target "
                 f"positions {list(wanted) if wanted else 'every position'}"
@@ -144,7 +143,11 @@ class Attention(nn.Module):
             z = torch.einsum("bhqk,bkhe->bqhe", pattern, v)
         else:  # nobody looks at the pattern: the fused kernel computes the same thing faster
             z = F.scaled_dot_product_attention(
-                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True, scale=self.scale
+                q.transpose(1, 2),
+                k.transpose(1, 2),
+                v.transpose(1, 2),
+                is_causal=True,
+                scale=self.scale,
             ).transpose(1, 2)
         z = self.hook_z(z)  # (B, T, H, e)
         out = torch.einsum("bqhe,hem->bqm", z, self.W_O)
@@ -183,7 +186,11 @@ class Block(nn.Module):
         if self.mlp is not None:
             self.ln2 = LayerNorm(cfg.d_model) if cfg.norm != "none" else nn.Identity()
             self.hook_resid_mid, self.hook_mlp_out = HookPoint(), HookPoint()
-        self.hook_resid_pre, self.hook_attn_out, self.hook_resid_post = HookPoint(), HookPoint(), HookPoint()
+        self.hook_resid_pre, self.hook_attn_out, self.hook_resid_post = (
+            HookPoint(),
+            HookPoint(),
+            HookPoint(),
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         pre = self.norm == "pre"
@@ -238,9 +245,7 @@ class Transformer(Model):
         self.ln_final = LayerNorm(d) if final_norm else nn.Identity()
         self.readout_positions = cfg.readout.positions if cfg.readout else None
         widths = [d, *(cfg.readout.hidden if cfg.readout else [])]
-        self.readout = nn.ModuleList(
-            [nn.Linear(a, b, bias=cfg.bias) for a, b in zip(widths[:-1], widths[1:], strict=True)]
-        )
+        self.readout = nn.ModuleList([nn.Linear(a, b, bias=cfg.bias) for a, b in itertools.pairwise(widths)])
         self.unembed = nn.Module()
         self.unembed.W_U = nn.Parameter(torch.empty(widths[-1], io.d_out))
         self.unembed.b_U = nn.Parameter(torch.zeros(io.d_out)) if cfg.bias else None
@@ -269,11 +274,9 @@ class Transformer(Model):
             if self.embed.b_E is not None:
                 x = x + self.embed.b_E
         x = self.hook_embed(x)  # (B, T, d_model)
-        T = x.shape[1]
-        if self.cfg.positional == "learned":
-            x = x + self.hook_pos_embed(self.pos_embed.W_pos[:T])
-        elif self.cfg.positional == "sinusoidal":
-            x = x + self.hook_pos_embed(self.pos_codes[:T])
+        if self.cfg.positional in ("learned", "sinusoidal"):
+            codes = self.pos_embed.W_pos if self.cfg.positional == "learned" else self.pos_codes
+            x = x + self.hook_pos_embed(codes[: x.shape[1]].expand_as(x))
         for block in self.blocks:
             x = block(x)
         x = self.ln_final(x)

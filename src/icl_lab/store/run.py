@@ -21,10 +21,10 @@ from icl_lab import __version__
 from icl_lab.errors import CheckpointError, IclLabError, RunStoreError
 from icl_lab.experiment import ExperimentConfig, build_model, read_yaml, validate_config
 from icl_lab.models import Model
-from icl_lab.tasks import TASKS
 from icl_lab.store.checkpoints import Checkpoint, checkpoint_paths, list_steps, load_checkpoint
 from icl_lab.store.files import atomic_write_text
 from icl_lab.store.metrics_table import read_metrics
+from icl_lab.tasks import TASKS
 
 MANIFEST_FORMAT = "icl-lab-run/1"
 
@@ -151,9 +151,7 @@ class Run:
         model = build_model(self.config)
         params = checkpoint.group("param")
         expected = dict(model.named_parameters())
-        if set(params) != set(expected) or any(
-            params[k].shape[1:] != p.shape for k, p in expected.items()
-        ):
+        if set(params) != set(expected) or any(params[k].shape[1:] != p.shape for k, p in expected.items()):
             raise CheckpointError(f"checkpoint at step {checkpoint.step} does not fit this model")
         if not 0 <= member < params[next(iter(params))].shape[0]:
             raise CheckpointError(f"run {self.id} has no member {member}")

@@ -65,9 +65,7 @@ def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
 
 def token_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     """Cross-entropy per output position: logits (..., C), targets (...) -> (...)."""
-    return F.cross_entropy(logits.flatten(0, -2), targets.flatten(), reduction="none").view(
-        targets.shape
-    )
+    return F.cross_entropy(logits.flatten(0, -2), targets.flatten(), reduction="none").view(targets.shape)
 
 
 class Task:

@@ -96,4 +96,3 @@ class InductionTask(Task):
         if self.config.background_share > 0:
             splits["repeated"] = lambda n, g: self._sample(n, g, 0.0)
         return splits
-

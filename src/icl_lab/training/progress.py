@@ -29,9 +29,7 @@ class TrainingProgress:
                 TimeRemainingColumn(),
             )
             self.bar.start()
-            self.task = self.bar.add_task(
-                self.description, total=self.total, completed=self.start, status=""
-            )
+            self.task = self.bar.add_task(self.description, total=self.total, completed=self.start, status="")
         return self
 
     def update(self, step: int, status: Callable[[], str]) -> None:

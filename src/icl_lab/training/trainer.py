@@ -13,15 +13,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import torch
 import pyarrow.compute as pc
+import torch
 from torch import Tensor
 from torch.func import functional_call, vmap
 
+from icl_lab.evaluation import eval_batches, evaluate, metric_names
 from icl_lab.experiment import ExperimentConfig, build_model, build_task
 from icl_lab.interventions import Clamp
 from icl_lab.interventions.base import compile_clamps
-from icl_lab.evaluation import eval_batches, evaluate, metric_names
 from icl_lab.seeding import generator
 from icl_lab.store.checkpoints import Checkpoint, save_checkpoint
 from icl_lab.store.metrics_table import MetricsLog
@@ -87,9 +87,7 @@ class Trainer:
         for m in self.members:
             self.model.reset_parameters(generator(m.seed, "init", device=self.device))
             per_member.append({k: p.detach().clone() for k, p in self.model.named_parameters()})
-        return {
-            k: torch.stack([p[k] for p in per_member]).requires_grad_() for k in per_member[0]
-        }
+        return {k: torch.stack([p[k] for p in per_member]).requires_grad_() for k in per_member[0]}
 
     def _eval_batches(self) -> dict[str, Batch]:
         """Fixed evaluation batches per split, stacked over members."""
@@ -128,7 +126,9 @@ class Trainer:
         clamps, on = self._active_clamps()
         task = self.tasks[0]
 
-        def member_loss(params: dict, inputs: Tensor, targets: Tensor, mask: Tensor, meta: dict, on: Tensor) -> Tensor:
+        def member_loss(
+            params: dict, inputs: Tensor, targets: Tensor, mask: Tensor, meta: dict, on: Tensor
+        ) -> Tensor:
             with self.model.hooks(compile_clamps(clamps, self.model, on, meta)):
                 logits = functional_call(self.model, params, (inputs,))
             return task.loss(logits, targets, mask)
@@ -189,7 +189,14 @@ class Trainer:
                 values.flatten().tolist(),
                 strict=True,
             ):
-                self.log.add(**units, member=member, split=split, metric=metric, head=f"{layer}.{head}", value=v)
+                self.log.add(
+                    **units,
+                    member=member,
+                    split=split,
+                    metric=metric,
+                    head=f"{layer}.{head}",
+                    value=v,
+                )
         if member == 0:
             self._track_key_value(split, metric, values)
 

@@ -1,0 +1,61 @@
+"""Shared fixtures: tiny configs that train in a fraction of a second, and a CLI runner."""
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from icl_lab.experiment import ExperimentConfig, validate_config
+
+torch.set_num_threads(1)
+
+
+def tiny_config(**sections: Any) -> ExperimentConfig:
+    """A 2-layer attention-only model on short repeated-token sequences; sections override."""
+    data: dict[str, Any] = {
+        "name": "tiny",
+        "seed": 3,
+        "task": {
+            "name": "induction",
+            "vocab_size": 16,
+            "seq_len": 16,
+            "min_prefix": 2,
+            "n_copies": None,
+        },
+        "model": {
+            "name": "transformer",
+            "n_layers": 2,
+            "n_heads": 2,
+            "d_model": 16,
+            "attn_only": True,
+        },
+        "training": {"batch_size": 8, "length": {"steps": 12}},
+        "eval": {"every": {"steps": 4}, "batch_size": 16},
+        "checkpointing": {"every": {"steps": 4}},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    return validate_config(data)
+
+
+@pytest.fixture
+def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> Any:
+    """Run the icl-lab entry point in-process: returns (exit code, stdout, stderr)."""
+    from icl_lab.cli import main
+
+    def run(*args: str | Path) -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "argv", ["icl-lab", *map(str, args)])
+        code = 0
+        try:
+            main()
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

@@ -1,0 +1,177 @@
+"""The command line: clear one-line errors with exit code 2, nothing written; eval, list, demo."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import tiny_config
+from icl_lab.store.run import Run
+from icl_lab.training.trainer import train
+
+BAD_CONFIGS = [
+    (["--set", "model.n_heads=3"], "model: d_model (64) is not divisible by n_heads (3)"),
+    (["--set", "model.colour=blue"], "model.colour: unknown field"),
+    (["--set", "task.vocab_size=many"], "task.vocab_size: Input should be a valid integer"),
+    (["--set", "task.name=omniglot"], "task: unknown choice 'omniglot'"),
+    (
+        ["--set", "training.optimizer.lr=-0.1"],
+        "training.optimizer.lr: Input should be greater than 0",
+    ),
+    (["--set", "task.max_prefix=40"], "max_prefix (40) x 2 copies exceeds seq_len (64)"),
+    (["--set", "clamps=[{kind: ablate, heads: ['3.0']}]"], "clamps.0: head '3.0' does not exist"),
+    (
+        ["--set", "clamps=[{kind: ablate, heads: ['1.0'], activation: rot_q}]"],
+        "no hook point 'blocks.1.attn.hook_rot_q'",
+    ),
+    (["--set", "clamps=[{kind: melt, heads: ['1.0']}]"], "clamps.0: unknown choice 'melt'"),
+    (
+        ["--set", "clamps=[{kind: ablate, heads: ['1.0'], steps: {from: 9, until: 3}}]"],
+        "until (3) must be greater than from (9)",
+    ),
+    (
+        ["--set", "training.length={steps: 5, tokens: 9}"],
+        "give exactly one of steps, sequences, tokens",
+    ),
+    (["--set", "eval.metrics=[wisdom]"], "eval.metrics: unknown metric 'wisdom'"),
+    (["--set", "eval.splits=[iw]"], "eval.splits: task has no split 'iw'"),
+    (["--set", "training.device=cuda:7"], "training.device"),
+    (["--set", "oops"], "bad override 'oops'"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_CONFIGS)
+def test_bad_config_is_one_clear_line_exit_2_and_nothing_written(
+    cli, tmp_path: Path, args: list[str], message: str
+) -> None:
+    if "cuda" in args[-1] and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    code, out, err = cli("train", "induction", "--runs-dir", tmp_path / "runs", *args)
+    assert code == 2
+    assert message in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err + out
+    assert not (tmp_path / "runs").exists()
+
+
+def test_missing_and_malformed_config_files(cli, tmp_path: Path) -> None:
+    code, _, err = cli("train", tmp_path / "absent.yaml")
+    assert code == 2 and "config file not found" in err
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("task: [unclosed\n")
+    code, _, err = cli("train", broken)
+    assert code == 2 and "not valid YAML at line" in err
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("42\n")
+    code, _, err = cli("train", scalar)
+    assert code == 2 and "must be a mapping" in err
+    missing = tmp_path / "missing.yaml"
+    missing.write_text("task: {name: induction}\n")
+    code, _, err = cli("train", missing)
+    assert code == 2 and "model: field required" in err
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    return train(tiny_config(), str(tmp_path_factory.mktemp("runs")), progress=False)
+
+
+def copy_run(run: Run, where: Path) -> Path:
+    target = where / run.id
+    shutil.copytree(run.path, target)
+    return target
+
+
+def test_truncated_checkpoint_is_refused(cli, finished_run: Run, tmp_path: Path) -> None:
+    path = copy_run(finished_run, tmp_path)
+    tensors = path / "checkpoints" / "step_000000012.safetensors"
+    tensors.write_bytes(tensors.read_bytes()[:100])
+    code, _, err = cli("eval", path)
+    assert code == 2 and "corrupt or truncated" in err and len(err.strip().splitlines()) == 1
+
+
+def test_foreign_checkpoint_is_refused(cli, finished_run: Run, tmp_path: Path) -> None:
+    other = train(tiny_config(seed=99), str(tmp_path / "other"), progress=False)
+    path = copy_run(finished_run, tmp_path)
+    for suffix in ("safetensors", "json"):
+        name = f"step_000000012.{suffix}"
+        shutil.copy(other.path / "checkpoints" / name, path / "checkpoints" / name)
+    code, _, err = cli("eval", path, "--checkpoint", "12")
+    assert code == 2 and "belongs to another config" in err
+
+
+def test_garbage_sidecar_and_missing_step_are_refused(cli, finished_run: Run, tmp_path: Path) -> None:
+    path = copy_run(finished_run, tmp_path)
+    (path / "checkpoints" / "step_000000008.json").write_text('{"format": "pickle"}')
+    code, _, err = cli("eval", path, "--checkpoint", "8")
+    assert code == 2 and "not an icl-lab checkpoint" in err
+    code, _, err = cli("eval", path, "--checkpoint", "5")
+    assert code == 2 and "no checkpoint at step 5" in err
+    code, _, err = cli("eval", tmp_path / "nowhere")
+    assert code == 2 and "not a run directory" in err
+
+
+def test_eval_prints_metrics_per_split(cli, finished_run: Run) -> None:
+    code, out, _ = cli("eval", finished_run.path, "--checkpoint", "8")
+    assert code == 0
+    assert "step 8" in out and "prefix_matching" in out and "icl_score" in out
+
+
+def test_resume_of_a_complete_run_says_so(cli, finished_run: Run) -> None:
+    code, out, _ = cli("resume", finished_run.path)
+    assert code == 0 and "already complete" in out
+
+
+@pytest.mark.parametrize(
+    ("what", "expected"),
+    [
+        ("tasks", "induction"),
+        ("models", "transformer"),
+        ("metrics", "prefix_matching"),
+        ("clamps", "ablate"),
+        ("experiments", "induction"),
+    ],
+)
+def test_list(cli, what: str, expected: str) -> None:
+    code, out, _ = cli("list", what)
+    assert code == 0 and expected in out
+
+
+def test_list_runs_shows_status(cli, finished_run: Run) -> None:
+    code, out, _ = cli("list", "runs", "--runs-dir", finished_run.path.parent)
+    assert code == 0 and "complete" in out
+
+
+def test_bad_cli_argument_exits_2(cli) -> None:
+    code, _, _ = cli("list", "everything")
+    assert code == 2
+    code, _, _ = cli("train")
+    assert code == 2
+
+
+def test_demo_smoke_through_the_installed_entry_point(tmp_path: Path) -> None:
+    """The console script end to end: a short demo writes a run and prints its summary."""
+    script = Path(sys.executable).parent / "icl-lab"
+    args = [
+        "demo",
+        "--runs-dir",
+        str(tmp_path),
+        "--quiet",
+        "--set",
+        "training.length.steps=30",
+        "--set",
+        "eval.every.steps=10",
+    ]
+    done = subprocess.run([str(script), *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "prefix matching" in done.stdout and "ICL score" in done.stdout
+    assert Run.open(next(tmp_path.iterdir())).status == "complete"
+    bad = subprocess.run(
+        [str(script), "train", "induction", "--set", "model.n_layers=0"],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1

@@ -1,0 +1,189 @@
+"""The Transformer: TransformerLens hook names and layouts, causality, variants, fused attention."""
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from icl_lab.models import ModelIO
+from icl_lab.models.transformer import Transformer, TransformerConfig, rotate, sinusoidal
+
+B, T, V = 3, 10, 12
+
+# Hook names of a TransformerLens HookedTransformer (without LayerNorm-internal hooks).
+TL_BLOCK_HOOKS = {
+    "hook_resid_pre",
+    "attn.hook_q",
+    "attn.hook_k",
+    "attn.hook_v",
+    "attn.hook_rot_q",
+    "attn.hook_rot_k",
+    "attn.hook_attn_scores",
+    "attn.hook_pattern",
+    "attn.hook_z",
+    "hook_attn_out",
+    "hook_resid_mid",
+    "mlp.hook_pre",
+    "mlp.hook_post",
+    "hook_mlp_out",
+    "hook_resid_post",
+}
+
+
+def make(io: ModelIO | None = None, **fields: object) -> Transformer:
+    cfg = TransformerConfig(**{"n_layers": 2, "n_heads": 3, "d_model": 12, **fields})
+    model = Transformer(cfg, io or ModelIO(n_ctx=T, d_out=V, d_vocab=V))
+    model.reset_parameters(torch.Generator().manual_seed(0))
+    return model
+
+
+def test_hook_names_and_layouts_match_transformer_lens() -> None:
+    model = make(d_mlp=20)
+    tokens = torch.randint(V, (B, T))
+    _, cache = model.run_with_cache(tokens)
+    H, e, d = 3, 4, 12
+    expected = {
+        "hook_embed": (B, T, d),
+        "hook_pos_embed": (B, T, d),
+        "hook_logits": (B, T, V),
+    }
+    for layer in range(2):
+        p = f"blocks.{layer}."
+        expected |= {
+            p + "hook_resid_pre": (B, T, d),
+            p + "attn.hook_q": (B, T, H, e),
+            p + "attn.hook_k": (B, T, H, e),
+            p + "attn.hook_v": (B, T, H, e),
+            p + "attn.hook_attn_scores": (B, H, T, T),
+            p + "attn.hook_pattern": (B, H, T, T),
+            p + "attn.hook_z": (B, T, H, e),
+            p + "hook_attn_out": (B, T, d),
+            p + "hook_resid_mid": (B, T, d),
+            p + "mlp.hook_pre": (B, T, 20),
+            p + "mlp.hook_post": (B, T, 20),
+            p + "hook_mlp_out": (B, T, d),
+            p + "hook_resid_post": (B, T, d),
+        }
+    assert {k: tuple(v.shape) for k, v in cache.items()} == expected
+    for name in cache:
+        if name.startswith("blocks."):
+            assert name.split(".", 2)[2] in TL_BLOCK_HOOKS
+    pattern = cache["blocks.0.attn.hook_pattern"]
+    assert torch.allclose(pattern.sum(-1), torch.ones(B, H, T))
+    assert (pattern.triu(1) == 0).all(), "attention must be causal"
+
+
+def test_parameter_names_and_shapes_follow_transformer_lens() -> None:
+    shapes = {k: tuple(v.shape) for k, v in make(attn_only=True).named_parameters()}
+    assert shapes["embed.W_E"] == (V, 12)
+    assert shapes["pos_embed.W_pos"] == (T, 12)
+    assert shapes["blocks.1.attn.W_Q"] == (3, 12, 4)
+    assert shapes["blocks.1.attn.W_O"] == (3, 4, 12)
+    assert shapes["blocks.1.attn.b_Q"] == (3, 4)
+    assert shapes["blocks.0.ln1.w"] == (12,)
+    assert shapes["unembed.W_U"] == (12, V)
+    assert not any(".mlp." in k for k in shapes)
+
+
+def test_z_to_attn_out_is_the_sum_of_head_outputs() -> None:
+    model = make(attn_only=True)
+    _, cache = model.run_with_cache(torch.randint(V, (B, T)))
+    attn = model.blocks[0].attn
+    z = cache["blocks.0.attn.hook_z"]
+    per_head = torch.einsum("bthe,hed->bthd", z, attn.W_O)
+    assert torch.allclose(per_head.sum(2) + attn.b_O, cache["blocks.0.hook_attn_out"], atol=1e-6)
+
+
+VARIANTS = list(
+    itertools.product(["none", "pre", "post"], ["learned", "sinusoidal", "rope", "none"], [True, False])
+)
+
+
+@pytest.mark.parametrize(("norm", "positional", "attn_only"), VARIANTS)
+def test_every_variant_is_causal(norm: str, positional: str, attn_only: bool) -> None:
+    model = make(norm=norm, positional=positional, attn_only=attn_only, d_head=4)
+    tokens = torch.randint(V, (B, T))
+    changed = tokens.clone()
+    changed[:, 6:] = (tokens[:, 6:] + 1) % V
+    a, b = model(tokens), model(changed)
+    assert a.shape == (B, T, V) and torch.isfinite(a).all()
+    assert torch.allclose(a[:, :6], b[:, :6], atol=1e-5), "a future token changed a past output"
+    assert not torch.allclose(a[:, 6:], b[:, 6:])
+
+
+def test_vector_input_and_readout_mlp() -> None:
+    io = ModelIO(n_ctx=T, d_out=5, d_input=7, target_positions=(-1,))
+    model = make(io, readout={"positions": [-1], "hidden": [16, 16]}, norm="none", attn_scale=False)
+    out = model(torch.randn(B, T, 7))
+    assert out.shape == (B, 1, 5)
+    assert [tuple(layer.weight.shape) for layer in model.readout] == [(16, 12), (16, 16)]
+    # He initialisation of the readout MLP: std sqrt(2 / fan_in)
+    big = make(
+        ModelIO(n_ctx=T, d_out=5, d_input=7, target_positions=(-1,)),
+        d_model=400,
+        n_heads=4,
+        readout={"hidden": [400]},
+    )
+    assert big.readout[0].weight.std().item() == pytest.approx(math.sqrt(2 / 400), rel=0.05)
+
+
+def test_fused_attention_equals_explicit_pattern_path() -> None:
+    for scale in (True, False):
+        model = make(positional="rope", attn_scale=scale, d_head=4)
+        tokens = torch.randint(V, (B, T))
+        fused = model(tokens)
+        explicit, _ = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"))
+        assert torch.allclose(fused, explicit, atol=1e-5)
+
+
+def test_unscaled_attention_scores_are_raw_dot_products() -> None:
+    model = make(attn_scale=False)
+    _, cache = model.run_with_cache(torch.randint(V, (B, T)))
+    q, k = cache["blocks.0.attn.hook_q"], cache["blocks.0.attn.hook_k"]
+    scores = cache["blocks.0.attn.hook_attn_scores"]
+    raw = torch.einsum("bqhe,bkhe->bhqk", q, k)
+    mask = torch.ones(T, T).tril().bool()
+    assert torch.allclose(scores[..., mask], raw[..., mask], atol=1e-6)
+    assert torch.isinf(scores[..., ~mask]).all()
+
+
+def test_rope_scores_depend_only_on_relative_position() -> None:
+    e, n = 6, 20
+    freq = 10000.0 ** (-torch.arange(0, e, 2).float() / e)
+    angle = torch.arange(n).float()[:, None] * torch.cat([freq, freq])[None]
+    cos, sin = angle.cos(), angle.sin()
+    q, k = torch.randn(e), torch.randn(e)
+
+    def score(i: int, j: int) -> float:
+        return float(rotate(q, cos[i], sin[i]) @ rotate(k, cos[j], sin[j]))
+
+    assert score(7, 3) == pytest.approx(score(15, 11), abs=1e-4)
+    assert score(7, 3) != pytest.approx(score(7, 4), abs=1e-3)
+    assert float(rotate(q, cos[5], sin[5]).norm()) == pytest.approx(float(q.norm()), rel=1e-5)
+
+
+def test_sinusoidal_codes_follow_the_formula() -> None:
+    codes = sinusoidal(50, 8)
+    assert codes[7, 2].item() == pytest.approx(math.sin(7 / 10000 ** (2 / 8)), abs=1e-6)
+    assert codes[7, 3].item() == pytest.approx(math.cos(7 / 10000 ** (2 / 8)), abs=1e-6)
+
+
+def test_config_rejects_heads_that_do_not_divide_width() -> None:
+    with pytest.raises(ValueError, match="not divisible"):
+        TransformerConfig(d_model=10, n_heads=3)
+    assert TransformerConfig(d_model=10, n_heads=3, d_head=4).head_dim == 4
+
+
+def test_run_with_hooks_replaces_and_detaches() -> None:
+    model = make()
+    tokens = torch.randint(V, (B, T))
+    zeroed = model.run_with_hooks(
+        tokens, fwd_hooks=[("blocks.1.hook_resid_post", lambda x, hook: torch.zeros_like(x))]
+    )
+    final_ln_of_zero = model.unembed.b_U.expand(B, T, V)
+    assert torch.allclose(zeroed, final_ln_of_zero)
+    assert all(not h.fns for h in model.hook_dict.values()), "hooks must be removed after the call"
+    with pytest.raises(KeyError):
+        model.run_with_hooks(tokens, fwd_hooks=[("blocks.9.hook_nope", lambda x, h: x)])
+    assert all(not h.fns for h in model.hook_dict.values())

@@ -1,0 +1,198 @@
+"""The trainer: units, metrics table, checkpoints, exact resume, clamp windows, clipping, schedules."""
+
+import json
+import math
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pytest
+import torch
+
+from conftest import tiny_config
+from icl_lab.config import Duration, ScheduleConfig
+from icl_lab.experiment import load_config
+from icl_lab.store.run import Run
+from icl_lab.training.optim import clip_grad_norm_per_member, lr_at
+from icl_lab.training.trainer import resume, train
+
+
+def final_params(run: Run) -> dict[str, torch.Tensor]:
+    return run.load_checkpoint().group("param")
+
+
+def metrics_without_wall_time(run: Run) -> list[dict]:
+    table = run.metrics.drop_columns(["wall_s"])
+    return table.sort_by(
+        [
+            ("step", "ascending"),
+            ("split", "ascending"),
+            ("metric", "ascending"),
+            ("head", "ascending"),
+        ]
+    ).to_pylist()
+
+
+def test_run_directory_metrics_and_units(tmp_path: Path) -> None:
+    run = train(tiny_config(), str(tmp_path), progress=False)
+    assert run.status == "complete"
+    assert {p.name for p in run.path.iterdir()} >= {
+        "config.yaml",
+        "manifest.json",
+        "metrics.parquet",
+        "checkpoints",
+    }
+    assert run.checkpoint_steps == [4, 8, 12]
+    table = run.metrics
+    assert sorted(set(table["step"].to_pylist())) == [0, 4, 8, 12]
+    row = table.filter(pc.equal(table["step"], 8)).to_pylist()[0]
+    assert row["sequences"] == 8 * 8 and row["tokens"] == 8 * 8 * 16
+    heads = set(table.filter(pc.equal(table["metric"], "prefix_matching"))["head"].to_pylist())
+    assert heads == {"0.0", "0.1", "1.0", "1.1"}
+    steps, losses = run.curve("loss", "train_batches")
+    assert list(steps) == [4, 8, 12] and all(0 < v < 10 for v in losses)
+    assert Run.open(run.path).config == run.config
+
+
+def test_resume_from_a_checkpoint_is_bit_identical(tmp_path: Path) -> None:
+    full = train(tiny_config(), str(tmp_path / "a"), progress=False)
+    cut = tmp_path / "b" / full.id
+    shutil.copytree(full.path, cut)
+    for step in (8, 12):
+        for suffix in ("json", "safetensors"):
+            (cut / "checkpoints" / f"step_{step:09d}.{suffix}").unlink()
+    manifest = json.loads((cut / "manifest.json").read_text())
+    (cut / "manifest.json").write_text(json.dumps({**manifest, "status": "interrupted"}))
+    resumed = resume(Run.open(cut), progress=False)
+    assert resumed.status == "complete"
+    a, b = final_params(full), final_params(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert metrics_without_wall_time(full) == metrics_without_wall_time(resumed)
+
+
+def slow_enough_config(path: Path) -> Path:
+    config = tiny_config(
+        training={"batch_size": 16, "length": {"steps": 400}},
+        eval={"every": {"steps": 40}, "batch_size": 64},
+        checkpointing={"every": {"steps": 25}},
+    )
+    file = path / "config.yaml"
+    file.write_text(config.to_yaml())
+    return file
+
+
+@pytest.mark.parametrize("kill_after_first_checkpoint", [True, False])
+def test_sigkill_then_resume_is_bit_identical(tmp_path: Path, kill_after_first_checkpoint: bool) -> None:
+    config = slow_enough_config(tmp_path)
+    reference = train(load_config(config), str(tmp_path / "ref"), progress=False)
+    runs = tmp_path / "killed"
+    cmd = [
+        sys.executable,
+        "-m",
+        "icl_lab",
+        "train",
+        str(config),
+        "--runs-dir",
+        str(runs),
+        "--quiet",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    target = "checkpoints/step_*.json" if kill_after_first_checkpoint else "manifest.json"
+    while not list(runs.glob(f"*/{target}")):
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.time() < deadline, "training never started"
+        time.sleep(0.01)
+    time.sleep(random.uniform(0, 0.3))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed = Run.open(next(runs.iterdir()))
+    assert killed.status == "interrupted", "a killed run must not look complete"
+    done = subprocess.run(
+        [sys.executable, "-m", "icl_lab", "resume", str(killed.path), "--quiet"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    resumed = Run.open(killed.path)
+    assert resumed.status == "complete"
+    a, b = final_params(reference), final_params(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert metrics_without_wall_time(reference) == metrics_without_wall_time(resumed)
+
+
+def test_clamp_window_switches_on_and_off_at_exactly_those_steps(tmp_path: Path) -> None:
+    config = tiny_config(
+        training={"optimizer": {"name": "sgd", "lr": 0.5}, "length": {"steps": 7}},
+        checkpointing={"every": {"steps": 1}},
+        clamps=[{"kind": "ablate", "heads": ["1.1"], "steps": {"from": 2, "until": 5}}],
+    )
+    run = train(config, str(tmp_path), progress=False)
+    W_O = {s: run.load_checkpoint(s).group("param")["blocks.1.attn.W_O"][0, 1] for s in run.checkpoint_steps}
+    # the update taken at step s produces checkpoint s + 1; a zero-ablated head gets zero gradient
+    frozen = [s for s in range(1, 7) if torch.equal(W_O[s], W_O[s + 1])]
+    assert frozen == [2, 3, 4]
+
+
+def test_gradient_clipping_per_member_matches_torch_for_each_member() -> None:
+    g = torch.Generator().manual_seed(0)
+    params = [
+        torch.randn(3, 4, 5, generator=g, requires_grad=True),
+        torch.randn(3, 7, generator=g, requires_grad=True),
+    ]
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=g) * torch.tensor([0.01, 1.0, 10.0]).view(
+            -1, *[1] * (p.dim() - 1)
+        )
+    singles = [[p.grad[m].clone().requires_grad_() for p in params] for m in range(3)]
+    norms = clip_grad_norm_per_member(params, 1.0)
+    for m in range(3):
+        tensors = [torch.zeros_like(t, requires_grad=True) for t in singles[m]]
+        for t, s in zip(tensors, singles[m], strict=True):
+            t.grad = s.detach().clone()
+        expected_norm = torch.nn.utils.clip_grad_norm_(tensors, 1.0)
+        assert norms[m].item() == pytest.approx(expected_norm.item(), rel=1e-5)
+        for p, t in zip(params, tensors, strict=True):
+            assert torch.allclose(p.grad[m], t.grad, atol=1e-6)
+
+
+def test_schedules_follow_their_formulas() -> None:
+    warm = ScheduleConfig(name="warmup", warmup_steps=4)
+    assert [lr_at(s, 10, 1.0, warm) for s in (0, 3, 4, 9)] == [0.25, 1.0, 1.0, 1.0]
+    cos = ScheduleConfig(name="cosine", warmup_steps=2, min_lr_ratio=0.1)
+    assert lr_at(2, 12, 1.0, cos) == pytest.approx(1.0)
+    assert lr_at(11, 12, 1.0, cos) == pytest.approx(0.1)
+    assert lr_at(2 + 9 / 2, 12, 1.0, cos) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 2)))
+    assert lr_at(5, 10, 0.3, ScheduleConfig()) == 0.3
+
+
+def test_durations_convert_to_whole_steps() -> None:
+    assert Duration(steps=7).to_steps(32, 64) == 7
+    assert Duration(sequences=1_000_000).to_steps(32, 5) == 31_250
+    assert Duration(sequences=33).to_steps(32, 5) == 2
+    assert Duration(tokens=640).to_steps(2, 64) == 5
+    assert Duration.model_validate(12).steps == 12
+
+
+def test_training_reduces_loss_and_eval_is_reproducible(tmp_path: Path) -> None:
+    config = tiny_config(
+        training={"length": {"steps": 60}, "optimizer": {"lr": 0.01}}, eval={"every": {"steps": 60}}
+    )
+    a = train(config, str(tmp_path / "a"), progress=False)
+    b = train(config, str(tmp_path / "b"), progress=False)
+    _, loss = a.curve("loss", "train")
+    assert loss[-1] < loss[0] - 0.1
+    assert metrics_without_wall_time(a) == metrics_without_wall_time(b)
+    other_seed = train(config.model_copy(update={"seed": 4}), str(tmp_path / "c"), progress=False)
+    assert metrics_without_wall_time(a) != metrics_without_wall_time(other_seed)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_training_runs_on_cuda(tmp_path: Path) -> None:
+    run = train(tiny_config(training={"device": "cuda"}), str(tmp_path), progress=False)
+    assert run.status == "complete"
