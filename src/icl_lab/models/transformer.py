@@ -124,14 +124,13 @@ class Attention(nn.Module):
         self.hook_z = HookPoint()
 
     def forward(self, x: Tensor) -> Tensor:
-        T, H = x.shape[1], self.W_Q.shape[0]
-        W = torch.cat([self.W_Q, self.W_K, self.W_V])  # (3H, d, e): one matmul for q, k and v
-        qkv = torch.einsum("btd,hde->bthe", x, W)  # (B, T, 3H, e)
-        if self.bias:
-            qkv = qkv + torch.cat([self.b_Q, self.b_K, self.b_V])
-        q = self.hook_q(qkv[:, :, :H])
-        k = self.hook_k(qkv[:, :, H : 2 * H])
-        v = self.hook_v(qkv[:, :, 2 * H :])
+        B, T, d = x.shape
+        H, e = self.W_Q.shape[0], self.W_Q.shape[2]
+        # one fused linear map for q, k and v: far faster on CPU than einsum's batched matmuls
+        W = torch.stack([self.W_Q, self.W_K, self.W_V]).transpose(2, 3).reshape(3 * H * e, d)
+        b = torch.stack([self.b_Q, self.b_K, self.b_V]).flatten() if self.bias else None
+        q, k, v = F.linear(x, W, b).view(B, T, 3, H, e).unbind(2)  # each (B, T, H, e)
+        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
         if self.rope:
             cos, sin = self.rope_cos[:T], self.rope_sin[:T]
             q = self.hook_rot_q(rotate(q, cos, sin))
@@ -143,15 +142,10 @@ class Attention(nn.Module):
             z = torch.einsum("bhqk,bkhe->bqhe", pattern, v)
         else:  # nobody looks at the pattern: the fused kernel computes the same thing faster
             z = F.scaled_dot_product_attention(
-                q.transpose(1, 2),
-                k.transpose(1, 2),
-                v.transpose(1, 2),
-                is_causal=True,
-                scale=self.scale,
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True, scale=self.scale
             ).transpose(1, 2)
         z = self.hook_z(z)  # (B, T, H, e)
-        out = torch.einsum("bqhe,hem->bqm", z, self.W_O)
-        return out + self.b_O if self.bias else out
+        return F.linear(z.reshape(B, T, H * e), self.W_O.reshape(H * e, d).T, self.b_O if self.bias else None)
 
 
 class MLP(nn.Module):

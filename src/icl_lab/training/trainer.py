@@ -40,13 +40,14 @@ def over_members(fn: Callable[..., Tensor], n_members: int) -> Callable[..., Ten
         return vmap(fn)
 
     def single(*args: Any) -> Tensor:
-        return fn(*[_member(a, 0) for a in args]).unsqueeze(0)
+        return fn(*[_only_member(a) for a in args]).unsqueeze(0)
 
     return single
 
 
-def _member(x: Any, i: int) -> Any:
-    return {k: _member(v, i) for k, v in x.items()} if isinstance(x, dict) else x[i]
+def _only_member(x: Any) -> Any:
+    # squeeze, not x[0]: its backward is a view, where indexing's backward fills a zero tensor
+    return {k: _only_member(v) for k, v in x.items()} if isinstance(x, dict) else x.squeeze(0)
 
 
 class Trainer:

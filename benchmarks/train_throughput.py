@@ -1,0 +1,174 @@
+"""Training throughput of the induction config: icl-lab's trainer vs a plain PyTorch loop.
+
+The plain model has the identical architecture (2 attention-only layers, pre-LN, learned positions,
+final LN, unembed) written the usual way (fused qkv Linear, scaled_dot_product_attention), and is
+fed by the same data sampler, so the ratio measures what the hooks, clamp and ensemble machinery
+cost. Both run in this process on one thread, interleaved, median of repeats. Also reported:
+achieved GFLOP/s against a large matmul measured in the same run, the data-generation share of a
+step, and the cost of an active clamp.
+
+    python benchmarks/train_throughput.py [--steps 150] [--repeats 5]
+"""
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from icl_lab.experiment import load_config
+from icl_lab.seeding import generator
+from icl_lab.store.run import Run
+from icl_lab.training.trainer import Trainer
+
+RESULTS = Path(__file__).parent / "results" / "train_throughput.json"
+
+
+class PlainBlock(nn.Module):
+    def __init__(self, d: int, heads: int) -> None:
+        super().__init__()
+        self.ln, self.heads = nn.LayerNorm(d), heads
+        self.qkv, self.out = nn.Linear(d, 3 * d), nn.Linear(d, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, d = x.shape
+        q, k, v = self.qkv(self.ln(x)).view(B, T, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        z = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, e)
+        return x + self.out(z.transpose(1, 2).reshape(B, T, d))
+
+
+class PlainModel(nn.Module):
+    def __init__(self, vocab: int, n_ctx: int, d: int, heads: int, layers: int) -> None:
+        super().__init__()
+        self.embed, self.pos = nn.Embedding(vocab, d), nn.Parameter(torch.randn(n_ctx, d) * 0.02)
+        self.blocks = nn.ModuleList([PlainBlock(d, heads) for _ in range(layers)])
+        self.ln, self.unembed = nn.LayerNorm(d), nn.Linear(d, vocab)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.embed(tokens) + self.pos[: tokens.shape[1]]
+        for block in self.blocks:
+            x = block(x)
+        return self.unembed(self.ln(x))
+
+
+def time_steps(step: callable, n: int) -> float:
+    start = time.perf_counter()
+    for _ in range(n):
+        step()
+    return (time.perf_counter() - start) / n
+
+
+def matmul_gflops(n: int = 1024, repeats: int = 5) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = min(time_steps(lambda: a @ b, 1) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def step_flops(cfg, tokens_per_step: int) -> float:
+    """Forward + backward FLOPs of one step (3x the forward matmul FLOPs)."""
+    m, t = cfg.model, cfg.task
+    d, H, e, T = m.d_model, m.n_heads, m.head_dim, t.seq_len
+    per_token_layer = 2 * d * 3 * H * e + 2 * 2 * H * T * e + 2 * H * e * d  # qkv, scores+mix, out
+    forward = tokens_per_step * (m.n_layers * per_token_layer + 2 * d * t.vocab_size)
+    return 3 * forward
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    cfg = load_config("induction", ["checkpointing.every=null"])
+    clamped_cfg = load_config("induction", ["clamps=[{kind: ablate, heads: ['1.0', '1.1'], mode: mean}]"])
+    import tempfile
+
+    runs = Path(tempfile.mkdtemp())
+    ours = Trainer(Run.create(cfg, runs), progress=False)
+    clamped = Trainer(Run.create(clamped_cfg, runs), progress=False)
+    task = ours.tasks[0]
+    batch_size, T = cfg.training.batch_size, cfg.task.seq_len
+    plain = PlainModel(cfg.task.vocab_size, T, cfg.model.d_model, cfg.model.n_heads, cfg.model.n_layers)
+    plain_opt = torch.optim.Adam(plain.parameters(), lr=cfg.training.optimizer.lr)
+    g = generator(0, "bench")
+
+    def plain_step() -> None:
+        batch = task.sample(batch_size, g)
+        logits = plain(batch.inputs)
+        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), batch.targets[:, :-1].flatten())
+        plain_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        plain_opt.step()
+
+    def data_only() -> None:
+        task.sample(batch_size, g)
+
+    contenders = {
+        "plain PyTorch": plain_step,
+        "icl-lab": ours.train_step,
+        "icl-lab + clamp": clamped.train_step,
+    }
+    for step in contenders.values():
+        time_steps(step, 20)  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(args.repeats):
+        for name, step in contenders.items():
+            times[name].append(time_steps(step, args.steps))
+    median = {name: statistics.median(t) for name, t in times.items()}
+    data_s = statistics.median(time_steps(data_only, args.steps) for _ in range(args.repeats))
+    peak = matmul_gflops()
+    flops = step_flops(cfg, batch_size * T)
+
+    rows = []
+    print(f"{'':18}{'steps/s':>10}{'tokens/s':>12}{'GFLOP/s':>10}{'vs plain':>10}")
+    for name, seconds in median.items():
+        ratio = median["plain PyTorch"] / seconds
+        rows.append(
+            {
+                "name": name,
+                "steps_per_s": 1 / seconds,
+                "tokens_per_s": batch_size * T / seconds,
+                "gflops": flops / seconds / 1e9,
+                "speed_vs_plain": ratio,
+            }
+        )
+        print(
+            f"{name:18}{1 / seconds:10.1f}{batch_size * T / seconds:12.0f}{flops / seconds / 1e9:10.2f}{ratio:10.3f}"
+        )
+    print(
+        f"large matmul (1024^3, 1 thread): {peak:.1f} GFLOP/s; model steps reach {flops / median['icl-lab'] / 1e9 / peak:.1%} of it"
+    )
+    print(
+        f"data generation: {data_s * 1e3:.2f} ms per batch = {data_s / median['icl-lab']:.1%} of an icl-lab step"
+    )
+    print(f"active clamp overhead: {median['icl-lab + clamp'] / median['icl-lab'] - 1:+.1%}")
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(
+        json.dumps(
+            {
+                "config": "induction",
+                "batch_size": batch_size,
+                "seq_len": T,
+                "threads": 1,
+                "steps_per_repeat": args.steps,
+                "repeats": args.repeats,
+                "rows": rows,
+                "matmul_gflops": peak,
+                "data_share_of_step": data_s / median["icl-lab"],
+                "clamp_overhead": median["icl-lab + clamp"] / median["icl-lab"] - 1,
+                "torch": torch.__version__,
+                "date": time.strftime("%Y-%m-%d"),
+            },
+            indent=1,
+        )
+    )
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
