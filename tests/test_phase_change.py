@@ -13,7 +13,7 @@ from icl_lab.training.trainer import train
 @pytest.mark.slow
 def test_induction_head_phase_change_in_the_bundled_config(tmp_path: Path) -> None:
     run = train(load_config("induction"), str(tmp_path), progress=False)
-    head, steps, prefix = best_head(run, "prefix_matching", "train", layer=1)
+    _, steps, prefix = best_head(run, "prefix_matching", "train", layer=1)
     _, icl = run.curve("icl_score", "train")
     assert prefix[0] < 0.1 and prefix[-1] > 0.5
     change = first_crossing(steps, prefix, 0.5)
