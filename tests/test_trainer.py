@@ -38,6 +38,13 @@ def metrics_without_wall_time(run: Run) -> list[dict]:
     ).to_pylist()
 
 
+def assert_identical_runs(reference: Run, other: Run) -> None:
+    assert other.status == "complete"
+    a, b = final_params(reference), final_params(other)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert metrics_without_wall_time(reference) == metrics_without_wall_time(other)
+
+
 def test_run_directory_metrics_and_units(tmp_path: Path) -> None:
     run = train(tiny_config(), str(tmp_path), progress=False)
     assert run.status == "complete"
@@ -68,11 +75,7 @@ def test_resume_from_a_checkpoint_is_bit_identical(tmp_path: Path) -> None:
             (cut / "checkpoints" / f"step_{step:09d}.{suffix}").unlink()
     manifest = json.loads((cut / "manifest.json").read_text())
     (cut / "manifest.json").write_text(json.dumps({**manifest, "status": "interrupted"}))
-    resumed = resume(Run.open(cut), progress=False)
-    assert resumed.status == "complete"
-    a, b = final_params(full), final_params(resumed)
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    assert metrics_without_wall_time(full) == metrics_without_wall_time(resumed)
+    assert_identical_runs(full, resume(Run.open(cut), progress=False))
 
 
 def slow_enough_config(path: Path) -> Path:
@@ -119,11 +122,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path: Path, kill_after_first_c
         text=True,
     )
     assert done.returncode == 0, done.stderr
-    resumed = Run.open(killed.path)
-    assert resumed.status == "complete"
-    a, b = final_params(reference), final_params(resumed)
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    assert metrics_without_wall_time(reference) == metrics_without_wall_time(resumed)
+    assert_identical_runs(reference, Run.open(killed.path))
 
 
 def test_clamp_window_switches_on_and_off_at_exactly_those_steps(tmp_path: Path) -> None:
