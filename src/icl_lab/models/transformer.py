@@ -24,6 +24,7 @@ class ReadoutConfig(StrictModel):
 
     positions: list[int] = Field(default_factory=lambda: [-1])
     hidden: list[PositiveInt] = Field(default_factory=list, description="widths of hidden layers")
+    bias: bool = True
 
 
 class TransformerConfig(ModelConfig):
@@ -42,8 +43,13 @@ class TransformerConfig(ModelConfig):
     positional: Literal["learned", "sinusoidal", "rope", "none"] = "learned"
     rope_base: float = Field(10000.0, gt=0)
     attn_scale: bool = Field(True, description="divide attention scores by sqrt(d_head)")
-    bias: bool = Field(True, description="biases on attention, MLP and read-in/out maps")
+    bias: bool = Field(True, description="biases on attention, MLP, read-in and unembedding")
+    read_in: bool = Field(True, description="vector inputs: linear read-in (False: they are the residual)")
+    output_projection: bool = Field(True, description="W_O (False: heads' outputs are concatenated)")
     readout: ReadoutConfig | None = None
+    init: Literal["normal", "fan_in"] = Field(
+        "normal", description="normal: N(0, init_std); fan_in: N(0, 1/fan_in), He for ReLU layers"
+    )
     init_std: float = Field(0.02, gt=0)
 
     @model_validator(mode="after")
@@ -54,6 +60,8 @@ class TransformerConfig(ModelConfig):
             )
         if self.positional == "rope" and self.head_dim % 2:
             raise ValueError(f"rope needs an even d_head (got {self.head_dim})")
+        if not self.output_projection and self.n_heads * self.head_dim != self.d_model:
+            raise ValueError("output_projection false needs n_heads * d_head == d_model")
         return self
 
     @property
@@ -62,6 +70,10 @@ class TransformerConfig(ModelConfig):
 
     def check_io(self, io: ModelIO) -> None:
         """Raise ValueError if this model cannot serve the task's inputs and targets."""
+        if not self.read_in and io.d_input != self.d_model:
+            raise ValueError(
+                f"read_in false needs vector inputs of d_model ({self.d_model}) dims, got {io.d_input}"
+            )
         if self.readout is None:
             return
         for p in self.readout.positions:
@@ -103,12 +115,14 @@ class Attention(nn.Module):
         self.W_Q = nn.Parameter(torch.empty(H, d, e))
         self.W_K = nn.Parameter(torch.empty(H, d, e))
         self.W_V = nn.Parameter(torch.empty(H, d, e))
-        self.W_O = nn.Parameter(torch.empty(H, e, d))
+        if cfg.output_projection:
+            self.W_O = nn.Parameter(torch.empty(H, e, d))
+        self.output_projection = cfg.output_projection
         if cfg.bias:
             self.b_Q = nn.Parameter(torch.zeros(H, e))
             self.b_K = nn.Parameter(torch.zeros(H, e))
             self.b_V = nn.Parameter(torch.zeros(H, e))
-            self.b_O = nn.Parameter(torch.zeros(d))
+            self.b_O = nn.Parameter(torch.zeros(d)) if cfg.output_projection else None
         self.bias = cfg.bias
         self.scale = 1 / math.sqrt(e) if cfg.attn_scale else 1.0
         self.register_buffer("mask", torch.ones(n_ctx, n_ctx).tril().bool(), persistent=False)
@@ -144,8 +158,10 @@ class Attention(nn.Module):
             z = F.scaled_dot_product_attention(
                 q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True, scale=self.scale
             ).transpose(1, 2)
-        z = self.hook_z(z)  # (B, T, H, e)
-        return F.linear(z.reshape(B, T, H * e), self.W_O.reshape(H * e, d).T, self.b_O if self.bias else None)
+        z = self.hook_z(z).reshape(B, T, H * e)  # the hook sees (B, T, H, e)
+        if not self.output_projection:
+            return z
+        return F.linear(z, self.W_O.reshape(H * e, d).T, self.b_O if self.bias else None)
 
 
 class MLP(nn.Module):
@@ -200,6 +216,11 @@ class Block(nn.Module):
         return self.hook_resid_post(x)
 
 
+def fan_in(name: str, p: Tensor) -> int:
+    """Input dimension of a TransformerLens-layout weight (W_O reads H * d_head inputs)."""
+    return p.shape[0] * p.shape[1] if name.endswith("W_O") else p.shape[-2]
+
+
 def sinusoidal(n_ctx: int, d: int) -> Tensor:
     """Fixed sine/cosine position codes of Vaswani et al.: (n_ctx, d)."""
     pos = torch.arange(n_ctx).float()[:, None]
@@ -224,7 +245,7 @@ class Transformer(Model):
         self.embed = nn.Module()
         if io.d_vocab is not None:
             self.embed.W_E = nn.Parameter(torch.empty(io.d_vocab, d))
-        else:
+        elif cfg.read_in:
             self.embed.W_E = nn.Parameter(torch.empty(io.d_input, d))
             self.embed.b_E = nn.Parameter(torch.zeros(d)) if cfg.bias else None
         self.hook_embed = HookPoint()
@@ -239,21 +260,24 @@ class Transformer(Model):
         self.ln_final = LayerNorm(d) if final_norm else nn.Identity()
         self.readout_positions = cfg.readout.positions if cfg.readout else None
         widths = [d, *(cfg.readout.hidden if cfg.readout else [])]
-        self.readout = nn.ModuleList([nn.Linear(a, b, bias=cfg.bias) for a, b in itertools.pairwise(widths)])
+        out_bias = cfg.readout.bias if cfg.readout else cfg.bias
+        self.readout = nn.ModuleList([nn.Linear(a, b, bias=out_bias) for a, b in itertools.pairwise(widths)])
         self.unembed = nn.Module()
         self.unembed.W_U = nn.Parameter(torch.empty(widths[-1], io.d_out))
-        self.unembed.b_U = nn.Parameter(torch.zeros(io.d_out)) if cfg.bias else None
+        self.unembed.b_U = nn.Parameter(torch.zeros(io.d_out)) if out_bias else None
         self.hook_logits = HookPoint()
         self.setup_hooks()
         self.reset_parameters()
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        """Weights ~ N(0, init_std); readout MLP layers He-initialised; biases 0, LayerNorm gains 1."""
+        """Weights ~ N(0, init_std), or N(0, 1/fan_in) with init fan_in; readout MLP layers are
+        He-initialised (N(0, 2/fan_in)); biases 0, LayerNorm gains 1."""
         for name, p in self.named_parameters():
             if name.startswith("readout.") and name.endswith("weight"):
                 nn.init.normal_(p, 0.0, math.sqrt(2 / p.shape[1]), generator=generator)
             elif name.split(".")[-1].startswith("W_"):
-                nn.init.normal_(p, 0.0, self.cfg.init_std, generator=generator)
+                std = self.cfg.init_std if self.cfg.init == "normal" else 1 / math.sqrt(fan_in(name, p))
+                nn.init.normal_(p, 0.0, std, generator=generator)
             elif name.endswith(".w"):
                 nn.init.ones_(p)
             else:
@@ -263,10 +287,10 @@ class Transformer(Model):
         """inputs: (B, T) token ids or (B, T, d_input) vectors -> logits (B, T or P, d_out)."""
         if self.io.d_vocab is not None:
             x = F.embedding(inputs, self.embed.W_E)
+        elif self.cfg.read_in:
+            x = F.linear(inputs, self.embed.W_E.T, self.embed.b_E)
         else:
-            x = inputs @ self.embed.W_E
-            if self.embed.b_E is not None:
-                x = x + self.embed.b_E
+            x = inputs
         x = self.hook_embed(x)  # (B, T, d_model)
         if self.cfg.positional in ("learned", "sinusoidal"):
             codes = self.pos_embed.W_pos if self.cfg.positional == "learned" else self.pos_codes

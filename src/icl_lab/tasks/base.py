@@ -73,8 +73,8 @@ class Task:
 
     Config: ClassVar[type[TaskConfig]]
     default_metrics: ClassVar[tuple[str, ...]] = ("loss", "accuracy")
-    key_metric: ClassVar[tuple[str, str]] = ("loss", "min")
-    """(metric, how per-head values are summarised: max/min/mean) shown live in the progress bar"""
+    key_metric: ClassVar[tuple[str, str, str]] = ("train", "loss", "mean")
+    """(split, metric, summary of per-head values: max/min/mean) shown live in the progress bar"""
 
     def __init__(self, config: TaskConfig, seed: int, device: torch.device | str = "cpu") -> None:
         self.config, self.seed, self.device = config, seed, torch.device(device)

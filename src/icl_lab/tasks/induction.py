@@ -61,7 +61,7 @@ class InductionTask(Task):
         "head_detectors",
         "copying_eigenvalues",
     )
-    key_metric = ("prefix_matching", "max")
+    key_metric = ("train", "prefix_matching", "max")
 
     @classmethod
     def io(cls, config: InductionConfig) -> ModelIO:

@@ -202,8 +202,8 @@ class Trainer:
             self._track_key_value(split, metric, values)
 
     def _track_key_value(self, split: str, metric: str, values: Tensor) -> None:
-        key, summary = self.tasks[0].key_metric
-        if metric == key and split == next(iter(self.eval_batches)):
+        key_split, key, summary = self.tasks[0].key_metric
+        if metric == key and split == key_split:
             self.key_value = float(getattr(values, summary)())
 
     def _units(self) -> dict[str, Any]:
@@ -288,10 +288,12 @@ class Trainer:
         return self.run
 
     def _status(self) -> str:
-        key, summary = self.tasks[0].key_metric
+        split, key, summary = self.tasks[0].key_metric
         parts = [f"loss {self.latest_losses.mean().item():.3f}"] if self.latest_losses is not None else []
         if self.key_value is not None:
-            parts.append(f"{key} ({summary}) {self.key_value:.3f}")
+            parts.append(
+                f"{split} {key}" + (f" ({summary})" if summary != "mean" else "") + f" {self.key_value:.3f}"
+            )
         return " | ".join(parts)
 
 
