@@ -36,7 +36,10 @@ def tiny_config(**sections: Any) -> ExperimentConfig:
         "checkpointing": {"every": {"steps": 4}},
     }
     for key, value in sections.items():
-        if isinstance(value, dict) and isinstance(data.get(key), dict):
+        same_kind = isinstance(data.get(key), dict) and data[key].get("name") == value.get(
+            "name", data[key].get("name")
+        )
+        if isinstance(value, dict) and same_kind:
             data[key] = {**data[key], **value}
         else:
             data[key] = value

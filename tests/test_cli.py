@@ -153,25 +153,27 @@ def test_bad_cli_argument_exits_2(cli) -> None:
 
 
 def test_demo_smoke_through_the_installed_entry_point(tmp_path: Path) -> None:
-    """The console script end to end: a short demo writes a run and prints its summary."""
+    """The console script end to end: a short demo writes a run, its report and a summary."""
     script = Path(sys.executable).parent / "icl-lab"
-    args = [
-        "demo",
-        "--runs-dir",
-        str(tmp_path),
-        "--quiet",
+    args = ["demo", "--runs-dir", str(tmp_path), "--quiet"]
+    args += [
         "--set",
-        "training.length.steps=30",
+        "training.length.steps=20",
         "--set",
         "eval.every.steps=10",
+        "--set",
+        "eval.batch_size=100",
     ]
     done = subprocess.run([str(script), *args], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert "prefix matching" in done.stdout and "ICL score" in done.stdout
-    assert Run.open(next(tmp_path.iterdir())).status == "complete"
+    lines = done.stdout.strip().splitlines()
+    assert "ic accuracy" in lines[0] and "(seed 0)" in lines[0]
+    assert lines[1].startswith("final accuracy at step 20: train ")
+    assert "item_label_association" in lines[2]
+    run = Run.open(next(tmp_path.iterdir()))
+    assert run.status == "complete"
+    assert lines[3] == f"report: {run.path / 'report' / 'report.html'}"
     bad = subprocess.run(
-        [str(script), "train", "induction", "--set", "model.n_layers=0"],
-        capture_output=True,
-        text=True,
+        [str(script), "train", "induction", "--set", "model.n_layers=0"], capture_output=True, text=True
     )
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1

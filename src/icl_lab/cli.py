@@ -170,22 +170,36 @@ def _first_line(text: str | None) -> str:
 
 
 @app.command()
+def report(
+    run: Annotated[Path, typer.Argument(help="Run directory.")],
+) -> None:
+    """Write report.html (self-contained) and PNG figures into RUN/report/."""
+    from icl_lab.report.page import write_report
+    from icl_lab.store.run import Run
+
+    console.print(f"report: {write_report(Run.open(run))}")
+
+
+@app.command()
 def demo(
     set_: SetOption = None,
     runs_dir: RunsDir = Path("runs"),
     device: Device = None,
     quiet: Quiet = False,
 ) -> None:
-    """Train the induction-head experiment and report when the induction heads formed."""
-    from icl_lab.analysis.induction import induction_summary
+    """Bursty few-shot classification (Reddy 2024): train until an induction head forms, detect the
+    transition, write the report."""
+    from icl_lab.analysis.summary import summary_lines
     from icl_lab.experiment import load_config
+    from icl_lab.report.page import write_report
     from icl_lab.training.trainer import train as train_run
 
-    cfg = load_config("induction", _overrides(set_, device))
+    cfg = load_config("reddy_fast", _overrides(set_, device))
     run = train_run(cfg, str(runs_dir), progress=not quiet)
-    console.print(f"run: {run.path}")
-    for line in induction_summary(run):
-        console.print(line)
+    page = write_report(run)
+    for line in summary_lines(run):
+        console.print(line, soft_wrap=True)
+    console.print(f"report: {page}", soft_wrap=True)
 
 
 def main() -> None:

@@ -7,6 +7,8 @@ import pyarrow.parquet as pq
 
 from icl_lab.store.files import atomic_write
 
+TRAIN_SPLIT = "train_batches"  # split name of the running mean of training-batch losses
+
 SCHEMA = pa.schema(
     [
         ("step", pa.int64()),

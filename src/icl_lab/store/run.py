@@ -99,30 +99,55 @@ class Run:
 
     @property
     def metrics(self) -> pa.Table:
-        """All metric rows: step, sequences, tokens, wall_s, member, split, metric, head, value."""
-        return read_metrics(self.metrics_path)
+        """All metric rows: step, sequences, tokens, wall_s, member, split, metric, head, value.
+        Read once per change of the file."""
+        stamp = self.metrics_path.stat().st_mtime_ns if self.metrics_path.exists() else None
+        if getattr(self, "_metrics_stamp", -1) != stamp:
+            self._metrics, self._metrics_stamp = read_metrics(self.metrics_path), stamp
+        return self._metrics
+
+    def _rows(self, metric: str, split: str, member: int) -> pa.Table:
+        t = self.metrics
+        keep = pc.and_(pc.equal(t["metric"], metric), pc.equal(t["split"], split))
+        return t.filter(pc.and_(keep, pc.equal(t["member"], member))).sort_by("step")
 
     def curve(
         self, metric: str, split: str, head: str | None = None, member: int = 0
     ) -> tuple[np.ndarray, np.ndarray]:
         """(steps, values) of one metric on one split, for one head or a head-less metric."""
-        t = self.metrics
-        keep = pc.and_(
-            pc.and_(pc.equal(t["metric"], metric), pc.equal(t["split"], split)),
-            pc.equal(t["member"], member),
-        )
-        head_match = pc.is_null(t["head"]) if head is None else pc.equal(t["head"], head)
-        t = t.filter(pc.and_(keep, head_match)).sort_by("step")
+        t = self._rows(metric, split, member)
+        t = t.filter(pc.is_null(t["head"]) if head is None else pc.equal(t["head"], head))
         return t["step"].to_numpy(), t["value"].to_numpy()
+
+    def head_curves(
+        self, metric: str, split: str, member: int = 0
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(steps, {head: values}) of a per-head metric."""
+        t = self._rows(metric, split, member)
+        t = t.filter(pc.is_valid(t["head"]))
+        heads, steps, values = (
+            t["head"].to_numpy(zero_copy_only=False),
+            t["step"].to_numpy(),
+            t["value"].to_numpy(),
+        )
+        return np.unique(steps), {h: values[heads == h] for h in sorted(set(heads))}
+
+    def summary_curve(
+        self, metric: str, split: str, summary: str = "mean", member: int = 0
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(steps, values) of a metric; a per-head metric is summarised over heads (max/min/mean)."""
+        steps, values = self.curve(metric, split, member=member)
+        if values.size:
+            return steps, values
+        steps, heads = self.head_curves(metric, split, member)
+        if not heads:
+            return steps, values
+        return steps, getattr(np, summary)(np.stack(list(heads.values())), axis=0)
 
     def units_at(self, step: int) -> tuple[int, int]:
         """(sequences, tokens) seen by the end of a training step."""
         sequences = step * self.config.training.batch_size
-        return sequences, sequences * self._tokens_per_sequence
-
-    @property
-    def _tokens_per_sequence(self) -> int:
-        return TASKS.get(self.config.task.name).io(self.config.task).n_ctx
+        return sequences, sequences * TASKS.get(self.config.task.name).io(self.config.task).n_ctx
 
     # checkpoints ---------------------------------------------------------------------------
 

@@ -74,7 +74,11 @@ class Task:
     Config: ClassVar[type[TaskConfig]]
     default_metrics: ClassVar[tuple[str, ...]] = ("loss", "accuracy")
     key_metric: ClassVar[tuple[str, str, str]] = ("train", "loss", "mean")
-    """(split, metric, summary of per-head values: max/min/mean) shown live in the progress bar"""
+    """(split, metric, summary of per-head values: max/min/mean): shown live in the progress bar,
+    and the curve whose abrupt transition a report looks for"""
+    progress_measures: ClassVar[tuple[tuple[str, str, int | None], ...]] = ()
+    """(split, metric, layer) curves a report plots on a shared time axis; layer None for a
+    head-less metric, else every head of that layer (negative counts from the last)"""
 
     def __init__(self, config: TaskConfig, seed: int, device: torch.device | str = "cpu") -> None:
         self.config, self.seed, self.device = config, seed, torch.device(device)
@@ -106,6 +110,10 @@ class Task:
         if positions is None or logits.shape[-2] == len(positions):
             return logits
         return logits[..., list(positions), :]
+
+    def token_labels(self, batch: Batch, index: int) -> list[str]:
+        """Short labels of the tokens of one sequence, for attention-pattern figures."""
+        return [str(i) for i in range(batch.inputs.shape[1])]
 
     def loss(self, logits: Tensor, targets: Tensor, loss_mask: Tensor) -> Tensor:
         """Scalar training loss of one member's batch."""

@@ -79,6 +79,12 @@ class BurstyTask(Task):
     config: BurstyConfig
     default_metrics = ("loss", "accuracy", "context_label_accuracy", "bursty_attention")
     key_metric = ("ic", "accuracy", "mean")
+    progress_measures = (
+        ("ic", "context_label_accuracy", None),
+        ("ic", "item_label_association", 0),
+        ("ic", "target_label_attention", -1),
+        ("ic", "induction_strength", -1),
+    )
 
     def __init__(self, config: BurstyConfig, seed: int, device: torch.device | str = "cpu") -> None:
         super().__init__(config, seed, device)
@@ -113,6 +119,13 @@ class BurstyTask(Task):
             "ic2": lambda n, g: self._sample(n, g, 1.0, 0.0, label_shift=1),
             "iw": lambda n, g: self._sample(n, g, 0.0, 0.0),
         }
+
+    def token_labels(self, batch: Batch, index: int) -> list[str]:
+        """Items as c<class> (novel classes numbered from K), labels as l<label>, the query q:c<class>."""
+        classes = batch.meta["item_classes"][index].tolist()
+        labels = batch.meta["context_labels"][index].tolist()
+        tokens = [text for c, y in zip(classes, labels, strict=True) for text in (f"c{c}", f"l{y}")]
+        return [*tokens, f"q:c{int(batch.meta['query_class'][index])}"]
 
     def _bursty_classes(self, n: int, n_classes: int, g: torch.Generator, probs: Tensor | None) -> Tensor:
         """(n, N) classes: N/B classes each repeated B times, shuffled; the first N/B columns before

@@ -62,6 +62,12 @@ class InductionTask(Task):
         "copying_eigenvalues",
     )
     key_metric = ("train", "prefix_matching", "max")
+    progress_measures = (
+        ("train", "prefix_matching", -1),
+        ("train", "previous_token_score", 0),
+        ("train", "icl_score", None),
+        ("train", "copy_loss_drop", None),
+    )
 
     @classmethod
     def io(cls, config: InductionConfig) -> ModelIO:
@@ -86,6 +92,9 @@ class InductionTask(Task):
         targets = torch.cat([tokens[:, 1:], torch.zeros_like(tokens[:, :1])], dim=1)
         loss_mask = (pos < T - 1).expand(n, T)
         return Batch(tokens, targets, loss_mask, {"period": period, "repeat_end": end})
+
+    def token_labels(self, batch: Batch, index: int) -> list[str]:
+        return [str(t) for t in batch.inputs[index].tolist()]
 
     @classmethod
     def split_names(cls, config: InductionConfig) -> list[str]:

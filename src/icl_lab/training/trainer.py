@@ -24,13 +24,11 @@ from icl_lab.interventions import Clamp
 from icl_lab.interventions.base import compile_clamps
 from icl_lab.seeding import generator
 from icl_lab.store.checkpoints import Checkpoint, save_checkpoint
-from icl_lab.store.metrics_table import MetricsLog
+from icl_lab.store.metrics_table import TRAIN_SPLIT, MetricsLog
 from icl_lab.store.run import Run
 from icl_lab.tasks import Batch
 from icl_lab.training.optim import build_optimizer, clip_grad_norm_per_member, lr_at
 from icl_lab.training.progress import TrainingProgress
-
-TRAIN_SPLIT = "train_batches"  # split name of the running mean of training losses
 
 
 def over_members(fn: Callable[..., Tensor], n_members: int) -> Callable[..., Tensor]:
@@ -268,6 +266,7 @@ class Trainer:
             with TrainingProgress(self.run.id, self.total_steps, self.step, self.progress) as bar:
                 if self.step == 0:
                     self.evaluate_all()
+                    self.save()
                 while self.step < self.total_steps:
                     self.train_step()
                     if self.step % self.eval_every == 0 or self.step == self.total_steps:

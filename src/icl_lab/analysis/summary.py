@@ -1,0 +1,75 @@
+"""What a run showed: transitions of its task's key curve, final metrics, progress measures."""
+
+import math
+from dataclasses import dataclass
+
+from icl_lab.analysis.transitions import Transition, detect_transitions, main_transition
+from icl_lab.experiment import build_task
+from icl_lab.store.run import Run
+
+
+@dataclass
+class RunSummary:
+    """Transitions of the key curve, and the final value of every head-less metric."""
+
+    key: str
+    transitions: list[Transition]
+    main: Transition | None
+    final: dict[str, dict[str, float]]  # split -> metric -> value at the last evaluation
+    final_step: int
+
+
+def summarise(run: Run, member: int = 0) -> RunSummary:
+    """Detect transitions in the task's key curve and collect every metric's final value."""
+    split, metric, how = build_task(run.config).key_metric
+    steps, values = run.summary_curve(metric, split, how, member)
+    transitions = detect_transitions(steps, values)
+    rows = [row for row in run.metrics.to_pylist() if row["member"] == member]
+    last = max(row["step"] for row in rows)
+    final: dict[str, dict[str, float]] = {}
+    for row in rows:
+        if row["step"] == last and row["head"] is None:
+            final.setdefault(row["split"], {})[row["metric"]] = row["value"]
+    key = f"{split} {metric}" + (f" ({how} over heads)" if how != "mean" else "")
+    return RunSummary(key, transitions, main_transition(transitions), final, last)
+
+
+def units_text(run: Run, step: float) -> str:
+    sequences, tokens = run.units_at(round(step))
+    return f"step {step:,.0f} = {sequences:,} sequences = {tokens:,} tokens"
+
+
+def summary_lines(run: Run) -> list[str]:
+    """Three lines: the transition, the final accuracy (or loss) per split, the progress measures."""
+    summary, task = summarise(run), build_task(run.config)
+    seed = run.config.seed
+    tr = summary.main
+    if tr is None:
+        first = f"no abrupt transition in {summary.key} (seed {seed})"
+    else:
+        first = (
+            f"transition in {summary.key}: {tr.before:.2f} -> {tr.after:.2f} between steps "
+            f"{tr.onset:,.0f} and {tr.end:,.0f}, midpoint {units_text(run, tr.midpoint)} (seed {seed})"
+        )
+    finals = [
+        f"{split} {values['accuracy']:.2f}" if "accuracy" in values else f"{split} loss {values['loss']:.2f}"
+        for split, values in summary.final.items()
+        if "loss" in values and split in type(task).split_names(run.config.task)
+    ]
+    measures = []
+    for split, metric, layer in task.progress_measures:
+        if layer is None:
+            value, where = run.curve(metric, split)[1][-1], ""
+        else:
+            layer %= run.config.model.n_layers
+            _, heads = run.head_curves(metric, split)
+            mine = {h: v[-1] for h, v in heads.items() if h.startswith(f"{layer}.")}
+            where = max(mine, key=lambda h: -math.inf if math.isnan(mine[h]) else mine[h])
+            value, where = mine[where], f" (head {where})"
+        if not math.isnan(value):
+            measures.append(f"{metric} {value:.2f}{where}")
+    return [
+        first,
+        f"final accuracy at step {summary.final_step:,}: " + ", ".join(finals),
+        "progress measures at the end: " + ", ".join(measures),
+    ]

@@ -1,0 +1,1 @@
+"""Reports: PNG figures and a self-contained HTML page per run."""

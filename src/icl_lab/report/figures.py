@@ -1,0 +1,113 @@
+"""Figures of a run, drawn from its run store: curves against steps (sequences on a second axis),
+the detected transition shaded, attention patterns with token labels. Each names its units and seed."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from icl_lab.analysis.transitions import Transition
+from icl_lab.evaluation import eval_batches
+from icl_lab.experiment import build_task
+from icl_lab.store.metrics_table import TRAIN_SPLIT
+from icl_lab.store.run import Run
+
+SPLIT_COLOURS = {"train": "C0", "ic": "C1", "ic2": "C2", "iw": "C3", "repeated": "C4", TRAIN_SPLIT: "C7"}
+
+
+def _time_axis(ax: Axes, run: Run, transition: Transition | None, top: bool) -> None:
+    """Step axis, a sequences axis on top, and the transition shaded (onset to end, midpoint dashed)."""
+    if transition is not None:
+        ax.axvspan(transition.onset, transition.end, color="0.85", zorder=0)
+        ax.axvline(transition.midpoint, color="0.4", ls="--", lw=1, zorder=0)
+    ax.grid(alpha=0.3)
+    if top:
+        batch = run.config.training.batch_size
+        secondary = ax.secondary_xaxis("top", functions=(lambda s: s * batch, lambda q: q / batch))
+        secondary.set_xlabel("sequences")
+
+
+def _splits(run: Run) -> list[str]:
+    return sorted(set(run.metrics["split"].to_pylist()) - {TRAIN_SPLIT})
+
+
+def training_curves(run: Run, transition: Transition | None) -> Figure:
+    """Loss and accuracy of every split against steps."""
+    fig, (loss_ax, acc_ax) = plt.subplots(2, 1, figsize=(8, 6), sharex=True, constrained_layout=True)
+    steps, loss = run.curve("loss", TRAIN_SPLIT)
+    loss_ax.plot(steps, loss, color=SPLIT_COLOURS[TRAIN_SPLIT], lw=1, label="training batches")
+    for split in _splits(run):
+        colour = SPLIT_COLOURS.get(split)
+        loss_ax.plot(*run.curve("loss", split), color=colour, label=split)
+        acc_ax.plot(*run.curve("accuracy", split), color=colour, label=split)
+    loss_ax.set_ylabel("loss (nats)")
+    acc_ax.set_ylabel("accuracy")
+    acc_ax.set_xlabel("step")
+    loss_ax.legend(fontsize=8)
+    _time_axis(loss_ax, run, transition, top=True)
+    _time_axis(acc_ax, run, transition, top=False)
+    fig.suptitle(f"{run.id}: loss and accuracy per split (seed {run.config.seed})", fontsize=10)
+    return fig
+
+
+def progress_measures(run: Run, transition: Transition | None) -> Figure:
+    """The task's progress measures on a shared time axis; per-head measures show every head."""
+    measures = build_task(run.config).progress_measures
+    fig, axes = plt.subplots(
+        len(measures), 1, figsize=(8, 1.9 * len(measures) + 0.8), sharex=True, constrained_layout=True
+    )
+    for i, (ax, (split, metric, layer)) in enumerate(zip(np.atleast_1d(axes), measures, strict=True)):
+        if layer is None:
+            ax.plot(*run.curve(metric, split), color="k")
+            ax.set_title(f"{metric} ({split})", fontsize=9, loc="left")
+        else:
+            layer = layer % run.config.model.n_layers
+            steps, heads = run.head_curves(metric, split)
+            for head, values in heads.items():
+                if head.startswith(f"{layer}."):
+                    ax.plot(steps, values, label=f"head {head}")
+            ax.set_title(f"{metric}, layer {layer} heads ({split})", fontsize=9, loc="left")
+            ax.legend(fontsize=7, ncol=4, loc="best")
+        _time_axis(ax, run, transition, top=i == 0)
+    np.atleast_1d(axes)[-1].set_xlabel("step")
+    fig.suptitle(f"{run.id}: progress measures (seed {run.config.seed})", fontsize=10)
+    return fig
+
+
+def attention_patterns(run: Run, steps: list[int], split: str) -> Figure:
+    """Every head's attention pattern on one example sequence of a split, at the given checkpoints."""
+    cfg = run.config
+    task = build_task(cfg)
+    batch = eval_batches(cfg, task, cfg.seed, torch.device("cpu"))[split]
+    example = 0
+    labels = task.token_labels(batch, example)
+    L, H = cfg.model.n_layers, cfg.model.n_heads
+    T = len(labels)
+    fig, axes = plt.subplots(
+        len(steps),
+        L * H,
+        figsize=(max(2.3 * L * H + 1, 6), 2.4 * len(steps) + 0.6),
+        squeeze=False,
+        constrained_layout=True,
+    )
+    for row, step in enumerate(steps):
+        model = run.model(step)
+        _, cache = model.run_with_cache(
+            batch.inputs[example : example + 1], names_filter=lambda n: n.endswith("hook_pattern")
+        )
+        for layer in range(L):
+            pattern = cache[f"blocks.{layer}.attn.hook_pattern"][0]  # (H, T, T)
+            for head in range(H):
+                ax = axes[row, layer * H + head]
+                ax.imshow(pattern[head].numpy(), cmap="viridis", vmin=0, vmax=1)
+                ax.set_title(f"head {layer}.{head}, step {step}", fontsize=8)
+                ticks = range(T) if T <= 24 else range(0, T, max(1, T // 12))
+                ax.set_xticks(list(ticks), [labels[i] for i in ticks], rotation=90, fontsize=6)
+                ax.set_yticks(list(ticks), [labels[i] for i in ticks], fontsize=6)
+    fig.suptitle(f"attention on {split} sequence 0 (rows: query, columns: key), seed {cfg.seed}", fontsize=9)
+    return fig

@@ -1,0 +1,92 @@
+"""The run report: figures, a self-contained page, and the page rendered in headless Chromium."""
+
+import re
+import shutil
+import subprocess
+import tempfile
+
+import pytest
+
+from conftest import tiny_config
+from icl_lab.report.page import write_report
+from icl_lab.store.run import Run
+from icl_lab.training.trainer import train
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def bursty_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    config = tiny_config(
+        task={
+            "name": "bursty_classification",
+            "n_classes": 64,
+            "n_labels": 8,
+            "dim": 15,
+            "n_context": 4,
+            "burstiness": 2,
+            "n_pos_slots": 13,
+            "n_novel_classes": 16,
+        },
+        model={
+            "name": "transformer",
+            "n_layers": 2,
+            "n_heads": 2,
+            "d_model": 16,
+            "attn_only": True,
+            "readout": {"positions": [-1], "hidden": [16]},
+        },
+        training={"length": {"steps": 40}},
+        eval={"every": {"steps": 5}, "batch_size": 64},
+        checkpointing={"every": {"steps": 20}},
+    )
+    return train(config, str(tmp_path_factory.mktemp("runs")), progress=False)
+
+
+def test_report_writes_figures_and_a_self_contained_page(bursty_run: Run) -> None:
+    page = write_report(bursty_run)
+    folder = page.parent
+    for name in ("training.png", "progress.png", "attention.png"):
+        assert (folder / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = page.read_text()
+    assert text.count('src="data:image/png;base64,') == 3
+    assert not re.search(r"(src|href)=\"(https?:)?//", text), "no network resources"
+    assert "seed</th><td>3" in text and "sequences" in text
+    for split in ("ic", "ic2", "iw"):
+        assert f"<th>{split}</th>" in text
+
+
+def test_report_command(cli, bursty_run: Run) -> None:
+    code, out, _ = cli("report", bursty_run.path)
+    assert code == 0 and "report.html" in out
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium on this machine (CI installs Debian's chromium)")
+def test_report_renders_in_headless_chromium_without_console_errors(bursty_run: Run) -> None:
+    page = write_report(bursty_run)
+    with tempfile.TemporaryDirectory() as profile:
+        done = subprocess.run(
+            [
+                CHROMIUM,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={profile}",
+                "--enable-logging=stderr",
+                "--v=0",
+                "--virtual-time-budget=5000",
+                "--dump-dom",
+                page.as_uri(),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert 'data-figures="3/3"' in done.stdout, "every figure decoded and drawn"
+    console = [line for line in done.stderr.splitlines() if ":CONSOLE" in line]
+    assert console == [], console
