@@ -54,7 +54,7 @@ def test_run_directory_metrics_and_units(tmp_path: Path) -> None:
         "metrics.parquet",
         "checkpoints",
     }
-    assert run.checkpoint_steps == [4, 8, 12]
+    assert run.checkpoint_steps == [0, 4, 8, 12]
     table = run.metrics
     assert sorted(set(table["step"].to_pylist())) == [0, 4, 8, 12]
     row = table.filter(pc.equal(table["step"], 8)).to_pylist()[0]
