@@ -121,6 +121,9 @@ class ModelConfig(StrictModel):
 
     name: str
 
+    def check_io(self, io: "ModelIO") -> None:  # noqa: F821 - ModelIO imports this module
+        """Raise ValueError if this model cannot serve a task with these inputs and targets."""
+
 
 def format_validation_error(error: Exception, data: object = None) -> str:
     """One line naming the failing field, from a pydantic ValidationError."""

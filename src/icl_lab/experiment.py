@@ -93,11 +93,22 @@ def build_task(config: ExperimentConfig, seed: int | None = None, device: str = 
     return TASKS.get(config.task.name)(config.task, config.seed if seed is None else seed, device)
 
 
-def build_model(config: ExperimentConfig, device: str | torch.device = "cpu") -> Model:
-    """A freshly initialised model of a config (weights are set by the trainer from the seed)."""
+def build_model(
+    config: ExperimentConfig, device: str | torch.device = "cpu", task: Task | None = None
+) -> Model:
+    """A freshly initialised model of a config (weights are set by the trainer from the seed).
+
+    A model that needs task constants gets them from `task` (built from the config if not given);
+    on the meta device, used to validate configs, they are left out.
+    """
     io = TASKS.get(config.task.name).io(config.task)
+    cls = MODELS.get(config.model.name)
     with torch.device(device):
-        return MODELS.get(config.model.name)(config.model, io)
+        model = cls(config.model, io)
+    if cls.constants and str(device) != "meta":
+        constants = (task or build_task(config, device=str(device))).model_constants()
+        model.set_constants({k: v.to(device) for k, v in constants.items()})
+    return model
 
 
 def parse_overrides(overrides: list[str]) -> list[tuple[list[str], Any]]:

@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 from typing import ClassVar
 
+import torch
 from torch import Tensor
 
 from icl_lab.config import ModelConfig
@@ -29,12 +30,22 @@ class Model(HookedModule):
     """A hookable sequence model: inputs (batch, pos) ids or (batch, pos, d_input) -> logits."""
 
     Config: ClassVar[type[ModelConfig]]
+    constants: ClassVar[tuple[str, ...]] = ()
+    """names of task constants (Task.model_constants) the model needs, e.g. a task's label vectors"""
     io: ModelIO
     n_layers: int
     n_heads: int
 
     def forward(self, inputs: Tensor) -> Tensor:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def set_constants(self, constants: dict[str, Tensor]) -> None:
+        """Store the task constants this model declared, as non-persistent buffers."""
+        for name in self.constants:
+            self.register_buffer(name, constants[name], persistent=False)
 
 
 MODELS: Registry[type[Model]] = Registry("model")

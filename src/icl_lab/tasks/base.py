@@ -111,6 +111,10 @@ class Task:
             return logits
         return logits[..., list(positions), :]
 
+    def model_constants(self) -> dict[str, Tensor]:
+        """Fixed tensors of this task's world that reduced models may use (see Model.constants)."""
+        return {}
+
     def token_labels(self, batch: Batch, index: int) -> list[str]:
         """Short labels of the tokens of one sequence, for attention-pattern figures."""
         return [str(i) for i in range(batch.inputs.shape[1])]

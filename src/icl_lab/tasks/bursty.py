@@ -120,6 +120,9 @@ class BurstyTask(Task):
             "iw": lambda n, g: self._sample(n, g, 0.0, 0.0),
         }
 
+    def model_constants(self) -> dict[str, Tensor]:
+        return {"label_vectors": self.label_vectors}
+
     def token_labels(self, batch: Batch, index: int) -> list[str]:
         """Items as c<class> (novel classes numbered from K), labels as l<label>, the query q:c<class>."""
         classes = batch.meta["item_classes"][index].tolist()

@@ -57,8 +57,8 @@ class Trainer:
         self.members: list[ExperimentConfig] = [cfg]  # an ensemble of one
         self.device = torch.device(cfg.training.device)
         torch.set_num_threads(cfg.training.threads)
-        self.model = build_model(cfg, self.device)
         self.tasks = [build_task(m, device=str(self.device)) for m in self.members]
+        self.model = build_model(cfg, self.device, self.tasks[0])
         batch_size, tokens = cfg.training.batch_size, self.tasks[0].tokens_per_sequence
         self.batch_size, self.tokens_per_sequence = batch_size, tokens
         self.total_steps = cfg.training.length.to_steps(batch_size, tokens)
