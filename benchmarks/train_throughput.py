@@ -11,21 +11,18 @@ step, and the cost of an active clamp.
 """
 
 import argparse
-import json
-import statistics
-import time
+import tempfile
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common import interleaved, table, time_steps, write_results
 from icl_lab.experiment import load_config
 from icl_lab.seeding import generator
 from icl_lab.store.run import Run
 from icl_lab.training.trainer import Trainer
-
-RESULTS = Path(__file__).parent / "results"
 
 
 class PlainBlock(nn.Module):
@@ -53,16 +50,6 @@ class PlainModel(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.unembed(self.ln(x))
-
-
-def time_steps(step: callable, n: int) -> float:
-    sync = torch.cuda.synchronize if torch.cuda.is_available() else lambda: None
-    sync()
-    start = time.perf_counter()
-    for _ in range(n):
-        step()
-    sync()
-    return (time.perf_counter() - start) / n
 
 
 def matmul_gflops(n: int = 1024, repeats: int = 5, device: torch.device | None = None) -> float:
@@ -93,8 +80,6 @@ def main() -> None:
     cfg = load_config("induction", ["checkpointing.every=null", *on_device])
     clamp = "clamps=[{kind: ablate, heads: ['1.0', '1.1'], mode: mean}]"
     clamped_cfg = load_config("induction", [clamp, *on_device])
-    import tempfile
-
     runs = Path(tempfile.mkdtemp())
     ours = Trainer(Run.create(cfg, runs), progress=False)
     clamped = Trainer(Run.create(clamped_cfg, runs), progress=False)
@@ -121,56 +106,32 @@ def main() -> None:
         "icl-lab": ours.train_step,
         "icl-lab + clamp": clamped.train_step,
     }
-    for step in contenders.values():
-        time_steps(step, 20)  # warm-up
-    times: dict[str, list[float]] = {name: [] for name in contenders}
-    for _ in range(args.repeats):
-        for name, step in contenders.items():
-            times[name].append(time_steps(step, args.steps))
-    median = {name: statistics.median(t) for name, t in times.items()}
-    data_s = statistics.median(time_steps(data_only, args.steps) for _ in range(args.repeats))
+    median = interleaved(contenders, args.steps, args.repeats)
+    data_s = interleaved({"data": data_only}, args.steps, args.repeats)["data"]
     peak = matmul_gflops(device=device)
     flops = step_flops(cfg, batch_size * T)
-
-    rows = []
-    print(f"{'':18}{'steps/s':>10}{'tokens/s':>12}{'GFLOP/s':>10}{'vs plain':>10}")
-    for name, seconds in median.items():
-        row = {
-            "name": name,
-            "steps_per_s": 1 / seconds,
-            "tokens_per_s": batch_size * T / seconds,
-            "gflops": flops / seconds / 1e9,
-            "speed_vs_plain": median["plain PyTorch"] / seconds,
-        }
-        rows.append(row)
-        print(f"{name:18}{row['steps_per_s']:10.1f}{row['tokens_per_s']:12.0f}", end="")
-        print(f"{row['gflops']:10.2f}{row['speed_vs_plain']:10.3f}")
+    rows = table(median, "plain PyTorch", batch_size * T, flops)
     share = flops / median["icl-lab"] / 1e9 / peak
     print(f"large matmul (1024^3): {peak:.1f} GFLOP/s; icl-lab steps reach {share:.1%} of it")
     data_share = data_s / median["icl-lab"]
     print(f"data generation: {data_s * 1e3:.2f} ms per batch = {data_share:.1%} of an icl-lab step")
-    print(f"active clamp overhead: {median['icl-lab + clamp'] / median['icl-lab'] - 1:+.1%}")
-    out = RESULTS / f"train_throughput_{device.type}.json"
-    RESULTS.mkdir(exist_ok=True)
-    out.write_text(
-        json.dumps(
-            {
-                "config": "induction",
-                "batch_size": batch_size,
-                "seq_len": T,
-                "threads": 1,
-                "steps_per_repeat": args.steps,
-                "repeats": args.repeats,
-                "rows": rows,
-                "matmul_gflops": peak,
-                "data_share_of_step": data_s / median["icl-lab"],
-                "clamp_overhead": median["icl-lab + clamp"] / median["icl-lab"] - 1,
-                "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu (1 thread)",
-                "torch": torch.__version__,
-                "date": time.strftime("%Y-%m-%d"),
-            },
-            indent=1,
-        )
+    overhead = median["icl-lab + clamp"] / median["icl-lab"] - 1
+    print(f"active clamp overhead: {overhead:+.1%}")
+    device_name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu (1 thread)"
+    out = write_results(
+        f"train_throughput_{device.type}",
+        {
+            "config": "induction",
+            "device": device_name,
+            "batch_size": batch_size,
+            "seq_len": T,
+            "steps_per_repeat": args.steps,
+            "repeats": args.repeats,
+            "rows": rows,
+            "matmul_gflops": peak,
+            "data_share_of_step": data_share,
+            "clamp_overhead": overhead,
+        },
     )
     print(f"wrote {out}")
 

@@ -114,6 +114,7 @@ def _metrics_table(title: str, values: dict[str, torch.Tensor]) -> Table:
 
 
 class Listable(StrEnum):
+    reproductions = "reproductions"
     tasks = "tasks"
     models = "models"
     metrics = "metrics"
@@ -132,6 +133,7 @@ def list_(
     from icl_lab.interventions import CLAMPS
     from icl_lab.metrics import METRICS
     from icl_lab.models import MODELS
+    from icl_lab.reproduce import REPRODUCTIONS
     from icl_lab.store.run import list_runs
     from icl_lab.tasks import TASKS
 
@@ -155,6 +157,9 @@ def list_(
             Listable.models: [(n, _first_line(c.__doc__)) for n, c in MODELS.items()],
             Listable.metrics: [(n, m.description) for n, m in METRICS.items()],
             Listable.clamps: [(n, _first_line(c.__doc__)) for n, c in CLAMPS.items()],
+            Listable.reproductions: [
+                (n, f"{r.title} (--quick: {r.quick_budget})") for n, r in REPRODUCTIONS.items()
+            ],
             Listable.experiments: [
                 (p.stem, _first_line(p.read_text().split("\n", 1)[0].lstrip("# ")))
                 for p in sorted(BUNDLED_CONFIGS.glob("*.yaml"))
@@ -178,6 +183,33 @@ def report(
     from icl_lab.store.run import Run
 
     console.print(f"report: {write_report(Run.open(run))}")
+
+
+@app.command(name="reproduce")
+def reproduce_(
+    name: Annotated[str, typer.Argument(help="Reproduction name (icl-lab list reproductions).")],
+    quick: Annotated[bool, typer.Option("--quick", help="Laptop-scale version (minutes on a CPU).")] = False,
+    workers: Annotated[int, typer.Option(min=1, help="Parallel training processes.")] = 2,
+    runs_dir: RunsDir = Path("runs"),
+    quiet: Quiet = False,
+) -> None:
+    """Train a paper's experiments and print each of its claims beside our measurement."""
+    from icl_lab.reproduce import REPRODUCTIONS, reproduce
+
+    reproduction = REPRODUCTIONS.get(name)
+    mode = f"quick: {reproduction.quick_budget}" if quick else "full: the paper's scale"
+    console.print(f"[bold]{reproduction.title}[/] ({mode})")
+    claims, out = reproduce(name, quick, runs_dir, workers, progress=not quiet)
+    table = Table(show_lines=True)
+    for column in ("finding", "paper", "ours", "verdict"):
+        table.add_column(column)
+    for claim in claims:
+        verdict = "[green]reproduced[/]" if claim.reproduced else "[red]not reproduced[/]"
+        table.add_row(claim.finding, claim.paper, claim.ours, verdict)
+    console.print(table)
+    console.print(
+        f"{sum(c.reproduced for c in claims)} of {len(claims)} claims reproduced; runs and claims.md in {out}"
+    )
 
 
 @app.command()

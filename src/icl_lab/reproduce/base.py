@@ -1,0 +1,67 @@
+"""Reproductions: a paper's findings, the experiments that test them, and an honest verdict each."""
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from icl_lab.experiment import ExperimentConfig
+from icl_lab.registry import Registry
+from icl_lab.store.files import atomic_write_text
+from icl_lab.store.run import Run
+from icl_lab.sweeps.local import run_configs
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One finding of a paper, the paper's figure, ours, and whether ours reproduces it."""
+
+    finding: str
+    paper: str
+    ours: str
+    reproduced: bool
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "reproduced", bool(self.reproduced))  # numpy bools are not JSON
+
+
+class Reproduction:
+    """Subclasses name their experiments (quick: a CPU in minutes; full: the paper's scale) and
+    judge each claim from the finished runs."""
+
+    title: ClassVar[str]
+    quick_budget: ClassVar[str]
+
+    def experiments(self, quick: bool) -> dict[str, ExperimentConfig]:  # pragma: no cover
+        raise NotImplementedError
+
+    def claims(self, runs: dict[str, Run], quick: bool) -> list[Claim]:  # pragma: no cover
+        raise NotImplementedError
+
+
+REPRODUCTIONS: Registry[type[Reproduction]] = Registry("reproduction")
+
+
+def reproduce(
+    name: str, quick: bool, runs_dir: str | Path, workers: int, progress: bool = True
+) -> tuple[list[Claim], Path]:
+    """Train a reproduction's experiments, judge its claims, write claims.json and claims.md."""
+    reproduction = REPRODUCTIONS.get(name)()
+    experiments = reproduction.experiments(quick)
+    out = Path(runs_dir) / f"reproduce-{name}-{'quick' if quick else 'full'}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out.mkdir(parents=True)
+    started = time.perf_counter()
+    runs = run_configs(list(experiments.values()), out, workers, progress)
+    claims = reproduction.claims(dict(zip(experiments, runs, strict=True)), quick)
+    wall = time.perf_counter() - started
+    record = {"reproduction": name, "quick": quick, "wall_s": wall, "claims": [asdict(c) for c in claims]}
+    atomic_write_text(out / "claims.json", json.dumps(record, indent=1))
+    lines = [f"# {reproduction.title} ({'quick' if quick else 'full'}, {wall / 60:.1f} min)", ""]
+    lines += ["| finding | paper | ours | verdict |", "| --- | --- | --- | --- |"]
+    lines += [
+        f"| {c.finding} | {c.paper} | {c.ours} | {'reproduced' if c.reproduced else 'not reproduced'} |"
+        for c in claims
+    ]
+    atomic_write_text(out / "claims.md", "\n".join(lines) + "\n")
+    return claims, out

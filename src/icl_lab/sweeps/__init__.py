@@ -1,0 +1,1 @@
+"""Running many experiments: executors that train a list of configs."""
