@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import pyarrow.compute as pc
 import torch
 from torch import Tensor
@@ -183,18 +184,10 @@ class Trainer:
         if values.dim() == 0:
             self.log.add(**units, member=member, split=split, metric=metric, head=None, value=values.item())
         else:  # per-head (n_layers, n_heads)
-            for (layer, head), v in zip(
-                torch.cartesian_prod(torch.arange(values.shape[0]), torch.arange(values.shape[1])).tolist(),
-                values.flatten().tolist(),
-                strict=True,
-            ):
+            for (layer, head), v in np.ndenumerate(values.numpy()):
+                head_name = f"{layer}.{head}"
                 self.log.add(
-                    **units,
-                    member=member,
-                    split=split,
-                    metric=metric,
-                    head=f"{layer}.{head}",
-                    value=v,
+                    **units, member=member, split=split, metric=metric, head=head_name, value=float(v)
                 )
         if member == 0:
             self._track_key_value(split, metric, values)
