@@ -5,13 +5,12 @@ import torch
 from torch.func import functional_call
 
 from icl_lab.interventions import CLAMPS
-from icl_lab.interventions.base import compile_clamps
+from icl_lab.interventions.base import clamped_forward
 from icl_lab.models import ModelIO
 from icl_lab.models.transformer import Transformer, TransformerConfig
 from icl_lab.training.trainer import over_members
 
 B, T, V = 4, 12, 10
-ON = torch.tensor(True)
 
 
 def model() -> Transformer:
@@ -27,9 +26,19 @@ def clamp(**fields: object):
     return CLAMPS.get(fields.get("kind", "ablate")).model_validate({"kind": "ablate", **fields})
 
 
+def run(m: Transformer, clamps: list, tokens: torch.Tensor, on: torch.Tensor | None = None) -> tuple:
+    """Logits and cache of a clamped forward pass."""
+    cache: dict[str, torch.Tensor] = {}
+    flags = torch.ones(len(clamps), dtype=torch.bool) if on is None else on
+    save = (lambda n: True, lambda x, hook: cache.__setitem__(hook.name, x))
+    logits = clamped_forward(
+        lambda hooks: m.run_with_hooks(tokens, fwd_hooks=hooks), m, clamps, flags, {}, tokens, [save]
+    )
+    return logits, cache
+
+
 def loss_with(m: Transformer, clamps: list, tokens: torch.Tensor) -> torch.Tensor:
-    with m.hooks(compile_clamps(clamps, m, torch.ones(len(clamps), dtype=torch.bool), {})):
-        logits = m(tokens)
+    logits, _ = run(m, clamps, tokens)
     return torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens.roll(-1, 1).flatten())
 
 
@@ -45,9 +54,7 @@ def test_zero_ablating_a_head_gives_exactly_zero_gradient_to_its_W_O_and_W_V() -
 
 def test_zero_ablated_head_output_is_zero_at_chosen_positions_only() -> None:
     m, tokens = model(), torch.randint(V, (B, T))
-    hooks = compile_clamps([clamp(heads=["0.1"], positions=[2, -1])], m, ON[None], {})
-    with m.hooks(hooks):
-        _, cache = m.run_with_cache(tokens)
+    _, cache = run(m, [clamp(heads=["0.1"], positions=[2, -1])], tokens)
     z = cache["blocks.0.attn.hook_z"]  # (B, T, H, e)
     assert (z[:, [2, T - 1], 1] == 0).all()
     assert (z[:, :2, 1] != 0).any() and (z[:, :, 0] != 0).any()
@@ -60,9 +67,7 @@ def test_mean_and_constant_ablation() -> None:
         ({"mode": "mean"}, clean["blocks.1.attn.hook_v"][:, :, 0].mean(0, keepdim=True)),
         ({"mode": "constant", "value": 0.5}, torch.tensor(0.5)),
     ]:
-        hooks = compile_clamps([clamp(heads=["1.0"], activation="v", **spec)], m, ON[None], {})
-        with m.hooks(hooks):
-            _, cache = m.run_with_cache(tokens)
+        _, cache = run(m, [clamp(heads=["1.0"], activation="v", **spec)], tokens)
         v = cache["blocks.1.attn.hook_v"]
         assert torch.allclose(v[:, :, 0], expect.expand_as(v[:, :, 0]))
         assert torch.equal(v[:, :, 1:], clean["blocks.1.attn.hook_v"][:, :, 1:])
@@ -70,18 +75,14 @@ def test_mean_and_constant_ablation() -> None:
 
 def test_layer_wildcard_and_pattern_ablation() -> None:
     m, tokens = model(), torch.randint(V, (B, T))
-    hooks = compile_clamps([clamp(heads=["0.*"], activation="pattern")], m, ON[None], {})
-    with m.hooks(hooks):
-        _, cache = m.run_with_cache(tokens)
+    _, cache = run(m, [clamp(heads=["0.*"], activation="pattern")], tokens)
     assert (cache["blocks.0.attn.hook_z"] == 0).all()
 
 
 def test_clamp_is_gated_by_the_member_flag() -> None:
     m, tokens = model(), torch.randint(V, (B, T))
-    off = compile_clamps([clamp(heads=["1.2"])], m, torch.tensor([False]), {})
-    with m.hooks(off):
-        gated = m(tokens)
-    assert torch.equal(gated, m(tokens))
+    gated, _ = run(m, [clamp(heads=["1.2"])], tokens, on=torch.tensor([False]))
+    assert torch.equal(gated, run(m, [], tokens)[0])
 
 
 @pytest.mark.filterwarnings("ignore:There is a performance drop")  # CPU SDPA has no vmap rule
@@ -92,8 +93,11 @@ def test_vmapped_members_with_different_clamps_equal_separate_runs() -> None:
     on = torch.tensor([[True, False], [False, True]])  # member 0: first clamp; member 1: second
 
     def member(params: dict, tokens: torch.Tensor, on: torch.Tensor) -> torch.Tensor:
-        with m.hooks(compile_clamps(clamps, m, on, {})):
-            return functional_call(m, params, (tokens,))
+        def forward(hooks: list) -> torch.Tensor:
+            with m.hooks(hooks):
+                return functional_call(m, params, (tokens,))
+
+        return clamped_forward(forward, m, clamps, on, {}, tokens)
 
     together = over_members(member, 2)(params, tokens, on)
     for i in range(2):

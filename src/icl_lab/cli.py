@@ -85,7 +85,7 @@ def eval_(
     """Evaluate a checkpoint on every split and print its metrics."""
     from icl_lab.evaluation import eval_batches, evaluate, metric_names
     from icl_lab.experiment import build_task
-    from icl_lab.interventions.base import active_at, compile_clamps
+    from icl_lab.interventions.base import active_at
     from icl_lab.store.run import Run
 
     handle = Run.open(run)
@@ -95,8 +95,7 @@ def eval_(
     clamps = active_at(cfg.clamps, step) if cfg.eval.with_clamps else []
     console.print(f"[bold]{handle.id}[/] step {step}, member {member}, seed {cfg.seed}")
     for split, batch in eval_batches(cfg, task, cfg.seed, torch.device("cpu")).items():
-        hooks = compile_clamps(clamps, model, torch.ones(len(clamps), dtype=torch.bool), batch.meta)
-        values = evaluate(model, task, batch, metric_names(cfg, task), hooks)
+        values = evaluate(model, task, batch, metric_names(cfg, task), clamps)
         console.print(_metrics_table(f"split {split} ({len(batch.inputs)} sequences)", values))
 
 

@@ -4,9 +4,10 @@ import torch
 from torch import Tensor
 
 from icl_lab.experiment import ExperimentConfig
+from icl_lab.interventions.base import Clamp, clamped_forward
 from icl_lab.metrics import METRICS, EvalContext
 from icl_lab.models import Model
-from icl_lab.models.hooks import HookFn
+from icl_lab.models.hooks import HookPoint
 from icl_lab.seeding import generator
 from icl_lab.tasks import Batch, Task
 
@@ -31,16 +32,31 @@ def evaluate(
     task: Task,
     batch: Batch,
     metrics: list[str],
-    hooks: list[tuple[str, HookFn]] = (),
+    clamps: list[Clamp] = (),
+    on: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """{metric: value} for one batch; values are 0-d or (n_layers, n_heads) tensors.
 
-    `hooks` (e.g. compiled clamps) run before the cache reads the activations.
+    The clamps (each gated by its flag in `on`, default all on) act before the metrics' hooks read
+    the activations.
     """
     wanted = {h for name in metrics for h in METRICS.get(name).hooks}
     names = {f"blocks.{layer}.{h}" for h in wanted for layer in range(model.n_layers)}
-    with model.hooks(hooks):
-        logits, cache = model.run_with_cache(batch.inputs, names_filter=names.__contains__)
+    cache: dict[str, Tensor] = {}
+
+    def save(x: Tensor, hook: HookPoint) -> None:
+        cache[hook.name] = x
+
+    flags = torch.ones(len(clamps), dtype=torch.bool, device=batch.inputs.device) if on is None else on
+    logits = clamped_forward(
+        lambda hooks: model.run_with_hooks(batch.inputs, fwd_hooks=hooks),
+        model,
+        list(clamps),
+        flags,
+        batch.meta,
+        batch.inputs,
+        [(names.__contains__, save)],
+    )
     ctx = EvalContext(model, task, batch, logits, cache)
     values: dict[str, Tensor] = {}
     for name in metrics:

@@ -9,6 +9,7 @@ from torch import Tensor
 from icl_lab.interventions.base import (
     CLAMPS,
     Clamp,
+    ClampContext,
     check_positions,
     head_position_mask,
     parse_heads,
@@ -42,10 +43,10 @@ class Ablate(Clamp):
                 raise ValueError(f"model has no hook point {hook!r}")
         check_positions(self.positions, model.io.n_ctx)
 
-    def hooks(self, model: Model, on: Tensor, meta: dict[str, Tensor]) -> list[tuple[str, HookFn]]:
+    def hooks(self, ctx: ClampContext) -> list[tuple[str, HookFn]]:
         def replace(heads: list[int]) -> HookFn:
             def fn(act: Tensor, hook: HookPoint) -> Tensor:
-                mask = head_position_mask(act, self.activation, heads, self.positions) & on
+                mask = head_position_mask(act, self.activation, heads, self.positions) & ctx.on
                 if self.mode == "mean":
                     return torch.where(mask, act.mean(0, keepdim=True), act)
                 return torch.where(mask, self.value if self.mode == "constant" else 0.0, act)
@@ -54,5 +55,5 @@ class Ablate(Clamp):
 
         return [
             (f"blocks.{layer}.attn.hook_{self.activation}", replace(heads))
-            for layer, heads in parse_heads(self.heads, model).items()
+            for layer, heads in parse_heads(self.heads, ctx.model).items()
         ]

@@ -1,12 +1,19 @@
 """Clamps: interventions as data. A clamp is a validated record that compiles to hook functions.
 
-Each clamp kind is a pydantic model registered by its `kind`; `hooks(model, on, meta)` returns
-(hook name, function) pairs that the model runs at those hook points. Every function is a tensor
-operation of the form where(mask & on, value, activation), so the same clamp works in training and
-evaluation, lets gradients flow through the clamped graph, and runs under torch.func.vmap with a
-per-member `on` flag (a 0-d bool tensor) - an ensemble member whose config lacks the clamp has on=False.
+Each clamp kind is a pydantic model registered by its `kind`; `hooks(ctx)` returns (hook name,
+function) pairs that the model runs at those hook points. Every function is a tensor operation of
+the form where(mask & on, value, activation), so the same clamp works in training and evaluation,
+lets gradients flow through the clamped graph, and runs under torch.func.vmap with a per-member
+`on` flag (a 0-d bool tensor): an ensemble member whose config lacks the clamp has on = False.
+
+A value may come from the same forward pass (an ideal pattern built from the batch's meta, the
+scores of a head), from a reference pass of the same model without the clamps that asked for it
+(path-preserving ablations: `reference_hooks`), or from another model (grafting).
+`clamped_forward` runs the reference pass only when an active clamp needs one.
 """
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -14,7 +21,7 @@ from torch import Tensor
 
 from icl_lab.config import StepWindow, StrictModel
 from icl_lab.models.base import Model
-from icl_lab.models.hooks import HookFn
+from icl_lab.models.hooks import HookFn, HookPoint
 from icl_lab.registry import Registry
 
 # (head axis, position axis) of each per-head attention activation, TransformerLens layouts
@@ -41,9 +48,25 @@ class Clamp(StrictModel):
     def check(self, model: Model) -> None:
         """Raise ValueError if the clamp names a hook, head or position the model lacks."""
 
-    def hooks(self, model: Model, on: Tensor, meta: dict[str, Tensor]) -> list[tuple[str, HookFn]]:
-        """(hook name, function) pairs applying the clamp; `on` gates it per ensemble member."""
+    def reference_hooks(self, model: Model) -> list[str]:
+        """Hook names whose activations this clamp reads from a reference pass (none by default)."""
+        return []
+
+    def hooks(self, ctx: "ClampContext") -> list[tuple[str, HookFn]]:
+        """(hook name, function) pairs applying the clamp; ctx.on gates it per ensemble member."""
         raise NotImplementedError  # pragma: no cover - interface
+
+
+@dataclass
+class ClampContext:
+    """What a clamp compiles against: the model (its parameters as in the current pass), the
+    member's on-flag, the batch's meta and inputs, and the reference pass's activations."""
+
+    model: Model
+    on: Tensor
+    meta: dict[str, Tensor]
+    inputs: Tensor
+    reference: dict[str, Tensor] = field(default_factory=dict)
 
 
 def parse_heads(specs: list[str], model: Model) -> dict[int, list[int]]:
@@ -94,11 +117,41 @@ def active_at(clamps: list[Clamp], step: int) -> list[Clamp]:
     return [c for c in clamps if c.steps.contains(step)]
 
 
-def compile_clamps(
-    clamps: list[Clamp], model: Model, on: Tensor, meta: dict[str, Tensor]
-) -> list[tuple[str, HookFn]]:
-    """Hooks applying the clamps, each gated by its flag in `on` (n_clamps,) bool."""
-    return [h for i, c in enumerate(clamps) for h in c.hooks(model, on[i], meta)]
+Forward = Callable[[list[tuple[str, HookFn]]], Tensor]
+
+
+def clamped_forward(
+    forward: Forward,
+    model: Model,
+    clamps: list[Clamp],
+    on: Tensor,
+    meta: dict[str, Tensor],
+    inputs: Tensor,
+    extra_hooks: list[tuple[str, HookFn]] = (),
+) -> Tensor:
+    """forward(hooks) with the clamps applied (each gated by its flag in `on`, shape (n_clamps,)).
+
+    If a clamp needs a reference pass, forward first runs with the other clamps only and records
+    the activations it asked for. extra_hooks (e.g. a cache) run in the final pass, after the clamps.
+    """
+    wanted = {name for c in clamps for name in c.reference_hooks(model)}
+    reference: dict[str, Tensor] = {}
+    if wanted:
+        plain = [
+            h
+            for i, c in enumerate(clamps)
+            if not c.reference_hooks(model)
+            for h in c.hooks(ClampContext(model, on[i], meta, inputs))
+        ]
+
+        def record(x: Tensor, hook: HookPoint) -> None:
+            reference[hook.name] = x
+
+        forward([*plain, (wanted.__contains__, record)])
+    hooks = [
+        h for i, c in enumerate(clamps) for h in c.hooks(ClampContext(model, on[i], meta, inputs, reference))
+    ]
+    return forward([*hooks, *extra_hooks])
 
 
 CLAMPS: Registry[type[Clamp]] = Registry("clamp kind")

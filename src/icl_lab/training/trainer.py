@@ -22,7 +22,7 @@ from torch.func import functional_call, vmap
 from icl_lab.evaluation import eval_batches, evaluate, metric_names
 from icl_lab.experiment import ExperimentConfig, build_model, build_task
 from icl_lab.interventions import Clamp
-from icl_lab.interventions.base import compile_clamps
+from icl_lab.interventions.base import clamped_forward
 from icl_lab.seeding import generator
 from icl_lab.store.checkpoints import Checkpoint, save_checkpoint
 from icl_lab.store.metrics_table import TRAIN_SPLIT, MetricsLog
@@ -129,8 +129,11 @@ class Trainer:
         def member_loss(
             params: dict, inputs: Tensor, targets: Tensor, mask: Tensor, meta: dict, on: Tensor
         ) -> Tensor:
-            with self.model.hooks(compile_clamps(clamps, self.model, on, meta)):
-                logits = functional_call(self.model, params, (inputs,))
+            def forward(hooks: list) -> Tensor:
+                with self.model.hooks(hooks):
+                    return functional_call(self.model, params, (inputs,))
+
+            logits = clamped_forward(forward, self.model, clamps, on, meta, inputs)
             return task.loss(logits, targets, mask)
 
         losses = over_members(member_loss, len(self.members))(
@@ -168,8 +171,10 @@ class Trainer:
             self.load_member(m)
             for split, stacked in self.eval_batches.items():
                 batch = stacked.member(m)
-                hooks = compile_clamps(clamps, self.model, on[m], batch.meta) if with_clamps else []
-                values = evaluate(self.model, self.tasks[m], batch, self.metric_names, hooks)
+                if with_clamps:
+                    values = evaluate(self.model, self.tasks[m], batch, self.metric_names, clamps, on[m])
+                else:
+                    values = evaluate(self.model, self.tasks[m], batch, self.metric_names)
                 for metric, value in values.items():
                     self._log_value(units, m, split, metric, value)
             if self.loss_count:
