@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from icl_lab.metrics import EvalContext
-from icl_lab.metrics.bursty import bursty_attention, context_label_accuracy
+from icl_lab.metrics.fewshot import fewshot_attention, context_label_accuracy
 from icl_lab.tasks.bursty import BurstyConfig, BurstyTask
 
 
@@ -166,7 +166,7 @@ def uniform(batch: object, layer: int, T: int) -> torch.Tensor:
 
 def test_progress_measures_of_a_perfect_induction_head_are_one() -> None:
     t = task(n_classes=256, burstiness=2, no_repeat_labels=True)
-    values = bursty_attention(attention_context(t, perfect))
+    values = fewshot_attention(attention_context(t, perfect))
     assert values["item_label_association"][0, 0] == pytest.approx(1.0)
     assert values["target_label_attention"][1, 0] == pytest.approx(1.0)
     assert values["target_item_label_attention"][1, 0] == pytest.approx(1.0)
@@ -175,7 +175,7 @@ def test_progress_measures_of_a_perfect_induction_head_are_one() -> None:
 
 def test_progress_measures_of_uniform_attention_are_chance() -> None:
     t = task(n_classes=256, burstiness=2, no_repeat_labels=True)
-    values = bursty_attention(attention_context(t, uniform))
+    values = fewshot_attention(attention_context(t, uniform))
     T, B, N = 17, 2, 8
     assert values["target_label_attention"][1, 0] == pytest.approx(B / T, abs=1e-5)
     assert values["target_item_label_attention"][1, 0] == pytest.approx(2 * B / T, abs=1e-5)

@@ -26,7 +26,7 @@ def reduced(model: dict, noise: float = 0.0, **values: float) -> tuple:
 
 def scores(net: torch.nn.Module, task: object, batch: object) -> dict[str, float]:
     """Scalar metrics, item-label association of layer 0 and the other attention measures of layer 1."""
-    values = evaluate(net, task, batch, ["loss", "accuracy", "context_label_accuracy", "bursty_attention"])
+    values = evaluate(net, task, batch, ["loss", "accuracy", "context_label_accuracy", "fewshot_attention"])
     layer = {"item_label_association": 0}
     return {k: (v if v.dim() == 0 else v[layer.get(k, 1), 0]).item() for k, v in values.items()}
 

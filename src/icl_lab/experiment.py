@@ -65,6 +65,8 @@ class ExperimentConfig(StrictModel):
         for i, clamp in enumerate(self.clamps):
             try:
                 clamp.check(model)
+                if clamp.requires_layout and clamp.requires_layout != task_cls.layout:
+                    raise ValueError(f"{clamp.kind} needs a task in the {clamp.requires_layout} layout")
             except ValueError as e:
                 raise ValueError(f"clamps.{i}: {e}") from None
         splits = task_cls.split_names(self.task)

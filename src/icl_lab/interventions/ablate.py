@@ -1,6 +1,6 @@
 """Ablation of chosen heads: replace an activation with zero, its batch mean or a constant."""
 
-from typing import ClassVar, Literal
+from typing import Literal
 
 import torch
 from pydantic import Field
@@ -20,11 +20,12 @@ from icl_lab.models.hooks import HookFn, HookPoint
 
 @CLAMPS.register("ablate")
 class Ablate(Clamp):
-    """Ablate heads' activation at hook blocks.{l}.attn.hook_{activation} (z: head output, v: values).
+    """Zero-, mean- or constant-ablate chosen heads' q, k, v, z (output) or pattern.
 
-    mode zero -> 0, constant -> `value`, mean -> the mean over the batch's sequences of the same
-    forward pass (per position and head; gradients flow through the mean). `positions` selects
-    sequence positions (query positions for pattern/attn_scores); None means all.
+    The activation is blocks.{l}.attn.hook_{activation}. mode zero -> 0, constant -> `value`, mean
+    -> the mean over the batch's sequences of the same forward pass (per position and head;
+    gradients flow through the mean). `positions` selects sequence positions (query positions for
+    pattern/attn_scores); None means all.
     """
 
     kind: Literal["ablate"] = "ablate"
@@ -33,8 +34,6 @@ class Ablate(Clamp):
     mode: Literal["zero", "mean", "constant"] = "zero"
     value: float = 0.0
     positions: list[int] | None = None
-
-    description: ClassVar[str] = "zero-, mean- or constant-ablate chosen heads' q/k/v/z/pattern"
 
     def check(self, model: Model) -> None:
         for layer in parse_heads(self.heads, model):

@@ -43,7 +43,8 @@ class Clamp(StrictModel):
     kind: str
     steps: StepWindow = StepWindow()
 
-    description: ClassVar[str] = ""
+    requires_layout: ClassVar[str | None] = None
+    """a task layout (Task.layout) whose meta the clamp reads, if any"""
 
     def check(self, model: Model) -> None:
         """Raise ValueError if the clamp names a hook, head or position the model lacks."""

@@ -47,8 +47,10 @@ class TransformerConfig(ModelConfig):
     read_in: bool = Field(True, description="vector inputs: linear read-in (False: they are the residual)")
     output_projection: bool = Field(True, description="W_O (False: heads' outputs are concatenated)")
     readout: ReadoutConfig | None = None
-    init: Literal["normal", "fan_in"] = Field(
-        "normal", description="normal: N(0, init_std); fan_in: N(0, 1/fan_in), He for ReLU layers"
+    init: Literal["normal", "fan_in", "uniform_fan_in"] = Field(
+        "normal",
+        description="normal: N(0, init_std); fan_in: N(0, 1/fan_in); uniform_fan_in: U(+-1/sqrt(fan_in)) "
+        "(Equinox's and PyTorch Linear's default). Readout hidden layers are He-initialised",
     )
     init_std: float = Field(0.02, gt=0)
 
@@ -270,11 +272,14 @@ class Transformer(Model):
         self.reset_parameters()
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        """Weights ~ N(0, init_std), or N(0, 1/fan_in) with init fan_in; readout MLP layers are
-        He-initialised (N(0, 2/fan_in)); biases 0, LayerNorm gains 1."""
+        """Weights as `init` says; readout MLP layers He-initialised (N(0, 2/fan_in)); biases 0,
+        LayerNorm gains 1."""
         for name, p in self.named_parameters():
             if name.startswith("readout.") and name.endswith("weight"):
                 nn.init.normal_(p, 0.0, math.sqrt(2 / p.shape[1]), generator=generator)
+            elif name.split(".")[-1].startswith("W_") and self.cfg.init == "uniform_fan_in":
+                bound = 1 / math.sqrt(fan_in(name, p))
+                nn.init.uniform_(p, -bound, bound, generator=generator)
             elif name.split(".")[-1].startswith("W_"):
                 std = self.cfg.init_std if self.cfg.init == "normal" else 1 / math.sqrt(fan_in(name, p))
                 nn.init.normal_(p, 0.0, std, generator=generator)

@@ -73,6 +73,8 @@ class Task:
 
     Config: ClassVar[type[TaskConfig]]
     default_metrics: ClassVar[tuple[str, ...]] = ("loss", "accuracy")
+    layout: ClassVar[str | None] = None
+    """a named sequence layout whose meta clamps and metrics may rely on (e.g. "fewshot")"""
     key_metric: ClassVar[tuple[str, str, str]] = ("train", "loss", "mean")
     """(split, metric, summary of per-head values: max/min/mean): shown live in the progress bar,
     and the curve whose abrupt transition a report looks for"""

@@ -77,8 +77,15 @@ class BurstyTask(Task):
 
     Config = BurstyConfig
     config: BurstyConfig
-    default_metrics = ("loss", "accuracy", "context_label_accuracy", "bursty_attention")
+    default_metrics = (
+        "loss",
+        "accuracy",
+        "context_label_accuracy",
+        "in_context_accuracy",
+        "fewshot_attention",
+    )
     key_metric = ("ic", "accuracy", "mean")
+    layout = "fewshot"
     progress_measures = (
         ("ic", "context_label_accuracy", None),
         ("ic", "item_label_association", 0),
@@ -190,6 +197,7 @@ class BurstyTask(Task):
                 "item_classes": class_ids[:, :N],
                 "query_class": class_ids[:, N],
                 "context_labels": labels[:, :N],
+                "query_label": labels[:, N],
                 "bursty": is_bursty | is_novel,
                 "novel": is_novel,
             },

@@ -1,15 +1,15 @@
-"""Progress measures of in-context classification (Reddy 2024; Singh et al. 2024).
+"""Metrics and progress measures of in-context classification (Reddy 2024; Singh et al. 2024).
 
-Sequences are x1 l1 ... xN lN xq: items at even positions, labels at odd ones, the query last.
-They read the task's meta: item_classes, query_class and context_labels. Attention measures are
-per head (every layer is scored; the papers read layer 1 for item-label association and layer 2
-for the others) and averaged over the sequences where they are defined (NaN if there are none).
+They read tasks in the few-shot layout (tasks/fewshot_layout.py). Attention measures are per head
+(every layer is scored; the papers read layer 1 for item-label association and layer 2 for the
+others) and averaged over the sequences where they are defined (NaN if there are none).
 """
 
 import torch
 from torch import Tensor
 
 from icl_lab.metrics.base import EvalContext, metric
+from icl_lab.tasks.fewshot_layout import correct_labels, matching_items, n_pairs
 
 
 @metric("context_label_accuracy")
@@ -26,8 +26,30 @@ def _mean_over(values: Tensor, rows: Tensor) -> Tensor:
     return (values * rows).sum(1) / rows.sum(1)
 
 
-@metric("bursty_attention", hooks=("attn.hook_pattern",))
-def bursty_attention(ctx: EvalContext) -> dict[str, Tensor]:
+def _label_logits(ctx: EvalContext) -> tuple[Tensor, Tensor]:
+    """(logits at the query (B, C), (B, C) mask of the labels present in the context)."""
+    logits = ctx.output_logits[:, -1]
+    present = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, ctx.batch.meta["context_labels"], True)
+    return logits, present
+
+
+@metric("in_context_accuracy")
+def in_context_accuracy(ctx: EvalContext) -> dict[str, Tensor]:
+    """Accuracy of the arg-max over the labels present in the context only."""
+    logits, present = _label_logits(ctx)
+    choice = logits.masked_fill(~present, float("-inf")).argmax(-1)
+    return {"in_context_accuracy": (choice == ctx.batch.targets[:, -1]).float().mean()}
+
+
+@metric("in_context_probability")
+def in_context_probability(ctx: EvalContext) -> dict[str, Tensor]:
+    """Total predicted probability of the labels present in the context."""
+    logits, present = _label_logits(ctx)
+    return {"in_context_probability": (logits.softmax(-1) * present).sum(-1).mean()}
+
+
+@metric("fewshot_attention", hooks=("attn.hook_pattern",))
+def fewshot_attention(ctx: EvalContext) -> dict[str, Tensor]:
     """Per head: item-label association, target-label attention, target item-label attention and
     induction strength.
 
@@ -40,11 +62,11 @@ def bursty_attention(ctx: EvalContext) -> dict[str, Tensor]:
       label is in the context). Range [-1, 1].
     """
     pattern = ctx.per_layer("attn.hook_pattern")  # (L, B, H, T, T)
-    meta, n = ctx.batch.meta, ctx.batch.meta["context_labels"].shape[1]
+    meta, n = ctx.batch.meta, n_pairs(ctx.batch)
     query = pattern[..., -1, :]  # (L, B, H, T)
     to_items, to_labels = query[..., 0 : 2 * n : 2], query[..., 1 : 2 * n : 2]  # (L, B, H, N)
-    match = (meta["item_classes"] == meta["query_class"][:, None])[None, :, None]  # (1, B, 1, N)
-    correct = (meta["context_labels"] == ctx.batch.targets[:, -1:])[None, :, None]
+    match = matching_items(meta)[None, :, None]  # (1, B, 1, N)
+    correct = correct_labels(meta)[None, :, None]
     own_item = pattern[..., 1 : 2 * n : 2, 0 : 2 * n : 2].diagonal(dim1=-2, dim2=-1)  # (L, B, H, N)
     everyone = torch.ones_like(meta["query_class"], dtype=torch.bool)
     return {
