@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from icl_lab.metrics import EvalContext
-from icl_lab.metrics.fewshot import fewshot_attention, context_label_accuracy
+from icl_lab.metrics.fewshot import context_label_accuracy, fewshot_attention
 from icl_lab.tasks.bursty import BurstyConfig, BurstyTask
 
 

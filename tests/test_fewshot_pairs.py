@@ -1,0 +1,89 @@
+"""Singh's few-shot label-pair task: sequence structure, splits, user feature files."""
+
+import numpy as np
+import pytest
+import torch
+from pydantic import ValidationError
+from safetensors.numpy import save_file
+
+from icl_lab.errors import ConfigError
+from icl_lab.tasks.fewshot_pairs import FewShotPairsConfig, FewShotPairsTask
+
+
+def task(**fields: object) -> FewShotPairsTask:
+    return FewShotPairsTask(FewShotPairsConfig(**{"feature_dim": 16, "n_exemplars": 4, **fields}), seed=0)
+
+
+def test_training_sequences() -> None:
+    t = task()
+    batch = t.sample(4000, torch.Generator().manual_seed(0))
+    meta, x = batch.meta, batch.inputs
+    assert x.shape == (4000, 5, 16 + 5)
+    classes, labels, query = meta["item_classes"], meta["context_labels"], meta["query_class"]
+    assert (classes < 50).all() and (classes[:, 0] != classes[:, 1]).all()
+    matches = classes == query[:, None]
+    assert torch.equal(matches.sum(1), torch.ones(4000, dtype=torch.long)), "one item of the query's class"
+    assert matches[:, 0].float().mean().item() == pytest.approx(0.5, abs=0.03), "order shuffled"
+    assert torch.equal(labels[matches], batch.targets[:, 0]) and torch.equal(
+        meta["query_label"], batch.targets[:, 0]
+    )
+    pairs = {tuple(sorted(p)) for p in labels.tolist()}
+    assert pairs == {tuple(p.tolist()) for p in t.train_pairs} and len(pairs) == 8
+    assert torch.equal(x[:, 4, :16], x[:, 0, :16] * matches[:, :1] + x[:, 2, :16] * matches[:, 1:]), (
+        "exemplar 0"
+    )
+    assert torch.equal(x[:, [1, 3], 16:].argmax(-1), labels) and (x[:, [1, 3], :16] == 0).all()
+    assert (x[:, [0, 2, 4], 16:] == 0).all()
+
+
+def test_heldout_splits() -> None:
+    t = task()
+    splits = {name: s(500, torch.Generator().manual_seed(1)) for name, s in t.eval_splits().items()}
+    assert set(splits) == {"train", "heldout_pairs", "heldout_exemplars", "heldout_classes"}
+    held = {tuple(sorted(p)) for p in splits["heldout_pairs"].meta["context_labels"].tolist()}
+    assert held == {tuple(p.tolist()) for p in t.heldout_pairs}
+    assert (splits["heldout_classes"].meta["item_classes"] >= 50).all()
+    exemplars = splits["heldout_exemplars"]
+    item = exemplars.inputs[:, 0, :16]
+    stored = t.features[exemplars.meta["item_classes"][:, 0]]  # (n, exemplars, dim)
+    which = (stored == item[:, None]).all(-1).float().argmax(1)
+    assert (which >= 1).all(), "held-out exemplars only"
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".npz", ".safetensors"])
+def test_feature_files_load(tmp_path, suffix: str) -> None:
+    array = np.random.default_rng(0).normal(size=(160, 3, 16)).astype(np.float32)
+    path = tmp_path / f"features{suffix}"
+    if suffix == ".npy":
+        np.save(path, array)
+    elif suffix == ".npz":
+        np.savez(path, features=array)
+    else:
+        save_file({"features": array}, str(path))
+    t = task(features=str(path))
+    assert np.allclose(t.features.numpy(), array[:150])
+
+
+def test_bad_feature_files_are_config_errors(tmp_path) -> None:
+    small = tmp_path / "small.npy"
+    np.save(small, np.zeros((10, 3, 16), np.float32))
+    with pytest.raises(ConfigError, match="needs at least 150 classes"):
+        task(features=str(small))
+    flat = tmp_path / "flat.npy"
+    np.save(flat, np.zeros((150, 16), np.float32))
+    with pytest.raises(ConfigError, match="must hold a float array"):
+        task(features=str(flat))
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"not a tensor file")
+    with pytest.raises(ConfigError, match="cannot read feature file"):
+        task(features=str(broken))
+    nan = tmp_path / "nan.npy"
+    np.save(nan, np.full((150, 3, 16), np.nan, np.float32))
+    with pytest.raises(ConfigError, match="NaN"):
+        task(features=str(nan))
+    with pytest.raises(ValidationError, match="feature file not found"):
+        FewShotPairsConfig(features=str(tmp_path / "absent.npy"))
+    with pytest.raises(ValidationError, match="must be 'gaussian' or a file"):
+        FewShotPairsConfig(features="features.csv")
+    with pytest.raises(ValidationError, match="must leave some"):
+        FewShotPairsConfig(n_labels=3, n_heldout_pairs=3)
