@@ -148,7 +148,7 @@ class FewShotPairsTask(Task):
             if not np.isfinite(array).all():
                 raise ConfigError(f"feature file {c.features} holds NaN or infinite values")
             self.features = torch.as_tensor(
-                np.asarray(array[:n_classes]), dtype=torch.float32, device=self.device
+                np.array(array[:n_classes]), dtype=torch.float32, device=self.device
             )
         pairs = torch.tensor(list(itertools.combinations(range(c.n_labels), 2)), device=self.device)
         order = torch.randperm(len(pairs), generator=g, device=self.device)
