@@ -56,6 +56,17 @@ def test_report_writes_figures_and_a_self_contained_page(bursty_run: Run) -> Non
         assert f"<th>{split}</th>" in text
 
 
+def test_report_lists_clamps_and_when_they_were_active(tmp_path) -> None:
+    config = tiny_config(
+        clamps=[{"kind": "ablate", "heads": ["1.0"], "mode": "mean", "steps": {"from": 4, "until": 8}}],
+        training={"length": {"steps": 12}},
+    )
+    text = write_report(train(config, str(tmp_path), progress=False)).read_text()
+    assert "<h2>Clamps</h2>" in text
+    assert "<td>ablate</td>" in text and "heads=[&#x27;1.0&#x27;]" in text and "mode=mean" in text
+    assert "steps 4 to 8 (32 to 64 sequences)" in text
+
+
 def test_report_command(cli, bursty_run: Run) -> None:
     code, out, _ = cli("report", bursty_run.path)
     assert code == 0 and "report.html" in out

@@ -59,6 +59,22 @@ def _table(rows: list[tuple[str, str]]) -> str:
     return f"<table>{cells}</table>"
 
 
+def _clamps_html(run: Run, last_step: int) -> str:
+    """A table of the run's clamps: kind, settings and the steps (and sequences) they were active."""
+    if not run.config.clamps:
+        return "<p>No clamps: the model trained unperturbed.</p>"
+    rows = []
+    for clamp in run.config.clamps:
+        start, until = clamp.steps.start, clamp.steps.until if clamp.steps.until is not None else last_step
+        settings = clamp.model_dump(mode="json", exclude={"kind", "steps"})
+        sequences = f"{run.units_at(start)[0]:,} to {run.units_at(until)[0]:,} sequences"
+        window = f"steps {start:,} to {until:,} ({sequences})"
+        cells = (clamp.kind, ", ".join(f"{k}={v}" for k, v in settings.items()), window)
+        rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+    head = "<tr><th>clamp</th><th>settings</th><th>active (training and evaluation)</th></tr>"
+    return f"<h2>Clamps</h2><table>{head}{''.join(rows)}</table>"
+
+
 def _html(run: Run, summary: RunSummary, images: dict[str, bytes]) -> str:
     cfg = run.config
     rows = [
@@ -116,6 +132,7 @@ pre {{ background: #f6f6f6; padding: 1em; overflow-x: auto; }}
 <h1>{html.escape(cfg.name)}: {html.escape(run.id)}</h1>
 {_table(rows)}
 {finals}
+{_clamps_html(run, summary.final_step)}
 {figures_html}
 <details><summary>config.yaml</summary><pre>{html.escape(cfg.to_yaml())}</pre></details>
 <script>

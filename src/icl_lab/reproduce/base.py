@@ -39,6 +39,10 @@ class Reproduction:
     def claims(self, runs: dict[str, Run], quick: bool) -> list[Claim]:  # pragma: no cover
         raise NotImplementedError
 
+    def figures(self, runs: dict[str, Run], out: Path) -> list[Path]:
+        """PNG figures of the reproduction written into out (none by default)."""
+        return []
+
 
 REPRODUCTIONS: Registry[type[Reproduction]] = Registry("reproduction")
 
@@ -53,7 +57,9 @@ def reproduce(
     out.mkdir(parents=True)
     started = time.perf_counter()
     runs = run_configs(list(experiments.values()), out, workers, progress)
-    claims = reproduction.claims(dict(zip(experiments, runs, strict=True)), quick)
+    by_name = dict(zip(experiments, runs, strict=True))
+    claims = reproduction.claims(by_name, quick)
+    figures = reproduction.figures(by_name, out)
     wall = time.perf_counter() - started
     record = {"reproduction": name, "quick": quick, "wall_s": wall, "claims": [asdict(c) for c in claims]}
     atomic_write_text(out / "claims.json", json.dumps(record, indent=1))
@@ -63,5 +69,6 @@ def reproduce(
         f"| {c.finding} | {c.paper} | {c.ours} | {'reproduced' if c.reproduced else 'not reproduced'} |"
         for c in claims
     ]
+    lines += ["", *[f"![{path.stem}]({path.name})" for path in figures]]
     atomic_write_text(out / "claims.md", "\n".join(lines) + "\n")
     return claims, out

@@ -1,0 +1,73 @@
+"""Circuit analyses of Singh et al. (2024), run with clamps on trained checkpoints."""
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from icl_lab.evaluation import eval_batches, evaluate
+from icl_lab.experiment import build_task
+from icl_lab.interventions import CLAMPS, Clamp
+from icl_lab.models import Model
+from icl_lab.store.run import Run
+from icl_lab.tasks import Batch, Task
+
+
+def clamp(**fields: object) -> Clamp:
+    """A clamp record from its fields (kind included)."""
+    return CLAMPS.get(str(fields["kind"])).model_validate(fields)
+
+
+def speed(run: Run, split: str = "train", threshold: float = 0.4 * math.log(2)) -> int | None:
+    """Singh's speed: the first evaluated step whose loss is below threshold (0.4 ln 2), or None."""
+    steps, loss = run.curve("loss", split)
+    below = np.flatnonzero(loss < threshold)
+    return int(steps[below[0]]) if below.size else None
+
+
+def only_head_kept(model: Model, task: Task, batch: Batch, layer: int) -> Tensor:
+    """(n_heads,) accuracy with every other head of `layer` zero-ablated."""
+    heads = range(model.n_heads)
+    accuracy = []
+    for kept in heads:
+        others = [f"{layer}.{h}" for h in heads if h != kept]
+        ablation = [clamp(kind="ablate", heads=others)] if others else []
+        accuracy.append(evaluate(model, task, batch, ["accuracy"], ablation)["accuracy"])
+    return torch.stack(accuracy)
+
+
+def wiring_table(model: Model, task: Task, batch: Batch, layer: int = 0) -> dict[str, Tensor]:
+    """Per head of `layer`: accuracy clean, with the head zero-ablated, and ablated while later
+    layers keep their patterns (only the value path is cut: V-composition) or their values (only
+    the pattern path is cut: K/Q-composition). A large drop in the last column means the head
+    feeds later attention patterns; in the one before, their values."""
+    clean = evaluate(model, task, batch, ["accuracy"])["accuracy"]
+    rows: dict[str, list[Tensor]] = {"ablated": [], "patterns_kept": [], "values_kept": []}
+    for h in range(model.n_heads):
+        head = [f"{layer}.{h}"]
+        rows["ablated"].append(
+            evaluate(model, task, batch, ["accuracy"], [clamp(kind="ablate", heads=head)])["accuracy"]
+        )
+        for name, kept in (("patterns_kept", "pattern"), ("values_kept", "v")):
+            ablation = clamp(kind="ablate_preserving", heads=head, preserve=kept)
+            rows[name].append(evaluate(model, task, batch, ["accuracy"], [ablation])["accuracy"])
+    return {"clean": clean.expand(model.n_heads), **{k: torch.stack(v) for k, v in rows.items()}}
+
+
+def clamp_progress(
+    run: Run, subcircuits: dict[str, list[Clamp]], split: str = "train"
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Loss of every checkpoint with each subcircuit clamped: {name: (steps, losses)}, with the
+    unclamped loss under "none"."""
+    cfg = run.config
+    task = build_task(cfg)
+    batch = eval_batches(cfg, task, cfg.seed, torch.device("cpu"))[split]
+    steps = run.checkpoint_steps
+    curves: dict[str, list[float]] = {"none": [], **{name: [] for name in subcircuits}}
+    for step in steps:
+        model = run.model(step)
+        curves["none"].append(float(evaluate(model, task, batch, ["loss"])["loss"]))
+        for name, clamps in subcircuits.items():
+            curves[name].append(float(evaluate(model, task, batch, ["loss"], clamps)["loss"]))
+    return {name: (np.array(steps), np.array(values)) for name, values in curves.items()}
