@@ -1,0 +1,73 @@
+"""Training-step overhead of active clamps on Singh's setting, measured against no clamps in the
+same process (one thread, interleaved, median of repeats).
+
+The clamp set is the single-induction-head experiment's: values of seven layer-2 heads ablated and
+the match clamp on the eighth. Also timed, separately: a path-preserving ablation (which needs a
+reference pass, so about twice the forward work) and a graft (a donor forward per step).
+
+    python benchmarks/clamp_overhead.py [--steps 300] [--repeats 5]
+"""
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import torch
+
+from common import interleaved, table, write_results
+from icl_lab.experiment import load_config, validate_config
+from icl_lab.store.run import Run
+from icl_lab.training.trainer import Trainer, train
+
+SETS = {
+    "match + value ablations": [
+        {"kind": "ablate", "heads": [f"1.{h}" for h in range(1, 8)], "activation": "v"},
+        {"kind": "induction_match", "heads": ["1.0"]},
+    ],
+    "ablate_preserving (2 passes)": [{"kind": "ablate_preserving", "heads": ["0.*"], "preserve": "pattern"}],
+}
+
+
+def trainer(runs: Path, clamps: list[dict]) -> Trainer:
+    base = load_config("singh", ["checkpointing.every=null"])
+    config = validate_config({**base.model_dump(by_alias=True), "clamps": clamps})
+    return Trainer(Run.create(config, runs), progress=False)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    runs = Path(tempfile.mkdtemp())
+    donor = train(load_config("singh", ["training.length.steps=1", "seed=1"]), str(runs), progress=False)
+    sets = {
+        **SETS,
+        "graft layer 0 output": [
+            {"kind": "graft", "hook": "blocks.0.hook_attn_out", "source": str(donor.path)}
+        ],
+    }
+    contenders = {"no clamps": trainer(runs, []).train_step}
+    contenders |= {name: trainer(runs, clamps).train_step for name, clamps in sets.items()}
+    median = interleaved(contenders, args.steps, args.repeats)
+    rows = table(median, "no clamps", 32 * 5)
+    overhead = {name: median[name] / median["no clamps"] - 1 for name in sets}
+    for name, value in overhead.items():
+        print(f"overhead of {name}: {value:+.1%}")
+    out = write_results(
+        "clamp_overhead_cpu",
+        {
+            "config": "singh",
+            "device": "cpu (1 thread)",
+            "steps_per_repeat": args.steps,
+            "repeats": args.repeats,
+            "rows": rows,
+            "overhead": overhead,
+        },
+    )
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
