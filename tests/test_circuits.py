@@ -54,10 +54,13 @@ def test_wiring_table_of_a_silent_head_shows_no_effect(run) -> None:
     with torch.no_grad():
         model.blocks[0].attn.W_O[2] = 0.0
     table = wiring_table(model, task, batch, layer=0)
-    assert set(table) == {"clean", "ablated", "patterns_kept", "values_kept"}
+    assert table["sets"] == ["0.0", "0.1", "0.2", "0.3", "0.*"]
     for column in ("ablated", "patterns_kept", "values_kept"):
-        assert table[column][2] == pytest.approx(table["clean"][2].item(), abs=1e-6)
-        assert table[column].shape == (4,)
+        for metric in ("loss", "accuracy"):
+            values = table[f"{column}_{metric}"]
+            assert len(values) == 5
+            assert values[2] == pytest.approx(table[f"clean_{metric}"][2], abs=1e-5), "a silent head"
+    assert table["ablated_loss"][4] != pytest.approx(table["clean_loss"][4]), "the whole layer matters"
 
 
 def test_clamp_progress_evaluates_every_checkpoint(run, tmp_path: Path) -> None:

@@ -37,22 +37,29 @@ def only_head_kept(model: Model, task: Task, batch: Batch, layer: int) -> Tensor
     return torch.stack(accuracy)
 
 
-def wiring_table(model: Model, task: Task, batch: Batch, layer: int = 0) -> dict[str, Tensor]:
-    """Per head of `layer`: accuracy clean, with the head zero-ablated, and ablated while later
-    layers keep their patterns (only the value path is cut: V-composition) or their values (only
-    the pattern path is cut: K/Q-composition). A large drop in the last column means the head
-    feeds later attention patterns; in the one before, their values."""
-    clean = evaluate(model, task, batch, ["accuracy"])["accuracy"]
-    rows: dict[str, list[Tensor]] = {"ablated": [], "patterns_kept": [], "values_kept": []}
-    for h in range(model.n_heads):
-        head = [f"{layer}.{h}"]
-        rows["ablated"].append(
-            evaluate(model, task, batch, ["accuracy"], [clamp(kind="ablate", heads=head)])["accuracy"]
-        )
-        for name, kept in (("patterns_kept", "pattern"), ("values_kept", "v")):
-            ablation = clamp(kind="ablate_preserving", heads=head, preserve=kept)
-            rows[name].append(evaluate(model, task, batch, ["accuracy"], [ablation])["accuracy"])
-    return {"clean": clean.expand(model.n_heads), **{k: torch.stack(v) for k, v in rows.items()}}
+def wiring_table(
+    model: Model, task: Task, batch: Batch, layer: int = 0, head_sets: list[list[str]] | None = None
+) -> dict[str, list]:
+    """How later layers use `layer`'s heads, per head set (default: each head, then the whole layer).
+
+    For each set: loss and accuracy clean, with the set zero-ablated, and ablated while later layers
+    keep their attention patterns (only the value path is cut: V-composition) or their values (only
+    the pattern path is cut: K/Q-composition). Returns {"sets": labels, "<column>_<metric>": values}.
+    """
+    sets = head_sets or [*[[f"{layer}.{h}"] for h in range(model.n_heads)], [f"{layer}.*"]]
+    variants = {
+        "clean": lambda heads: [],
+        "ablated": lambda heads: [clamp(kind="ablate", heads=heads)],
+        "patterns_kept": lambda heads: [clamp(kind="ablate_preserving", heads=heads, preserve="pattern")],
+        "values_kept": lambda heads: [clamp(kind="ablate_preserving", heads=heads, preserve="v")],
+    }
+    table: dict[str, list] = {"sets": [",".join(heads) for heads in sets]}
+    for name, clamps in variants.items():
+        for heads in sets:
+            values = evaluate(model, task, batch, ["loss", "accuracy"], clamps(heads))
+            for metric, value in values.items():
+                table.setdefault(f"{name}_{metric}", []).append(float(value))
+    return table
 
 
 def clamp_progress(
