@@ -5,7 +5,7 @@ The clamp set is the single-induction-head experiment's: values of seven layer-2
 the match clamp on the eighth. Also timed, separately: a path-preserving ablation (which needs a
 reference pass, so about twice the forward work) and a graft (a donor forward per step).
 
-    python benchmarks/clamp_overhead.py [--steps 300] [--repeats 5]
+    python benchmarks/clamp_overhead.py [--steps 100] [--repeats 15]
 """
 
 import argparse
@@ -36,12 +36,12 @@ def trainer(runs: Path, clamps: list[dict]) -> Trainer:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args()
     torch.set_num_threads(1)
     runs = Path(tempfile.mkdtemp())
-    donor = train(load_config("singh", ["training.length.steps=1", "seed=1"]), str(runs), progress=False)
+    donor = train(load_config("singh", ["training.length={steps: 1}", "seed=1"]), str(runs), progress=False)
     sets = {
         **SETS,
         "graft layer 0 output": [

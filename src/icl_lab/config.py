@@ -28,7 +28,10 @@ class Duration(StrictModel):
     def _exactly_one_unit(self) -> "Duration":
         given = [u for u in ("steps", "sequences", "tokens") if getattr(self, u) is not None]
         if len(given) != 1:
-            raise ValueError("give exactly one of steps, sequences, tokens")
+            raise ValueError(
+                "give exactly one of steps, sequences, tokens (to change the unit with --set, "
+                "set the whole field, e.g. training.length={steps: 500})"
+            )
         return self
 
     def to_steps(self, batch_size: int, tokens_per_sequence: int) -> int:

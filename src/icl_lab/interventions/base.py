@@ -12,6 +12,7 @@ scores of a head), from a reference pass of the same model without the clamps th
 `clamped_forward` runs the reference pass only when an active clamp needs one.
 """
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -72,22 +73,26 @@ class ClampContext:
 
 def parse_heads(specs: list[str], model: Model) -> dict[int, list[int]]:
     """'L.H' (or 'L.*' for every head of layer L) -> {layer: [heads]}; ValueError if absent."""
+    return dict(_parse_heads(tuple(specs), model.n_layers, model.n_heads))
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_heads(specs: tuple[str, ...], n_layers: int, n_heads: int) -> tuple[tuple[int, list[int]], ...]:
     heads: dict[int, list[int]] = {}
     for spec in specs:
         layer_text, _, head_text = spec.partition(".")
         try:
             layer = int(layer_text)
-            chosen = list(range(model.n_heads)) if head_text == "*" else [int(head_text)]
+            chosen = list(range(n_heads)) if head_text == "*" else [int(head_text)]
         except ValueError:
             raise ValueError(f"head {spec!r} is not of the form 'layer.head' or 'layer.*'") from None
-        if not 0 <= layer < model.n_layers or not all(0 <= h < model.n_heads for h in chosen):
+        if not 0 <= layer < n_layers or not all(0 <= h < n_heads for h in chosen):
             raise ValueError(
-                f"head {spec!r} does not exist in a model with {model.n_layers} layers "
-                f"x {model.n_heads} heads"
+                f"head {spec!r} does not exist in a model with {n_layers} layers x {n_heads} heads"
             )
         heads.setdefault(layer, [])
         heads[layer] += [h for h in chosen if h not in heads[layer]]
-    return heads
+    return tuple(heads.items())
 
 
 def check_positions(positions: list[int] | None, n_ctx: int) -> None:
@@ -99,15 +104,29 @@ def check_positions(positions: list[int] | None, n_ctx: int) -> None:
 def head_position_mask(act: Tensor, activation: str, heads: list[int], positions: list[int] | None) -> Tensor:
     """Bool mask broadcastable to act, true at the chosen heads and positions."""
     head_axis, pos_axis = HEAD_LAYOUTS[activation]
-    H, T = act.shape[head_axis], act.shape[pos_axis]
-    head_on = torch.zeros(H, dtype=torch.bool, device=act.device)
-    head_on[heads] = True
-    if positions is None:
-        pos_on = torch.ones(T, dtype=torch.bool, device=act.device)
-    else:
-        pos_on = torch.zeros(T, dtype=torch.bool, device=act.device)
+    key = (act.dim(), head_axis, pos_axis, act.shape[head_axis], act.shape[pos_axis], tuple(heads))
+    return _mask(*key, tuple(positions) if positions is not None else None, act.device)
+
+
+@functools.lru_cache(maxsize=256)
+def _mask(
+    ndim: int,
+    head_axis: int,
+    pos_axis: int,
+    H: int,
+    T: int,
+    heads: tuple[int, ...],
+    positions: tuple[int, ...] | None,
+    device: torch.device,
+) -> Tensor:
+    # masks are rebuilt on every forward otherwise: a measurable share of a tiny model's step
+    head_on = torch.zeros(H, dtype=torch.bool, device=device)
+    head_on[list(heads)] = True
+    pos_on = torch.ones(T, dtype=torch.bool, device=device)
+    if positions is not None:
+        pos_on = torch.zeros(T, dtype=torch.bool, device=device)
         pos_on[[p % T for p in positions]] = True
-    shape = [1] * act.dim()
+    shape = [1] * ndim
     shape[head_axis], shape[pos_axis] = H, T
     mask = head_on[:, None] & pos_on[None] if head_axis < pos_axis else pos_on[:, None] & head_on[None]
     return mask.view(shape)

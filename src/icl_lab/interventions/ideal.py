@@ -78,19 +78,14 @@ class InductionMatch(PatternClamp):
 
     def ideal(self, act: Tensor, ctx: ClampContext) -> tuple[Tensor, list[int] | None]:
         B, T = act.shape[0], act.shape[-1]
-        correct = correct_labels(ctx.meta).to(act.dtype)  # (B, N)
-        wrong = 1 - correct
-        n_correct, n_wrong = correct.sum(1, keepdim=True), wrong.sum(1, keepdim=True)
-        on_correct = torch.where(
-            n_wrong > 0, torch.full_like(n_correct, self.strength), torch.ones_like(n_correct)
-        )
-        weights = correct * on_correct / n_correct.clamp(min=1) + wrong * (1 - on_correct) / n_wrong.clamp(
-            min=1
-        )
-        row = torch.zeros(B, T, dtype=act.dtype, device=act.device)
-        row = row.index_copy(1, label_positions(correct.shape[1], act.device), weights)
+        correct = correct_labels(ctx.meta)  # (B, N)
+        n_correct = correct.sum(1, keepdim=True)
+        n_wrong = correct.shape[1] - n_correct
+        # strength on the correct label tokens, the rest on the others (all on correct if none other)
+        share = torch.where(n_wrong > 0, self.strength, 1.0)
+        weights = torch.where(correct, share / n_correct.clamp(min=1), (1 - share) / n_wrong.clamp(min=1))
         pattern = torch.zeros(B, 1, T, T, dtype=act.dtype, device=act.device)
-        pattern[:, 0, -1] = row
+        pattern[:, 0, -1, label_positions(correct.shape[1], act.device)] = weights.to(act.dtype)
         return pattern, [-1]
 
 

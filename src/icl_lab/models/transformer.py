@@ -127,7 +127,7 @@ class Attention(nn.Module):
             self.b_O = nn.Parameter(torch.zeros(d)) if cfg.output_projection else None
         self.bias = cfg.bias
         self.scale = 1 / math.sqrt(e) if cfg.attn_scale else 1.0
-        self.register_buffer("mask", torch.ones(n_ctx, n_ctx).tril().bool(), persistent=False)
+        self.register_buffer("future", torch.ones(n_ctx, n_ctx).triu(1).bool(), persistent=False)
         self.rope = cfg.positional == "rope"
         if self.rope:
             freq = cfg.rope_base ** (-torch.arange(0, e, 2).float() / e)
@@ -152,10 +152,10 @@ class Attention(nn.Module):
             q = self.hook_rot_q(rotate(q, cos, sin))
             k = self.hook_rot_k(rotate(k, cos, sin))
         if self.hook_attn_scores.fns or self.hook_pattern.fns:
-            scores = torch.einsum("bqhe,bkhe->bhqk", q, k) * self.scale  # (B, H, T, T)
-            scores = self.hook_attn_scores(scores.masked_fill(~self.mask[:T, :T], float("-inf")))
+            scores = q.transpose(1, 2) @ k.permute(0, 2, 3, 1) * self.scale  # (B, H, T, T)
+            scores = self.hook_attn_scores(scores.masked_fill(self.future[:T, :T], float("-inf")))
             pattern = self.hook_pattern(scores.softmax(dim=-1))
-            z = torch.einsum("bhqk,bkhe->bqhe", pattern, v)
+            z = (pattern @ v.transpose(1, 2)).transpose(1, 2)  # (B, T, H, e)
         else:  # nobody looks at the pattern: the fused kernel computes the same thing faster
             z = F.scaled_dot_product_attention(
                 q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True, scale=self.scale
