@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow.compute as pc
 import pytest
 import torch
@@ -191,7 +192,63 @@ def test_training_reduces_loss_and_eval_is_reproducible(tmp_path: Path) -> None:
     assert metrics_without_wall_time(a) != metrics_without_wall_time(other_seed)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+
+
+@CUDA
 def test_training_runs_on_cuda(tmp_path: Path) -> None:
     run = train(tiny_config(training={"device": "cuda"}), str(tmp_path), progress=False)
     assert run.status == "complete"
+
+
+@CUDA
+@pytest.mark.parametrize(
+    ("task", "clamps"),
+    [
+        (
+            {
+                "name": "bursty_classification",
+                "n_classes": 64,
+                "n_labels": 8,
+                "dim": 15,
+                "n_context": 4,
+                "burstiness": 2,
+                "n_pos_slots": 13,
+                "n_novel_classes": 16,
+            },
+            [],
+        ),
+        (
+            {
+                "name": "fewshot_pairs",
+                "n_train_classes": 10,
+                "n_heldout_classes": 10,
+                "feature_dim": 12,
+                "n_exemplars": 3,
+            },
+            [
+                {"kind": "induction_match", "heads": ["1.0"]},
+                {"kind": "ablate_preserving", "heads": ["0.1"], "preserve": "pattern"},
+                {"kind": "previous_token", "heads": ["0.0"]},
+                {"kind": "copy", "head": "1.1"},
+                {"kind": "layer1", "heads": ["1.2"]},
+            ],
+        ),
+    ],
+)
+def test_tasks_and_clamps_train_on_cuda(tmp_path: Path, task: dict, clamps: list) -> None:
+    model = {
+        "name": "transformer",
+        "n_layers": 2,
+        "n_heads": 4,
+        "d_model": 16,
+        "attn_only": True,
+        "positional": "rope",
+        "readout": {"positions": [-1], "hidden": [16]},
+    }
+    config = tiny_config(
+        task=task, model=model, clamps=clamps, training={"device": "cuda", "length": {"steps": 20}}
+    )
+    run = train(config, str(tmp_path), progress=False)
+    assert run.status == "complete"
+    assert np.isfinite(run.curve("loss", "train")[1]).all()
