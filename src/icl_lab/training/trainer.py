@@ -72,7 +72,7 @@ class Trainer:
         self.eval_batches = self._eval_batches()
         self.clamps = self._clamp_table()
         self.metric_names = metric_names(cfg, self.tasks[0])
-        self.step, self.wall_offset = 0, 0.0
+        self.step, self.wall_offset, self.restored = 0, 0.0, False
         self.loss_sum = torch.zeros(len(self.members), device=self.device)
         self.loss_count = 0
         self.log = MetricsLog()
@@ -250,6 +250,7 @@ class Trainer:
         self.loss_sum.copy_(checkpoint.tensors["trainer/loss_sum"])
         self.loss_count = checkpoint.info["loss_count"]
         self.step, self.wall_offset = checkpoint.step, checkpoint.info["wall_s"]
+        self.restored = True
         table = self.run.metrics
         self.log = MetricsLog(table.filter(pc.less_equal(table["step"], self.step)))
 
@@ -262,7 +263,7 @@ class Trainer:
         self.run.update_manifest(status="running", total_steps=self.total_steps)
         try:
             with TrainingProgress(self.run.id, self.total_steps, self.step, self.progress) as bar:
-                if self.step == 0:
+                if not self.restored:  # a fresh start: evaluate and checkpoint the initial model
                     self.evaluate_all()
                     self.save()
                 while self.step < self.total_steps:
