@@ -4,6 +4,7 @@ Every user error (bad config, missing file, corrupt checkpoint, bad argument) pr
 exits with code 2.
 """
 
+import itertools
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -159,14 +160,18 @@ def list_(
             Listable.reproductions: [
                 (n, f"{r.title} (--quick: {r.quick_budget})") for n, r in REPRODUCTIONS.items()
             ],
-            Listable.experiments: [
-                (p.stem, _first_line(p.read_text().split("\n", 1)[0].lstrip("# ")))
-                for p in sorted(BUNDLED_CONFIGS.glob("*.yaml"))
-            ],
+            Listable.experiments: [(p.stem, _header(p)) for p in sorted(BUNDLED_CONFIGS.glob("*.yaml"))],
         }[what]
         for name, text in entries:
             table.add_row(name, text)
     console.print(table)
+
+
+def _header(path: Path) -> str:
+    """The comment block that opens a config file, as one paragraph."""
+    lines = path.read_text().splitlines()
+    header = [line.lstrip("# ") for line in itertools.takewhile(lambda line: line.startswith("#"), lines)]
+    return " ".join(header)
 
 
 def _first_line(text: str | None) -> str:
