@@ -11,6 +11,33 @@ from icl_lab.experiment import ExperimentConfig, validate_config
 
 torch.set_num_threads(1)
 
+TINY_BURSTY = {
+    "name": "bursty_classification",
+    "n_classes": 64,
+    "n_labels": 8,
+    "dim": 15,
+    "n_context": 4,
+    "burstiness": 2,
+    "n_pos_slots": 13,
+    "n_novel_classes": 16,
+}
+TINY_FEWSHOT = {
+    "name": "fewshot_pairs",
+    "n_train_classes": 10,
+    "n_heldout_classes": 10,
+    "feature_dim": 12,
+    "n_exemplars": 3,
+}
+TINY_READOUT_MODEL = {
+    "name": "transformer",
+    "n_layers": 2,
+    "n_heads": 4,
+    "d_model": 16,
+    "attn_only": True,
+    "positional": "rope",
+    "readout": {"positions": [-1], "hidden": []},
+}
+
 
 def tiny_config(**sections: Any) -> ExperimentConfig:
     """A 2-layer attention-only model on short repeated-token sequences; sections override."""

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import tiny_config
+from conftest import TINY_FEWSHOT, TINY_READOUT_MODEL, tiny_config
 from icl_lab.errors import ConfigError
 from icl_lab.experiment import build_model, build_task, validate_config
 from icl_lab.interventions import CLAMPS
@@ -15,22 +15,7 @@ from icl_lab.interventions.base import clamped_forward
 from icl_lab.tasks.fewshot_layout import correct_labels
 from icl_lab.training.trainer import train
 
-FEWSHOT = {
-    "name": "fewshot_pairs",
-    "n_train_classes": 10,
-    "n_heldout_classes": 10,
-    "feature_dim": 12,
-    "n_exemplars": 3,
-}
-MODEL = {
-    "name": "transformer",
-    "n_layers": 2,
-    "n_heads": 4,
-    "d_model": 16,
-    "attn_only": True,
-    "positional": "rope",
-    "readout": {"positions": [-1], "hidden": []},
-}
+FEWSHOT, MODEL = TINY_FEWSHOT, TINY_READOUT_MODEL
 
 
 def setup(**fields: object) -> tuple:

@@ -7,7 +7,7 @@ import tempfile
 
 import pytest
 
-from conftest import tiny_config
+from conftest import TINY_BURSTY, TINY_READOUT_MODEL, tiny_config
 from icl_lab.report.page import write_report
 from icl_lab.store.run import Run
 from icl_lab.training.trainer import train
@@ -18,24 +18,8 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 @pytest.fixture(scope="module")
 def bursty_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     config = tiny_config(
-        task={
-            "name": "bursty_classification",
-            "n_classes": 64,
-            "n_labels": 8,
-            "dim": 15,
-            "n_context": 4,
-            "burstiness": 2,
-            "n_pos_slots": 13,
-            "n_novel_classes": 16,
-        },
-        model={
-            "name": "transformer",
-            "n_layers": 2,
-            "n_heads": 2,
-            "d_model": 16,
-            "attn_only": True,
-            "readout": {"positions": [-1], "hidden": [16]},
-        },
+        task=TINY_BURSTY,
+        model={**TINY_READOUT_MODEL, "positional": "learned", "readout": {"positions": [-1], "hidden": [16]}},
         training={"length": {"steps": 40}},
         eval={"every": {"steps": 5}, "batch_size": 64},
         checkpointing={"every": {"steps": 20}},

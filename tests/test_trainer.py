@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 import pytest
 import torch
 
-from conftest import tiny_config
+from conftest import TINY_BURSTY, TINY_FEWSHOT, TINY_READOUT_MODEL, tiny_config
 from icl_lab.config import Duration, ScheduleConfig
 from icl_lab.experiment import load_config
 from icl_lab.store.run import Run
@@ -207,27 +207,9 @@ def test_training_runs_on_cuda(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("task", "clamps"),
     [
+        (TINY_BURSTY, []),
         (
-            {
-                "name": "bursty_classification",
-                "n_classes": 64,
-                "n_labels": 8,
-                "dim": 15,
-                "n_context": 4,
-                "burstiness": 2,
-                "n_pos_slots": 13,
-                "n_novel_classes": 16,
-            },
-            [],
-        ),
-        (
-            {
-                "name": "fewshot_pairs",
-                "n_train_classes": 10,
-                "n_heldout_classes": 10,
-                "feature_dim": 12,
-                "n_exemplars": 3,
-            },
+            TINY_FEWSHOT,
             [
                 {"kind": "induction_match", "heads": ["1.0"]},
                 {"kind": "ablate_preserving", "heads": ["0.1"], "preserve": "pattern"},
@@ -239,18 +221,8 @@ def test_training_runs_on_cuda(tmp_path: Path) -> None:
     ],
 )
 def test_tasks_and_clamps_train_on_cuda(tmp_path: Path, task: dict, clamps: list) -> None:
-    model = {
-        "name": "transformer",
-        "n_layers": 2,
-        "n_heads": 4,
-        "d_model": 16,
-        "attn_only": True,
-        "positional": "rope",
-        "readout": {"positions": [-1], "hidden": [16]},
-    }
-    config = tiny_config(
-        task=task, model=model, clamps=clamps, training={"device": "cuda", "length": {"steps": 20}}
-    )
+    training = {"device": "cuda", "length": {"steps": 20}}
+    config = tiny_config(task=task, model=TINY_READOUT_MODEL, clamps=clamps, training=training)
     run = train(config, str(tmp_path), progress=False)
     assert run.status == "complete"
     assert np.isfinite(run.curve("loss", "train")[1]).all()
