@@ -90,6 +90,26 @@ class ExperimentConfig(StrictModel):
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def ensemble_key(config: ExperimentConfig) -> str:
+    """Configs with equal keys can train as one ensemble: they may differ only in name, seed,
+    clamps, learning rate and task fields that leave the model's inputs and outputs alone (and in
+    seed not even there when the model reads task constants, which depend on the seed)."""
+    data = config.model_dump(mode="json", by_alias=True)
+    del data["name"], data["seed"], data["clamps"], data["training"]["optimizer"]["lr"]
+    task_cls = TASKS.get(config.task.name)
+    data["task"] = {"name": config.task.name, "io": repr(task_cls.io(config.task))}
+    if MODELS.get(config.model.name).constants:
+        data["task"]["seed"] = config.seed
+    return json.dumps(data, sort_keys=True)
+
+
+def ensemble_hash(configs: list[ExperimentConfig]) -> str:
+    """Fingerprint of an ensemble's member configs (a single config's own hash for one member)."""
+    if len(configs) == 1:
+        return configs[0].hash()
+    return hashlib.sha256("".join(c.hash() for c in configs).encode()).hexdigest()[:16]
+
+
 def build_task(config: ExperimentConfig, seed: int | None = None, device: str = "cpu") -> Task:
     """The task of a config, seeded by the run seed unless another seed is given."""
     return TASKS.get(config.task.name)(config.task, config.seed if seed is None else seed, device)

@@ -42,6 +42,9 @@ class Model(HookedModule):
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:  # pragma: no cover
         raise NotImplementedError
 
+    def batched(self, vmapped: bool) -> None:
+        """Told whether it will run under torch.func.vmap (some fused kernels have no batching rule)."""
+
     def set_constants(self, constants: dict[str, Tensor]) -> None:
         """Store the task constants this model declared, as non-persistent buffers."""
         for name in self.constants:

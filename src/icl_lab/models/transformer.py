@@ -126,6 +126,7 @@ class Attention(nn.Module):
             self.b_V = nn.Parameter(torch.zeros(H, e))
             self.b_O = nn.Parameter(torch.zeros(d)) if cfg.output_projection else None
         self.bias = cfg.bias
+        self.fused = True  # scaled_dot_product_attention when no hook reads the pattern
         self.scale = 1 / math.sqrt(e) if cfg.attn_scale else 1.0
         self.register_buffer("future", torch.ones(n_ctx, n_ctx).triu(1).bool(), persistent=False)
         self.rope = cfg.positional == "rope"
@@ -151,7 +152,7 @@ class Attention(nn.Module):
             cos, sin = self.rope_cos[:T], self.rope_sin[:T]
             q = self.hook_rot_q(rotate(q, cos, sin))
             k = self.hook_rot_k(rotate(k, cos, sin))
-        if self.hook_attn_scores.fns or self.hook_pattern.fns:
+        if not self.fused or self.hook_attn_scores.fns or self.hook_pattern.fns:
             scores = q.transpose(1, 2) @ k.permute(0, 2, 3, 1) * self.scale  # (B, H, T, T)
             scores = self.hook_attn_scores(scores.masked_fill(self.future[:T, :T], float("-inf")))
             pattern = self.hook_pattern(scores.softmax(dim=-1))
@@ -270,6 +271,11 @@ class Transformer(Model):
         self.hook_logits = HookPoint()
         self.setup_hooks()
         self.reset_parameters()
+
+    def batched(self, vmapped: bool) -> None:
+        # the fused attention kernel has no vmap batching rule (vmap would loop over members)
+        for block in self.blocks:
+            block.attn.fused = not vmapped
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         """Weights as `init` says; readout MLP layers He-initialised (N(0, 2/fan_in)); biases 0,

@@ -16,10 +16,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
+import yaml
 
 from icl_lab import __version__
 from icl_lab.errors import CheckpointError, IclLabError, RunStoreError
-from icl_lab.experiment import ExperimentConfig, build_model, read_yaml, validate_config
+from icl_lab.experiment import ExperimentConfig, build_model, ensemble_hash, read_yaml, validate_config
 from icl_lab.models import Model
 from icl_lab.store.checkpoints import Checkpoint, checkpoint_paths, list_steps, load_checkpoint
 from icl_lab.store.files import atomic_write_text
@@ -30,30 +31,45 @@ MANIFEST_FORMAT = "icl-lab-run/1"
 
 
 class Run:
-    """Handle on a run directory: its config, metrics table and checkpoints."""
+    """Handle on a run directory: its config(s), metrics table and checkpoints.
 
-    def __init__(self, path: Path, config: ExperimentConfig, manifest: dict[str, Any]) -> None:
-        self.path, self.config, self.manifest = path, config, manifest
+    A run trains one config, or an ensemble of member configs (config.yaml holds member 0's,
+    members.yaml all of them); metrics and checkpoints carry the member axis either way.
+    """
+
+    def __init__(self, path: Path, configs: list[ExperimentConfig], manifest: dict[str, Any]) -> None:
+        self.path, self.configs, self.manifest = path, configs, manifest
+        self.config = configs[0]
 
     @classmethod
-    def create(cls, config: ExperimentConfig, runs_dir: str | Path = "runs") -> "Run":
-        """A new run directory for a validated config, marked running."""
+    def create(
+        cls,
+        configs: ExperimentConfig | list[ExperimentConfig],
+        runs_dir: str | Path = "runs",
+        run_id: str | None = None,
+    ) -> "Run":
+        """A new run directory for validated config(s), marked running; the id defaults to the
+        first config's name and the time."""
+        members = configs if isinstance(configs, list) else [configs]
         runs = Path(runs_dir)
         runs.mkdir(parents=True, exist_ok=True)
-        run_id = f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+        run_id = run_id or f"{members[0].name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
         path = runs / run_id
         path.mkdir()
-        atomic_write_text(path / "config.yaml", config.to_yaml())
+        atomic_write_text(path / "config.yaml", members[0].to_yaml())
+        if len(members) > 1:
+            data = [m.model_dump(mode="json", by_alias=True) for m in members]
+            atomic_write_text(path / "members.yaml", yaml.safe_dump(data, sort_keys=False))
         manifest = {
             "format": MANIFEST_FORMAT,
             "id": run_id,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "config_hash": config.hash(),
+            "config_hash": ensemble_hash(members),
             "icl_lab_version": __version__,
             "torch_version": torch.__version__,
-            "members": 1,
+            "members": len(members),
         }
-        run = cls(path, config, manifest)
+        run = cls(path, members, manifest)
         run.update_manifest(status="running")
         return run
 
@@ -71,7 +87,15 @@ class Run:
             raise RunStoreError(f"not an icl-lab run (unknown manifest format): {path}")
         if not (path / "config.yaml").is_file():
             raise RunStoreError(f"run has no config.yaml: {path}")
-        return cls(path, validate_config(read_yaml(path / "config.yaml")), manifest)
+        if (path / "members.yaml").is_file():
+            configs = [validate_config(data) for data in read_yaml(path / "members.yaml")]
+        else:
+            configs = [validate_config(read_yaml(path / "config.yaml"))]
+        return cls(path, configs, manifest)
+
+    @property
+    def config_hash(self) -> str:
+        return ensemble_hash(self.configs)
 
     @property
     def id(self) -> str:
@@ -168,18 +192,18 @@ class Run:
             step = steps[-1]
         elif step not in steps:
             raise CheckpointError(f"run {self.id} has no checkpoint at step {step} (it has {steps})")
-        return load_checkpoint(checkpoint_paths(self.checkpoint_dir, step)[1], self.config.hash())
+        return load_checkpoint(checkpoint_paths(self.checkpoint_dir, step)[1], self.config_hash)
 
     def model(self, step: int | None = None, member: int = 0) -> Model:
         """The model of one member at a checkpoint (default: the latest), on the CPU."""
         checkpoint = self.load_checkpoint(step)
-        model = build_model(self.config)
+        if not 0 <= member < len(self.configs):
+            raise CheckpointError(f"run {self.id} has no member {member}")
+        model = build_model(self.configs[member])
         params = checkpoint.group("param")
         expected = dict(model.named_parameters())
         if set(params) != set(expected) or any(params[k].shape[1:] != p.shape for k, p in expected.items()):
             raise CheckpointError(f"checkpoint at step {checkpoint.step} does not fit this model")
-        if not 0 <= member < params[next(iter(params))].shape[0]:
-            raise CheckpointError(f"run {self.id} has no member {member}")
         model.load_state_dict({k: v[member] for k, v in params.items()})
         return model.eval()
 

@@ -19,8 +19,9 @@ import torch
 from torch import Tensor
 from torch.func import functional_call, vmap
 
+from icl_lab.errors import ConfigError
 from icl_lab.evaluation import eval_batches, evaluate, metric_names
-from icl_lab.experiment import ExperimentConfig, build_model, build_task
+from icl_lab.experiment import ExperimentConfig, build_model, build_task, ensemble_key
 from icl_lab.interventions import Clamp
 from icl_lab.interventions.base import clamped_forward
 from icl_lab.seeding import generator
@@ -55,11 +56,17 @@ class Trainer:
     def __init__(self, run: Run, progress: bool = True) -> None:
         self.run, self.progress = run, progress
         cfg = run.config
-        self.members: list[ExperimentConfig] = [cfg]  # an ensemble of one
+        self.members: list[ExperimentConfig] = run.configs
+        if len({ensemble_key(m) for m in self.members}) > 1:
+            raise ConfigError(
+                "ensemble members may differ only in seed, clamps, learning rate and task fields that "
+                "keep the model's shape"
+            )
         self.device = torch.device(cfg.training.device)
         torch.set_num_threads(cfg.training.threads)
         self.tasks = [build_task(m, device=str(self.device)) for m in self.members]
         self.model = build_model(cfg, self.device, self.tasks[0])
+        self.model.batched(len(self.members) > 1)
         batch_size, tokens = cfg.training.batch_size, self.tasks[0].tokens_per_sequence
         self.batch_size, self.tokens_per_sequence = batch_size, tokens
         self.total_steps = cfg.training.length.to_steps(batch_size, tokens)
@@ -144,14 +151,32 @@ class Trainer:
         cfg = self.run.config.training
         if cfg.grad_clip is not None:
             clip_grad_norm_per_member(list(self.params.values()), cfg.grad_clip)
-        lr = lr_at(self.step, self.total_steps, cfg.optimizer.lr, cfg.schedule)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self.optimizer.step()
+        self._update()
         self.latest_losses = losses.detach()
         self.loss_sum += self.latest_losses
         self.loss_count += 1
         self.step += 1
+
+    def _update(self) -> None:
+        """One optimiser step at each member's learning rate for this step."""
+        lrs = [
+            lr_at(self.step, self.total_steps, m.training.optimizer.lr, m.training.schedule)
+            for m in self.members
+        ]
+        group = self.optimizer.param_groups[0]
+        if len(set(lrs)) == 1:
+            group["lr"] = lrs[0]
+            self.optimizer.step()
+            return
+        # members at different learning rates: step at lr 1, then take each member's fraction of the
+        # update (SGD, Adam and AdamW updates, weight decay included, scale linearly with lr)
+        before = [p.detach().clone() for p in self.params.values()]
+        group["lr"] = 1.0
+        self.optimizer.step()
+        weight = torch.tensor(lrs, device=self.device)
+        with torch.no_grad():
+            for old, p in zip(before, self.params.values(), strict=True):
+                p.copy_(torch.lerp(old, p, weight.view(-1, *[1] * (p.dim() - 1))))
 
     # evaluation ------------------------------------------------------------------------
 
@@ -224,7 +249,7 @@ class Trainer:
         tensors["trainer/loss_sum"] = self.loss_sum
         units = self._units()
         info = {
-            "config_hash": self.run.config.hash(),
+            "config_hash": self.run.config_hash,
             "sequences": units["sequences"],
             "tokens": units["tokens"],
             "wall_s": units["wall_s"],
@@ -295,9 +320,18 @@ class Trainer:
         return " | ".join(parts)
 
 
-def train(config: ExperimentConfig, runs_dir: str = "runs", progress: bool = True) -> Run:
-    """Create a run directory for a validated config and train it to completion."""
-    run = Run.create(config, runs_dir)
+def train(
+    configs: ExperimentConfig | list[ExperimentConfig],
+    runs_dir: str = "runs",
+    progress: bool = True,
+    run_id: str | None = None,
+) -> Run:
+    """Create a run directory for a validated config (or an ensemble's member configs) and train
+    it to completion."""
+    members = configs if isinstance(configs, list) else [configs]
+    if len({ensemble_key(m) for m in members}) > 1:
+        raise ConfigError("ensemble members may differ only in seed, clamps, learning rate and task data")
+    run = Run.create(members, runs_dir, run_id)
     return Trainer(run, progress).fit()
 
 

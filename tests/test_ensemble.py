@@ -1,0 +1,80 @@
+"""Vmapped ensembles: each member trains exactly as it would alone."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY_FEWSHOT, TINY_READOUT_MODEL, tiny_config
+from icl_lab.errors import ConfigError
+from icl_lab.store.run import Run
+from icl_lab.training.trainer import resume, train
+
+BASE = {
+    "task": TINY_FEWSHOT,
+    "model": TINY_READOUT_MODEL,
+    "training": {"length": {"steps": 30}, "optimizer": {"lr": 0.01}},
+}
+
+
+def members() -> list:
+    slower = {"length": {"steps": 30}, "optimizer": {"lr": 0.003}}
+    return [
+        tiny_config(**BASE, seed=1),
+        tiny_config(
+            **{**BASE, "training": slower}, seed=2, clamps=[{"kind": "induction_match", "heads": ["1.0"]}]
+        ),
+        tiny_config(
+            **{**BASE, "task": {**TINY_FEWSHOT, "n_train_classes": 12}},
+            seed=3,
+            clamps=[
+                {"kind": "ablate_preserving", "heads": ["0.1"], "preserve": "pattern"},
+                {"kind": "copy", "head": "1.2"},
+            ],
+        ),
+        tiny_config(
+            **BASE, seed=4, clamps=[{"kind": "layer1"}, {"kind": "previous_token", "heads": ["0.0"]}]
+        ),
+    ]
+
+
+@pytest.mark.filterwarnings("ignore:There is a performance drop")
+def test_each_member_equals_its_single_run(tmp_path: Path) -> None:
+    configs = members()
+    ensemble = train(configs, str(tmp_path / "ensemble"), progress=False)
+    assert ensemble.manifest["members"] == 4 and Run.open(ensemble.path).configs == configs
+    stacked = ensemble.load_checkpoint().group("param")
+    for i, config in enumerate(configs):
+        alone = train(config, str(tmp_path / f"alone{i}"), progress=False)
+        params = alone.load_checkpoint().group("param")
+        for name, value in params.items():
+            assert torch.allclose(stacked[name][i], value[0], atol=1e-4), (i, name)
+        for split in ("train", "heldout_classes"):
+            a, b = alone.curve("loss", split)[1], ensemble.curve("loss", split, member=i)[1]
+            np.testing.assert_allclose(a, b, atol=1e-5)
+        assert torch.allclose(
+            ensemble.model(member=i).blocks[1].attn.W_Q, alone.model().blocks[1].attn.W_Q, atol=1e-4
+        )
+
+
+def test_ensemble_resume_is_bit_identical(tmp_path: Path) -> None:
+    import shutil
+
+    from test_trainer import assert_identical_runs
+
+    configs = members()[:2]
+    full = train(configs, str(tmp_path / "a"), progress=False)
+    cut = tmp_path / "b" / full.id
+    shutil.copytree(full.path, cut)
+    for step in full.checkpoint_steps:
+        if step > 8:
+            for suffix in ("json", "safetensors"):
+                (cut / "checkpoints" / f"step_{step:09d}.{suffix}").unlink()
+    assert_identical_runs(full, resume(Run.open(cut), progress=False))
+
+
+def test_members_of_different_shapes_are_refused(tmp_path: Path) -> None:
+    wide = tiny_config(**{**BASE, "model": {**TINY_READOUT_MODEL, "d_model": 32}})
+    with pytest.raises(ConfigError, match="ensemble members may differ only"):
+        train([members()[0], wide], str(tmp_path), progress=False)
