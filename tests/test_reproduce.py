@@ -11,7 +11,7 @@ from icl_lab.reproduce import REPRODUCTIONS, Claim, reproduce
 from icl_lab.reproduce.base import Reproduction
 from icl_lab.reproduce.reddy import _trend
 from icl_lab.store.run import Run
-from icl_lab.sweeps.local import run_configs
+from icl_lab.sweeps.execute import run_configs
 from icl_lab.training.trainer import train
 
 

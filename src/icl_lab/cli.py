@@ -180,13 +180,72 @@ def _first_line(text: str | None) -> str:
 
 @app.command()
 def report(
-    run: Annotated[Path, typer.Argument(help="Run directory.")],
+    target: Annotated[Path, typer.Argument(help="Run or sweep directory.")],
 ) -> None:
-    """Write report.html (self-contained) and PNG figures into RUN/report/."""
+    """Write report.html (self-contained) and PNG figures into TARGET/report/."""
+    if (target / "sweep.yaml").is_file():
+        from icl_lab.report.sweep import write_sweep_report
+
+        console.print(f"report: {write_sweep_report(target)}")
+        return
     from icl_lab.report.page import write_report
     from icl_lab.store.run import Run
 
-    console.print(f"report: {write_report(Run.open(run))}")
+    console.print(f"report: {write_report(Run.open(target))}")
+
+
+class ExecutorName(StrEnum):
+    local = "local"
+    ray = "ray"
+
+
+@app.command()
+def sweep(
+    target: Annotated[
+        str, typer.Argument(help="Sweep YAML file, or 'status' followed by a sweep directory.")
+    ],
+    sweep_dir: Annotated[Path | None, typer.Argument(help="With status: the sweep directory.")] = None,
+    executor: Annotated[
+        ExecutorName, typer.Option(help="local: a process pool; ray: Ray tasks.")
+    ] = ExecutorName.local,
+    workers: Annotated[int, typer.Option(min=1, help="Parallel runs (local processes or Ray CPUs).")] = 2,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address (default: start Ray locally).")
+    ] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", "-s", help="Override a sweep field: key=value.")
+    ] = None,
+    runs_dir: RunsDir = Path("runs"),
+    quiet: Quiet = False,
+) -> None:
+    """Run a sweep (resuming where an earlier run of it stopped), or show a sweep's status."""
+    from icl_lab.sweeps.run import sweep_status
+
+    if target == "status":
+        if sweep_dir is None:
+            raise IclLabError("sweep status needs a sweep directory")
+        counts, units = sweep_status(sweep_dir)
+        table = Table("run", "points", "status")
+        for unit, n, status in units:
+            table.add_row(unit, str(n), status)
+        console.print(table)
+        console.print(", ".join(f"{n} {status}" for status, n in sorted(counts.items())) + " points")
+        return
+    from icl_lab.report.sweep import write_sweep_report
+    from icl_lab.sweeps.config import load_sweep
+    from icl_lab.sweeps.run import run_sweep
+
+    config = load_sweep(target, set_ or [])
+    out = runs_dir / config.name
+    results = run_sweep(config, out, executor.value, workers, progress=not quiet, address=address)
+    statuses = results.column("status").to_pylist()
+    console.print(
+        f"{statuses.count('complete')} of {len(statuses)} points complete; results: {out / 'results.parquet'}"
+    )
+    for row in results.to_pylist():
+        if row["status"] != "complete":
+            console.print(f"point {row['point']} {row['status']}: {row['error']}", soft_wrap=True)
+    console.print(f"report: {write_sweep_report(out)}")
 
 
 @app.command(name="reproduce")

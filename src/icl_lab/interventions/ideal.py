@@ -85,7 +85,9 @@ class InductionMatch(PatternClamp):
         share = torch.where(n_wrong > 0, self.strength, 1.0)
         weights = torch.where(correct, share / n_correct.clamp(min=1), (1 - share) / n_wrong.clamp(min=1))
         positions = label_positions(correct.shape[1], act.device)
-        row = torch.zeros(B, T, dtype=act.dtype, device=act.device).index_copy(1, positions, weights.to(act.dtype))
+        row = torch.zeros(B, T, dtype=act.dtype, device=act.device).index_copy(
+            1, positions, weights.to(act.dtype)
+        )
         # out of place throughout, so that it runs under vmap: the query's row, zeros above it
         return torch.nn.functional.pad(row[:, None, None, :], (0, 0, T - 1, 0)), [-1]
 

@@ -1,26 +1,18 @@
 """The run report: PNG figures and one self-contained HTML page (images inlined, no network)."""
 
-import base64
 import html
 import math
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.figure import Figure
 
 from icl_lab.analysis.summary import RunSummary, summarise, units_text
 from icl_lab.experiment import build_task
 from icl_lab.report import figures
+from icl_lab.report.html import figures_html, page, save_png
 from icl_lab.store.files import atomic_write_text
 from icl_lab.store.metrics_table import TRAIN_SPLIT
 from icl_lab.store.run import Run
-
-
-def _png(fig: Figure, path: Path) -> bytes:
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path.read_bytes()
 
 
 def _nearest(steps: list[int], target: float) -> int:
@@ -39,19 +31,15 @@ def write_report(run: Run, out_dir: Path | None = None) -> Path:
     )
     key_split = build_task(run.config).key_metric[0]
     images = {
-        "Loss and accuracy": _png(figures.training_curves(run, summary.main), out / "training.png"),
-        "Progress measures": _png(figures.progress_measures(run, summary.main), out / "progress.png"),
-        "Attention patterns at init, transition and end": _png(
+        "Loss and accuracy": save_png(figures.training_curves(run, summary.main), out / "training.png"),
+        "Progress measures": save_png(figures.progress_measures(run, summary.main), out / "progress.png"),
+        "Attention patterns at init, transition and end": save_png(
             figures.attention_patterns(run, shown, key_split), out / "attention.png"
         ),
     }
-    page = out / "report.html"
-    atomic_write_text(page, _html(run, summary, images))
-    return page
-
-
-def _base64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
+    path = out / "report.html"
+    atomic_write_text(path, _html(run, summary, images))
+    return path
 
 
 def _table(rows: list[tuple[str, str]]) -> str:
@@ -114,33 +102,10 @@ def _html(run: Run, summary: RunSummary, images: dict[str, bytes]) -> str:
             + "</tr>"
         )
     finals = f"<table><tr><th>metric at step {summary.final_step:,}</th>{head}</tr>{body}</table>"
-    figures_html = "".join(
-        f'<figure><img alt="{html.escape(title)}" src="data:image/png;base64,{_base64(data)}">'
-        f"<figcaption>{html.escape(title)}</figcaption></figure>"
-        for title, data in images.items()
-    )
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>icl-lab report: {html.escape(run.id)}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }}
-table {{ border-collapse: collapse; margin: 1em 0; }}
-th, td {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; font-size: 0.9em; }}
-figure {{ margin: 1.5em 0; }} img {{ max-width: 100%; }} figcaption {{ color: #555; }}
-pre {{ background: #f6f6f6; padding: 1em; overflow-x: auto; }}
-</style></head>
-<body data-figures="pending">
-<h1>{html.escape(cfg.name)}: {html.escape(run.id)}</h1>
+    body = f"""<h1>{html.escape(cfg.name)}: {html.escape(run.id)}</h1>
 {_table(rows)}
 {finals}
 {_clamps_html(run, summary.final_step)}
-{figures_html}
-<details><summary>config.yaml</summary><pre>{html.escape(cfg.to_yaml())}</pre></details>
-<script>
-window.addEventListener("load", () => {{
-  const images = Array.from(document.images);
-  const drawn = images.filter((img) => img.complete && img.naturalWidth > 0).length;
-  document.body.dataset.figures = drawn + "/" + images.length;
-}});
-</script>
-</body></html>
-"""
+{figures_html(images)}
+<details><summary>config.yaml</summary><pre>{html.escape(cfg.to_yaml())}</pre></details>"""
+    return page(f"icl-lab report: {run.id}", body)

@@ -10,7 +10,7 @@ from icl_lab.experiment import ExperimentConfig
 from icl_lab.registry import Registry
 from icl_lab.store.files import atomic_write_text
 from icl_lab.store.run import Run
-from icl_lab.sweeps.local import run_configs
+from icl_lab.sweeps.execute import run_configs
 
 
 @dataclass(frozen=True)

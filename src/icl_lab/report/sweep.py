@@ -1,0 +1,148 @@
+"""The sweep report: phase diagrams (a metric over two swept fields, mean over seeds with its
+spread) and curves (e.g. transition step against a swept field), on one self-contained page."""
+
+import html
+import json
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pyarrow as pa
+import yaml
+from matplotlib.figure import Figure
+
+from icl_lab.report.html import figures_html, page, save_png
+from icl_lab.store.files import atomic_write_text
+from icl_lab.sweeps.config import CurveSpec, HeatmapSpec, SweepConfig
+from icl_lab.sweeps.run import read_results
+
+
+def _groups(table: pa.Table, keys: list[str], metric: str) -> dict[tuple, np.ndarray]:
+    """{values of keys: metric values over seeds} for complete points."""
+    groups: dict[tuple, list[float]] = {}
+    for row in table.to_pylist():
+        value = row.get(metric)
+        if row["status"] == "complete" and value is not None and not math.isnan(value):
+            groups.setdefault(tuple(row[k] for k in keys), []).append(value)
+    return {k: np.array(v) for k, v in groups.items()}
+
+
+def _seeds(table: pa.Table) -> str:
+    return ", ".join(str(s) for s in sorted(set(table.column("seed").to_pylist())))
+
+
+def heatmap(table: pa.Table, spec: HeatmapSpec) -> Figure:
+    """Mean over seeds of a metric on a grid of two swept fields; cells annotated mean +- std."""
+    groups = _groups(table, [spec.y, spec.x], spec.metric)
+    xs = sorted({k[1] for k in groups}, key=_order)
+    ys = sorted({k[0] for k in groups}, key=_order)
+    mean = np.full((len(ys), len(xs)), np.nan)
+    spread = np.full_like(mean, np.nan)
+    for (y, x), values in groups.items():
+        mean[ys.index(y), xs.index(x)] = values.mean()
+        spread[ys.index(y), xs.index(x)] = values.std(ddof=1) if values.size > 1 else 0.0
+    fig, ax = plt.subplots(figsize=(1.3 * len(xs) + 2.5, 1.0 * len(ys) + 1.8), constrained_layout=True)
+    image = ax.imshow(mean, origin="lower", cmap="viridis", aspect="auto")
+    fig.colorbar(image, ax=ax, label=spec.metric)
+    for i in range(len(ys)):
+        for j in range(len(xs)):
+            if not np.isnan(mean[i, j]):
+                ax.text(
+                    j,
+                    i,
+                    f"{mean[i, j]:.2f}\n±{spread[i, j]:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="w" if mean[i, j] < np.nanmean(mean) else "k",
+                )
+    ax.set_xticks(range(len(xs)), [str(x) for x in xs])
+    ax.set_yticks(range(len(ys)), [str(y) for y in ys])
+    ax.set(xlabel=spec.x, ylabel=spec.y, title=f"{spec.metric}: mean ± std over seeds {_seeds(table)}")
+    return fig
+
+
+def curve(table: pa.Table, spec: CurveSpec, batch_size: int) -> Figure:
+    """A result against a swept field (one line per value of `by`), mean and std over seeds; a
+    step-valued column is shown in steps with sequences on a second axis."""
+    keys = [spec.x] + ([spec.by] if spec.by else [])
+    groups = _groups(table, keys, spec.metric)
+    fig, ax = plt.subplots(figsize=(6.5, 4), constrained_layout=True)
+    for line in sorted({k[1:] for k in groups}, key=lambda k: tuple(map(_order, k))):
+        xs = sorted((k[0] for k in groups if k[1:] == line), key=_order)
+        values = [groups[(x, *line)] for x in xs]
+        label = f"{spec.by}={line[0]}" if spec.by else None
+        ax.errorbar(
+            [str(x) for x in xs],
+            [v.mean() for v in values],
+            yerr=[v.std(ddof=1) if v.size > 1 else 0 for v in values],
+            marker="o",
+            capsize=3,
+            label=label,
+        )
+    ylabel = spec.metric + (" (steps)" if spec.metric.startswith("transition_") else "")
+    ax.set(xlabel=spec.x, ylabel=ylabel, title=f"{spec.metric}: mean ± std over seeds {_seeds(table)}")
+    if spec.metric.startswith("transition_"):
+        right = ax.secondary_yaxis("right", functions=(lambda s: s * batch_size, lambda q: q / batch_size))
+        right.set_ylabel("sequences")
+    if spec.by:
+        ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def _order(value: object) -> tuple:
+    return (0, value, "") if isinstance(value, int | float) else (1, 0, str(value))
+
+
+def write_sweep_report(sweep_dir: Path) -> Path:
+    """report/ with a PNG per heatmap and curve of the sweep config, and report.html."""
+    sweep = SweepConfig.model_validate(yaml.safe_load((sweep_dir / "sweep.yaml").read_text()))
+    table = read_results(sweep_dir)
+    out = sweep_dir / "report"
+    out.mkdir(exist_ok=True)
+    layout = json.loads((sweep_dir / "plan.json").read_text())
+    runs = [row["run"] for row in table.to_pylist() if row["status"] == "complete"]
+    batch_size = _batch_size(runs[0]) if runs else 1
+    images = {}
+    for i, spec in enumerate(sweep.report.heatmaps):
+        images[f"{spec.metric} over {spec.y} x {spec.x}"] = save_png(
+            heatmap(table, spec), out / f"heatmap_{i}.png"
+        )
+    for i, spec in enumerate(sweep.report.curves):
+        images[f"{spec.metric} against {spec.x}"] = save_png(
+            curve(table, spec, batch_size), out / f"curve_{i}.png"
+        )
+    statuses = table.column("status").to_pylist()
+    columns = [c for c in table.column_names if c not in ("run", "error", "unit")]
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body_rows = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_fmt(row[c]))}</td>" for c in columns) + "</tr>"
+        for row in table.to_pylist()
+    )
+    done, failed = statuses.count("complete"), statuses.count("failed")
+    summary = (
+        f"{len(layout['points'])} points in {len(layout['units'])} runs; {done} complete, {failed} failed"
+    )
+    config_text = html.escape((sweep_dir / "sweep.yaml").read_text())
+    body = f"""<h1>sweep {html.escape(sweep.name)}</h1><p>{html.escape(summary)}</p>{figures_html(images)}
+<table><tr>{head}</tr>{body_rows}</table>
+<details><summary>sweep.yaml</summary><pre>{config_text}</pre></details>"""
+    path = out / "report.html"
+    atomic_write_text(path, page(f"icl-lab sweep: {sweep.name}", body))
+    return path
+
+
+def _batch_size(run_path: str) -> int:
+    config = yaml.safe_load((Path(run_path) / "config.yaml").read_text())
+    return int(config["training"]["batch_size"])
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.4g}"
+    return "" if value is None else str(value)

@@ -1,0 +1,108 @@
+"""Running a sweep into a sweep directory, and its results table.
+
+<sweep_dir>/sweep.yaml (the sweep as run), plan.json (points and units), runs/u###/ (a run, an
+ensemble for several points), results.parquet (a row per point: swept values, seed, run, status,
+error, final metrics per split as split/metric, the key curve's main transition).
+"""
+
+import json
+import math
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from icl_lab.analysis.summary import summarise
+from icl_lab.errors import ConfigError, IclLabError
+from icl_lab.store.files import atomic_write, atomic_write_text
+from icl_lab.store.run import Run
+from icl_lab.sweeps.config import SweepConfig, Unit, dump_sweep, expand, plan
+from icl_lab.sweeps.execute import Executor, Job, execute
+
+RESULTS = "results.parquet"
+
+
+def run_sweep(
+    sweep: SweepConfig,
+    sweep_dir: Path,
+    executor: Executor = "local",
+    workers: int = 2,
+    progress: bool = True,
+    address: str | None = None,
+) -> pa.Table:
+    """Expand and validate every point, train the units not yet complete, write the results table."""
+    points = expand(sweep)
+    units = plan(sweep, points)
+    text = dump_sweep(sweep)
+    if (sweep_dir / "sweep.yaml").is_file() and (sweep_dir / "sweep.yaml").read_text() != text:
+        raise ConfigError(f"{sweep_dir} holds a different sweep; choose another directory")
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(sweep_dir / "sweep.yaml", text)
+    layout = {
+        "points": [{"point": p.index, "params": p.params, "seed": p.seed} for p in points],
+        "units": [{"unit": u.id, "points": [p.index for p in u.points]} for u in units],
+    }
+    atomic_write_text(sweep_dir / "plan.json", json.dumps(layout, indent=1))
+    jobs = [Job(sweep_dir / "runs" / u.id, tuple(p.config for p in u.points)) for u in units]
+    outcomes = execute(jobs, executor, workers, progress, address)
+    table = results_table(sweep_dir, units, [error for _, error in outcomes])
+    atomic_write(sweep_dir / RESULTS, lambda tmp: pq.write_table(table, tmp))
+    return table
+
+
+def results_table(sweep_dir: Path, units: list[Unit], errors: list[str]) -> pa.Table:
+    rows = []
+    for unit, error in zip(units, errors, strict=True):
+        path = sweep_dir / "runs" / unit.id
+        run = Run.open(path) if (path / "manifest.json").is_file() else None
+        for member, point in enumerate(unit.points):
+            row = {
+                "point": point.index,
+                "seed": point.seed,
+                **{k: _cell(v) for k, v in point.params.items()},
+                "unit": unit.id,
+                "member": member,
+                "run": str(path),
+                "status": run.status if run else "failed",
+                "error": error or (run.manifest.get("error", "") if run else ""),
+            }
+            if run is not None and run.status == "complete":
+                summary = summarise(run, member)
+                row["steps"] = summary.final_step
+                for split, values in summary.final.items():
+                    row |= {f"{split}/{metric}": value for metric, value in values.items()}
+                main = summary.main
+                for name in ("onset", "midpoint", "end", "before", "after"):
+                    row[f"transition_{name}"] = getattr(main, name) if main else math.nan
+            rows.append(row)
+    return pa.Table.from_pylist(rows)
+
+
+def _cell(value: object) -> object:
+    """A swept value as a table cell (lists and mappings as JSON text)."""
+    return json.dumps(value) if isinstance(value, list | dict) else value
+
+
+def read_results(sweep_dir: Path) -> pa.Table:
+    path = sweep_dir / RESULTS
+    if not path.is_file():
+        raise IclLabError(f"no results table yet in {sweep_dir} (run the sweep first)")
+    return pq.read_table(path)
+
+
+def sweep_status(sweep_dir: Path) -> tuple[Counter, list[tuple[str, int, str]]]:
+    """(counts by status, [(unit, points, status)]) read from the run directories."""
+    plan_path = sweep_dir / "plan.json"
+    if not plan_path.is_file():
+        raise IclLabError(f"not a sweep directory (no plan.json): {sweep_dir}")
+    units = json.loads(plan_path.read_text())["units"]
+    rows = []
+    for unit in units:
+        path = sweep_dir / "runs" / unit["unit"]
+        status = Run.open(path).status if (path / "manifest.json").is_file() else "pending"
+        rows.append((unit["unit"], len(unit["points"]), status))
+    counts = Counter()
+    for _, n, status in rows:
+        counts[status] += n
+    return counts, rows
