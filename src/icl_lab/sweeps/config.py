@@ -139,12 +139,13 @@ def expand(sweep: SweepConfig) -> list[Point]:
 
 def plan(sweep: SweepConfig, points: list[Point]) -> list[Unit]:
     """Work units in point order: shape-compatible points packed into ensembles (up to
-    max_ensemble) when ensemble is auto, else one point each. Deterministic, so a rerun finds the
-    same run directories."""
+    max_ensemble) when the sweep's ensemble setting says so, else one point each. Deterministic, so
+    a rerun finds the same run directories."""
     groups: dict[str, list[Point]] = {}
     for point in points:
-        key = ensemble_key(point.config) if sweep.ensemble == "auto" else str(point.index)
-        groups.setdefault(key, []).append(point)
+        on_gpu = point.config.training.device.startswith("cuda")
+        pack = sweep.ensemble == "always" or (sweep.ensemble == "auto" and on_gpu)
+        groups.setdefault(ensemble_key(point.config) if pack else str(point.index), []).append(point)
     chunks = [
         members[i : i + sweep.max_ensemble]
         for members in groups.values()
