@@ -22,7 +22,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
+console = Console(soft_wrap=True)  # paths in messages must stay copyable
 err_console = Console(stderr=True)
 
 SetOption = Annotated[

@@ -75,8 +75,10 @@ class SweepConfig(StrictModel):
     overrides: list[str] = Field(default_factory=list, description="key.path=value applied to every point")
     axes: list[GridAxis | ZipAxis | ListAxis] = Field(default_factory=list)
     seeds: list[int] | None = Field(None, description="default: the base config's seed")
-    ensemble: Literal["auto", "none"] = Field(
-        "auto", description="train shape-compatible points as one vmapped ensemble"
+    ensemble: Literal["auto", "always", "none"] = Field(
+        "auto",
+        description="train shape-compatible points as one vmapped ensemble: always, never, or auto = on "
+        "a GPU (where small models are launch-bound); on a CPU separate processes use the cores better",
     )
     max_ensemble: int = Field(16, ge=1)
     report: SweepReport = SweepReport()

@@ -1,0 +1,228 @@
+"""Sweeps: expansion and validation, ensemble packing, executors, resume, failures, results."""
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+import yaml
+
+from conftest import TINY_BURSTY, TINY_READOUT_MODEL, tiny_config
+from icl_lab.errors import ConfigError
+from icl_lab.sweeps.config import SweepConfig, expand, load_sweep, plan
+from icl_lab.sweeps.run import read_results, run_sweep, sweep_status
+from icl_lab.training.trainer import train
+
+
+def same_table(a: pa.Table, b: pa.Table, ignore: tuple[str, ...] = ("run",)) -> bool:
+    """Equal columns and values, NaN equal to NaN."""
+    names = [c for c in a.column_names if c not in ignore]
+    if names != [c for c in b.column_names if c not in ignore]:
+        return False
+    nan = lambda x: isinstance(x, float) and math.isnan(x)  # noqa: E731
+    return all(
+        x == y or (nan(x) and nan(y))
+        for c in names
+        for x, y in zip(a[c].to_pylist(), b[c].to_pylist(), strict=True)
+    )
+
+
+def base_file(tmp_path: Path, steps: int = 16) -> str:
+    config = tiny_config(
+        task=TINY_BURSTY,
+        model={**TINY_READOUT_MODEL, "positional": "learned"},
+        training={"length": {"steps": steps}},
+        eval={"every": {"steps": 8}, "batch_size": 32},
+        checkpointing={"every": {"steps": 8}},
+    )
+    path = tmp_path / f"base{steps}.yaml"
+    path.write_text(config.to_yaml())
+    return str(path)
+
+
+def sweep(tmp_path: Path, **fields: object) -> SweepConfig:
+    data = {
+        "name": "s",
+        "base": base_file(tmp_path),
+        "axes": [{"grid": {"task.burstiness": [0, 2]}}],
+        "seeds": [0, 1],
+        **fields,
+    }
+    return SweepConfig.model_validate(data)
+
+
+def test_axes_cross_and_seeds_repeat(tmp_path: Path) -> None:
+    config = sweep(
+        tmp_path,
+        axes=[
+            {"grid": {"task.burstiness": [0, 2], "task.n_classes": [32, 64]}},
+            {"zip": {"task.noise": [0.1, 1.0], "training.optimizer.lr": [0.01, 0.001]}},
+            {"points": [{"task.zipf_alpha": 0.0}, {"task.zipf_alpha": 1.0, "task.p_bursty": 0.5}]},
+        ],
+        seeds=[3, 4, 5],
+    )
+    points = expand(config)
+    assert len(points) == 4 * 2 * 2 * 3
+    last = points[-1]
+    assert last.params == {
+        "task.burstiness": 2,
+        "task.n_classes": 64,
+        "task.noise": 1.0,
+        "training.optimizer.lr": 0.001,
+        "task.zipf_alpha": 1.0,
+        "task.p_bursty": 0.5,
+    }
+    assert (last.seed, last.config.seed, last.config.task.noise, last.config.training.optimizer.lr) == (
+        5,
+        5,
+        1.0,
+        0.001,
+    )
+    assert last.config.task.p_bursty == 0.5 and points[0].config.task.p_bursty == 1.0
+    assert len({p.config.name for p in points}) == len(points)
+
+
+def test_every_point_is_validated_before_work(tmp_path: Path) -> None:
+    bad = sweep(tmp_path, axes=[{"grid": {"task.burstiness": [2, 3]}}])
+    with pytest.raises(
+        ConfigError,
+        match=r"sweep point 2 \(task.burstiness=3, seed 0\): config error: task: burstiness B \(3\)",
+    ):
+        expand(bad)
+    with pytest.raises(ValueError, match="same length"):
+        sweep(tmp_path, axes=[{"zip": {"task.noise": [0.1], "seed": [1, 2]}}])
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({"name": "s", "base": "reddy_fast", "axis": []}))
+    with pytest.raises(ConfigError, match="axis: unknown field"):
+        load_sweep(path)
+
+
+def test_packing_into_ensembles(tmp_path: Path) -> None:
+    config = sweep(
+        tmp_path, axes=[{"grid": {"task.burstiness": [0, 2], "model.d_model": [16, 32]}}], seeds=[0, 1, 2]
+    )
+    points = expand(config)
+    on_cpu = plan(config, points)
+    assert [len(u.points) for u in on_cpu] == [1] * 12, "auto: one point per run on a CPU"
+    packed = plan(config.model_copy(update={"ensemble": "always", "max_ensemble": 4}), points)
+    assert [len(u.points) for u in packed] == [4, 4, 2, 2]
+    for unit in packed:
+        assert len({p.config.model.d_model for p in unit.points}) == 1, "one shape per ensemble"
+    assert [u.id for u in packed] == ["u000", "u001", "u002", "u003"]
+
+
+def test_local_sweep_results_and_rerun(tmp_path: Path) -> None:
+    config = sweep(tmp_path, ensemble="always", max_ensemble=3)
+    out = tmp_path / "out"
+    table = run_sweep(config, out, workers=2, progress=False)
+    assert table.num_rows == 4 and set(table.column("status").to_pylist()) == {"complete"}
+    assert {
+        "point",
+        "seed",
+        "task.burstiness",
+        "run",
+        "ic/accuracy",
+        "iw/loss",
+        "transition_midpoint",
+    } <= set(table.column_names)
+    assert table.column("unit").to_pylist() == ["u000", "u000", "u000", "u001"]
+    stamp = (out / "runs" / "u000" / "manifest.json").stat().st_mtime_ns
+    again = run_sweep(config, out, workers=2, progress=False)
+    assert (out / "runs" / "u000" / "manifest.json").stat().st_mtime_ns == stamp, "finished runs are skipped"
+    assert same_table(again, table, ignore=())
+    counts, units = sweep_status(out)
+    assert counts["complete"] == 4 and [u[0] for u in units] == ["u000", "u001"]
+    with pytest.raises(ConfigError, match="holds a different sweep"):
+        run_sweep(sweep(tmp_path, seeds=[7]), out, progress=False)
+
+
+def test_a_failing_point_does_not_stop_the_others(tmp_path: Path) -> None:
+    donor = train(
+        tiny_config(
+            task=TINY_BURSTY, model={**TINY_READOUT_MODEL, "d_model": 32}, training={"length": {"steps": 2}}
+        ),
+        str(tmp_path / "donor"),
+        progress=False,
+    )
+    graft = {"kind": "graft", "hook": "blocks.0.hook_attn_out", "source": str(donor.path)}
+    config = sweep(
+        tmp_path,
+        axes=[{"points": [{"task.burstiness": 2}, {"clamps": [graft]}, {"task.burstiness": 1}]}],
+        seeds=[0],
+    )
+    table = run_sweep(config, tmp_path / "out", workers=2, progress=False)
+    statuses = table.column("status").to_pylist()
+    assert statuses == ["complete", "failed", "complete"]
+    assert "graft: donor's blocks.0.hook_attn_out has shape" in table.column("error").to_pylist()[1]
+
+
+def sweep_file(tmp_path: Path, name: str, seeds: list[int]) -> Path:
+    base = base_file(tmp_path, steps=120)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {"name": name, "base": base, "axes": [{"grid": {"task.burstiness": [1, 2]}}], "seeds": seeds}
+        )
+    )
+    return path
+
+
+def test_killed_sweep_resumes_to_the_uninterrupted_table(tmp_path: Path) -> None:
+    path = sweep_file(tmp_path, "k", [0, 1])
+    script = Path(sys.executable).parent / "icl-lab"
+    args = [str(script), "sweep", str(path), "--runs-dir", str(tmp_path / "killed"), "--quiet"]
+    proc = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not list((tmp_path / "killed" / "k" / "runs").glob("*/checkpoints/step_000000008.json")):
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.time() < deadline
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    counts, _ = sweep_status(tmp_path / "killed" / "k")
+    assert counts["complete"] < 4
+    done = subprocess.run(args, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    resumed = read_results(tmp_path / "killed" / "k")
+    reference = run_sweep(load_sweep(path), tmp_path / "reference" / "k", workers=2, progress=False)
+    assert same_table(resumed, reference)
+
+
+def test_ray_executor_runs_a_sweep(tmp_path: Path) -> None:
+    ray = pytest.importorskip("ray", reason="the ray extra is not installed")
+    try:
+        table = run_sweep(sweep(tmp_path), tmp_path / "out", executor="ray", workers=2, progress=False)
+    finally:
+        ray.shutdown()
+    assert table.num_rows == 4 and set(table.column("status").to_pylist()) == {"complete"}
+    local = run_sweep(sweep(tmp_path), tmp_path / "local", workers=2, progress=False)
+    assert same_table(table, local)
+
+
+def test_sweep_cli_status_and_report(cli, tmp_path: Path) -> None:
+    path = sweep_file(tmp_path, "c", [0])
+    text = yaml.safe_load(path.read_text())
+    text["report"] = {
+        "heatmaps": [{"x": "task.burstiness", "y": "seed", "metric": "ic/accuracy"}],
+        "curves": [{"x": "task.burstiness", "metric": "iw/accuracy"}],
+    }
+    path.write_text(yaml.safe_dump(text))
+    code, out, err = cli("sweep", path, "--runs-dir", tmp_path, "--quiet", "--set", "seeds=[0]")
+    assert code == 0, err
+    assert "2 of 2 points complete" in out and "report.html" in out
+    page = (tmp_path / "c" / "report" / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 2
+    code, out, _ = cli("sweep", "status", tmp_path / "c")
+    assert code == 0 and "2 complete points" in out
+    code, _, err = cli("sweep", "status", tmp_path / "nowhere")
+    assert code == 2 and "not a sweep directory" in err
+    code, _, err = cli("sweep", tmp_path / "missing.yaml")
+    assert code == 2 and "sweep file not found" in err
+    table = read_results(tmp_path / "c")
+    assert table.filter(pc.equal(table["task.burstiness"], 2)).num_rows == 1
