@@ -6,11 +6,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import ClassVar
 
+import pyarrow as pa
+
 from icl_lab.experiment import ExperimentConfig
 from icl_lab.registry import Registry
+from icl_lab.report.sweep import write_sweep_report
 from icl_lab.store.files import atomic_write_text
 from icl_lab.store.run import Run
+from icl_lab.sweeps.config import SweepConfig
 from icl_lab.sweeps.execute import run_configs
+from icl_lab.sweeps.run import run_sweep
 
 
 @dataclass(frozen=True)
@@ -28,7 +33,7 @@ class Claim:
 
 class Reproduction:
     """Subclasses name their experiments (quick: a CPU in minutes; full: the paper's scale) and
-    judge each claim from the finished runs."""
+    judge each claim from the finished runs; or, as SweepReproduction, from sweeps."""
 
     title: ClassVar[str]
     quick_budget: ClassVar[str]
@@ -44,6 +49,17 @@ class Reproduction:
         return []
 
 
+class SweepReproduction(Reproduction):
+    """A reproduction made of sweeps: it names them and judges its claims from their results tables
+    (each sweep's report, with its phase diagrams, is written beside)."""
+
+    def sweeps(self, quick: bool) -> dict[str, SweepConfig]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def judge(self, results: dict[str, pa.Table], quick: bool) -> list[Claim]:  # pragma: no cover
+        raise NotImplementedError
+
+
 REPRODUCTIONS: Registry[type[Reproduction]] = Registry("reproduction")
 
 
@@ -52,14 +68,21 @@ def reproduce(
 ) -> tuple[list[Claim], Path]:
     """Train a reproduction's experiments, judge its claims, write claims.json and claims.md."""
     reproduction = REPRODUCTIONS.get(name)()
-    experiments = reproduction.experiments(quick)
     out = Path(runs_dir) / f"reproduce-{name}-{'quick' if quick else 'full'}-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True)
     started = time.perf_counter()
-    runs = run_configs(list(experiments.values()), out, workers, progress)
-    by_name = dict(zip(experiments, runs, strict=True))
-    claims = reproduction.claims(by_name, quick)
-    figures = reproduction.figures(by_name, out)
+    if isinstance(reproduction, SweepReproduction):
+        results, figures = {}, []
+        for sweep_name, sweep in reproduction.sweeps(quick).items():
+            results[sweep_name] = run_sweep(sweep, out / sweep_name, "local", workers, progress)
+            write_sweep_report(out / sweep_name)
+            figures += sorted((out / sweep_name / "report").glob("*.png"))
+        claims = reproduction.judge(results, quick)
+    else:
+        runs = run_configs(list(reproduction.experiments(quick).values()), out, workers, progress)
+        by_name = dict(zip(reproduction.experiments(quick), runs, strict=True))
+        claims = reproduction.claims(by_name, quick)
+        figures = reproduction.figures(by_name, out)
     wall = time.perf_counter() - started
     record = {"reproduction": name, "quick": quick, "wall_s": wall, "claims": [asdict(c) for c in claims]}
     atomic_write_text(out / "claims.json", json.dumps(record, indent=1))
@@ -69,6 +92,6 @@ def reproduce(
         f"| {c.finding} | {c.paper} | {c.ours} | {'reproduced' if c.reproduced else 'not reproduced'} |"
         for c in claims
     ]
-    lines += ["", *[f"![{path.stem}]({path.name})" for path in figures]]
+    lines += ["", *[f"![{path.stem}]({path.relative_to(out)})" for path in figures]]
     atomic_write_text(out / "claims.md", "\n".join(lines) + "\n")
     return claims, out

@@ -157,11 +157,22 @@ def plan(sweep: SweepConfig, points: list[Point]) -> list[Unit]:
     return [Unit(f"u{i:03d}", tuple(chunk)) for i, chunk in enumerate(chunks)]
 
 
+BUNDLED_SWEEPS = Path(__file__).parent.parent / "configs" / "sweeps"
+
+
 def load_sweep(path: str | Path, overrides: list[str] = ()) -> SweepConfig:
-    """Read and validate a sweep YAML file (overrides set sweep fields, e.g. max_ensemble=4)."""
-    data = read_yaml(Path(path)) if Path(path).is_file() else None
-    if data is None:
+    """Read and validate a sweep YAML file, or a bundled sweep by name (e.g. reddy_bk); overrides
+    set sweep fields (e.g. seeds=[0,1,2])."""
+    candidate = Path(path)
+    if (
+        not candidate.is_file()
+        and (BUNDLED_SWEEPS / f"{candidate.stem}.yaml").is_file()
+        and candidate.parent == Path()
+    ):
+        candidate = BUNDLED_SWEEPS / f"{candidate.stem}.yaml"
+    if not candidate.is_file():
         raise ConfigError(f"sweep file not found: {path}")
+    data = read_yaml(candidate)
     if not isinstance(data, dict):
         raise ConfigError("config error: a sweep file must be a mapping")
     data = apply_overrides(data, list(overrides))
