@@ -3,12 +3,13 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from conftest import tiny_config
 from icl_lab.experiment import ExperimentConfig
 from icl_lab.reproduce import REPRODUCTIONS, Claim, reproduce
-from icl_lab.reproduce.base import Reproduction
+from icl_lab.reproduce.base import Reproduction, SweepReproduction
 from icl_lab.reproduce.reddy import _trend
 from icl_lab.store.run import Run
 from icl_lab.sweeps.execute import run_configs
@@ -65,3 +66,54 @@ def test_trend_judgement() -> None:
     assert _trend([1.0, 0.69, 0.41, 0.21], rising=False)
     assert not _trend([0.07, 0.81, 0.77, 0.71], rising=True), "a drop beyond the tolerance breaks the trend"
     assert not _trend([0.2, 0.22, 0.25, 0.3], rising=True), "too small a change is no trend"
+
+
+@REPRODUCTIONS.register("tiny-sweep-test")
+class TinySweep(SweepReproduction):
+    title = "a one-sweep reproduction for the tests"
+    quick_budget = "seconds"
+
+    def sweeps(self, quick: bool) -> dict:
+        from test_sweeps import sweep
+
+        return {"tiny": sweep(self.tmp)}
+
+    def judge(self, results: dict, quick: bool) -> list[Claim]:
+        table = results["tiny"]
+        return [
+            Claim(
+                "every point completes",
+                "-",
+                f"{table.num_rows} points",
+                set(table.column("status").to_pylist()) == {"complete"},
+            )
+        ]
+
+
+def test_sweep_reproduction_runs_its_sweeps_and_writes_their_reports(tmp_path: Path) -> None:
+    TinySweep.tmp = tmp_path
+    claims, out = reproduce("tiny-sweep-test", quick=True, runs_dir=tmp_path, workers=2, progress=False)
+    assert [c.reproduced for c in claims] == [True] and claims[0].ours == "4 points"
+    assert (out / "tiny" / "results.parquet").is_file() and (
+        out / "tiny" / "report" / "report.html"
+    ).is_file()
+
+
+def test_phase_diagram_helpers() -> None:
+    import pyarrow as pa
+
+    from icl_lab.reproduce.reddy_phase import mean_grid, share_monotone
+
+    rows = [
+        {"status": "complete", "B": b, "K": k, "seed": s, "ic": 0.1 * b + 0.01 * k + 0.02 * s}
+        for b in (0, 2)
+        for k in (1, 4)
+        for s in (0, 1)
+    ]
+    rows.append({"status": "failed", "B": 2, "K": 4, "seed": 2, "ic": None})
+    ys, xs, grid = mean_grid(pa.Table.from_pylist(rows), "B", "K", "ic")
+    assert (ys, xs) == ([0, 2], [1, 4])
+    np.testing.assert_allclose(grid, [[0.02, 0.05], [0.22, 0.25]])
+    assert share_monotone(grid, rising=True) == 1.0
+    assert share_monotone(grid, rising=False) == 0.5, "the two 0.03 steps are ties within the tolerance"
+    assert share_monotone(np.array([[0.5, 0.47], [0.6, 0.2]]), rising=True) == 0.5
