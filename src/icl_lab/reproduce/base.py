@@ -17,6 +17,13 @@ from icl_lab.sweeps.config import SweepConfig
 from icl_lab.sweeps.execute import run_configs
 from icl_lab.sweeps.run import run_sweep
 
+TOLERANCE = 0.05  # accuracy differences smaller than this count as ties when judging a trend
+
+
+def numbers(values: object) -> str:
+    """Values with two decimals, space-separated, for a claim's 'ours' column."""
+    return " ".join(f"{v:.2f}" for v in values)
+
 
 @dataclass(frozen=True)
 class Claim:

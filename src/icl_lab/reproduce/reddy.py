@@ -13,12 +13,11 @@ import numpy as np
 from icl_lab.analysis.phenomenology import fit_nested_logits
 from icl_lab.analysis.summary import summarise
 from icl_lab.experiment import ExperimentConfig, load_config
-from icl_lab.reproduce.base import REPRODUCTIONS, Claim, Reproduction
+from icl_lab.reproduce.base import REPRODUCTIONS, TOLERANCE, Claim, Reproduction
 from icl_lab.store.run import Run
 
 BURSTINESS = (0, 1, 2, 4)
 CLASSES = (64, 256, 1024, 4096)
-TOLERANCE = 0.05  # accuracy differences smaller than this count as ties in a trend
 
 
 def _final(run: Run, split: str) -> float:

@@ -9,10 +9,8 @@ Reddy's network with Adam, about 20 minutes on 2 cores); full mode runs them at 
 import numpy as np
 import pyarrow as pa
 
-from icl_lab.reproduce.base import REPRODUCTIONS, Claim, SweepReproduction
+from icl_lab.reproduce.base import REPRODUCTIONS, TOLERANCE, Claim, SweepReproduction, numbers
 from icl_lab.sweeps.config import SweepConfig, load_sweep
-
-TOLERANCE = 0.05
 
 
 def mean_grid(table: pa.Table, y: str, x: str, metric: str) -> tuple[list, list, np.ndarray]:
@@ -35,12 +33,8 @@ def share_monotone(grid: np.ndarray, rising: bool) -> float:
     return float((steps > -TOLERANCE).mean())
 
 
-def _row(values: np.ndarray) -> str:
-    return " ".join(f"{v:.2f}" for v in values)
-
-
 def _table(ys: list, xs: list, grid: np.ndarray, y: str) -> str:
-    return "; ".join(f"{y}={yv}: {_row(row)}" for yv, row in zip(ys, grid, strict=True))
+    return "; ".join(f"{y}={yv}: {numbers(row)}" for yv, row in zip(ys, grid, strict=True))
 
 
 @REPRODUCTIONS.register("reddy-phase")
@@ -81,8 +75,8 @@ class ReddyPhase(SweepReproduction):
             Claim(
                 "in-context learning needs both bursty contexts and many classes (Chan et al.)",
                 "qualitative (Chan et al. Fig. 2)",
-                f"IC without bursts (B = 0): {_row(no_bursts)}; bursty with K = {Ks[0]}: {_row(few)}; "
-                f"bursty with K = {Ks[-1]}: {_row(many)}",
+                f"IC without bursts (B = 0): {numbers(no_bursts)}; bursty with K = {Ks[0]}: {numbers(few)}; "
+                f"bursty with K = {Ks[-1]}: {numbers(many)}",
                 bool(np.nanmax(no_bursts) < 0.2 and many.max() > 0.5 and (many - few).min() > 0.1),
             )
         )

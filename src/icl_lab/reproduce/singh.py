@@ -22,7 +22,7 @@ import torch
 from icl_lab.analysis.circuits import clamp, clamp_progress, only_head_kept, speed, wiring_table
 from icl_lab.evaluation import eval_batches
 from icl_lab.experiment import ExperimentConfig, build_task, load_config, validate_config
-from icl_lab.reproduce.base import REPRODUCTIONS, Claim, Reproduction
+from icl_lab.reproduce.base import REPRODUCTIONS, Claim, Reproduction, numbers
 from icl_lab.store.run import Run
 
 LN2 = math.log(2)
@@ -207,8 +207,8 @@ class Singh(Reproduction):
         return [
             Claim(
                 "induction heads are diverse and additive: accuracy with one head kept tracks its strength",
-                f"strength {_row(paper_strength)}; kept alone {_row(paper_kept)} (r = {paper_r:.2f})",
-                f"strength {_row(strength)}; kept alone {_row(kept)} (r = {r:.2f})",
+                f"strength {numbers(paper_strength)}; kept alone {numbers(paper_kept)} (r = {paper_r:.2f})",
+                f"strength {numbers(strength)}; kept alone {numbers(kept)} (r = {r:.2f})",
                 r > 0.5 and (strength > 0.2).sum() >= 3,
             ),
             Claim(
@@ -216,7 +216,7 @@ class Singh(Reproduction):
                 "qualitative (Singh Sec. 6)",
                 f"loss {clean:.3f} clean; all layer-1 heads ablated with later values kept (K path cut): "
                 f"+{k_cut:.3f}, with later patterns kept (V path cut): +{v_cut:.3f} nats; single heads: "
-                f"K cut {_row(single_k)}, V cut {_row(single_v)}",
+                f"K cut {numbers(single_k)}, V cut {numbers(single_v)}",
                 k_cut > 0.1 and v_cut > 0.1,
             ),
         ]
@@ -250,10 +250,6 @@ class Singh(Reproduction):
         fig.savefig(path, dpi=110)
         plt.close(fig)
         return [path]
-
-
-def _row(values: object) -> str:
-    return " ".join(f"{v:.2f}" for v in values)
 
 
 def _subcircuits() -> dict:
