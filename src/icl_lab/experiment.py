@@ -103,6 +103,15 @@ def ensemble_key(config: ExperimentConfig) -> str:
     return json.dumps(data, sort_keys=True)
 
 
+def check_ensemble(configs: list[ExperimentConfig]) -> None:
+    """ConfigError unless the configs can train as one ensemble (see ensemble_key)."""
+    if len({ensemble_key(c) for c in configs}) > 1:
+        raise ConfigError(
+            "ensemble members may differ only in seed, clamps, learning rate and task fields that "
+            "keep the model's inputs and outputs"
+        )
+
+
 def ensemble_hash(configs: list[ExperimentConfig]) -> str:
     """Fingerprint of an ensemble's member configs (a single config's own hash for one member)."""
     if len(configs) == 1:

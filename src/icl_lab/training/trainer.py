@@ -19,9 +19,8 @@ import torch
 from torch import Tensor
 from torch.func import functional_call, vmap
 
-from icl_lab.errors import ConfigError
 from icl_lab.evaluation import eval_batches, evaluate, metric_names
-from icl_lab.experiment import ExperimentConfig, build_model, build_task, ensemble_key
+from icl_lab.experiment import ExperimentConfig, build_model, build_task, check_ensemble
 from icl_lab.interventions import Clamp
 from icl_lab.interventions.base import clamped_forward
 from icl_lab.seeding import generator
@@ -57,11 +56,7 @@ class Trainer:
         self.run, self.progress = run, progress
         cfg = run.config
         self.members: list[ExperimentConfig] = run.configs
-        if len({ensemble_key(m) for m in self.members}) > 1:
-            raise ConfigError(
-                "ensemble members may differ only in seed, clamps, learning rate and task fields that "
-                "keep the model's shape"
-            )
+        check_ensemble(self.members)
         self.device = torch.device(cfg.training.device)
         torch.set_num_threads(cfg.training.threads)
         self.tasks = [build_task(m, device=str(self.device)) for m in self.members]
@@ -329,8 +324,7 @@ def train(
     """Create a run directory for a validated config (or an ensemble's member configs) and train
     it to completion."""
     members = configs if isinstance(configs, list) else [configs]
-    if len({ensemble_key(m) for m in members}) > 1:
-        raise ConfigError("ensemble members may differ only in seed, clamps, learning rate and task data")
+    check_ensemble(members)  # before anything is written
     run = Run.create(members, runs_dir, run_id)
     return Trainer(run, progress).fit()
 
