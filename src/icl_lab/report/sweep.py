@@ -35,7 +35,15 @@ def _seeds(table: pa.Table) -> str:
     return ", ".join(str(s) for s in sorted(set(table.column("seed").to_pylist())))
 
 
-def heatmap(table: pa.Table, spec: HeatmapSpec) -> Figure:
+def _when(table: pa.Table, batch_size: int) -> str:
+    """'at step N (M sequences)' for the final evaluation of the complete points."""
+    steps = sorted({r["steps"] for r in table.to_pylist() if r["status"] == "complete"})
+    if len(steps) != 1:
+        return "at the end of training"
+    return f"at step {steps[0]:,} ({steps[0] * batch_size:,} sequences)"
+
+
+def heatmap(table: pa.Table, spec: HeatmapSpec, batch_size: int) -> Figure:
     """Mean over seeds of a metric on a grid of two swept fields; cells annotated mean +- std."""
     groups = _groups(table, [spec.y, spec.x], spec.metric)
     xs = sorted({k[1] for k in groups}, key=_order)
@@ -62,7 +70,8 @@ def heatmap(table: pa.Table, spec: HeatmapSpec) -> Figure:
                 )
     ax.set_xticks(range(len(xs)), [str(x) for x in xs])
     ax.set_yticks(range(len(ys)), [str(y) for y in ys])
-    ax.set(xlabel=spec.x, ylabel=spec.y, title=f"{spec.metric}: mean ± std over seeds {_seeds(table)}")
+    title = f"{spec.metric} {_when(table, batch_size)}\nmean ± std over seeds {_seeds(table)}"
+    ax.set(xlabel=spec.x, ylabel=spec.y, title=title)
     return fig
 
 
@@ -111,7 +120,7 @@ def write_sweep_report(sweep_dir: Path) -> Path:
     images = {}
     for i, spec in enumerate(sweep.report.heatmaps):
         images[f"{spec.metric} over {spec.y} x {spec.x}"] = save_png(
-            heatmap(table, spec), out / f"heatmap_{i}.png"
+            heatmap(table, spec, batch_size), out / f"heatmap_{i}.png"
         )
     for i, spec in enumerate(sweep.report.curves):
         images[f"{spec.metric} against {spec.x}"] = save_png(
