@@ -1,0 +1,1 @@
+"""Baselines that models are compared with: in-context n-gram models, ..."""

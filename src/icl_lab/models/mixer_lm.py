@@ -1,0 +1,132 @@
+"""Language models whose sequence mixer is not attention: LSTM, GRU, linear attention, retention,
+gated linear attention, Mamba, S4D. Token embedding -> blocks (pre-LN mixer, then pre-LN MLP, both
+residual) with optional hard-wired n-gram layers between them -> final LN -> unembedding."""
+
+import math
+from typing import Literal
+
+import torch
+from pydantic import Field, PositiveInt
+from torch import Tensor, nn
+
+from icl_lab.config import ModelConfig
+from icl_lab.models.base import MODELS, Model, ModelIO
+from icl_lab.models.hooks import HookPoint
+from icl_lab.models.mixers import S4D, LinearAttention, Mamba, Recurrent
+from icl_lab.models.ngram_layer import NgramLayerConfig, insert_ngram_layers, ngram_modules
+
+Mixer = Literal["lstm", "gru", "linear_attention", "retention", "gla", "mamba", "s4d"]
+
+
+class MixerLMConfig(ModelConfig):
+    """A non-attention language model."""
+
+    name: Literal["mixer_lm"] = "mixer_lm"
+    mixer: Mixer
+    n_layers: PositiveInt = 2
+    d_model: PositiveInt = 64
+    n_heads: PositiveInt = Field(4, description="heads of linear attention, retention and GLA")
+    d_state: PositiveInt = Field(16, description="state size per channel of Mamba and S4D")
+    expand: PositiveInt = Field(2, description="Mamba's inner width, in multiples of d_model")
+    mlp: bool = True
+    chunk: PositiveInt = Field(32, description="chunk length of linear attention, retention and GLA")
+    ngram_layers: list[NgramLayerConfig] = Field(default_factory=list)
+
+    def check_io(self, io: ModelIO) -> None:
+        if io.d_vocab is None or io.target_positions is not None:
+            raise ValueError("mixer_lm reads token ids and predicts every position")
+        if self.mixer in ("linear_attention", "retention", "gla") and self.d_model % self.n_heads:
+            raise ValueError(f"d_model ({self.d_model}) is not divisible by n_heads ({self.n_heads})")
+        for layer in self.ngram_layers:
+            if layer.after >= self.n_layers:
+                raise ValueError(f"an n-gram layer after block {layer.after} of {self.n_layers}")
+
+
+class MixerBlock(nn.Module):
+    def __init__(self, cfg: MixerLMConfig) -> None:
+        super().__init__()
+        d = cfg.d_model
+        self.ln1 = nn.LayerNorm(d)
+        if cfg.mixer in ("lstm", "gru"):
+            self.mixer: nn.Module = Recurrent(cfg.mixer, d)
+        elif cfg.mixer == "mamba":
+            self.mixer = Mamba(d, cfg.d_state, cfg.expand)
+        elif cfg.mixer == "s4d":
+            self.mixer = S4D(d, cfg.d_state)
+        else:
+            self.mixer = LinearAttention(cfg.mixer, d, cfg.n_heads, cfg.chunk)
+        if cfg.mlp:
+            self.ln2 = nn.LayerNorm(d)
+            self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+        self.hook_resid_post = HookPoint()
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.mixer(self.ln1(x))
+        if hasattr(self, "mlp"):
+            x = x + self.mlp(self.ln2(x))
+        return self.hook_resid_post(x)
+
+
+@MODELS.register("mixer_lm")
+class MixerLM(Model):
+    """Embedding -> mixer blocks (+ n-gram layers) -> LayerNorm -> unembedding."""
+
+    Config = MixerLMConfig
+
+    def __init__(self, cfg: MixerLMConfig, io: ModelIO) -> None:
+        super().__init__()
+        self.cfg, self.io = cfg, io
+        self.n_layers, self.n_heads = cfg.n_layers, cfg.n_heads
+        self.embed = nn.Embedding(io.d_vocab, cfg.d_model)
+        self.hook_embed = HookPoint()
+        self.blocks = nn.ModuleList([MixerBlock(cfg) for _ in range(cfg.n_layers)])
+        self.ngram = ngram_modules(cfg.ngram_layers, cfg.d_model)
+        self.ln_final = nn.LayerNorm(cfg.d_model)
+        self.unembed = nn.Linear(cfg.d_model, io.d_out)
+        self.hook_logits = HookPoint()
+        self.setup_hooks()
+        self.reset_parameters()
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """PyTorch's default fan-in uniform init for weights, each architecture's own for its
+        state-space parameters, identity for the n-gram layers' skip map."""
+        for name, p in self.named_parameters():
+            leaf = name.rsplit(".", 1)[-1]
+            with torch.no_grad():
+                owner = self.get_submodule(name.rsplit(".", 1)[0])
+                if leaf == "A_log":  # Mamba: A_n = -(n + 1); S4D-Real: A_n = -(n + 1/2)
+                    start = 0.5 if isinstance(owner, S4D) else 1.0
+                    p.copy_(
+                        torch.log(start + torch.arange(p.shape[1], dtype=p.dtype, device=p.device)).expand_as(
+                            p
+                        )
+                    )
+                elif leaf == "log_dt":
+                    p.uniform_(math.log(1e-3), math.log(1e-1), generator=generator)
+                elif name.endswith("dt_proj.bias"):  # softplus(bias) log-uniform in [0.001, 0.1]
+                    dt = (
+                        torch.empty_like(p)
+                        .uniform_(math.log(1e-3), math.log(1e-1), generator=generator)
+                        .exp()
+                    )
+                    p.copy_(dt + torch.log(-torch.expm1(-dt)))
+                elif leaf == "D" or (leaf == "weight" and isinstance(owner, nn.LayerNorm | nn.GroupNorm)):
+                    p.fill_(1.0)
+                elif name.endswith("keep.weight"):
+                    p.copy_(torch.eye(p.shape[0]))
+                elif leaf == "C":
+                    p.normal_(0.0, 1.0, generator=generator)
+                elif name.startswith(("embed.", "unembed.weight")):
+                    p.normal_(0.0, 0.02, generator=generator)
+                elif p.dim() == 1:
+                    p.zero_()
+                else:
+                    bound = 1 / math.sqrt(p.shape[1] * (p[0, 0].numel() if p.dim() > 2 else 1))
+                    p.uniform_(-bound, bound, generator=generator)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        x = self.hook_embed(self.embed(tokens))
+        x = insert_ngram_layers(self.ngram, self.cfg.ngram_layers, -1, x, tokens)
+        for i, block in enumerate(self.blocks):
+            x = insert_ngram_layers(self.ngram, self.cfg.ngram_layers, i, block(x), tokens)
+        return self.hook_logits(self.unembed(self.ln_final(x)))

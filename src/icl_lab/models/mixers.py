@@ -1,0 +1,119 @@
+"""Sequence mixers of the non-transformer architectures: each maps (B, T, d) to (B, T, d), causally.
+
+LSTM and GRU are torch.nn's. The others are linear recurrences (models/recurrence.py) that differ
+in their queries, keys, values and decays:
+- linear attention (Katharopoulos et al.): feature map elu + 1, no decay, normalised outputs;
+- retention (RetNet): a fixed decay gamma_h = 1 - 2^(-5-h) per head, group norm, swish gate;
+- gated linear attention (Yang et al.): data-dependent decays sigmoid(x W)^(1/16) per key dim;
+- Mamba (Gu and Dao): selective state space, decays exp(Delta_t A) per channel and state, after a
+  causal depthwise convolution, gated by SiLU(z);
+- S4D (Gu et al., the real diagonal variant): a fixed diagonal state space per channel, ZOH.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from icl_lab.models.recurrence import diagonal_recurrence, linear_recurrence
+
+
+class Recurrent(nn.Module):
+    """LSTM or GRU over the sequence."""
+
+    def __init__(self, kind: str, d: int) -> None:
+        super().__init__()
+        self.rnn = (nn.LSTM if kind == "lstm" else nn.GRU)(d, d, batch_first=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.rnn(x)[0]
+
+
+def _heads(x: Tensor, n: int) -> Tensor:
+    return x.view(*x.shape[:2], n, -1)
+
+
+class LinearAttention(nn.Module):
+    """Causal linear attention, or retention / gated linear attention with decays."""
+
+    def __init__(self, kind: str, d: int, heads: int, chunk: int) -> None:
+        super().__init__()
+        self.kind, self.heads, self.chunk = kind, heads, chunk
+        self.qkv = nn.Linear(d, 3 * d, bias=False)
+        self.out = nn.Linear(d, d, bias=False)
+        if kind != "linear_attention":
+            self.gate = nn.Linear(d, d, bias=False)
+            self.norm = nn.GroupNorm(heads, d)
+        if kind == "retention":
+            gamma = 1 - 2.0 ** (-5.0 - torch.arange(heads, dtype=torch.float))
+            self.register_buffer("log_gamma", gamma.log()[None, None, :, None], persistent=False)
+        if kind == "gla":
+            self.decay = nn.Sequential(nn.Linear(d, 16, bias=False), nn.Linear(16, d))
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, T, d = x.shape
+        q, k, v = (_heads(t, self.heads) for t in self.qkv(x).chunk(3, -1))  # (B, T, H, e)
+        if self.kind == "linear_attention":
+            q, k = F.elu(q) + 1, F.elu(k) + 1
+            ones = torch.ones_like(v[..., :1])
+            both = linear_recurrence(
+                q, k, torch.cat([v, ones], -1), torch.zeros(1, 1, 1, 1, device=x.device), self.chunk
+            )
+            return self.out((both[..., :-1] / both[..., -1:].clamp(min=1e-6)).reshape(B, T, d))
+        q = q / math.sqrt(q.shape[-1])
+        decay = (
+            self.log_gamma
+            if self.kind == "retention"
+            else _heads(F.logsigmoid(self.decay(x)) / 16, self.heads)
+        )
+        y = linear_recurrence(q, k, v, decay, self.chunk).reshape(B * T, d)
+        y = self.norm(y).view(B, T, d)  # group norm per position (over a head's channels only)
+        return self.out(y * F.silu(self.gate(x)))
+
+
+class Mamba(nn.Module):
+    """Selective state-space block: in-projection, causal depthwise conv, selective scan, gate."""
+
+    def __init__(self, d: int, d_state: int, expand: int, conv: int = 4) -> None:
+        super().__init__()
+        inner = expand * d
+        self.inner, self.d_state = inner, d_state
+        self.in_proj = nn.Linear(d, 2 * inner, bias=False)
+        self.conv = nn.Conv1d(inner, inner, conv, groups=inner, padding=conv - 1)
+        self.dt_rank = max(1, math.ceil(d / 16))
+        self.x_proj = nn.Linear(inner, self.dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(self.dt_rank, inner)
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float)).repeat(inner, 1))
+        self.D = nn.Parameter(torch.ones(inner))
+        self.out_proj = nn.Linear(inner, d, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        T = x.shape[1]
+        u, z = self.in_proj(x).chunk(2, -1)  # (B, T, inner)
+        u = F.silu(self.conv(u.transpose(1, 2))[..., :T].transpose(1, 2))
+        dt, Bs, Cs = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], -1)
+        dt = F.softplus(self.dt_proj(dt))  # (B, T, inner)
+        A = -self.A_log.exp()  # (inner, N)
+        decay = dt[..., None] * A  # (B, T, inner, N): a state of N values per channel
+        inputs = (dt * u)[..., None] * Bs[:, :, None, :]  # (B, T, inner, N)
+        y = diagonal_recurrence(decay, inputs, Cs[:, :, None, :]) + self.D * u
+        return self.out_proj(y * F.silu(z))
+
+
+class S4D(nn.Module):
+    """Diagonal linear time-invariant state space per channel (S4D-Real), ZOH-discretised."""
+
+    def __init__(self, d: int, d_state: int) -> None:
+        super().__init__()
+        self.log_dt = nn.Parameter(torch.empty(d))  # log step size, U(log 0.001, log 0.1) at init
+        self.A_log = nn.Parameter(torch.log(0.5 + torch.arange(d_state, dtype=torch.float)).repeat(d, 1))
+        self.C = nn.Parameter(torch.empty(d, d_state))
+        self.D = nn.Parameter(torch.ones(d))
+        self.out = nn.Linear(d, d)
+
+    def forward(self, x: Tensor) -> Tensor:
+        dtA = self.log_dt.exp()[:, None] * -self.A_log.exp()  # (d, N)
+        gain = torch.expm1(dtA) / -self.A_log.exp()  # ZOH input matrix, with B = 1
+        y = diagonal_recurrence(dtA, gain * x[..., None], self.C)
+        return self.out(F.gelu(y + self.D * x))
