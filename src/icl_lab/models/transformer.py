@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from icl_lab.config import ModelConfig, StrictModel
 from icl_lab.models.base import MODELS, Model, ModelIO
 from icl_lab.models.hooks import HookPoint
+from icl_lab.models.ngram_layer import NgramLayerConfig, insert_ngram_layers, ngram_modules
 
 
 class ReadoutConfig(StrictModel):
@@ -47,6 +48,7 @@ class TransformerConfig(ModelConfig):
     read_in: bool = Field(True, description="vector inputs: linear read-in (False: they are the residual)")
     output_projection: bool = Field(True, description="W_O (False: heads' outputs are concatenated)")
     readout: ReadoutConfig | None = None
+    ngram_layers: list[NgramLayerConfig] = Field(default_factory=list, description="hard-wired n-gram layers")
     init: Literal["normal", "fan_in", "uniform_fan_in"] = Field(
         "normal",
         description="normal: N(0, init_std); fan_in: N(0, 1/fan_in); uniform_fan_in: U(+-1/sqrt(fan_in)) "
@@ -72,6 +74,12 @@ class TransformerConfig(ModelConfig):
 
     def check_io(self, io: ModelIO) -> None:
         """Raise ValueError if this model cannot serve the task's inputs and targets."""
+        if self.ngram_layers and io.d_vocab is None:
+            raise ValueError("n-gram layers read token ids: the task must give tokens")
+        if any(layer.after >= self.n_layers for layer in self.ngram_layers):
+            raise ValueError(
+                f"an n-gram layer is placed after a block the model lacks ({self.n_layers} blocks)"
+            )
         if not self.read_in and io.d_input != self.d_model:
             raise ValueError(
                 f"read_in false needs vector inputs of d_model ({self.d_model}) dims, got {io.d_input}"
@@ -259,6 +267,7 @@ class Transformer(Model):
             self.register_buffer("pos_codes", sinusoidal(io.n_ctx, d), persistent=False)
         self.hook_pos_embed = HookPoint()
         self.blocks = nn.ModuleList([Block(cfg, io.n_ctx) for _ in range(cfg.n_layers)])
+        self.ngram = ngram_modules(cfg.ngram_layers, d)
         final_norm = cfg.norm == "pre" if cfg.final_norm is None else cfg.final_norm
         self.ln_final = LayerNorm(d) if final_norm else nn.Identity()
         self.readout_positions = cfg.readout.positions if cfg.readout else None
@@ -281,7 +290,12 @@ class Transformer(Model):
         """Weights as `init` says; readout MLP layers He-initialised (N(0, 2/fan_in)); biases 0,
         LayerNorm gains 1."""
         for name, p in self.named_parameters():
-            if name.startswith("readout.") and name.endswith("weight"):
+            if name.startswith("ngram."):  # n-gram layers start as identity plus a small n-gram read
+                with torch.no_grad():
+                    p.copy_(torch.eye(p.shape[0])) if name.endswith("keep.weight") else p.zero_()
+                if name.endswith("read.weight"):
+                    nn.init.normal_(p, 0.0, self.cfg.init_std, generator=generator)
+            elif name.startswith("readout.") and name.endswith("weight"):
                 nn.init.normal_(p, 0.0, math.sqrt(2 / p.shape[1]), generator=generator)
             elif name.split(".")[-1].startswith("W_") and self.cfg.init == "uniform_fan_in":
                 bound = 1 / math.sqrt(fan_in(name, p))
@@ -306,8 +320,9 @@ class Transformer(Model):
         if self.cfg.positional in ("learned", "sinusoidal"):
             codes = self.pos_embed.W_pos if self.cfg.positional == "learned" else self.pos_codes
             x = x + self.hook_pos_embed(codes[: x.shape[1]].expand_as(x))
-        for block in self.blocks:
-            x = block(x)
+        x = insert_ngram_layers(self.ngram, self.cfg.ngram_layers, -1, x, inputs)
+        for i, block in enumerate(self.blocks):
+            x = insert_ngram_layers(self.ngram, self.cfg.ngram_layers, i, block(x), inputs)
         x = self.ln_final(x)
         if self.readout_positions is not None:
             x = x[:, self.readout_positions]  # (B, P, d_model)

@@ -8,9 +8,9 @@ import numpy as np
 
 from icl_lab.analysis.summary import RunSummary, summarise, units_text
 from icl_lab.experiment import build_task
+from icl_lab.files import atomic_write_text
 from icl_lab.report import figures
 from icl_lab.report.html import figures_html, page, save_png
-from icl_lab.store.files import atomic_write_text
 from icl_lab.store.metrics_table import TRAIN_SPLIT
 from icl_lab.store.run import Run
 

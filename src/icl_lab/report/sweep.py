@@ -15,8 +15,8 @@ import pyarrow as pa
 import yaml
 from matplotlib.figure import Figure
 
+from icl_lab.files import atomic_write_text
 from icl_lab.report.html import figures_html, page, save_png
-from icl_lab.store.files import atomic_write_text
 from icl_lab.sweeps.config import CurveSpec, HeatmapSpec, SweepConfig
 from icl_lab.sweeps.run import read_results
 

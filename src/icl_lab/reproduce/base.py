@@ -9,9 +9,9 @@ from typing import ClassVar
 import pyarrow as pa
 
 from icl_lab.experiment import ExperimentConfig
+from icl_lab.files import atomic_write_text
 from icl_lab.registry import Registry
 from icl_lab.report.sweep import write_sweep_report
-from icl_lab.store.files import atomic_write_text
 from icl_lab.store.run import Run
 from icl_lab.sweeps.config import SweepConfig
 from icl_lab.sweeps.execute import run_configs

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from icl_lab.errors import CheckpointError
-from icl_lab.store.files import atomic_write, atomic_write_text, sha256_of
+from icl_lab.files import atomic_write, atomic_write_text, sha256_of
 
 FORMAT = "icl-lab-checkpoint/1"
 _NAME = re.compile(r"^step_(\d{9})\.json$")

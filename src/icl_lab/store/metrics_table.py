@@ -5,7 +5,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from icl_lab.store.files import atomic_write
+from icl_lab.files import atomic_write
 
 TRAIN_SPLIT = "train_batches"  # split name of the running mean of training-batch losses
 

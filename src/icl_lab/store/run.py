@@ -21,9 +21,9 @@ import yaml
 from icl_lab import __version__
 from icl_lab.errors import CheckpointError, IclLabError, RunStoreError
 from icl_lab.experiment import ExperimentConfig, build_model, ensemble_hash, read_yaml, validate_config
+from icl_lab.files import atomic_write_text
 from icl_lab.models import Model
 from icl_lab.store.checkpoints import Checkpoint, checkpoint_paths, list_steps, load_checkpoint
-from icl_lab.store.files import atomic_write_text
 from icl_lab.store.metrics_table import read_metrics
 from icl_lab.tasks import TASKS
 

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 
 from icl_lab.analysis.summary import summarise
 from icl_lab.errors import ConfigError, IclLabError
-from icl_lab.store.files import atomic_write, atomic_write_text
+from icl_lab.files import atomic_write, atomic_write_text
 from icl_lab.store.run import Run
 from icl_lab.sweeps.config import SweepConfig, Unit, dump_sweep, expand, plan
 from icl_lab.sweeps.execute import Executor, Job, execute

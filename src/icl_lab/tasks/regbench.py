@@ -29,9 +29,9 @@ from torch import Tensor
 
 from icl_lab.config import TaskConfig
 from icl_lab.errors import ConfigError
+from icl_lab.files import atomic_write
 from icl_lab.models.base import ModelIO
 from icl_lab.seeding import derive_seed, generator
-from icl_lab.store.files import atomic_write
 from icl_lab.tasks.base import TASKS, Batch, Sampler, Task
 
 LETTERS, SEP, PAD = 18, 18, 19
