@@ -7,9 +7,11 @@ import numpy as np
 import torch
 
 from conftest import tiny_config
+from icl_lab.config import Duration
 from icl_lab.experiment import ExperimentConfig
 from icl_lab.reproduce import REPRODUCTIONS, Claim, reproduce
 from icl_lab.reproduce.base import Reproduction, SweepReproduction
+from icl_lab.reproduce.icll import ICLL
 from icl_lab.reproduce.reddy import _trend
 from icl_lab.store.run import Run
 from icl_lab.sweeps.execute import run_configs
@@ -117,3 +119,33 @@ def test_phase_diagram_helpers() -> None:
     assert share_monotone(grid, rising=True) == 1.0
     assert share_monotone(grid, rising=False) == 0.5, "the two 0.03 steps are ties within the tolerance"
     assert share_monotone(np.array([[0.5, 0.47], [0.6, 0.2]]), rising=True) == 0.5
+
+
+@REPRODUCTIONS.register("icll-tiny-test")
+class TinyICLL(ICLL):
+    """The ICLL reproduction with every run cut to a few steps on a small RegBench world."""
+
+    def experiments(self, quick: bool) -> dict[str, ExperimentConfig]:
+        small = {"n_train_dfas": 30, "n_val_dfas": 8, "n_test_dfas": 8, "seq_len": 32}
+        return {
+            name: config.model_copy(
+                update={
+                    "task": config.task.model_copy(update=small),
+                    "training": config.training.model_copy(update={"length": Duration(steps=4)}),
+                    "eval": config.eval.model_copy(update={"every": Duration(steps=2), "batch_size": 8}),
+                }
+            )
+            for name, config in super().experiments(quick).items()
+        }
+
+
+def test_icll_reproduction_runs_every_architecture_and_judges(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("ICL_LAB_CACHE", str(tmp_path / "cache"))
+    claims, out = reproduce("icll-tiny-test", quick=True, runs_dir=tmp_path, workers=2, progress=False)
+    assert len(claims) == 5
+    table = claims[0].ours
+    for name in ("transformer (learned)", "transformer (RoPE)", "lstm", "gru", "mamba", "s4d", "gla"):
+        assert f"{name} " in table
+    assert "4-gram" in table and "n=2: head" in claims[3].ours
+    assert claims[4].reproduced, "the default generator's n-gram baselines match the paper"
+    assert (out / "icll_architectures.png").stat().st_size > 10_000

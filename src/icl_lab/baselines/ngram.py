@@ -17,7 +17,10 @@ prompt costs linear time.
 import torch
 from torch import Tensor
 
-from icl_lab.tasks.regbench import LETTERS, PAD, SEP, VOCAB
+from icl_lab.metrics.base import EvalContext
+from icl_lab.metrics.regbench import tvd, validity_accuracy
+from icl_lab.tasks.base import Batch
+from icl_lab.tasks.regbench import LETTERS, PAD, SEP, VOCAB, RegBenchTask
 
 BLANK = PAD  # the "_" padding symbol of contexts (never a letter)
 
@@ -74,3 +77,10 @@ def ngram_distributions(tokens: Tensor, n: int) -> Tensor:
         p = torch.where(seen_letters, p, 0.0)
         out[:, t] = p / p.sum(1, keepdim=True).clamp(min=1e-30)
     return out
+
+
+def ngram_metrics(task: RegBenchTask, batch: Batch, n: int, chunk: int = 512) -> dict[str, float]:
+    """Validity accuracy and TVD of the in-context n-gram model on a batch, by the models' metrics."""
+    p = torch.cat([ngram_distributions(part, n) for part in batch.inputs.split(chunk)])
+    ctx = EvalContext(None, task, batch, p.clamp(min=1e-30).log(), {})  # type: ignore[arg-type]
+    return {name: value.item() for name, value in {**validity_accuracy(ctx), **tvd(ctx)}.items()}

@@ -20,9 +20,9 @@ def linear_recurrence(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, chunk:
     log_decay = log_decay.expand(B, T, H, K)
     state = q.new_zeros(B, H, K, v.shape[-1])
     outputs = []
-    for start in range(0, T, chunk):
-        qc, kc, vc = q[:, start : start + chunk], k[:, start : start + chunk], v[:, start : start + chunk]
-        L = log_decay[:, start : start + chunk].cumsum(1)  # (B, C, H, K): decay since the chunk began
+    # split, not slicing: a slice's backward writes a full-length zero gradient, quadratic in T
+    for qc, kc, vc, decay in zip(*(x.split(chunk, 1) for x in (q, k, v, log_decay)), strict=True):
+        L = decay.cumsum(1)  # (B, C, H, K): decay since the chunk began
         C = qc.shape[1]
         causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
         gaps = (L[:, :, None] - L[:, None, :]).masked_fill(~causal[None, :, :, None, None], float("-inf"))
@@ -53,10 +53,10 @@ def diagonal_recurrence(log_decay: Tensor, b: Tensor, c: Tensor) -> Tensor:
     log_decay, b, c = log_decay.expand(shape).clamp(min=-MAX_DECAY), b.expand(shape), c.expand(shape)
     h = b.new_zeros(shape[0], *shape[2:])
     outputs = []
-    for start in range(0, shape[1], DIAGONAL_CHUNK):
-        L = log_decay[:, start : start + DIAGONAL_CHUNK].cumsum(1)
-        states = L.exp() * ((b[:, start : start + DIAGONAL_CHUNK] * (-L).exp()).cumsum(1) + h[:, None])
-        outputs.append((c[:, start : start + DIAGONAL_CHUNK] * states).sum(-1))
+    for decay, bc, cc in zip(*(x.split(DIAGONAL_CHUNK, 1) for x in (log_decay, b, c)), strict=True):
+        L = decay.cumsum(1)
+        states = L.exp() * ((bc * (-L).exp()).cumsum(1) + h[:, None])
+        outputs.append((cc * states).sum(-1))
         h = states[:, -1]
     return torch.cat(outputs, 1)
 

@@ -37,6 +37,7 @@ from icl_lab.tasks.base import TASKS, Batch, Sampler, Task
 LETTERS, SEP, PAD = 18, 18, 19
 VOCAB = 20
 FORMAT = "regbench/1"  # bump when generation changes, so that caches are not reused
+PATIENCE = 2000  # draws in a row without a new DFA before the generator gives up
 
 
 class RegBenchConfig(TaskConfig):
@@ -114,10 +115,13 @@ def generate_dfas(c: RegBenchConfig, seed: int) -> list[tuple[tuple[int, ...], .
     rng = np.random.default_rng(derive_seed(seed, "regbench", "dfas"))
     wanted = c.n_train_dfas + c.n_val_dfas + c.n_test_dfas
     found: dict[tuple, None] = {}
-    for _ in range(50 * wanted):
+    misses = 0
+    while misses < PATIENCE:
+        before = len(found)
         found.setdefault(_random_dfa(rng, c), None)
         if len(found) == wanted:
             return list(found)
+        misses = 0 if len(found) > before else misses + 1
     raise ConfigError(
         f"regbench: only {len(found)} distinct DFAs exist for these settings, {wanted} asked for"
     )

@@ -1,6 +1,7 @@
 """A straightforward in-context n-gram with back-off that recounts the prompt at every position
-(the reference code's algorithm): the independent check of baselines/ngram.py, and the baseline
-its benchmark beats."""
+(the reference code's algorithm): the baseline benchmarks/ngram_baseline.py times
+icl_lab.baselines.ngram against, and the independent reference tests/test_ngram_baseline.py checks
+it with."""
 
 from collections import Counter
 

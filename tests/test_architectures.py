@@ -1,0 +1,168 @@
+"""The RegBench architectures: recurrences against step-by-step references, every architecture's
+shape, causality and capacity to overfit, the n-gram layer and the n-gram head score."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from icl_lab.experiment import build_model, validate_config
+from icl_lab.metrics.base import EvalContext
+from icl_lab.metrics.ngram_heads import ngram_heads
+from icl_lab.models.ngram_layer import NgramLayer, ngram_targets
+from icl_lab.models.recurrence import diagonal_recurrence, linear_recurrence, sequential_recurrence
+from icl_lab.tasks.base import Batch
+
+TASK = {"name": "regbench", "n_train_dfas": 20, "n_val_dfas": 5, "n_test_dfas": 5, "seq_len": 24}
+MIXERS = ["lstm", "gru", "linear_attention", "retention", "gla", "mamba", "s4d"]
+MODELS = {
+    "transformer": {"name": "transformer", "n_layers": 2, "n_heads": 2, "d_model": 32},
+    "transformer_rope": {
+        "name": "transformer",
+        "n_layers": 2,
+        "n_heads": 2,
+        "d_model": 32,
+        "positional": "rope",
+    },
+    **{
+        m: {"name": "mixer_lm", "mixer": m, "n_layers": 2, "d_model": 32, "n_heads": 2, "chunk": 8}
+        for m in MIXERS
+    },
+    "lstm_ngram": {
+        "name": "mixer_lm",
+        "mixer": "lstm",
+        "n_layers": 1,
+        "d_model": 32,
+        "ngram_layers": [{"after": 0, "n": 1}, {"after": 0, "n": 2}],
+    },
+    "transformer_ngram": {
+        "name": "transformer",
+        "n_layers": 1,
+        "n_heads": 2,
+        "d_model": 32,
+        "ngram_layers": [{"after": -1, "n": 2}],
+    },
+}
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ICL_LAB_CACHE", str(tmp_path / "cache"))
+
+
+def model_for(name: str) -> torch.nn.Module:
+    config = validate_config(
+        {"name": name, "task": TASK, "model": MODELS[name], "training": {"length": {"steps": 1}}}
+    )
+    return build_model(config, "cpu")
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 7])
+def test_chunked_linear_recurrence_equals_sequential(chunk: int) -> None:
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(2, 19, 3, 4, generator=g), torch.randn(2, 19, 3, 4, generator=g)
+    v = torch.randn(2, 19, 3, 5, generator=g)
+    log_decay = -torch.rand(2, 19, 3, 4, generator=g)
+    expected = sequential_recurrence(q, k, v, log_decay)
+    assert torch.allclose(linear_recurrence(q, k, v, log_decay, chunk), expected, atol=1e-5)
+    assert torch.allclose(
+        linear_recurrence(q, k, v, torch.zeros(1, 1, 1, 1), chunk),
+        sequential_recurrence(q, k, v, torch.zeros(1, 1, 1, 1)),
+        atol=1e-4,
+    )
+
+
+def test_diagonal_recurrence_equals_a_loop() -> None:
+    g = torch.Generator().manual_seed(1)
+    log_decay = -3 * torch.rand(2, 21, 3, 4, generator=g)
+    b, c = torch.randn(2, 21, 3, 4, generator=g), torch.randn(2, 21, 1, 4, generator=g)
+    h, expected = torch.zeros(2, 3, 4), []
+    for t in range(21):
+        h = log_decay[:, t].exp() * h + b[:, t]
+        expected.append((c[:, t] * h).sum(-1))
+    assert torch.allclose(diagonal_recurrence(log_decay, b, c), torch.stack(expected, 1), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_architecture_shape_and_causality(name: str) -> None:
+    torch.manual_seed(0)
+    model = model_for(name)
+    tokens = torch.randint(0, 18, (3, 24))
+    logits = model(tokens)
+    assert logits.shape == (3, 24, 20) and torch.isfinite(logits).all()
+    changed = tokens.clone()
+    changed[:, 15] = (changed[:, 15] + 1) % 18
+    after = model(changed)
+    assert torch.allclose(after[:, :15], logits[:, :15], atol=1e-5), "no position sees the future"
+    assert not torch.allclose(after[:, 15:], logits[:, 15:], atol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_architecture_overfits_a_tiny_batch(name: str) -> None:
+    torch.manual_seed(0)
+    model = model_for(name)
+    tokens = torch.randint(0, 18, (4, 24), generator=torch.Generator().manual_seed(2))
+    tokens[:, 0] = torch.arange(4)  # the first token tells the sequences apart
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(150):
+        loss = torch.nn.functional.cross_entropy(model(tokens[:, :-1]).flatten(0, 1), tokens[:, 1:].flatten())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.3, f"{name} memorised 4 sequences only to loss {loss.item():.2f} (ln 20 = 3.0)"
+
+
+def brute_force_targets(tokens: list[int], n: int) -> set[tuple[int, int]]:
+    """The definition: i attends to j + 1 (j < i) when the n tokens ending at j equal those ending at i."""
+    return {
+        (i, j + 1)
+        for i in range(n - 1, len(tokens))
+        for j in range(n - 1, i)
+        if tokens[j - n + 1 : j + 1] == tokens[i - n + 1 : i + 1]
+    }
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_ngram_layer_attends_where_the_definition_says(n: int) -> None:
+    tokens = torch.randint(0, 3, (4, 30), generator=torch.Generator().manual_seed(n))
+    targets = ngram_targets(tokens, n)
+    for b in range(4):
+        assert set(map(tuple, targets[b].nonzero().tolist())) == brute_force_targets(tokens[b].tolist(), n)
+    layer = NgramLayer(n, 6)
+    seen = {}
+    layer.hook_pattern.fns.append(lambda x, hook: seen.setdefault("pattern", x))
+    h = torch.randn(4, 30, 6)
+    out = layer(h, tokens)
+    pattern = seen["pattern"][:, 0]
+    rows = targets.any(-1)
+    assert torch.allclose(pattern.sum(-1), rows.float()), "rows with a match sum to 1, others to 0"
+    assert torch.allclose(pattern, targets / targets.sum(-1, keepdim=True).clamp(min=1))
+    expected = layer.read(pattern @ h) + layer.keep(h)
+    assert torch.allclose(out, expected, atol=1e-6)
+
+
+def test_ngram_head_score_of_a_hand_built_head() -> None:
+    tokens = torch.randint(0, 4, (8, 40), generator=torch.Generator().manual_seed(0))
+    exact = ngram_targets(tokens, 2).float()
+    exact = exact / exact.sum(-1, keepdim=True).clamp(min=1)
+    uniform = torch.ones(40, 40).tril().expand(8, 40, 40) / torch.arange(1, 41)[:, None]
+    pattern = torch.stack([exact, uniform], 1)  # (B, 2 heads, T, T)
+    ctx = EvalContext(
+        model=SimpleNamespace(n_layers=1),  # type: ignore[arg-type]
+        task=None,  # type: ignore[arg-type]
+        batch=Batch(tokens, tokens, torch.ones_like(tokens, dtype=torch.bool), {}),
+        logits=torch.zeros(8, 40, 20),
+        cache={"blocks.0.attn.hook_pattern": pattern},
+    )
+    scores = ngram_heads(ctx)
+    assert scores["ngram_head_score_2"][0, 0].item() == pytest.approx(1.0, abs=1e-6)
+    # 2-gram targets are 1-gram targets, so the 1-gram score is the share of rows with a 1-gram
+    # match that also have a 2-gram match
+    one, two = ngram_targets(tokens, 1).any(-1), ngram_targets(tokens, 2).any(-1)
+    expected = (one & two).sum() / one.sum()
+    assert scores["ngram_head_score_1"][0, 0].item() == pytest.approx(expected.item(), abs=1e-6)
+    assert scores["ngram_head_score_3"][0, 0].item() < 1.0
+    # uniform attention: on average the share of earlier positions that are targets
+    targets = ngram_targets(tokens, 1)
+    share = (targets.sum(-1) / torch.arange(1, 41))[one].mean()
+    assert scores["ngram_head_score_1"][0, 1].item() == pytest.approx(share.item(), abs=1e-5)
