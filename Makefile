@@ -36,6 +36,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/reddy_throughput.py
 	$(BIN)/python benchmarks/clamp_overhead.py
 	$(BIN)/python benchmarks/sweep_throughput.py
+	$(BIN)/python benchmarks/ngram_baseline.py
+	$(BIN)/python benchmarks/arch_throughput.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

@@ -51,7 +51,7 @@ def table(
     """Print steps/s, tokens/s (GFLOP/s) and speed relative to the baseline; return the rows."""
     rows = []
     print(
-        f"{'':20}{'steps/s':>10}{'tokens/s':>12}"
+        f"{'':24}{'steps/s':>10}{'tokens/s':>12}"
         + (f"{'GFLOP/s':>10}" if flops_per_step else "")
         + f"{'vs ' + baseline:>22}"
     )
@@ -66,7 +66,7 @@ def table(
         if flops_per_step:
             row["gflops"] = flops_per_step / seconds / 1e9
         print(
-            f"{name:20}{row['steps_per_s']:10.1f}{row['tokens_per_s']:12.0f}{gflops}{row['speed_vs_baseline']:22.3f}"
+            f"{name:24}{row['steps_per_s']:10.1f}{row['tokens_per_s']:12.0f}{gflops}{row['speed_vs_baseline']:22.3f}"
         )
         rows.append(row)
     return rows

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from icl_lab.models.base import Model
 from icl_lab.registry import Registry
-from icl_lab.tasks.base import Batch, Task, token_cross_entropy
+from icl_lab.tasks.base import Batch, Task
 
 
 @dataclass
@@ -34,8 +34,8 @@ class EvalContext:
 
     @cached_property
     def token_loss(self) -> Tensor:
-        """Cross-entropy per target position: (B, P)."""
-        return token_cross_entropy(self.output_logits, self.batch.targets)
+        """The task's loss per target position (cross-entropy, or squared error): (B, P)."""
+        return self.task.token_loss(self.output_logits, self.batch.targets)
 
     def per_layer(self, hook: str) -> Tensor:
         """blocks.{l}.{hook} stacked over layers: (n_layers, *activation shape)."""

@@ -8,7 +8,7 @@ from icl_lab.tasks.base import masked_mean
 
 @metric("loss")
 def loss(ctx: EvalContext) -> dict[str, Tensor]:
-    """Mean cross-entropy (nats) over target positions."""
+    """Mean loss over target positions (cross-entropy in nats; the task's own loss for regression)."""
     return {"loss": masked_mean(ctx.token_loss, ctx.batch.loss_mask)}
 
 

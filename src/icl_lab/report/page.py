@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from icl_lab.analysis.summary import RunSummary, summarise, units_text
-from icl_lab.experiment import build_task
+from icl_lab.experiment import build_model, build_task
 from icl_lab.files import atomic_write_text
 from icl_lab.report import figures
 from icl_lab.report.html import figures_html, page, save_png
@@ -20,7 +20,8 @@ def _nearest(steps: list[int], target: float) -> int:
 
 
 def write_report(run: Run, out_dir: Path | None = None) -> Path:
-    """Write report/{training,progress,attention}.png and report/report.html; return the page."""
+    """Write report/training.png, progress.png (if the task has progress measures), attention.png (if
+    the model has attention patterns) and report/report.html; return the page."""
     out = out_dir or run.path / "report"
     out.mkdir(parents=True, exist_ok=True)
     summary = summarise(run)
@@ -29,14 +30,16 @@ def write_report(run: Run, out_dir: Path | None = None) -> Path:
         {checkpoints[0], checkpoints[-1]}
         | ({_nearest(checkpoints, summary.main.midpoint)} if summary.main else set())
     )
-    key_split = build_task(run.config).key_metric[0]
-    images = {
-        "Loss and accuracy": save_png(figures.training_curves(run, summary.main), out / "training.png"),
-        "Progress measures": save_png(figures.progress_measures(run, summary.main), out / "progress.png"),
-        "Attention patterns at init, transition and end": save_png(
-            figures.attention_patterns(run, shown, key_split), out / "attention.png"
-        ),
-    }
+    task = build_task(run.config)
+    images = {"Loss and accuracy": save_png(figures.training_curves(run, summary.main), out / "training.png")}
+    if task.progress_measures:
+        images["Progress measures"] = save_png(
+            figures.progress_measures(run, summary.main), out / "progress.png"
+        )
+    if any(name.endswith("attn.hook_pattern") for name in build_model(run.config, "meta").hook_dict):
+        images["Attention patterns at init, transition and end"] = save_png(
+            figures.attention_patterns(run, shown, task.key_metric[0]), out / "attention.png"
+        )
     path = out / "report.html"
     atomic_write_text(path, _html(run, summary, images))
     return path

@@ -121,9 +121,13 @@ class Task:
         """Short labels of the tokens of one sequence, for attention-pattern figures."""
         return [str(i) for i in range(batch.inputs.shape[1])]
 
+    def token_loss(self, output_logits: Tensor, targets: Tensor) -> Tensor:
+        """Loss per output position (cross-entropy in nats; regression tasks override it)."""
+        return token_cross_entropy(output_logits, targets)
+
     def loss(self, logits: Tensor, targets: Tensor, loss_mask: Tensor) -> Tensor:
         """Scalar training loss of one member's batch."""
-        return masked_mean(token_cross_entropy(self.output_logits(logits), targets), loss_mask)
+        return masked_mean(self.token_loss(self.output_logits(logits), targets), loss_mask)
 
 
 TASKS: Registry[type[Task]] = Registry("task")
