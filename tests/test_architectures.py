@@ -166,3 +166,17 @@ def test_ngram_head_score_of_a_hand_built_head() -> None:
     targets = ngram_targets(tokens, 1)
     share = (targets.sum(-1) / torch.arange(1, 41))[one].mean()
     assert scores["ngram_head_score_1"][0, 1].item() == pytest.approx(share.item(), abs=1e-5)
+
+
+def test_s4d_convolution_equals_its_recurrence() -> None:
+    torch.manual_seed(0)
+    layer = model_for("s4d").blocks[0].mixer
+    with torch.no_grad():
+        layer.log_dt.uniform_(-3, -1)
+        layer.C.normal_()
+    x = torch.randn(2, 50, 32)
+    dtA = layer.log_dt.exp()[:, None] * -layer.A_log.exp()
+    gain = torch.expm1(dtA) / -layer.A_log.exp()
+    y = diagonal_recurrence(dtA, gain * x[..., None], layer.C)
+    expected = layer.out(torch.nn.functional.gelu(y + layer.D * x))
+    assert torch.allclose(layer(x), expected, atol=1e-4)

@@ -28,6 +28,13 @@ def _loss(run: Run, tokens: torch.Tensor, targets: torch.Tensor) -> float:
         return (0.5 * (query_predictor(run.model())(tokens) - targets) ** 2).mean().item()
 
 
+def _plateau(run: Run) -> tuple[int, int]:
+    """(last step with the training loss within 2% of its first value, first step within 2% of its
+    last value)."""
+    steps, loss = run.curve("loss", "train")
+    return int(steps[loss >= 0.98 * loss[0]].max()), int(steps[loss <= 1.02 * loss[-1]].min())
+
+
 @REPRODUCTIONS.register("gd")
 class GradientDescent(Reproduction):
     """Trained linear self-attention against the gradient-descent construction."""
@@ -89,10 +96,16 @@ class GradientDescent(Reproduction):
                 "training shows a plateau, then an abrupt drop to the GD solution",
                 "plateau to ~step 1,500",
                 "; ".join(
-                    f"transition {t.before:.3f} -> {t.after:.3f}, midpoint step {t.midpoint:,.0f}"
-                    if t
-                    else "no abrupt transition"
-                    for t in plateaus
+                    (
+                        f"transition {t.before:.3f} -> {t.after:.3f}, midpoint step {t.midpoint:,.0f}"
+                        if t
+                        else "no abrupt transition detected"
+                    )
+                    + f" (loss within 2% of the zero predictor's until step {plateau:,}, within 2% of its "
+                    f"final value from step {reached:,}; seed {run.config.seed})"
+                    for t, (plateau, reached), run in zip(
+                        plateaus, map(_plateau, by_layers(1)), by_layers(1), strict=True
+                    )
                 ),
                 all(t is not None for t in plateaus),
             ),

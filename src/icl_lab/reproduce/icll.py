@@ -3,8 +3,8 @@
 Every architecture trains on the same random-DFA languages (configs/icll.yaml) with the same
 optimiser and budget; the in-context n-gram baselines are scored on the same test prompts, and on
 the default generator against the paper's numbers. Quick mode: 2-layer models of width 64 on
-128-token prompts for 1,200 steps, about 30 minutes on 2 cores. Full mode: the default generator's 1,024-token
-prompts, 4 layers of width 128 and 20,000 steps: for a GPU or a cluster.
+128-token prompts for 2,000 steps, about 30 minutes on 2 cores. Full mode: the default generator's
+1,024-token prompts, 4 layers of width 128 and 20,000 steps: for a GPU or a cluster.
 """
 
 import json
