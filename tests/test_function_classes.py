@@ -167,3 +167,23 @@ def test_bootstrap_interval_covers_the_mean_and_shrinks() -> None:
     assert width == pytest.approx(2 * 1.96 * errors.std(0).mean().item() / 20, rel=0.15)
     low4, high4 = bootstrap_ci(errors.repeat(4, 1))
     assert (high4 - low4).mean() < 0.6 * width
+
+
+def test_curricula_grow_dims_and_points_with_the_step() -> None:
+    task = FunctionClassesTask(
+        FunctionClassesConfig(
+            dim=10,
+            n_points=21,
+            dims_curriculum={"start": 4, "end": 10, "increment": 2, "every": 100},
+            points_curriculum={"start": 11, "end": 21, "increment": 5, "every": 100},
+        ),
+        seed=0,
+    )
+    g = torch.Generator().manual_seed(0)
+    for step, dims, points in ((0, 4, 11), (99, 4, 11), (100, 6, 16), (250, 8, 21), (10_000, 10, 21)):
+        b = task.training_sample(8, g, step)
+        assert not b.meta["xs"][..., dims:].any() and b.meta["xs"][..., :dims].all()
+        assert b.loss_mask.sum(1).eq(points).all() and b.loss_mask[:, :points].all()
+    assert task.sample(8, g).meta["xs"].all(), "evaluation batches use every dim"
+    with pytest.raises(ValueError, match="dims_curriculum"):
+        FunctionClassesConfig(dim=5, dims_curriculum={"start": 4, "end": 8})

@@ -96,6 +96,10 @@ class Task:
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:  # pragma: no cover
         raise NotImplementedError
 
+    def training_sample(self, batch_size: int, generator: torch.Generator, step: int) -> Batch:
+        """The training batch at a step: sample(), unless the task has a curriculum."""
+        return self.sample(batch_size, generator)
+
     @classmethod
     def split_names(cls, config: TaskConfig) -> list[str]:
         """Names of the evaluation splits a task with this config offers."""

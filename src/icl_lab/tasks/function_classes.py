@@ -16,13 +16,15 @@ so that y has variance about d, like the linear class, and errors divided by d a
   the prompt count as zero).
 
 `label_randomisation` replaces each label, in context and as a target, with probability p by a
-draw from N(0, d). `active_dims` zeroes all but the first coordinates of x (the dims curriculum's
-stages; Garg et al. grow 5 -> 20). `n_tasks` draws the functions from a finite pool fixed by the
-seed. Evaluation splits: `train` (this distribution), and out-of-distribution variants of it:
-`clean` (no label noise or randomisation), `scaled_x` / `scaled_y` (inputs / outputs times
-`ood_scale`), `skewed` (x ~ N(0, S) with S's eigenvalues decaying as 1/i, rescaled to trace d),
-`orthogonal` (context inputs in a random d/2-dimensional subspace, the last input in its
-orthogonal complement) and `noisy_labels` (context labels plus N(0, d / 4)).
+draw from N(0, d). `active_dims` zeroes all but the first coordinates of x; `dims_curriculum` and
+`points_curriculum` grow the active dims and the pairs that carry loss during training (Garg et
+al.: dims 5 -> 20 and points 11 -> 41, every 2,000 steps). `n_tasks` draws the functions from a
+finite pool fixed by the seed. Evaluation splits: `train` (this distribution), and
+out-of-distribution variants of it: `clean` (no label noise or randomisation), `scaled_x` /
+`scaled_y` (inputs / outputs times `ood_scale`), `skewed` (x ~ N(0, S) with S's eigenvalues
+decaying as 1/i, rescaled to trace d), `orthogonal` (context inputs in a random d/2-dimensional
+subspace, the last input in its orthogonal complement) and `noisy_labels` (context labels plus
+N(0, d / 4)).
 """
 
 import math
@@ -32,7 +34,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor
 
-from icl_lab.config import TaskConfig
+from icl_lab.config import StrictModel, TaskConfig
 from icl_lab.models.base import ModelIO
 from icl_lab.seeding import generator as seeded
 from icl_lab.tasks.base import TASKS, Batch, Sampler, Task
@@ -48,6 +50,18 @@ FunctionClass = Literal[
     "sliding_window",
 ]
 OOD_SPLITS = ("clean", "scaled_x", "scaled_y", "skewed", "orthogonal", "noisy_labels")
+
+
+class Curriculum(StrictModel):
+    """A value that grows during training: start, plus increment every `every` steps, up to end."""
+
+    start: int = Field(ge=1)
+    end: int = Field(ge=1)
+    increment: int = Field(1, ge=1)
+    every: int = Field(2000, ge=1, description="steps")
+
+    def at(self, step: int) -> int:
+        return min(self.end, self.start + self.increment * (step // self.every))
 
 
 class FunctionClassesConfig(TaskConfig):
@@ -67,6 +81,8 @@ class FunctionClassesConfig(TaskConfig):
     n_tasks: int | None = Field(
         None, ge=1, description="finite pool of functions (None: a new one each time)"
     )
+    dims_curriculum: Curriculum | None = Field(None, description="active input dims during training")
+    points_curriculum: Curriculum | None = Field(None, description="pairs that carry loss during training")
     ood_scale: float = Field(2.0, gt=0.0)
     splits: list[Literal["train", *OOD_SPLITS]] = Field(default_factory=lambda: ["train", *OOD_SPLITS])
 
@@ -76,6 +92,10 @@ class FunctionClassesConfig(TaskConfig):
             raise ValueError(f"active_dims ({self.active_dims}) exceeds dim ({self.dim})")
         if self.function == "sparse_linear" and self.sparsity > self.dim:
             raise ValueError(f"sparsity ({self.sparsity}) exceeds dim ({self.dim})")
+        for name, limit in (("dims_curriculum", self.dim), ("points_curriculum", self.n_points)):
+            stages = getattr(self, name)
+            if stages is not None and not stages.start <= stages.end <= limit:
+                raise ValueError(f"{name} must run from start to end within 1..{limit}")
         return self
 
 
@@ -169,10 +189,18 @@ class FunctionClassesTask(Task):
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
         return self._sample(batch_size, generator, "train")
 
+    def training_sample(self, batch_size: int, generator: torch.Generator, step: int) -> Batch:
+        """With curricula: only the first dims of x are non-zero and only the first pairs carry loss
+        (attention is causal, so later pairs do not change earlier predictions)."""
+        c = self.config
+        dims = c.dims_curriculum.at(step) if c.dims_curriculum else None
+        points = c.points_curriculum.at(step) if c.points_curriculum else c.n_points
+        return self._sample(batch_size, generator, "train", dims, points)
+
     def eval_splits(self) -> dict[str, Sampler]:
         return {split: (lambda n, g, split=split: self._sample(n, g, split)) for split in self.config.splits}
 
-    def _inputs(self, n: int, g: torch.Generator, split: str) -> Tensor:
+    def _inputs(self, n: int, g: torch.Generator, split: str, dims: int | None) -> Tensor:
         c, dev = self.config, g.device
         x = torch.randn(n, c.n_points, c.dim, generator=g, device=dev)
         if split == "scaled_x":
@@ -186,13 +214,15 @@ class FunctionClassesTask(Task):
             half = c.dim // 2
             inside = basis[..., :half] @ basis[..., :half].transpose(1, 2)  # projection on the subspace
             x = torch.cat([x[:, :-1] @ inside, x[:, -1:] @ (torch.eye(c.dim, device=dev) - inside)], 1)
-        if c.active_dims is not None:
-            x[..., c.active_dims :] = 0
+        active = min(d for d in (c.active_dims, dims, c.dim) if d is not None)
+        x[..., active:] = 0
         return x
 
-    def _sample(self, n: int, g: torch.Generator, split: str) -> Batch:
+    def _sample(
+        self, n: int, g: torch.Generator, split: str, dims: int | None = None, points: int | None = None
+    ) -> Batch:
         c, dev = self.config, g.device
-        x = self._inputs(n, g, split)
+        x = self._inputs(n, g, split, dims)
         if self.pool is None:
             params = self.functions.draw(n, g)
         else:
@@ -209,7 +239,7 @@ class FunctionClassesTask(Task):
         shown = y
         if split == "noisy_labels":
             shown = y + torch.randn(y.shape, generator=g, device=dev) * math.sqrt(c.dim / 4)
-        mask = torch.ones(n, c.n_points, dtype=torch.bool, device=dev)
+        mask = (torch.arange(c.n_points, device=dev) < (points or c.n_points)).expand(n, -1)
         return Batch(interleave(x, shown), y, mask, {"xs": x, "ys": y, **params})
 
     def token_loss(self, output_logits: Tensor, targets: Tensor) -> Tensor:

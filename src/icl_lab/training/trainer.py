@@ -121,7 +121,7 @@ class Trainer:
     def train_step(self) -> None:
         batch = Batch.stack(
             [
-                task.sample(self.batch_size, g)
+                task.training_sample(self.batch_size, g, self.step)
                 for task, g in zip(self.tasks, self.data_generators, strict=True)
             ]
         )
