@@ -163,3 +163,18 @@ def test_linear_self_attention_trains_and_reports(tmp_path) -> None:
     assert loss[0] > 0.35 and loss[-1] < 0.25
     report = write_report(run)
     assert (report.parent / "training.png").exists() and not (report.parent / "attention.png").exists()
+
+
+def test_shared_weights_apply_one_layer_repeatedly() -> None:
+    shared = build_model(
+        validate_config(
+            {
+                **config(3).model_dump(mode="json"),
+                "model": {"name": "linear_self_attention", "n_layers": 3, "share_weights": True},
+            }
+        )
+    )
+    assert len(shared.blocks) == 1 and sum(p.numel() for p in shared.parameters()) == 4 * 11 * 11
+    gd_construction(shared, lr=0.7, n_points=10)
+    _, b = batch(32)
+    assert torch.allclose(shared(b.inputs)[:, -1, 0], gd_predictions(b.inputs, 0.7, 3), atol=1e-5)

@@ -8,7 +8,8 @@ the last token):
 in TransformerLens's row-vector layout (W_Q, W_K, W_V: heads x d x d; W_O: heads x d x d, the
 paper's projection P). The prediction is minus the last coordinate of each token's output, so
 that a query token entering with y = 0 leaves with -y_hat. `gd_construction` sets the weights that
-make each layer one step of gradient descent on the in-context least-squares loss.
+make each layer one step of gradient descent on the in-context least-squares loss. With
+share_weights one layer's weights serve every layer (its hooks fire once per application).
 """
 
 from typing import Literal
@@ -29,6 +30,7 @@ class LinearSelfAttentionConfig(ModelConfig):
     n_layers: PositiveInt = 1
     n_heads: PositiveInt = 1
     init_std: PositiveFloat = Field(0.002, description="std of the normal init of every weight")
+    share_weights: bool = Field(False, description="one layer's weights applied n_layers times")
 
     def check_io(self, io: ModelIO) -> None:
         if io.d_input is None or io.d_out != 1:
@@ -62,9 +64,8 @@ class LinearSelfAttention(Model):
         super().__init__()
         self.cfg, self.io = cfg, io
         self.n_layers, self.n_heads = cfg.n_layers, cfg.n_heads
-        self.blocks = nn.ModuleList(
-            LinearAttentionLayer(cfg.n_heads, io.d_input) for _ in range(cfg.n_layers)
-        )
+        distinct = 1 if cfg.share_weights else cfg.n_layers
+        self.blocks = nn.ModuleList(LinearAttentionLayer(cfg.n_heads, io.d_input) for _ in range(distinct))
         self.hook_resid = nn.ModuleList(HookPoint() for _ in range(cfg.n_layers))
         self.setup_hooks()
         self.reset_parameters()
@@ -76,8 +77,8 @@ class LinearSelfAttention(Model):
 
     def forward(self, inputs: Tensor) -> Tensor:
         e = inputs
-        for block, hook in zip(self.blocks, self.hook_resid, strict=True):
-            e = hook(e + block(e))
+        for layer, hook in enumerate(self.hook_resid):
+            e = hook(e + self.blocks[layer % len(self.blocks)](e))
         return -e[..., -1:]
 
 
