@@ -1,10 +1,11 @@
 """Garg et al. (2022), function classes in context, and sliding-window sequential functions with
 randomised labels (Campbell et al. 2023), at CPU scale.
 
-Quick mode: a 3-layer transformer (configs/function_classes.yaml) learns linear functions with
-d = 5 from 11 pairs, compared with every baseline on 1,000 fresh prompts; and the same model on the
-sliding-window class (window 2) trained with 0, 25 and 50% of labels randomised, scored on clean
-prompts. Full mode: d = 20, 41 pairs, a 12-layer width-256 model (Garg et al.'s), 50k steps.
+Quick mode: a 3-layer transformer (configs/function_classes.yaml, with a dims and points
+curriculum) learns linear functions with d = 5 from 11 pairs, compared with the baselines on
+1,000 fresh prompts; and the same model on the sliding-window class (window 2) trained with 0, 25
+and 50% of labels randomised, scored on clean prompts. Full mode: d = 20, 41 pairs, Garg et al.'s
+curriculum and 12-layer width-256 model, 50k steps.
 """
 
 from collections.abc import Callable
@@ -53,6 +54,8 @@ class FunctionClasses(Reproduction):
             else [
                 "task.dim=20",
                 "task.n_points=41",
+                "task.dims_curriculum={start: 5, end: 20, increment: 1, every: 2000}",
+                "task.points_curriculum={start: 11, end: 41, increment: 2, every: 2000}",
                 "model.n_layers=12",
                 "model.d_model=256",
                 "model.n_heads=8",
