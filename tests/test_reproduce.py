@@ -11,6 +11,8 @@ from icl_lab.config import Duration
 from icl_lab.experiment import ExperimentConfig
 from icl_lab.reproduce import REPRODUCTIONS, Claim, reproduce
 from icl_lab.reproduce.base import Reproduction, SweepReproduction
+from icl_lab.reproduce.function_classes import FunctionClasses
+from icl_lab.reproduce.gd import GradientDescent
 from icl_lab.reproduce.icll import ICLL
 from icl_lab.reproduce.reddy import _trend
 from icl_lab.store.run import Run
@@ -121,22 +123,48 @@ def test_phase_diagram_helpers() -> None:
     assert share_monotone(np.array([[0.5, 0.47], [0.6, 0.2]]), rising=True) == 0.5
 
 
+def shortened(config: ExperimentConfig, steps: int, **task: object) -> ExperimentConfig:
+    """A reproduction's config cut to a few steps (evaluated every other step), task fields replaced."""
+    return config.model_copy(
+        update={
+            "task": config.task.model_copy(update=task),
+            "training": config.training.model_copy(update={"length": Duration(steps=steps)}),
+            "eval": config.eval.model_copy(update={"every": Duration(steps=2), "batch_size": 8}),
+            "checkpointing": config.checkpointing.model_copy(update={"every": Duration(steps=steps)}),
+        }
+    )
+
+
 @REPRODUCTIONS.register("icll-tiny-test")
 class TinyICLL(ICLL):
     """The ICLL reproduction with every run cut to a few steps on a small RegBench world."""
 
     def experiments(self, quick: bool) -> dict[str, ExperimentConfig]:
         small = {"n_train_dfas": 30, "n_val_dfas": 8, "n_test_dfas": 8, "seq_len": 32}
-        return {
-            name: config.model_copy(
-                update={
-                    "task": config.task.model_copy(update=small),
-                    "training": config.training.model_copy(update={"length": Duration(steps=4)}),
-                    "eval": config.eval.model_copy(update={"every": Duration(steps=2), "batch_size": 8}),
-                }
-            )
-            for name, config in super().experiments(quick).items()
-        }
+        return {name: shortened(c, 4, **small) for name, c in super().experiments(quick).items()}
+
+
+@REPRODUCTIONS.register("gd-tiny-test")
+class TinyGD(GradientDescent):
+    def experiments(self, quick: bool) -> dict[str, ExperimentConfig]:
+        return {name: shortened(c, 20) for name, c in super().experiments(quick).items()}
+
+
+@REPRODUCTIONS.register("function-classes-tiny-test")
+class TinyFunctionClasses(FunctionClasses):
+    def experiments(self, quick: bool) -> dict[str, ExperimentConfig]:
+        return {name: shortened(c, 6) for name, c in super().experiments(quick).items()}
+
+
+def test_gd_and_function_class_reproductions_run_and_judge(tmp_path: Path) -> None:
+    claims, _ = reproduce("gd-tiny-test", quick=True, runs_dir=tmp_path, workers=2, progress=False)
+    assert len(claims) == 7 and "GD++" in claims[5].ours
+    assert not claims[0].reproduced, "20 steps do not reach the GD loss"
+    claims, out = reproduce(
+        "function-classes-tiny-test", quick=True, runs_dir=tmp_path, workers=2, progress=False
+    )
+    assert len(claims) == 3 and not claims[0].reproduced
+    assert (out / "function_classes_linear.png").stat().st_size > 10_000
 
 
 def test_icll_reproduction_runs_every_architecture_and_judges(tmp_path: Path, monkeypatch) -> None:
