@@ -187,3 +187,15 @@ def test_curricula_grow_dims_and_points_with_the_step() -> None:
     assert task.sample(8, g).meta["xs"].all(), "evaluation batches use every dim"
     with pytest.raises(ValueError, match="dims_curriculum"):
         FunctionClassesConfig(dim=5, dims_curriculum={"start": 4, "end": 8})
+
+
+def test_least_squares_with_inputs_confined_to_a_subspace() -> None:
+    _, b = draw(4, dim=6, n_points=12, active_dims=3)
+    xs, ys = b.meta["xs"].double(), b.meta["ys"].double()
+    ours = least_squares(xs, ys)
+    for i in range(4):
+        for k in range(1, 12):
+            X, y = xs[i, :k].numpy(), ys[i, :k].numpy()
+            expected = xs[i, k].numpy() @ np.linalg.lstsq(X, y, rcond=None)[0]
+            assert ours[i, k].item() == pytest.approx(expected, abs=1e-6)
+    assert normalised_error(ours, ys, 6)[:, 4:].max() < 1e-12, "exact once 3 pairs span the subspace"

@@ -22,35 +22,51 @@ def _prefix_designs(xs: Tensor, ys: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def least_squares(xs: Tensor, ys: Tensor) -> Tensor:
-    """Minimum-norm least squares on the prefix, in float64: with k < d pairs w = X^T (X X^T)^-1 y
-    (k x k systems, padded to d x d), with k >= d pairs w = (X^T X)^-1 X^T y (running sums)."""
+    """Minimum-norm least squares on the prefix, in float64. With k < d pairs the prediction is
+    sum_j alpha_j x_j.x_k with (X X^T) alpha = y: masked k x k blocks of one Gram matrix, padded to
+    d x d with the identity. From k = d on, recursive least squares: (X^T X)^+ once, then a
+    Sherman-Morrison update per pair (exact while each new x lies in the span of the earlier ones,
+    as it does from k = d for inputs in general position or confined to a subspace)."""
     n, d = xs.shape[1], xs.shape[2]
     x, y = xs.double(), ys.double()
-    w = torch.zeros_like(x)
-    few = min(n, d)  # prefixes with fewer pairs than dimensions
-    X, Y = _prefix_designs(x[:, :few], y[:, :few])  # (B, few, few, d)
+    prediction = torch.zeros_like(y)
+    few = min(n, d)
+    gram = x[:, :few] @ x[:, :few].transpose(1, 2)  # (B, few, few): x_i . x_j
     steps = torch.arange(few, device=x.device)
-    pad = torch.diag_embed((steps[:, None] <= steps).to(x.dtype))  # 1 on rows j >= k: an identity there
-    alpha = torch.linalg.solve(X @ X.transpose(-1, -2) + pad, Y[..., None])  # zero where padded
-    w[:, :few] = (X.transpose(-1, -2) @ alpha)[..., 0]
+    before = steps[None, :] < steps[:, None]  # [k, j]: j < k
+    inside = before[:, :, None] & before[:, None, :]  # [k, i, j]: both in prefix k
+    systems = torch.where(inside, gram[:, None], torch.eye(few, dtype=x.dtype, device=x.device))
+    rhs = (y[:, None, :few] * before)[..., None]  # (B, k, j, 1)
+    alpha, info = torch.linalg.solve_ex(systems, rhs)
+    if (info != 0).any():  # inputs confined to a subspace: some prefix Grams are singular
+        alpha = torch.linalg.pinv(systems) @ rhs
+    prediction[:, :few] = (gram * alpha[..., 0]).sum(-1)
     if n > d:
-        gram, moment = _running_moments(x[:, : n - 1], y[:, : n - 1])
-        w[:, d:] = torch.linalg.solve(gram[:, d - 1 :], moment[:, d - 1 :, :, None])[..., 0]
-    return (x * w).sum(-1).to(xs.dtype)
+        inverse = torch.linalg.pinv(x[:, :d].transpose(1, 2) @ x[:, :d])  # (B, d, d)
+        w = (inverse @ (x[:, :d].transpose(1, 2) @ y[:, :d, None]))[..., 0]
+        prediction[:, d:] = _recursive_least_squares(x[:, d:], y[:, d:], inverse, w)
+    return prediction.to(xs.dtype)
 
 
-def _running_moments(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-    """sum_{j <= k} x_j x_j^T (B, K, d, d) and sum_{j <= k} y_j x_j (B, K, d): the moments of the
-    first k + 1 pairs, the prefix that predicts pair k + 1."""
-    return torch.cumsum(x[..., :, None] * x[..., None, :], 1), torch.cumsum(y[..., None] * x, 1)
+def _recursive_least_squares(x: Tensor, y: Tensor, inverse: Tensor, w: Tensor) -> Tensor:
+    """Predict each pair from the ones before, then fold it in with a Sherman-Morrison update of
+    inverse = (X^T X + reg)^-1 and of w; starts from the given inverse and w. Returns (B, K)."""
+    predictions = []
+    for k in range(x.shape[1]):
+        xk = x[:, k]
+        predictions.append((xk * w).sum(-1))
+        u = (inverse @ xk[..., None])[..., 0]
+        denominator = 1 + (xk * u).sum(-1, keepdim=True)
+        w = w + u * (y[:, k : k + 1] - predictions[-1][:, None]) / denominator
+        inverse = inverse - u[:, :, None] * u[:, None, :] / denominator[..., None]
+    return torch.stack(predictions, 1)
 
 
 def ridge(xs: Tensor, ys: Tensor, alpha: float = 1.0) -> Tensor:
-    """Ridge regression, w = (X^T X + alpha I)^-1 X^T y, on the prefix."""
-    gram, moment = _running_moments(xs[:, :-1], ys[:, :-1])
-    eye = alpha * torch.eye(xs.shape[2], dtype=xs.dtype, device=xs.device)
-    w = torch.linalg.solve(gram + eye, moment[..., None])[..., 0]  # w[:, k] predicts pair k + 1
-    return torch.cat([torch.zeros_like(ys[:, :1]), (xs[:, 1:] * w).sum(-1)], 1)
+    """Ridge regression, w = (X^T X + alpha I)^-1 X^T y, on the prefix (recursively, in float64)."""
+    x, d = xs.double(), xs.shape[2]
+    inverse = torch.eye(d, dtype=x.dtype, device=x.device).expand(len(x), d, d) / alpha
+    return _recursive_least_squares(x, ys.double(), inverse, x.new_zeros(len(x), d)).to(xs.dtype)
 
 
 def averaging(xs: Tensor, ys: Tensor) -> Tensor:
