@@ -45,7 +45,7 @@ class FunctionClasses(Reproduction):
     survive randomised labels?"""
 
     title = "Garg et al. 2022 (function classes) and Campbell et al. 2023 (sliding windows)"
-    quick_budget = "about 10 minutes on 2 CPU cores"
+    quick_budget = "about 13 minutes on 2 CPU cores"
 
     def experiments(self, quick: bool) -> dict[str, ExperimentConfig]:
         scale = (

@@ -3,7 +3,7 @@
 Linear self-attention models train on in-context linear regression (configs/gd.yaml: d = N = 10,
 r = 1, Adam 1e-3, batch 2048, 5,000 steps) and are compared on 10,000 fresh prompts with gradient
 descent from w = 0, its learning rate tuned on the same prompts (1, 2 and 5 steps). Quick mode:
-1- and 2-layer models, one seed (about 6 minutes on 2 cores); full mode: 1, 2 and 5 layers, five
+1- and 2-layer models, one seed (about 4 minutes on 2 cores); full mode: 1, 2 and 5 layers, five
 seeds, means reported.
 """
 
@@ -40,7 +40,7 @@ class GradientDescent(Reproduction):
     """Trained linear self-attention against the gradient-descent construction."""
 
     title = "von Oswald et al. 2023: transformers learn in context by gradient descent"
-    quick_budget = "about 6 minutes on 2 CPU cores"
+    quick_budget = "about 4 minutes on 2 CPU cores"
 
     def experiments(self, quick: bool) -> dict[str, ExperimentConfig]:
         seeds, layers = ((0,), (1, 2)) if quick else ((0, 1, 2, 3, 4), GD_STEPS)
