@@ -158,3 +158,20 @@ def test_tvd_of_the_dfa_distribution_is_zero_and_of_uniform_is_closed_form() -> 
     wrong = metric_context(t, torch.where(valid > 0, -1e9, 0.0), batch)
     assert validity_accuracy(wrong)["validity_accuracy"].item() == 0.0
     assert tvd(wrong)["tvd"].item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_processes_building_the_same_world_at_once_share_one_cache_file(tmp_path: Path) -> None:
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        tables = pool.map(_build_world, [str(tmp_path / "cache")] * 4)
+    assert all(t == tables[0] for t in tables)
+    files = list((tmp_path / "cache" / "regbench").iterdir())
+    assert [f.suffix for f in files] == [".safetensors"], "one finished file, no temporaries left"
+
+
+def _build_world(cache: str) -> list:
+    import os
+
+    os.environ["ICL_LAB_CACHE"] = cache
+    return RegBenchTask(RegBenchConfig(**SMALL), seed=11).tables["train"].tolist()

@@ -2,13 +2,15 @@
 
 import hashlib
 import os
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call write(tmp_path), then make the result appear at `path` in one step."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    """Call write(tmp_path), then make the result appear at `path` in one step. The temporary name
+    is unique, so processes writing the same file at once (e.g. a shared data cache) never clash."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     write(tmp)
     with tmp.open("rb") as f:
         os.fsync(f.fileno())

@@ -52,7 +52,7 @@ def curves(
 
 def plot_curves(found: dict[str, ErrorCurve], title: str, path: Path) -> Path:
     """Error against in-context examples, one line per model or baseline, bands for the intervals."""
-    fig, ax = plt.subplots(figsize=(7, 4.2), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(8, 4.6), constrained_layout=True)
     for name, curve in found.items():
         k = torch.arange(len(curve.mean))
         ax.plot(k, curve.mean, label=name, lw=2.2 if name.startswith("transformer") else 1.3)
