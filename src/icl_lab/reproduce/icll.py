@@ -63,6 +63,12 @@ def _final(run: Run) -> tuple[float, float]:
     return final["validity_accuracy"], final["tvd"]
 
 
+class _OneLayer:
+    """Stands in for a one-layer model where a metric only asks for n_layers."""
+
+    n_layers = 1
+
+
 def _uniform_ngram_scores(task: RegBenchTask, tokens: torch.Tensor) -> dict[str, float]:
     """The n-gram head scores of a head attending uniformly to all earlier positions: chance level."""
     T = tokens.shape[1]
@@ -71,10 +77,6 @@ def _uniform_ngram_scores(task: RegBenchTask, tokens: torch.Tensor) -> dict[str,
     cache = {"blocks.0.attn.hook_pattern": pattern.expand(len(tokens), 1, T, T)}
     scores = ngram_heads(EvalContext(_OneLayer(), task, batch, torch.zeros(0), cache))  # type: ignore[arg-type]
     return {name: value.item() for name, value in scores.items()}
-
-
-class _OneLayer:
-    n_layers = 1
 
 
 @REPRODUCTIONS.register("icll")
