@@ -120,10 +120,9 @@ def gd_plus_plus_predictions(tokens: Tensor, lr: float, gamma: float, steps: int
     n = x.shape[1] - 1
     for _ in range(steps):
         context_x, context_y = x[:, :-1], y[:, :-1]
-        a = context_x.transpose(1, 2) @ context_x  # (B, d, d): sum_i x_i x_i^T
         y = y - lr / n * (x @ (context_y[:, None] @ context_x).transpose(1, 2))[..., 0]
         if gamma:
-            x = x - gamma * x @ a
+            x = x - gamma * x @ (context_x.transpose(1, 2) @ context_x)  # A = sum_i x_i x_i^T
     return -y[:, -1]
 
 
