@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from icl_lab.analysis.function_classes import curves
 from icl_lab.baselines.regression import (
     averaging,
     bootstrap_ci,
@@ -90,6 +91,7 @@ def test_out_of_distribution_splits() -> None:
     _, b = draw(2000, split="noisy_labels", dim=8)
     shown = b.inputs[:, 1::2, 0]
     assert (shown - b.targets).std().item() == pytest.approx(math.sqrt(2), rel=0.05)
+    assert torch.equal(b.meta["ys"], shown), "baselines fit the labels the prompt shows"
 
 
 def errors_by_k(baseline, n: int = 3000, dim: int = 20, seed: int = 1) -> torch.Tensor:
@@ -199,3 +201,32 @@ def test_least_squares_with_inputs_confined_to_a_subspace() -> None:
             expected = xs[i, k].numpy() @ np.linalg.lstsq(X, y, rcond=None)[0]
             assert ours[i, k].item() == pytest.approx(expected, abs=1e-6)
     assert normalised_error(ours, ys, 6)[:, 4:].max() < 1e-12, "exact once 3 pairs span the subspace"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_least_squares_ignores_directions_the_context_spans_only_by_rounding(dtype) -> None:
+    """Orthogonal split: context inputs in a random subspace (up to rounding), the last query in its
+    complement; min-norm least squares predicts 0 there, as numpy's lstsq with a cutoff does."""
+    _, b = draw(200, split="orthogonal", dim=8, n_points=19)
+    xs, ys = b.meta["xs"].to(dtype), b.meta["ys"].to(dtype)
+    ours = least_squares(xs, ys).double()
+    x, y = xs.double().numpy(), ys.double().numpy()
+    for i in range(len(x)):
+        for k in (4, 8, 18):
+            expected = x[i, k] @ np.linalg.lstsq(x[i, :k], y[i, :k], rcond=1e-6)[0]
+            assert ours[i, k].item() == pytest.approx(expected, abs=1e-4)
+    assert ours[:, -1].abs().max() < 1e-4
+
+
+def test_error_curves_fit_the_shown_labels_and_score_the_targets() -> None:
+    """On noisy-label prompts least squares fits the noisy labels, so its error against the clean
+    targets stays above zero from k = d on; on clean prompts it is exactly zero there."""
+    dim = 4
+    for split, floor in (("clean", 0.0), ("noisy_labels", 0.1)):
+        _, b = draw(2000, split=split, dim=dim, n_points=12)
+        found = curves(b, dim, {}, {"least squares": least_squares})["least squares"]
+        expected = normalised_error(least_squares(b.meta["xs"], b.meta["ys"]), b.targets, dim).mean(0)
+        assert torch.allclose(found.mean, expected)
+        assert ((found.low <= found.mean) & (found.mean <= found.high)).all()
+        beyond = found.mean[dim + 1 :]
+        assert (beyond > floor).all() if floor else beyond.max() < 1e-6

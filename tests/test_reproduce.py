@@ -163,8 +163,10 @@ def test_gd_and_function_class_reproductions_run_and_judge(tmp_path: Path) -> No
     claims, out = reproduce(
         "function-classes-tiny-test", quick=True, runs_dir=tmp_path, workers=2, progress=False
     )
-    assert len(claims) == 3 and not claims[0].reproduced
-    assert (out / "function_classes_linear.png").stat().st_size > 10_000
+    assert len(claims) == 5 and not claims[0].reproduced
+    assert "orthogonal" in claims[2].ours and "scaled" in claims[3].ours
+    for figure in ("linear", "ood", "window"):
+        assert (out / f"function_classes_{figure}.png").stat().st_size > 10_000
 
 
 def test_icll_reproduction_runs_every_architecture_and_judges(tmp_path: Path, monkeypatch) -> None:

@@ -43,26 +43,32 @@ def model_predictions(model: Model, batch: Batch) -> Tensor:
 def curves(
     batch: Batch, dim: int, models: dict[str, Model], baselines: dict[str, Callable[[Tensor, Tensor], Tensor]]
 ) -> dict[str, ErrorCurve]:
-    """Error curves of each model and each baseline on the same prompts."""
-    xs, ys = batch.meta["xs"], batch.targets
+    """Error curves of each model and each baseline on the same prompts; baselines fit the labels the
+    prompt shows and, like the models, are scored against the batch's targets."""
+    xs, shown, ys = batch.meta["xs"], batch.meta["ys"], batch.targets
     found = {name: error_curve(model_predictions(m, batch), ys, dim) for name, m in models.items()}
-    found |= {name: error_curve(fn(xs, ys), ys, dim) for name, fn in baselines.items()}
+    found |= {name: error_curve(fn(xs, shown), ys, dim) for name, fn in baselines.items()}
     return found
 
 
-def plot_curves(found: dict[str, ErrorCurve], title: str, path: Path) -> Path:
-    """Error against in-context examples, one line per model or baseline, bands for the intervals."""
-    fig, ax = plt.subplots(figsize=(8, 4.6), constrained_layout=True)
-    for name, curve in found.items():
-        k = torch.arange(len(curve.mean))
-        ax.plot(k, curve.mean, label=name, lw=2.2 if name.startswith("transformer") else 1.3)
-        ax.fill_between(k, curve.low, curve.high, alpha=0.2)
-    ax.set_xlabel("in-context examples k")
-    ax.set_ylabel("squared error / d")
-    ax.set_ylim(0, 1.5)
-    ax.axhline(1.0, color="grey", lw=0.8, ls=":")
-    ax.legend(fontsize=8)
-    ax.set_title(title, fontsize=9)
+def plot_curves(panels: dict[str, dict[str, ErrorCurve]], title: str, path: Path) -> Path:
+    """Error against in-context examples: one panel per entry (e.g. an evaluation split), one line
+    per model or baseline in each, bands for the intervals."""
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(2 + 4 * len(panels), 4.6), constrained_layout=True, squeeze=False
+    )
+    for ax, (panel, found) in zip(axes[0], panels.items(), strict=True):
+        for name, curve in found.items():
+            k = torch.arange(len(curve.mean))
+            ax.plot(k, curve.mean, label=name, lw=2.2 if name.startswith("transformer") else 1.3)
+            ax.fill_between(k, curve.low, curve.high, alpha=0.2)
+        ax.set_xlabel("in-context examples k")
+        ax.set_ylabel("squared error / d")
+        # k = 0 is the zero predictor's error (the label scale); above 1.5 times that, nothing to see
+        ax.set_ylim(0, 1.5 * max(curve.mean[0].item() for curve in found.values()))
+        ax.set_title(panel, fontsize=9)
+    axes[0, 0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -42,7 +42,10 @@ def least_squares(xs: Tensor, ys: Tensor) -> Tensor:
         alpha = torch.linalg.pinv(systems) @ rhs
     prediction[:, :few] = (gram * alpha[..., 0]).sum(-1)
     if n > d:
-        inverse = torch.linalg.pinv(x[:, :d].transpose(1, 2) @ x[:, :d])  # (B, d, d)
+        # Directions the inputs span only through rounding (their own, ~eps^2 of the input dtype
+        # relative, or the float64 product's, ~eps) are null: a query along them is unseen.
+        rtol = 1e3 * max(torch.finfo(xs.dtype).eps ** 2, torch.finfo(x.dtype).eps)
+        inverse = torch.linalg.pinv(x[:, :d].transpose(1, 2) @ x[:, :d], rtol=rtol, hermitian=True)
         w = (inverse @ (x[:, :d].transpose(1, 2) @ y[:, :d, None]))[..., 0]
         prediction[:, d:] = _recursive_least_squares(x[:, d:], y[:, d:], inverse, w)
     return prediction.to(xs.dtype)

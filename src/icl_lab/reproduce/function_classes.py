@@ -23,6 +23,8 @@ from icl_lab.tasks.base import Batch
 RATES = (0.0, 0.25, 0.5)
 LINEAR_BASELINES = {"least squares": least_squares, "averaging": averaging, "3-nn": nearest_neighbours}
 EVAL_PROMPTS = 1000
+OOD_SPLITS = ("scaled_x", "skewed", "orthogonal", "noisy_labels")
+ROBUST = ("skewed", "orthogonal", "noisy_labels")
 
 
 def _windowed(window: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -48,7 +50,9 @@ class FunctionClasses(Reproduction):
     quick_budget = "about 10 minutes on 2 CPU cores"
 
     def experiments(self, quick: bool) -> dict[str, ExperimentConfig]:
-        scale = (
+        model = [] if quick else ["model.n_layers=12", "model.d_model=256", "model.n_heads=8"]
+        model += [] if quick else ["training.optimizer.lr=1e-4", "eval.every.steps=1000"]
+        linear = (
             []
             if quick
             else [
@@ -56,20 +60,21 @@ class FunctionClasses(Reproduction):
                 "task.n_points=41",
                 "task.dims_curriculum={start: 5, end: 20, increment: 1, every: 2000}",
                 "task.points_curriculum={start: 11, end: 41, increment: 2, every: 2000}",
-                "training.optimizer.lr=1e-4",
-                "model.n_layers=12",
-                "model.d_model=256",
-                "model.n_heads=8",
                 "training.length.steps=50000",
-                "eval.every.steps=1000",
             ]
         )
-        experiments = {"linear": load_config("function_classes", [*scale, "name=fc-linear"])}
+        window = (
+            ["task.dim=2", "task.n_points=15", "training.length.steps=8000", "eval.every.steps=1000"]
+            if quick
+            else ["task.dim=10", "task.n_points=41", "training.length.steps=50000"]
+        )
+        experiments = {"linear": load_config("function_classes", [*model, *linear, "name=fc-linear"])}
         for rate in RATES:
             experiments[f"window p={rate}"] = load_config(
                 "function_classes",
                 [
-                    *scale,
+                    *model,
+                    *window,
                     f"name=fc-window-{int(rate * 100)}",
                     "task.function=sliding_window",
                     "task.window=2",
@@ -79,24 +84,37 @@ class FunctionClasses(Reproduction):
             )
         return experiments
 
-    def _linear_curves(self, run: Run) -> dict[str, ErrorCurve]:
-        batch = _eval_batch(run, "clean")
+    def _linear_curves(self, run: Run, split: str = "clean") -> dict[str, ErrorCurve]:
+        batch = _eval_batch(run, split)
         return curves(
             batch, run.config.task.dim, {"transformer": run.model()}, {**LINEAR_BASELINES, "ridge": ridge}
         )
 
+    def _window_curves(self, run: Run) -> dict[str, ErrorCurve]:
+        c = run.config.task
+        solver = {f"least squares on the last {c.window} inputs": _windowed(c.window)}
+        return curves(_eval_batch(run, "clean"), c.dim, {"transformer": run.model()}, solver)
+
     def claims(self, runs: dict[str, Run], quick: bool) -> list[Claim]:
-        linear = self._linear_curves(runs["linear"])
-        d = runs["linear"].config.task.dim
+        return [*self._linear_claims(runs["linear"]), self._window_claim(runs)]
+
+    def _linear_claims(self, run: Run) -> list[Claim]:
+        linear = self._linear_curves(run)
+        d = run.config.task.dim
         ours, ls = linear["transformer"].mean, linear["least squares"].mean
-        after = slice(d, None)
-        claims = [
+        shifted = {split: self._linear_curves(run, split) for split in OOD_SPLITS}
+        final = {
+            split: (found["transformer"].mean[-1].item(), found["least squares"].mean[-1].item())
+            for split, found in shifted.items()
+        }
+        clean_final = ours[-1].item()
+        return [
             Claim(
                 f"a trained transformer tracks least squares: error about 0 from k = d (d = {d})",
                 "error ~0 at k = d (Garg et al. Fig. 2; least squares 0.000 at k = d = 20)",
                 f"transformer {numbers(ours[: d + 2])} vs least squares {numbers(ls[: d + 2])} "
                 f"at k = 0..{d + 1}",
-                bool(ours[after].max() < 0.1),
+                bool(ours[d:].max() < 0.1),
             ),
             Claim(
                 "it beats averaging and 3-nearest-neighbours at every k >= 2",
@@ -108,39 +126,70 @@ class FunctionClasses(Reproduction):
                     and (ours[2:] < linear["3-nn"].mean[2:]).all()
                 ),
             ),
-        ]
-        window = {rate: runs[f"window p={rate}"] for rate in RATES}
-        last = {}
-        for rate, run in window.items():
-            found = curves(
-                _eval_batch(run, "clean"),
-                run.config.task.dim,
-                {"transformer": run.model()},
-                {"windowed least squares": _windowed(run.config.task.window)},
-            )
-            last[rate] = (
-                found["transformer"].mean[-3:].mean().item(),
-                found["windowed least squares"].mean[-3:].mean().item(),
-            )
-        claims.append(
             Claim(
-                "in-context learning of sliding-window functions survives randomised training labels",
-                "labels randomised at increasing rates degrade ICL less than expected (Campbell et al.)",
-                "clean-prompt error over the last 3 positions, by training randomisation rate: "
-                + ", ".join(f"p={rate}: {err:.2f}" for rate, (err, _) in last.items())
-                + f" (windowed least squares {last[0.0][1]:.2f}; zero predictor 1.00)",
-                bool(last[RATES[-1]][0] < 0.5),
-            )
+                "out of distribution it stays near least squares: skewed input covariance, noisy "
+                "context labels, a query orthogonal to the context's subspace",
+                "errors close to least squares under these shifts (Garg et al. Fig. 4)",
+                f"error at k = {len(ours) - 1}, transformer vs least squares: "
+                + ", ".join(f"{split} {final[split][0]:.2f} vs {final[split][1]:.2f}" for split in ROBUST),
+                all(final[split][0] <= final[split][1] + 0.1 for split in ROBUST),
+            ),
+            Claim(
+                "inputs scaled up (x times 2) hurt it, not least squares",
+                "error grows with the input scale (Garg et al. Fig. 4)",
+                f"error at k = {len(ours) - 1}: transformer {final['scaled_x'][0]:.2f} scaled vs "
+                f"{clean_final:.2f} clean; least squares {final['scaled_x'][1]:.2f}",
+                final["scaled_x"][0] > max(2 * clean_final, final["scaled_x"][1] + 0.05),
+            ),
+        ]
+
+    def _window_claim(self, runs: dict[str, Run]) -> Claim:
+        last = {}
+        for rate in RATES:
+            found = self._window_curves(runs[f"window p={rate}"])
+            ours, solver = found.values()
+            last[rate] = (ours.mean[-3:].mean().item(), solver.mean[-3:].mean().item())
+        return Claim(
+            "in-context learning of sliding-window functions survives randomised training labels",
+            "labels randomised at increasing rates degrade ICL less than expected (Campbell et al.)",
+            "clean-prompt error over the last 3 positions, by training randomisation rate: "
+            + ", ".join(f"p={rate}: {err:.2f}" for rate, (err, _) in last.items())
+            + f" (windowed least squares {last[0.0][1]:.2f}; zero predictor 1.00)",
+            last[RATES[-1]][0] < 0.5,
         )
-        return claims
 
     def figures(self, runs: dict[str, Run], out: Path) -> list[Path]:
         run = runs["linear"]
         c = run.config
-        steps = c.training.length.steps
-        title = (
+        trained = _trained(run)
+        linear = plot_curves(
+            {"clean prompts": self._linear_curves(run)},
             f"linear functions, d = {c.task.dim}: squared error / d against in-context examples\n"
-            f"{EVAL_PROMPTS:,} prompts, 95% bootstrap bands; transformer after {steps:,} steps = "
-            f"{steps * c.training.batch_size:,} sequences (seed {c.seed})"
+            f"{EVAL_PROMPTS:,} prompts, 95% bootstrap bands; {trained}",
+            out / "function_classes_linear.png",
         )
-        return [plot_curves(self._linear_curves(run), title, out / "function_classes_linear.png")]
+        shifted = plot_curves(
+            {split: self._linear_curves(run, split) for split in OOD_SPLITS},
+            f"linear functions, d = {c.task.dim}, out of distribution (x scaled by {c.task.ood_scale:g}; "
+            f"skewed covariance; query orthogonal to the context; context labels + N(0, d/4))\n"
+            f"{EVAL_PROMPTS:,} prompts each; {trained}",
+            out / "function_classes_ood.png",
+        )
+        window_runs = {rate: runs[f"window p={rate}"] for rate in RATES}
+        w = window_runs[0.0].config
+        window = plot_curves(
+            {
+                f"trained with p = {rate:g} of labels random": self._window_curves(r)
+                for rate, r in window_runs.items()
+            },
+            f"sliding-window functions (d = {w.task.dim}, window {w.task.window}) scored on clean prompts\n"
+            f"{EVAL_PROMPTS:,} prompts each; {_trained(window_runs[0.0])}",
+            out / "function_classes_window.png",
+        )
+        return [linear, shifted, window]
+
+
+def _trained(run: Run) -> str:
+    c = run.config
+    steps = c.training.length.steps
+    return f"transformer after {steps:,} steps = {steps * c.training.batch_size:,} sequences (seed {c.seed})"

@@ -24,7 +24,8 @@ out-of-distribution variants of it: `clean` (no label noise or randomisation), `
 `scaled_y` (inputs / outputs times `ood_scale`), `skewed` (x ~ N(0, S) with S's eigenvalues
 decaying as 1/i, rescaled to trace d), `orthogonal` (context inputs in a random d/2-dimensional
 subspace, the last input in its orthogonal complement) and `noisy_labels` (context labels plus
-N(0, d / 4)).
+N(0, d / 4)). A batch's meta holds the inputs `xs` and the labels shown in the prompt `ys`; its
+targets are the labels scored (they differ only in `noisy_labels`).
 """
 
 import math
@@ -240,7 +241,7 @@ class FunctionClassesTask(Task):
         if split == "noisy_labels":
             shown = y + torch.randn(y.shape, generator=g, device=dev) * math.sqrt(c.dim / 4)
         mask = (torch.arange(c.n_points, device=dev) < (points or c.n_points)).expand(n, -1)
-        return Batch(interleave(x, shown), y, mask, {"xs": x, "ys": y, **params})
+        return Batch(interleave(x, shown), y, mask, {"xs": x, "ys": shown, **params})
 
     def token_loss(self, output_logits: Tensor, targets: Tensor) -> Tensor:
         """Squared error per prediction (B, n_points); divided by d it is Garg et al.'s error."""
