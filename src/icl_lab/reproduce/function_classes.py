@@ -144,17 +144,21 @@ class FunctionClasses(Reproduction):
         ]
 
     def _window_claim(self, runs: dict[str, Run]) -> Claim:
-        last = {}
+        last, onset = {}, {}
         for rate in RATES:
-            found = self._window_curves(runs[f"window p={rate}"])
-            ours, solver = found.values()
+            run = runs[f"window p={rate}"]
+            ours, solver = self._window_curves(run).values()
             last[rate] = (ours.mean[-3:].mean().item(), solver.mean[-3:].mean().item())
+            steps, loss = run.curve("loss", "clean")
+            below = steps[loss < 0.5 * loss[0]]
+            onset[rate] = f"step {below[0]:,}" if below.size else f"none by step {steps[-1]:,}"
         return Claim(
             "in-context learning of sliding-window functions survives randomised training labels",
             "labels randomised at increasing rates degrade ICL less than expected (Campbell et al.)",
             "clean-prompt error over the last 3 positions, by training randomisation rate: "
             + ", ".join(f"p={rate}: {err:.2f}" for rate, (err, _) in last.items())
-            + f" (windowed least squares {last[0.0][1]:.2f}; zero predictor 1.00)",
+            + f" (windowed least squares {last[0.0][1]:.2f}; zero predictor 1.00); clean loss first "
+            "below half its initial value: " + ", ".join(f"p={rate}: {when}" for rate, when in onset.items()),
             last[RATES[-1]][0] < 0.5,
         )
 
