@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from icl_lab.analysis.function_classes import curves
+from icl_lab.analysis.function_classes import EVAL_PROMPTS, EVAL_SEED, curves, run_curves
 from icl_lab.baselines.regression import (
     averaging,
     bootstrap_ci,
@@ -16,7 +16,10 @@ from icl_lab.baselines.regression import (
     normalised_error,
     ridge,
 )
+from icl_lab.experiment import build_task, load_config
+from icl_lab.report.page import write_report
 from icl_lab.tasks.function_classes import FunctionClassesConfig, FunctionClassesTask
+from icl_lab.training.trainer import train
 
 
 def draw(n: int, seed: int = 0, split: str = "train", **config: object):
@@ -230,3 +233,43 @@ def test_error_curves_fit_the_shown_labels_and_score_the_targets() -> None:
         assert ((found.low <= found.mean) & (found.mean <= found.high)).all()
         beyond = found.mean[dim + 1 :]
         assert (beyond > floor).all() if floor else beyond.max() < 1e-6
+
+
+def test_a_runs_report_draws_its_error_curves_against_the_baselines(tmp_path) -> None:
+    """run_curves scores the run's final model on fixed prompts (checked against a direct
+    evaluation), and the run report adds the error-curve figure with a panel per split."""
+    cfg = load_config(
+        "function_classes",
+        [
+            "task.function=sliding_window",
+            "task.window=2",
+            "task.dim=2",
+            "task.n_points=6",
+            "task.splits=[train, clean, scaled_x]",
+            "model.n_layers=1",
+            "model.d_model=16",
+            "training.length.steps=4",
+            "eval.every.steps=2",
+            "checkpointing.every.steps=4",
+        ],
+    )
+    run = train(cfg, str(tmp_path), progress=False)
+    found = run_curves(run, "clean")
+    assert set(found) == {
+        "transformer",
+        "least squares",
+        "ridge",
+        "averaging",
+        "3-nn",
+        "windowed least squares",
+    }
+    batch = build_task(run.config).eval_splits()["clean"](
+        EVAL_PROMPTS, torch.Generator().manual_seed(EVAL_SEED)
+    )
+    with torch.no_grad():
+        direct = (run.model()(batch.inputs)[:, 0::2, 0] - batch.targets) ** 2 / 2
+    assert torch.allclose(found["transformer"].mean, direct.mean(0), atol=1e-6)
+    assert found["windowed least squares"].mean[5].item() < 1e-8, "4 window parameters, 5 pairs"
+    report = write_report(run)
+    assert (report.parent / "error_curves.png").stat().st_size > 10_000
+    assert "Error against in-context examples" in report.read_text()

@@ -1,7 +1,9 @@
 """Error against the number of in-context examples, for trained models and the regression baselines
 (Garg et al. 2022): squared error divided by d at each prefix length k, mean over prompts with a
-bootstrap interval, and the figure that puts them side by side."""
+bootstrap interval, and the figure that puts them side by side (the run report's and the
+reproduction's)."""
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,9 +15,24 @@ import matplotlib.pyplot as plt
 import torch
 from torch import Tensor
 
-from icl_lab.baselines.regression import bootstrap_ci, normalised_error
+from icl_lab.baselines.regression import (
+    averaging,
+    bootstrap_ci,
+    least_squares,
+    nearest_neighbours,
+    normalised_error,
+    ridge,
+    windowed_least_squares,
+)
+from icl_lab.experiment import build_task
 from icl_lab.models.base import Model
+from icl_lab.store.run import Run
 from icl_lab.tasks.base import Batch
+from icl_lab.tasks.function_classes import FunctionClassesConfig
+
+Baseline = Callable[[Tensor, Tensor], Tensor]
+EVAL_PROMPTS = 1000
+EVAL_SEED = 777
 
 
 @dataclass(frozen=True)
@@ -41,7 +58,7 @@ def model_predictions(model: Model, batch: Batch) -> Tensor:
 
 
 def curves(
-    batch: Batch, dim: int, models: dict[str, Model], baselines: dict[str, Callable[[Tensor, Tensor], Tensor]]
+    batch: Batch, dim: int, models: dict[str, Model], baselines: dict[str, Baseline]
 ) -> dict[str, ErrorCurve]:
     """Error curves of each model and each baseline on the same prompts; baselines fit the labels the
     prompt shows and, like the models, are scored against the batch's targets."""
@@ -51,13 +68,41 @@ def curves(
     return found
 
 
+def baselines_for(task: FunctionClassesConfig) -> dict[str, Baseline]:
+    """The vectorised baselines (Garg et al.'s linear ones, and for sliding windows the windowed
+    solver); Lasso, trees and the small network are loops, left to be asked for."""
+    found: dict[str, Baseline] = {
+        "least squares": least_squares,
+        "ridge": ridge,
+        "averaging": averaging,
+        "3-nn": nearest_neighbours,
+    }
+    if task.function == "sliding_window":
+        found["windowed least squares"] = windowed_least_squares(task.window)
+    return found
+
+
+def run_curves(run: Run, split: str, step: int | None = None) -> dict[str, ErrorCurve]:
+    """A function-class run's model ("transformer", at a checkpoint, default the latest) against
+    the baselines, on EVAL_PROMPTS fresh prompts of one evaluation split (the same prompts each call)."""
+    batch = build_task(run.config).eval_splits()[split](
+        EVAL_PROMPTS, torch.Generator().manual_seed(EVAL_SEED)
+    )
+    task = run.config.task
+    return curves(batch, task.dim, {"transformer": run.model(step)}, baselines_for(task))
+
+
 def plot_curves(panels: dict[str, dict[str, ErrorCurve]], title: str, path: Path) -> Path:
     """Error against in-context examples: one panel per entry (e.g. an evaluation split), one line
     per model or baseline in each, bands for the intervals."""
+    columns = min(len(panels), 3)
+    rows = math.ceil(len(panels) / columns)
     fig, axes = plt.subplots(
-        1, len(panels), figsize=(2 + 4 * len(panels), 4.6), constrained_layout=True, squeeze=False
+        rows, columns, figsize=(2 + 4 * columns, 0.6 + 4 * rows), constrained_layout=True, squeeze=False
     )
-    for ax, (panel, found) in zip(axes[0], panels.items(), strict=True):
+    for ax in axes.flat[len(panels) :]:
+        ax.set_visible(False)
+    for ax, (panel, found) in zip(axes.flat, panels.items(), strict=False):
         for name, curve in found.items():
             k = torch.arange(len(curve.mean))
             ax.plot(k, curve.mean, label=name, lw=2.2 if name.startswith("transformer") else 1.3)
@@ -72,3 +117,15 @@ def plot_curves(panels: dict[str, dict[str, ErrorCurve]], title: str, path: Path
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def error_curves_png(run: Run, path: Path) -> bytes:
+    """The run report's figure: the final model against the baselines on every evaluation split."""
+    c = run.config
+    step = run.checkpoint_steps[-1]
+    title = (
+        f"{c.task.function} functions, d = {c.task.dim}: squared error / d against in-context examples; "
+        f"{EVAL_PROMPTS:,} prompts per split, 95% bootstrap bands\ntransformer after {step:,} steps = "
+        f"{run.units_at(step)[0]:,} sequences (seed {c.seed})"
+    )
+    return plot_curves({split: run_curves(run, split) for split in c.task.splits}, title, path).read_bytes()

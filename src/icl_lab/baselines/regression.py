@@ -65,6 +65,17 @@ def _recursive_least_squares(x: Tensor, y: Tensor, inverse: Tensor, w: Tensor) -
     return torch.stack(predictions, 1)
 
 
+def windowed_least_squares(window: int) -> Callable[[Tensor, Tensor], Tensor]:
+    """Least squares on each input concatenated with the window - 1 before it (zeros before the
+    prompt): the sliding-window class's own solver."""
+
+    def baseline(xs: Tensor, ys: Tensor) -> Tensor:
+        padded = torch.cat([xs.new_zeros(xs.shape[0], window - 1, xs.shape[2]), xs], 1)
+        return least_squares(padded.unfold(1, window, 1).flatten(2), ys)
+
+    return baseline
+
+
 def ridge(xs: Tensor, ys: Tensor, alpha: float = 1.0) -> Tensor:
     """Ridge regression, w = (X^T X + alpha I)^-1 X^T y, on the prefix (recursively, in float64)."""
     x, d = xs.double(), xs.shape[2]

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from icl_lab.analysis.function_classes import error_curves_png
 from icl_lab.analysis.summary import RunSummary, summarise, units_text
 from icl_lab.experiment import build_model, build_task
 from icl_lab.files import atomic_write_text
@@ -20,8 +21,9 @@ def _nearest(steps: list[int], target: float) -> int:
 
 
 def write_report(run: Run, out_dir: Path | None = None) -> Path:
-    """Write report/training.png, progress.png (if the task has progress measures), attention.png (if
-    the model has attention patterns) and report/report.html; return the page."""
+    """Write report/training.png, progress.png (if the task has progress measures), error_curves.png
+    (function classes), attention.png (if the model has attention patterns) and report/report.html;
+    return the page."""
     out = out_dir or run.path / "report"
     out.mkdir(parents=True, exist_ok=True)
     summary = summarise(run)
@@ -36,6 +38,8 @@ def write_report(run: Run, out_dir: Path | None = None) -> Path:
         images["Progress measures"] = save_png(
             figures.progress_measures(run, summary.main), out / "progress.png"
         )
+    if run.config.task.name == "function_classes":
+        images["Error against in-context examples"] = error_curves_png(run, out / "error_curves.png")
     if any(name.endswith("attn.hook_pattern") for name in build_model(run.config, "meta").hook_dict):
         images["Attention patterns at init, transition and end"] = save_png(
             figures.attention_patterns(run, shown, task.key_metric[0]), out / "attention.png"

@@ -8,37 +8,16 @@ and 50% of labels randomised, scored on clean prompts. Full mode: d = 20, 41 pai
 curriculum and 12-layer width-256 model, 50k steps.
 """
 
-from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
-from icl_lab.analysis.function_classes import ErrorCurve, curves, plot_curves
-from icl_lab.baselines.regression import averaging, least_squares, nearest_neighbours, ridge
-from icl_lab.experiment import ExperimentConfig, build_task, load_config
+from icl_lab.analysis.function_classes import EVAL_PROMPTS, plot_curves, run_curves
+from icl_lab.experiment import ExperimentConfig, load_config
 from icl_lab.reproduce.base import REPRODUCTIONS, Claim, Reproduction, numbers
 from icl_lab.store.run import Run
-from icl_lab.tasks.base import Batch
 
 RATES = (0.0, 0.25, 0.5)
-LINEAR_BASELINES = {"least squares": least_squares, "averaging": averaging, "3-nn": nearest_neighbours}
-EVAL_PROMPTS = 1000
 OOD_SPLITS = ("scaled_x", "skewed", "orthogonal", "noisy_labels")
 ROBUST = ("skewed", "orthogonal", "noisy_labels")
-
-
-def _windowed(window: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Least squares on the concatenated window of inputs (the sliding-window class's own solver)."""
-
-    def baseline(xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
-        padded = torch.cat([xs.new_zeros(xs.shape[0], window - 1, xs.shape[2]), xs], 1)
-        return least_squares(padded.unfold(1, window, 1).flatten(2), ys)
-
-    return baseline
-
-
-def _eval_batch(run: Run, split: str) -> Batch:
-    return build_task(run.config).eval_splits()[split](EVAL_PROMPTS, torch.Generator().manual_seed(777))
 
 
 @REPRODUCTIONS.register("function-classes")
@@ -84,25 +63,14 @@ class FunctionClasses(Reproduction):
             )
         return experiments
 
-    def _linear_curves(self, run: Run, split: str = "clean") -> dict[str, ErrorCurve]:
-        batch = _eval_batch(run, split)
-        return curves(
-            batch, run.config.task.dim, {"transformer": run.model()}, {**LINEAR_BASELINES, "ridge": ridge}
-        )
-
-    def _window_curves(self, run: Run) -> dict[str, ErrorCurve]:
-        c = run.config.task
-        solver = {f"least squares on the last {c.window} inputs": _windowed(c.window)}
-        return curves(_eval_batch(run, "clean"), c.dim, {"transformer": run.model()}, solver)
-
     def claims(self, runs: dict[str, Run], quick: bool) -> list[Claim]:
         return [*self._linear_claims(runs["linear"]), self._window_claim(runs)]
 
     def _linear_claims(self, run: Run) -> list[Claim]:
-        linear = self._linear_curves(run)
+        linear = run_curves(run, "clean")
         d = run.config.task.dim
         ours, ls = linear["transformer"].mean, linear["least squares"].mean
-        shifted = {split: self._linear_curves(run, split) for split in OOD_SPLITS}
+        shifted = {split: run_curves(run, split) for split in OOD_SPLITS}
         final = {
             split: (found["transformer"].mean[-1].item(), found["least squares"].mean[-1].item())
             for split, found in shifted.items()
@@ -147,8 +115,9 @@ class FunctionClasses(Reproduction):
         last, onset = {}, {}
         for rate in RATES:
             run = runs[f"window p={rate}"]
-            ours, solver = self._window_curves(run).values()
-            last[rate] = (ours.mean[-3:].mean().item(), solver.mean[-3:].mean().item())
+            found = run_curves(run, "clean")
+            ours, solver = found["transformer"].mean, found["windowed least squares"].mean
+            last[rate] = (ours[-3:].mean().item(), solver[-3:].mean().item())
             steps, loss = run.curve("loss", "clean")
             below = steps[loss < 0.5 * loss[0]]
             onset[rate] = f"step {below[0]:,}" if below.size else f"none by step {steps[-1]:,}"
@@ -167,13 +136,13 @@ class FunctionClasses(Reproduction):
         c = run.config
         trained = _trained(run)
         linear = plot_curves(
-            {"clean prompts": self._linear_curves(run)},
+            {"clean prompts": run_curves(run, "clean")},
             f"linear functions, d = {c.task.dim}: squared error / d against in-context examples\n"
             f"{EVAL_PROMPTS:,} prompts, 95% bootstrap bands; {trained}",
             out / "function_classes_linear.png",
         )
         shifted = plot_curves(
-            {split: self._linear_curves(run, split) for split in OOD_SPLITS},
+            {split: run_curves(run, split) for split in OOD_SPLITS},
             f"linear functions, d = {c.task.dim}, out of distribution (x scaled by {c.task.ood_scale:g}; "
             f"skewed covariance; query orthogonal to the context; context labels + N(0, d/4))\n"
             f"{EVAL_PROMPTS:,} prompts each; {trained}",
@@ -183,7 +152,7 @@ class FunctionClasses(Reproduction):
         w = window_runs[0.0].config
         window = plot_curves(
             {
-                f"trained with p = {rate:g} of labels random": self._window_curves(r)
+                f"trained with p = {rate:g} of labels random": run_curves(r, "clean")
                 for rate, r in window_runs.items()
             },
             f"sliding-window functions (d = {w.task.dim}, window {w.task.window}) scored on clean prompts\n"
