@@ -17,8 +17,9 @@ import torch
 
 from conftest import TINY_BURSTY, TINY_FEWSHOT, TINY_READOUT_MODEL, tiny_config
 from icl_lab.config import Duration, ScheduleConfig
+from icl_lab.errors import RunStoreError
 from icl_lab.experiment import load_config
-from icl_lab.store.run import Run
+from icl_lab.store.run import Run, list_runs
 from icl_lab.training.optim import clip_grad_norm_per_member, lr_at
 from icl_lab.training.trainer import resume, train
 
@@ -65,6 +66,25 @@ def test_run_directory_metrics_and_units(tmp_path: Path) -> None:
     steps, losses = run.curve("loss", "train_batches")
     assert list(steps) == [4, 8, 12] and all(0 < v < 10 for v in losses)
     assert Run.open(run.path).config == run.config
+
+
+def test_run_creation_interrupted_leaves_no_run_behind(tmp_path: Path, monkeypatch) -> None:
+    """A process killed while creating a run leaves only a hidden staging directory: nothing at the
+    run's path (so a sweep rerun trains it afresh) and nothing that lists as a run."""
+
+    def killed(run: Run, **fields: object) -> None:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Run, "update_manifest", killed)
+        with pytest.raises(KeyboardInterrupt):
+            Run.create(tiny_config(), tmp_path, run_id="u001")
+    assert not (tmp_path / "u001").exists() and list_runs(tmp_path) == []
+    run = Run.create(tiny_config(), tmp_path, run_id="u001")
+    assert run.path == tmp_path / "u001" and Run.open(run.path).status == "running"
+    assert [r.path for r in list_runs(tmp_path)] == [run.path]
+    with pytest.raises(RunStoreError, match="already exists"):
+        Run.create(tiny_config(), tmp_path, run_id="u001")
 
 
 @pytest.mark.parametrize("last_kept", [4, 0, None])

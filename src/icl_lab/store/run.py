@@ -49,17 +49,21 @@ class Run:
         run_id: str | None = None,
     ) -> "Run":
         """A new run directory for validated config(s), marked running; the id defaults to the
-        first config's name and the time."""
+        first config's name and the time. It is built under a hidden staging name and renamed into
+        place, so a process killed meanwhile leaves no half-made run where a rerun would look."""
         members = configs if isinstance(configs, list) else [configs]
         runs = Path(runs_dir)
         runs.mkdir(parents=True, exist_ok=True)
         run_id = run_id or f"{members[0].name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
         path = runs / run_id
-        path.mkdir()
-        atomic_write_text(path / "config.yaml", members[0].to_yaml())
+        if path.exists():
+            raise RunStoreError(f"run directory already exists: {path}")
+        staging = runs / f".{run_id}.{secrets.token_hex(4)}.staging"
+        staging.mkdir()
+        atomic_write_text(staging / "config.yaml", members[0].to_yaml())
         if len(members) > 1:
             data = [m.model_dump(mode="json", by_alias=True) for m in members]
-            atomic_write_text(path / "members.yaml", yaml.safe_dump(data, sort_keys=False))
+            atomic_write_text(staging / "members.yaml", yaml.safe_dump(data, sort_keys=False))
         manifest = {
             "format": MANIFEST_FORMAT,
             "id": run_id,
@@ -69,8 +73,10 @@ class Run:
             "torch_version": torch.__version__,
             "members": len(members),
         }
-        run = cls(path, members, manifest)
+        run = cls(staging, members, manifest)
         run.update_manifest(status="running")
+        staging.rename(path)
+        run.path = path
         return run
 
     @classmethod
@@ -225,7 +231,7 @@ def _alive(pid: object, host: object) -> bool:
 def list_runs(runs_dir: str | Path = "runs") -> list[Run]:
     """Every readable run under a directory, oldest first."""
     runs = []
-    for path in sorted(Path(runs_dir).glob("*/manifest.json")):
+    for path in sorted(Path(runs_dir).glob("[!.]*/manifest.json")):  # not staging directories
         try:
             runs.append(Run.open(path.parent))
         except IclLabError:  # an unreadable directory is skipped, not fatal to listing
