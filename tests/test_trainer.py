@@ -69,22 +69,32 @@ def test_run_directory_metrics_and_units(tmp_path: Path) -> None:
 
 
 def test_run_creation_interrupted_leaves_no_run_behind(tmp_path: Path, monkeypatch) -> None:
-    """A process killed while creating a run leaves only a hidden staging directory: nothing at the
-    run's path (so a sweep rerun trains it afresh) and nothing that lists as a run."""
+    """A process killed while creating a run (here: just before the staging directory, manifest
+    and all, is renamed into place) leaves nothing at the run's path, so a sweep rerun trains it
+    afresh, and nothing that lists as a run; a name taken meanwhile is a clear error."""
 
-    def killed(run: Run, **fields: object) -> None:
+    def killed(self: Path, target: Path) -> None:
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
-        patch.setattr(Run, "update_manifest", killed)
+        patch.setattr(Path, "rename", killed)
         with pytest.raises(KeyboardInterrupt):
             Run.create(tiny_config(), tmp_path, run_id="u001")
-    assert not (tmp_path / "u001").exists() and list_runs(tmp_path) == []
+    (staging,) = tmp_path.glob(".u001.*.staging")
+    assert (staging / "manifest.json").is_file() and not (tmp_path / "u001").exists()
+    assert list_runs(tmp_path) == []
     run = Run.create(tiny_config(), tmp_path, run_id="u001")
     assert run.path == tmp_path / "u001" and Run.open(run.path).status == "running"
     assert [r.path for r in list_runs(tmp_path)] == [run.path]
     with pytest.raises(RunStoreError, match="already exists"):
         Run.create(tiny_config(), tmp_path, run_id="u001")
+    (tmp_path / "u002").mkdir()
+    (tmp_path / "u002" / "other").write_text("taken while u002 was being created")
+    with monkeypatch.context() as patch:
+        patch.setattr(Path, "exists", lambda self: False)
+        with pytest.raises(RunStoreError, match="already exists"):
+            Run.create(tiny_config(), tmp_path, run_id="u002")
+    assert not list(tmp_path.glob(".u002.*")), "the staging directory is removed"
 
 
 @pytest.mark.parametrize("last_kept", [4, 0, None])
@@ -130,14 +140,14 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path: Path, kill_after_first_c
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 60
     target = "checkpoints/step_*.json" if kill_after_first_checkpoint else "manifest.json"
-    while not list(runs.glob(f"*/{target}")):
+    while not list(runs.glob(f"[!.]*/{target}")):  # a run in place, not its staging directory
         assert proc.poll() is None, proc.stderr.read().decode()
         assert time.time() < deadline, "training never started"
         time.sleep(0.01)
     time.sleep(random.uniform(0, 0.3))
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    killed = Run.open(next(runs.iterdir()))
+    (killed,) = list_runs(runs)
     assert killed.status == "interrupted", "a killed run must not look complete"
     done = subprocess.run(
         [sys.executable, "-m", "icl_lab", "resume", str(killed.path), "--quiet"],

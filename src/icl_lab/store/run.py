@@ -7,6 +7,7 @@ that finished training is ever marked complete.
 import json
 import os
 import secrets
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -75,7 +76,11 @@ class Run:
         }
         run = cls(staging, members, manifest)
         run.update_manifest(status="running")
-        staging.rename(path)
+        try:
+            staging.rename(path)
+        except OSError:  # another process made a run of this id meanwhile
+            shutil.rmtree(staging)
+            raise RunStoreError(f"run directory already exists: {path}") from None
         run.path = path
         return run
 
