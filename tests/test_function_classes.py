@@ -207,15 +207,17 @@ def test_least_squares_with_inputs_confined_to_a_subspace() -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_least_squares_ignores_directions_the_context_spans_only_by_rounding(dtype) -> None:
+@pytest.mark.parametrize("n_points", [7, 19])
+def test_least_squares_ignores_directions_the_context_spans_only_by_rounding(dtype, n_points: int) -> None:
     """Orthogonal split: context inputs in a random subspace (up to rounding), the last query in its
-    complement; min-norm least squares predicts 0 there, as numpy's lstsq with a cutoff does."""
-    _, b = draw(200, split="orthogonal", dim=8, n_points=19)
+    complement; min-norm least squares predicts 0 there, as numpy's lstsq with a cutoff does, on
+    every prefix, whether the query comes before k = d (7 pairs, d = 8) or after (19 pairs)."""
+    _, b = draw(200, split="orthogonal", dim=8, n_points=n_points)
     xs, ys = b.meta["xs"].to(dtype), b.meta["ys"].to(dtype)
     ours = least_squares(xs, ys).double()
     x, y = xs.double().numpy(), ys.double().numpy()
     for i in range(len(x)):
-        for k in (4, 8, 18):
+        for k in range(1, n_points):
             expected = x[i, k] @ np.linalg.lstsq(x[i, :k], y[i, :k], rcond=1e-6)[0]
             assert ours[i, k].item() == pytest.approx(expected, abs=1e-4)
     assert ours[:, -1].abs().max() < 1e-4

@@ -129,6 +129,7 @@ def error_curves_png(run: Run, path: Path) -> bytes:
     title = (
         f"{c.task.function} functions, d = {c.task.dim}: squared error / d against in-context examples; "
         f"{EVAL_PROMPTS:,} prompts per split, 95% bootstrap bands\ntransformer after {step:,} steps = "
-        f"{run.units_at(step)[0]:,} sequences (seed {c.seed})"
+        f"{run.units_at(step)[0]:,} sequences (seed {c.seed}"
+        + (f", member 0 of {len(run.configs)})" if len(run.configs) > 1 else ")")
     )
     return plot_curves({split: run_curves(run, split) for split in c.task.splits}, title, path).read_bytes()

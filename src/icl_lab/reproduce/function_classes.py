@@ -11,7 +11,7 @@ Full mode: d = 20, 41 pairs, Garg et al.'s curriculum and 12-layer width-256 mod
 
 from pathlib import Path
 
-from icl_lab.analysis.function_classes import EVAL_PROMPTS, plot_curves, run_curves
+from icl_lab.analysis.function_classes import EVAL_PROMPTS, ErrorCurve, plot_curves, run_curves
 from icl_lab.experiment import ExperimentConfig, load_config
 from icl_lab.reproduce.base import REPRODUCTIONS, Claim, Reproduction, numbers
 from icl_lab.store.run import Run
@@ -64,14 +64,24 @@ class FunctionClasses(Reproduction):
             )
         return experiments
 
+    def __init__(self) -> None:
+        self._found: dict[tuple[Path, str], dict[str, ErrorCurve]] = {}
+
+    def _curves(self, run: Run, split: str) -> dict[str, ErrorCurve]:
+        """run_curves, once per run and split (claims and figures both read them)."""
+        key = (run.path, split)
+        if key not in self._found:
+            self._found[key] = run_curves(run, split)
+        return self._found[key]
+
     def claims(self, runs: dict[str, Run], quick: bool) -> list[Claim]:
         return [*self._linear_claims(runs["linear"]), self._window_claim(runs)]
 
     def _linear_claims(self, run: Run) -> list[Claim]:
-        linear = run_curves(run, "clean")
+        linear = self._curves(run, "clean")
         d = run.config.task.dim
         ours, ls = linear["transformer"].mean, linear["least squares"].mean
-        shifted = {split: run_curves(run, split) for split in OOD_SPLITS}
+        shifted = {split: self._curves(run, split) for split in OOD_SPLITS}
         final = {
             split: (found["transformer"].mean[-1].item(), found["least squares"].mean[-1].item())
             for split, found in shifted.items()
@@ -116,7 +126,7 @@ class FunctionClasses(Reproduction):
         last, onset = {}, {}
         for rate in RATES:
             run = runs[f"window p={rate}"]
-            found = run_curves(run, "clean")
+            found = self._curves(run, "clean")
             ours, solver = found["transformer"].mean, found["windowed least squares"].mean
             last[rate] = (ours[-3:].mean().item(), solver[-3:].mean().item())
             steps, loss = run.curve("loss", "clean")
@@ -137,13 +147,13 @@ class FunctionClasses(Reproduction):
         c = run.config
         trained = _trained(run)
         linear = plot_curves(
-            {"clean prompts": run_curves(run, "clean")},
+            {"clean prompts": self._curves(run, "clean")},
             f"linear functions, d = {c.task.dim}: squared error / d against in-context examples\n"
             f"{EVAL_PROMPTS:,} prompts, 95% bootstrap bands; {trained}",
             out / "function_classes_linear.png",
         )
         shifted = plot_curves(
-            {split: run_curves(run, split) for split in OOD_SPLITS},
+            {split: self._curves(run, split) for split in OOD_SPLITS},
             f"linear functions, d = {c.task.dim}, out of distribution (x scaled by {c.task.ood_scale:g}; "
             f"skewed covariance; query orthogonal to the context; context labels + N(0, d/4))\n"
             f"{EVAL_PROMPTS:,} prompts each; {trained}",
@@ -153,7 +163,7 @@ class FunctionClasses(Reproduction):
         w = window_runs[0.0].config
         window = plot_curves(
             {
-                f"trained with p = {rate:g} of labels random": run_curves(r, "clean")
+                f"trained with p = {rate:g} of labels random": self._curves(r, "clean")
                 for rate, r in window_runs.items()
             },
             f"sliding-window functions (d = {w.task.dim}, window {w.task.window}) scored on clean prompts\n"

@@ -107,6 +107,12 @@ def interleave(xs: Tensor, ys: Tensor) -> Tensor:
     return torch.stack([xs, y_tokens], 2).flatten(1, 2)
 
 
+def sliding_windows(x: Tensor, window: int) -> Tensor:
+    """x (B, K, d) -> (B, K, d, window): at i, x_{i-window+1} .. x_i (zeros before the prompt)."""
+    padded = torch.cat([x.new_zeros(x.shape[0], window - 1, x.shape[2]), x], 1)
+    return padded.unfold(1, window, 1)
+
+
 class FunctionSampler:
     """Random functions of one class, as parameter tensors, and their values on inputs."""
 
@@ -147,8 +153,7 @@ class FunctionSampler:
                 node = 2 * node + 1 + right.long()
             return params["leaves"].gather(1, node - (2**c.depth - 1))
         if c.function == "sliding_window":
-            padded = torch.cat([x.new_zeros(x.shape[0], c.window - 1, x.shape[2]), x], 1)
-            windows = padded.unfold(1, c.window, 1)  # (B, K, d, window): x_{i-window+1} .. x_i
+            windows = sliding_windows(x, c.window)
             return torch.einsum("bkdj,bjd->bk", windows, params["W"].flip(1)) / math.sqrt(c.window)
         w = params["w"]
         if c.function == "quadratic":
