@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from common import write_results
-from icl_lab.baselines.regression import averaging, least_squares, nearest_neighbours, ridge
+from icl_lab.analysis.function_classes import baselines_for
+from icl_lab.baselines.regression import least_squares
 from icl_lab.tasks.function_classes import FunctionClassesConfig, FunctionClassesTask
 
 
@@ -37,12 +38,7 @@ def main() -> None:
     xs, ys = batch.meta["xs"], batch.meta["ys"]
     rows = []
     print(f"{'baseline':16}{'seconds':>10}")
-    for name, fn in {
-        "least_squares": least_squares,
-        "ridge": ridge,
-        "averaging": averaging,
-        "3-nn": nearest_neighbours,
-    }.items():
+    for name, fn in baselines_for(task.config).items():
         fn(xs[:8], ys[:8])
         start = time.perf_counter()
         fn(xs, ys)

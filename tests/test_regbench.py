@@ -1,6 +1,8 @@
 """RegBench: generated languages checked against automata-lib, splits, caching, and the
 validity/TVD metrics against closed forms."""
 
+import multiprocessing
+import os
 from pathlib import Path
 
 import pytest
@@ -161,8 +163,6 @@ def test_tvd_of_the_dfa_distribution_is_zero_and_of_uniform_is_closed_form() -> 
 
 
 def test_processes_building_the_same_world_at_once_share_one_cache_file(tmp_path: Path) -> None:
-    import multiprocessing
-
     with multiprocessing.get_context("spawn").Pool(2) as pool:
         tables = pool.map(_build_world, [str(tmp_path / "cache")] * 4)
     assert all(t == tables[0] for t in tables)
@@ -171,7 +171,5 @@ def test_processes_building_the_same_world_at_once_share_one_cache_file(tmp_path
 
 
 def _build_world(cache: str) -> list:
-    import os
-
     os.environ["ICL_LAB_CACHE"] = cache
     return RegBenchTask(RegBenchConfig(**SMALL), seed=11).tables["train"].tolist()

@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt
 import torch
 from torch import Tensor
 
+from icl_lab.analysis.summary import units_text
 from icl_lab.baselines.regression import (
     averaging,
     bootstrap_ci,
@@ -122,14 +123,17 @@ def plot_curves(panels: dict[str, dict[str, ErrorCurve]], title: str, path: Path
     return path
 
 
+def trained_text(run: Run) -> str:
+    """What a figure's model is: its final checkpoint in steps, sequences and tokens, and its seed."""
+    members = f", member 0 of {len(run.configs)}" if len(run.configs) > 1 else ""
+    return f"transformer after {units_text(run, run.checkpoint_steps[-1])} (seed {run.config.seed}{members})"
+
+
 def error_curves_png(run: Run, path: Path) -> bytes:
     """The run report's figure: the final model against the baselines on every evaluation split."""
     c = run.config
-    step = run.checkpoint_steps[-1]
     title = (
         f"{c.task.function} functions, d = {c.task.dim}: squared error / d against in-context examples; "
-        f"{EVAL_PROMPTS:,} prompts per split, 95% bootstrap bands\ntransformer after {step:,} steps = "
-        f"{run.units_at(step)[0]:,} sequences (seed {c.seed}"
-        + (f", member 0 of {len(run.configs)})" if len(run.configs) > 1 else ")")
+        f"{EVAL_PROMPTS:,} prompts per split, 95% bootstrap bands\n{trained_text(run)}"
     )
     return plot_curves({split: run_curves(run, split) for split in c.task.splits}, title, path).read_bytes()

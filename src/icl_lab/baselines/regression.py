@@ -1,10 +1,10 @@
 """In-context regression baselines (Garg et al. 2022), vectorised over prompts and prefix lengths.
 
 Each takes xs (B, K, d) and ys (B, K) and returns predictions (B, K): entry k predicts y_k from the
-k pairs before it (k = 0 predicts 0). The linear ones solve all prefixes at once: prefix k's
-design matrix is X with rows k.. zeroed, which leaves least-squares and ridge solutions unchanged.
-Lasso, the decision tree and the small network fit each prompt and prefix with scikit-learn or
-PyTorch (loops: use them on a few hundred prompts).
+k pairs before it (k = 0 predicts 0). The linear ones cover all prefixes without a Python loop over
+prompts (least squares and ridge loop over the pairs once, updating every prompt at each); Lasso
+and the decision tree fit each prompt and prefix with scikit-learn, and the small network trains
+one network per prompt and prefix as batched weights (use those on a few hundred prompts).
 """
 
 from collections.abc import Callable
@@ -168,17 +168,6 @@ def gd_network(xs: Tensor, ys: Tensor, hidden: int = 100, steps: int = 500, lr: 
     with torch.no_grad():
         prediction = (torch.relu(xs[:, :, None] @ W1) @ W2)[..., 0, 0]
     return prediction * (torch.arange(K, device=xs.device) > 0)  # no pairs yet: predict 0
-
-
-BASELINES = {
-    "least_squares": least_squares,
-    "ridge": ridge,
-    "averaging": averaging,
-    "3-nn": nearest_neighbours,
-    "lasso": lasso,
-    "decision_tree": decision_tree,
-    "gd_network": gd_network,
-}
 
 
 def normalised_error(predictions: Tensor, ys: Tensor, dim: int) -> Tensor:

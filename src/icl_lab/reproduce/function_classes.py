@@ -11,7 +11,7 @@ Full mode: d = 20, 41 pairs, Garg et al.'s curriculum and 12-layer width-256 mod
 
 from pathlib import Path
 
-from icl_lab.analysis.function_classes import EVAL_PROMPTS, ErrorCurve, plot_curves, run_curves
+from icl_lab.analysis.function_classes import EVAL_PROMPTS, ErrorCurve, plot_curves, run_curves, trained_text
 from icl_lab.experiment import ExperimentConfig, load_config
 from icl_lab.reproduce.base import REPRODUCTIONS, Claim, Reproduction, numbers
 from icl_lab.store.run import Run
@@ -28,6 +28,9 @@ class FunctionClasses(Reproduction):
 
     title = "Garg et al. 2022 (function classes) and Campbell et al. 2023 (sliding windows)"
     quick_budget = "about 21 minutes on 2 CPU cores"
+
+    def __init__(self) -> None:
+        self._found: dict[tuple[Path, str], dict[str, ErrorCurve]] = {}
 
     def experiments(self, quick: bool) -> dict[str, ExperimentConfig]:
         model = [] if quick else ["model.n_layers=12", "model.d_model=256", "model.n_heads=8"]
@@ -63,9 +66,6 @@ class FunctionClasses(Reproduction):
                 ],
             )
         return experiments
-
-    def __init__(self) -> None:
-        self._found: dict[tuple[Path, str], dict[str, ErrorCurve]] = {}
 
     def _curves(self, run: Run, split: str) -> dict[str, ErrorCurve]:
         """run_curves, once per run and split (claims and figures both read them)."""
@@ -145,7 +145,7 @@ class FunctionClasses(Reproduction):
     def figures(self, runs: dict[str, Run], out: Path) -> list[Path]:
         run = runs["linear"]
         c = run.config
-        trained = _trained(run)
+        trained = trained_text(run)
         linear = plot_curves(
             {"clean prompts": self._curves(run, "clean")},
             f"linear functions, d = {c.task.dim}: squared error / d against in-context examples\n"
@@ -167,13 +167,7 @@ class FunctionClasses(Reproduction):
                 for rate, r in window_runs.items()
             },
             f"sliding-window functions (d = {w.task.dim}, window {w.task.window}) scored on clean prompts\n"
-            f"{EVAL_PROMPTS:,} prompts each; {_trained(window_runs[0.0])}",
+            f"{EVAL_PROMPTS:,} prompts each; {trained_text(window_runs[0.0])}",
             out / "function_classes_window.png",
         )
         return [linear, shifted, window]
-
-
-def _trained(run: Run) -> str:
-    c = run.config
-    steps = c.training.length.steps
-    return f"transformer after {steps:,} steps = {steps * c.training.batch_size:,} sequences (seed {c.seed})"
