@@ -44,10 +44,10 @@ def test_each_member_equals_its_single_run(tmp_path: Path) -> None:
     configs = members()
     ensemble = train(configs, str(tmp_path / "ensemble"), progress=False)
     assert ensemble.manifest["members"] == 4 and Run.open(ensemble.path).configs == configs
-    stacked = ensemble.load_checkpoint().group("param")
+    stacked = ensemble.parameters()
     for i, config in enumerate(configs):
         alone = train(config, str(tmp_path / f"alone{i}"), progress=False)
-        params = alone.load_checkpoint().group("param")
+        params = alone.parameters()
         for name, value in params.items():
             assert torch.allclose(stacked[name][i], value[0], atol=1e-4), (i, name)
         for split in ("train", "heldout_classes"):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from icl_lab.analysis.function_classes import EVAL_PROMPTS, EVAL_SEED, curves, run_curves
+from icl_lab.analysis.function_classes import EVAL_PROMPTS, curve_prompts, curves, run_curves
 from icl_lab.baselines.regression import (
     averaging,
     bootstrap_ci,
@@ -16,7 +16,7 @@ from icl_lab.baselines.regression import (
     normalised_error,
     ridge,
 )
-from icl_lab.experiment import build_task, load_config
+from icl_lab.experiment import load_config
 from icl_lab.report.page import write_report
 from icl_lab.tasks.function_classes import FunctionClassesConfig, FunctionClassesTask
 from icl_lab.training.trainer import train
@@ -265,9 +265,8 @@ def test_a_runs_report_draws_its_error_curves_against_the_baselines(tmp_path) ->
         "3-nn",
         "windowed least squares",
     }
-    batch = build_task(run.config).eval_splits()["clean"](
-        EVAL_PROMPTS, torch.Generator().manual_seed(EVAL_SEED)
-    )
+    batch = curve_prompts(run, "clean")
+    assert len(batch.inputs) == EVAL_PROMPTS
     with torch.no_grad():
         direct = (run.model()(batch.inputs)[:, 0::2, 0] - batch.targets) ** 2 / 2
     assert torch.allclose(found["transformer"].mean, direct.mean(0), atol=1e-6)

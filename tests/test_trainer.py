@@ -25,7 +25,7 @@ from icl_lab.training.trainer import resume, train
 
 
 def final_params(run: Run) -> dict[str, torch.Tensor]:
-    return run.load_checkpoint().group("param")
+    return run.parameters()
 
 
 def metrics_without_wall_time(run: Run) -> list[dict]:
@@ -165,7 +165,7 @@ def test_clamp_window_switches_on_and_off_at_exactly_those_steps(tmp_path: Path)
         clamps=[{"kind": "ablate", "heads": ["1.1"], "steps": {"from": 2, "until": 5}}],
     )
     run = train(config, str(tmp_path), progress=False)
-    W_O = {s: run.load_checkpoint(s).group("param")["blocks.1.attn.W_O"][0, 1] for s in run.checkpoint_steps}
+    W_O = {s: run.parameters(s)["blocks.1.attn.W_O"][0, 1] for s in run.checkpoint_steps}
     # the update taken at step s produces checkpoint s + 1; a zero-ablated head gets zero gradient
     frozen = [s for s in range(1, 7) if torch.equal(W_O[s], W_O[s + 1])]
     assert frozen == [2, 3, 4]

@@ -83,20 +83,20 @@ def eval_(
     checkpoint: Annotated[int | None, typer.Option(help="Step of the checkpoint (default: latest).")] = None,
     member: Annotated[int, typer.Option(help="Ensemble member.")] = 0,
 ) -> None:
-    """Evaluate a checkpoint on every split and print its metrics."""
-    from icl_lab.evaluation import eval_batches, evaluate, metric_names
-    from icl_lab.experiment import build_task
-    from icl_lab.interventions.base import active_at
+    """Evaluate a checkpoint of one member on every split (its own task, seed, batches and
+    clamps) and print its metrics."""
+    from icl_lab.evaluation import evaluate, metric_names
     from icl_lab.store.run import Run
 
     handle = Run.open(run)
     model = handle.model(checkpoint, member)
     step = checkpoint if checkpoint is not None else handle.checkpoint_steps[-1]
-    cfg, task = handle.config, build_task(handle.config)
-    clamps = active_at(cfg.clamps, step) if cfg.eval.with_clamps else []
-    console.print(f"[bold]{handle.id}[/] step {step}, member {member}, seed {cfg.seed}")
-    for split, batch in eval_batches(cfg, task, cfg.seed, torch.device("cpu")).items():
-        values = evaluate(model, task, batch, metric_names(cfg, task), clamps)
+    config = handle.member_config(member)
+    task, batches = handle.eval_data(member)
+    clamps, metrics = handle.clamps_at(step, member), metric_names(config, model)
+    console.print(f"[bold]{handle.id}[/] step {step}, member {member}, seed {config.seed}")
+    for split, batch in batches.items():
+        values = evaluate(model, task, batch, metrics, clamps)
         console.print(_metrics_table(f"split {split} ({len(batch.inputs)} sequences)", values))
 
 

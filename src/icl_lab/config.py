@@ -128,35 +128,18 @@ class ModelConfig(StrictModel):
         """Raise ValueError if this model cannot serve a task with these inputs and targets."""
 
 
-def format_validation_error(error: Exception, data: object = None) -> str:
+def format_validation_error(error: Exception) -> str:
     """One line naming the failing field, from a pydantic ValidationError."""
     from pydantic import ValidationError
 
     if not isinstance(error, ValidationError):
         return str(error)
     first = error.errors()[0]
-    parts: list[str] = []
-    node = data
-    for key in first["loc"]:
-        # discriminated unions put the tag (e.g. the task name) in the location: leave it out
-        if isinstance(node, dict) and key not in node and key in (node.get("name"), node.get("kind")):
-            continue
-        parts.append(str(key))
-        if isinstance(node, dict):
-            node = node.get(key)
-        elif isinstance(node, list) and isinstance(key, int) and key < len(node):
-            node = node[key]
-        else:
-            node = None
+    parts = [str(key) for key in first["loc"]]
     where = ".".join(parts)
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         message = "unknown field"
-    elif first["type"] == "union_tag_invalid":
-        ctx = first["ctx"]
-        message = f"unknown choice {ctx['tag']!r} (known: {ctx['expected_tags']})"
-    elif first["type"] == "union_tag_not_found":
-        message = "needs a 'name' (or, for a clamp, 'kind') field"
     elif first["type"] == "missing":
         message = "field required"
     elif "input" in first and first["type"] not in ("value_error", "assertion_error"):

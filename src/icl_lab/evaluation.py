@@ -9,19 +9,24 @@ from icl_lab.metrics import METRICS, EvalContext
 from icl_lab.models import Model
 from icl_lab.models.hooks import HookPoint
 from icl_lab.seeding import generator
-from icl_lab.tasks import Batch, Task
+from icl_lab.tasks import TASKS, Batch, Task
 
 
-def metric_names(config: ExperimentConfig, task: Task) -> list[str]:
-    """The metrics a run evaluates: the config's list, else the task's defaults."""
-    return config.eval.metrics or list(task.default_metrics)
+def metric_names(config: ExperimentConfig, model: Model) -> list[str]:
+    """The metrics a run evaluates: the config's list (validated against the model and task), else
+    those of the task's defaults that apply to this model (a mixer has no attention patterns)."""
+    if config.eval.metrics:
+        return list(config.eval.metrics)
+    task = TASKS.get(config.task.name)
+    return [name for name in task.default_metrics if METRICS.get(name).applies(model, task, config.task)]
 
 
-def eval_batches(config: ExperimentConfig, task: Task, seed: int, device: torch.device) -> dict[str, Batch]:
-    """The fixed evaluation batch of every split; it depends only on the seed and the split name."""
+def eval_batches(config: ExperimentConfig, task: Task, device: torch.device) -> dict[str, Batch]:
+    """The fixed evaluation batch of every split; it depends only on the config's seed and the
+    split name."""
     samplers = task.eval_splits()
     return {
-        split: samplers[split](config.eval.batch_size, generator(seed, "eval", split, device=device))
+        split: samplers[split](config.eval.batch_size, generator(config.seed, "eval", split, device=device))
         for split in config.eval.splits or type(task).split_names(config.task)
     }
 

@@ -3,47 +3,60 @@
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Any, Union
+from typing import Annotated, Any
 
 import torch
 import yaml
-from pydantic import Discriminator, Field, Tag, ValidationError, model_validator
+from pydantic import BaseModel, Field, PlainValidator, SerializeAsAny, ValidationError, model_validator
 
 from icl_lab.config import (
     CheckpointConfig,
     EvalConfig,
+    ModelConfig,
     StrictModel,
+    TaskConfig,
     TrainingConfig,
     format_validation_error,
 )
 from icl_lab.errors import ConfigError
-from icl_lab.interventions import CLAMPS
+from icl_lab.interventions import CLAMPS, Clamp
 from icl_lab.metrics import METRICS
 from icl_lab.models import MODELS, Model
-from icl_lab.registry import Registry
+from icl_lab.registry import Registry, import_user_module
 from icl_lab.tasks import TASKS, Task
 
 BUNDLED_CONFIGS = Path(__file__).parent / "configs"
 
 
-def _tagged_union(registry: Registry[Any], field: str, config_of: Any) -> Any:
-    """A pydantic union of the registered config classes, chosen by the value of `field`."""
-    members = tuple(Annotated[config_of(cls), Tag(name)] for name, cls in registry.items())
+def registered(registry: Registry[Any], field: str, base: type[BaseModel], config_of: Any) -> Any:
+    """A config section whose class is looked up in `registry` by its `field` (a task's name, a
+    clamp's kind) when the config is validated, so components registered after import count."""
 
-    def tag(value: object) -> str | None:
-        return value.get(field) if isinstance(value, dict) else getattr(value, field, None)
+    def resolve(value: object) -> BaseModel:
+        data = value.model_dump(by_alias=True) if isinstance(value, BaseModel) else value
+        if not isinstance(data, dict) or field not in data:
+            raise ValueError(f"needs a {field!r} field")
+        name = data[field]
+        if name not in registry:
+            raise ValueError(f"unknown choice {name!r} (known: {', '.join(registry.names())})")
+        cls = config_of(registry.get(name))
+        return value if type(value) is cls else cls.model_validate(data)
 
-    return Annotated[Union[members], Discriminator(tag)]  # noqa: UP007 - a runtime-built union
+    return Annotated[SerializeAsAny[base], PlainValidator(resolve)]
 
 
-TaskSection = _tagged_union(TASKS, "name", lambda cls: cls.Config)
-ModelSection = _tagged_union(MODELS, "name", lambda cls: cls.Config)
-ClampSection = _tagged_union(CLAMPS, "kind", lambda cls: cls)
+TaskSection = registered(TASKS, "name", TaskConfig, lambda cls: cls.Config)
+ModelSection = registered(MODELS, "name", ModelConfig, lambda cls: cls.Config)
+ClampSection = registered(CLAMPS, "kind", Clamp, lambda cls: cls)
 
 
 class ExperimentConfig(StrictModel):
     """Everything that defines a run; validated as a whole before any work starts."""
 
+    imports: list[str] = Field(
+        default_factory=list,
+        description="modules of user components (dotted names or .py files) imported before validation",
+    )
     name: str = Field("experiment", pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = Field(0, ge=0)
     task: TaskSection
@@ -52,6 +65,19 @@ class ExperimentConfig(StrictModel):
     eval: EvalConfig = EvalConfig()
     checkpointing: CheckpointConfig = CheckpointConfig()
     clamps: list[ClampSection] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _import_user_components(cls, data: object) -> object:
+        imports = data.get("imports") if isinstance(data, dict) else None
+        if not imports:
+            return data
+        if not isinstance(imports, list) or not all(isinstance(i, str) for i in imports):
+            raise ValueError("imports: give a list of module names or .py files")
+        resolved = [str(Path(i).resolve()) if i.endswith(".py") else i for i in imports]
+        for spec in resolved:
+            import_user_module(spec)
+        return {**data, "imports": resolved}
 
     @model_validator(mode="after")
     def _parts_fit_together(self) -> "ExperimentConfig":
@@ -74,8 +100,12 @@ class ExperimentConfig(StrictModel):
             if split not in splits:
                 raise ValueError(f"eval.splits: task has no split {split!r} (it has {splits})")
         for metric in self.eval.metrics or []:
-            if metric not in METRICS.names():
+            if metric not in METRICS:
                 raise ValueError(f"eval.metrics: unknown metric {metric!r} (known: {METRICS.names()})")
+            try:
+                METRICS.get(metric).check(model, task_cls, self.task)
+            except ValueError as e:
+                raise ValueError(f"eval.metrics: {metric} {e}") from None
         if self.training.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"training.device: {self.training.device!r} requested but CUDA is absent")
         return self
@@ -198,7 +228,7 @@ def validate_config(data: object) -> ExperimentConfig:
     try:
         return ExperimentConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(format_validation_error(e, data)) from None
+        raise ConfigError(format_validation_error(e)) from None
 
 
 def read_yaml(path: Path) -> Any:

@@ -1,13 +1,27 @@
-"""Name -> class registries, so that a task, model, clamp kind or metric is added by one file."""
+"""Name -> class registries, so that a task, model, clamp kind or metric is added by one file.
 
+Names are resolved when a config is validated, not when icl-lab is imported, so a component
+registered later (in a notebook, a script, or a module a config lists under `imports`) is as
+valid in a config as a bundled one.
+"""
+
+import hashlib
 import importlib
+import importlib.util
 import pkgutil
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Generic, TypeVar
 
 from icl_lab.errors import ConfigError
 
 T = TypeVar("T")
+
+
+def _origin(obj: object) -> tuple[str, str]:
+    target = getattr(obj, "fn", obj)  # a registered metric wraps its function
+    return getattr(target, "__module__", ""), getattr(target, "__qualname__", repr(target))
 
 
 class Registry(Generic[T]):
@@ -18,9 +32,14 @@ class Registry(Generic[T]):
         self._items: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
+        """Decorator adding an object under `name`. Redefining it in the module that defined it
+        (re-running a notebook cell, reloading a module) replaces it; another module's object of
+        the same name is an error."""
+
         def add(obj: T) -> T:
-            if name in self._items:
-                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            if name in self._items and _origin(self._items[name]) != _origin(obj):
+                module, qualname = _origin(self._items[name])
+                raise ValueError(f"{self.kind} {name!r} is already registered by {module}.{qualname}")
             self._items[name] = obj
             return obj
 
@@ -28,9 +47,11 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         if name not in self._items:
-            known = ", ".join(sorted(self._items)) or "none"
-            raise ConfigError(f"unknown {self.kind} {name!r} (known: {known})")
+            raise ConfigError(f"unknown {self.kind} {name!r} (known: {', '.join(self.names()) or 'none'})")
         return self._items[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
 
     def names(self) -> list[str]:
         return sorted(self._items)
@@ -44,3 +65,30 @@ def import_submodules(package_name: str) -> None:
     package = importlib.import_module(package_name)
     for info in pkgutil.iter_modules(package.__path__):
         importlib.import_module(f"{package_name}.{info.name}")
+
+
+def import_user_module(spec: str) -> None:
+    """Import a module of user components: a dotted module name, or a path to a .py file
+    (relative to the working directory). ConfigError if it cannot be found or fails to import."""
+    if spec.endswith(".py"):
+        path = Path(spec).resolve()
+        name = f"icl_lab_user_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
+        if name in sys.modules:
+            return
+        if not path.is_file():
+            raise ConfigError(f"imports: file not found: {spec}")
+        module_spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(module_spec)  # type: ignore[arg-type]
+        sys.modules[name] = module
+        try:
+            module_spec.loader.exec_module(module)  # type: ignore[union-attr]
+        except Exception as e:
+            del sys.modules[name]
+            raise ConfigError(f"imports: {spec} failed to import: {type(e).__name__}: {e}") from None
+        return
+    try:
+        importlib.import_module(spec)
+    except ImportError as e:
+        raise ConfigError(f"imports: cannot import module {spec!r}: {e}") from None
+    except Exception as e:
+        raise ConfigError(f"imports: module {spec!r} failed to import: {type(e).__name__}: {e}") from None

@@ -6,8 +6,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from icl_lab.evaluation import eval_batches, evaluate
-from icl_lab.experiment import build_task
+from icl_lab.evaluation import evaluate
 from icl_lab.interventions import CLAMPS, Clamp
 from icl_lab.models import Model
 from icl_lab.store.run import Run
@@ -67,9 +66,8 @@ def clamp_progress(
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Loss of every checkpoint with each subcircuit clamped: {name: (steps, losses)}, with the
     unclamped loss under "none"."""
-    cfg = run.config
-    task = build_task(cfg)
-    batch = eval_batches(cfg, task, cfg.seed, torch.device("cpu"))[split]
+    task, batches = run.eval_data()
+    batch = batches[split]
     steps = run.checkpoint_steps
     curves: dict[str, list[float]] = {"none": [], **{name: [] for name in subcircuits}}
     for step in steps:

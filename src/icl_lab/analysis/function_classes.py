@@ -25,15 +25,14 @@ from icl_lab.baselines.regression import (
     ridge,
     windowed_least_squares,
 )
-from icl_lab.experiment import build_task
 from icl_lab.models.base import Model
+from icl_lab.seeding import generator
 from icl_lab.store.run import Run
 from icl_lab.tasks.base import Batch
 from icl_lab.tasks.function_classes import FunctionClassesConfig
 
 Baseline = Callable[[Tensor, Tensor], Tensor]
 EVAL_PROMPTS = 1000
-EVAL_SEED = 777
 
 
 @dataclass(frozen=True)
@@ -83,14 +82,20 @@ def baselines_for(task: FunctionClassesConfig) -> dict[str, Baseline]:
     return found
 
 
+def curve_prompts(run: Run, split: str) -> Batch:
+    """EVAL_PROMPTS fresh prompts of one evaluation split, drawn from the run's seed (the same
+    prompts each call)."""
+    task, _ = run.eval_data()
+    return task.eval_splits()[split](EVAL_PROMPTS, generator(run.config.seed, "error_curves", split))
+
+
 def run_curves(run: Run, split: str, step: int | None = None) -> dict[str, ErrorCurve]:
     """A function-class run's model ("transformer", at a checkpoint, default the latest) against
-    the baselines, on EVAL_PROMPTS fresh prompts of one evaluation split (the same prompts each call)."""
-    batch = build_task(run.config).eval_splits()[split](
-        EVAL_PROMPTS, torch.Generator().manual_seed(EVAL_SEED)
+    the baselines, on the curve prompts of one evaluation split."""
+    config = run.config.task
+    return curves(
+        curve_prompts(run, split), config.dim, {"transformer": run.model(step)}, baselines_for(config)
     )
-    task = run.config.task
-    return curves(batch, task.dim, {"transformer": run.model(step)}, baselines_for(task))
 
 
 def plot_curves(panels: dict[str, dict[str, ErrorCurve]], title: str, path: Path) -> Path:

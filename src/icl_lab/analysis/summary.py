@@ -4,8 +4,8 @@ import math
 from dataclasses import dataclass
 
 from icl_lab.analysis.transitions import Transition, detect_transitions, main_transition
-from icl_lab.experiment import build_task
 from icl_lab.store.run import Run
+from icl_lab.tasks import TASKS
 
 
 @dataclass
@@ -21,7 +21,7 @@ class RunSummary:
 
 def summarise(run: Run, member: int = 0) -> RunSummary:
     """Detect transitions in the task's key curve and collect every metric's final value."""
-    split, metric, how = build_task(run.config).key_metric
+    split, metric, how = TASKS.get(run.config.task.name).key_metric
     steps, values = run.summary_curve(metric, split, how, member)
     transitions = detect_transitions(steps, values)
     rows = [row for row in run.metrics.to_pylist() if row["member"] == member]
@@ -35,13 +35,14 @@ def summarise(run: Run, member: int = 0) -> RunSummary:
 
 
 def units_text(run: Run, step: float) -> str:
+    """'step s = n sequences = t tokens'."""
     sequences, tokens = run.units_at(round(step))
     return f"step {step:,.0f} = {sequences:,} sequences = {tokens:,} tokens"
 
 
 def summary_lines(run: Run) -> list[str]:
     """Three lines: the transition, the final accuracy (or loss) per split, the progress measures."""
-    summary, task = summarise(run), build_task(run.config)
+    summary, task = summarise(run), TASKS.get(run.config.task.name)
     seed = run.config.seed
     tr = summary.main
     if tr is None:
@@ -54,7 +55,7 @@ def summary_lines(run: Run) -> list[str]:
     finals = [
         f"{split} {values['accuracy']:.2f}" if "accuracy" in values else f"{split} loss {values['loss']:.2f}"
         for split, values in summary.final.items()
-        if "loss" in values and split in type(task).split_names(run.config.task)
+        if "loss" in values and split in task.split_names(run.config.task)
     ]
     measures = []
     for split, metric, layer in task.progress_measures:

@@ -2,7 +2,8 @@
 
 A metric returns {name: value} where a value is a 0-d tensor, or an (n_layers, n_heads) tensor for a
 per-head score. It declares the per-layer hooks it reads (e.g. "attn.hook_pattern"), which the
-evaluation pass caches for it. Metrics never loop over sequences or positions in Python.
+evaluation pass caches for it, and what else it needs of the model and task, which config
+validation checks before any work starts. Metrics never loop over sequences or positions in Python.
 """
 
 from collections.abc import Callable
@@ -12,6 +13,7 @@ from functools import cached_property
 import torch
 from torch import Tensor
 
+from icl_lab.config import TaskConfig
 from icl_lab.models.base import Model
 from icl_lab.registry import Registry
 from icl_lab.tasks.base import Batch, Task
@@ -42,23 +44,65 @@ class EvalContext:
         return torch.stack([self.cache[f"blocks.{layer}.{hook}"] for layer in range(self.model.n_layers)])
 
 
+Requirement = Callable[[Model, type[Task], TaskConfig], None]
+
+
 @dataclass(frozen=True)
 class Metric:
-    """A registered metric: its function, the per-layer hooks it reads and a one-line description."""
+    """A registered metric: its function, the per-layer hooks it reads, the batch meta it reads,
+    whether it needs token-id inputs or class targets, any further requirement, and a description."""
 
     fn: Callable[[EvalContext], dict[str, Tensor]]
     hooks: tuple[str, ...]
     description: str
+    meta: tuple[str, ...] = ()
+    tokens: bool = False
+    classes: bool = False
+    requires: Requirement | None = None
+
+    def check(self, model: Model, task: type[Task], config: TaskConfig) -> None:
+        """Raise ValueError naming what the model or the task lacks for this metric."""
+        for hook in self.hooks:
+            if any(f"blocks.{layer}.{hook}" not in model.hook_dict for layer in range(model.n_layers)):
+                raise ValueError(f"reads blocks.*.{hook}, which model {type(model).__name__} does not have")
+        if self.tokens and task.io(config).d_vocab is None:
+            raise ValueError(f"reads token ids, but task {config.name} gives vectors")
+        if self.classes and task.target_kind != "classes":
+            raise ValueError(f"needs class targets, but task {config.name} predicts values")
+        absent = [key for key in self.meta if key not in task.meta_keys]
+        if absent:
+            raise ValueError(
+                f"reads {', '.join(absent)} from the batch, which task {config.name} does not give"
+            )
+        if self.requires is not None:
+            self.requires(model, task, config)
+
+    def applies(self, model: Model, task: type[Task], config: TaskConfig) -> bool:
+        try:
+            self.check(model, task, config)
+        except ValueError:
+            return False
+        return True
 
 
 METRICS: Registry[Metric] = Registry("metric")
 
 
-def metric(name: str, hooks: tuple[str, ...] = ()) -> Callable[[Callable], Callable]:
-    """Register a metric function under `name`; its docstring's first line describes it."""
+def metric(
+    name: str,
+    hooks: tuple[str, ...] = (),
+    meta: tuple[str, ...] = (),
+    tokens: bool = False,
+    classes: bool = False,
+    requires: Requirement | None = None,
+) -> Callable[[Callable], Callable]:
+    """Register a metric function under `name`; its docstring's first line describes it. Say what
+    it reads (hooks, meta keys, token ids, class targets; `requires` raises ValueError for anything
+    else), so that a config asking for it on a model or task without them is refused up front."""
 
     def add(fn: Callable[[EvalContext], dict[str, Tensor]]) -> Callable:
-        METRICS.register(name)(Metric(fn, hooks, (fn.__doc__ or "").strip().splitlines()[0]))
+        description = (fn.__doc__ or "").strip().splitlines()[0]
+        METRICS.register(name)(Metric(fn, hooks, description, meta, tokens, classes, requires))
         return fn
 
     return add

@@ -12,7 +12,7 @@ def loss(ctx: EvalContext) -> dict[str, Tensor]:
     return {"loss": masked_mean(ctx.token_loss, ctx.batch.loss_mask)}
 
 
-@metric("accuracy")
+@metric("accuracy", classes=True)
 def accuracy(ctx: EvalContext) -> dict[str, Tensor]:
     """Share of target positions where the arg-max prediction is the target."""
     hits = ctx.output_logits.argmax(-1) == ctx.batch.targets

@@ -9,10 +9,10 @@ import torch
 from torch import Tensor
 
 from icl_lab.metrics.base import EvalContext, metric
-from icl_lab.tasks.fewshot_layout import correct_labels, matching_items, n_pairs
+from icl_lab.tasks.fewshot_layout import META, correct_labels, matching_items, n_pairs
 
 
-@metric("context_label_accuracy")
+@metric("context_label_accuracy", meta=("context_labels",), classes=True)
 def context_label_accuracy(ctx: EvalContext) -> dict[str, Tensor]:
     """Share of queries whose predicted label is one of the labels in the context (CLA)."""
     predicted = ctx.output_logits[:, -1].argmax(-1)  # (B,)
@@ -33,7 +33,7 @@ def _label_logits(ctx: EvalContext) -> tuple[Tensor, Tensor]:
     return logits, present
 
 
-@metric("in_context_accuracy")
+@metric("in_context_accuracy", meta=("context_labels",), classes=True)
 def in_context_accuracy(ctx: EvalContext) -> dict[str, Tensor]:
     """Accuracy of the arg-max over the labels present in the context only."""
     logits, present = _label_logits(ctx)
@@ -41,14 +41,14 @@ def in_context_accuracy(ctx: EvalContext) -> dict[str, Tensor]:
     return {"in_context_accuracy": (choice == ctx.batch.targets[:, -1]).float().mean()}
 
 
-@metric("in_context_probability")
+@metric("in_context_probability", meta=("context_labels",), classes=True)
 def in_context_probability(ctx: EvalContext) -> dict[str, Tensor]:
     """Total predicted probability of the labels present in the context."""
     logits, present = _label_logits(ctx)
     return {"in_context_probability": (logits.softmax(-1) * present).sum(-1).mean()}
 
 
-@metric("fewshot_attention", hooks=("attn.hook_pattern",))
+@metric("fewshot_attention", hooks=("attn.hook_pattern",), meta=META)
 def fewshot_attention(ctx: EvalContext) -> dict[str, Tensor]:
     """Per head: item-label association, target-label attention, target item-label attention and
     induction strength.

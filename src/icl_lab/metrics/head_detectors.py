@@ -11,7 +11,10 @@ a score that ignores rows without a target).
 import torch
 from torch import Tensor
 
+from icl_lab.config import TaskConfig
 from icl_lab.metrics.base import EvalContext, metric
+from icl_lab.models.base import Model
+from icl_lab.tasks.base import Task
 
 
 def previous_token_pattern(tokens: Tensor) -> Tensor:
@@ -42,7 +45,7 @@ def detector_score(pattern: Tensor, detection: Tensor) -> Tensor:
     return per_sequence.mean(1)
 
 
-@metric("head_detectors", hooks=("attn.hook_pattern",))
+@metric("head_detectors", hooks=("attn.hook_pattern",), tokens=True)
 def head_detectors(ctx: EvalContext) -> dict[str, Tensor]:
     """Per head: previous-token, duplicate-token and induction scores (TransformerLens definitions)."""
     pattern = ctx.per_layer("attn.hook_pattern")
@@ -58,19 +61,47 @@ def ov_copying_score(W_E: Tensor, W_V: Tensor, W_O: Tensor, W_U: Tensor) -> Tens
     """Per head: sum(eigenvalues) / sum(|eigenvalues|) of the OV circuit W_E W_V W_O W_U (vocab x vocab).
 
     W_V: (L, H, d, e), W_O: (L, H, e, d). Range [-1, 1]; 1 when every eigenvalue is positive (the
-    head copies its input token to the output). The nonzero eigenvalues of (W_E W_V)(W_O W_U) are
-    those of the small (W_O W_U)(W_E W_V), which is what is decomposed.
+    head copies its input token to the output), -1 when every one is negative (it suppresses it).
+    A head whose OV circuit is zero (its output never reaches the logits, e.g. W_V or W_O is zero)
+    neither copies nor suppresses: it scores 0, not 0/0. The nonzero eigenvalues of
+    (W_E W_V)(W_O W_U) are those of the small (W_O W_U)(W_E W_V), which is what is decomposed.
     """
     small = W_O @ W_U @ W_E @ W_V  # (L, H, e, e)
     eig = torch.linalg.eigvals(small.double())
-    return (eig.sum(-1).real / eig.abs().sum(-1)).float()
+    total = eig.abs().sum(-1)
+    return torch.where(
+        total > 0, eig.sum(-1).real / total.clamp(min=torch.finfo(total.dtype).tiny), 0.0
+    ).float()
 
 
-@metric("copying_eigenvalues")
+def ov_weights(model: Model) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(W_E, W_V stacked over layers, W_O stacked, W_U) of a transformer whose heads write into the
+    residual stream that the unembedding reads; ValueError for a model without that circuit."""
+    blocks = getattr(model, "blocks", [])
+    attention = [getattr(block, "attn", None) for block in blocks]
+    W_E, W_U = (
+        getattr(getattr(model, "embed", None), "W_E", None),
+        getattr(getattr(model, "unembed", None), "W_U", None),
+    )
+    name = type(model).__name__
+    if not attention or any(a is None or not hasattr(a, "W_V") for a in attention):
+        raise ValueError(f"reads attention heads' W_V and W_O, which model {name} does not have")
+    if any(not hasattr(a, "W_O") for a in attention):
+        raise ValueError(
+            "reads each head's W_O, but the model has no output projection (output_projection: false)"
+        )
+    if W_E is None or model.io.d_vocab is None or W_U is None or model.io.d_vocab != model.io.d_out:
+        raise ValueError("needs token embeddings and an unembedding over the same vocabulary")
+    if len(getattr(model, "readout", ())):
+        raise ValueError("needs the unembedding to read the residual stream (no readout MLP)")
+    return W_E, torch.stack([a.W_V for a in attention]), torch.stack([a.W_O for a in attention]), W_U
+
+
+def _has_ov_circuit(model: Model, task: type[Task], config: TaskConfig) -> None:
+    ov_weights(model)
+
+
+@metric("copying_eigenvalues", requires=_has_ov_circuit)
 def copying_eigenvalues(ctx: EvalContext) -> dict[str, Tensor]:
     """Per head: positive-eigenvalue share of W_U W_OV W_E (Olsson; ignores LayerNorm and MLPs)."""
-    model = ctx.model
-    blocks = [block.attn for block in model.blocks]
-    W_V = torch.stack([a.W_V for a in blocks])
-    W_O = torch.stack([a.W_O for a in blocks])
-    return {"copying_eigenvalue_score": ov_copying_score(model.embed.W_E, W_V, W_O, model.unembed.W_U)}
+    return {"copying_eigenvalue_score": ov_copying_score(*ov_weights(ctx.model))}

@@ -7,11 +7,20 @@ They read the task's meta: `period` (length ell of the repeated segment, 0 when 
 import torch
 from torch import Tensor
 
+from icl_lab.config import TaskConfig
 from icl_lab.metrics.base import EvalContext, metric
-from icl_lab.tasks.base import masked_mean
+from icl_lab.models.base import Model
+from icl_lab.tasks.base import Task, masked_mean
 
 # Olsson et al. compare the loss at token 500 with token 50 of a 512-token context.
 EARLY, LATE = 50 / 512, 500 / 512
+REPEAT_META = ("period", "repeat_end")
+
+
+def _every_position(model: Model, task: type[Task], config: TaskConfig) -> None:
+    io = task.io(config)
+    if io.target_positions is not None or io.n_ctx < 4:
+        raise ValueError(f"needs a target at every position of a context, which task {config.name} lacks")
 
 
 def _positions(ctx: EvalContext) -> tuple[Tensor, Tensor, Tensor]:
@@ -20,7 +29,7 @@ def _positions(ctx: EvalContext) -> tuple[Tensor, Tensor, Tensor]:
     return pos, ctx.batch.meta["period"][:, None], ctx.batch.meta["repeat_end"][:, None]
 
 
-@metric("icl_score")
+@metric("icl_score", requires=_every_position)
 def icl_score(ctx: EvalContext) -> dict[str, Tensor]:
     """Loss at the late token minus loss at the early token (500 and 50 of 512, scaled to the context).
 
@@ -36,7 +45,7 @@ def icl_score(ctx: EvalContext) -> dict[str, Tensor]:
     }
 
 
-@metric("copying")
+@metric("copying", meta=REPEAT_META)
 def copying(ctx: EvalContext) -> dict[str, Tensor]:
     """Loss on predicting the repeated copies (from the second token of the second copy on) vs the
     first copy; the drop (first - repeat, nats) measures copying."""
@@ -53,7 +62,7 @@ def copying(ctx: EvalContext) -> dict[str, Tensor]:
     }
 
 
-@metric("prefix_matching", hooks=("attn.hook_pattern",))
+@metric("prefix_matching", hooks=("attn.hook_pattern",), meta=REPEAT_META)
 def prefix_matching(ctx: EvalContext) -> dict[str, Tensor]:
     """Per head: attention from each token of a later copy to the tokens that followed its earlier
     occurrences (Olsson's prefix matching), averaged over those tokens. Range [0, 1]; a perfect

@@ -7,7 +7,7 @@ from icl_lab.metrics.base import EvalContext, metric
 from icl_lab.models.ngram_layer import ngram_targets
 
 
-@metric("ngram_heads", hooks=("attn.hook_pattern",))
+@metric("ngram_heads", hooks=("attn.hook_pattern",), tokens=True)
 def ngram_heads(ctx: EvalContext) -> dict[str, Tensor]:
     """Per head, for n = 1, 2, 3: attention mass on the positions that follow earlier occurrences
     of the current n-gram, averaged over positions where there is one. Range [0, 1]."""

@@ -7,15 +7,13 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
 import numpy as np
-import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from icl_lab.analysis.transitions import Transition
-from icl_lab.evaluation import eval_batches
-from icl_lab.experiment import build_task
 from icl_lab.store.metrics_table import TRAIN_SPLIT
 from icl_lab.store.run import Run
+from icl_lab.tasks import Batch, Task
 
 SPLIT_COLOURS = {"train": "C0", "ic": "C1", "ic2": "C2", "iw": "C3", "repeated": "C4", TRAIN_SPLIT: "C7"}
 
@@ -27,8 +25,8 @@ def _time_axis(ax: Axes, run: Run, transition: Transition | None, top: bool) -> 
         ax.axvline(transition.midpoint, color="0.4", ls="--", lw=1, zorder=0)
     ax.grid(alpha=0.3)
     if top:
-        batch = run.config.training.batch_size
-        secondary = ax.secondary_xaxis("top", functions=(lambda s: s * batch, lambda q: q / batch))
+        per_step = run.units_at(1)[0]
+        secondary = ax.secondary_xaxis("top", functions=(lambda s: s * per_step, lambda q: q / per_step))
         secondary.set_xlabel("sequences")
 
 
@@ -55,9 +53,10 @@ def training_curves(run: Run, transition: Transition | None) -> Figure:
     return fig
 
 
-def progress_measures(run: Run, transition: Transition | None) -> Figure:
-    """The task's progress measures on a shared time axis; per-head measures show every head."""
-    measures = build_task(run.config).progress_measures
+def progress_measures(
+    run: Run, transition: Transition | None, measures: tuple[tuple[str, str, int | None], ...]
+) -> Figure:
+    """Progress measures (the task's) on a shared time axis; per-head measures show every head."""
     fig, axes = plt.subplots(
         len(measures), 1, figsize=(8, 1.9 * len(measures) + 0.8), sharex=True, constrained_layout=True
     )
@@ -79,11 +78,10 @@ def progress_measures(run: Run, transition: Transition | None) -> Figure:
     return fig
 
 
-def attention_patterns(run: Run, steps: list[int], split: str) -> Figure:
-    """Every head's attention pattern on one example sequence of a split, at the given checkpoints."""
+def attention_patterns(run: Run, steps: list[int], task: Task, split: str, batch: Batch) -> Figure:
+    """Every head's attention pattern on one example sequence of a split's batch, at the given
+    checkpoints."""
     cfg = run.config
-    task = build_task(cfg)
-    batch = eval_batches(cfg, task, cfg.seed, torch.device("cpu"))[split]
     example = 0
     labels = task.token_labels(batch, example)
     L, H = cfg.model.n_layers, cfg.model.n_heads

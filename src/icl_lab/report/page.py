@@ -6,9 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from icl_lab.analysis.function_classes import error_curves_png
 from icl_lab.analysis.summary import RunSummary, summarise, units_text
-from icl_lab.experiment import build_model, build_task
+from icl_lab.experiment import build_model
 from icl_lab.files import atomic_write_text
 from icl_lab.report import figures
 from icl_lab.report.html import figures_html, page, save_png
@@ -21,9 +20,9 @@ def _nearest(steps: list[int], target: float) -> int:
 
 
 def write_report(run: Run, out_dir: Path | None = None) -> Path:
-    """Write report/training.png, progress.png (if the task has progress measures), error_curves.png
-    (function classes), attention.png (if the model has attention patterns) and report/report.html;
-    return the page."""
+    """Write report/training.png, progress.png (if the task has progress measures), the task's own
+    figures (Task.report_figures), attention.png (if the model has attention patterns) and
+    report/report.html; return the page."""
     out = out_dir or run.path / "report"
     out.mkdir(parents=True, exist_ok=True)
     summary = summarise(run)
@@ -32,17 +31,17 @@ def write_report(run: Run, out_dir: Path | None = None) -> Path:
         {checkpoints[0], checkpoints[-1]}
         | ({_nearest(checkpoints, summary.main.midpoint)} if summary.main else set())
     )
-    task = build_task(run.config)
+    task, batches = run.eval_data()
     images = {"Loss and accuracy": save_png(figures.training_curves(run, summary.main), out / "training.png")}
     if task.progress_measures:
         images["Progress measures"] = save_png(
-            figures.progress_measures(run, summary.main), out / "progress.png"
+            figures.progress_measures(run, summary.main, task.progress_measures), out / "progress.png"
         )
-    if run.config.task.name == "function_classes":
-        images["Error against in-context examples"] = error_curves_png(run, out / "error_curves.png")
+    images |= task.report_figures(run, out)
     if any(name.endswith("attn.hook_pattern") for name in build_model(run.config, "meta").hook_dict):
+        split = task.key_metric[0]
         images["Attention patterns at init, transition and end"] = save_png(
-            figures.attention_patterns(run, shown, task.key_metric[0]), out / "attention.png"
+            figures.attention_patterns(run, shown, task, split, batches[split]), out / "attention.png"
         )
     path = out / "report.html"
     atomic_write_text(path, _html(run, summary, images))

@@ -12,9 +12,10 @@ import torch
 
 from icl_lab.analysis.gd import compare_with_gd, effective_lr, interpolated_loss, query_predictor, tune_gd
 from icl_lab.analysis.summary import summarise
-from icl_lab.experiment import ExperimentConfig, build_model, build_task, load_config
+from icl_lab.experiment import ExperimentConfig, build_model, load_config
 from icl_lab.models.linear_self_attention import gd_construction
 from icl_lab.reproduce.base import REPRODUCTIONS, Claim, Reproduction, numbers
+from icl_lab.seeding import generator
 from icl_lab.store.run import Run
 
 GD_STEPS = (1, 2, 5)
@@ -53,8 +54,9 @@ class GradientDescent(Reproduction):
         }
 
     def claims(self, runs: dict[str, Run], quick: bool) -> list[Claim]:
-        config = next(iter(runs.values())).config
-        batch = build_task(config).sample(EVAL_PROMPTS, torch.Generator().manual_seed(12345))
+        first = next(iter(runs.values()))
+        task, _ = first.eval_data()
+        batch = task.sample(EVAL_PROMPTS, generator(first.config.seed, "gd", "eval prompts"))
         tokens, targets = batch.inputs, batch.targets[:, 0]
         gd = {steps: tune_gd(tokens, targets, steps) for steps in GD_STEPS}
         plus = {steps: tune_gd(tokens, targets, steps, plus_plus=True) for steps in GD_STEPS}

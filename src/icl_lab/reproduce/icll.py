@@ -17,18 +17,19 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from icl_lab.analysis.summary import summarise
+from icl_lab.analysis.summary import summarise, units_text
 from icl_lab.baselines.ngram import ngram_metrics
-from icl_lab.evaluation import eval_batches
-from icl_lab.experiment import ExperimentConfig, build_task, load_config
+from icl_lab.experiment import ExperimentConfig, load_config
 from icl_lab.metrics.base import EvalContext
 from icl_lab.metrics.ngram_heads import ngram_heads
 from icl_lab.reproduce.base import REPRODUCTIONS, TOLERANCE, Claim, Reproduction
+from icl_lab.seeding import generator
 from icl_lab.store.run import Run
 from icl_lab.tasks.regbench import RegBenchConfig, RegBenchTask
 
 MIXERS = ("lstm", "gru", "linear_attention", "retention", "gla", "mamba", "s4d")
 HYBRID_LAYERS = [{"after": 0, "n": n} for n in (1, 2, 3)]  # the paper's 1-, 2- and 3-gram layers
+DEFAULT_WORLD = 0  # seed of the default generator's languages that the baselines are compared on
 PAPER_NGRAM = {2: (0.810, 0.344), 3: (0.926, 0.274), 4: (0.941, 0.288)}  # (accuracy, TVD), checked
 
 
@@ -120,9 +121,8 @@ class ICLL(Reproduction):
 
     def _baselines(self, runs: dict[str, Run]) -> dict[int, tuple[float, float]]:
         """The n-gram models' (accuracy, TVD) on the test prompts every run was scored on."""
-        config = next(iter(runs.values())).config
-        task = build_task(config)
-        batch = eval_batches(config, task, config.seed, torch.device("cpu"))["test"]
+        task, batches = next(iter(runs.values())).eval_data()
+        batch = batches["test"]
         return {n: tuple(ngram_metrics(task, batch, n).values()) for n in (1, 2, 3, 4)}
 
     def claims(self, runs: dict[str, Run], quick: bool) -> list[Claim]:
@@ -163,8 +163,8 @@ class ICLL(Reproduction):
         return claims
 
     def _ngram_head_claim(self, run: Run, name: str) -> Claim:
-        task = build_task(run.config)
-        batch = eval_batches(run.config, task, run.config.seed, torch.device("cpu"))["test"]
+        task, batches = run.eval_data()
+        batch = batches["test"]
         chance = _uniform_ngram_scores(task, batch.inputs)
         found = []
         for n in (1, 2, 3):
@@ -182,9 +182,10 @@ class ICLL(Reproduction):
         )
 
     def _baseline_claim(self) -> Claim:
-        """The n-gram baselines on 500 test prompts of the default generator, against the paper."""
-        task = RegBenchTask(RegBenchConfig(), seed=0)
-        batch = task.eval_splits()["test"](500, torch.Generator().manual_seed(0))
+        """The n-gram baselines on the 500 test prompts (one per test DFA) of the default generator,
+        against the paper."""
+        task = RegBenchTask(RegBenchConfig(), seed=DEFAULT_WORLD)
+        batch = task.eval_splits()["test"](500, generator(DEFAULT_WORLD, "icll", "baseline prompts"))
         ours = {n: tuple(ngram_metrics(task, batch, n).values()) for n in PAPER_NGRAM}
         close = all(
             abs(a - pa) <= 0.03 and abs(t - pt) <= 0.03
@@ -207,11 +208,10 @@ class ICLL(Reproduction):
             ax.barh(names, [finals[n][index] for n in names], color=colours)
             ax.set_xlabel(label)
             ax.invert_yaxis()
-        config = next(iter(runs.values())).config
-        steps, batch = config.training.length.steps, config.training.batch_size
+        run = next(iter(runs.values()))
         fig.suptitle(
-            f"RegBench test prompts after {steps:,} steps = {steps * batch:,} sequences of "
-            f"{config.task.seq_len} tokens (seed {config.seed}); grey: in-context n-gram baselines"
+            f"RegBench test prompts after {units_text(run, run.checkpoint_steps[-1])} "
+            f"(seed {run.config.seed}); grey: in-context n-gram baselines"
         )
         fig.tight_layout()
         path = out / "icll_architectures.png"

@@ -17,11 +17,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-import torch
 
 from icl_lab.analysis.circuits import clamp, clamp_progress, only_head_kept, speed, wiring_table
-from icl_lab.evaluation import eval_batches
-from icl_lab.experiment import ExperimentConfig, build_task, load_config, validate_config
+from icl_lab.experiment import ExperimentConfig, load_config, validate_config
 from icl_lab.reproduce.base import REPRODUCTIONS, Claim, Reproduction, numbers
 from icl_lab.store.run import Run
 
@@ -46,8 +44,8 @@ def _sequences(run: Run, step: int | None) -> str:
 
 
 def _loss_at(run: Run, sequences: int) -> float:
-    steps, loss = run.curve("loss", "train")
-    return float(np.interp(sequences / run.config.training.batch_size, steps, loss))
+    seen, loss = run.curve("loss", "train", x="sequences")
+    return float(np.interp(sequences, seen, loss))
 
 
 @REPRODUCTIONS.register("singh")
@@ -149,13 +147,12 @@ class Singh(Reproduction):
 
     @staticmethod
     def _plateau(run: Run) -> Claim:
-        steps, loss = run.curve("loss", "train")
-        batch = run.config.training.batch_size
-        near = steps[np.abs(loss - LN2) < 0.1] * batch
+        seen, loss = run.curve("loss", "train", x="sequences")
+        near = seen[np.abs(loss - LN2) < 0.1]
         stretch = f"{near[0]:,}-{near[-1]:,}" if near.size else "never"
         ours = (
             f"loss within 0.1 of ln 2 from {stretch} sequences; {_loss_at(run, 300_000):.2f} at 300k, "
-            f"{loss[-1]:.3f} at {steps[-1] * batch:,}"
+            f"{loss[-1]:.3f} at {seen[-1]:,}"
         )
         ok = near.size > 0 and near[-1] - near[0] >= 50_000 and loss[-1] < 0.05
         return Claim(
@@ -188,9 +185,8 @@ class Singh(Reproduction):
 
     @staticmethod
     def _heads(run: Run) -> list[Claim]:
-        cfg = run.config
-        task = build_task(cfg)
-        batch = eval_batches(cfg, task, cfg.seed, torch.device("cpu"))["train"]
+        task, batches = run.eval_data()
+        batch = batches["train"]
         model = run.model()
         kept = only_head_kept(model, task, batch, layer=1).numpy()
         _, heads = run.head_curves("induction_strength", "train")
@@ -226,8 +222,7 @@ class Singh(Reproduction):
         for name, run in runs.items():
             if name.startswith(("classes", "labels", "main s")):
                 continue
-            steps, loss = run.curve("loss", "train")
-            left.plot(steps * run.config.training.batch_size, loss, label=name)
+            left.plot(*run.curve("loss", "train", x="sequences"), label=name)
         left.axhline(LN2, color="0.5", ls=":", lw=1)
         left.set(
             xlabel="sequences",
@@ -237,7 +232,8 @@ class Singh(Reproduction):
         )
         left.legend(fontsize=8)
         for name, (steps, loss) in clamp_progress(runs["main"], _subcircuits()).items():
-            right.plot(steps * runs["main"].config.training.batch_size, loss, marker="o", label=name)
+            seen = [runs["main"].units_at(step)[0] for step in steps]
+            right.plot(seen, loss, marker="o", label=name)
         right.axhline(LN2, color="0.5", ls=":", lw=1)
         right.set(
             xlabel="sequences (checkpoints of the unclamped run)",

@@ -11,24 +11,44 @@ import shutil
 import socket
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 import yaml
+from torch import Tensor
 
 from icl_lab import __version__
 from icl_lab.errors import CheckpointError, IclLabError, RunStoreError
-from icl_lab.experiment import ExperimentConfig, build_model, ensemble_hash, read_yaml, validate_config
+from icl_lab.evaluation import eval_batches
+from icl_lab.experiment import (
+    ExperimentConfig,
+    build_model,
+    build_task,
+    ensemble_hash,
+    read_yaml,
+    validate_config,
+)
 from icl_lab.files import atomic_write_text
+from icl_lab.interventions import Clamp
+from icl_lab.interventions.base import active_at
 from icl_lab.models import Model
 from icl_lab.store.checkpoints import Checkpoint, checkpoint_paths, list_steps, load_checkpoint
 from icl_lab.store.metrics_table import read_metrics
-from icl_lab.tasks import TASKS
+from icl_lab.store.train_state import TrainState
+from icl_lab.tasks import TASKS, Batch, Task
 
 MANIFEST_FORMAT = "icl-lab-run/1"
+Unit = Literal["steps", "sequences", "tokens"]
+
+
+def _unit(x: str) -> str:
+    """The metrics-table column of a training unit."""
+    if x not in ("steps", "sequences", "tokens"):
+        raise ValueError(f"unknown unit {x!r}: use steps, sequences or tokens")
+    return "step" if x == "steps" else x
 
 
 class Run:
@@ -147,42 +167,63 @@ class Run:
         return t.filter(pc.and_(keep, pc.equal(t["member"], member))).sort_by("step")
 
     def curve(
-        self, metric: str, split: str, head: str | None = None, member: int = 0
+        self, metric: str, split: str, head: str | None = None, member: int = 0, x: Unit = "steps"
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(steps, values) of one metric on one split, for one head or a head-less metric."""
+        """(x, values) of one metric on one split, for one head or a head-less metric; x in
+        steps, sequences or tokens."""
         t = self._rows(metric, split, member)
         t = t.filter(pc.is_null(t["head"]) if head is None else pc.equal(t["head"], head))
-        return t["step"].to_numpy(), t["value"].to_numpy()
+        return t[_unit(x)].to_numpy(), t["value"].to_numpy()
 
     def head_curves(
-        self, metric: str, split: str, member: int = 0
+        self, metric: str, split: str, member: int = 0, x: Unit = "steps"
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """(steps, {head: values}) of a per-head metric."""
+        """(x, {head: values}) of a per-head metric; x in steps, sequences or tokens."""
         t = self._rows(metric, split, member)
         t = t.filter(pc.is_valid(t["head"]))
-        heads, steps, values = (
+        heads, xs, values = (
             t["head"].to_numpy(zero_copy_only=False),
-            t["step"].to_numpy(),
+            t[_unit(x)].to_numpy(),
             t["value"].to_numpy(),
         )
-        return np.unique(steps), {h: values[heads == h] for h in sorted(set(heads))}
+        return np.unique(xs), {h: values[heads == h] for h in sorted(set(heads))}
 
     def summary_curve(
-        self, metric: str, split: str, summary: str = "mean", member: int = 0
+        self, metric: str, split: str, summary: str = "mean", member: int = 0, x: Unit = "steps"
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(steps, values) of a metric; a per-head metric is summarised over heads (max/min/mean)."""
-        steps, values = self.curve(metric, split, member=member)
+        """(x, values) of a metric; a per-head metric is summarised over heads (max/min/mean)."""
+        xs, values = self.curve(metric, split, member=member, x=x)
         if values.size:
-            return steps, values
-        steps, heads = self.head_curves(metric, split, member)
+            return xs, values
+        xs, heads = self.head_curves(metric, split, member, x)
         if not heads:
-            return steps, values
-        return steps, getattr(np, summary)(np.stack(list(heads.values())), axis=0)
+            return xs, values
+        return xs, getattr(np, summary)(np.stack(list(heads.values())), axis=0)
 
-    def units_at(self, step: int) -> tuple[int, int]:
+    def units_at(self, step: float) -> tuple[int, int]:
         """(sequences, tokens) seen by the end of a training step."""
-        sequences = step * self.config.training.batch_size
+        sequences = round(step * self.config.training.batch_size)
         return sequences, sequences * TASKS.get(self.config.task.name).io(self.config.task).n_ctx
+
+    # a member's task and evaluation ---------------------------------------------------------
+
+    def member_config(self, member: int = 0) -> ExperimentConfig:
+        """The config of one ensemble member; RunStoreError if the run has no such member."""
+        if not 0 <= member < len(self.configs):
+            raise RunStoreError(f"run {self.id} has no member {member} (it has {len(self.configs)})")
+        return self.configs[member]
+
+    def eval_data(self, member: int = 0, device: str | torch.device = "cpu") -> tuple[Task, dict[str, Batch]]:
+        """A member's task (its own task config and seed) and the fixed evaluation batch of each
+        split that the trainer evaluated it on."""
+        config = self.member_config(member)
+        task = build_task(config, device=str(device))
+        return task, eval_batches(config, task, torch.device(device))
+
+    def clamps_at(self, step: int, member: int = 0) -> list[Clamp]:
+        """The member's clamps that its evaluation at `step` applied (none if eval.with_clamps is off)."""
+        config = self.member_config(member)
+        return active_at(config.clamps, step) if config.eval.with_clamps else []
 
     # checkpoints ---------------------------------------------------------------------------
 
@@ -205,13 +246,15 @@ class Run:
             raise CheckpointError(f"run {self.id} has no checkpoint at step {step} (it has {steps})")
         return load_checkpoint(checkpoint_paths(self.checkpoint_dir, step)[1], self.config_hash)
 
+    def parameters(self, step: int | None = None) -> dict[str, Tensor]:
+        """Every member's parameters at a checkpoint (default: the latest), stacked on axis 0."""
+        return TrainState.parameters(self.load_checkpoint(step))
+
     def model(self, step: int | None = None, member: int = 0) -> Model:
         """The model of one member at a checkpoint (default: the latest), on the CPU."""
+        model = build_model(self.member_config(member))
         checkpoint = self.load_checkpoint(step)
-        if not 0 <= member < len(self.configs):
-            raise CheckpointError(f"run {self.id} has no member {member}")
-        model = build_model(self.configs[member])
-        params = checkpoint.group("param")
+        params = TrainState.parameters(checkpoint)
         expected = dict(model.named_parameters())
         if set(params) != set(expected) or any(params[k].shape[1:] != p.shape for k, p in expected.items()):
             raise CheckpointError(f"checkpoint at step {checkpoint.step} does not fit this model")

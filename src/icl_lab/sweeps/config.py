@@ -179,7 +179,7 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> SweepConfig:
     try:
         return SweepConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(format_validation_error(e, data)) from None
+        raise ConfigError(format_validation_error(e)) from None
 
 
 def dump_sweep(sweep: SweepConfig) -> str:

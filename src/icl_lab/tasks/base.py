@@ -2,7 +2,8 @@
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -11,6 +12,9 @@ from torch import Tensor
 from icl_lab.config import TaskConfig
 from icl_lab.models.base import ModelIO
 from icl_lab.registry import Registry
+
+if TYPE_CHECKING:
+    from icl_lab.store.run import Run
 
 
 @dataclass
@@ -75,6 +79,10 @@ class Task:
     default_metrics: ClassVar[tuple[str, ...]] = ("loss", "accuracy")
     layout: ClassVar[str | None] = None
     """a named sequence layout whose meta clamps and metrics may rely on (e.g. "fewshot")"""
+    meta_keys: ClassVar[tuple[str, ...]] = ()
+    """the keys of every batch's meta (what metrics may read)"""
+    target_kind: ClassVar[Literal["classes", "values"]] = "classes"
+    """classes: targets are class ids scored by cross-entropy; values: real numbers (regression)"""
     key_metric: ClassVar[tuple[str, str, str]] = ("train", "loss", "mean")
     """(split, metric, summary of per-head values: max/min/mean): shown live in the progress bar,
     and the curve whose abrupt transition a report looks for"""
@@ -119,6 +127,11 @@ class Task:
 
     def model_constants(self) -> dict[str, Tensor]:
         """Fixed tensors of this task's world that reduced models may use (see Model.constants)."""
+        return {}
+
+    def report_figures(self, run: "Run", out: Path) -> dict[str, bytes]:
+        """Figures of this task's own a run report shows, {title: PNG bytes}, written into out
+        (none by default)."""
         return {}
 
     def token_labels(self, batch: Batch, index: int) -> list[str]:

@@ -27,6 +27,7 @@ from torch import Tensor
 from icl_lab.config import TaskConfig
 from icl_lab.models.base import ModelIO
 from icl_lab.seeding import generator
+from icl_lab.tasks import fewshot_layout
 from icl_lab.tasks.base import TASKS, Batch, Sampler, Task
 
 
@@ -86,6 +87,7 @@ class BurstyTask(Task):
     )
     key_metric = ("ic", "accuracy", "mean")
     layout = "fewshot"
+    meta_keys = (*fewshot_layout.META, "bursty", "novel")
     progress_measures = (
         ("ic", "context_label_accuracy", None),
         ("ic", "item_label_association", 0),

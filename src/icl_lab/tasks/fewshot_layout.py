@@ -10,6 +10,8 @@ from torch import Tensor
 
 from icl_lab.tasks.base import Batch
 
+META = ("item_classes", "query_class", "context_labels", "query_label")
+
 
 def n_pairs(batch: Batch) -> int:
     return batch.meta["context_labels"].shape[1]

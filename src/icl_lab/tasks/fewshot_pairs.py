@@ -29,6 +29,7 @@ from icl_lab.config import TaskConfig
 from icl_lab.errors import ConfigError
 from icl_lab.models.base import ModelIO
 from icl_lab.seeding import generator
+from icl_lab.tasks import fewshot_layout
 from icl_lab.tasks.base import TASKS, Batch, Sampler, Task
 
 FEATURE_SUFFIXES = (".npy", ".npz", ".safetensors", ".h5", ".hdf5")
@@ -123,6 +124,7 @@ class FewShotPairsTask(Task):
     )
     key_metric = ("train", "loss", "mean")
     layout = "fewshot"
+    meta_keys = fewshot_layout.META
     progress_measures = (
         ("train", "in_context_accuracy", None),
         ("train", "item_label_association", 0),

@@ -29,7 +29,8 @@ targets are the labels scored (they differ only in `noisy_labels`).
 """
 
 import math
-from typing import Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -39,6 +40,9 @@ from icl_lab.config import StrictModel, TaskConfig
 from icl_lab.models.base import ModelIO
 from icl_lab.seeding import generator as seeded
 from icl_lab.tasks.base import TASKS, Batch, Sampler, Task
+
+if TYPE_CHECKING:
+    from icl_lab.store.run import Run
 
 FunctionClass = Literal[
     "linear",
@@ -173,6 +177,8 @@ class FunctionClassesTask(Task):
     Config = FunctionClassesConfig
     config: FunctionClassesConfig
     default_metrics = ("loss",)
+    meta_keys = ("w", "xs", "ys")
+    target_kind = "values"
 
     def __init__(self, config: FunctionClassesConfig, seed: int, device: torch.device | str = "cpu") -> None:
         super().__init__(config, seed, device)
@@ -182,6 +188,12 @@ class FunctionClassesTask(Task):
             if config.n_tasks
             else None
         )
+
+    def report_figures(self, run: "Run", out: Path) -> dict[str, bytes]:
+        """The error against in-context examples, beside the regression baselines, on every split."""
+        from icl_lab.analysis.function_classes import error_curves_png  # analysis reads runs of tasks
+
+        return {"Error against in-context examples": error_curves_png(run, out / "error_curves.png")}
 
     @classmethod
     def io(cls, config: FunctionClassesConfig) -> ModelIO:

@@ -61,6 +61,7 @@ class InductionTask(Task):
         "head_detectors",
         "copying_eigenvalues",
     )
+    meta_keys = ("period", "repeat_end")
     key_metric = ("train", "prefix_matching", "max")
     progress_measures = (
         ("train", "prefix_matching", -1),

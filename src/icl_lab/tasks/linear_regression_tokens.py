@@ -35,6 +35,8 @@ class LinearRegressionTokensTask(Task):
     Config = LinearRegressionTokensConfig
     config: LinearRegressionTokensConfig
     default_metrics = ("loss",)
+    meta_keys = ("w",)
+    target_kind = "values"
 
     @classmethod
     def io(cls, config: LinearRegressionTokensConfig) -> ModelIO:

@@ -180,6 +180,7 @@ class RegBenchTask(Task):
     Config = RegBenchConfig
     config: RegBenchConfig
     default_metrics = ("loss", "validity_accuracy", "tvd")
+    meta_keys = ("states", "valid")
     key_metric = ("val", "validity_accuracy", "mean")
     progress_measures = (("val", "validity_accuracy", None), ("val", "tvd", None))
 
@@ -238,13 +239,22 @@ class RegBenchTask(Task):
         return self._sample("train", batch_size, generator)
 
     def eval_splits(self) -> dict[str, Sampler]:
+        """Evaluation batches draw DFAs without replacement (each once before any twice)."""
         return {
-            split: (lambda n, g, split=split: self._sample(split, n, g)) for split in ("train", "val", "test")
+            split: (lambda n, g, split=split: self._sample(split, n, g, distinct=True))
+            for split in ("train", "val", "test")
         }
 
-    def _sample(self, split: str, n: int, g: torch.Generator) -> Batch:
+    def _sample(self, split: str, n: int, g: torch.Generator, distinct: bool = False) -> Batch:
         table = self.tables[split]
-        which = torch.randint(len(table), (n,), generator=g, device=g.device)
+        if distinct:
+            rounds = -(-n // len(table))
+            which = torch.cat(
+                [torch.randperm(len(table), generator=g, device=g.device) for _ in range(rounds)]
+            )
+            which = which[:n]
+        else:
+            which = torch.randint(len(table), (n,), generator=g, device=g.device)
         if self.config.prompts == "fixed":
             tokens, states = self.fixed[split][0][which], self.fixed[split][1][which]
         else:

@@ -4,30 +4,34 @@ Parameters live stacked along a leading member axis; a step samples each member'
 own generator, evaluates every member's loss in one call (torch.func.vmap over members when there
 are several), and updates all members with one optimiser (elementwise, so members stay
 independent; gradient clipping is per member). Clamps compile to hooks gated per member.
-Evaluation, metrics and checkpoints all carry the member axis. Resuming from a checkpoint
-continues bit-identically on the CPU: parameters, optimiser state, data-generator states and the
-running training-loss accumulator are all restored, and evaluation batches depend on seeds only.
+
+Its parts: a TrainState (what a checkpoint holds, and its key format), an Evaluator (each member
+on its own fixed evaluation batches) and a MetricsLogger (the metrics table); the last two may be
+passed in. Resuming from a checkpoint continues bit-identically on the CPU: parameters, optimiser
+state, data-generator states and the running training-loss accumulator are all restored, and
+evaluation batches depend on seeds only.
 """
 
 import time
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-import pyarrow.compute as pc
 import torch
 from torch import Tensor
 from torch.func import functional_call, vmap
 
-from icl_lab.evaluation import eval_batches, evaluate, metric_names
-from icl_lab.experiment import ExperimentConfig, build_model, build_task, check_ensemble
+from icl_lab.evaluation import metric_names
+from icl_lab.experiment import ExperimentConfig, build_model, check_ensemble
 from icl_lab.interventions import Clamp
 from icl_lab.interventions.base import clamped_forward
 from icl_lab.seeding import generator
-from icl_lab.store.checkpoints import Checkpoint, save_checkpoint
-from icl_lab.store.metrics_table import TRAIN_SPLIT, MetricsLog
+from icl_lab.store.checkpoints import save_checkpoint
+from icl_lab.store.metrics_table import TRAIN_SPLIT
 from icl_lab.store.run import Run
+from icl_lab.store.train_state import TrainState
 from icl_lab.tasks import Batch
+from icl_lab.training.evaluator import Evaluator
+from icl_lab.training.metrics_logger import MetricsLogger
 from icl_lab.training.optim import build_optimizer, clip_grad_norm_per_member, lr_at
 from icl_lab.training.progress import TrainingProgress
 
@@ -52,14 +56,21 @@ def _only_member(x: Any) -> Any:
 class Trainer:
     """Trains the members of a run, evaluating and checkpointing as its config says."""
 
-    def __init__(self, run: Run, progress: bool = True) -> None:
+    def __init__(
+        self,
+        run: Run,
+        progress: bool = True,
+        evaluator: Evaluator | None = None,
+        logger: MetricsLogger | None = None,
+    ) -> None:
         self.run, self.progress = run, progress
         cfg = run.config
         self.members: list[ExperimentConfig] = run.configs
         check_ensemble(self.members)
         self.device = torch.device(cfg.training.device)
         torch.set_num_threads(cfg.training.threads)
-        self.tasks = [build_task(m, device=str(self.device)) for m in self.members]
+        data = [run.eval_data(m, self.device) for m in range(len(self.members))]
+        self.tasks = [task for task, _ in data]
         self.model = build_model(cfg, self.device, self.tasks[0])
         self.model.batched(len(self.members) > 1)
         batch_size, tokens = cfg.training.batch_size, self.tasks[0].tokens_per_sequence
@@ -68,18 +79,20 @@ class Trainer:
         self.eval_every = cfg.eval.every.to_steps(batch_size, tokens)
         every = cfg.checkpointing.every
         self.checkpoint_every = every.to_steps(batch_size, tokens) if every else None
-        self.params = self._init_params()
-        self.optimizer = build_optimizer(list(self.params.values()), cfg.training.optimizer)
-        self.data_generators = [generator(m.seed, "data", device=self.device) for m in self.members]
-        self.eval_batches = self._eval_batches()
+        params = self._init_params()
+        self.state = TrainState(
+            params,
+            build_optimizer(list(params.values()), cfg.training.optimizer),
+            [generator(m.seed, "data", device=self.device) for m in self.members],
+            torch.zeros(len(self.members), device=self.device),
+        )
         self.clamps = self._clamp_table()
-        self.metric_names = metric_names(cfg, self.tasks[0])
-        self.step, self.wall_offset, self.restored = 0, 0.0, False
-        self.loss_sum = torch.zeros(len(self.members), device=self.device)
-        self.loss_count = 0
-        self.log = MetricsLog()
+        self.evaluator = evaluator or Evaluator(
+            self.tasks, [batches for _, batches in data], metric_names(cfg, self.model), cfg.eval.with_clamps
+        )
+        self.logger = logger or MetricsLogger(run.metrics_path, self.tasks[0].key_metric)
+        self.restored = False
         self.latest_losses: Tensor | None = None
-        self.key_value: float | None = None
 
     # set-up ----------------------------------------------------------------------------
 
@@ -90,14 +103,6 @@ class Trainer:
             self.model.reset_parameters(generator(m.seed, "init", device=self.device))
             per_member.append({k: p.detach().clone() for k, p in self.model.named_parameters()})
         return {k: torch.stack([p[k] for p in per_member]).requires_grad_() for k in per_member[0]}
-
-    def _eval_batches(self) -> dict[str, Batch]:
-        """Fixed evaluation batches per split, stacked over members."""
-        per_member = [
-            eval_batches(m, task, m.seed, self.device)
-            for m, task in zip(self.members, self.tasks, strict=True)
-        ]
-        return {split: Batch.stack([b[split] for b in per_member]) for split in per_member[0]}
 
     def _clamp_table(self) -> list[tuple[Clamp, Tensor]]:
         """Every distinct clamp of any member, with a (M,) flag of the members that carry it."""
@@ -110,7 +115,7 @@ class Trainer:
 
     def _active_clamps(self) -> tuple[list[Clamp], Tensor]:
         """Clamps active at the current step, and their per-member flags (M, n_active)."""
-        active = [(c, flags) for c, flags in self.clamps if c.steps.contains(self.step)]
+        active = [(c, flags) for c, flags in self.clamps if c.steps.contains(self.state.step)]
         flags = torch.zeros(len(self.members), 0, dtype=torch.bool, device=self.device)
         if active:
             flags = torch.stack([f for _, f in active], dim=1)
@@ -119,10 +124,11 @@ class Trainer:
     # training --------------------------------------------------------------------------
 
     def train_step(self) -> None:
+        state = self.state
         batch = Batch.stack(
             [
-                task.training_sample(self.batch_size, g, self.step)
-                for task, g in zip(self.tasks, self.data_generators, strict=True)
+                task.training_sample(self.batch_size, g, state.step)
+                for task, g in zip(self.tasks, state.data_generators, strict=True)
             ]
         )
         clamps, on = self._active_clamps()
@@ -139,140 +145,85 @@ class Trainer:
             return task.loss(logits, targets, mask)
 
         losses = over_members(member_loss, len(self.members))(
-            self.params, batch.inputs, batch.targets, batch.loss_mask, batch.meta, on
+            state.params, batch.inputs, batch.targets, batch.loss_mask, batch.meta, on
         )  # (M,)
-        self.optimizer.zero_grad(set_to_none=True)
+        state.optimizer.zero_grad(set_to_none=True)
         losses.sum().backward()
-        cfg = self.run.config.training
-        if cfg.grad_clip is not None:
-            clip_grad_norm_per_member(list(self.params.values()), cfg.grad_clip)
+        clip = self.run.config.training.grad_clip
+        if clip is not None:
+            clip_grad_norm_per_member(list(state.params.values()), clip)
         self._update()
         self.latest_losses = losses.detach()
-        self.loss_sum += self.latest_losses
-        self.loss_count += 1
-        self.step += 1
+        state.loss_sum += self.latest_losses
+        state.loss_count += 1
+        state.step += 1
 
     def _update(self) -> None:
         """One optimiser step at each member's learning rate for this step."""
+        state = self.state
         lrs = [
-            lr_at(self.step, self.total_steps, m.training.optimizer.lr, m.training.schedule)
+            lr_at(state.step, self.total_steps, m.training.optimizer.lr, m.training.schedule)
             for m in self.members
         ]
-        group = self.optimizer.param_groups[0]
+        group = state.optimizer.param_groups[0]
         if len(set(lrs)) == 1:
             group["lr"] = lrs[0]
-            self.optimizer.step()
+            state.optimizer.step()
             return
         # members at different learning rates: step at lr 1, then take each member's fraction of the
         # update (SGD, Adam and AdamW updates, weight decay included, scale linearly with lr)
-        before = [p.detach().clone() for p in self.params.values()]
+        before = [p.detach().clone() for p in state.params.values()]
         group["lr"] = 1.0
-        self.optimizer.step()
+        state.optimizer.step()
         weight = torch.tensor(lrs, device=self.device)
         with torch.no_grad():
-            for old, p in zip(before, self.params.values(), strict=True):
+            for old, p in zip(before, state.params.values(), strict=True):
                 p.copy_(torch.lerp(old, p, weight.view(-1, *[1] * (p.dim() - 1))))
 
     # evaluation ------------------------------------------------------------------------
 
-    def load_member(self, member: int) -> None:
-        """Copy one member's parameters into the template model (for evaluation and analysis)."""
-        with torch.no_grad():
-            for name, p in self.model.named_parameters():
-                p.copy_(self.params[name][member])
-
     @torch.no_grad()
     def evaluate_all(self) -> None:
-        """Evaluate every member on every split and append the rows to the metrics log."""
-        units = self._units()
+        """Evaluate every member on every split, log the rows with the mean training loss since
+        the last evaluation, and write the metrics table."""
+        state, units = self.state, self._units()
         clamps, on = self._active_clamps()
-        with_clamps = self.run.config.eval.with_clamps
         for m in range(len(self.members)):
-            self.load_member(m)
-            for split, stacked in self.eval_batches.items():
-                batch = stacked.member(m)
-                if with_clamps:
-                    values = evaluate(self.model, self.tasks[m], batch, self.metric_names, clamps, on[m])
-                else:
-                    values = evaluate(self.model, self.tasks[m], batch, self.metric_names)
-                for metric, value in values.items():
-                    self._log_value(units, m, split, metric, value)
-            if self.loss_count:
-                mean = self.loss_sum[m] / self.loss_count
-                self._log_value(units, m, TRAIN_SPLIT, "loss", mean)
-        self.loss_sum.zero_()
-        self.loss_count = 0
-        self.log.write(self.run.metrics_path)
-
-    def _log_value(self, units: dict, member: int, split: str, metric: str, value: Tensor) -> None:
-        values = value.double().cpu()
-        if values.dim() == 0:
-            self.log.add(**units, member=member, split=split, metric=metric, head=None, value=values.item())
-        else:  # per-head (n_layers, n_heads)
-            for (layer, head), v in np.ndenumerate(values.numpy()):
-                head_name = f"{layer}.{head}"
-                self.log.add(
-                    **units, member=member, split=split, metric=metric, head=head_name, value=float(v)
-                )
-        if member == 0:
-            self._track_key_value(split, metric, values)
-
-    def _track_key_value(self, split: str, metric: str, values: Tensor) -> None:
-        key_split, key, summary = self.tasks[0].key_metric
-        if metric == key and split == key_split:
-            self.key_value = float(getattr(values, summary)())
+            for name, p in self.model.named_parameters():  # the template model takes member m's
+                p.copy_(state.params[name][m])
+            for split, values in self.evaluator(self.model, m, clamps, on[m]).items():
+                self.logger.log(units, m, split, values)
+            if state.loss_count:
+                self.logger.log(units, m, TRAIN_SPLIT, {"loss": state.loss_sum[m] / state.loss_count})
+        state.loss_sum.zero_()
+        state.loss_count = 0
+        self.logger.write()
 
     def _units(self) -> dict[str, Any]:
-        sequences = self.step * self.batch_size
-        return {
-            "step": self.step,
-            "sequences": sequences,
-            "tokens": sequences * self.tokens_per_sequence,
-            "wall_s": self.wall_offset + time.perf_counter() - self._t0,
-        }
+        sequences, tokens = self.run.units_at(self.state.step)
+        wall = self.state.wall_s + time.perf_counter() - self._t0
+        return {"step": self.state.step, "sequences": sequences, "tokens": tokens, "wall_s": wall}
 
     # checkpoints -----------------------------------------------------------------------
 
     def save(self) -> None:
-        tensors = {f"param/{k}": v for k, v in self.params.items()}
-        state = self.optimizer.state_dict()
-        for index, entries in state["state"].items():
-            for key, value in entries.items():
-                tensors[f"optim/{index}/{key}"] = value
-        for i, g in enumerate(self.data_generators):
-            tensors[f"rng/data/{i}"] = g.get_state()
-        tensors["trainer/loss_sum"] = self.loss_sum
         units = self._units()
-        info = {
+        self.state.wall_s = units["wall_s"]
+        self._t0 = time.perf_counter()
+        tensors, info = self.state.state_dict()
+        info |= {
             "config_hash": self.run.config_hash,
             "sequences": units["sequences"],
             "tokens": units["tokens"],
-            "wall_s": units["wall_s"],
-            "members": len(self.members),
-            "loss_count": self.loss_count,
-            "param_groups": state["param_groups"],
         }
-        save_checkpoint(self.run.checkpoint_dir, self.step, tensors, info)
-        self.run.update_manifest(last_checkpoint=self.step)
+        save_checkpoint(self.run.checkpoint_dir, self.state.step, tensors, info)
+        self.run.update_manifest(last_checkpoint=self.state.step)
 
-    def restore(self, checkpoint: Checkpoint) -> None:
-        """Continue from a checkpoint of this run exactly where it was written."""
-        with torch.no_grad():
-            for k, v in checkpoint.group("param").items():
-                self.params[k].copy_(v)
-        state: dict[str, Any] = {"state": {}, "param_groups": checkpoint.info["param_groups"]}
-        for key, value in checkpoint.group("optim").items():
-            index, name = key.split("/")
-            state["state"].setdefault(int(index), {})[name] = value.to(self.device)
-        self.optimizer.load_state_dict(state)
-        for i, g in enumerate(self.data_generators):
-            g.set_state(checkpoint.tensors[f"rng/data/{i}"])
-        self.loss_sum.copy_(checkpoint.tensors["trainer/loss_sum"])
-        self.loss_count = checkpoint.info["loss_count"]
-        self.step, self.wall_offset = checkpoint.step, checkpoint.info["wall_s"]
+    def restore(self) -> None:
+        """Continue from the run's latest checkpoint exactly where it was written."""
+        self.state.load_state_dict(self.run.load_checkpoint())
+        self.logger.restore(self.run.metrics, self.state.step)
         self.restored = True
-        table = self.run.metrics
-        self.log = MetricsLog(table.filter(pc.less_equal(table["step"], self.step)))
 
     # the loop --------------------------------------------------------------------------
 
@@ -280,24 +231,24 @@ class Trainer:
         """Train to the configured length; evaluate at step 0, every eval interval and at the end."""
         self._t0 = time.perf_counter()
         log_every = self.run.config.training.log_every
+        state = self.state
         self.run.update_manifest(status="running", total_steps=self.total_steps)
         try:
-            with TrainingProgress(self.run.id, self.total_steps, self.step, self.progress) as bar:
+            with TrainingProgress(self.run.id, self.total_steps, state.step, self.progress) as bar:
                 if not self.restored:  # a fresh start: evaluate and checkpoint the initial model
                     self.evaluate_all()
                     self.save()
-                while self.step < self.total_steps:
+                while state.step < self.total_steps:
                     self.train_step()
-                    if self.step % self.eval_every == 0 or self.step == self.total_steps:
+                    last = state.step == self.total_steps
+                    if state.step % self.eval_every == 0 or last:
                         self.evaluate_all()
-                    if self.step == self.total_steps or (
-                        self.checkpoint_every and self.step % self.checkpoint_every == 0
-                    ):
+                    if last or (self.checkpoint_every and state.step % self.checkpoint_every == 0):
                         self.save()
-                    if self.step % log_every == 0 or self.step == self.total_steps:
-                        bar.update(self.step, self._status)
+                    if state.step % log_every == 0 or last:
+                        bar.update(state.step, self._status)
         except KeyboardInterrupt:
-            self.run.update_manifest(status="interrupted", interrupted_at=self.step)
+            self.run.update_manifest(status="interrupted", interrupted_at=state.step)
             raise
         except Exception as e:
             self.run.update_manifest(status="failed", error=f"{type(e).__name__}: {e}")
@@ -306,11 +257,13 @@ class Trainer:
         return self.run
 
     def _status(self) -> str:
-        split, key, summary = self.tasks[0].key_metric
+        split, key, summary = self.logger.key_metric
         parts = [f"loss {self.latest_losses.mean().item():.3f}"] if self.latest_losses is not None else []
-        if self.key_value is not None:
+        if self.logger.key_value is not None:
             parts.append(
-                f"{split} {key}" + (f" ({summary})" if summary != "mean" else "") + f" {self.key_value:.3f}"
+                f"{split} {key}"
+                + (f" ({summary})" if summary != "mean" else "")
+                + f" {self.logger.key_value:.3f}"
             )
         return " | ".join(parts)
 
@@ -333,7 +286,5 @@ def resume(run: Run, progress: bool = True) -> Run:
     """Continue a run from its latest checkpoint (or from the start if it has none)."""
     trainer = Trainer(run, progress)
     if run.checkpoint_steps:
-        trainer.restore(run.load_checkpoint())
-    else:
-        trainer.log = MetricsLog()
+        trainer.restore()
     return trainer.fit()

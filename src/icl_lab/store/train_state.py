@@ -1,0 +1,64 @@
+"""What a checkpoint holds of a training run, and the one place that knows its tensor key format."""
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from icl_lab.store.checkpoints import Checkpoint
+
+
+@dataclass
+class TrainState:
+    """Everything a resumed run needs to continue bit-identically: the stacked parameters (member
+    axis first), the optimiser, each member's data generator, the running training-loss sum and
+    count since the last evaluation, the step and the wall time spent so far."""
+
+    params: dict[str, Tensor]
+    optimizer: torch.optim.Optimizer
+    data_generators: list[torch.Generator]
+    loss_sum: Tensor
+    loss_count: int = 0
+    step: int = 0
+    wall_s: float = 0.0
+
+    def state_dict(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """(tensors, JSON-able info) for a checkpoint."""
+        tensors = {f"param/{k}": v for k, v in self.params.items()}
+        optimizer = self.optimizer.state_dict()
+        for index, entries in optimizer["state"].items():
+            for key, value in entries.items():
+                tensors[f"optim/{index}/{key}"] = value
+        for i, g in enumerate(self.data_generators):
+            tensors[f"rng/data/{i}"] = g.get_state()
+        tensors["trainer/loss_sum"] = self.loss_sum
+        info = {
+            "members": len(self.data_generators),
+            "loss_count": self.loss_count,
+            "wall_s": self.wall_s,
+            "param_groups": optimizer["param_groups"],
+        }
+        return tensors, info
+
+    def load_state_dict(self, checkpoint: Checkpoint) -> None:
+        """Take over a checkpoint's state, in place (tensors keep their devices)."""
+        with torch.no_grad():
+            for k, v in self.parameters(checkpoint).items():
+                self.params[k].copy_(v)
+        device = self.loss_sum.device
+        optimizer: dict[str, Any] = {"state": {}, "param_groups": checkpoint.info["param_groups"]}
+        for key, value in checkpoint.group("optim").items():
+            index, name = key.split("/")
+            optimizer["state"].setdefault(int(index), {})[name] = value.to(device)
+        self.optimizer.load_state_dict(optimizer)
+        for i, g in enumerate(self.data_generators):
+            g.set_state(checkpoint.tensors[f"rng/data/{i}"])
+        self.loss_sum.copy_(checkpoint.tensors["trainer/loss_sum"])
+        self.loss_count = checkpoint.info["loss_count"]
+        self.step, self.wall_s = checkpoint.step, checkpoint.info["wall_s"]
+
+    @staticmethod
+    def parameters(checkpoint: Checkpoint) -> dict[str, Tensor]:
+        """A checkpoint's parameters by name, stacked over members (axis 0)."""
+        return checkpoint.group("param")
