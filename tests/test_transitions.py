@@ -8,8 +8,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from icl_lab.analysis.transitions import (
-    Transition,
-    across_seeds,
     detect_transitions,
     main_transition,
     noise_level,
@@ -80,13 +78,3 @@ def test_noise_level_estimates_white_noise_on_a_trend() -> None:
     rng = np.random.default_rng(1)
     y = np.linspace(0, 5, 4000) + rng.normal(0, 0.1, 4000)
     assert noise_level(y) == pytest.approx(0.1, rel=0.1)
-
-
-def test_units_and_seed_statistics() -> None:
-    tr = Transition(onset=90.0, midpoint=100.0, end=110.0, before=0.0, after=1.0)
-    units = tr.in_units(batch_size=128, tokens_per_sequence=17)
-    assert units["midpoint_sequences"] == 12_800 and units["midpoint_tokens"] == 12_800 * 17
-    stats = across_seeds([tr, None, Transition(190.0, 200.0, 210.0, 0.0, 1.0)])
-    assert stats["detected"] == 2 and stats["seeds"] == 3
-    assert stats["midpoint_mean"] == 150.0
-    assert stats["midpoint_std"] == pytest.approx(np.std([100, 200], ddof=1))

@@ -23,6 +23,9 @@ def summarise(run: Run, member: int = 0) -> RunSummary:
     """Detect transitions in the task's key curve and collect every metric's final value."""
     split, metric, how = TASKS.get(run.config.task.name).key_metric
     steps, values = run.summary_curve(metric, split, how, member)
+    if not values.size:  # a model without the key metric's hooks (a mixer has no attention heads)
+        metric, how = "loss", "mean"
+        steps, values = run.summary_curve(metric, split, how, member)
     transitions = detect_transitions(steps, values)
     rows = [row for row in run.metrics.to_pylist() if row["member"] == member]
     last = max(row["step"] for row in rows)
@@ -60,13 +63,14 @@ def summary_lines(run: Run) -> list[str]:
     measures = []
     for split, metric, layer in task.progress_measures:
         if layer is None:
-            value, where = run.curve(metric, split)[1][-1], ""
+            values = run.curve(metric, split)[1]
+            value, where = (values[-1] if values.size else math.nan), ""
         else:
             layer %= run.config.model.n_layers
             _, heads = run.head_curves(metric, split)
             mine = {h: v[-1] for h, v in heads.items() if h.startswith(f"{layer}.")}
-            where = max(mine, key=lambda h: -math.inf if math.isnan(mine[h]) else mine[h])
-            value, where = mine[where], f" (head {where})"
+            where = max(mine, key=lambda h: -math.inf if math.isnan(mine[h]) else mine[h], default=None)
+            value, where = (mine[where], f" (head {where})") if where else (math.nan, "")
         if not math.isnan(value):
             measures.append(f"{metric} {value:.2f}{where}")
     return [

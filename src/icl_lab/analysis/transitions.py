@@ -41,16 +41,6 @@ class Transition:
     def amplitude(self) -> float:
         return self.after - self.before
 
-    def in_units(self, batch_size: int, tokens_per_sequence: int) -> dict[str, float]:
-        """Onset, midpoint and end in steps, sequences and tokens."""
-        out = {}
-        for name in ("onset", "midpoint", "end"):
-            step = getattr(self, name)
-            out[f"{name}_steps"] = step
-            out[f"{name}_sequences"] = step * batch_size
-            out[f"{name}_tokens"] = step * batch_size * tokens_per_sequence
-        return out
-
 
 def noise_level(values: np.ndarray) -> float:
     """Robust standard deviation of white noise on a smooth curve: the MAD of second differences
@@ -170,15 +160,3 @@ def detect_transitions(
 def main_transition(transitions: list[Transition]) -> Transition | None:
     """The transition with the largest change, or None."""
     return max(transitions, key=lambda tr: abs(tr.amplitude), default=None)
-
-
-def across_seeds(transitions: list[Transition | None]) -> dict[str, float]:
-    """Mean and standard deviation of onset, midpoint and end over seeds that have a transition,
-    with the number of seeds detected and in all."""
-    seen = [tr for tr in transitions if tr is not None]
-    out: dict[str, float] = {"detected": len(seen), "seeds": len(transitions)}
-    for name in ("onset", "midpoint", "end"):
-        times = np.array([getattr(tr, name) for tr in seen])
-        out[f"{name}_mean"] = float(times.mean()) if seen else math.nan
-        out[f"{name}_std"] = float(times.std(ddof=1)) if len(seen) > 1 else math.nan
-    return out

@@ -11,7 +11,9 @@ beta(c) = 1 - the mass given to seen continuations (count(c) also counts the occ
 no continuation yet, so some mass is always left), and P_1(x) = count(x) / all unigram counts
 ("_" included). Only letters seen so far get mass. This is the reference code's back-off without
 its quadratic recount: counts are updated once per token, for a batch of prompts at a time, so a
-prompt costs linear time.
+prompt costs linear time. Two differences from the paper's code: the distribution is renormalised
+to sum to 1 over the letters seen (theirs is not), and the predicted symbol (validity accuracy)
+breaks ties, exact up to float rounding, towards the lowest symbol.
 """
 
 import torch
@@ -79,8 +81,17 @@ def ngram_distributions(tokens: Tensor, n: int) -> Tensor:
     return out
 
 
+TIE = 1e-5  # probabilities within this relative distance of the largest count as tied with it
+
+
 def ngram_metrics(task: RegBenchTask, batch: Batch, n: int, chunk: int = 512) -> dict[str, float]:
-    """Validity accuracy and TVD of the in-context n-gram model on a batch, by the models' metrics."""
+    """Validity accuracy and TVD of the in-context n-gram model on a batch, by the models' metrics;
+    the predicted symbol is the lowest of those tied for the largest probability."""
     p = torch.cat([ngram_distributions(part, n) for part in batch.inputs.split(chunk)])
-    ctx = EvalContext(None, task, batch, p.clamp(min=1e-30).log(), {})  # type: ignore[arg-type]
-    return {name: value.item() for name, value in {**validity_accuracy(ctx), **tvd(ctx)}.items()}
+    top = p.max(-1, keepdim=True).values
+    tied = torch.where(p >= top * (1 - TIE), top, p)  # exact ties: argmax takes the first, lowest
+    found = {}
+    for metric, probabilities in ((validity_accuracy, tied), (tvd, p)):
+        ctx = EvalContext(None, task, batch, probabilities.clamp(min=1e-30).log(), {})  # type: ignore[arg-type]
+        found |= {name: value.item() for name, value in metric(ctx).items()}
+    return found

@@ -31,8 +31,8 @@ class LayerOne(Clamp):
         if any(not spec.startswith(f"{self.layer}.") for spec in self.heads or []):
             raise ValueError(f"layer1 heads must be in layer {self.layer}")
         parse_heads(self._heads(), model)
-        if not hasattr(model.blocks[self.layer].attn, "W_K"):
-            raise ValueError("layer1 needs a transformer's attention (W_K)")
+        if not hasattr(model.blocks[self.layer], "keys"):
+            raise ValueError("layer1 needs a model whose blocks compute attention keys (a transformer)")
 
     def _heads(self) -> list[str]:
         return self.heads or [f"{self.layer}.*"]
@@ -49,14 +49,8 @@ class LayerOne(Clamp):
             return torch.where(ctx.on, torch.zeros_like(x), x)
 
         def shifted_keys(k: Tensor, hook: HookPoint) -> Tensor:
-            block = model.blocks[self.layer]
             x = F.pad(embedded["x"][:, :-1], (0, 0, 1, 0))  # (B, T, d): token j - 1 at position j
-            if block.norm == "pre":
-                x = block.ln1(x)
-            attn = block.attn
-            keys = torch.einsum("btd,hde->bthe", x, attn.W_K)
-            if attn.bias:
-                keys = keys + attn.b_K
+            keys = model.blocks[self.layer].keys(x)  # (B, T, H, e)
             return torch.where(head_position_mask(k, "k", heads, None) & ctx.on, keys, k)
 
         outputs = [f"blocks.{i}.hook_{part}_out" for i in range(self.layer) for part in ("attn", "mlp")]

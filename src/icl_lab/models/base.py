@@ -1,9 +1,10 @@
 """What a model must offer, what a task tells it about its inputs and outputs, and the registry."""
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from icl_lab.config import ModelConfig
@@ -38,6 +39,26 @@ class Model(HookedModule):
 
     def forward(self, inputs: Tensor) -> Tensor:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def __call__(
+        self, inputs: Tensor, return_type: Literal["logits", "loss", "both"] = "logits"
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """The logits, or as TransformerLens' return_type asks, the mean next-token cross-entropy
+        (logits at position t scored against token t + 1) or (logits, loss)."""
+        logits = super().__call__(inputs)
+        if return_type == "logits":
+            return logits
+        if (
+            self.io.d_vocab is None
+            or self.io.d_vocab != self.io.d_out
+            or logits.shape[-2] != inputs.shape[-1]
+        ):
+            raise ValueError(
+                "return_type='loss' is the next-token loss of a language model (token ids in, a logit "
+                "for every token at every position out); for this model use its task's loss"
+            )
+        loss = F.cross_entropy(logits[..., :-1, :].flatten(0, -2), inputs[..., 1:].flatten())
+        return loss if return_type == "loss" else (logits, loss)
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:  # pragma: no cover
         raise NotImplementedError

@@ -1,10 +1,17 @@
-"""Hook points with TransformerLens names: read (cache) or replace activations during a forward pass."""
+"""Hook points with TransformerLens names: read (cache) or replace activations during a forward pass.
+
+A hook function is called as fn(activation, hook=hook_point), as in TransformerLens, and may return
+a replacement. Attach functions with `hooks(...)` / `run_with_hooks(...)` for one block or call, or
+`add_hook(...)` until `reset_hooks()`; PyTorch's own module hooks never fire on a hook point."""
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from icl_lab.models.activation_cache import ActivationCache
 
 HookFn = Callable[[Tensor, "HookPoint"], Tensor | None]
 NameFilter = str | Sequence[str] | Callable[[str], bool] | None
@@ -21,10 +28,21 @@ class HookPoint(nn.Module):
     def __call__(self, x: Tensor) -> Tensor:  # type: ignore[override]
         # Bypasses nn.Module.__call__: a hook point sits on the hot path and costs one list check.
         for fn in self.fns:
-            out = fn(x, self)
+            out = fn(x, hook=self)
             if out is not None:
                 x = out
         return x
+
+    def _no_module_hooks(self, *args: object, **kwargs: object) -> None:
+        raise TypeError(
+            f"hook point {self.name!r} does not run PyTorch module hooks (it bypasses nn.Module.__call__ "
+            "for speed): use model.run_with_hooks(x, fwd_hooks=[(name, fn)]), model.hooks([...]) or "
+            "model.add_hook(name, fn)"
+        )
+
+    register_forward_hook = _no_module_hooks  # type: ignore[assignment]
+    register_forward_pre_hook = _no_module_hooks  # type: ignore[assignment]
+    register_full_backward_hook = _no_module_hooks  # type: ignore[assignment]
 
 
 def _matcher(names: NameFilter) -> Callable[[str], bool]:
@@ -70,6 +88,19 @@ class HookedModule(nn.Module):
             for point, fn in attached:
                 point.fns.remove(fn)
 
+    def add_hook(self, names: str | Callable[[str], bool], fn: HookFn) -> None:
+        """Attach fn at the matching hook points until reset_hooks() (TransformerLens' add_hook)."""
+        points = self.hook_points(names)
+        if isinstance(names, str) and not points:
+            raise KeyError(f"model has no hook point {names!r}")
+        for point in points:
+            point.fns.append(fn)
+
+    def reset_hooks(self) -> None:
+        """Remove every hook function from every hook point."""
+        for point in self.hook_dict.values():
+            point.fns.clear()
+
     def run_with_hooks(
         self,
         *args: object,
@@ -82,9 +113,12 @@ class HookedModule(nn.Module):
 
     def run_with_cache(
         self, *args: object, names_filter: NameFilter = None, detach: bool = True, **kwargs: object
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        """Forward pass that also returns {hook name: activation} for the hooks matched."""
-        cache: dict[str, Tensor] = {}
+    ) -> tuple[Tensor, "ActivationCache"]:
+        """Forward pass that also returns the activations of the hooks matched, in an
+        ActivationCache (indexable by full name or TransformerLens' (name, layer) keys)."""
+        from icl_lab.models.activation_cache import ActivationCache
+
+        cache = ActivationCache({}, self)
 
         def save(x: Tensor, hook: HookPoint) -> None:
             cache[hook.name] = x.detach() if detach else x
@@ -92,8 +126,3 @@ class HookedModule(nn.Module):
         match = _matcher(names_filter)
         out = self.run_with_hooks(*args, fwd_hooks=[(match, save)], **kwargs)
         return out, cache
-
-
-def stack_heads(cache: dict[str, Tensor], hook: str, n_layers: int) -> Tensor:
-    """Stack blocks.{l}.{hook} over layers: (n_layers, *activation shape)."""
-    return torch.stack([cache[f"blocks.{layer}.{hook}"] for layer in range(n_layers)])

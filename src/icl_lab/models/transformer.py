@@ -148,13 +148,19 @@ class Attention(nn.Module):
         self.hook_attn_scores, self.hook_pattern = HookPoint(), HookPoint()
         self.hook_z = HookPoint()
 
-    def forward(self, x: Tensor) -> Tensor:
+    def qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Every head's query, key and value from the attention's input x (B, T, d): each (B, T, H, e)."""
         B, T, d = x.shape
         H, e = self.W_Q.shape[0], self.W_Q.shape[2]
         # one fused linear map for q, k and v: far faster on CPU than einsum's batched matmuls
         W = torch.stack([self.W_Q, self.W_K, self.W_V]).transpose(2, 3).reshape(3 * H * e, d)
         b = torch.stack([self.b_Q, self.b_K, self.b_V]).flatten() if self.bias else None
-        q, k, v = F.linear(x, W, b).view(B, T, 3, H, e).unbind(2)  # each (B, T, H, e)
+        return F.linear(x, W, b).view(B, T, 3, H, e).unbind(2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, T, d = x.shape
+        H, e = self.W_Q.shape[0], self.W_Q.shape[2]
+        q, k, v = self.qkv(x)
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
         if self.rope:
             cos, sin = self.rope_cos[:T], self.rope_sin[:T]
@@ -212,6 +218,10 @@ class Block(nn.Module):
             HookPoint(),
             HookPoint(),
         )
+
+    def keys(self, resid: Tensor) -> Tensor:
+        """The keys (B, T, H, e) this block's heads compute from a residual stream (before RoPE)."""
+        return self.attn.qkv(self.ln1(resid) if self.norm == "pre" else resid)[1]
 
     def forward(self, x: Tensor) -> Tensor:
         pre = self.norm == "pre"

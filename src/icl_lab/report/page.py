@@ -33,9 +33,10 @@ def write_report(run: Run, out_dir: Path | None = None) -> Path:
     )
     task, batches = run.eval_data()
     images = {"Loss and accuracy": save_png(figures.training_curves(run, summary.main), out / "training.png")}
-    if task.progress_measures:
+    measures = tuple(m for m in task.progress_measures if run.summary_curve(m[1], m[0])[1].size)
+    if measures:  # those the run logged (a mixer model has no per-head measures)
         images["Progress measures"] = save_png(
-            figures.progress_measures(run, summary.main, task.progress_measures), out / "progress.png"
+            figures.progress_measures(run, summary.main, measures), out / "progress.png"
         )
     images |= task.report_figures(run, out)
     if any(name.endswith("attn.hook_pattern") for name in build_model(run.config, "meta").hook_dict):

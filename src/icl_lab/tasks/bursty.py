@@ -4,12 +4,14 @@ A sequence is x1 l1 x2 l2 ... xN lN xq; the model predicts the label of the quer
 K classes with means mu_k ~ N(0, I/D) and L label vectors ~ N(0, I/D); class k has label k mod L.
 An item of class k is (mu_k + eps * eta) / sqrt(1 + eps^2), eta ~ N(0, I/D).
 
-- bursty sequence (probability p_bursty): N/B classes, each appearing B times, shuffled; the query
-  class is one of them. Otherwise N items and the query are drawn i.i.d. from the Zipf law
-  P(k) ~ (k + 1)^-alpha. burstiness B = 0 means no bursty sequences.
+- bursty sequence (probability p_bursty): N/B class draws, each appearing B times, shuffled; the
+  query class is one of them. The draws are with replacement, as in Reddy's code, so two draws may
+  be the same class (then it appears 2B times); no_repeat_labels makes them distinct. Otherwise N
+  items and the query are drawn i.i.d. from the Zipf law P(k) ~ (k + 1)^-alpha. Burstiness
+  B = 0 means no bursty sequences.
 - novel sequence (probability p_novel): built from a pool of fresh class means drawn for each batch
   (only in-context learning can solve it), always with the bursty structure (B, or N/2 when B = 0).
-- no_repeat_labels: the classes of a bursty context have distinct labels.
+- no_repeat_labels: the classes of a bursty context have distinct labels (hence are distinct).
 - Each token is a one-hot position (a block of 2N+1 among n_pos_slots slots, starting at a random
   offset) followed by the D content dims.
 
@@ -140,8 +142,8 @@ class BurstyTask(Task):
         return [*tokens, f"q:c{int(batch.meta['query_class'][index])}"]
 
     def _bursty_classes(self, n: int, n_classes: int, g: torch.Generator, probs: Tensor | None) -> Tensor:
-        """(n, N) classes: N/B classes each repeated B times, shuffled; the first N/B columns before
-        shuffling are the distinct classes."""
+        """(n, N) classes: N/B class draws (with replacement unless no_repeat_labels) each repeated B
+        times, shuffled."""
         c, dev = self.config, g.device
         per_context, L = c.n_context // c.bursts, c.n_labels
         if c.no_repeat_labels:
