@@ -78,3 +78,39 @@ def test_members_of_different_shapes_are_refused(tmp_path: Path) -> None:
     wide = tiny_config(**{**BASE, "model": {**TINY_READOUT_MODEL, "d_model": 32}})
     with pytest.raises(ConfigError, match="ensemble members may differ only"):
         train([members()[0], wide], str(tmp_path), progress=False)
+
+
+def test_eval_of_every_member_equals_what_the_trainer_logged(cli, tmp_path: Path) -> None:
+    """`icl-lab eval RUN --member k` evaluates member k's own task, seed, batches and clamps."""
+    configs = members()[:3]  # different seeds, learning rates, clamps and a task field
+    run = train(configs, str(tmp_path), progress=False)
+    table = run.metrics.to_pylist()
+    for member in range(3):
+        code, out, err = cli("eval", run.path, "--member", str(member))
+        assert code == 0, err
+        printed = _printed_metrics(out)
+        logged = {
+            (r["split"], r["metric"]): r["value"]
+            for r in table
+            if r["member"] == member and r["step"] == 30 and r["head"] is None and r["split"] in printed
+        }
+        assert logged and len(printed) == 4
+        for (split, metric), value in logged.items():
+            assert printed[split][metric] == pytest.approx(value, abs=6e-5), (member, split, metric)
+
+
+def _printed_metrics(out: str) -> dict[str, dict[str, float]]:
+    """{split: {metric: value}} from eval's tables (4 decimals)."""
+    found: dict[str, dict[str, float]] = {}
+    split = ""
+    for line in out.splitlines():
+        if line.startswith("split "):
+            split = line.split()[1]
+            found[split] = {}
+        cells = [c.strip() for c in line.strip("│ ").split("│")]
+        if split and len(cells) == 2:
+            try:
+                found[split][cells[0]] = float(cells[1])
+            except ValueError:
+                continue
+    return found

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from icl_lab.baselines.ngram import ngram_distributions, ngram_metrics
+from icl_lab.tasks.base import Batch
 from icl_lab.tasks.regbench import PAD, SEP, RegBenchConfig, RegBenchTask
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
@@ -53,3 +54,20 @@ def test_baseline_metrics_improve_with_n_and_stay_in_range() -> None:
     for r in results:
         assert 0 <= r["validity_accuracy"] <= 1 and 0 <= r["tvd"] <= 1
     assert results[0]["validity_accuracy"] < results[1]["validity_accuracy"] < results[2]["validity_accuracy"]
+
+
+def test_tied_predictions_go_to_the_lowest_symbol() -> None:
+    """In the hand-computed bigram case a, b and c each get 1/3 after "a", but a's third comes
+    out of the back-off one rounding below the others: the prediction must still be a, the lowest
+    symbol, so validity accuracy is 1 when only a is valid there and 0 when only b is."""
+    a, b, c = 0, 1, 2
+    tokens = torch.tensor([[a, b, SEP, a, c, SEP, a, PAD]])
+    p = ngram_distributions(tokens, 2)[0, 6]
+    assert p[a] < p[b] == p[c] and (p[b] - p[a]).item() < 1e-6, "the tie is broken by rounding"
+    mask = torch.zeros(1, 8, dtype=torch.bool)
+    mask[0, 6] = True
+    for valid_letter, expected in ((a, 1.0), (b, 0.0)):
+        valid = torch.zeros(1, 8, 20, dtype=torch.bool)
+        valid[0, 6, valid_letter] = True
+        batch = Batch(tokens, torch.full_like(tokens, PAD), mask, {"valid": valid})
+        assert ngram_metrics(small_task(), batch, 2)["validity_accuracy"] == expected

@@ -173,3 +173,12 @@ def test_processes_building_the_same_world_at_once_share_one_cache_file(tmp_path
 def _build_world(cache: str) -> list:
     os.environ["ICL_LAB_CACHE"] = cache
     return RegBenchTask(RegBenchConfig(**SMALL), seed=11).tables["train"].tolist()
+
+
+def test_evaluation_prompts_are_distinct_dfas_until_every_one_is_used() -> None:
+    world = task()
+    n = len(world.tables["test"])
+    batch = world.eval_splits()["test"](n, torch.Generator().manual_seed(0))
+    assert len({tuple(row) for row in batch.inputs.tolist()}) == n, "each fixed prompt once"
+    twice = world.eval_splits()["test"](2 * n, torch.Generator().manual_seed(0))
+    assert len({tuple(row) for row in twice.inputs.tolist()}) == n

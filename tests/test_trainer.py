@@ -65,6 +65,12 @@ def test_run_directory_metrics_and_units(tmp_path: Path) -> None:
     assert heads == {"0.0", "0.1", "1.0", "1.1"}
     steps, losses = run.curve("loss", "train_batches")
     assert list(steps) == [4, 8, 12] and all(0 < v < 10 for v in losses)
+    sequences, same = run.curve("loss", "train_batches", x="sequences")
+    assert list(sequences) == [32, 64, 96] and list(same) == list(losses)
+    tokens, heads = run.head_curves("prefix_matching", "train", x="tokens")
+    assert list(tokens) == [0, 512, 1024, 1536] and set(heads) == {"0.0", "0.1", "1.0", "1.1"}
+    with pytest.raises(ValueError, match="unknown unit 'epochs'"):
+        run.curve("loss", "train", x="epochs")
     assert Run.open(run.path).config == run.config
 
 

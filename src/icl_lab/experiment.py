@@ -55,7 +55,8 @@ class ExperimentConfig(StrictModel):
 
     imports: list[str] = Field(
         default_factory=list,
-        description="modules of user components (dotted names or .py files) imported before validation",
+        description="modules of user components imported before validation: dotted names, or .py files "
+        "(relative to the config file; stored as absolute paths)",
     )
     name: str = Field("experiment", pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = Field(0, ge=0)
@@ -243,6 +244,12 @@ def read_yaml(path: Path) -> Any:
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:
-    """Read a YAML config (or a bundled config's name), apply overrides, validate."""
-    data = read_yaml(resolve_config_path(path))
-    return validate_config(apply_overrides(data if data is not None else {}, list(overrides)))
+    """Read a YAML config (or a bundled config's name), apply overrides, validate. Its `imports`
+    that are .py files are found relative to the config file."""
+    path = resolve_config_path(path)
+    data = apply_overrides(read_yaml(path) or {}, list(overrides))
+    if isinstance(data, dict) and isinstance(data.get("imports"), list):
+        data["imports"] = [
+            str(path.parent / i) if isinstance(i, str) and i.endswith(".py") else i for i in data["imports"]
+        ]
+    return validate_config(data)

@@ -86,14 +86,14 @@ def ov_weights(model: Model) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     name = type(model).__name__
     if not attention or any(a is None or not hasattr(a, "W_V") for a in attention):
         raise ValueError(f"reads attention heads' W_V and W_O, which model {name} does not have")
-    if any(not hasattr(a, "W_O") for a in attention):
-        raise ValueError(
-            "reads each head's W_O, but the model has no output projection (output_projection: false)"
-        )
     if W_E is None or model.io.d_vocab is None or W_U is None or model.io.d_vocab != model.io.d_out:
         raise ValueError("needs token embeddings and an unembedding over the same vocabulary")
     if len(getattr(model, "readout", ())):
         raise ValueError("needs the unembedding to read the residual stream (no readout MLP)")
+    if any(not hasattr(a, "W_O") for a in attention):
+        raise ValueError(
+            "reads each head's W_O, but the model has no output projection (output_projection: false)"
+        )
     return W_E, torch.stack([a.W_V for a in attention]), torch.stack([a.W_O for a in attention]), W_U
 
 
