@@ -5,12 +5,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint format bench clean
+.PHONY: demo test test-slow lint format bench notebooks clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[dev,ray,baselines]"
+	$(BIN)/pip install --quiet -e ".[dev,ray,baselines,notebooks]"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -30,6 +30,10 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format src tests benchmarks
 	$(BIN)/ruff check --fix src tests benchmarks
+
+notebooks: $(STAMP)  # executes the examples in build/notebooks, renders them to docs/notebooks
+	rm -rf build/notebooks && mkdir -p build/notebooks && cp examples/*.ipynb build/notebooks/
+	cd build/notebooks && ../../$(BIN)/jupyter nbconvert --execute --to html --output-dir ../../docs/notebooks *.ipynb
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/train_throughput.py

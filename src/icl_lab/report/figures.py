@@ -102,10 +102,11 @@ def attention_patterns(run: Run, steps: list[int], task: Task, split: str, batch
             pattern = cache[f"blocks.{layer}.attn.hook_pattern"][0]  # (H, T, T)
             for head in range(H):
                 ax = axes[row, layer * H + head]
-                ax.imshow(pattern[head].numpy(), cmap="viridis", vmin=0, vmax=1)
+                image = ax.imshow(pattern[head].numpy(), cmap="viridis", vmin=0, vmax=1)
                 ax.set_title(f"head {layer}.{head}, step {step}", fontsize=8)
                 ticks = range(T) if T <= 24 else range(0, T, max(1, T // 12))
                 ax.set_xticks(list(ticks), [labels[i] for i in ticks], rotation=90, fontsize=6)
                 ax.set_yticks(list(ticks), [labels[i] for i in ticks], fontsize=6)
+    fig.colorbar(image, ax=axes, shrink=0.6, label="attention (query row sums to 1)")
     fig.suptitle(f"attention on {split} sequence 0 (rows: query, columns: key), seed {cfg.seed}", fontsize=9)
     return fig
