@@ -96,7 +96,7 @@ def test_every_point_is_validated_before_work(tmp_path: Path) -> None:
     ):
         expand(bad)
     with pytest.raises(ValueError, match="same length"):
-        sweep(tmp_path, axes=[{"zip": {"task.noise": [0.1], "seed": [1, 2]}}])
+        sweep(tmp_path, axes=[{"zip": {"task.noise": [0.1], "task.alpha": [1, 2]}}])
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump({"name": "s", "base": "reddy_fast", "axis": []}))
     with pytest.raises(ConfigError, match="axis: unknown field"):

@@ -7,20 +7,21 @@ exits with code 2.
 import itertools
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import torch
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from icl_lab.errors import IclLabError
+from icl_lab.errors import IclLabError, Terminated
 
 app = typer.Typer(
     help="icl-lab: train, clamp and dissect small models on in-context-learning tasks.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: no type labels after flags, fits 80 columns
 )
 console = Console(soft_wrap=True)  # paths in messages must stay copyable
 err_console = Console(stderr=True)
@@ -60,20 +61,54 @@ def resume(
     run: Annotated[Path, typer.Argument(help="Run directory.")],
     device: Device = None,
     quiet: Quiet = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Resume a run marked running on another host whose process you know is gone. Risky: "
+            "two processes training one run directory corrupt it.",
+        ),
+    ] = False,
 ) -> None:
     """Continue an interrupted run from its latest checkpoint, bit-identically on the CPU."""
+    from icl_lab.config import check_device
+    from icl_lab.errors import ConfigError, RunStoreError
     from icl_lab.store.run import Run
     from icl_lab.training.trainer import resume as resume_run
 
     handle = Run.open(run)
-    if handle.status == "complete":
+    status = handle.status
+    if status == "complete":
         console.print(f"run {handle.id} is already complete")
         return
-    if handle.status == "running":
-        raise IclLabError(f"run {handle.id} is still running (pid {handle.manifest.get('pid')})")
+    if status == "diverged":
+        raise RunStoreError(
+            f"run {handle.id} diverged at step {handle.manifest.get('diverged_at')}; resuming would "
+            "repeat it: train a changed config (e.g. a smaller learning rate) afresh"
+        )
+    if status == "running" and not force:
+        where = f"pid {handle.manifest.get('pid')} on host {handle.manifest.get('host')}"
+        raise RunStoreError(
+            f"run {handle.id} is marked running ({where}); if that process is gone (its machine "
+            "died), resume --force"
+        )
     if device:
-        handle.config.training.device = device
-    resume_run(handle, progress=not quiet)
+        try:
+            check_device(device)
+        except ValueError as e:
+            raise ConfigError(f"--device: {e}") from None
+        for config in handle.configs:
+            config.training.device = device
+
+    def starting(step: int | None) -> None:
+        latest = handle.checkpoint_steps[-1] if handle.checkpoint_steps else None
+        where = "the start" if step is None else f"its checkpoint at step {step:,}"
+        note = (
+            "" if step == latest else f" (checkpoints after it lie past a gap in {handle.metrics_path.name})"
+        )
+        console.print(f"resuming {handle.id} from {where}{note}", soft_wrap=True)
+
+    resume_run(handle, progress=not quiet, on_step=starting)
     console.print(f"run complete: {handle.path}")
 
 
@@ -246,6 +281,11 @@ def sweep(
         if row["status"] != "complete":
             console.print(f"point {row['point']} {row['status']}: {row['error']}", soft_wrap=True)
     console.print(f"report: {write_sweep_report(out)}")
+    unfinished = [str(row["point"]) for row in results.to_pylist() if row["status"] != "complete"]
+    if unfinished:
+        raise IclLabError(
+            f"{len(unfinished)} of {len(statuses)} sweep points did not complete: {', '.join(unfinished)}"
+        )
 
 
 @app.command(name="reproduce")
@@ -297,10 +337,49 @@ def demo(
     console.print(f"report: {page}", soft_wrap=True)
 
 
+DEBUG = False
+
+
+@app.callback()
+def options(
+    debug: Annotated[bool, typer.Option("--debug", help="Show the full traceback of an error.")] = False,
+) -> None:
+    """icl-lab: train, clamp and dissect small models on in-context-learning tasks."""
+    global DEBUG
+    DEBUG = debug
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    err_console.print(message, highlight=False, soft_wrap=True, markup=False)
+    raise SystemExit(code)
+
+
 def main() -> None:
-    """Entry point: run the app, turning user errors into one line and exit code 2."""
+    """Entry point: every failure is one line on stderr (the traceback only with --debug). User
+    errors (IclLabError, and files the system cannot read or write) exit with code 2, an
+    interrupted run with 130 (Ctrl-C) or 143 (SIGTERM), anything unexpected with 1."""
     try:
-        app()
-    except IclLabError as e:
-        err_console.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
-        raise SystemExit(2) from None
+        code = app(standalone_mode=False)
+    except typer.Abort as abort:  # click turns Ctrl-C and SIGTERM (Terminated) into Abort
+        stop = abort.__cause__
+        where = getattr(stop, "run_path", None)
+        after = f"; continue with: icl-lab resume {where}" if where else ""
+        if DEBUG:
+            raise
+        _fail(
+            f"interrupted{' (SIGTERM)' if isinstance(stop, Terminated) else ''}{after}",
+            143 if isinstance(stop, Terminated) else 130,
+        )
+    except typer.exceptions.TyperException as e:  # click's errors: a bad argument or option
+        e.show()
+        raise SystemExit(e.exit_code) from None
+    except Exception as e:
+        if DEBUG:
+            raise
+        if isinstance(e, IclLabError):
+            _fail(f"error: {e}", 2)
+        if isinstance(e, OSError):
+            _fail(f"error: {e.filename or 'a file'}: {e.strerror or e}", 2)
+        _fail(f"internal error: {type(e).__name__}: {e} (run again with --debug for the traceback)", 1)
+    if isinstance(code, int) and code:
+        raise SystemExit(code)

@@ -3,13 +3,15 @@
 import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
 
 class StrictModel(BaseModel):
     """A config section: unknown fields are errors, every field is validated on assignment."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, populate_by_name=True, strict=True, allow_inf_nan=False
+    )
 
 
 class Duration(StrictModel):
@@ -65,7 +67,7 @@ class OptimizerConfig(StrictModel):
     name: Literal["sgd", "adam", "adamw"] = "adam"
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[float, float] = Field((0.9, 0.999), strict=False)  # YAML gives a list
     eps: float = Field(1e-8, gt=0)
     momentum: float = Field(0.0, ge=0, lt=1)
 
@@ -92,9 +94,31 @@ class TrainingConfig(StrictModel):
     batch_size: PositiveInt = 32
     length: Duration = Duration(steps=1000)
     grad_clip: float | None = Field(None, gt=0)
-    device: str = "cpu"
+    device: str = Field("cpu", description="cpu, cuda or cuda:N")
     threads: PositiveInt = 1
     log_every: PositiveInt = Field(10, description="steps between progress-bar updates")
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str) -> str:
+        check_device(device)
+        return device
+
+
+def check_device(device: str) -> None:
+    """ValueError unless `device` names a device of this machine: cpu, or cuda[:N] with a GPU."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r} (use cpu, cuda or cuda:N)") from None
+    if parsed.type not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported device {device!r} (use cpu, cuda or cuda:N)")
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{device!r} requested but CUDA is not available on this machine")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise ValueError(f"{device!r} requested but this machine has {torch.cuda.device_count()} GPU(s)")
 
 
 class EvalConfig(StrictModel):

@@ -1,4 +1,8 @@
-"""User-facing errors: each carries one line that names the problem; the CLI exits with code 2."""
+"""User-facing errors: each carries one line that names the problem; the CLI exits with code 2.
+
+A short list, one class per kind of fault a user can act on; `cli.main` maps every one to one line
+on stderr and exit code 2 (`--debug` shows the traceback instead).
+"""
 
 
 class IclLabError(Exception):
@@ -6,12 +10,24 @@ class IclLabError(Exception):
 
 
 class ConfigError(IclLabError):
-    """A configuration that cannot be run."""
+    """A configuration that cannot be run (bad field, impossible combination, absent device)."""
 
 
 class CheckpointError(IclLabError):
-    """A checkpoint that is missing, truncated, corrupt or from another run."""
+    """A checkpoint that is missing, truncated, corrupt, from another run or of another shape."""
 
 
 class RunStoreError(IclLabError):
-    """A run directory that is missing or malformed."""
+    """A run or sweep directory that is missing, malformed, in use, or whose history is incomplete."""
+
+
+class StorageError(IclLabError):
+    """A file that cannot be written or read: a full or read-only disk, missing permissions."""
+
+
+class DivergenceError(IclLabError):
+    """Training produced a non-finite loss; the last finite state is checkpointed."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM received: the run stops like Ctrl-C does, marked interrupted and resumable."""

@@ -24,6 +24,7 @@ from icl_lab.metrics import METRICS
 from icl_lab.models import MODELS, Model
 from icl_lab.registry import Registry, import_user_module
 from icl_lab.tasks import TASKS, Task
+from icl_lab.yaml_text import load_yaml
 
 BUNDLED_CONFIGS = Path(__file__).parent / "configs"
 
@@ -107,8 +108,6 @@ class ExperimentConfig(StrictModel):
                 METRICS.get(metric).check(model, task_cls, self.task)
             except ValueError as e:
                 raise ValueError(f"eval.metrics: {metric} {e}") from None
-        if self.training.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"training.device: {self.training.device!r} requested but CUDA is absent")
         return self
 
     def to_yaml(self) -> str:
@@ -181,7 +180,7 @@ def parse_overrides(overrides: list[str]) -> list[tuple[list[str], Any]]:
         if not sep or not key or any(not part for part in key.split(".")):
             raise ConfigError(f"bad override {item!r}: expected key.path=value")
         try:
-            value = yaml.safe_load(text)
+            value = load_yaml(text)
         except yaml.YAMLError:
             raise ConfigError(f"bad override {item!r}: value is not valid YAML") from None
         parsed.append((key.split("."), value))
@@ -200,8 +199,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                 index: Any = int(part)
             elif isinstance(node, dict):
                 index = part
-                if not last and not isinstance(node.get(part), dict | list):
+                if not last and part not in node:
                     node[part] = {}
+                elif not last and not isinstance(node[part], dict | list):
+                    raise ConfigError(f"bad override {'.'.join(path)}: {part!r} is a value, not a section")
             else:
                 raise ConfigError(f"bad override {'.'.join(path)}: {part!r} is not a section")
             if last:
@@ -233,8 +234,11 @@ def validate_config(data: object) -> ExperimentConfig:
 
 
 def read_yaml(path: Path) -> Any:
+    """A YAML file's contents; ConfigError for bad YAML, a key given twice, or an unreadable file."""
     try:
-        return yaml.safe_load(path.read_text())
+        return load_yaml(path.read_text())
+    except yaml.constructor.ConstructorError as e:
+        raise ConfigError(f"config file {path}: {e.problem}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

@@ -6,20 +6,38 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from icl_lab.errors import StorageError
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def storage_error(action: str, path: Path, error: OSError) -> StorageError:
+    """One line naming what could not be done to which file, and why (disk full, read-only...)."""
+    return StorageError(f"cannot {action} {path}: {error.strerror or error}")
+
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call write(tmp_path), then make the result appear at `path` in one step. The temporary name
-    is unique, so processes writing the same file at once (e.g. a shared data cache) never clash."""
+    is unique, so processes writing the same file at once (e.g. a shared data cache) never clash.
+    The file gets the usual mode (0666 less the umask, whatever the writer chose); a failure
+    (full or read-only disk) leaves the old file in place, removes the temporary one and raises
+    StorageError."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    write(tmp)
-    with tmp.open("rb") as f:
-        os.fsync(f.fileno())
-    tmp.replace(path)
-    directory = os.open(path.parent, os.O_RDONLY)
     try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+        write(tmp)
+        tmp.chmod(0o666 & ~_UMASK)
+        with tmp.open("rb") as f:
+            os.fsync(f.fileno())
+        tmp.replace(path)
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise storage_error("write", path, e) from None
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -56,7 +56,14 @@ def save_checkpoint(directory: Path, step: int, tensors: dict[str, Tensor], info
     directory.mkdir(parents=True, exist_ok=True)
     tensor_path, sidecar_path = checkpoint_paths(directory, step)
     contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    atomic_write(tensor_path, lambda tmp: save_file(contiguous, str(tmp), metadata={"format": FORMAT}))
+
+    def write(tmp: Path) -> None:
+        try:
+            save_file(contiguous, str(tmp), metadata={"format": FORMAT})
+        except SafetensorError as e:  # safetensors reports a failed write (e.g. a full disk) as its own error
+            raise OSError(str(e)) from None
+
+    atomic_write(tensor_path, write)
     sidecar = {
         "format": FORMAT,
         **info,
@@ -77,7 +84,11 @@ def load_checkpoint(sidecar_path: Path, config_hash: str | None = None) -> Check
         raise CheckpointError(f"checkpoint sidecar {sidecar_path} is not valid JSON") from None
     if not isinstance(info, dict) or info.get("format") != FORMAT:
         raise CheckpointError(f"{sidecar_path} is not an icl-lab checkpoint sidecar")
-    tensor_path = sidecar_path.with_name(str(info.get("file")))
+    if info.get("file") != sidecar_path.with_suffix(".safetensors").name:
+        raise CheckpointError(
+            f"checkpoint sidecar {sidecar_path} names another tensors file: {info.get('file')!r}"
+        )
+    tensor_path = sidecar_path.with_suffix(".safetensors")
     if not tensor_path.is_file():
         raise CheckpointError(f"checkpoint tensors file missing: {tensor_path}")
     if sha256_of(tensor_path) != info.get("sha256"):

@@ -5,6 +5,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from icl_lab.errors import RunStoreError
 from icl_lab.files import atomic_write
 
 TRAIN_SPLIT = "train_batches"  # split name of the running mean of training-batch losses
@@ -46,7 +47,11 @@ class MetricsLog:
 
 
 def read_metrics(path: Path) -> pa.Table:
-    """The metrics table of a run (empty with the right schema if none was written yet)."""
+    """The metrics table of a run (empty with the right schema if none was written yet);
+    RunStoreError if it is corrupt or unreadable."""
     if not path.is_file():
         return SCHEMA.empty_table()
-    return pq.read_table(path, schema=SCHEMA)
+    try:
+        return pq.read_table(path, schema=SCHEMA)
+    except (pa.ArrowException, OSError) as e:
+        raise RunStoreError(f"metrics table {path} is corrupt or unreadable ({type(e).__name__})") from None

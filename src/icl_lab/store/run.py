@@ -4,6 +4,7 @@ The manifest's status says whether the run is running, complete, interrupted or 
 that finished training is ever marked complete.
 """
 
+import fcntl
 import json
 import os
 import secrets
@@ -31,7 +32,7 @@ from icl_lab.experiment import (
     read_yaml,
     validate_config,
 )
-from icl_lab.files import atomic_write_text
+from icl_lab.files import atomic_write_text, storage_error
 from icl_lab.interventions import Clamp
 from icl_lab.interventions.base import active_at
 from icl_lab.models import Model
@@ -41,6 +42,7 @@ from icl_lab.store.train_state import TrainState
 from icl_lab.tasks import TASKS, Batch, Task
 
 MANIFEST_FORMAT = "icl-lab-run/1"
+LOCK = ".lock"  # held (flock) by the process training the run
 Unit = Literal["steps", "sequences", "tokens"]
 
 
@@ -61,6 +63,7 @@ class Run:
     def __init__(self, path: Path, configs: list[ExperimentConfig], manifest: dict[str, Any]) -> None:
         self.path, self.configs, self.manifest = path, configs, manifest
         self.config = configs[0]
+        self._lock: int | None = None
 
     @classmethod
     def create(
@@ -74,13 +77,16 @@ class Run:
         place, so a process killed meanwhile leaves no half-made run where a rerun would look."""
         members = configs if isinstance(configs, list) else [configs]
         runs = Path(runs_dir)
-        runs.mkdir(parents=True, exist_ok=True)
         run_id = run_id or f"{members[0].name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
         path = runs / run_id
         if path.exists():
             raise RunStoreError(f"run directory already exists: {path}")
         staging = runs / f".{run_id}.{secrets.token_hex(4)}.staging"
-        staging.mkdir()
+        try:
+            runs.mkdir(parents=True, exist_ok=True)
+            staging.mkdir()
+        except OSError as e:
+            raise storage_error("create a run directory in", runs, e) from None
         atomic_write_text(staging / "config.yaml", members[0].to_yaml())
         if len(members) > 1:
             data = [m.model_dump(mode="json", by_alias=True) for m in members]
@@ -95,11 +101,15 @@ class Run:
             "members": len(members),
         }
         run = cls(staging, members, manifest)
-        run.update_manifest(status="running")
         try:
+            run.acquire()  # held (the rename keeps the lock file) until training ends
+            run.update_manifest(status="running")
             staging.rename(path)
-        except OSError:  # another process made a run of this id meanwhile
-            shutil.rmtree(staging)
+        except (OSError, IclLabError) as e:  # a full disk, or another process made this id meanwhile
+            run.release()
+            shutil.rmtree(staging, ignore_errors=True)
+            if isinstance(e, IclLabError):
+                raise
             raise RunStoreError(f"run directory already exists: {path}") from None
         run.path = path
         return run
@@ -134,17 +144,60 @@ class Run:
 
     @property
     def status(self) -> str:
-        """complete, failed, interrupted, or running (if its process is still alive)."""
+        """complete, failed, diverged, interrupted, or running. A run marked running on this host is
+        running only while some process holds its lock (the lock dies with the process, so a killed
+        run or a reused pid never looks alive); one marked running on another host cannot be checked
+        from here and stays running (`resume --force` overrides)."""
         status = self.manifest.get("status", "unknown")
-        if status == "running" and not _alive(self.manifest.get("pid"), self.manifest.get("host")):
-            return "interrupted"
-        return status
+        if status != "running" or self._lock is not None:
+            return status
+        if self.manifest.get("host", socket.gethostname()) != socket.gethostname():
+            return "running"
+        return "running" if self._locked_elsewhere() else "interrupted"
 
     def update_manifest(self, **fields: Any) -> None:
         if fields.get("status") == "running":
             fields |= {"pid": os.getpid(), "host": socket.gethostname()}
         self.manifest.update(fields)
         atomic_write_text(self.path / "manifest.json", json.dumps(self.manifest, indent=1))
+
+    # the training lock ---------------------------------------------------------------------
+
+    def acquire(self) -> None:
+        """Hold the run's lock for as long as this process trains it; RunStoreError if another
+        process on this machine holds it."""
+        if self._lock is not None:
+            return
+        try:
+            fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise storage_error("open the lock file of", self.path, e) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RunStoreError(
+                f"run {self.id} is being trained by another process (pid {self.manifest.get('pid')})"
+            ) from None
+        self._lock = fd
+
+    def release(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)  # closing the descriptor releases the lock
+            self._lock = None
+
+    def _locked_elsewhere(self) -> bool:
+        try:
+            fd = os.open(self.path / LOCK, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
 
     # metrics -------------------------------------------------------------------------------
 
@@ -260,20 +313,6 @@ class Run:
             raise CheckpointError(f"checkpoint at step {checkpoint.step} does not fit this model")
         model.load_state_dict({k: v[member] for k, v in params.items()})
         return model.eval()
-
-
-def _alive(pid: object, host: object) -> bool:
-    if host != socket.gethostname():
-        return True  # another machine's process cannot be checked from here
-    if not isinstance(pid, int):
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def list_runs(runs_dir: str | Path = "runs") -> list[Run]:

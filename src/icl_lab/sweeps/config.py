@@ -4,27 +4,46 @@ import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Discriminator, Field, Tag, ValidationError, model_validator
 
 from icl_lab.config import StrictModel, format_validation_error
 from icl_lab.errors import ConfigError, IclLabError
+from icl_lab.evaluation import evaluate, metric_names
 from icl_lab.experiment import (
     ExperimentConfig,
     apply_overrides,
+    build_model,
+    build_task,
     ensemble_key,
     read_yaml,
     resolve_config_path,
     validate_config,
 )
+from icl_lab.seeding import generator
+from icl_lab.store.metrics_table import TRAIN_SPLIT
+
+
+def _swept_fields(values: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    for field, options in values.items():
+        if not options:
+            raise ValueError(f"{field}: give at least one value")
+        if field.split(".")[0] in ("seed", "name"):
+            raise ValueError(f"{field}: the sweep sets seed and name itself (use seeds: [...])")
+    return values
 
 
 class GridAxis(StrictModel):
     """Every combination of the values of each field."""
 
     grid: dict[str, list[Any]] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _fields(self) -> "GridAxis":
+        _swept_fields(self.grid)
+        return self
 
 
 class ZipAxis(StrictModel):
@@ -34,8 +53,9 @@ class ZipAxis(StrictModel):
 
     @model_validator(mode="after")
     def _same_length(self) -> "ZipAxis":
-        if len({len(v) for v in self.zip.values()}) > 1:
-            raise ValueError("zip lists must all have the same length")
+        lengths = {field: len(v) for field, v in _swept_fields(self.zip).items()}
+        if len(set(lengths.values())) > 1:
+            raise ValueError(f"zip lists must all have the same length (got {lengths})")
         return self
 
 
@@ -43,6 +63,24 @@ class ListAxis(StrictModel):
     """Explicit points, each a set of field values."""
 
     points: list[dict[str, Any]] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _fields(self) -> "ListAxis":
+        for point in self.points:
+            _swept_fields({field: [value] for field, value in point.items()})
+        return self
+
+
+def _axis_kind(value: object) -> str | None:
+    """Which kind of axis a mapping (or a validated axis) is, by its one key."""
+    keys = set(value) if isinstance(value, dict) else {k for k in ("grid", "zip", "points") if hasattr(value, k)}
+    return next((kind for kind in ("grid", "zip", "points") if kind in keys), None)
+
+
+Axis = Annotated[
+    Annotated[GridAxis, Tag("grid")] | Annotated[ZipAxis, Tag("zip")] | Annotated[ListAxis, Tag("points")],
+    Discriminator(_axis_kind),
+]
 
 
 class HeatmapSpec(StrictModel):
@@ -73,8 +111,8 @@ class SweepConfig(StrictModel):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     base: str = Field(description="config file or bundled config name")
     overrides: list[str] = Field(default_factory=list, description="key.path=value applied to every point")
-    axes: list[GridAxis | ZipAxis | ListAxis] = Field(default_factory=list)
-    seeds: list[int] | None = Field(None, description="default: the base config's seed")
+    axes: list[Axis] = Field(default_factory=list)
+    seeds: list[int] | None = Field(None, min_length=1, description="default: the base config's seed")
     ensemble: Literal["auto", "always", "none"] = Field(
         "auto",
         description="train shape-compatible points as one vmapped ensemble: always, never, or auto = on "
@@ -82,6 +120,20 @@ class SweepConfig(StrictModel):
     )
     max_ensemble: int = Field(16, ge=1)
     report: SweepReport = SweepReport()
+
+    @model_validator(mode="after")
+    def _report_reads_swept_fields(self) -> "SweepConfig":
+        swept = {"seed", *(field for axis in self.axes for values in axis_values(axis) for field in values)}
+        for kind, specs in (("heatmaps", self.report.heatmaps), ("curves", self.report.curves)):
+            for i, spec in enumerate(specs):
+                for role in ("x", "y", "by"):
+                    field = getattr(spec, role, None)
+                    if field is not None and field not in swept:
+                        raise ValueError(
+                            f"report.{kind}.{i}.{role}: {field!r} is not a swept field "
+                            f"(swept: {', '.join(sorted(swept)) or 'none'})"
+                        )
+        return self
 
 
 @dataclass(frozen=True)
@@ -136,7 +188,35 @@ def expand(sweep: SweepConfig) -> list[Point]:
                 where = ", ".join(f"{k}={v}" for k, v in params.items()) or "base"
                 raise ConfigError(f"sweep point {index} ({where}, seed {seed}): {e}") from None
             points.append(Point(index, params, seed, config))
+    if not points:
+        raise ConfigError("the sweep has no points")
+    columns = result_columns(points[0].config)
+    for kind, specs in (("heatmaps", sweep.report.heatmaps), ("curves", sweep.report.curves)):
+        for i, spec in enumerate(specs):
+            if spec.metric not in columns:
+                raise ConfigError(
+                    f"report.{kind}.{i}.metric: {spec.metric!r} is not a result of this sweep "
+                    f"(results: {', '.join(sorted(columns))})"
+                )
     return points
+
+
+TRANSITION_COLUMNS = ("onset", "midpoint", "end", "before", "after")
+
+
+def result_columns(config: ExperimentConfig) -> set[str]:
+    """The columns a point's row of the results table has: split/metric for every head-less metric
+    it evaluates (found by evaluating the untrained model on two sequences of each split), the
+    running training loss, steps and the key curve's transition."""
+    task = build_task(config)
+    model = build_model(config, task=task)
+    names = metric_names(config, model)
+    columns = {"steps", f"{TRAIN_SPLIT}/loss", *(f"transition_{name}" for name in TRANSITION_COLUMNS)}
+    samplers = task.eval_splits()
+    for split in config.eval.splits or type(task).split_names(config.task):
+        values = evaluate(model, task, samplers[split](2, generator(config.seed, "result columns")), names)
+        columns |= {f"{split}/{metric}" for metric, value in values.items() if value.dim() == 0}
+    return columns
 
 
 def plan(sweep: SweepConfig, points: list[Point]) -> list[Unit]:

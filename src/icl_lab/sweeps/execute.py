@@ -37,21 +37,24 @@ class Job:
 def run_job(path: str, configs_yaml: list[str]) -> tuple[str, str]:
     """Train, resume or skip one run directory; returns (status, error). Runs in a worker."""
     import torch
-    import yaml
 
     from icl_lab.experiment import validate_config
     from icl_lab.store.run import Run
     from icl_lab.training.trainer import resume, train
+    from icl_lab.yaml_text import load_yaml
 
     torch.set_num_threads(1)
     run_dir = Path(path)
     try:
         if (run_dir / "manifest.json").is_file():
             run = Run.open(run_dir)
+            if run.status == "running":  # another live process trains it: leave it alone
+                owner = f"pid {run.manifest.get('pid')} on {run.manifest.get('host')}"
+                return "running", f"being trained by {owner}"
             if run.status != "complete":
                 resume(run, progress=False)
         else:
-            configs = [validate_config(yaml.safe_load(text)) for text in configs_yaml]
+            configs = [validate_config(load_yaml(text)) for text in configs_yaml]
             train(configs, str(run_dir.parent), progress=False, run_id=run_dir.name)
     except Exception as e:  # one failing job must not stop a sweep: its error is recorded
         return "failed", f"{type(e).__name__}: {e}"
@@ -96,7 +99,7 @@ def execute(
 ) -> list[tuple[str, str]]:
     """Bring every job to completion; returns (status, error) per job, in the order given."""
     results: list[tuple[str, str]] = [("pending", "")] * len(jobs)
-    counts = {"complete": 0, "failed": 0}
+    counts = {"complete": 0, "failed": 0, "running": 0}
     stream = _local(jobs, workers) if executor == "local" else _ray(jobs, workers, address)
     columns = (
         TextColumn("[bold]{task.description}"),
@@ -114,6 +117,8 @@ def execute(
             on_done(index, status, error)
             running = min(workers, len(jobs) - sum(counts.values()))
             text = f"done {counts['complete']} | running {running} | failed {counts['failed']}"
+            if counts["running"]:
+                text += f" | left to another process {counts['running']}"
             bar.update(task, advance=1, counts=text)
     return results
 

@@ -17,7 +17,7 @@ from icl_lab.analysis.summary import summarise
 from icl_lab.errors import ConfigError, IclLabError
 from icl_lab.files import atomic_write, atomic_write_text
 from icl_lab.store.run import Run
-from icl_lab.sweeps.config import SweepConfig, Unit, dump_sweep, expand, plan
+from icl_lab.sweeps.config import TRANSITION_COLUMNS, SweepConfig, Unit, dump_sweep, expand, plan
 from icl_lab.sweeps.execute import Executor, Job, execute
 
 RESULTS = "results.parquet"
@@ -73,7 +73,7 @@ def results_table(sweep_dir: Path, units: list[Unit], errors: list[str]) -> pa.T
                 for split, values in summary.final.items():
                     row |= {f"{split}/{metric}": value for metric, value in values.items()}
                 main = summary.main
-                for name in ("onset", "midpoint", "end", "before", "after"):
+                for name in TRANSITION_COLUMNS:
                     row[f"transition_{name}"] = getattr(main, name) if main else math.nan
             rows.append(row)
     return pa.Table.from_pylist(rows)

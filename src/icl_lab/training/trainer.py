@@ -12,20 +12,25 @@ state, data-generator states and the running training-loss accumulator are all r
 evaluation batches depend on seeds only.
 """
 
+import contextlib
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import pyarrow.compute as pc
 import torch
 from torch import Tensor
 from torch.func import functional_call, vmap
 
+from icl_lab.errors import DivergenceError, IclLabError, RunStoreError, Terminated
 from icl_lab.evaluation import metric_names
 from icl_lab.experiment import ExperimentConfig, build_model, check_ensemble
 from icl_lab.interventions import Clamp
 from icl_lab.interventions.base import clamped_forward
 from icl_lab.seeding import generator
-from icl_lab.store.checkpoints import save_checkpoint
+from icl_lab.store.checkpoints import checkpoint_paths, save_checkpoint
 from icl_lab.store.metrics_table import TRAIN_SPLIT
 from icl_lab.store.run import Run
 from icl_lab.store.train_state import TrainState
@@ -147,6 +152,8 @@ class Trainer:
         losses = over_members(member_loss, len(self.members))(
             state.params, batch.inputs, batch.targets, batch.loss_mask, batch.meta, on
         )  # (M,)
+        if not bool(torch.isfinite(losses).all()):  # before any update: the state is still finite
+            self._diverged(losses.detach())
         state.optimizer.zero_grad(set_to_none=True)
         losses.sum().backward()
         clip = self.run.config.training.grad_clip
@@ -204,6 +211,40 @@ class Trainer:
         wall = self.state.wall_s + time.perf_counter() - self._t0
         return {"step": self.state.step, "sequences": sequences, "tokens": tokens, "wall_s": wall}
 
+    def _diverged(self, losses: Tensor) -> None:
+        """Stop on a non-finite loss: checkpoint the last finite state (this step's parameters, or
+        the latest checkpoint if the last update already made them non-finite), mark the run
+        diverged and raise DivergenceError."""
+        step = self.state.step
+        members = [str(m) for m in torch.nonzero(~torch.isfinite(losses)).flatten().tolist()]
+        finite = all(bool(torch.isfinite(p).all()) for p in self.state.params.values())
+        if finite:
+            self.save()
+        saved = step if finite else self.run.checkpoint_steps[-1]
+        message = (
+            f"run {self.run.id} diverged at step {step}: non-finite training loss "
+            f"(member {', '.join(members)}); the last finite state is its checkpoint at step {saved}"
+        )
+        self.run.update_manifest(status="diverged", diverged_at=step, error=message)
+        raise DivergenceError(message)
+
+    def _expected_history(self, upto: int) -> set[int]:
+        """The evaluation steps a run's metrics table holds once trained to step `upto`."""
+        steps = {0, *range(self.eval_every, upto + 1, self.eval_every)}
+        return steps | ({upto} if upto == self.total_steps else set())
+
+    def _check_history(self) -> None:
+        """RunStoreError unless every member's metrics table has every evaluation step: a run is
+        never marked complete with history missing."""
+        table = self.logger.rows.table()
+        for member in range(len(self.members)):
+            have = set(table.filter(pc.equal(table["member"], member))["step"].to_pylist())
+            missing = sorted(self._expected_history(self.total_steps) - have)
+            if missing:
+                raise RunStoreError(
+                    f"run {self.run.id}: metrics of member {member} are missing at steps {missing[:5]}"
+                )
+
     # checkpoints -----------------------------------------------------------------------
 
     def save(self) -> None:
@@ -219,22 +260,53 @@ class Trainer:
         save_checkpoint(self.run.checkpoint_dir, self.state.step, tensors, info)
         self.run.update_manifest(last_checkpoint=self.state.step)
 
-    def restore(self) -> None:
-        """Continue from the run's latest checkpoint exactly where it was written."""
-        self.state.load_state_dict(self.run.load_checkpoint())
+    def resume_point(self) -> int | None:
+        """The latest checkpoint from which the run can continue with its history whole: every
+        evaluation up to it is in the metrics table (None: start afresh, only if there are no
+        checkpoints). RunStoreError if checkpoints exist but none has its history."""
+        steps = self.run.checkpoint_steps
+        if not steps:
+            return None
+        table = self.run.metrics
+        have = [
+            set(table.filter(pc.equal(table["member"], m))["step"].to_pylist())
+            for m in range(len(self.members))
+        ]
+        for step in reversed(steps):
+            if all(self._expected_history(step) <= seen for seen in have):
+                return step
+        raise RunStoreError(
+            f"run {self.run.id} has checkpoints up to step {steps[-1]} but its metrics table "
+            f"({self.run.metrics_path.name}) lacks evaluations before every one of them: resuming would "
+            "lose history; restore the table, or train the config afresh"
+        )
+
+    def restore(self, step: int) -> None:
+        """Continue from the checkpoint at `step` exactly where it was written; later checkpoints,
+        which lie past a gap in the metrics history, are removed (training rewrites them)."""
+        for later in self.run.checkpoint_steps:
+            if later > step:
+                for path in checkpoint_paths(self.run.checkpoint_dir, later)[::-1]:
+                    path.unlink(missing_ok=True)
+        self.state.load_state_dict(self.run.load_checkpoint(step))
         self.logger.restore(self.run.metrics, self.state.step)
         self.restored = True
 
     # the loop --------------------------------------------------------------------------
 
     def fit(self) -> Run:
-        """Train to the configured length; evaluate at step 0, every eval interval and at the end."""
+        """Train to the configured length; evaluate at step 0, every eval interval and at the end.
+        Holds the run's lock throughout; SIGTERM stops it like Ctrl-C (marked interrupted)."""
         self._t0 = time.perf_counter()
         log_every = self.run.config.training.log_every
         state = self.state
+        self.run.acquire()
         self.run.update_manifest(status="running", total_steps=self.total_steps)
         try:
-            with TrainingProgress(self.run.id, self.total_steps, state.step, self.progress) as bar:
+            with (
+                on_sigterm(),
+                TrainingProgress(self.run.id, self.total_steps, state.step, self.progress) as bar,
+            ):
                 if not self.restored:  # a fresh start: evaluate and checkpoint the initial model
                     self.evaluate_all()
                     self.save()
@@ -247,13 +319,19 @@ class Trainer:
                         self.save()
                     if state.step % log_every == 0 or last:
                         bar.update(state.step, self._status)
-        except KeyboardInterrupt:
-            self.run.update_manifest(status="interrupted", interrupted_at=state.step)
+            self._check_history()
+            self.run.update_manifest(status="complete", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        except KeyboardInterrupt as e:
+            _record(self.run, status="interrupted", interrupted_at=state.step)
+            e.run_path = self.run.path  # for the command line's one line
+            raise
+        except DivergenceError:
             raise
         except Exception as e:
-            self.run.update_manifest(status="failed", error=f"{type(e).__name__}: {e}")
+            _record(self.run, status="failed", error=f"{type(e).__name__}: {e}")
             raise
-        self.run.update_manifest(status="complete", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        finally:
+            self.run.release()
         return self.run
 
     def _status(self) -> str:
@@ -266,6 +344,30 @@ class Trainer:
                 + f" {self.logger.key_value:.3f}"
             )
         return " | ".join(parts)
+
+
+def _record(run: Run, **fields: Any) -> None:
+    """Mark the manifest, if the disk still lets us (a full or read-only disk may be why we stop)."""
+    with contextlib.suppress(IclLabError):
+        run.update_manifest(**fields)
+
+
+@contextlib.contextmanager
+def on_sigterm() -> Iterator[None]:
+    """Within the block, SIGTERM raises Terminated (a KeyboardInterrupt), so a killed run is marked
+    interrupted as Ctrl-C marks it; outside the main thread (no signals there) it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def train(
@@ -282,9 +384,13 @@ def train(
     return Trainer(run, progress).fit()
 
 
-def resume(run: Run, progress: bool = True) -> Run:
-    """Continue a run from its latest checkpoint (or from the start if it has none)."""
+def resume(run: Run, progress: bool = True, on_step: Callable[[int | None], None] = lambda step: None) -> Run:
+    """Continue a run from its latest checkpoint whose metrics history is whole (Trainer.resume_point;
+    from the start if it has no checkpoints); on_step hears where it continues from."""
+    run.acquire()  # before anything is read or removed: another process may be training it
     trainer = Trainer(run, progress)
-    if run.checkpoint_steps:
-        trainer.restore()
+    step = trainer.resume_point()
+    on_step(step)
+    if step is not None:
+        trainer.restore(step)
     return trainer.fit()
