@@ -1,5 +1,6 @@
 """Grafting: an activation taken from another trained model run on the same inputs."""
 
+import copy
 from functools import cache
 from pathlib import Path
 from typing import Literal
@@ -22,6 +23,22 @@ def donor(source: str, step: int | None, member: int, device: str) -> Model:
     return model.requires_grad_(False)
 
 
+def _hook_shape(model: Model, hook: str) -> tuple[int, ...] | None:
+    """The shape of a hook's activation for one sequence, from a forward pass on the meta device
+    (None if the model cannot run there)."""
+    io = model.io
+    if any(p.device.type != "meta" for p in model.parameters()):
+        model = copy.deepcopy(model).to("meta")
+    shape = (1, io.n_ctx) if io.d_vocab is not None else (1, io.n_ctx, io.d_input)
+    inputs = torch.zeros(shape, dtype=torch.long if io.d_vocab is not None else torch.float, device="meta")
+    try:
+        with torch.no_grad():
+            _, cache = model.run_with_cache(inputs, names_filter=hook)
+    except (RuntimeError, NotImplementedError):
+        return None
+    return tuple(cache[hook].shape)
+
+
 @CLAMPS.register("graft")
 class Graft(Clamp):
     """Graft an activation (e.g. a layer's output) from another run's checkpoint.
@@ -37,10 +54,28 @@ class Graft(Clamp):
     member: int = Field(0, ge=0)
 
     def check(self, model: Model) -> None:
+        """The donor must read the same inputs and give the hook an activation of the same shape
+        (compared by a forward pass on the meta device)."""
+        from icl_lab.errors import IclLabError
+        from icl_lab.experiment import build_model
+        from icl_lab.store.run import Run
+
         if self.hook not in model.hook_dict:
             raise ValueError(f"model has no hook point {self.hook!r}")
-        if not (Path(self.source) / "manifest.json").is_file():
-            raise ValueError(f"graft source is not a run directory: {self.source}")
+        try:
+            config = Run.open(self.source).member_config(self.member)
+        except IclLabError as e:
+            raise ValueError(f"graft source: {e}") from None
+        donor_model = build_model(config, device="meta")
+        if donor_model.io != model.io:
+            raise ValueError(
+                f"graft source {self.source} reads other inputs ({donor_model.io} vs {model.io})"
+            )
+        if self.hook not in donor_model.hook_dict:
+            raise ValueError(f"graft source {self.source} has no hook point {self.hook!r}")
+        theirs, ours = _hook_shape(donor_model, self.hook), _hook_shape(model, self.hook)
+        if theirs and ours and theirs != ours:
+            raise ValueError(f"graft source's {self.hook} has shape {theirs}, this model's {ours}")
 
     def hooks(self, ctx: ClampContext) -> list[tuple[str, HookFn]]:
         def graft(act: Tensor, hook: HookPoint) -> Tensor:

@@ -21,13 +21,20 @@ SPLIT_COLOURS = {"train": "C0", "ic": "C1", "ic2": "C2", "iw": "C3", "repeated":
 def _time_axis(ax: Axes, run: Run, transition: Transition | None, top: bool) -> None:
     """Step axis, a sequences axis on top, and the transition shaded (onset to end, midpoint dashed)."""
     if transition is not None:
-        ax.axvspan(transition.onset, transition.end, color="0.85", zorder=0)
-        ax.axvline(transition.midpoint, color="0.4", ls="--", lw=1, zorder=0)
+        ax.axvspan(
+            transition.onset, transition.end, color="0.85", zorder=0, label="transition (onset to end)"
+        )
+        ax.axvline(transition.midpoint, color="0.4", ls="--", lw=1, zorder=0, label="transition midpoint")
     ax.grid(alpha=0.3)
     if top:
         per_step = run.units_at(1)[0]
         secondary = ax.secondary_xaxis("top", functions=(lambda s: s * per_step, lambda q: q / per_step))
         secondary.set_xlabel("sequences")
+
+
+def _whose(run: Run) -> str:
+    """'seed s', and which member of an ensemble the figure shows."""
+    return f"seed {run.config.seed}" + (f", member 0 of {len(run.configs)}" if len(run.configs) > 1 else "")
 
 
 def _splits(run: Run) -> list[str]:
@@ -46,10 +53,10 @@ def training_curves(run: Run, transition: Transition | None) -> Figure:
     loss_ax.set_ylabel("loss (nats)")
     acc_ax.set_ylabel("accuracy")
     acc_ax.set_xlabel("step")
-    loss_ax.legend(fontsize=8)
     _time_axis(loss_ax, run, transition, top=True)
     _time_axis(acc_ax, run, transition, top=False)
-    fig.suptitle(f"{run.id}: loss and accuracy per split (seed {run.config.seed})", fontsize=10)
+    loss_ax.legend(fontsize=8)
+    fig.suptitle(f"{run.id}: loss and accuracy per split ({_whose(run)})", fontsize=10)
     return fig
 
 
@@ -62,7 +69,7 @@ def progress_measures(
     )
     for i, (ax, (split, metric, layer)) in enumerate(zip(np.atleast_1d(axes), measures, strict=True)):
         if layer is None:
-            ax.plot(*run.curve(metric, split), color="k")
+            ax.plot(*run.curve(metric, split), color="k", label=metric)
             ax.set_title(f"{metric} ({split})", fontsize=9, loc="left")
         else:
             layer = layer % run.config.model.n_layers
@@ -71,10 +78,11 @@ def progress_measures(
                 if head.startswith(f"{layer}."):
                     ax.plot(steps, values, label=f"head {head}")
             ax.set_title(f"{metric}, layer {layer} heads ({split})", fontsize=9, loc="left")
-            ax.legend(fontsize=7, ncol=4, loc="best")
+        ax.set_ylabel(metric.replace("_", " "), fontsize=8)
         _time_axis(ax, run, transition, top=i == 0)
+        ax.legend(fontsize=7, ncol=4, loc="best")
     np.atleast_1d(axes)[-1].set_xlabel("step")
-    fig.suptitle(f"{run.id}: progress measures (seed {run.config.seed})", fontsize=10)
+    fig.suptitle(f"{run.id}: progress measures ({_whose(run)})", fontsize=10)
     return fig
 
 
@@ -104,9 +112,9 @@ def attention_patterns(run: Run, steps: list[int], task: Task, split: str, batch
                 ax = axes[row, layer * H + head]
                 image = ax.imshow(pattern[head].numpy(), cmap="viridis", vmin=0, vmax=1)
                 ax.set_title(f"head {layer}.{head}, step {step}", fontsize=8)
-                ticks = range(T) if T <= 24 else range(0, T, max(1, T // 12))
+                ticks = range(T) if T <= 24 else sorted({*range(0, T, max(1, T // 12)), T - 1})
                 ax.set_xticks(list(ticks), [labels[i] for i in ticks], rotation=90, fontsize=6)
                 ax.set_yticks(list(ticks), [labels[i] for i in ticks], fontsize=6)
     fig.colorbar(image, ax=axes, shrink=0.6, label="attention (query row sums to 1)")
-    fig.suptitle(f"attention on {split} sequence 0 (rows: query, columns: key), seed {cfg.seed}", fontsize=9)
+    fig.suptitle(f"attention on {split} sequence 0 (rows: query, columns: key), {_whose(run)}", fontsize=9)
     return fig

@@ -73,7 +73,9 @@ class ListAxis(StrictModel):
 
 def _axis_kind(value: object) -> str | None:
     """Which kind of axis a mapping (or a validated axis) is, by its one key."""
-    keys = set(value) if isinstance(value, dict) else {k for k in ("grid", "zip", "points") if hasattr(value, k)}
+    keys = (
+        set(value) if isinstance(value, dict) else {k for k in ("grid", "zip", "points") if hasattr(value, k)}
+    )
     return next((kind for kind in ("grid", "zip", "points") if kind in keys), None)
 
 
