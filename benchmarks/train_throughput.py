@@ -101,6 +101,11 @@ def main() -> None:
     def data_only() -> None:
         task.sample(batch_size, g)
 
+    losses = torch.ones(1, device=device)
+
+    def divergence_check() -> None:  # what the trainer adds to every step to stop on a non-finite loss
+        bool(torch.isfinite(losses).all())
+
     contenders = {
         "plain PyTorch": plain_step,
         "icl-lab": ours.train_step,
@@ -108,6 +113,7 @@ def main() -> None:
     }
     median = interleaved(contenders, args.steps, args.repeats)
     data_s = interleaved({"data": data_only}, args.steps, args.repeats)["data"]
+    check_s = interleaved({"check": divergence_check}, args.steps * 10, args.repeats)["check"]
     peak = matmul_gflops(device=device)
     flops = step_flops(cfg, batch_size * T)
     rows = table(median, "plain PyTorch", batch_size * T, flops)
@@ -117,6 +123,8 @@ def main() -> None:
     print(f"data generation: {data_s * 1e3:.2f} ms per batch = {data_share:.1%} of an icl-lab step")
     overhead = median["icl-lab + clamp"] / median["icl-lab"] - 1
     print(f"active clamp overhead: {overhead:+.1%}")
+    check_share = check_s / median["icl-lab"]
+    print(f"divergence check: {check_s * 1e6:.1f} us per step = {check_share:.2%} of an icl-lab step")
     device_name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu (1 thread)"
     out = write_results(
         f"train_throughput_{device.type}",
@@ -131,6 +139,7 @@ def main() -> None:
             "matmul_gflops": peak,
             "data_share_of_step": data_share,
             "clamp_overhead": overhead,
+            "divergence_check_share_of_step": check_share,
         },
     )
     print(f"wrote {out}")

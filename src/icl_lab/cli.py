@@ -5,6 +5,7 @@ exits with code 2.
 """
 
 import itertools
+import signal
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -14,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from icl_lab.errors import IclLabError, Terminated
+from icl_lab.errors import IclLabError, Interrupted
 
 app = typer.Typer(
     help="icl-lab: train, clamp and dissect small models on in-context-learning tasks.",
@@ -358,18 +359,18 @@ def main() -> None:
     """Entry point: every failure is one line on stderr (the traceback only with --debug). User
     errors (IclLabError, and files the system cannot read or write) exit with code 2, an
     interrupted run with 130 (Ctrl-C) or 143 (SIGTERM), anything unexpected with 1."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise Interrupted("SIGINT")
+
+    signal.signal(signal.SIGINT, interrupt)  # an exception of ours: click would swallow Ctrl-C's
     try:
         code = app(standalone_mode=False)
-    except typer.Abort as abort:  # click turns Ctrl-C and SIGTERM (Terminated) into Abort
-        stop = abort.__cause__
-        where = getattr(stop, "run_path", None)
-        after = f"; continue with: icl-lab resume {where}" if where else ""
+    except Interrupted as stop:
         if DEBUG:
             raise
-        _fail(
-            f"interrupted{' (SIGTERM)' if isinstance(stop, Terminated) else ''}{after}",
-            143 if isinstance(stop, Terminated) else 130,
-        )
+        after = f"; continue with: icl-lab resume {stop.run_path}" if stop.run_path else ""
+        _fail(f"interrupted ({stop.signal_name}){after}", 143 if stop.signal_name == "SIGTERM" else 130)
     except typer.exceptions.TyperException as e:  # click's errors: a bad argument or option
         e.show()
         raise SystemExit(e.exit_code) from None

@@ -29,5 +29,10 @@ class DivergenceError(IclLabError):
     """Training produced a non-finite loss; the last finite state is checkpointed."""
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM received: the run stops like Ctrl-C does, marked interrupted and resumable."""
+class Interrupted(Exception):  # noqa: N818 - a stop, not an error
+    """SIGINT or SIGTERM received: a run in progress stops, marked interrupted and resumable."""
+
+    def __init__(self, signal_name: str) -> None:
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+        self.run_path: object = None

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from torch.func import functional_call, vmap
 
-from icl_lab.errors import DivergenceError, IclLabError, RunStoreError, Terminated
+from icl_lab.errors import DivergenceError, IclLabError, Interrupted, RunStoreError
 from icl_lab.evaluation import metric_names
 from icl_lab.experiment import ExperimentConfig, build_model, check_ensemble
 from icl_lab.interventions import Clamp
@@ -321,9 +321,10 @@ class Trainer:
                         bar.update(state.step, self._status)
             self._check_history()
             self.run.update_manifest(status="complete", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-        except KeyboardInterrupt as e:
+        except (KeyboardInterrupt, Interrupted) as e:
             _record(self.run, status="interrupted", interrupted_at=state.step)
-            e.run_path = self.run.path  # for the command line's one line
+            if isinstance(e, Interrupted):
+                e.run_path = self.run.path  # for the command line's one line
             raise
         except DivergenceError:
             raise
@@ -354,14 +355,14 @@ def _record(run: Run, **fields: Any) -> None:
 
 @contextlib.contextmanager
 def on_sigterm() -> Iterator[None]:
-    """Within the block, SIGTERM raises Terminated (a KeyboardInterrupt), so a killed run is marked
-    interrupted as Ctrl-C marks it; outside the main thread (no signals there) it does nothing."""
+    """Within the block, SIGTERM raises Interrupted, so a killed run is marked interrupted as
+    Ctrl-C marks it; outside the main thread (no signals there) it does nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def stop(signum: int, frame: object) -> None:
-        raise Terminated
+        raise Interrupted("SIGTERM")
 
     previous = signal.signal(signal.SIGTERM, stop)
     try:

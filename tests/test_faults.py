@@ -1,0 +1,560 @@
+"""Fault injection: every fault a user can meet ends in one line naming the problem and exit code 2
+(130 / 143 for Ctrl-C / SIGTERM), leaves nothing looking complete that is not, and loses nothing
+that was on disk before. Full and read-only disks are real tmpfs mounts where the tests may mount
+one (root on Linux), else a patched writer."""
+
+import contextlib
+import errno
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+
+from conftest import tiny_config
+from icl_lab.errors import DivergenceError
+from icl_lab.store.run import Run, list_runs
+from icl_lab.training.trainer import train
+from test_trainer import assert_identical_runs
+
+ICL_LAB = [sys.executable, "-m", "icl_lab"]
+
+
+def icl(*args: object, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*ICL_LAB, *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+def one_line(err: str, *needles: str) -> None:
+    """stderr is one line, an error naming the problem, with no traceback."""
+    text = err.strip()
+    assert "\n" not in text and "Traceback" not in text, err
+    for needle in needles:
+        assert needle in text, (needle, text)
+
+
+def config_file(directory: Path, **sections: object) -> Path:
+    path = directory / "config.yaml"
+    path.write_text(tiny_config(**sections).to_yaml())
+    return path
+
+
+def tree(path: Path) -> dict[str, bytes]:
+    """Every file under a directory with its bytes (to show nothing on disk was lost or changed)."""
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[bool]:
+    """Mount a small tmpfs at path; yields whether it is a real mount (False: the caller patches)."""
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = (
+        os.geteuid() == 0
+        and subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+        ).returncode
+        == 0
+    )
+    try:
+        yield mounted
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def read_only(path: Path) -> bool:
+    return subprocess.run(["mount", "-o", "remount,ro", str(path)], capture_output=True).returncode == 0
+
+
+def interrupt(run: Run, **fields: object) -> None:
+    """Mark a run's manifest as a killed process leaves it (or with the given fields)."""
+    manifest = json.loads((run.path / "manifest.json").read_text())
+    (run.path / "manifest.json").write_text(json.dumps({**manifest, "status": "interrupted", **fields}))
+
+
+def trained(tmp_path: Path, **sections: object) -> Run:
+    return train(tiny_config(**sections), str(tmp_path / "runs"), progress=False)
+
+
+# disks --------------------------------------------------------------------------------------
+
+
+def test_a_read_only_runs_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with tmpfs(tmp_path / "ro", "4m") as mounted:
+        if mounted:
+            assert read_only(tmp_path / "ro")
+            done = icl("train", config_file(tmp_path), "--runs-dir", tmp_path / "ro" / "runs", "-q")
+            assert done.returncode == 2
+            one_line(done.stderr, "cannot create a run directory in", "Read-only file system")
+            return
+    from icl_lab.store import run as run_module
+
+    def refuse(self: Path, *args: object, **kwargs: object) -> None:
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    monkeypatch.setattr(run_module.Path, "mkdir", refuse)
+    with pytest.raises(run_module.StorageError, match="Read-only file system"):  # type: ignore[attr-defined]
+        Run.create(tiny_config(), tmp_path / "runs")
+
+
+def test_a_disk_that_fills_up_mid_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first checkpoints fit, a later one does not: one line, the run is not complete, the
+    checkpoints written before are intact and no temporary file is left."""
+    config = config_file(
+        tmp_path,
+        model={"name": "transformer", "n_layers": 2, "n_heads": 2, "d_model": 64, "attn_only": True},
+        training={"batch_size": 8, "length": {"steps": 12}},
+    )
+    with tmpfs(tmp_path / "small", "1200k") as mounted:
+        if not mounted:
+            pytest.skip("cannot mount a tmpfs here (not root)")
+        done = icl("train", config, "--runs-dir", tmp_path / "small", "-q")
+        assert done.returncode == 2, done.stderr
+        one_line(done.stderr, "cannot write", "No space left on device")
+        (run,) = list_runs(tmp_path / "small")
+        assert run.status != "complete" and run.checkpoint_steps, "earlier checkpoints are kept"
+        run.load_checkpoint()  # the latest complete checkpoint verifies
+        assert not list((tmp_path / "small").rglob("*.tmp"))
+
+
+def test_report_and_resume_on_a_read_only_disk(tmp_path: Path) -> None:
+    with tmpfs(tmp_path / "disk", "8m") as mounted:
+        if not mounted:
+            pytest.skip("cannot mount a tmpfs here (not root)")
+        run = train(tiny_config(), str(tmp_path / "disk"), progress=False)
+        interrupt(run)
+        before = tree(run.path)
+        assert read_only(tmp_path / "disk")
+        done = icl("report", run.path)
+        assert done.returncode == 2
+        one_line(done.stderr, "Read-only file system")
+        done = icl("resume", run.path, "-q")
+        assert done.returncode == 2
+        one_line(done.stderr, "Read-only file system")
+        assert tree(run.path) == before
+
+
+# the metrics table -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated mid-row"])
+def test_a_corrupt_metrics_table_is_refused_by_resume_and_report(tmp_path: Path, damage: str, cli) -> None:
+    run = trained(tmp_path)
+    interrupt(run)
+    table = run.metrics_path
+    data = table.read_bytes()
+    table.write_bytes(b"not parquet at all" if damage == "garbage" else data[: len(data) // 2])
+    before = tree(run.path)
+    for command in (["resume", run.path], ["report", run.path], ["eval", run.path]):
+        code, _, err = cli(*command)
+        if command[0] == "eval":  # eval reads checkpoints, not the table: it still works
+            assert code == 0, err
+            continue
+        assert code == 2
+        one_line(err, f"metrics table {table} is corrupt or unreadable")
+    assert tree(run.path) == before
+
+
+def test_resume_refuses_when_the_metrics_table_is_gone(tmp_path: Path, cli) -> None:
+    run = trained(tmp_path)
+    run.metrics_path.unlink()
+    interrupt(run)
+    before = tree(run.path)
+    code, _, err = cli("resume", run.path)
+    assert code == 2
+    one_line(err, "lacks evaluations before every one of them", "resuming would lose history")
+    assert tree(run.path) == before and Run.open(run.path).status == "interrupted"
+
+
+def test_resume_goes_back_to_the_last_checkpoint_whose_history_is_whole(tmp_path: Path, cli) -> None:
+    """Rows after step 4 lost (an older table restored): resume continues from checkpoint 4, says
+    so, and ends bit-identical to the uninterrupted run."""
+    full = trained(tmp_path)
+    cut = tmp_path / "cut" / full.id
+    shutil.copytree(full.path, cut)
+    table = pq.read_table(cut / "metrics.parquet")
+    pq.write_table(table.filter(pc.less_equal(table["step"], 4)), cut / "metrics.parquet")
+    manifest = json.loads((cut / "manifest.json").read_text())
+    (cut / "manifest.json").write_text(json.dumps({**manifest, "status": "interrupted"}))
+    code, out, err = cli("resume", cut, "-q")
+    assert code == 0, err
+    assert "from its checkpoint at step 4 (checkpoints after it lie past a gap" in out
+    assert_identical_runs(full, Run.open(cut))
+
+
+# devices and checkpoints ------------------------------------------------------------------------
+
+
+def test_an_unknown_device_is_refused_before_anything_is_written(tmp_path: Path, cli) -> None:
+    code, _, err = cli("train", config_file(tmp_path), "--device", "tpu", "--runs-dir", tmp_path / "runs")
+    assert code == 2
+    one_line(err, "training.device: unknown device 'tpu'")
+    data = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    data["training"]["device"] = "tpu"
+    (tmp_path / "tpu.yaml").write_text(yaml.safe_dump(data))
+    code, _, err = cli("train", tmp_path / "tpu.yaml", "--runs-dir", tmp_path / "runs")
+    assert code == 2
+    one_line(err, "unknown device 'tpu'")
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_resume_on_cuda_without_a_gpu(tmp_path: Path, cli) -> None:
+    run = trained(tmp_path)
+    interrupt(run)
+    before = tree(run.path)
+    code, _, err = cli("resume", run.path, "--device", "cuda")
+    assert code == 2
+    one_line(err, "--device: 'cuda' requested but CUDA is not available")
+    assert tree(run.path) == before
+
+
+def test_a_sidecar_naming_a_file_outside_the_run_is_refused(tmp_path: Path, cli) -> None:
+    run = trained(tmp_path)
+    (tmp_path / "elsewhere.safetensors").write_bytes(b"x")
+    sidecar = run.checkpoint_dir / f"step_{12:09d}.json"
+    info = json.loads(sidecar.read_text())
+    sidecar.write_text(json.dumps({**info, "file": "../../../elsewhere.safetensors"}))
+    code, _, err = cli("eval", run.path)
+    assert code == 2
+    one_line(err, "names another tensors file", "elsewhere.safetensors")
+
+
+def test_a_graft_from_a_donor_of_another_shape_is_refused_up_front(tmp_path: Path, cli) -> None:
+    donor = train(
+        tiny_config(
+            model={"name": "transformer", "n_layers": 2, "n_heads": 2, "d_model": 32, "attn_only": True}
+        ),
+        str(tmp_path / "donor"),
+        progress=False,
+    )
+    graft = f"clamps=[{{kind: graft, hook: blocks.0.hook_attn_out, source: {donor.path}}}]"
+    code, _, err = cli("train", config_file(tmp_path), "--set", graft, "--runs-dir", tmp_path / "runs")
+    assert code == 2
+    one_line(
+        err, "clamps.0: graft source's blocks.0.hook_attn_out has shape (1, 16, 32), this model's (1, 16, 16)"
+    )
+    assert not (tmp_path / "runs").exists()
+
+
+# configs ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("training.optimizer.lr=.inf", "training.optimizer.lr: Input should be a finite number"),
+        ("training.optimizer.lr=.nan", "training.optimizer.lr: Input should be a finite number"),
+        ("model.n_heads=true", "model.n_heads: Input should be a valid integer"),
+        ("training.batch_size='32'", "training.batch_size: Input should be a valid integer"),
+        ("seed.foo=1", "'seed' is a value, not a section"),
+    ],
+)
+def test_values_of_the_wrong_kind_are_refused(tmp_path: Path, cli, override: str, message: str) -> None:
+    code, _, err = cli("train", config_file(tmp_path), "--set", override, "--runs-dir", tmp_path / "runs")
+    assert code == 2
+    one_line(err, message)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_key_given_twice_in_a_yaml_file_is_refused(tmp_path: Path, cli) -> None:
+    path = config_file(tmp_path)
+    path.write_text(path.read_text() + "seed: 4\n")
+    code, _, err = cli("train", path, "--runs-dir", tmp_path / "runs")
+    assert code == 2
+    one_line(err, "duplicate key 'seed'")
+
+
+# divergence ---------------------------------------------------------------------------------------
+
+
+def test_divergence_stops_the_run_with_its_last_finite_state(tmp_path: Path, cli) -> None:
+    config = config_file(
+        tmp_path, training={"optimizer": {"name": "sgd", "lr": 1.0e12}, "length": {"steps": 40}}
+    )
+    code, _, err = cli("train", config, "--runs-dir", tmp_path / "runs", "-q")
+    assert code == 2
+    one_line(err, "diverged at step", "non-finite training loss (member 0)", "last finite state")
+    (run,) = list_runs(tmp_path / "runs")
+    step = run.manifest["diverged_at"]
+    assert run.status == "diverged" and run.checkpoint_steps[-1] == step
+    assert all(torch.isfinite(p).all() for p in run.parameters().values())
+    code, _, err = cli("resume", run.path)
+    assert code == 2
+    one_line(err, f"diverged at step {step}; resuming would repeat it")
+    with pytest.raises(DivergenceError):
+        train(
+            tiny_config(training={"optimizer": {"name": "sgd", "lr": 1.0e12}}),
+            str(tmp_path / "py"),
+            progress=False,
+        )
+
+
+# signals, liveness and two processes ------------------------------------------------------------------
+
+
+def slow_config(directory: Path) -> Path:
+    return config_file(
+        directory,
+        training={"batch_size": 16, "length": {"steps": 300}},
+        eval={"every": {"steps": 30}, "batch_size": 64},
+        checkpointing={"every": {"steps": 20}},
+    )
+
+
+def started(runs: Path, proc: subprocess.Popen) -> None:
+    deadline = time.time() + 60
+    while not list(runs.glob("[!.]*/checkpoints/step_*.json")):
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.time() < deadline
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_at_a_random_moment_marks_the_run_interrupted_and_resume_is_identical(
+    tmp_path: Path, sig: int, code: int
+) -> None:
+    config = slow_config(tmp_path)
+    from icl_lab.experiment import load_config
+
+    reference = train(load_config(config), str(tmp_path / "ref"), progress=False)
+    runs = tmp_path / "runs"
+    proc = subprocess.Popen(
+        [*ICL_LAB, "train", str(config), "--runs-dir", str(runs), "-q"], stderr=subprocess.PIPE, text=True
+    )
+    started(runs, proc)
+    time.sleep(random.uniform(0, 0.4))
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    (run,) = list_runs(runs)
+    if proc.returncode == 0:  # the signal came after the last step: nothing to test this time
+        assert run.status == "complete"
+        return
+    assert proc.returncode == code, err
+    one_line(err, "interrupted", f"icl-lab resume {run.path}")
+    assert run.status == "interrupted" and run.manifest["interrupted_at"] >= 0
+    done = icl("resume", run.path, "-q")
+    assert done.returncode == 0, done.stderr
+    assert_identical_runs(reference, Run.open(run.path))
+
+
+def test_two_resumes_of_one_run_at_once(tmp_path: Path) -> None:
+    config = config_file(tmp_path, training={"batch_size": 16, "length": {"steps": 100_000}})
+    runs = tmp_path / "runs"
+    first = subprocess.Popen(
+        [*ICL_LAB, "train", str(config), "--runs-dir", str(runs), "-q"], stderr=subprocess.PIPE, text=True
+    )
+    started(runs, first)
+    (run,) = list_runs(runs)
+    assert run.status == "running"
+    second = icl("resume", run.path, "-q")
+    assert second.returncode == 2
+    one_line(second.stderr, f"run {run.id} is marked running (pid {first.pid}")
+    forced = icl("resume", run.path, "-q", "--force")
+    assert forced.returncode == 2
+    one_line(forced.stderr, f"run {run.id} is being trained by another process")
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=60) == 143
+    assert Run.open(run.path).status == "interrupted"
+
+
+def test_a_stale_running_status_from_another_host_needs_force(tmp_path: Path, cli) -> None:
+    run = trained(tmp_path)
+    manifest = json.loads((run.path / "manifest.json").read_text())
+    (run.path / "checkpoints" / f"step_{12:09d}.json").unlink()
+    (run.path / "manifest.json").write_text(
+        json.dumps({**manifest, "status": "running", "host": "elsewhere", "pid": 1})
+    )
+    assert Run.open(run.path).status == "running", "another host's process cannot be checked from here"
+    code, _, err = cli("resume", run.path, "-q")
+    assert code == 2
+    one_line(err, "marked running (pid 1 on host elsewhere)", "resume --force")
+    code, _, err = cli("resume", run.path, "-q", "--force")
+    assert code == 0, err
+    assert Run.open(run.path).status == "complete"
+
+
+def test_a_reused_pid_does_not_look_alive(tmp_path: Path) -> None:
+    """A run marked running by a pid that now belongs to another live process (here: this test)
+    is interrupted: liveness is the run's lock, which died with its process."""
+    run = trained(tmp_path)
+    manifest = json.loads((run.path / "manifest.json").read_text())
+    (run.path / "manifest.json").write_text(json.dumps({**manifest, "status": "running", "pid": os.getpid()}))
+    assert Run.open(run.path).status == "interrupted"
+
+
+# sweeps --------------------------------------------------------------------------------------------
+
+
+def sweep_file(directory: Path, base: Path | None = None, **fields: object) -> Path:
+    data = {
+        "name": "faulty",
+        "base": str(base or config_file(directory)),
+        "axes": [{"grid": {"training.optimizer.lr": [0.001, 0.01]}}],
+        "seeds": [0],
+        **fields,
+    }
+    path = directory / "sweep.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        (
+            {"axes": [{"grid": {"training.optimizer.lr": []}}]},
+            "training.optimizer.lr: give at least one value",
+        ),
+        ({"seeds": []}, "seeds: List should have at least 1 item"),
+        ({"axes": [{"grid": {"seed.foo": [1, 2]}}]}, "the sweep sets seed and name itself"),
+        (
+            {"axes": [{"zip": {"training.optimizer.lr": [0.1], "task.min_prefix": [2, 3]}}]},
+            "zip lists must all have the same length",
+        ),
+        (
+            {"report": {"heatmaps": [{"x": "task.vocab_size", "y": "seed", "metric": "train/loss"}]}},
+            "report.heatmaps.0.x: 'task.vocab_size' is not a swept field",
+        ),
+        (
+            {"report": {"curves": [{"x": "training.optimizer.lr", "by": "task.seq_len"}]}},
+            "report.curves.0.by: 'task.seq_len' is not a swept field",
+        ),
+        (
+            {
+                "report": {
+                    "heatmaps": [{"x": "training.optimizer.lr", "y": "seed", "metric": "train/nonsense"}]
+                }
+            },
+            "report.heatmaps.0.metric: 'train/nonsense' is not a result",
+        ),
+    ],
+)
+def test_a_bad_sweep_is_refused_before_anything_is_written(
+    tmp_path: Path, cli, fields: dict, message: str
+) -> None:
+    code, _, err = cli("sweep", sweep_file(tmp_path, **fields), "--runs-dir", tmp_path / "runs", "-q")
+    assert code == 2
+    one_line(err, message)
+    assert not (tmp_path / "runs").exists()
+
+
+FAILING_TASK = '''
+from typing import Literal
+from icl_lab.tasks.induction import InductionConfig, InductionTask
+from icl_lab.tasks import TASKS
+
+
+class FailingConfig(InductionConfig):
+    name: Literal["failing_induction"] = "failing_induction"
+    fail: bool = False
+
+
+@TASKS.register("failing_induction")
+class FailingTask(InductionTask):
+    """Induction that raises while sampling training data when fail is set."""
+
+    Config = FailingConfig
+
+    def training_sample(self, batch_size, generator, step):
+        if self.config.fail and step == 3:
+            raise RuntimeError("the data source broke")
+        return super().training_sample(batch_size, generator, step)
+'''
+
+
+def test_a_sweep_with_a_failed_point_exits_non_zero_and_names_it(tmp_path: Path, cli) -> None:
+    (tmp_path / "failing.py").write_text(FAILING_TASK)
+    base = config_file(tmp_path)
+    data = yaml.safe_load(base.read_text())
+    data["imports"] = [str(tmp_path / "failing.py")]
+    data["task"]["name"] = "failing_induction"
+    base.write_text(yaml.safe_dump(data))
+    path = sweep_file(tmp_path, base, axes=[{"grid": {"task.fail": [False, True]}}])
+    code, out, err = cli("sweep", path, "--runs-dir", tmp_path / "runs", "-q", "--workers", "2")
+    assert code == 2
+    one_line(err, "1 of 2 sweep points did not complete: 1")
+    assert "point 1 failed: RuntimeError: the data source broke" in out
+    statuses = [r.status for r in list_runs(tmp_path / "runs" / "faulty" / "runs")]
+    assert sorted(statuses) == ["complete", "failed"]
+
+
+def test_a_sweep_leaves_a_unit_that_another_live_process_trains(tmp_path: Path, cli) -> None:
+    path = sweep_file(tmp_path)
+    code, _, err = cli("sweep", path, "--runs-dir", tmp_path / "runs", "-q")
+    assert code == 0, err
+    unit = Run.open(tmp_path / "runs" / "faulty" / "runs" / "u001")
+    manifest = json.loads((unit.path / "manifest.json").read_text())
+    (unit.path / "manifest.json").write_text(json.dumps({**manifest, "status": "running"}))
+    before = tree(unit.path)
+    holder = Run.open(unit.path)
+    holder.acquire()  # this process now "trains" it
+    try:
+        code, out, err = cli("sweep", path, "--runs-dir", tmp_path / "runs", "-q")
+    finally:
+        holder.release()
+    assert code == 2
+    one_line(err, "1 of 2 sweep points did not complete: 1")
+    assert "point 1 running: being trained by pid" in out
+    assert tree(unit.path) == before
+
+
+def test_a_sweep_directory_edited_between_runs(tmp_path: Path, cli) -> None:
+    path = sweep_file(tmp_path)
+    assert cli("sweep", path, "--runs-dir", tmp_path / "runs", "-q")[0] == 0
+    sweep_dir = tmp_path / "runs" / "faulty"
+    before = tree(sweep_dir)
+    path.write_text(path.read_text().replace("0.01", "0.02"))
+    code, _, err = cli("sweep", path, "--runs-dir", tmp_path / "runs", "-q")
+    assert code == 2
+    one_line(err, "holds a different sweep; choose another directory")
+    assert tree(sweep_dir) == before
+    (sweep_dir / "plan.json").unlink()
+    code, _, err = cli("sweep", "status", sweep_dir)
+    assert code == 2
+    one_line(err, "not a sweep directory (no plan.json)")
+
+
+# small things ------------------------------------------------------------------------------------
+
+
+def test_checkpoints_get_the_usual_file_mode(tmp_path: Path) -> None:
+    run = trained(tmp_path)
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in [*run.checkpoint_dir.iterdir(), run.metrics_path, run.path / "manifest.json"]:
+        assert path.stat().st_mode & 0o777 == 0o666 & ~mask, path
+
+
+def test_help_shows_no_type_after_flags_and_a_log_shows_the_step_count(tmp_path: Path) -> None:
+    done = icl("reproduce", "--help")
+    assert done.returncode == 0 and "<bool>" not in done.stdout and "--quick" in done.stdout
+    done = icl("train", config_file(tmp_path), "--runs-dir", tmp_path / "runs")  # stdout is a pipe
+    assert done.returncode == 0, done.stderr
+    assert "step 12/12 (100%)" in done.stdout and "\x1b[" not in done.stdout
+
+
+def test_an_unexpected_error_is_one_line_unless_debug(
+    tmp_path: Path, cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from icl_lab.training import trainer
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(trainer, "train", broken)
+    code, _, err = cli("train", config_file(tmp_path), "--runs-dir", tmp_path / "runs")
+    assert code == 1
+    one_line(err, "internal error: ZeroDivisionError: a bug (run again with --debug for the traceback)")
+    with pytest.raises(ZeroDivisionError):
+        cli("--debug", "train", config_file(tmp_path), "--runs-dir", tmp_path / "runs")
