@@ -142,7 +142,10 @@ def test_local_sweep_results_and_rerun(tmp_path: Path) -> None:
         run_sweep(sweep(tmp_path, seeds=[7]), out, progress=False)
 
 
-def test_a_failing_point_does_not_stop_the_others(tmp_path: Path) -> None:
+def test_a_point_grafting_from_a_donor_of_another_shape_is_refused_before_any_training(
+    tmp_path: Path,
+) -> None:
+    """(A point that fails while training is recorded and the others finish: see test_faults.)"""
     donor = train(
         tiny_config(
             task=TINY_BURSTY, model={**TINY_READOUT_MODEL, "d_model": 32}, training={"length": {"steps": 2}}
@@ -156,10 +159,9 @@ def test_a_failing_point_does_not_stop_the_others(tmp_path: Path) -> None:
         axes=[{"points": [{"task.burstiness": 2}, {"clamps": [graft]}, {"task.burstiness": 1}]}],
         seeds=[0],
     )
-    table = run_sweep(config, tmp_path / "out", workers=2, progress=False)
-    statuses = table.column("status").to_pylist()
-    assert statuses == ["complete", "failed", "complete"]
-    assert "graft: donor's blocks.0.hook_attn_out has shape" in table.column("error").to_pylist()[1]
+    with pytest.raises(ConfigError, match=r"sweep point 1 .*graft source's blocks.0.hook_attn_out has shape"):
+        run_sweep(config, tmp_path / "out", workers=2, progress=False)
+    assert not (tmp_path / "out").exists()
 
 
 def sweep_file(tmp_path: Path, name: str, seeds: list[int]) -> Path:
