@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from icl_lab.seeding import generator
 from icl_lab.tasks.function_classes import sliding_windows
 
 
@@ -148,12 +149,14 @@ def decision_tree(xs: Tensor, ys: Tensor, max_depth: int | None = None) -> Tenso
     )
 
 
-def gd_network(xs: Tensor, ys: Tensor, hidden: int = 100, steps: int = 500, lr: float = 5e-3) -> Tensor:
+def gd_network(
+    xs: Tensor, ys: Tensor, hidden: int = 100, steps: int = 500, lr: float = 5e-3, seed: int = 0
+) -> Tensor:
     """A 2-layer ReLU network (no biases) trained by Adam on each prefix: one network per prompt and
     prefix, all trained at once as batched weights (B x K networks: use a few hundred prompts).
     Rows past the prefix are zero inputs with zero targets, so they add nothing to the loss."""
     B, K, d = xs.shape
-    g = torch.Generator(device=xs.device).manual_seed(0)
+    g = generator(seed, "baselines", "gd_network", device=xs.device)
     W1 = (torch.randn(B, K, d, hidden, generator=g, device=xs.device) / d**0.5).requires_grad_()
     W2 = (torch.randn(B, K, hidden, 1, generator=g, device=xs.device) / hidden**0.5).requires_grad_()
     X, y = _prefix_designs(xs, ys)
@@ -179,7 +182,7 @@ def bootstrap_ci(
     errors: Tensor, resamples: int = 1000, level: float = 0.95, seed: int = 0
 ) -> tuple[Tensor, Tensor]:
     """Percentile bootstrap interval of the mean over prompts, per prefix length: two (K,) tensors."""
-    g = torch.Generator(device=errors.device).manual_seed(seed)
+    g = generator(seed, "baselines", "bootstrap", device=errors.device)
     index = torch.randint(errors.shape[0], (resamples, errors.shape[0]), generator=g, device=errors.device)
     means = errors[index].mean(1)  # (resamples, K)
     tail = (1 - level) / 2

@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 
 from icl_lab.files import atomic_write_text
 from icl_lab.report.html import figures_html, page, save_png
+from icl_lab.store.run import Run
 from icl_lab.sweeps.config import CurveSpec, HeatmapSpec, SweepConfig
 from icl_lab.sweeps.run import read_results
 
@@ -116,7 +117,7 @@ def write_sweep_report(sweep_dir: Path) -> Path:
     out.mkdir(exist_ok=True)
     layout = json.loads((sweep_dir / "plan.json").read_text())
     runs = [row["run"] for row in table.to_pylist() if row["status"] == "complete"]
-    batch_size = _batch_size(runs[0]) if runs else 1
+    batch_size = Run.open(runs[0]).units_at(1)[0] if runs else 1  # sequences per step
     images = {}
     for i, spec in enumerate(sweep.report.heatmaps):
         images[f"{spec.metric} over {spec.y} x {spec.x}"] = save_png(
@@ -144,11 +145,6 @@ def write_sweep_report(sweep_dir: Path) -> Path:
     path = out / "report.html"
     atomic_write_text(path, page(f"icl-lab sweep: {sweep.name}", body))
     return path
-
-
-def _batch_size(run_path: str) -> int:
-    config = yaml.safe_load((Path(run_path) / "config.yaml").read_text())
-    return int(config["training"]["batch_size"])
 
 
 def _fmt(value: object) -> str:
