@@ -129,6 +129,10 @@ class Task:
         """Fixed tensors of this task's world that reduced models may use (see Model.constants)."""
         return {}
 
+    def save_artifacts(self, directory: Path) -> None:
+        """Write what a run of this task needs to be read later (e.g. a trained tokeniser) into
+        the run directory (nothing by default)."""
+
     def report_figures(self, run: "Run", out: Path) -> dict[str, bytes]:
         """Figures of this task's own a run report shows, {title: PNG bytes}, written into out
         (none by default)."""

@@ -45,6 +45,34 @@ class InductionConfig(TaskConfig):
         return self
 
 
+def repeated_tokens(
+    n: int,
+    seq_len: int,
+    token_range: tuple[int, int],
+    min_prefix: int,
+    longest: int,
+    n_copies: int | None,
+    background_share: float,
+    g: torch.Generator,
+) -> Batch:
+    """n sequences of uniform random tokens from [low, high), each (but a background share) with a
+    random-length segment repeated as the module docstring says; meta period and repeat_end."""
+    dev, T = g.device, seq_len
+    tokens = torch.randint(*token_range, (n, T), generator=g, device=dev)
+    period = torch.randint(min_prefix, longest + 1, (n,), generator=g, device=dev)
+    background = torch.rand(n, generator=g, device=dev) < background_share
+    pos = torch.arange(T, device=dev)
+    end = torch.full_like(period, T) if n_copies is None else period * n_copies
+    period = period.masked_fill(background, 0)
+    end = end.masked_fill(background, 0)
+    in_repeat = pos < end[:, None]  # (n, T)
+    source = pos % period.clamp(min=1)[:, None]  # where each repeated token is copied from
+    tokens = torch.where(in_repeat, tokens.gather(1, source), tokens)
+    targets = torch.cat([tokens[:, 1:], torch.zeros_like(tokens[:, :1])], dim=1)
+    loss_mask = (pos < T - 1).expand(n, T)
+    return Batch(tokens, targets, loss_mask, {"period": period, "repeat_end": end})
+
+
 @TASKS.register("induction")
 class InductionTask(Task):
     """Next-token prediction on repeated random tokens; meta holds each sequence's period and the
@@ -78,21 +106,10 @@ class InductionTask(Task):
         return self._sample(batch_size, generator, self.config.background_share)
 
     def _sample(self, n: int, g: torch.Generator, background_share: float) -> Batch:
-        c, dev = self.config, g.device
-        T = c.seq_len
-        tokens = torch.randint(c.vocab_size, (n, T), generator=g, device=dev)
-        period = torch.randint(c.min_prefix, c.longest + 1, (n,), generator=g, device=dev)
-        background = torch.rand(n, generator=g, device=dev) < background_share
-        pos = torch.arange(T, device=dev)
-        end = torch.full_like(period, T) if c.n_copies is None else period * c.n_copies
-        period = period.masked_fill(background, 0)
-        end = end.masked_fill(background, 0)
-        in_repeat = pos < end[:, None]  # (n, T)
-        source = pos % period.clamp(min=1)[:, None]  # where each repeated token is copied from
-        tokens = torch.where(in_repeat, tokens.gather(1, source), tokens)
-        targets = torch.cat([tokens[:, 1:], torch.zeros_like(tokens[:, :1])], dim=1)
-        loss_mask = (pos < T - 1).expand(n, T)
-        return Batch(tokens, targets, loss_mask, {"period": period, "repeat_end": end})
+        c = self.config
+        return repeated_tokens(
+            n, c.seq_len, (0, c.vocab_size), c.min_prefix, c.longest, c.n_copies, background_share, g
+        )
 
     def token_labels(self, batch: Batch, index: int) -> list[str]:
         return [str(t) for t in batch.inputs[index].tolist()]

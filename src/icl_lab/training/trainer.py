@@ -26,7 +26,7 @@ from torch.func import functional_call, vmap
 
 from icl_lab.errors import DivergenceError, IclLabError, Interrupted, RunStoreError
 from icl_lab.evaluation import metric_names
-from icl_lab.experiment import ExperimentConfig, build_model, check_ensemble
+from icl_lab.experiment import ExperimentConfig, build_model, build_task, check_ensemble
 from icl_lab.interventions import Clamp
 from icl_lab.interventions.base import clamped_forward
 from icl_lab.seeding import generator
@@ -76,6 +76,7 @@ class Trainer:
         torch.set_num_threads(cfg.training.threads)
         data = [run.eval_data(m, self.device) for m in range(len(self.members))]
         self.tasks = [task for task, _ in data]
+        self.tasks[0].save_artifacts(run.path)
         self.model = build_model(cfg, self.device, self.tasks[0])
         self.model.batched(len(self.members) > 1)
         batch_size, tokens = cfg.training.batch_size, self.tasks[0].tokens_per_sequence
@@ -380,7 +381,9 @@ def train(
     """Create a run directory for a validated config (or an ensemble's member configs) and train
     it to completion."""
     members = configs if isinstance(configs, list) else [configs]
-    check_ensemble(members)  # before anything is written
+    check_ensemble(members)  # before anything is written, and so is the tasks' data (a corpus may
+    for member in members:  # be unreadable, a feature file malformed): errors leave no run behind
+        build_task(member, device=member.training.device)
     run = Run.create(members, runs_dir, run_id)
     return Trainer(run, progress).fit()
 

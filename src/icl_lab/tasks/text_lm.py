@@ -1,0 +1,138 @@
+"""Language modelling on real text (the language-model half of Olsson et al.; Hernandez et al.).
+
+Training batches are random windows of seq_len + 1 tokens from the training documents' token
+stream (text/streams.py), with next-token loss at every position. Evaluation splits:
+
+- `heldout`: windows of the held-out documents' stream (documents chosen by `split_seed`, never
+  trained on);
+- `train`: windows of the training stream;
+- `repeated`: Olsson's diagnostic, sequences of random tokens from the tokeniser's vocabulary
+  whose first half repeats (meta period and repeat_end), so prefix matching, copying, induction
+  and ICL scores apply as on the `induction` task. Text windows carry period 0: the repeat-based
+  scores are undefined (NaN) on them.
+
+The corpus split and the tokeniser depend on `split_seed`, not on the run's seed, so that every
+seed of a sweep sees the same data set.
+"""
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import Field, model_validator
+
+from icl_lab.config import TaskConfig
+from icl_lab.errors import ConfigError
+from icl_lab.files import atomic_write, atomic_write_text
+from icl_lab.models.base import ModelIO
+from icl_lab.tasks.base import TASKS, Batch, Sampler, Task
+from icl_lab.tasks.induction import repeated_tokens
+from icl_lab.text.corpus import corpus_files
+from icl_lab.text.streams import token_streams
+
+
+class TextLMConfig(TaskConfig):
+    """Next-token prediction on a corpus of documents."""
+
+    name: Literal["text_lm"] = "text_lm"
+    corpus: str = Field("shakespeare", description="shakespeare, python_stdlib, or a local file or directory")
+    max_documents: int | None = Field(None, ge=2, description="use only the first documents (name order)")
+    tokenizer: Literal["byte", "bpe"] = "byte"
+    vocab_size: int = Field(2048, ge=300, le=65535, description="BPE vocabulary (byte: always 257)")
+    seq_len: int = Field(128, ge=4, description="tokens per training window")
+    test_fraction: float = Field(0.1, gt=0, lt=1, description="share of documents held out")
+    split_seed: int = Field(0, ge=0, description="chooses the held-out documents (not the run seed)")
+
+    @model_validator(mode="after")
+    def _corpus_exists(self) -> "TextLMConfig":
+        _, files = corpus_files(self.corpus, self.max_documents)  # cheap: lists, reads nothing
+        if len(files) < 2:
+            raise ValueError(f"corpus {self.corpus} has {len(files)} document(s): too few to hold any out")
+        return self
+
+    @property
+    def vocabulary(self) -> int:
+        return 257 if self.tokenizer == "byte" else self.vocab_size
+
+
+@TASKS.register("text_lm")
+class TextLMTask(Task):
+    """Next-token prediction on windows of real text, with Olsson's repeated-token diagnostics."""
+
+    Config = TextLMConfig
+    config: TextLMConfig
+    meta_keys = ("period", "repeat_end")
+    default_metrics = (
+        "loss",
+        "accuracy",
+        "icl_score",
+        "copying",
+        "prefix_matching",
+        "head_detectors",
+        "copying_eigenvalues",
+    )
+    key_metric = ("repeated", "prefix_matching", "max")
+    progress_measures = (
+        ("repeated", "prefix_matching", -1),
+        ("repeated", "previous_token_score", 0),
+        ("heldout", "icl_score", None),
+        ("repeated", "copy_loss_drop", None),
+    )
+
+    def __init__(self, config: TextLMConfig, seed: int, device: torch.device | str = "cpu") -> None:
+        super().__init__(config, seed, device)
+        c = config
+        self.streams = token_streams(
+            c.corpus, c.tokenizer, c.vocab_size, c.test_fraction, c.split_seed, c.max_documents
+        )
+        shortest = min(len(self.streams.train), len(self.streams.test))
+        if shortest <= c.seq_len + 1:
+            raise ConfigError(
+                f"task.seq_len: windows of {c.seq_len + 1} tokens do not fit a split of corpus "
+                f"{c.corpus} ({shortest} tokens)"
+            )
+        # diagnostic tokens: every id but the end-of-document one
+        eod = self.streams.tokenizer.end_of_document
+        self.diagnostic_range = (1, c.vocabulary) if eod == 0 else (0, eod)
+
+    @classmethod
+    def io(cls, config: TextLMConfig) -> ModelIO:
+        return ModelIO(n_ctx=config.seq_len, d_out=config.vocabulary, d_vocab=config.vocabulary)
+
+    @classmethod
+    def split_names(cls, config: TextLMConfig) -> list[str]:
+        return ["heldout", "train", "repeated"]
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
+        return self._windows(self.streams.train, batch_size, generator)
+
+    def eval_splits(self) -> dict[str, Sampler]:
+        c = self.config
+        return {
+            "heldout": lambda n, g: self._windows(self.streams.test, n, g),
+            "train": self.sample,
+            "repeated": lambda n, g: repeated_tokens(
+                n, c.seq_len, self.diagnostic_range, 2, c.seq_len // 2, 2, 0.0, g
+            ),
+        }
+
+    def _windows(self, stream: np.ndarray, n: int, g: torch.Generator) -> Batch:
+        """n random windows of seq_len + 1 tokens: inputs and next-token targets."""
+        T = self.config.seq_len
+        starts = torch.randint(len(stream) - T, (n,), generator=g, device=g.device).cpu().numpy()
+        window = torch.from_numpy(stream[starts[:, None] + np.arange(T + 1)].astype(np.int64))  # (n, T + 1)
+        window = window.to(g.device)
+        zeros = torch.zeros(n, dtype=torch.long, device=g.device)
+        mask = torch.ones(n, T, dtype=torch.bool, device=g.device)
+        return Batch(window[:, :-1], window[:, 1:], mask, {"period": zeros, "repeat_end": zeros})
+
+    def token_labels(self, batch: Batch, index: int) -> list[str]:
+        decode = self.streams.tokenizer.decode
+        return [decode([t]).replace("\n", "\\n") or "?" for t in batch.inputs[index].tolist()]
+
+    def save_artifacts(self, directory: Path) -> None:
+        """The tokeniser, as tokenizer.json, and the corpus split's description, as corpus.json."""
+        atomic_write(directory / "tokenizer.json", self.streams.tokenizer.save)
+        atomic_write_text(directory / "corpus.json", json.dumps(self.streams.info, indent=1))

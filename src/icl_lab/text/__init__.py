@@ -1,0 +1,1 @@
+"""Real text, offline: corpora, tokenisers and cached token streams for the text_lm task."""

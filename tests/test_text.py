@@ -1,0 +1,135 @@
+"""Real text offline: corpora split by document, tokenisers that round-trip, cached token streams,
+and the text_lm task's windows and diagnostics."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from numpy.lib.stride_tricks import sliding_window_view
+
+from conftest import tiny_config
+from icl_lab.experiment import build_task
+from icl_lab.text.corpus import load_corpus
+from icl_lab.text.streams import token_streams
+from icl_lab.text.tokenizers import BPETokenizer, ByteTokenizer
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ICL_LAB_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def shakespeare():
+    return load_corpus("shakespeare")
+
+
+def test_shakespeare_is_bundled_and_splits_by_play(shakespeare) -> None:
+    assert len(shakespeare.documents) == 38 and shakespeare.replaced_bytes == 0
+    assert sum(len(d.text) for d in shakespeare.documents) > 5_000_000
+    train, test = shakespeare.split(0.1, seed=0)
+    assert len(test) == 4 and len(train) == 34
+    assert {d.name for d in train}.isdisjoint({d.name for d in test})
+    assert {d.name for d in shakespeare.split(0.1, seed=1)[1]} != {d.name for d in test}, "seeded"
+    assert [d.name for d in shakespeare.split(0.1, seed=0)[1]] == [d.name for d in test], "reproducible"
+
+
+def test_the_python_standard_library_is_a_corpus_of_source_files() -> None:
+    corpus = load_corpus("python_stdlib", max_documents=30)
+    assert len(corpus.documents) == 30 and all(d.name.endswith(".py") for d in corpus.documents)
+
+
+def test_both_tokenisers_round_trip_real_text(shakespeare) -> None:
+    train, test = shakespeare.split(0.1, seed=0)
+    text = test[0].text[:20_000]
+    byte = ByteTokenizer()
+    assert byte.decode(byte.encode_batch([text])[0].tolist()) == text
+    bpe = BPETokenizer.train([d.text for d in train[:6]], vocab_size=600)
+    ids = bpe.encode_batch([text])[0]
+    assert bpe.decode(ids.tolist()) == text
+    assert len(ids) < len(text.encode()) / 2, "merges compress the text"
+    assert ids.max() < bpe.vocab_size <= 600 and bpe.end_of_document == 0 and 0 not in ids
+
+
+def test_undecodable_bytes_are_replaced_and_counted(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_bytes(b"fine text\n")
+    (tmp_path / "b.txt").write_bytes(b"bad \xff\xfe bytes \xc3")
+    corpus = load_corpus(str(tmp_path))
+    assert corpus.replaced_bytes == 3
+    assert corpus.documents[1].text == "bad \ufffd\ufffd bytes \ufffd"
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        (lambda d: None, "no such file or directory"),
+        (lambda d: d.mkdir(), "holds no .txt, .md"),
+        (lambda d: (d.mkdir(), (d / "only.txt").write_text("one document")), "too few to hold any out"),
+        (
+            lambda d: (d.mkdir(), (d / "a.txt").write_text(""), (d / "b.txt").write_text("   ")),
+            "holds no text",
+        ),
+    ],
+    ids=["missing", "empty directory", "one document", "blank documents"],
+)
+def test_bad_corpora_are_config_errors(cli, tmp_path: Path, setup, message: str) -> None:
+    corpus = tmp_path / "corpus"
+    setup(corpus)
+    config = tiny_config().model_dump(mode="json", by_alias=True)
+    path = tmp_path / "c.yaml"
+    config["task"] = {"name": "text_lm", "corpus": str(corpus), "seq_len": 16}
+    path.write_text(yaml.safe_dump(config))
+    code, _, err = cli("train", path, "--runs-dir", tmp_path / "runs")
+    assert code == 2 and err.strip().count("\n") == 0 and message in err, err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_streams_are_cached_and_windows_come_from_their_split(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    for i in range(6):  # random letters: a 17-token window identifies its document
+        (tmp_path / f"doc{i}.txt").write_text("".join(rng.choice(list("abcdefghij"), 400 + i)))
+    first = token_streams(str(tmp_path), "byte", 0, 0.34, seed=0)
+    again = token_streams(str(tmp_path), "byte", 0, 0.34, seed=0)
+    assert isinstance(again.train, np.memmap) and np.array_equal(first.train, again.train)
+    assert first.info["documents"] == {"train": 4, "test": 2}
+    assert len(first.test) == sum(400 + int(n[3]) + 1 for n in first.info["test_documents"])
+    config = tiny_config(
+        task={"name": "text_lm", "corpus": str(tmp_path), "seq_len": 16, "test_fraction": 0.34}
+    )
+    task = build_task(config)
+    for split, stream, other in (("heldout", first.test, first.train), ("train", first.train, first.test)):
+        batch = task.eval_splits()[split](32, torch.Generator().manual_seed(0))
+        assert batch.inputs.shape == (32, 16) and torch.equal(batch.inputs[:, 1:], batch.targets[:, :-1])
+        windows = torch.cat([batch.inputs, batch.targets[:, -1:]], 1).numpy()  # (32, 17)
+        for window in windows:
+            assert (sliding_window_view(stream, 17) == window).all(1).any(), f"{split} window from its stream"
+            assert not (sliding_window_view(other, 17) == window).all(1).any(), "never from the other split"
+    repeated = task.eval_splits()["repeated"](8, torch.Generator().manual_seed(0))
+    assert (repeated.meta["period"] > 0).all() and repeated.inputs.max() < 256, "never the end-of-document id"
+
+
+def test_a_text_model_trains_and_its_run_keeps_the_tokeniser(tmp_path: Path) -> None:
+    from icl_lab.training.trainer import train
+
+    rng = np.random.default_rng(1)
+    for i in range(5):
+        (tmp_path / f"doc{i}.txt").write_text(" ".join(rng.choice(["to", "be", "or", "not"], 300)))
+    config = tiny_config(
+        task={
+            "name": "text_lm",
+            "corpus": str(tmp_path),
+            "seq_len": 16,
+            "tokenizer": "bpe",
+            "vocab_size": 300,
+        },
+        training={"length": {"steps": 30}, "optimizer": {"lr": 0.01}},
+    )
+    run = train(config, str(tmp_path / "runs"), progress=False)
+    assert (run.path / "tokenizer.json").is_file() and (run.path / "corpus.json").is_file()
+    tokenizer = BPETokenizer.load(run.path / "tokenizer.json")
+    assert tokenizer.decode(tokenizer.encode_batch(["to be or not"])[0].tolist()) == "to be or not"
+    _, loss = run.curve("loss", "heldout")
+    assert loss[-1] < 0.5 * loss[0], "four words in random order: far below the uniform loss"
+    assert set(run.metrics["split"].to_pylist()) >= {"heldout", "train", "repeated"}
