@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/ngram_baseline.py
 	$(BIN)/python benchmarks/arch_throughput.py
 	$(BIN)/python benchmarks/regression_baselines.py
+	$(BIN)/python benchmarks/text_throughput.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
