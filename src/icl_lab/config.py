@@ -137,10 +137,26 @@ class CheckpointConfig(StrictModel):
     every: Duration | None = None
 
 
+class RepeatConfig(StrictModel):
+    """A share of training sequences from a fixed bank, each seen `epochs` times over the run."""
+
+    fraction: float = Field(ge=0, le=1, description="r: share of each batch's sequences from the bank")
+    epochs: float | None = Field(None, gt=0, description="E: times each bank sequence is seen over the run")
+    bank_size: int | None = Field(None, ge=1, description="K: bank sequences (instead of epochs)")
+
+    @model_validator(mode="after")
+    def _one_size(self) -> "RepeatConfig":
+        if (self.epochs is None) == (self.bank_size is None):
+            raise ValueError("give exactly one of epochs (E) and bank_size (K)")
+        return self
+
+
 class TaskConfig(StrictModel):
-    """Base of every task's config; `name` selects the registered task."""
+    """Base of every task's config; `name` selects the registered task; `repeat` draws a share of
+    training batches from a fixed bank (tasks/repetition.py)."""
 
     name: str
+    repeat: RepeatConfig | None = None
 
 
 class ModelConfig(StrictModel):

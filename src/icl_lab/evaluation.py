@@ -24,10 +24,10 @@ def metric_names(config: ExperimentConfig, model: Model) -> list[str]:
 def eval_batches(config: ExperimentConfig, task: Task, device: torch.device) -> dict[str, Batch]:
     """The fixed evaluation batch of every split; it depends only on the config's seed and the
     split name."""
-    samplers = task.eval_splits()
+    samplers = task.all_eval_splits()
     return {
         split: samplers[split](config.eval.batch_size, generator(config.seed, "eval", split, device=device))
-        for split in config.eval.splits or type(task).split_names(config.task)
+        for split in config.eval.splits or type(task).all_split_names(config.task)
     }
 
 

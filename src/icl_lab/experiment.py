@@ -97,7 +97,7 @@ class ExperimentConfig(StrictModel):
                     raise ValueError(f"{clamp.kind} needs a task in the {clamp.requires_layout} layout")
             except ValueError as e:
                 raise ValueError(f"clamps.{i}: {e}") from None
-        splits = task_cls.split_names(self.task)
+        splits = task_cls.all_split_names(self.task)
         for split in self.eval.splits or []:
             if split not in splits:
                 raise ValueError(f"eval.splits: task has no split {split!r} (it has {splits})")
@@ -150,8 +150,12 @@ def ensemble_hash(configs: list[ExperimentConfig]) -> str:
 
 
 def build_task(config: ExperimentConfig, seed: int | None = None, device: str = "cpu") -> Task:
-    """The task of a config, seeded by the run seed unless another seed is given."""
-    return TASKS.get(config.task.name)(config.task, config.seed if seed is None else seed, device)
+    """The task of a config, seeded by the run seed unless another seed is given, and told the
+    run's length and batch size (Task.plan: a repeated-data bank is drawn then)."""
+    task = TASKS.get(config.task.name)(config.task, config.seed if seed is None else seed, device)
+    batch = config.training.batch_size
+    task.plan(config.training.length.to_steps(batch, task.tokens_per_sequence), batch)
+    return task
 
 
 def build_model(

@@ -58,7 +58,7 @@ def summary_lines(run: Run) -> list[str]:
     finals = [
         f"{split} {values['accuracy']:.2f}" if "accuracy" in values else f"{split} loss {values['loss']:.2f}"
         for split, values in summary.final.items()
-        if "loss" in values and split in task.split_names(run.config.task)
+        if "loss" in values and split in task.all_split_names(run.config.task)
     ]
     measures = []
     for split, metric, layer in task.progress_measures:

@@ -214,8 +214,8 @@ def result_columns(config: ExperimentConfig) -> set[str]:
     model = build_model(config, task=task)
     names = metric_names(config, model)
     columns = {"steps", f"{TRAIN_SPLIT}/loss", *(f"transition_{name}" for name in TRANSITION_COLUMNS)}
-    samplers = task.eval_splits()
-    for split in config.eval.splits or type(task).split_names(config.task):
+    samplers = task.all_eval_splits()
+    for split in config.eval.splits or type(task).all_split_names(config.task):
         values = evaluate(model, task, samplers[split](2, generator(config.seed, "result columns")), names)
         columns |= {f"{split}/{metric}" for metric, value in values.items() if value.dim() == 0}
     return columns

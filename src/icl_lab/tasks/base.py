@@ -12,6 +12,8 @@ from torch import Tensor
 from icl_lab.config import TaskConfig
 from icl_lab.models.base import ModelIO
 from icl_lab.registry import Registry
+from icl_lab.seeding import generator
+from icl_lab.tasks.repetition import RepetitionPlan, plan_repetition
 
 if TYPE_CHECKING:
     from icl_lab.store.run import Run
@@ -29,6 +31,25 @@ class Batch:
     targets: Tensor
     loss_mask: Tensor
     meta: dict[str, Tensor] = field(default_factory=dict)
+
+    def select(self, index: Tensor) -> "Batch":
+        """The sequences at `index` (a 1-D tensor), in that order."""
+        return Batch(
+            self.inputs[index],
+            self.targets[index],
+            self.loss_mask[index],
+            {k: v[index] for k, v in self.meta.items()},
+        )
+
+    @staticmethod
+    def cat(batches: list["Batch"]) -> "Batch":
+        """Batches joined along the sequence axis."""
+        return Batch(
+            torch.cat([b.inputs for b in batches]),
+            torch.cat([b.targets for b in batches]),
+            torch.cat([b.loss_mask for b in batches]),
+            {k: torch.cat([b.meta[k] for b in batches]) for k in batches[0].meta},
+        )
 
     def to(self, device: torch.device | str) -> "Batch":
         return Batch(
@@ -92,6 +113,7 @@ class Task:
 
     def __init__(self, config: TaskConfig, seed: int, device: torch.device | str = "cpu") -> None:
         self.config, self.seed, self.device = config, seed, torch.device(device)
+        self.repetition: RepetitionPlan | None = None
 
     @classmethod
     def io(cls, config: TaskConfig) -> ModelIO:  # pragma: no cover - interface
@@ -104,19 +126,56 @@ class Task:
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:  # pragma: no cover
         raise NotImplementedError
 
-    def training_sample(self, batch_size: int, generator: torch.Generator, step: int) -> Batch:
-        """The training batch at a step: sample(), unless the task has a curriculum."""
+    def plan(self, steps: int, batch_size: int) -> None:
+        """Told the run's length and batch size before it trains or evaluates: plans repetition
+        (tasks/repetition.py) and draws the bank, if the config asks for one."""
+        if self.config.repeat is not None:
+            self.repetition = plan_repetition(
+                self.config.repeat, steps, batch_size, self.tokens_per_sequence, self.seed
+            )
+            self.bank = self.make_bank(self.repetition.bank_size)
+
+    def make_bank(self, size: int) -> Batch:
+        """The repeated bank: `size` sequences drawn from the run's seed."""
+        return self.sample(size, generator(self.seed, "repeat", "bank", device=self.device))
+
+    def unique_sample(self, batch_size: int, generator: torch.Generator, step: int) -> Batch:
+        """Unique training sequences at a step: sample(), unless the task has a curriculum or its
+        own notion of unique data."""
         return self.sample(batch_size, generator)
+
+    def training_sample(self, batch_size: int, generator: torch.Generator, step: int) -> Batch:
+        """The training batch at a step: the bank's draws for the step, then unique sequences."""
+        plan = self.repetition
+        if plan is None or plan.per_batch == 0:
+            return self.unique_sample(batch_size, generator, step)
+        banked = self.bank.select(plan.bank_indices(step).to(self.bank.inputs.device))
+        return Batch.cat([banked, self.unique_sample(batch_size - plan.per_batch, generator, step)])
 
     @classmethod
     def split_names(cls, config: TaskConfig) -> list[str]:
-        """Names of the evaluation splits a task with this config offers."""
+        """Names of the evaluation splits a task with this config offers (see all_split_names)."""
         return ["train"]
+
+    @classmethod
+    def all_split_names(cls, config: TaskConfig) -> list[str]:
+        """The task's splits, and `bank` when the config repeats data."""
+        return cls.split_names(config) + (["bank"] if config.repeat is not None else [])
 
     def eval_splits(self) -> dict[str, Sampler]:
         """Named samplers of evaluation batches (keys as split_names); by default the training
         distribution."""
         return {"train": self.sample}
+
+    def all_eval_splits(self) -> dict[str, Sampler]:
+        """eval_splits, and `bank` (the first sequences of the repeated bank) when there is one."""
+        splits = self.eval_splits()
+        if self.repetition is not None:
+            size = self.repetition.bank_size
+            splits["bank"] = lambda n, g: self.bank.select(
+                torch.arange(min(n, size), device=self.bank.inputs.device)
+            )
+        return splits
 
     def output_logits(self, logits: Tensor) -> Tensor:
         """The model's logits at the positions that carry targets: (B, P, C)."""

@@ -207,7 +207,7 @@ class FunctionClassesTask(Task):
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
         return self._sample(batch_size, generator, "train")
 
-    def training_sample(self, batch_size: int, generator: torch.Generator, step: int) -> Batch:
+    def unique_sample(self, batch_size: int, generator: torch.Generator, step: int) -> Batch:
         """With curricula: only the first dims of x are non-zero and only the first pairs carry loss
         (attention is causal, so later pairs do not change earlier predictions)."""
         c = self.config

@@ -27,6 +27,7 @@ from icl_lab.config import TaskConfig
 from icl_lab.errors import ConfigError
 from icl_lab.files import atomic_write, atomic_write_text
 from icl_lab.models.base import ModelIO
+from icl_lab.seeding import generator
 from icl_lab.tasks.base import TASKS, Batch, Sampler, Task
 from icl_lab.tasks.induction import repeated_tokens
 from icl_lab.text.corpus import corpus_files
@@ -122,11 +123,49 @@ class TextLMTask(Task):
         """n random windows of seq_len + 1 tokens: inputs and next-token targets."""
         T = self.config.seq_len
         starts = torch.randint(len(stream) - T, (n,), generator=g, device=g.device).cpu().numpy()
+        return self._batch(stream, starts, g.device)
+
+    def _batch(self, stream: np.ndarray, starts: np.ndarray, device: torch.device) -> Batch:
+        T, n = self.config.seq_len, len(starts)
         window = torch.from_numpy(stream[starts[:, None] + np.arange(T + 1)].astype(np.int64))  # (n, T + 1)
-        window = window.to(g.device)
-        zeros = torch.zeros(n, dtype=torch.long, device=g.device)
-        mask = torch.ones(n, T, dtype=torch.bool, device=g.device)
+        window = window.to(device)
+        zeros = torch.zeros(n, dtype=torch.long, device=device)
+        mask = torch.ones(n, T, dtype=torch.bool, device=device)
         return Batch(window[:, :-1], window[:, 1:], mask, {"period": zeros, "repeat_end": zeros})
+
+    # repetition: the training stream cut into disjoint windows, the bank first, unique ones after
+
+    def plan(self, steps: int, batch_size: int) -> None:
+        """With `repeat`, the training stream is cut into disjoint windows of seq_len + 1 tokens in
+        a seeded order: the bank takes the first K, unique draws the rest, each at most once;
+        ConfigError if the run needs more unique windows than the corpus holds."""
+        if self.config.repeat is None:
+            return
+        width = self.config.seq_len + 1
+        windows = len(self.streams.train) // width
+        self.window_order = torch.randperm(windows, generator=generator(self.seed, "repeat", "windows"))
+        super().plan(steps, batch_size)
+        plan = self.repetition
+        bank = plan.bank_size if plan.per_batch else 0
+        needed = steps * (batch_size - plan.per_batch)
+        if bank + needed > windows:
+            raise ConfigError(
+                f"task.repeat: the run needs {needed:,} unique windows of {width} tokens and a bank of "
+                f"{bank:,}, but the training split of {self.config.corpus} holds {windows:,}"
+            )
+
+    def make_bank(self, size: int) -> Batch:
+        return self._window_batch(self.window_order[:size])
+
+    def unique_sample(self, batch_size: int, generator: torch.Generator, step: int) -> Batch:
+        if self.repetition is None:
+            return self.sample(batch_size, generator)
+        plan = self.repetition
+        first = (plan.bank_size if plan.per_batch else 0) + step * batch_size
+        return self._window_batch(self.window_order[first : first + batch_size])
+
+    def _window_batch(self, indices: torch.Tensor) -> Batch:
+        return self._batch(self.streams.train, indices.numpy() * (self.config.seq_len + 1), self.device)
 
     def token_labels(self, batch: Batch, index: int) -> list[str]:
         decode = self.streams.tokenizer.decode

@@ -203,6 +203,10 @@ class Trainer:
                 self.logger.log(units, m, split, values)
             if state.loss_count:
                 self.logger.log(units, m, TRAIN_SPLIT, {"loss": state.loss_sum[m] / state.loss_count})
+            plan = self.tasks[m].repetition
+            if plan is not None:  # exact data accounting: unique and repeated tokens, bank epochs
+                counts = plan.counts(state.step)
+                self.logger.log(units, m, TRAIN_SPLIT, {k: torch.tensor(float(v)) for k, v in counts.items()})
         state.loss_sum.zero_()
         state.loss_count = 0
         self.logger.write()
@@ -303,6 +307,16 @@ class Trainer:
         state = self.state
         self.run.acquire()
         self.run.update_manifest(status="running", total_steps=self.total_steps)
+        plan = self.tasks[0].repetition
+        if plan is not None:
+            self.run.update_manifest(
+                repetition={
+                    "bank_sequences_per_batch": plan.per_batch,
+                    "bank_size": plan.bank_size,
+                    "epochs": plan.epochs,
+                    "repeated_share": plan.per_batch / plan.batch_size,
+                }
+            )
         try:
             with (
                 on_sigterm(),
