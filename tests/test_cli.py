@@ -177,3 +177,19 @@ def test_demo_smoke_through_the_installed_entry_point(tmp_path: Path) -> None:
         [str(script), "train", "induction", "--set", "model.n_layers=0"], capture_output=True, text=True
     )
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+
+
+def test_runs_stored_before_new_config_fields_keep_their_hashes() -> None:
+    """Hashes of the bundled configs as the code before `imports` and `task.repeat` existed
+    computed them: a checkpoint's config hash must still match, or old runs could not resume."""
+    from icl_lab.experiment import load_config
+
+    before = {
+        "induction": "70e0c9694960baa8",
+        "reddy_fast": "ef55b190114a9b71",
+        "singh": "a7d8dea218c8ec14",
+        "gd": "9a69103f1108961b",
+    }
+    assert {name: load_config(name).hash() for name in before} == before
+    repeated = load_config("induction", ["task.repeat={fraction: 0.5, epochs: 2}"])
+    assert repeated.hash() != before["induction"], "a set field still counts"

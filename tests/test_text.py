@@ -10,6 +10,7 @@ import yaml
 from numpy.lib.stride_tricks import sliding_window_view
 
 from conftest import tiny_config
+from icl_lab.analysis.text import greedy_samples
 from icl_lab.experiment import build_task
 from icl_lab.text.corpus import load_corpus
 from icl_lab.text.streams import token_streams
@@ -133,3 +134,10 @@ def test_a_text_model_trains_and_its_run_keeps_the_tokeniser(tmp_path: Path) -> 
     _, loss = run.curve("loss", "heldout")
     assert loss[-1] < 0.5 * loss[0], "four words in random order: far below the uniform loss"
     assert set(run.metrics["split"].to_pylist()) >= {"heldout", "train", "repeated"}
+    from icl_lab.report.page import write_report
+
+    page = write_report(run).read_text()
+    assert (run.path / "report" / "loss_by_position.png").stat().st_size > 5_000
+    assert "Greedy samples" in page and page.count("[[ ") == 1 + 3, "the title, then three samples"
+    samples = greedy_samples(run, n=2, prompt=8, new=12)
+    assert len(samples) == 2 and all(set(c.split()) <= {"to", "be", "or", "not"} for _, c in samples)

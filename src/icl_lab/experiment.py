@@ -117,6 +117,11 @@ class ExperimentConfig(StrictModel):
         """Fingerprint of everything that determines the run's numbers (device and threads excluded)."""
         data = self.model_dump(mode="json", by_alias=True)
         del data["training"]["device"], data["training"]["threads"], data["training"]["log_every"]
+        # fields added since runs were first stored count only when set: older runs keep their hashes
+        if not data["imports"]:
+            del data["imports"]
+        if data["task"].get("repeat") is None:
+            del data["task"]["repeat"]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

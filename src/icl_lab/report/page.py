@@ -13,6 +13,7 @@ from icl_lab.report import figures
 from icl_lab.report.html import figures_html, page, save_png
 from icl_lab.store.metrics_table import TRAIN_SPLIT
 from icl_lab.store.run import Run
+from icl_lab.tasks import Task
 
 
 def _nearest(steps: list[int], target: float) -> int:
@@ -45,7 +46,7 @@ def write_report(run: Run, out_dir: Path | None = None) -> Path:
             figures.attention_patterns(run, shown, task, split, batches[split]), out / "attention.png"
         )
     path = out / "report.html"
-    atomic_write_text(path, _html(run, summary, images))
+    atomic_write_text(path, _html(run, summary, images, task))
     return path
 
 
@@ -70,7 +71,13 @@ def _clamps_html(run: Run, last_step: int) -> str:
     return f"<h2>Clamps</h2><table>{head}{''.join(rows)}</table>"
 
 
-def _html(run: Run, summary: RunSummary, images: dict[str, bytes]) -> str:
+def _texts_html(texts: dict[str, str]) -> str:
+    return "".join(
+        f"<h2>{html.escape(title)}</h2><pre>{html.escape(text)}</pre>" for title, text in texts.items()
+    )
+
+
+def _html(run: Run, summary: RunSummary, images: dict[str, bytes], task: Task) -> str:
     cfg = run.config
     rows = [
         ("run", run.id),
@@ -114,5 +121,6 @@ def _html(run: Run, summary: RunSummary, images: dict[str, bytes]) -> str:
 {finals}
 {_clamps_html(run, summary.final_step)}
 {figures_html(images)}
+{_texts_html(task.report_texts(run))}
 <details><summary>config.yaml</summary><pre>{html.escape(cfg.to_yaml())}</pre></details>"""
     return page(f"icl-lab report: {run.id}", body)

@@ -197,6 +197,10 @@ class Task:
         (none by default)."""
         return {}
 
+    def report_texts(self, run: "Run") -> dict[str, str]:
+        """Passages of text a run report shows, {title: preformatted text} (none by default)."""
+        return {}
+
     def token_labels(self, batch: Batch, index: int) -> list[str]:
         """Short labels of the tokens of one sequence, for attention-pattern figures."""
         return [str(i) for i in range(batch.inputs.shape[1])]

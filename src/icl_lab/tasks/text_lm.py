@@ -17,7 +17,7 @@ seed of a sweep sees the same data set.
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -32,6 +32,9 @@ from icl_lab.tasks.base import TASKS, Batch, Sampler, Task
 from icl_lab.tasks.induction import repeated_tokens
 from icl_lab.text.corpus import corpus_files
 from icl_lab.text.streams import token_streams
+
+if TYPE_CHECKING:
+    from icl_lab.store.run import Run
 
 
 class TextLMConfig(TaskConfig):
@@ -170,6 +173,34 @@ class TextLMTask(Task):
     def token_labels(self, batch: Batch, index: int) -> list[str]:
         decode = self.streams.tokenizer.decode
         return [decode([t]).replace("\n", "\\n") or "?" for t in batch.inputs[index].tolist()]
+
+    def report_figures(self, run: "Run", out: Path) -> dict[str, bytes]:
+        """Loss by token position on held-out text at the first, middle and last checkpoints."""
+        import matplotlib.pyplot as plt
+
+        from icl_lab.analysis.summary import units_text
+        from icl_lab.analysis.text import loss_by_position
+        from icl_lab.report.html import save_png
+
+        steps = run.checkpoint_steps
+        fig, ax = plt.subplots(figsize=(7, 4), constrained_layout=True)
+        for step in sorted({steps[0], steps[len(steps) // 2], steps[-1]}):
+            ax.plot(loss_by_position(run, step), label=units_text(run, step))
+        ax.set(xlabel="token position in the window", ylabel="held-out loss (nats)")
+        ax.set_title(
+            f"loss by position on held-out {self.config.corpus} (seed {run.config.seed})", fontsize=9
+        )
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        return {"Held-out loss by token position": save_png(fig, out / "loss_by_position.png")}
+
+    def report_texts(self, run: "Run") -> dict[str, str]:
+        """Greedy continuations of held-out passages by the latest model."""
+        from icl_lab.analysis.text import greedy_samples
+
+        samples = greedy_samples(run)
+        text = "\n\n".join(f"{prompt}[[ {continuation} ]]" for prompt, continuation in samples)
+        return {"Greedy samples (held-out prompt, then [[ the model's continuation ]])": text}
 
     def save_artifacts(self, directory: Path) -> None:
         """The tokeniser, as tokenizer.json, and the corpus split's description, as corpus.json."""
