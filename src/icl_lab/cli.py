@@ -363,7 +363,7 @@ def main() -> None:
     def interrupt(signum: int, frame: object) -> None:
         raise Interrupted("SIGINT")
 
-    signal.signal(signal.SIGINT, interrupt)  # an exception of ours: click would swallow Ctrl-C's
+    previous = signal.signal(signal.SIGINT, interrupt)  # an exception of ours: click swallows Ctrl-C's
     try:
         code = app(standalone_mode=False)
     except Interrupted as stop:
@@ -382,5 +382,7 @@ def main() -> None:
         if isinstance(e, OSError):
             _fail(f"error: {e.filename or 'a file'}: {e.strerror or e}", 2)
         _fail(f"internal error: {type(e).__name__}: {e} (run again with --debug for the traceback)", 1)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     if isinstance(code, int) and code:
         raise SystemExit(code)

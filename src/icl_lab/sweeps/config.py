@@ -81,7 +81,11 @@ def _axis_kind(value: object) -> str | None:
 
 Axis = Annotated[
     Annotated[GridAxis, Tag("grid")] | Annotated[ZipAxis, Tag("zip")] | Annotated[ListAxis, Tag("points")],
-    Discriminator(_axis_kind),
+    Discriminator(
+        _axis_kind,
+        custom_error_type="axis_kind",
+        custom_error_message="an axis is a mapping with one key: grid, zip or points",
+    ),
 ]
 
 
