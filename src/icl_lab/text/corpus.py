@@ -7,7 +7,6 @@ counted and reported, never fatal.
 """
 
 import codecs
-import hashlib
 import sysconfig
 from dataclasses import dataclass
 from importlib import resources
@@ -37,14 +36,6 @@ class Corpus:
     source: str
     documents: tuple[Document, ...]
     replaced_bytes: int
-
-    def fingerprint(self) -> str:
-        """A hash of every document's name and text (what a token cache is keyed by)."""
-        digest = hashlib.sha256()
-        for doc in self.documents:
-            digest.update(doc.name.encode())
-            digest.update(hashlib.sha256(doc.text.encode()).digest())
-        return digest.hexdigest()[:20]
 
     def split(self, test_fraction: float, seed: int) -> tuple[list[Document], list[Document]]:
         """(train, test) documents: a seeded choice of round(test_fraction x n) documents, at
