@@ -6,7 +6,7 @@ stream (text/streams.py), with next-token loss at every position. Evaluation spl
 - `heldout`: windows of the held-out documents' stream (documents chosen by `split_seed`, never
   trained on);
 - `train`: windows of the training stream;
-- `repeated`: Olsson's diagnostic, sequences of random tokens from the tokeniser's vocabulary
+- `repeated`: Olsson's diagnostic, sequences of random tokens (those the training text contains)
   whose first half repeats (meta period and repeat_end), so prefix matching, copying, induction
   and ICL scores apply as on the `induction` task. Text windows carry period 0: the repeat-based
   scores are undefined (NaN) on them.
@@ -97,9 +97,11 @@ class TextLMTask(Task):
                 f"task.seq_len: windows of {c.seq_len + 1} tokens do not fit a split of corpus "
                 f"{c.corpus} ({shortest} tokens)"
             )
-        # diagnostic tokens: every id but the end-of-document one
-        eod = self.streams.tokenizer.end_of_document
-        self.diagnostic_range = (1, c.vocabulary) if eod == 0 else (0, eod)
+        # diagnostic tokens: those the training text contains (bytes a text never holds would have
+        # untrained embeddings), never the end-of-document id
+        seen = np.unique(self.streams.train)
+        seen = seen[seen != self.streams.tokenizer.end_of_document]
+        self.diagnostic_tokens = torch.from_numpy(seen.astype(np.int64)).to(self.device)
 
     @classmethod
     def io(cls, config: TextLMConfig) -> ModelIO:
@@ -113,14 +115,18 @@ class TextLMTask(Task):
         return self._windows(self.streams.train, batch_size, generator)
 
     def eval_splits(self) -> dict[str, Sampler]:
-        c = self.config
         return {
             "heldout": lambda n, g: self._windows(self.streams.test, n, g),
             "train": self.sample,
-            "repeated": lambda n, g: repeated_tokens(
-                n, c.seq_len, self.diagnostic_range, 2, c.seq_len // 2, 2, 0.0, g
-            ),
+            "repeated": self._repeated,
         }
+
+    def _repeated(self, n: int, g: torch.Generator) -> Batch:
+        """Olsson's diagnostic: repeated random tokens, drawn from the tokens of the training text."""
+        c = self.config
+        batch = repeated_tokens(n, c.seq_len, (0, len(self.diagnostic_tokens)), 2, c.seq_len // 2, 2, 0.0, g)
+        vocabulary = self.diagnostic_tokens.to(batch.inputs.device)
+        return Batch(vocabulary[batch.inputs], vocabulary[batch.targets], batch.loss_mask, batch.meta)
 
     def _windows(self, stream: np.ndarray, n: int, g: torch.Generator) -> Batch:
         """n random windows of seq_len + 1 tokens: inputs and next-token targets."""
