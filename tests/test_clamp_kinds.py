@@ -150,7 +150,7 @@ def test_clamps_are_checked_against_the_model_and_the_task() -> None:
 def test_match_clamp_survives_checkpoint_and_resume(tmp_path: Path) -> None:
     from icl_lab.store.run import Run
     from icl_lab.training.trainer import resume
-    from test_trainer import assert_identical_runs
+    from test_trainer import assert_identical_runs, killed_copy
 
     config, *_ = setup(
         clamps=[{"kind": "induction_match", "heads": ["1.0"], "steps": {"from": 2, "until": 9}}],
@@ -158,13 +158,7 @@ def test_match_clamp_survives_checkpoint_and_resume(tmp_path: Path) -> None:
     )
     full = train(config, str(tmp_path / "a"), progress=False)
     assert Run.open(full.path).config.clamps == config.clamps, "clamps are saved in config.yaml"
-    import shutil
-
-    cut = tmp_path / "b" / full.id
-    shutil.copytree(full.path, cut)
-    for step in (8, 12):
-        for suffix in ("json", "safetensors"):
-            (cut / "checkpoints" / f"step_{step:09d}.{suffix}").unlink()
+    cut = killed_copy(full, tmp_path / "b", last_kept=4)
     assert_identical_runs(full, resume(Run.open(cut), progress=False))
 
 

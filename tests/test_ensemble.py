@@ -59,18 +59,11 @@ def test_each_member_equals_its_single_run(tmp_path: Path) -> None:
 
 
 def test_ensemble_resume_is_bit_identical(tmp_path: Path) -> None:
-    import shutil
-
-    from test_trainer import assert_identical_runs
+    from test_trainer import assert_identical_runs, killed_copy
 
     configs = members()[:2]
     full = train(configs, str(tmp_path / "a"), progress=False)
-    cut = tmp_path / "b" / full.id
-    shutil.copytree(full.path, cut)
-    for step in full.checkpoint_steps:
-        if step > 8:
-            for suffix in ("json", "safetensors"):
-                (cut / "checkpoints" / f"step_{step:09d}.{suffix}").unlink()
+    cut = killed_copy(full, tmp_path / "b", last_kept=8)
     assert_identical_runs(full, resume(Run.open(cut), progress=False))
 
 

@@ -8,7 +8,6 @@ import errno
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,10 +22,10 @@ import torch
 import yaml
 
 from conftest import tiny_config
-from icl_lab.errors import DivergenceError
+from icl_lab.errors import DivergenceError, StorageError
 from icl_lab.store.run import Run, list_runs
 from icl_lab.training.trainer import train
-from test_trainer import assert_identical_runs
+from test_trainer import assert_identical_runs, killed_copy
 
 ICL_LAB = [sys.executable, "-m", "icl_lab"]
 
@@ -103,7 +102,7 @@ def test_a_read_only_runs_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         raise OSError(errno.EROFS, "Read-only file system", str(self))
 
     monkeypatch.setattr(run_module.Path, "mkdir", refuse)
-    with pytest.raises(run_module.StorageError, match="Read-only file system"):  # type: ignore[attr-defined]
+    with pytest.raises(StorageError, match="Read-only file system"):
         Run.create(tiny_config(), tmp_path / "runs")
 
 
@@ -180,12 +179,9 @@ def test_resume_goes_back_to_the_last_checkpoint_whose_history_is_whole(tmp_path
     """Rows after step 4 lost (an older table restored): resume continues from checkpoint 4, says
     so, and ends bit-identical to the uninterrupted run."""
     full = trained(tmp_path)
-    cut = tmp_path / "cut" / full.id
-    shutil.copytree(full.path, cut)
+    cut = killed_copy(full, tmp_path / "cut", last_kept=12)
     table = pq.read_table(cut / "metrics.parquet")
     pq.write_table(table.filter(pc.less_equal(table["step"], 4)), cut / "metrics.parquet")
-    manifest = json.loads((cut / "manifest.json").read_text())
-    (cut / "manifest.json").write_text(json.dumps({**manifest, "status": "interrupted"}))
     code, out, err = cli("resume", cut, "-q")
     assert code == 0, err
     assert "from its checkpoint at step 4 (checkpoints after it lie past a gap" in out

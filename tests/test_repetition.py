@@ -1,8 +1,6 @@
 """Repeated data (Hernandez et al.): a bank seen E times, unique data never repeated, exact
 accounting, bit-identical resume, and impossible settings refused up front."""
 
-import json
-import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -12,10 +10,11 @@ import torch
 import yaml
 
 from conftest import tiny_config
+from icl_lab.errors import ConfigError
 from icl_lab.experiment import build_task
 from icl_lab.store.run import Run
 from icl_lab.training.trainer import resume, train
-from test_trainer import assert_identical_runs
+from test_trainer import assert_identical_runs, killed_copy
 
 REPEAT = {"fraction": 0.25, "epochs": 6}
 
@@ -58,35 +57,23 @@ def test_text_unique_windows_never_repeat_and_never_come_from_the_bank(tmp_path:
     rng = np.random.default_rng(0)
     for i in range(4):
         (tmp_path / f"doc{i}.txt").write_text("".join(rng.choice(list("abcdefghij"), 2000)))
-    config = tiny_config(
-        task={
-            "name": "text_lm",
-            "corpus": str(tmp_path),
-            "seq_len": 15,
-            "test_fraction": 0.25,
-            "repeat": REPEAT,
-        },
-        training={"batch_size": 8, "length": {"steps": 40}},
-    )
-    task = build_task(config)
+
+    def text(steps: int) -> object:
+        task = {"name": "text_lm", "corpus": str(tmp_path), "seq_len": 15, "test_fraction": 0.25}
+        return tiny_config(
+            task={**task, "repeat": REPEAT}, training={"batch_size": 8, "length": {"steps": steps}}
+        )
+
+    task = build_task(text(steps=40))
     plan = task.repetition
     g = torch.Generator().manual_seed(0)
     seen = [tuple(row) for step in range(40) for row in task.unique_sample(6, g, step).inputs.tolist()]
     bank = {tuple(row) for row in task.bank.inputs.tolist()}
     assert len(seen) == 240 and len(set(seen)) == 240 and bank.isdisjoint(seen)
     assert plan.bank_size == 40 * 2 // 6 == len(bank)
-    config = tiny_config(
-        task={
-            "name": "text_lm",
-            "corpus": str(tmp_path),
-            "seq_len": 15,
-            "test_fraction": 0.25,
-            "repeat": REPEAT,
-        },
-        training={"batch_size": 8, "length": {"steps": 80}},
-    )
+    config = text(steps=80)
     with pytest.raises(
-        Exception, match=r"needs 480 unique windows of 16 tokens and a bank of 27, but the training split"
+        ConfigError, match=r"needs 480 unique windows of 16 tokens and a bank of 27, but the training split"
     ):
         build_task(config)
 
@@ -101,14 +88,7 @@ def test_resume_with_repetition_is_bit_identical_and_accounting_is_exact(tmp_pat
     assert epochs[-1] == 6.0 and full.manifest["repetition"]["bank_size"] == 8
     _, memorised = full.curve("loss", "bank")
     assert len(memorised) == 7 and memorised[-1] < memorised[0], "evaluated at every evaluation step"
-    cut = tmp_path / "b" / full.id
-    shutil.copytree(full.path, cut)
-    for step in full.checkpoint_steps:
-        if step > 8:
-            for suffix in ("json", "safetensors"):
-                (cut / "checkpoints" / f"step_{step:09d}.{suffix}").unlink()
-    manifest = json.loads((cut / "manifest.json").read_text())
-    (cut / "manifest.json").write_text(json.dumps({**manifest, "status": "interrupted"}))
+    cut = killed_copy(full, tmp_path / "b", last_kept=8)
     assert_identical_runs(full, resume(Run.open(cut), progress=False))
 
 

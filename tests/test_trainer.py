@@ -19,6 +19,7 @@ from conftest import TINY_BURSTY, TINY_FEWSHOT, TINY_READOUT_MODEL, tiny_config
 from icl_lab.config import Duration, ScheduleConfig
 from icl_lab.errors import RunStoreError
 from icl_lab.experiment import load_config
+from icl_lab.store.checkpoints import checkpoint_paths
 from icl_lab.store.run import Run, list_runs
 from icl_lab.training.optim import clip_grad_norm_per_member, lr_at
 from icl_lab.training.trainer import resume, train
@@ -45,6 +46,20 @@ def assert_identical_runs(reference: Run, other: Run) -> None:
     a, b = final_params(reference), final_params(other)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert metrics_without_wall_time(reference) == metrics_without_wall_time(other)
+
+
+def killed_copy(run: Run, where: Path, last_kept: int | None) -> Path:
+    """A copy of a finished run as a process killed after writing its checkpoint at `last_kept`
+    (None: before any checkpoint) leaves it: later checkpoints gone, marked interrupted."""
+    cut = where / run.id
+    shutil.copytree(run.path, cut)
+    for step in run.checkpoint_steps:
+        if last_kept is None or step > last_kept:
+            for path in checkpoint_paths(cut / "checkpoints", step):
+                path.unlink()
+    manifest = json.loads((cut / "manifest.json").read_text())
+    (cut / "manifest.json").write_text(json.dumps({**manifest, "status": "interrupted"}))
+    return cut
 
 
 def test_run_directory_metrics_and_units(tmp_path: Path) -> None:
@@ -106,14 +121,7 @@ def test_run_creation_interrupted_leaves_no_run_behind(tmp_path: Path, monkeypat
 @pytest.mark.parametrize("last_kept", [4, 0, None])
 def test_resume_from_a_checkpoint_is_bit_identical(tmp_path: Path, last_kept: int | None) -> None:
     full = train(tiny_config(), str(tmp_path / "a"), progress=False)
-    cut = tmp_path / "b" / full.id
-    shutil.copytree(full.path, cut)
-    for step in full.checkpoint_steps:
-        if last_kept is None or step > last_kept:
-            for suffix in ("json", "safetensors"):
-                (cut / "checkpoints" / f"step_{step:09d}.{suffix}").unlink()
-    manifest = json.loads((cut / "manifest.json").read_text())
-    (cut / "manifest.json").write_text(json.dumps({**manifest, "status": "interrupted"}))
+    cut = killed_copy(full, tmp_path / "b", last_kept)
     assert_identical_runs(full, resume(Run.open(cut), progress=False))
 
 

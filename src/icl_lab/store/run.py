@@ -64,6 +64,7 @@ class Run:
         self.path, self.configs, self.manifest = path, configs, manifest
         self.config = configs[0]
         self._lock: int | None = None
+        self._eval_data: dict[tuple[int, str], tuple[Task, dict[str, Batch]]] = {}
 
     @classmethod
     def create(
@@ -268,10 +269,14 @@ class Run:
 
     def eval_data(self, member: int = 0, device: str | torch.device = "cpu") -> tuple[Task, dict[str, Batch]]:
         """A member's task (its own task config and seed) and the fixed evaluation batch of each
-        split that the trainer evaluated it on."""
-        config = self.member_config(member)
-        task = build_task(config, device=str(device))
-        return task, eval_batches(config, task, torch.device(device))
+        split that the trainer evaluated it on; built once per member and device (a report and its
+        analyses ask many times)."""
+        key = (member, str(device))
+        if key not in self._eval_data:
+            config = self.member_config(member)
+            task = build_task(config, device=str(device))
+            self._eval_data[key] = task, eval_batches(config, task, torch.device(device))
+        return self._eval_data[key]
 
     def clamps_at(self, step: int, member: int = 0) -> list[Clamp]:
         """The member's clamps that its evaluation at `step` applied (none if eval.with_clamps is off)."""

@@ -69,15 +69,6 @@ class Batch:
             {k: torch.stack([b.meta[k] for b in batches]) for k in batches[0].meta},
         )
 
-    def member(self, index: int) -> "Batch":
-        """The batch of one member of a stacked batch."""
-        return Batch(
-            self.inputs[index],
-            self.targets[index],
-            self.loss_mask[index],
-            {k: v[index] for k, v in self.meta.items()},
-        )
-
 
 Sampler = Callable[[int, torch.Generator], Batch]
 

@@ -29,7 +29,7 @@ from icl_lab.files import atomic_write, atomic_write_text
 from icl_lab.models.base import ModelIO
 from icl_lab.seeding import generator
 from icl_lab.tasks.base import TASKS, Batch, Sampler, Task
-from icl_lab.tasks.induction import repeated_tokens
+from icl_lab.tasks.induction import InductionTask, repeated_tokens
 from icl_lab.text.corpus import corpus_files
 from icl_lab.text.streams import token_streams
 
@@ -68,15 +68,7 @@ class TextLMTask(Task):
     Config = TextLMConfig
     config: TextLMConfig
     meta_keys = ("period", "repeat_end")
-    default_metrics = (
-        "loss",
-        "accuracy",
-        "icl_score",
-        "copying",
-        "prefix_matching",
-        "head_detectors",
-        "copying_eigenvalues",
-    )
+    default_metrics = InductionTask.default_metrics
     key_metric = ("repeated", "prefix_matching", "max")
     progress_measures = (
         ("repeated", "prefix_matching", -1),
@@ -99,7 +91,7 @@ class TextLMTask(Task):
             )
         # diagnostic tokens: those the training text contains (bytes a text never holds would have
         # untrained embeddings), never the end-of-document id
-        seen = np.unique(self.streams.train)
+        seen = np.flatnonzero(np.bincount(self.streams.train))  # one pass, sorted ids
         seen = seen[seen != self.streams.tokenizer.end_of_document]
         self.diagnostic_tokens = torch.from_numpy(seen.astype(np.int64)).to(self.device)
 
