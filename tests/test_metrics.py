@@ -181,11 +181,16 @@ def test_ov_copying_score_equals_full_vocabulary_eigenvalues() -> None:
     ).item() == pytest.approx(-1.0)
 
 
-def test_icl_score_is_late_minus_early_token_loss() -> None:
-    Tn = 64
+def test_icl_score_is_late_minus_early_token_loss_over_bands() -> None:
+    Tn = 256  # bands of T // 64 = 4 positions either side
     ctx = EvalContext(None, None, None, None, {})
     loss = torch.zeros(5, Tn)
-    loss[:, round(50 / 512 * Tn)] = 3.0
-    loss[:, round(500 / 512 * Tn)] = 1.0
+    early, late = round(50 / 512 * Tn), round(500 / 512 * Tn)
+    loss[:, early - 4 : early + 5] = 3.0
+    loss[:, early + 5] = 100.0  # outside the band
+    loss[:, late - 4 : late + 5] = torch.tensor([0.0, 2, 0, 2, 0, 2, 0, 2, 1])  # mean 1
     ctx.__dict__["token_loss"] = loss
-    assert icl_score(ctx)["icl_score"].item() == pytest.approx(-2.0)
+    values = icl_score(ctx)
+    assert values["loss_early_token"].item() == pytest.approx(3.0)
+    assert values["loss_late_token"].item() == pytest.approx(1.0)
+    assert values["icl_score"].item() == pytest.approx(-2.0)

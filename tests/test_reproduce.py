@@ -13,9 +13,11 @@ from icl_lab.reproduce import REPRODUCTIONS, Claim, reproduce
 from icl_lab.reproduce.base import Reproduction, SweepReproduction
 from icl_lab.reproduce.function_classes import FunctionClasses
 from icl_lab.reproduce.gd import GradientDescent
+from icl_lab.reproduce.hernandez import Hernandez
 from icl_lab.reproduce.icll import ICLL
 from icl_lab.reproduce.reddy import _trend
 from icl_lab.store.run import Run
+from icl_lab.sweeps.config import ListAxis, SweepConfig, axis_values
 from icl_lab.sweeps.execute import run_configs
 from icl_lab.training.trainer import train
 
@@ -179,3 +181,51 @@ def test_icll_reproduction_runs_every_architecture_and_judges(tmp_path: Path, mo
     assert "4-gram" in table and "n=2: head" in claims[3].ours
     assert claims[4].reproduced, "the default generator's n-gram baselines match the paper"
     assert (out / "icll_architectures.png").stat().st_size > 10_000
+
+
+@REPRODUCTIONS.register("hernandez-tiny-test")
+class TinyHernandez(Hernandez):
+    """Hernandez's sweeps cut to a few steps of 32-byte windows of a small local corpus."""
+
+    def sweeps(self, quick: bool) -> dict:
+        short = [
+            f"task.corpus={self.corpus}",
+            "training.length={steps: 8}",
+            "eval.every={steps: 2}",
+            "eval.batch_size=8",
+            "task.seq_len=32",
+            "checkpointing.every={steps: 8}",
+        ]
+        return {name: _shortened(sweep, short) for name, sweep in super().sweeps(quick).items()}
+
+
+def _shortened(sweep: SweepConfig, short: list[str]) -> SweepConfig:
+    """A sweep with overrides added, and every point's own length cut to 8 steps."""
+    points = [
+        {**p, **({"training.length": {"steps": 8}} if "training.length" in p else {})}
+        for axis in sweep.axes
+        for p in axis_values(axis)
+    ]
+    update = {"overrides": [*sweep.overrides, *short], "axes": [ListAxis(points=points)]}
+    return sweep.model_copy(update=update)
+
+
+def test_hernandez_reproduction_runs_its_sweeps_and_judges(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("ICL_LAB_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    words = ["def", "return", "self", "value", "import", "class", "(", ")", ":", "\n"]
+    for i in range(10):
+        (tmp_path / "corpus").mkdir(exist_ok=True)
+        (tmp_path / "corpus" / f"file{i}.py").write_text(" ".join(rng.choice(words, 2000)))
+    TinyHernandez.corpus = tmp_path / "corpus"
+    claims, out = reproduce("hernandez-tiny-test", quick=True, runs_dir=tmp_path, workers=2, progress=False)
+    assert len(claims) == 6
+    assert [c.finding.split(":")[0] for c in claims[:4]] == ["d 32"] * 4
+    assert "E=1: " in claims[0].ours and "E=3000: " in claims[0].ours
+    assert "ladder (params: loss) d 16 (" in claims[3].ours and "d 64 (" in claims[3].ours
+    assert "with MLPs" in claims[4].ours and "d 128" in claims[5].ours
+    figures = ("heldout_over_training", "loss_against_repeats", "induction_against_loss", "olsson_timeline")
+    for figure in figures:
+        assert (out / f"{figure}.png").stat().st_size > 10_000
+    assert (out / "hernandez" / "report" / "report.html").is_file()
+    assert "olsson_timeline.png" in (out / "claims.md").read_text()

@@ -112,6 +112,16 @@ def test_streams_are_cached_and_windows_come_from_their_split(tmp_path: Path) ->
     assert set(repeated.inputs.unique().tolist()) <= set(b"abcdefghij"), "tokens the training text holds"
 
 
+def test_diagnostic_tokens_are_the_common_ones_covering_95_percent() -> None:
+    from icl_lab.tasks.text_lm import common_tokens
+
+    # token 9 excluded; the others' counts 50, 30, 15, 4, 1 (of 100): 95% takes the first three
+    stream = np.repeat([3, 1, 4, 0, 2, 9], [50, 30, 15, 4, 1, 1000])
+    assert common_tokens(stream, exclude=9).tolist() == [1, 3, 4]
+    assert common_tokens(stream, exclude=9, coverage=0.96).tolist() == [0, 1, 3, 4]
+    assert common_tokens(stream, exclude=9, coverage=1.0).tolist() == [0, 1, 2, 3, 4]
+
+
 def test_a_text_model_trains_and_its_run_keeps_the_tokeniser(tmp_path: Path) -> None:
     from icl_lab.training.trainer import train
 

@@ -23,10 +23,13 @@ from icl_lab.sweeps.run import read_results
 
 
 def _groups(table: pa.Table, keys: list[str], metric: str) -> dict[tuple, np.ndarray]:
-    """{values of keys: metric values over seeds} for complete points."""
+    """{values of keys: metric values over seeds} for complete points that have a value of every
+    key (a point of a `points` axis may leave a plotted field out)."""
     groups: dict[tuple, list[float]] = {}
     for row in table.to_pylist():
         value = row.get(metric)
+        if any(row.get(k) is None for k in keys):
+            continue
         if row["status"] == "complete" and value is not None and not math.isnan(value):
             groups.setdefault(tuple(row[k] for k in keys), []).append(value)
     return {k: np.array(v) for k, v in groups.items()}

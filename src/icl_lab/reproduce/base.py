@@ -66,6 +66,10 @@ class SweepReproduction(Reproduction):
     def judge(self, results: dict[str, pa.Table], quick: bool) -> list[Claim]:  # pragma: no cover
         raise NotImplementedError
 
+    def sweep_figures(self, results: dict[str, pa.Table], out: Path) -> list[Path]:
+        """PNG figures across the sweeps written into out, beside each sweep's report (none by default)."""
+        return []
+
 
 REPRODUCTIONS: Registry[type[Reproduction]] = Registry("reproduction")
 
@@ -85,6 +89,7 @@ def reproduce(
             write_sweep_report(out / sweep_name)
             figures += sorted((out / sweep_name / "report").glob("*.png"))
         claims = reproduction.judge(results, quick)
+        figures += reproduction.sweep_figures(results, out)
     else:
         runs = run_configs(list(reproduction.experiments(quick).values()), out, workers, progress)
         by_name = dict(zip(reproduction.experiments(quick), runs, strict=True))

@@ -196,12 +196,16 @@ def expand(sweep: SweepConfig) -> list[Point]:
             points.append(Point(index, params, seed, config))
     if not points:
         raise ConfigError("the sweep has no points")
-    columns = result_columns(points[0].config)
+    kinds = {  # points that differ only in seed, optimiser or length give the same columns
+        json.dumps([p.config.task, p.config.model, p.config.eval], default=lambda m: m.model_dump(mode="json")): p
+        for p in points
+    }
+    columns = set().union(*(result_columns(p.config) for p in kinds.values()))
     for kind, specs in (("heatmaps", sweep.report.heatmaps), ("curves", sweep.report.curves)):
         for i, spec in enumerate(specs):
             if spec.metric not in columns:
                 raise ConfigError(
-                    f"report.{kind}.{i}.metric: {spec.metric!r} is not a result of this sweep "
+                    f"report.{kind}.{i}.metric: {spec.metric!r} is not a result of any point of this sweep "
                     f"(results: {', '.join(sorted(columns))})"
                 )
     return points

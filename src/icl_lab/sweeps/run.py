@@ -76,7 +76,8 @@ def results_table(sweep_dir: Path, units: list[Unit], errors: list[str]) -> pa.T
                 for name in TRANSITION_COLUMNS:
                     row[f"transition_{name}"] = getattr(main, name) if main else math.nan
             rows.append(row)
-    return pa.Table.from_pylist(rows)
+    columns = list(dict.fromkeys(key for row in rows for key in row))  # points may set different fields
+    return pa.Table.from_pylist([{c: row.get(c) for c in columns} for row in rows])
 
 
 def _cell(value: object) -> object:

@@ -6,10 +6,10 @@ stream (text/streams.py), with next-token loss at every position. Evaluation spl
 - `heldout`: windows of the held-out documents' stream (documents chosen by `split_seed`, never
   trained on);
 - `train`: windows of the training stream;
-- `repeated`: Olsson's diagnostic, sequences of random tokens (those the training text contains)
-  whose first half repeats (meta period and repeat_end), so prefix matching, copying, induction
-  and ICL scores apply as on the `induction` task. Text windows carry period 0: the repeat-based
-  scores are undefined (NaN) on them.
+- `repeated`: Olsson's diagnostic, sequences of random tokens (the common ones that make up 95%
+  of the training text, see `common_tokens`) whose first half repeats (meta period and
+  repeat_end), so prefix matching, copying, induction and ICL scores apply as on the `induction`
+  task. Text windows carry period 0: the repeat-based scores are undefined (NaN) on them.
 
 The corpus split and the tokeniser depend on `split_seed`, not on the run's seed, so that every
 seed of a sweep sees the same data set.
@@ -35,6 +35,22 @@ from icl_lab.text.streams import token_streams
 
 if TYPE_CHECKING:
     from icl_lab.store.run import Run
+
+
+DIAGNOSTIC_COVERAGE = 0.95
+
+
+def common_tokens(stream: np.ndarray, exclude: int, coverage: float = DIAGNOSTIC_COVERAGE) -> np.ndarray:
+    """The most frequent tokens of a stream that together make up `coverage` of it (int64 ids,
+    sorted), leaving out `exclude`. Olsson's diagnostics draw their random tokens from these: a
+    small model has barely trained the embeddings of rare tokens (a byte model trained on Python
+    sees 189 byte values, 45 of which make up 95% of the text), and sequences of them hide the
+    induction heads that repeated common tokens and repeated text show."""
+    counts = np.bincount(stream)  # one pass
+    counts[exclude] = 0
+    order = np.argsort(-counts, kind="stable")
+    keep = int(np.searchsorted(np.cumsum(counts[order]), coverage * counts.sum())) + 1
+    return np.sort(order[:keep]).astype(np.int64)
 
 
 class TextLMConfig(TaskConfig):
@@ -83,17 +99,14 @@ class TextLMTask(Task):
         self.streams = token_streams(
             c.corpus, c.tokenizer, c.vocab_size, c.test_fraction, c.split_seed, c.max_documents
         )
+        eod = self.streams.tokenizer.end_of_document
         shortest = min(len(self.streams.train), len(self.streams.test))
         if shortest <= c.seq_len + 1:
             raise ConfigError(
                 f"task.seq_len: windows of {c.seq_len + 1} tokens do not fit a split of corpus "
                 f"{c.corpus} ({shortest} tokens)"
             )
-        # diagnostic tokens: those the training text contains (bytes a text never holds would have
-        # untrained embeddings), never the end-of-document id
-        seen = np.flatnonzero(np.bincount(self.streams.train))  # one pass, sorted ids
-        seen = seen[seen != self.streams.tokenizer.end_of_document]
-        self.diagnostic_tokens = torch.from_numpy(seen.astype(np.int64)).to(self.device)
+        self.diagnostic_tokens = torch.from_numpy(common_tokens(self.streams.train, eod)).to(self.device)
 
     @classmethod
     def io(cls, config: TextLMConfig) -> ModelIO:
@@ -114,7 +127,7 @@ class TextLMTask(Task):
         }
 
     def _repeated(self, n: int, g: torch.Generator) -> Batch:
-        """Olsson's diagnostic: repeated random tokens, drawn from the tokens of the training text."""
+        """Olsson's diagnostic: repeated random tokens, drawn from the training text's common tokens."""
         c = self.config
         batch = repeated_tokens(n, c.seq_len, (0, len(self.diagnostic_tokens)), 2, c.seq_len // 2, 2, 0.0, g)
         vocabulary = self.diagnostic_tokens.to(batch.inputs.device)

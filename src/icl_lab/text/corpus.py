@@ -7,6 +7,7 @@ counted and reported, never fatal.
 """
 
 import codecs
+import os
 import sysconfig
 from dataclasses import dataclass
 from importlib import resources
@@ -72,8 +73,13 @@ def _decode(data: bytes) -> tuple[str, int]:
     return data.decode("utf-8", errors="icl_lab.count_and_replace"), _replaced[0]
 
 
-def _files(root: Path, suffixes: tuple[str, ...]) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in suffixes)
+def _files(root: Path, suffixes: tuple[str, ...], skip: frozenset[str] = frozenset()) -> list[Path]:
+    """Files under root with these suffixes, in name order, not descending into `skip` folders."""
+    found = []
+    for folder, subfolders, names in os.walk(root):
+        subfolders[:] = [d for d in subfolders if d not in skip]
+        found += [Path(folder, n) for n in names if Path(n).suffix in suffixes]
+    return sorted(p for p in found if p.is_file())
 
 
 def _read(paths: list[Path], root: Path, source: str) -> Corpus:
@@ -100,7 +106,7 @@ def corpus_files(source: str, max_documents: int | None = None) -> tuple[Path, l
         paths = _files(root, (".md",))
     elif source == "python_stdlib":
         root = Path(sysconfig.get_paths()["stdlib"])
-        paths = [p for p in _files(root, (".py",)) if "site-packages" not in p.parts]
+        paths = _files(root, (".py",), frozenset({"site-packages", "__pycache__"}))  # the stdlib only
     else:
         root = Path(source).expanduser()
         if not root.exists():
