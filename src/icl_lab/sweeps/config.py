@@ -196,10 +196,11 @@ def expand(sweep: SweepConfig) -> list[Point]:
             points.append(Point(index, params, seed, config))
     if not points:
         raise ConfigError("the sweep has no points")
-    kinds = {  # points that differ only in seed, optimiser or length give the same columns
-        json.dumps([p.config.task, p.config.model, p.config.eval], default=lambda m: m.model_dump(mode="json")): p
-        for p in points
-    }
+
+    def kind(c: ExperimentConfig) -> str:  # points differing only in seed or training share columns
+        return json.dumps([c.task, c.model, c.eval], default=lambda m: m.model_dump(mode="json"))
+
+    kinds = {kind(p.config): p for p in points}
     columns = set().union(*(result_columns(p.config) for p in kinds.values()))
     for kind, specs in (("heatmaps", sweep.report.heatmaps), ("curves", sweep.report.curves)):
         for i, spec in enumerate(specs):
