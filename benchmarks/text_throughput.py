@@ -28,7 +28,17 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     runs = tempfile.mkdtemp()
-    text = load_config("text_lm", ["checkpointing.every=null"])
+    text = load_config(
+        "text_lm",
+        [
+            "checkpointing.every=null",
+            "task.corpus=shakespeare",
+            "task.tokenizer=bpe",
+            "task.vocab_size=1024",
+            "task.seq_len=128",
+            "training.batch_size=16",
+        ],
+    )
     induction = load_config(
         "induction",
         [

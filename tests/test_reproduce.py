@@ -4,10 +4,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from conftest import tiny_config
 from icl_lab.config import Duration
+from icl_lab.errors import IclLabError
 from icl_lab.experiment import ExperimentConfig
 from icl_lab.reproduce import REPRODUCTIONS, Claim, reproduce
 from icl_lab.reproduce.base import Reproduction, SweepReproduction
@@ -55,6 +57,13 @@ def test_reproduce_writes_claims(tmp_path: Path) -> None:
     table = (out / "claims.md").read_text()
     assert "| both runs finish | - | complete, complete | reproduced |" in table
     assert "not reproduced" in table
+    manifests = {p: p.stat().st_mtime_ns for p in out.glob("*/manifest.json")}
+    again, same = reproduce("tiny-test", quick=True, runs_dir=tmp_path, workers=1, progress=False, resume=out)
+    assert same == out and again == claims
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/manifest.json")} == manifests, "nothing retrained"
+    assert json.loads((out / "claims.json").read_text())["resumed"]
+    with pytest.raises(IclLabError, match="is not a directory of reproduction tiny-test"):
+        reproduce("tiny-test", quick=False, runs_dir=tmp_path, workers=1, progress=False, resume=out)
 
 
 def test_reproduce_command_prints_verdicts(cli, tmp_path: Path) -> None:

@@ -295,6 +295,13 @@ def reproduce_(
     quick: Annotated[bool, typer.Option("--quick", help="Laptop-scale version (minutes on a CPU).")] = False,
     workers: Annotated[int, typer.Option(min=1, help="Parallel training processes.")] = 2,
     runs_dir: RunsDir = Path("runs"),
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            help="An earlier reproduce-NAME-MODE-* directory: keep its finished runs, continue the "
+            "interrupted ones, judge the claims again."
+        ),
+    ] = None,
     quiet: Quiet = False,
 ) -> None:
     """Train a paper's experiments and print each of its claims beside our measurement."""
@@ -303,7 +310,7 @@ def reproduce_(
     reproduction = REPRODUCTIONS.get(name)
     mode = f"quick: {reproduction.quick_budget}" if quick else "full: the paper's scale"
     console.print(f"[bold]{reproduction.title}[/] ({mode})")
-    claims, out = reproduce(name, quick, runs_dir, workers, progress=not quiet)
+    claims, out = reproduce(name, quick, runs_dir, workers, progress=not quiet, resume=resume)
     table = Table(show_lines=True)
     for column in ("finding", "paper", "ours", "verdict"):
         table.add_column(column)

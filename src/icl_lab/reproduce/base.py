@@ -8,6 +8,7 @@ from typing import ClassVar
 
 import pyarrow as pa
 
+from icl_lab.errors import IclLabError
 from icl_lab.experiment import ExperimentConfig
 from icl_lab.files import atomic_write_text
 from icl_lab.registry import Registry
@@ -75,12 +76,25 @@ REPRODUCTIONS: Registry[type[Reproduction]] = Registry("reproduction")
 
 
 def reproduce(
-    name: str, quick: bool, runs_dir: str | Path, workers: int, progress: bool = True
+    name: str,
+    quick: bool,
+    runs_dir: str | Path,
+    workers: int,
+    progress: bool = True,
+    resume: Path | None = None,
 ) -> tuple[list[Claim], Path]:
-    """Train a reproduction's experiments, judge its claims, write claims.json and claims.md."""
+    """Train a reproduction's experiments, judge its claims, write claims.json and claims.md; with
+    `resume`, an earlier directory of the same reproduction and mode: its finished runs are kept,
+    interrupted ones continue, and the claims are judged again."""
     reproduction = REPRODUCTIONS.get(name)()
-    out = Path(runs_dir) / f"reproduce-{name}-{'quick' if quick else 'full'}-{time.strftime('%Y%m%d-%H%M%S')}"
-    out.mkdir(parents=True)
+    mode = "quick" if quick else "full"
+    if resume is None:
+        out = Path(runs_dir) / f"reproduce-{name}-{mode}-{time.strftime('%Y%m%d-%H%M%S')}"
+        out.mkdir(parents=True)
+    else:
+        out = Path(resume)
+        if not out.name.startswith(f"reproduce-{name}-{mode}-") or not out.is_dir():
+            raise IclLabError(f"--resume: {out} is not a directory of reproduction {name} ({mode} mode)")
     started = time.perf_counter()
     if isinstance(reproduction, SweepReproduction):
         results, figures = {}, []
@@ -96,9 +110,16 @@ def reproduce(
         claims = reproduction.claims(by_name, quick)
         figures = reproduction.figures(by_name, out)
     wall = time.perf_counter() - started
-    record = {"reproduction": name, "quick": quick, "wall_s": wall, "claims": [asdict(c) for c in claims]}
+    record = {
+        "reproduction": name,
+        "quick": quick,
+        "wall_s": wall,
+        "resumed": resume is not None,
+        "claims": [asdict(c) for c in claims],
+    }
     atomic_write_text(out / "claims.json", json.dumps(record, indent=1))
-    lines = [f"# {reproduction.title} ({'quick' if quick else 'full'}, {wall / 60:.1f} min)", ""]
+    took = f"{wall / 60:.1f} min" + (" this time, resumed" if resume is not None else "")
+    lines = [f"# {reproduction.title} ({mode}, {took})", ""]
     lines += ["| finding | paper | ours | verdict |", "| --- | --- | --- | --- |"]
     lines += [
         f"| {c.finding} | {c.paper} | {c.ours} | {'reproduced' if c.reproduced else 'not reproduced'} |"

@@ -32,6 +32,7 @@ from icl_lab.sweeps.config import SweepConfig, axis_values, load_sweep
 EMBEDDINGS = ("embed.", "pos_embed.", "unembed.")
 NO_HEADS = "; no ladder model formed an induction head (prefix matching > 0.3)"
 FULL_EPOCHS = (1, 10, 100, 1000, 3000)
+ICL_JUMP = 0.1  # nats: twice the eval-to-eval wiggle of the held-out ICL score here (~0.05)
 SHORTFALL = 0.1  # "damaged beyond what the loss predicts": 10% below the ladder at the same loss
 PAPER_K = "2 (an 800M model repeating 0.1% of its data 100 times does as well as a 400M one)"
 
@@ -156,16 +157,17 @@ def _loss_bump(steps: np.ndarray, tokens: np.ndarray, loss: np.ndarray, tr: Tran
     return bool(peak > max(left, right)), text
 
 
-def _largest_falls(steps: np.ndarray, values: np.ndarray, tr: Transition) -> tuple[float, float]:
-    """(change of a curve across the transition, its most negative change over any equally long
-    stretch that does not overlap it)."""
+def _icl_jump(steps: np.ndarray, icl: np.ndarray, tr: Transition) -> tuple[float, float]:
+    """(change of the ICL score across the transition, its change over the equally long stretch
+    just before), each between the means over one transition width (several evaluations, as the
+    score is noisy): after the end vs before the onset, and before the onset vs the width before."""
     width = tr.end - tr.onset
 
-    def change(a: float) -> float:
-        return float(np.interp(a + width, steps, values) - np.interp(a, steps, values))
+    def mean(lo: float, hi: float) -> float:
+        return float(icl[(steps >= lo) & (steps <= hi)].mean())
 
-    elsewhere = [change(a) for a in steps if a + width <= steps[-1] and (a + width < tr.onset or a > tr.end)]
-    return change(tr.onset), min(elsewhere, default=0.0)
+    before = mean(tr.onset - width, tr.onset)
+    return mean(tr.end, tr.end + width) - before, before - mean(tr.onset - 2 * width, tr.onset - width)
 
 
 def _full_mode(sweep: SweepConfig, widths: list[int]) -> SweepConfig:
@@ -219,7 +221,7 @@ class Hernandez(SweepReproduction):
         claims = [
             Claim(
                 f"{width}: a middle range of repeat counts E is the most harmful (held-out loss peaks)",
-                "peak near E = 100 for 800M (Hernandez Fig. 2; the peak moves with model size)",
+                "a 'poor performance region' of middle E, moving with model size (Hernandez et al.)",
                 f"final held-out loss (nats, {seeds}) {by_e}; margin {margin:.3f}",
                 worst not in (row[0], row[-1]) and worst.heldout - max(losses[0], losses[-1]) > margin,
             )
@@ -230,7 +232,7 @@ class Hernandez(SweepReproduction):
         claims.append(
             Claim(
                 f"{width}: test loss shows double descent over training in the harmful range",
-                "qualitative (Hernandez Fig. 3)",
+                "qualitative (Hernandez et al.)",
                 "; ".join(f"E={e:g} seed {seed}: {_descent_text(d)}" for (e, seed), d in descents.items())
                 + f" (rise of at least {margin:.3f} nats)",
                 any(d is not None for (e, _), d in descents.items() if e == worst.epochs),
@@ -243,7 +245,7 @@ class Hernandez(SweepReproduction):
         claims.append(
             Claim(
                 f"{width}: repetition damages prefix matching and copying more than its loss predicts",
-                "qualitative (Hernandez Figs. 6-7: induction heads and copying degrade)",
+                "disproportionate damage to copying and induction heads (Hernandez et al.)",
                 f"E={worst.epochs:g}: prefix matching {worst.prefix_matching:.3f} vs {expected_pm:.3f} and "
                 f"copy-loss drop {worst.copy_drop:.2f} vs {expected_copy:.2f} nats for a unique-data "
                 f"model of the same held-out loss (ladder, log-size interpolation); unique {width}: "
@@ -273,7 +275,7 @@ class Hernandez(SweepReproduction):
         margin = _margin(unique.models[0])
         return Claim(
             "a model with MLPs is damaged by repetition too",
-            "800M model -> 400M-equivalent (Hernandez Fig. 1)",
+            "800M model -> 400M-equivalent (Hernandez et al., with MLPs)",
             f"d {unique.width} with MLPs: held-out {unique.heldout:.3f} (E=1) vs {repeated.heldout:.3f} "
             f"(E={repeated.epochs:g}) nats; prefix matching {unique.prefix_matching:.3f} vs "
             f"{repeated.prefix_matching:.3f}; margin {margin:.3f}",
@@ -285,7 +287,7 @@ class Hernandez(SweepReproduction):
             "induction heads form in the 2-layer attention-only text model, with a loss bump and a "
             "jump in ICL score at the same step (Olsson)"
         )
-        paper = "phase change at 2.5-5 B tokens, ICL score -0.2 -> -0.4 nats (Olsson Figs. 2-3)"
+        paper = "qualitative: prefix matching, a loss bump and the ICL score change together, early (Olsson)"
         tr = summarise(model.run, model.member).main
         if tr is None:
             ours = f"d {model.width} (seed {model.seed}): no abrupt rise in prefix matching"
@@ -294,17 +296,15 @@ class Hernandez(SweepReproduction):
         tokens, _ = model.curve("loss")
         bump, bump_text = _loss_bump(steps, tokens, loss, tr)
         icl_steps, icl = model.run.curve("icl_score", "heldout", member=model.member)
-        across, elsewhere = _largest_falls(icl_steps, icl, tr)
+        jump, drift = _icl_jump(icl_steps, icl, tr)
         return Claim(
             finding,
             paper,
             f"d {model.width} ({model.parameters:,} params, seed {model.seed}): prefix matching "
             f"{tr.before:.2f} -> {tr.after:.2f} from {units_text(model.run, tr.onset)} "
-            f"to step {tr.end:,.0f}; "
-            f"{bump_text}; ICL score {np.interp(tr.onset, icl_steps, icl):+.2f} -> "
-            f"{np.interp(tr.end, icl_steps, icl):+.2f} nats across it (largest fall over as many steps "
-            f"elsewhere {elsewhere:+.2f})",
-            bump and across < min(elsewhere, 0.0),
+            f"to step {tr.end:,.0f}; {bump_text}; held-out ICL score changes {jump:+.2f} nats across it "
+            f"(means over {tr.end - tr.onset:,.0f} steps either side) vs {drift:+.2f} over as long before",
+            bump and jump <= -ICL_JUMP and jump < 2 * min(drift, 0.0),
         )
 
     def sweep_figures(self, results: dict[str, pa.Table], out: Path) -> list[Path]:
