@@ -15,8 +15,8 @@ from icl_lab.registry import Registry
 from icl_lab.report.sweep import write_sweep_report
 from icl_lab.store.run import Run
 from icl_lab.sweeps.config import SweepConfig
-from icl_lab.sweeps.execute import run_configs
-from icl_lab.sweeps.run import run_sweep
+from icl_lab.sweeps.execute import execute, run_configs
+from icl_lab.sweeps.run import finish_sweep, prepare_sweep
 
 TOLERANCE = 0.05  # accuracy differences smaller than this count as ties when judging a trend
 
@@ -58,7 +58,8 @@ class Reproduction:
 
 
 class SweepReproduction(Reproduction):
-    """A reproduction made of sweeps: it names them and judges its claims from their results tables
+    """A reproduction made of sweeps, trained in one pool of workers (the first sweep's first
+    units first: put the longest there); it judges its claims from their results tables
     (each sweep's report, with its phase diagrams, is written beside)."""
 
     def sweeps(self, quick: bool) -> dict[str, SweepConfig]:  # pragma: no cover - interface
@@ -97,11 +98,15 @@ def reproduce(
             raise IclLabError(f"--resume: {out} is not a directory of reproduction {name} ({mode} mode)")
     started = time.perf_counter()
     if isinstance(reproduction, SweepReproduction):
+        sweeps = reproduction.sweeps(quick)
+        prepared = {name: prepare_sweep(sweep, out / name) for name, sweep in sweeps.items()}
+        jobs = [job for _, sweep_jobs in prepared.values() for job in sweep_jobs]
+        outcomes = iter(execute(jobs, "local", workers, progress))  # the sweeps share the workers
         results, figures = {}, []
-        for sweep_name, sweep in reproduction.sweeps(quick).items():
-            results[sweep_name] = run_sweep(sweep, out / sweep_name, "local", workers, progress)
-            write_sweep_report(out / sweep_name)
-            figures += sorted((out / sweep_name / "report").glob("*.png"))
+        for name, (units, sweep_jobs) in prepared.items():
+            results[name] = finish_sweep(out / name, units, [next(outcomes) for _ in sweep_jobs])
+            write_sweep_report(out / name)
+            figures += sorted((out / name / "report").glob("*.png"))
         claims = reproduction.judge(results, quick)
         figures += reproduction.sweep_figures(results, out)
     else:

@@ -32,6 +32,14 @@ def run_sweep(
     address: str | None = None,
 ) -> pa.Table:
     """Expand and validate every point, train the units not yet complete, write the results table."""
+    units, jobs = prepare_sweep(sweep, sweep_dir)
+    outcomes = execute(jobs, executor, workers, progress, address)
+    return finish_sweep(sweep_dir, units, outcomes)
+
+
+def prepare_sweep(sweep: SweepConfig, sweep_dir: Path) -> tuple[list[Unit], list[Job]]:
+    """Expand and validate every point, write sweep.yaml and plan.json; the units and the jobs
+    that train them (several sweeps' jobs may share one pool: see reproduce)."""
     points = expand(sweep)
     units = plan(sweep, points)
     text = dump_sweep(sweep)
@@ -44,8 +52,11 @@ def run_sweep(
         "units": [{"unit": u.id, "points": [p.index for p in u.points]} for u in units],
     }
     atomic_write_text(sweep_dir / "plan.json", json.dumps(layout, indent=1))
-    jobs = [Job(sweep_dir / "runs" / u.id, tuple(p.config for p in u.points)) for u in units]
-    outcomes = execute(jobs, executor, workers, progress, address)
+    return units, [Job(sweep_dir / "runs" / u.id, tuple(p.config for p in u.points)) for u in units]
+
+
+def finish_sweep(sweep_dir: Path, units: list[Unit], outcomes: list[tuple[str, str]]) -> pa.Table:
+    """Write and return the results table once the units' jobs have run ((status, error) each)."""
     table = results_table(sweep_dir, units, [error for _, error in outcomes])
     atomic_write(sweep_dir / RESULTS, lambda tmp: pq.write_table(table, tmp))
     return table

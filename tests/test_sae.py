@@ -1,0 +1,117 @@
+"""Sparse autoencoders: the architectures' defining properties, Kissane's constraints and
+resampling, and recovery of known features from synthetic activations."""
+
+import pytest
+import torch
+
+from icl_lab.errors import ConfigError
+from icl_lab.sae import SAES, build_sae
+from icl_lab.sae.fit import FitSettings, fit
+
+
+def sae_of(architecture: str, d_in: int = 8, **fields: object):
+    return build_sae(SAES.get(architecture).Config(architecture=architecture, **fields), d_in, seed=0)
+
+
+@pytest.mark.parametrize("architecture", ["relu_l1", "topk", "batchtopk", "jumprelu"])
+def test_decoder_rows_stay_unit_norm_and_lose_the_gradients_parallel_part(architecture: str) -> None:
+    sae = sae_of(architecture, expansion=4)
+    x = torch.randn(64, 8, generator=torch.Generator().manual_seed(1))
+    sae(x).loss.backward()
+    grad = sae.W_dec.grad.clone()
+    sae.constrain_gradients()
+    rows = sae.W_dec.detach()
+    torch.testing.assert_close((sae.W_dec.grad * rows).sum(1), torch.zeros(32), atol=1e-6, rtol=0)
+    along = (grad * rows).sum(1, keepdim=True) * rows  # what was removed: only the parallel part
+    torch.testing.assert_close(sae.W_dec.grad + along, grad)
+    with torch.no_grad():
+        sae.W_dec.mul_(torch.linspace(0.5, 3.0, 32)[:, None])
+    sae.constrain_weights()
+    torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(32))
+
+
+def test_relu_l1_loss_is_squared_error_summed_over_dims_plus_lambda_l1() -> None:
+    sae = sae_of("relu_l1", l1_coefficient=0.5)
+    x = torch.randn(16, 8, generator=torch.Generator().manual_seed(2))
+    out = sae(x)
+    f = torch.relu((x - sae.b_dec) @ sae.W_enc + sae.b_enc)
+    x_hat = f @ sae.W_dec + sae.b_dec
+    assert out.losses["mse"].item() == pytest.approx(((x_hat - x) ** 2).sum(1).mean().item(), rel=1e-6)
+    assert out.losses["l1"].item() == pytest.approx(0.5 * f.abs().sum(1).mean().item(), rel=1e-6)
+
+
+def test_topk_keeps_exactly_k_features_and_batchtopk_k_per_input_on_average() -> None:
+    topk = sae_of("topk", k=5, expansion=8)
+    with torch.no_grad():
+        topk.b_enc.fill_(100.0)  # every pre-activation positive: exactly k survive
+    x = torch.randn(32, 8, generator=torch.Generator().manual_seed(3))
+    assert ((topk.encode(x) > 0).sum(1) == 5).all()
+    pre = topk.pre_activation(x)
+    kept = topk.encode(x)
+    assert torch.equal(kept.topk(5).values, pre.topk(5).values), "the five largest, unchanged"
+    batch = sae_of("batchtopk", k=5, expansion=8)
+    with torch.no_grad():
+        batch.b_enc.fill_(100.0)
+    features = batch.encode(x)
+    assert int((features > 0).sum()) == 5 * 32 and (features > 0).sum(1).float().std() >= 0
+    assert batch.threshold.item() == pytest.approx(features[features > 0].min().item())
+    batch.eval()
+    torch.testing.assert_close(batch.encode(x), pre * (pre > batch.threshold))
+
+
+def test_jumprelu_straight_through_gradients_follow_the_rectangle_kernel() -> None:
+    sae = sae_of("jumprelu", d_in=2, expansion=1, bandwidth=0.2, initial_threshold=1.0, l0_coefficient=1.0)
+    pre = torch.tensor([[0.95, 2.0], [1.05, 0.5], [1.5, 1.08]])  # within 0.1 of theta = 1: in the kernel
+    features = sae.activation(pre)
+    torch.testing.assert_close(features, torch.tensor([[0.0, 2.0], [1.05, 0.0], [1.5, 1.08]]))
+    features.sum().backward()
+    # d/dtheta of sum z H(z - theta) = -theta/eps * #(|z - theta| < eps/2); d theta / d log theta = theta
+    expected = torch.tensor([-(1 / 0.2) * 2, -(1 / 0.2) * 1])
+    torch.testing.assert_close(sae.log_threshold.grad, expected)
+
+
+def test_resampling_revives_dead_features_and_resets_their_adam_state() -> None:
+    g = torch.Generator().manual_seed(4)
+    sae = sae_of("relu_l1", expansion=2)
+    x = torch.randn(512, 8, generator=g)
+    dead = torch.zeros(16, dtype=torch.bool)
+    dead[[3, 7, 11]] = True
+    with torch.no_grad():
+        sae.b_enc[dead] = -1e3  # never fire
+    optimizer = torch.optim.Adam(sae.parameters(), betas=(0.0, 0.9999))
+    sae(x).loss.backward()
+    optimizer.step()
+    assert (sae.encode(x)[:, dead] == 0).all()
+    live_norm = sae.W_enc[:, ~dead].norm(dim=0).mean()
+    assert sae.resample(dead, x, optimizer, g) == 3
+    assert (sae.encode(x)[:, dead] > 0).any(0).all(), "every resampled feature fires again"
+    torch.testing.assert_close(sae.W_dec[dead].norm(dim=1), torch.ones(3))
+    torch.testing.assert_close(sae.W_enc[:, dead].norm(dim=0), torch.full((3,), 0.2 * live_norm.item()))
+    assert (sae.b_enc[dead] == 0).all()
+    decoder, encoder = optimizer.state[sae.W_dec]["exp_avg_sq"], optimizer.state[sae.W_enc]["exp_avg_sq"]
+    assert (decoder[dead] == 0).all() and (decoder[~dead] > 0).any(), "only the resampled rows reset"
+    assert (encoder[:, dead] == 0).all() and (optimizer.state[sae.b_enc]["exp_avg"][dead] == 0).all()
+    directions = sae.W_dec[dead]
+    inputs = x / x.norm(dim=1, keepdim=True)
+    assert ((directions @ inputs.T).max(1).values > 0.9999).all(), "each direction is one of the inputs"
+
+
+def test_relu_l1_recovers_known_feature_directions_from_synthetic_activations() -> None:
+    """Activations are sparse non-negative mixtures of 12 random unit directions in 16 dimensions;
+    Kissane's recipe recovers each as a decoder row."""
+    g = torch.Generator().manual_seed(5)
+    truth = torch.randn(12, 16, generator=g)
+    truth /= truth.norm(dim=1, keepdim=True)
+    active = torch.rand(20_000, 12, generator=g) < 0.08
+    x = (active * torch.rand(20_000, 12, generator=g) * 2) @ truth  # (N, 16)
+    sae = sae_of("relu_l1", d_in=16, expansion=2, l1_coefficient=0.05, resample_every=400, resample_times=2)
+    state = fit(sae, x, FitSettings(steps=3000, batch_size=256, lr=3e-3, warmup_steps=100), g)
+    cosine = truth @ sae.W_dec.detach().T  # (12, 32)
+    assert (cosine.max(1).values > 0.95).all(), f"best cosines {cosine.max(1).values}"
+    assert state.history[-1]["l0"] < 3.0, "sparse: about one true feature is active per input"
+    assert state.resamplings == 2
+
+
+def test_unknown_architecture_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="unknown SAE architecture 'relu'"):
+        SAES.get("relu")
