@@ -115,3 +115,49 @@ def test_relu_l1_recovers_known_feature_directions_from_synthetic_activations() 
 def test_unknown_architecture_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="unknown SAE architecture 'relu'"):
         SAES.get("relu")
+
+
+def _model_and_task():
+    from conftest import tiny_config
+    from icl_lab.experiment import build_model, build_task
+
+    config = tiny_config(
+        model={"name": "transformer", "init_std": 0.5}
+    )  # big weights: zeroing hook_z matters
+    return build_model(config), build_task(config)
+
+
+def test_activation_buffer_holds_shuffled_hook_z_of_every_position() -> None:
+    from icl_lab.sae.activations import fill_buffer
+
+    model, task = _model_and_task()
+    buffer = fill_buffer(
+        model, task, layer=1, tokens=300, generator=torch.Generator().manual_seed(0), chunk=8
+    )
+    assert buffer.activations.shape == (300, 16) and buffer.hook == "blocks.1.attn.hook_z"
+    assert buffer.sequences == 24 and buffer.bytes == 300 * 16 * 4, "3 chunks of 8 sequences x 16 tokens"
+    batch = task.sample(8, torch.Generator().manual_seed(0))  # the first chunk, recomputed
+    _, cache = model.run_with_cache(batch.inputs, names_filter="blocks.1.attn.hook_z")
+    first = cache["blocks.1.attn.hook_z"].flatten(2).flatten(0, 1)  # (128, 16)
+    found = (first[:, None] == buffer.activations[None]).all(-1).any(1)  # (128,)
+    assert found.all(), "the buffer holds the first chunk's activations, in shuffled order"
+    assert not torch.equal(buffer.activations[:128], first)
+    scaled = fill_buffer(model, task, 1, 300, torch.Generator().manual_seed(0), 8, "expected_norm")
+    assert scaled.activations.norm(dim=1).mean().item() == pytest.approx(4.0, rel=1e-5), "sqrt(d_in)"
+    torch.testing.assert_close(scaled.activations, buffer.activations * scaled.scale)
+    with pytest.raises(ValueError, match=r"no hook blocks\.5\.attn\.hook_z"):
+        fill_buffer(model, task, 5, 10, torch.Generator())
+
+
+def test_ce_recovered_is_one_for_the_identity_and_zero_for_zero() -> None:
+    from icl_lab.sae.activations import splice_scores
+
+    model, task = _model_and_task()
+    inputs = task.sample(16, torch.Generator().manual_seed(1)).inputs
+    identity = splice_scores(model, inputs, 0, lambda x: x)
+    assert identity["ce_recovered"] == 1.0 and identity["kl"] == pytest.approx(0.0, abs=1e-6)
+    scaled = splice_scores(model, inputs, 0, lambda x: x, scale=2.5)  # in and out of the SAE's scale
+    assert scaled["ce_recovered"] == pytest.approx(1.0, abs=1e-4)
+    assert identity["ce_zero"] != pytest.approx(identity["ce_clean"], abs=1e-3)
+    zero = splice_scores(model, inputs, 0, torch.zeros_like)
+    assert zero["ce_recovered"] == pytest.approx(0.0, abs=1e-6) and zero["kl"] > 0
