@@ -161,3 +161,54 @@ def test_ce_recovered_is_one_for_the_identity_and_zero_for_zero() -> None:
     assert identity["ce_zero"] != pytest.approx(identity["ce_clean"], abs=1e-3)
     zero = splice_scores(model, inputs, 0, torch.zeros_like)
     assert zero["ce_recovered"] == pytest.approx(0.0, abs=1e-6) and zero["kl"] > 0
+
+
+def test_direct_feature_attribution_sums_exactly_to_the_pre_activation_less_its_biases() -> None:
+    from icl_lab.sae.attribution import direct_feature_attribution
+
+    model, task = _model_and_task()
+    sae = sae_of("relu_l1", d_in=16, expansion=2)
+    with torch.no_grad():
+        sae.b_dec.normal_(generator=torch.Generator().manual_seed(0))
+        sae.b_enc.fill_(0.3)
+    inputs = task.sample(4, torch.Generator().manual_seed(2)).inputs
+    features = torch.tensor([0, 5, 31])
+    scale = 1.7
+    dfa = direct_feature_attribution(model, inputs, 1, sae, features, scale)
+    assert dfa.per_source.shape == (4, 16, 16, 2, 3) and dfa.per_head.shape == (4, 16, 2, 3)
+    torch.testing.assert_close(dfa.per_source.sum(2), dfa.per_head, atol=1e-5, rtol=1e-5)
+    _, cache = model.run_with_cache(inputs, names_filter="blocks.1.attn.hook_z")
+    x = cache["blocks.1.attn.hook_z"].flatten(2) * scale  # (4, 16, 16)
+    pre = sae.pre_activation(x)[..., features]
+    expected = pre - sae.b_enc[features] + (sae.b_dec @ sae.W_enc)[features]
+    torch.testing.assert_close(dfa.per_head.sum(2), expected, atol=1e-5, rtol=1e-5)
+    assert (dfa.per_source[:, torch.arange(16)[:, None] < torch.arange(16)[None, :]] == 0).all(), "causal"
+
+
+def test_head_shares_and_families() -> None:
+    from icl_lab.sae.attribution import (
+        Attribution,
+        decoder_head_shares,
+        feature_families,
+        head_polysemanticity,
+        source_families,
+    )
+
+    sae = sae_of("relu_l1", d_in=4, expansion=1)  # 2 heads of d_head 2
+    with torch.no_grad():
+        sae.W_dec.copy_(torch.tensor([[0.0, 0, 1, 0], [0.6, 0, 0.8, 0], [1, 0, 0, 0], [0, 0.6, 0, 0.8]]))
+    shares = decoder_head_shares(sae, 2)
+    torch.testing.assert_close(shares, torch.tensor([[0.0, 1], [3 / 7, 4 / 7], [1, 0], [3 / 7, 4 / 7]]))
+    tokens = torch.tensor([[5, 6, 7, 8, 9, 1, 2, 3, 4, 5]])  # the last token 5 occurred at 0; 6 followed it
+    family = source_families(tokens)[0]
+    assert family[9, 1] == 2, "induction: the source follows an earlier 5"
+    assert family[9, 8] == 0 and family[9, 5] == 0 and family[9, 4] == 1 and family[3, 5] == -1
+    per_source = torch.zeros(1, 10, 10, 2, 3)
+    per_source[0, 9, 1, 0, 0] = 2.0  # feature 0: induction
+    per_source[0, 9, 8, 1, 1] = 1.0  # feature 1: short-range, with a smaller long-range part
+    per_source[0, 9, 2, 1, 1] = 0.5
+    active = torch.zeros(1, 10, 3, dtype=torch.bool)
+    active[0, 9, :2] = True  # feature 2 never active
+    families = feature_families(Attribution(per_source.sum(2), per_source), tokens, active)
+    assert families.tolist() == [2, 0, -1]
+    assert head_polysemanticity(torch.tensor([[1.0, 0], [0.6, 0.4], [0.9, 0.1]]), families) == [{0, 2}, set()]

@@ -1,0 +1,90 @@
+"""Where an attention SAE's features come from (Kissane et al.): direct feature attribution to
+each head and each source position, head attribution by decoder norm, and a family label per
+feature (short-range, long-range, induction) with each head's polysemanticity.
+
+The encoder is linear in hook_z, and hook_z of head h at a destination is the attention-weighted
+sum of the values at the sources: z_h[dest] = sum_src A_h[dest, src] v_h[src]. So a feature's
+pre-activation minus its bias terms, scale x z . W_enc[:, f], splits exactly into parts per head
+and per (source, head).
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from icl_lab.models.base import Model
+from icl_lab.sae.activations import hook_z
+from icl_lab.sae.base import SAE
+
+FAMILIES = ("short-range", "long-range", "induction")
+SHORT_RANGE = 4  # sources at most this many tokens before the destination are "near"
+
+
+@dataclass
+class Attribution:
+    """Direct feature attribution of features F on a batch: per head (B, T, H, F) and per
+    source position (B, T_dest, T_src, H, F); per_source summed over sources gives per_head."""
+
+    per_head: Tensor
+    per_source: Tensor
+
+
+@torch.no_grad()
+def direct_feature_attribution(
+    model: Model, inputs: Tensor, layer: int, sae: SAE, features: Tensor, scale: float = 1.0
+) -> Attribution:
+    """DFA of the given features (indices) of an SAE on hook_z at `layer` (inputs in the SAE's
+    scale: x = scale x hook_z)."""
+    attn = f"blocks.{layer}.attn"
+    names = [hook_z(layer), f"{attn}.hook_v", f"{attn}.hook_pattern"]
+    _, cache = model.run_with_cache(inputs, names_filter=lambda n: n in names)
+    z, v, pattern = (cache[n] for n in names)  # (B, T, H, e), (B, T, H, e), (B, H, T, T)
+    H, e = z.shape[2], z.shape[3]
+    W = sae.W_enc[:, features].view(H, e, -1) * scale  # (H, e, F): each head's slice of the encoder
+    per_head = torch.einsum("bthe,hef->bthf", z, W)
+    value_parts = torch.einsum("bshe,hef->bshf", v, W)  # (B, T_src, H, F)
+    per_source = torch.einsum("bhts,bshf->btshf", pattern, value_parts)
+    return Attribution(per_head, per_source)
+
+
+def decoder_head_shares(sae: SAE, n_heads: int) -> Tensor:
+    """(d_sae, H): each head's share of a feature's decoder norm, |W_dec[f, h]| / sum_h' |W_dec[f, h']|."""
+    norms = sae.W_dec.detach().view(sae.d_sae, n_heads, -1).norm(dim=-1)  # (d_sae, H)
+    return norms / norms.sum(1, keepdim=True).clamp(min=1e-12)
+
+
+def source_families(tokens: Tensor) -> Tensor:
+    """(B, T_dest, T_src) family index of every (destination, source) pair of each sequence:
+    induction where the source follows an earlier occurrence of the destination's token, else
+    short-range within SHORT_RANGE tokens back, else long-range (-1 for future sources)."""
+    B, T = tokens.shape
+    dest, src = torch.arange(T)[:, None], torch.arange(T)[None, :]
+    previous = torch.cat([torch.full((B, 1), -1, dtype=tokens.dtype), tokens[:, :-1]], 1)  # token before src
+    induction = (previous[:, None, :] == tokens[:, :, None]) & (src >= 1) & (src <= dest)
+    family = torch.where(dest - src <= SHORT_RANGE, 0, 1).expand(B, T, T).clone()
+    family[induction] = 2
+    family[:, src > dest] = -1
+    return family
+
+
+def feature_families(attribution: Attribution, tokens: Tensor, active: Tensor) -> Tensor:
+    """(F,) family index of each feature: the family of sources that carries the largest share of
+    its positive per-source attribution, summed over the (B, T, F) `active` destinations; -1 for a
+    feature never active."""
+    family = source_families(tokens)  # (B, T, T)
+    mass = attribution.per_source.clamp(min=0).sum(3)  # (B, T_dest, T_src, F): over heads
+    mass = mass * active[:, :, None, :]
+    shares = torch.stack([(mass * (family == k)[..., None]).sum((0, 1, 2)) for k in range(len(FAMILIES))])
+    labels = shares.argmax(0)  # (F,)
+    return torch.where(shares.sum(0) > 0, labels, -1)
+
+
+def head_polysemanticity(shares: Tensor, families: Tensor, min_share: float = 0.5) -> list[set[int]]:
+    """Per head, the families of the features it dominates (decoder share of at least min_share);
+    a head whose features span two or more families is polysemantic by this measure."""
+    heads = []
+    for h in range(shares.shape[1]):
+        mine = (shares[:, h] >= min_share) & (families >= 0)
+        heads.append(set(families[mine].tolist()))
+    return heads
