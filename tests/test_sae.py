@@ -212,3 +212,45 @@ def test_head_shares_and_families() -> None:
     families = feature_families(Attribution(per_source.sum(2), per_source), tokens, active)
     assert families.tolist() == [2, 0, -1]
     assert head_polysemanticity(torch.tensor([[1.0, 0], [0.6, 0.4], [0.9, 0.1]]), families) == [{0, 2}, set()]
+
+
+@pytest.mark.parametrize("architecture", ["relu_l1", "topk", "batchtopk", "jumprelu"])
+def test_saelens_export_encodes_raw_hook_z_to_our_features(architecture: str, tmp_path) -> None:
+    """SAELens's inference rules, written out here, applied to the exported weights and raw
+    activations give the features our SAE gives in its own input scale."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from icl_lab.sae.export import export_saelens
+
+    fields = {"k": 4} if "topk" in architecture else {}
+    sae = sae_of(architecture, d_in=8, expansion=4, **fields)
+    g = torch.Generator().manual_seed(6)
+    with torch.no_grad():
+        sae.b_dec.normal_(generator=g)
+        sae.b_enc.normal_(generator=g)
+    z = torch.randn(50, 8, generator=g)
+    scale = 2.0
+    if architecture == "batchtopk":
+        sae.encode(z * scale)  # estimates the inference threshold
+    sae.eval()
+    export_saelens(sae, tmp_path, "blocks.1.attn.hook_z", "run-x", context_size=16, scale=scale)
+    cfg = json.loads((tmp_path / "cfg.json").read_text())
+    w = load_file(str(tmp_path / "sae_weights.safetensors"))
+    assert cfg["d_in"] == 8 and cfg["d_sae"] == 32 and cfg["reshape_activations"] == "hook_z"
+    assert cfg["metadata"]["hook_name"] == "blocks.1.attn.hook_z" and cfg["apply_b_dec_to_input"]
+    pre = (z - w["b_dec"]) @ w["W_enc"] + w["b_enc"]
+    if cfg["architecture"] == "standard":
+        theirs = torch.relu(pre)
+    elif cfg["architecture"] == "topk":
+        values, index = pre.topk(cfg["k"], dim=-1)
+        theirs = torch.zeros_like(pre).scatter(-1, index, torch.relu(values))
+    else:
+        theirs = torch.relu(pre) * (pre > w["threshold"])
+    ours = sae.encode(z * scale)
+    torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-5)
+    assert (ours > 0).any()
+    torch.testing.assert_close(
+        theirs @ w["W_dec"] + w["b_dec"], sae.decode(ours) / scale, atol=1e-5, rtol=1e-5
+    )

@@ -1,0 +1,66 @@
+"""An SAE in SAELens's on-disk format: `cfg.json` and `sae_weights.safetensors`, loadable with
+`sae_lens.SAE.load_from_disk` (SAELens 6.x), reading hook_z of the model it was trained on.
+
+relu_l1 is SAELens's "standard" architecture and topk its "topk"; jumprelu and batchtopk (whose
+inference rule is a global threshold) are its "jumprelu", with a threshold per feature. An input
+scale (expected-norm normalisation) is folded into the weights, so the exported SAE reads raw
+hook_z: W_enc x scale, W_dec / scale, b_dec / scale.
+"""
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from icl_lab.files import atomic_write, atomic_write_text
+from icl_lab.sae.base import SAE
+
+ARCHITECTURES = {"relu_l1": "standard", "topk": "topk", "batchtopk": "jumprelu", "jumprelu": "jumprelu"}
+
+
+@torch.no_grad()
+def export_saelens(
+    sae: SAE, directory: Path, hook_name: str, model_name: str, context_size: int, scale: float = 1.0
+) -> Path:
+    """Write the SAE into directory (created) in SAELens's format; returns the directory."""
+    architecture = sae.config.architecture
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"no SAELens architecture for {architecture!r} (known: {', '.join(ARCHITECTURES)})")
+    weights = {
+        "W_enc": sae.W_enc * scale,
+        "W_dec": sae.W_dec / scale,
+        "b_enc": sae.b_enc.clone(),
+        "b_dec": sae.b_dec / scale,
+    }
+    extra: dict[str, object] = {}
+    if architecture == "topk":
+        extra["k"] = sae.config.k
+    elif architecture == "batchtopk":
+        weights["threshold"] = sae.threshold.clamp(min=0).expand(sae.d_sae).clone()
+    elif architecture == "jumprelu":
+        weights["threshold"] = sae.threshold.clone()
+    cfg = {
+        "architecture": ARCHITECTURES[architecture],
+        "d_in": sae.d_in,
+        "d_sae": sae.d_sae,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": True,
+        "normalize_activations": "none",
+        "reshape_activations": "hook_z",
+        **extra,
+        "metadata": {
+            "hook_name": hook_name,
+            "model_name": model_name,
+            "context_size": context_size,
+            "prepend_bos": False,
+            "icl_lab_architecture": architecture,
+            "icl_lab_config": sae.config.model_dump(mode="json"),
+        },
+    }
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {name: t.detach().contiguous().float().cpu() for name, t in weights.items()}
+    atomic_write(directory / "sae_weights.safetensors", lambda tmp: save_file(tensors, str(tmp)))
+    atomic_write_text(directory / "cfg.json", json.dumps(cfg, indent=1))
+    return directory
