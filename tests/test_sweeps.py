@@ -1,5 +1,6 @@
 """Sweeps: expansion and validation, ensemble packing, executors, resume, failures, results."""
 
+import json
 import math
 import os
 import signal
@@ -228,3 +229,30 @@ def test_sweep_cli_status_and_report(cli, tmp_path: Path) -> None:
     assert code == 2 and "sweep file not found" in err
     table = read_results(tmp_path / "c")
     assert table.filter(pc.equal(table["task.burstiness"], 2)).num_rows == 1
+
+
+def test_sigterm_to_a_sweep_stops_its_workers_and_leaves_runs_resumable(tmp_path: Path) -> None:
+    """SIGTERM reaches only the parent (a job scheduler's stop): it exits 143 with one line, its
+    workers stop at once (each run marked interrupted, no queued run started), and a rerun finishes."""
+    base = base_file(tmp_path, steps=100_000)
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump({"name": "t", "base": base, "seeds": [0, 1, 2, 3]}))
+    script = Path(sys.executable).parent / "icl-lab"
+    args = [str(script), "sweep", str(path), "--runs-dir", str(tmp_path / "out"), "--quiet"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    runs = tmp_path / "out" / "t" / "runs"
+    deadline = time.time() + 120
+    while len({p.parent.parent for p in runs.glob("*/checkpoints/step_*.json")}) < 2:  # both workers busy
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and err.strip() == "interrupted (SIGTERM)", err
+    statuses = [json.loads((run / "manifest.json").read_text())["status"] for run in sorted(runs.iterdir())]
+    assert statuses == ["interrupted", "interrupted"], (
+        "the two running runs stopped, no queued one began"
+    )
+    files = sorted(runs.rglob("*"))
+    time.sleep(2)
+    assert sorted(runs.rglob("*")) == files, "no worker goes on writing"

@@ -368,9 +368,11 @@ def main() -> None:
     interrupted run with 130 (Ctrl-C) or 143 (SIGTERM), anything unexpected with 1."""
 
     def interrupt(signum: int, frame: object) -> None:
-        raise Interrupted("SIGINT")
+        raise Interrupted(signal.Signals(signum).name)
 
-    previous = signal.signal(signal.SIGINT, interrupt)  # an exception of ours: click swallows Ctrl-C's
+    # exceptions of ours: click swallows Ctrl-C's, and SIGTERM would kill a sweep's parent process
+    # without stopping its workers (the trainer installs its own handler while it trains)
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         code = app(standalone_mode=False)
     except Interrupted as stop:
@@ -390,6 +392,7 @@ def main() -> None:
             _fail(f"error: {e.filename or 'a file'}: {e.strerror or e}", 2)
         _fail(f"internal error: {type(e).__name__}: {e} (run again with --debug for the traceback)", 1)
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if isinstance(code, int) and code:
         raise SystemExit(code)

@@ -5,9 +5,10 @@ checkpoint, and one that fails is recorded as failed (its run's manifest holds t
 the others carry on. Workers use one torch thread each.
 """
 
+import itertools
 import multiprocessing
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -62,13 +63,33 @@ def run_job(path: str, configs_yaml: list[str]) -> tuple[str, str]:
 
 
 def _local(jobs: list[Job], workers: int) -> Iterator[tuple[int, tuple[str, str]]]:
+    """Jobs in a pool of processes, handed out one per free worker (so none waits queued inside
+    the pool). If the caller stops (Ctrl-C, SIGTERM, an error), the workers get SIGTERM, which
+    stops each run resumably (marked interrupted), and no further job starts."""
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        futures = {
-            pool.submit(run_job, str(j.path), [c.to_yaml() for c in j.configs]): i for i, j in enumerate(jobs)
-        }
-        for future in as_completed(futures):
-            yield futures[future], future.result()
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    queued = iter(enumerate(jobs))
+    running: dict[Future, int] = {}
+
+    def submit_next() -> None:
+        for i, job in itertools.islice(queued, 1):
+            running[pool.submit(run_job, str(job.path), [c.to_yaml() for c in job.configs])] = i
+
+    try:
+        for _ in range(workers):
+            submit_next()
+        while running:
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                index = running.pop(future)
+                submit_next()
+                yield index, future.result()
+    except BaseException:
+        for worker in multiprocessing.active_children():
+            worker.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 def _ray(jobs: list[Job], workers: int, address: str | None) -> Iterator[tuple[int, tuple[str, str]]]:
