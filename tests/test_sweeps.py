@@ -250,9 +250,7 @@ def test_sigterm_to_a_sweep_stops_its_workers_and_leaves_runs_resumable(tmp_path
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143 and err.strip() == "interrupted (SIGTERM)", err
     statuses = [json.loads((run / "manifest.json").read_text())["status"] for run in sorted(runs.iterdir())]
-    assert statuses == ["interrupted", "interrupted"], (
-        "the two running runs stopped, no queued one began"
-    )
+    assert statuses == ["interrupted", "interrupted"], "the two running runs stopped, no queued one began"
     files = sorted(runs.rglob("*"))
     time.sleep(2)
     assert sorted(runs.rglob("*")) == files, "no worker goes on writing"
