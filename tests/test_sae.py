@@ -254,3 +254,24 @@ def test_saelens_export_encodes_raw_hook_z_to_our_features(architecture: str, tm
     torch.testing.assert_close(
         theirs @ w["W_dec"] + w["b_dec"], sae.decode(ours) / scale, atol=1e-5, rtol=1e-5
     )
+
+
+def test_quality_metrics_against_hand_computed_values() -> None:
+    from icl_lab.sae.metrics import sae_quality
+
+    sae = sae_of("relu_l1", d_in=4, expansion=1)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.eye(4))
+        sae.W_dec.copy_(torch.eye(4))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    # feature i fires on the inputs whose i-th coordinate is positive; reconstruction = relu(x)
+    x = torch.tensor([[1.0, 0, 0, 0], [2, -1, 0, 0], [1, 0, 0, 0], [0, 0, 3, 0]])
+    q = sae_quality(sae, x, chunk=3)
+    assert q.l0 == pytest.approx(4 / 4) and q.mse == pytest.approx(1 / 4)
+    variance = (x - x.mean(0)).pow(2).sum().item()
+    assert q.explained_variance == pytest.approx(1 - 1 / variance)
+    torch.testing.assert_close(q.density, torch.tensor([0.75, 0.0, 0.25, 0.0]))
+    assert q.dead_fraction == 0.5 and q.dense_fraction == 0.5
+    counts, edges = q.density_histogram(bins=6)
+    assert counts.sum() == 2 and edges[0] == -6.0 and edges[-1] == 0.0
