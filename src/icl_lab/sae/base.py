@@ -14,6 +14,7 @@ import torch
 from pydantic import Field, PositiveInt
 from torch import Tensor, nn
 
+from icl_lab import seeding
 from icl_lab.config import StrictModel
 from icl_lab.registry import Registry
 
@@ -105,6 +106,4 @@ SAES: Registry[type[SAE]] = Registry("SAE architecture")
 
 def build_sae(config: SAEConfig, d_in: int, seed: int) -> SAE:
     """The registered architecture of config, for inputs of d_in, initialised from seed."""
-    from icl_lab.seeding import generator
-
-    return SAES.get(config.architecture)(config, d_in, generator(seed, "sae", "init"))
+    return SAES.get(config.architecture)(config, d_in, seeding.generator(seed, "sae", "init"))
