@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from icl_lab.analysis.summary import summarise
+from icl_lab.report.html import save_png
 
 if TYPE_CHECKING:
     from icl_lab.reproduce.hernandez import Cell, Model
@@ -21,8 +22,7 @@ def _seeds(cells: list["Cell"]) -> str:
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_png(fig, path)
     return path
 
 

@@ -55,11 +55,8 @@ class ReluL1(SAE):
         self.W_dec[index] = directions
         self.W_enc[:, index] = directions.T * RESAMPLED_ENCODER_SCALE * scale
         self.b_enc[index] = 0.0
-        for parameter, rows in ((self.W_dec, index), (self.b_enc, index)):
+        for parameter, axis in ((self.W_dec, 0), (self.b_enc, 0), (self.W_enc, 1)):  # the feature axis
             for moment in optimizer.state.get(parameter, {}).values():
-                if torch.is_tensor(moment) and moment.shape == parameter.shape:
-                    moment[rows] = 0.0
-        for moment in optimizer.state.get(self.W_enc, {}).values():
-            if torch.is_tensor(moment) and moment.shape == self.W_enc.shape:
-                moment[:, index] = 0.0
+                if torch.is_tensor(moment) and moment.shape == parameter.shape:  # not Adam's step count
+                    moment.index_fill_(axis, index, 0.0)
         return int(index.numel())
