@@ -1,15 +1,6 @@
-"""A run directory: runs/<id>/{config.yaml, manifest.json, metrics.parquet, checkpoints/}.
+"""A model run's directory: runs/<id>/{config.yaml, manifest.json, metrics.parquet, checkpoints/}."""
 
-The manifest's status says whether the run is running, complete, interrupted or failed; only a run
-that finished training is ever marked complete.
-"""
-
-import fcntl
-import json
-import os
 import secrets
-import shutil
-import socket
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -21,7 +12,6 @@ import torch
 import yaml
 from torch import Tensor
 
-from icl_lab import __version__
 from icl_lab.errors import CheckpointError, IclLabError, RunStoreError
 from icl_lab.evaluation import eval_batches
 from icl_lab.experiment import (
@@ -32,17 +22,14 @@ from icl_lab.experiment import (
     read_yaml,
     validate_config,
 )
-from icl_lab.files import atomic_write_text, storage_error
 from icl_lab.interventions import Clamp
 from icl_lab.interventions.base import active_at
 from icl_lab.models import Model
-from icl_lab.store.checkpoints import Checkpoint, checkpoint_paths, list_steps, load_checkpoint
-from icl_lab.store.metrics_table import read_metrics
+from icl_lab.store.directory import RunDirectory
 from icl_lab.store.train_state import TrainState
 from icl_lab.tasks import TASKS, Batch, Task
 
 MANIFEST_FORMAT = "icl-lab-run/1"
-LOCK = ".lock"  # held (flock) by the process training the run
 Unit = Literal["steps", "sequences", "tokens"]
 
 
@@ -53,17 +40,19 @@ def _unit(x: str) -> str:
     return "step" if x == "steps" else x
 
 
-class Run:
-    """Handle on a run directory: its config(s), metrics table and checkpoints.
+class Run(RunDirectory):
+    """Handle on a model run's directory: its config(s), metrics table and checkpoints.
 
     A run trains one config, or an ensemble of member configs (config.yaml holds member 0's,
     members.yaml all of them); metrics and checkpoints carry the member axis either way.
     """
 
+    FORMAT = MANIFEST_FORMAT
+
     def __init__(self, path: Path, configs: list[ExperimentConfig], manifest: dict[str, Any]) -> None:
-        self.path, self.configs, self.manifest = path, configs, manifest
+        super().__init__(path, manifest)
+        self.configs = configs
         self.config = configs[0]
-        self._lock: int | None = None
         self._eval_data: dict[tuple[int, str], tuple[Task, dict[str, Batch]]] = {}
 
     @classmethod
@@ -74,61 +63,23 @@ class Run:
         run_id: str | None = None,
     ) -> "Run":
         """A new run directory for validated config(s), marked running; the id defaults to the
-        first config's name and the time. It is built under a hidden staging name and renamed into
-        place, so a process killed meanwhile leaves no half-made run where a rerun would look."""
+        first config's name and the time."""
         members = configs if isinstance(configs, list) else [configs]
-        runs = Path(runs_dir)
         run_id = run_id or f"{members[0].name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
-        path = runs / run_id
-        if path.exists():
-            raise RunStoreError(f"run directory already exists: {path}")
-        staging = runs / f".{run_id}.{secrets.token_hex(4)}.staging"
-        try:
-            runs.mkdir(parents=True, exist_ok=True)
-            staging.mkdir()
-        except OSError as e:
-            raise storage_error("create a run directory in", runs, e) from None
-        atomic_write_text(staging / "config.yaml", members[0].to_yaml())
+        files = {"config.yaml": members[0].to_yaml()}
         if len(members) > 1:
             data = [m.model_dump(mode="json", by_alias=True) for m in members]
-            atomic_write_text(staging / "members.yaml", yaml.safe_dump(data, sort_keys=False))
-        manifest = {
-            "format": MANIFEST_FORMAT,
-            "id": run_id,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "config_hash": ensemble_hash(members),
-            "icl_lab_version": __version__,
-            "torch_version": torch.__version__,
-            "members": len(members),
-        }
-        run = cls(staging, members, manifest)
-        try:
-            run.acquire()  # held (the rename keeps the lock file) until training ends
-            run.update_manifest(status="running")
-            staging.rename(path)
-        except (OSError, IclLabError) as e:  # a full disk, or another process made this id meanwhile
-            run.release()
-            shutil.rmtree(staging, ignore_errors=True)
-            if isinstance(e, IclLabError):
-                raise
-            raise RunStoreError(f"run directory already exists: {path}") from None
-        run.path = path
+            files["members.yaml"] = yaml.safe_dump(data, sort_keys=False)
+        path, staging = cls._staging(Path(runs_dir), run_id, files)
+        run = cls(staging, members, cls._new_manifest(run_id, ensemble_hash(members), members=len(members)))
+        run._commit(path)
         return run
 
     @classmethod
     def open(cls, path: str | Path) -> "Run":
         """Open an existing run directory; RunStoreError if it is not one."""
         path = Path(path)
-        if not (path / "manifest.json").is_file():
-            raise RunStoreError(f"not a run directory (no manifest.json): {path}")
-        try:
-            manifest = json.loads((path / "manifest.json").read_text())
-        except json.JSONDecodeError:
-            raise RunStoreError(f"run manifest is not valid JSON: {path / 'manifest.json'}") from None
-        if manifest.get("format") != MANIFEST_FORMAT:
-            raise RunStoreError(f"not an icl-lab run (unknown manifest format): {path}")
-        if not (path / "config.yaml").is_file():
-            raise RunStoreError(f"run has no config.yaml: {path}")
+        manifest = cls.read_manifest(path)
         if (path / "members.yaml").is_file():
             configs = [validate_config(data) for data in read_yaml(path / "members.yaml")]
         else:
@@ -139,81 +90,7 @@ class Run:
     def config_hash(self) -> str:
         return ensemble_hash(self.configs)
 
-    @property
-    def id(self) -> str:
-        return self.path.name
-
-    @property
-    def status(self) -> str:
-        """complete, failed, diverged, interrupted, or running. A run marked running on this host is
-        running only while some process holds its lock (the lock dies with the process, so a killed
-        run or a reused pid never looks alive); one marked running on another host cannot be checked
-        from here and stays running (`resume --force` overrides)."""
-        status = self.manifest.get("status", "unknown")
-        if status != "running" or self._lock is not None:
-            return status
-        if self.manifest.get("host", socket.gethostname()) != socket.gethostname():
-            return "running"
-        return "running" if self._locked_elsewhere() else "interrupted"
-
-    def update_manifest(self, **fields: Any) -> None:
-        if fields.get("status") == "running":
-            fields |= {"pid": os.getpid(), "host": socket.gethostname()}
-        self.manifest.update(fields)
-        atomic_write_text(self.path / "manifest.json", json.dumps(self.manifest, indent=1))
-
-    # the training lock ---------------------------------------------------------------------
-
-    def acquire(self) -> None:
-        """Hold the run's lock for as long as this process trains it; RunStoreError if another
-        process on this machine holds it."""
-        if self._lock is not None:
-            return
-        try:
-            fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            raise storage_error("open the lock file of", self.path, e) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise RunStoreError(
-                f"run {self.id} is being trained by another process (pid {self.manifest.get('pid')})"
-            ) from None
-        self._lock = fd
-
-    def release(self) -> None:
-        if self._lock is not None:
-            os.close(self._lock)  # closing the descriptor releases the lock
-            self._lock = None
-
-    def _locked_elsewhere(self) -> bool:
-        try:
-            fd = os.open(self.path / LOCK, os.O_RDONLY)
-        except OSError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)
-        return False
-
     # metrics -------------------------------------------------------------------------------
-
-    @property
-    def metrics_path(self) -> Path:
-        return self.path / "metrics.parquet"
-
-    @property
-    def metrics(self) -> pa.Table:
-        """All metric rows: step, sequences, tokens, wall_s, member, split, metric, head, value.
-        Read once per change of the file."""
-        stamp = self.metrics_path.stat().st_mtime_ns if self.metrics_path.exists() else None
-        if getattr(self, "_metrics_stamp", -1) != stamp:
-            self._metrics, self._metrics_stamp = read_metrics(self.metrics_path), stamp
-        return self._metrics
 
     def _rows(self, metric: str, split: str, member: int) -> pa.Table:
         t = self.metrics
@@ -284,25 +161,6 @@ class Run:
         return active_at(config.clamps, step) if config.eval.with_clamps else []
 
     # checkpoints ---------------------------------------------------------------------------
-
-    @property
-    def checkpoint_dir(self) -> Path:
-        return self.path / "checkpoints"
-
-    @property
-    def checkpoint_steps(self) -> list[int]:
-        return list_steps(self.checkpoint_dir)
-
-    def load_checkpoint(self, step: int | None = None) -> Checkpoint:
-        """The checkpoint at `step` (default: the latest), verified against this run's config."""
-        steps = self.checkpoint_steps
-        if not steps:
-            raise CheckpointError(f"run {self.id} has no checkpoints")
-        if step is None:
-            step = steps[-1]
-        elif step not in steps:
-            raise CheckpointError(f"run {self.id} has no checkpoint at step {step} (it has {steps})")
-        return load_checkpoint(checkpoint_paths(self.checkpoint_dir, step)[1], self.config_hash)
 
     def parameters(self, step: int | None = None) -> dict[str, Tensor]:
         """Every member's parameters at a checkpoint (default: the latest), stacked on axis 0."""

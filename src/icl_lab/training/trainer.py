@@ -24,13 +24,13 @@ import torch
 from torch import Tensor
 from torch.func import functional_call, vmap
 
-from icl_lab.errors import DivergenceError, IclLabError, Interrupted, RunStoreError
+from icl_lab.errors import DivergenceError, Interrupted, RunStoreError
 from icl_lab.evaluation import metric_names
 from icl_lab.experiment import ExperimentConfig, build_model, build_task, check_ensemble
 from icl_lab.interventions import Clamp
 from icl_lab.interventions.base import clamped_forward
 from icl_lab.seeding import generator
-from icl_lab.store.checkpoints import checkpoint_paths, save_checkpoint
+from icl_lab.store.checkpoints import save_checkpoint
 from icl_lab.store.metrics_table import TRAIN_SPLIT
 from icl_lab.store.run import Run
 from icl_lab.store.train_state import TrainState
@@ -289,10 +289,7 @@ class Trainer:
     def restore(self, step: int) -> None:
         """Continue from the checkpoint at `step` exactly where it was written; later checkpoints,
         which lie past a gap in the metrics history, are removed (training rewrites them)."""
-        for later in self.run.checkpoint_steps:
-            if later > step:
-                for path in checkpoint_paths(self.run.checkpoint_dir, later)[::-1]:
-                    path.unlink(missing_ok=True)
+        self.run.drop_checkpoints_after(step)
         self.state.load_state_dict(self.run.load_checkpoint(step))
         self.logger.restore(self.run.metrics, self.state.step)
         self.restored = True
@@ -337,14 +334,14 @@ class Trainer:
             self._check_history()
             self.run.update_manifest(status="complete", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         except (KeyboardInterrupt, Interrupted) as e:
-            _record(self.run, status="interrupted", interrupted_at=state.step)
+            self.run.record(status="interrupted", interrupted_at=state.step)
             if isinstance(e, Interrupted):
                 e.run_path = self.run.path  # for the command line's one line
             raise
         except DivergenceError:
             raise
         except Exception as e:
-            _record(self.run, status="failed", error=f"{type(e).__name__}: {e}")
+            self.run.record(status="failed", error=f"{type(e).__name__}: {e}")
             raise
         finally:
             self.run.release()
@@ -360,12 +357,6 @@ class Trainer:
                 + f" {self.logger.key_value:.3f}"
             )
         return " | ".join(parts)
-
-
-def _record(run: Run, **fields: Any) -> None:
-    """Mark the manifest, if the disk still lets us (a full or read-only disk may be why we stop)."""
-    with contextlib.suppress(IclLabError):
-        run.update_manifest(**fields)
 
 
 @contextlib.contextmanager
