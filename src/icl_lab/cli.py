@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from icl_lab.errors import IclLabError, Interrupted
+from icl_lab.sae_cli import app as sae_app
 
 app = typer.Typer(
     help="icl-lab: train, clamp and dissect small models on in-context-learning tasks.",
@@ -24,6 +25,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # plain help: no type labels after flags, fits 80 columns
 )
+app.add_typer(sae_app, name="sae")
 console = Console(soft_wrap=True)  # paths in messages must stay copyable
 err_console = Console(stderr=True)
 

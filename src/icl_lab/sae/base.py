@@ -24,6 +24,9 @@ class SAEConfig(StrictModel):
 
     architecture: str
     expansion: PositiveInt = Field(32, description="d_sae = expansion x d_in (Kissane: 32)")
+    d_in: PositiveInt | None = Field(
+        None, description="expected input width (n_heads x d_head), checked against the hook if given"
+    )
 
 
 @dataclass

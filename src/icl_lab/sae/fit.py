@@ -1,96 +1,123 @@
-"""The SAE training step and loop on a tensor of activations: Adam, a linear warm-up, the
-architecture's gradient and weight constraints, and (relu_l1) dead-feature resampling on its
-schedule with the warm-up restarted after each, as Kissane et al. train."""
-
-from dataclasses import dataclass, field
+"""The SAE training step: Adam, a linear warm-up, the architecture's gradient and weight
+constraints, and (relu_l1) dead-feature resampling on its schedule with the warm-up restarted after
+each, as Kissane et al. train. `Fitter` holds the loop's state and writes it into a checkpoint."""
 
 import torch
+from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt
 from torch import Tensor
 
-from icl_lab.sae.base import SAE
+from icl_lab.config import StrictModel
+from icl_lab.sae.base import SAE, SAEOutput
 from icl_lab.sae.relu_l1 import ReluL1
+from icl_lab.store.checkpoints import Checkpoint
+from icl_lab.store.train_state import load_optimizer, optimizer_tensors
 
 RESAMPLE_INPUTS = 1 << 14  # inputs whose losses choose the resampled directions
 
 
-@dataclass
-class FitSettings:
-    """Kissane et al.'s optimiser: Adam lr 1.2e-3, betas (0, 0.9999), the lr ramping linearly
-    from 0.1 x lr over the warm-up (restarted after each resampling)."""
+class FitSettings(StrictModel):
+    """Kissane et al.'s optimiser: Adam lr 1.2e-3, betas (0, 0.9999), the lr ramping linearly from
+    0.1 x lr over the warm-up (restarted after each resampling). Batches are drawn uniformly, with
+    replacement, from the shuffled activation buffer."""
 
-    steps: int
-    batch_size: int = 4096
-    lr: float = 1.2e-3
-    betas: tuple[float, float] = (0.0, 0.9999)
-    warmup_steps: int = 1000
-    warmup_start: float = 0.1
-
-
-@dataclass
-class FitState:
-    """The loop's bookkeeping: steps done, when the warm-up last restarted, resamplings so far,
-    and how often each feature fired since the last resampling window began."""
-
-    step: int = 0
-    warmup_from: int = 0
-    resamplings: int = 0
-    fired: Tensor | None = None
-    seen: int = 0
-    history: list[dict[str, float]] = field(default_factory=list)
+    steps: PositiveInt
+    batch_size: PositiveInt = 4096
+    lr: PositiveFloat = 1.2e-3
+    betas: tuple[float, float] = Field(
+        (0.0, 0.9999), strict=False, description="Adam betas (Kissane: 0, 0.9999)"
+    )
+    warmup_steps: NonNegativeInt = 1000
+    warmup_start: float = Field(0.1, ge=0, le=1, description="the warm-up starts at this fraction of lr")
 
 
-def learning_rate(settings: FitSettings, state: FitState) -> float:
-    """The warm-up's linear ramp from warmup_start x lr to lr, then lr."""
-    if settings.warmup_steps == 0:
-        return settings.lr
-    done = min((state.step - state.warmup_from) / settings.warmup_steps, 1.0)
-    return settings.lr * (settings.warmup_start + (1 - settings.warmup_start) * done)
+class Fitter:
+    """One SAE's optimiser and loop state: steps done, when the warm-up last restarted, resamplings
+    so far, and how often each feature fired since the last resampling window began."""
+
+    def __init__(self, sae: SAE, settings: FitSettings, generator: torch.Generator) -> None:
+        self.sae, self.settings, self.generator = sae, settings, generator
+        self.optimizer = torch.optim.Adam(sae.parameters(), lr=settings.lr, betas=settings.betas)
+        self.step, self.warmup_from, self.resamplings, self.seen = 0, 0, 0, 0
+        self.fired = torch.zeros(sae.d_sae, dtype=torch.long)
+
+    def learning_rate(self) -> float:
+        """The warm-up's linear ramp from warmup_start x lr to lr, then lr."""
+        s = self.settings
+        if s.warmup_steps == 0:
+            return s.lr
+        done = min((self.step - self.warmup_from) / s.warmup_steps, 1.0)
+        return s.lr * (s.warmup_start + (1 - s.warmup_start) * done)
+
+    def train_step(self, activations: Tensor) -> SAEOutput:
+        """One optimiser step on a batch drawn from activations (N, d_in); resamples when due."""
+        sae = self.sae
+        index = torch.randint(len(activations), (self.settings.batch_size,), generator=self.generator)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.learning_rate()
+        out = sae(activations[index])
+        self.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        sae.constrain_gradients()
+        self.optimizer.step()
+        sae.constrain_weights()
+        self.step += 1
+        self.fired += (out.features > 0).sum(0)
+        self.seen += len(index)
+        self._maybe_resample(activations)
+        return out
+
+    def _maybe_resample(self, activations: Tensor) -> None:
+        """relu_l1 on its schedule: resample the features that fired at most dead_frequency of the
+        inputs since the last resampling, and restart the warm-up."""
+        sae = self.sae
+        if not isinstance(sae, ReluL1) or sae.config.resample_every is None:
+            return
+        if self.step % sae.config.resample_every or self.resamplings >= sae.config.resample_times:
+            return
+        dead = self.fired.double() / max(self.seen, 1) <= sae.config.dead_frequency
+        n = min(len(activations), RESAMPLE_INPUTS)
+        sample = activations[torch.randint(len(activations), (n,), generator=self.generator)]
+        sae.resample(dead, sample, self.optimizer, self.generator)
+        self.resamplings += 1
+        self.warmup_from = self.step
+        self.fired.zero_()
+        self.seen = 0
+
+    def state_dict(self) -> tuple[dict[str, Tensor], dict]:
+        """(tensors, JSON-able info) of everything a resumed fit needs to continue bit-identically."""
+        tensors = {f"param/{k}": v for k, v in self.sae.state_dict().items()}
+        optim, param_groups = optimizer_tensors(self.optimizer)
+        tensors |= optim | {"rng/fit": self.generator.get_state(), "fit/fired": self.fired}
+        info = {
+            "param_groups": param_groups,
+            "warmup_from": self.warmup_from,
+            "resamplings": self.resamplings,
+            "seen": self.seen,
+        }
+        return tensors, info
+
+    def load_state_dict(self, checkpoint: Checkpoint) -> None:
+        self.sae.load_state_dict(checkpoint.group("param"))
+        load_optimizer(self.optimizer, checkpoint, torch.device("cpu"))
+        self.generator.set_state(checkpoint.tensors["rng/fit"])
+        self.fired.copy_(checkpoint.tensors["fit/fired"])
+        self.step = checkpoint.step
+        self.warmup_from, self.resamplings, self.seen = (
+            checkpoint.info[k] for k in ("warmup_from", "resamplings", "seen")
+        )
 
 
 def fit(
     sae: SAE, activations: Tensor, settings: FitSettings, generator: torch.Generator, log_every: int = 100
-) -> FitState:
-    """Train sae on batches drawn (with replacement) from activations (N, d_in); returns the
-    state with a history of the loss terms every log_every steps."""
-    optimizer = torch.optim.Adam(sae.parameters(), lr=settings.lr, betas=settings.betas)
-    state = FitState(fired=torch.zeros(sae.d_sae, dtype=torch.long))
+) -> tuple[Fitter, list[dict[str, float]]]:
+    """Train sae on activations (N, d_in) for settings.steps; returns the fitter and the loss terms
+    and L0 of the training batch every log_every steps."""
+    fitter, history = Fitter(sae, settings, generator), []
     sae.train()
-    while state.step < settings.steps:
-        index = torch.randint(len(activations), (settings.batch_size,), generator=generator)
-        batch = activations[index]  # (batch, d_in)
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(settings, state)
-        out = sae(batch)
-        optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        sae.constrain_gradients()
-        optimizer.step()
-        sae.constrain_weights()
-        state.step += 1
-        state.fired += (out.features > 0).sum(0)
-        state.seen += len(batch)
-        if state.step % log_every == 0 or state.step == settings.steps:
+    while fitter.step < settings.steps:
+        out = fitter.train_step(activations)
+        if fitter.step % log_every == 0 or fitter.step == settings.steps:
             record = {name: value.item() for name, value in out.losses.items()}
             l0 = (out.features > 0).sum(-1).float().mean().item()
-            state.history.append({"step": state.step, **record, "l0": l0})
-        _maybe_resample(sae, activations, optimizer, state, generator)
-    return state
-
-
-def _maybe_resample(
-    sae: SAE, activations: Tensor, optimizer: torch.optim.Optimizer, state: FitState, g: torch.Generator
-) -> None:
-    """relu_l1 on its schedule: resample the features that fired at most dead_frequency of the
-    inputs since the last resampling, and restart the warm-up."""
-    if not isinstance(sae, ReluL1) or sae.config.resample_every is None:
-        return
-    if state.step % sae.config.resample_every or state.resamplings >= sae.config.resample_times:
-        return
-    dead = state.fired.double() / max(state.seen, 1) <= sae.config.dead_frequency
-    n = min(len(activations), RESAMPLE_INPUTS)
-    sample = activations[torch.randint(len(activations), (n,), generator=g)]
-    sae.resample(dead, sample, optimizer, g)
-    state.resamplings += 1
-    state.warmup_from = state.step
-    state.fired.zero_()
-    state.seen = 0
+            history.append({"step": fitter.step, **record, "l0": l0})
+    return fitter, history

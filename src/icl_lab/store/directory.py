@@ -11,10 +11,12 @@ import secrets
 import shutil
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from icl_lab import __version__
 from icl_lab.errors import CheckpointError, IclLabError, RunStoreError
@@ -200,6 +202,25 @@ class RunDirectory:
         elif step not in steps:
             raise CheckpointError(f"run {self.id} has no checkpoint at step {step} (it has {steps})")
         return load_checkpoint(checkpoint_paths(self.checkpoint_dir, step)[1], self.config_hash)
+
+    def resume_point(self, expected_history: Callable[[int], set[int]], members: int = 1) -> int | None:
+        """The latest checkpoint from which the run can continue with its history whole: the
+        metrics table has every member's evaluations expected_history(step) up to it (None: start
+        afresh, only if there are no checkpoints). RunStoreError if checkpoints exist but none has
+        its history."""
+        steps = self.checkpoint_steps
+        if not steps:
+            return None
+        table = self.metrics
+        have = [set(table.filter(pc.equal(table["member"], m))["step"].to_pylist()) for m in range(members)]
+        for step in reversed(steps):
+            if all(expected_history(step) <= seen for seen in have):
+                return step
+        raise RunStoreError(
+            f"run {self.id} has checkpoints up to step {steps[-1]} but its metrics table "
+            f"({self.metrics_path.name}) lacks evaluations before every one of them: resuming would "
+            "lose history; restore the table, or train the config afresh"
+        )
 
     def drop_checkpoints_after(self, step: int) -> None:
         """Remove checkpoints later than `step` (resuming from it rewrites them), sidecar first."""

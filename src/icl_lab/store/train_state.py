@@ -26,10 +26,8 @@ class TrainState:
     def state_dict(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
         """(tensors, JSON-able info) for a checkpoint."""
         tensors = {f"param/{k}": v for k, v in self.params.items()}
-        optimizer = self.optimizer.state_dict()
-        for index, entries in optimizer["state"].items():
-            for key, value in entries.items():
-                tensors[f"optim/{index}/{key}"] = value
+        optim, param_groups = optimizer_tensors(self.optimizer)
+        tensors |= optim
         for i, g in enumerate(self.data_generators):
             tensors[f"rng/data/{i}"] = g.get_state()
         tensors["trainer/loss_sum"] = self.loss_sum
@@ -37,7 +35,7 @@ class TrainState:
             "members": len(self.data_generators),
             "loss_count": self.loss_count,
             "wall_s": self.wall_s,
-            "param_groups": optimizer["param_groups"],
+            "param_groups": param_groups,
         }
         return tensors, info
 
@@ -46,12 +44,7 @@ class TrainState:
         with torch.no_grad():
             for k, v in self.parameters(checkpoint).items():
                 self.params[k].copy_(v)
-        device = self.loss_sum.device
-        optimizer: dict[str, Any] = {"state": {}, "param_groups": checkpoint.info["param_groups"]}
-        for key, value in checkpoint.group("optim").items():
-            index, name = key.split("/")
-            optimizer["state"].setdefault(int(index), {})[name] = value.to(device)
-        self.optimizer.load_state_dict(optimizer)
+        load_optimizer(self.optimizer, checkpoint, self.loss_sum.device)
         for i, g in enumerate(self.data_generators):
             g.set_state(checkpoint.tensors[f"rng/data/{i}"])
         self.loss_sum.copy_(checkpoint.tensors["trainer/loss_sum"])
@@ -62,3 +55,24 @@ class TrainState:
     def parameters(checkpoint: Checkpoint) -> dict[str, Tensor]:
         """A checkpoint's parameters by name, stacked over members (axis 0)."""
         return checkpoint.group("param")
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tensor], list[dict[str, Any]]]:
+    """An optimiser's state as checkpoint tensors ('optim/<param index>/<name>') and its param
+    groups (JSON-able, for the sidecar)."""
+    state = optimizer.state_dict()
+    tensors = {
+        f"optim/{index}/{key}": value
+        for index, entries in state["state"].items()
+        for key, value in entries.items()
+    }
+    return tensors, state["param_groups"]
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, checkpoint: Checkpoint, device: torch.device) -> None:
+    """Restore an optimiser from what optimizer_tensors wrote (param groups in info["param_groups"])."""
+    state: dict[str, Any] = {"state": {}, "param_groups": checkpoint.info["param_groups"]}
+    for key, value in checkpoint.group("optim").items():
+        index, name = key.split("/")
+        state["state"].setdefault(int(index), {})[name] = value.to(device)
+    optimizer.load_state_dict(state)

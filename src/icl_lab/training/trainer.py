@@ -266,25 +266,8 @@ class Trainer:
         self.run.update_manifest(last_checkpoint=self.state.step)
 
     def resume_point(self) -> int | None:
-        """The latest checkpoint from which the run can continue with its history whole: every
-        evaluation up to it is in the metrics table (None: start afresh, only if there are no
-        checkpoints). RunStoreError if checkpoints exist but none has its history."""
-        steps = self.run.checkpoint_steps
-        if not steps:
-            return None
-        table = self.run.metrics
-        have = [
-            set(table.filter(pc.equal(table["member"], m))["step"].to_pylist())
-            for m in range(len(self.members))
-        ]
-        for step in reversed(steps):
-            if all(self._expected_history(step) <= seen for seen in have):
-                return step
-        raise RunStoreError(
-            f"run {self.run.id} has checkpoints up to step {steps[-1]} but its metrics table "
-            f"({self.run.metrics_path.name}) lacks evaluations before every one of them: resuming would "
-            "lose history; restore the table, or train the config afresh"
-        )
+        """The latest checkpoint with its metrics history whole (RunDirectory.resume_point)."""
+        return self.run.resume_point(self._expected_history, len(self.members))
 
     def restore(self, step: int) -> None:
         """Continue from the checkpoint at `step` exactly where it was written; later checkpoints,

@@ -1,0 +1,70 @@
+"""`icl-lab sae ...`: train and resume SAE runs, and export an SAE for SAELens."""
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from icl_lab.errors import RunStoreError
+
+app = typer.Typer(
+    help="Sparse autoencoders on attention outputs (hook_z) of trained runs.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+console = Console(soft_wrap=True)
+
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+SAERunDir = Annotated[Path, typer.Argument(help="SAE run directory.")]
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Argument(help="SAE config YAML.")],
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", "-s", help="Override a config field: key.path=value (repeatable)."),
+    ] = None,
+    runs_dir: Annotated[Path, typer.Option(help="Directory holding run directories.")] = Path("runs"),
+    quiet: Quiet = False,
+) -> None:
+    """Train an SAE on hook_z of a run's checkpoint, as an SAE config describes; writes runs/<id>/."""
+    from icl_lab.sae.config import load_sae_config
+    from icl_lab.sae.run import train_sae
+
+    run = train_sae(load_sae_config(config, set_ or []), runs_dir, progress=not quiet)
+    console.print(f"SAE run complete: {run.path}")
+
+
+@app.command()
+def resume(run: SAERunDir, quiet: Quiet = False) -> None:
+    """Continue an interrupted SAE run from its latest checkpoint, bit-identically."""
+    from icl_lab.sae.run import SAERun, resume_sae
+
+    handle = SAERun.open(run)
+    if handle.status == "complete":
+        console.print(f"SAE run {handle.id} is already complete")
+        return
+    if handle.status == "running":
+        raise RunStoreError(f"SAE run {handle.id} is being trained by another process")
+    resume_sae(handle, progress=not quiet)
+    console.print(f"SAE run complete: {handle.path}")
+
+
+@app.command()
+def export(
+    run: SAERunDir,
+    out: Annotated[Path, typer.Argument(help="Directory to write (cfg.json, sae_weights.safetensors).")],
+    step: Annotated[int | None, typer.Option(help="Checkpoint step (default: the latest).")] = None,
+) -> None:
+    """Write the SAE in SAELens's on-disk format (load with sae_lens.SAE.load_from_disk)."""
+    from icl_lab.sae.export import export_saelens
+    from icl_lab.sae.run import SAERun
+
+    handle = SAERun.open(run)
+    source = handle.config.source
+    model_run = Path(source.run).name
+    hook, context = f"blocks.{source.layer}.attn.hook_z", handle.manifest["n_ctx"]
+    export_saelens(handle.sae(step), out, hook, model_run, context, handle.scale)
+    console.print(f"SAELens SAE: {out}")

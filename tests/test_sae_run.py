@@ -1,0 +1,110 @@
+"""SAE training as a run: YAML config, metrics table, checkpoints, exact resume, one-line errors."""
+
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pytest
+import torch
+import yaml
+
+from conftest import tiny_config
+from icl_lab.sae.config import validate_sae_config
+from icl_lab.sae.run import SAERun, resume_sae, train_sae
+from icl_lab.training.trainer import train
+from test_faults import one_line
+from test_trainer import killed_copy, metrics_without_wall_time
+
+
+@pytest.fixture(scope="module")
+def model_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny 2-layer attention-only model (2 heads x d_head 8: hook_z is 16 wide)."""
+    runs = tmp_path_factory.mktemp("model")
+    return train(tiny_config(), str(runs), progress=False).path
+
+
+def sae_data(model: Path, **sections: object) -> dict:
+    data = {
+        "name": "tiny-sae",
+        "seed": 1,
+        "source": {"run": str(model), "layer": 1},
+        "buffer": {"tokens": 2_000, "chunk": 16},
+        "sae": {"architecture": "relu_l1", "expansion": 2, "l1_coefficient": 0.01, "resample_every": 15},
+        "training": {"steps": 30, "batch_size": 64, "lr": 1e-3, "warmup_steps": 5},
+        "eval": {"every": 10, "sequences": 8},
+        "checkpointing": {"every": 10},
+    }
+    return data | sections
+
+
+def test_an_sae_run_logs_quality_and_splice_metrics_at_every_evaluation(
+    model_run: Path, tmp_path: Path
+) -> None:
+    run = train_sae(validate_sae_config(sae_data(model_run)), tmp_path, progress=False)
+    assert run.status == "complete"
+    assert run.checkpoint_steps == [0, 10, 20, 30]
+    assert run.manifest["d_in"] == 16 and run.manifest["buffer"]["tokens"] == 2_000
+    assert run.manifest["buffer"]["bytes"] == 2_000 * 16 * 4
+    table = run.metrics
+    evals = table.filter(pc.equal(table["split"], "eval"))
+    assert sorted(set(evals["step"].to_pylist())) == [0, 10, 20, 30]
+    metrics = set(evals["metric"].to_pylist())
+    assert metrics >= {"l0", "mse", "explained_variance", "dead_fraction", "ce_recovered", "kl", "ce_zero"}
+    train_rows = table.filter(pc.equal(table["split"], "train_batches"))
+    assert {"mse", "l1", "l0"} <= set(train_rows["metric"].to_pylist())
+    # activations seen = steps x batch
+    last = table.filter(pc.equal(table["step"], 30))
+    assert set(last["tokens"].to_pylist()) == {30 * 64}
+    sae = run.sae()
+    assert sae.W_dec.shape == (32, 16)
+    assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(32), atol=1e-5)
+
+
+def test_an_sae_run_resumes_bit_identically(model_run: Path, tmp_path: Path) -> None:
+    config = validate_sae_config(sae_data(model_run))  # resampling at step 15 lies after the cut
+    reference = train_sae(config, tmp_path / "a", progress=False)
+    cut = SAERun.open(killed_copy(reference, tmp_path, last_kept=10))
+    assert cut.status == "interrupted"
+    resumed = resume_sae(cut, progress=False)
+    assert resumed.status == "complete"
+    a, b = reference.load_checkpoint(30), resumed.load_checkpoint(30)
+    assert a.tensors.keys() == b.tensors.keys()
+    assert all(torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors)
+    assert metrics_without_wall_time(reference) == metrics_without_wall_time(resumed)
+
+
+@pytest.mark.parametrize(
+    ("change", "needles"),
+    [
+        ({"source": {"layer": 5}}, ["source.layer", "has no hook blocks.5.attn.hook_z", "layers: 0, 1"]),
+        ({"sae": {"architecture": "topk", "k": 2, "d_in": 24}}, ["sae.d_in: 24", "2 heads x 8 = 16"]),
+        ({"sae": {"architecture": "relu_l2"}}, ["sae", "unknown choice 'relu_l2'"]),
+        ({"source": {"run": "nowhere"}}, ["not a run directory", "nowhere"]),
+    ],
+)
+def test_bad_sae_configs_exit_2_with_one_line_and_write_nothing(
+    model_run: Path, tmp_path: Path, cli, change: dict, needles: list[str]
+) -> None:
+    data = sae_data(model_run)
+    for key, value in change.items():
+        data[key] = {**data[key], **value} if key == "source" else value
+    path = tmp_path / "sae.yaml"
+    path.write_text(yaml.safe_dump(data))
+    code, _, err = cli("sae", "train", path, "--runs-dir", tmp_path / "runs", "-q")
+    assert code == 2
+    one_line(err, *needles)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_sae_cli_trains_resumes_and_exports(model_run: Path, tmp_path: Path, cli) -> None:
+    path = tmp_path / "sae.yaml"
+    path.write_text(yaml.safe_dump(sae_data(model_run)))
+    code, out, err = cli(
+        "sae", "train", path, "--runs-dir", tmp_path / "runs", "-q", "--set", "training.steps=20"
+    )
+    assert code == 0, err
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    code, out, _ = cli("sae", "resume", run_dir)
+    assert code == 0 and "already complete" in out
+    code, out, err = cli("sae", "export", run_dir, tmp_path / "exported")
+    assert code == 0, err
+    assert {p.name for p in (tmp_path / "exported").iterdir()} == {"cfg.json", "sae_weights.safetensors"}
