@@ -1,4 +1,4 @@
-"""The icl-lab command line: train, resume, eval, list, demo.
+"""The icl-lab command line: train, resume, eval, export, list, report, sweep, reproduce, demo, sae.
 
 Every user error (bad config, missing file, corrupt checkpoint, bad argument) prints one line and
 exits with code 2.
@@ -149,6 +149,23 @@ def _metrics_table(title: str, values: dict[str, torch.Tensor]) -> Table:
             rows = ["  ".join(f"{v:6.3f}" for v in layer) for layer in value.tolist()]
             table.add_row(name, "\n".join(rows))
     return table
+
+
+@app.command()
+def export(
+    run: Annotated[Path, typer.Argument(help="Run directory.")],
+    out: Annotated[Path, typer.Argument(help="Directory to write (tl_config.json, tl_weights.safetensors).")],
+    checkpoint: Annotated[int | None, typer.Option(help="Step of the checkpoint (default: latest).")] = None,
+    member: Annotated[int, typer.Option(help="Ensemble member.")] = 0,
+) -> None:
+    """Write a trained transformer for TransformerLens: load it with
+    icl_lab.interop.transformer_lens.load_hooked_transformer(OUT)."""
+    from icl_lab.interop.transformer_lens import export_transformer_lens
+    from icl_lab.store.run import Run
+
+    handle = Run.open(run)
+    export_transformer_lens(handle.model(checkpoint, member), out, handle.id)
+    console.print(f"TransformerLens model: {out}")
 
 
 class Listable(StrEnum):

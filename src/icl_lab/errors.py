@@ -36,3 +36,7 @@ class Interrupted(Exception):  # noqa: N818 - a stop, not an error
         super().__init__(signal_name)
         self.signal_name = signal_name
         self.run_path: object = None
+
+
+class ExportError(IclLabError):
+    """A model or SAE that the target library's format cannot express, or that library missing."""

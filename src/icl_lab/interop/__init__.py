@@ -1,0 +1,1 @@
+"""Hand icl-lab's models to the tools researchers already use (TransformerLens)."""
