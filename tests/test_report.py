@@ -1,18 +1,13 @@
 """The run report: figures, a self-contained page, and the page rendered in headless Chromium."""
 
 import re
-import shutil
-import subprocess
-import tempfile
 
 import pytest
 
-from conftest import TINY_BURSTY, TINY_READOUT_MODEL, tiny_config
+from conftest import CHROMIUM, TINY_BURSTY, TINY_READOUT_MODEL, render_in_chromium, tiny_config
 from icl_lab.report.page import write_report
 from icl_lab.store.run import Run
 from icl_lab.training.trainer import train
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.fixture(scope="module")
@@ -59,29 +54,7 @@ def test_report_command(cli, bursty_run: Run) -> None:
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium on this machine (CI installs Debian's chromium)")
 def test_report_renders_in_headless_chromium_without_console_errors(bursty_run: Run) -> None:
     page = write_report(bursty_run)
-    with tempfile.TemporaryDirectory() as profile:
-        done = subprocess.run(
-            [
-                CHROMIUM,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                f"--user-data-dir={profile}",
-                "--enable-logging=stderr",
-                "--v=0",
-                "--virtual-time-budget=5000",
-                "--dump-dom",
-                page.as_uri(),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+    done = render_in_chromium(page.as_uri())
     assert 'data-figures="3/3"' in done.stdout, "every figure decoded and drawn"
     console = [line for line in done.stderr.splitlines() if ":CONSOLE" in line]
     assert console == [], console

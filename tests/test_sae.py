@@ -277,3 +277,21 @@ def test_quality_metrics_against_hand_computed_values() -> None:
     assert q.dead_fraction == 0.5 and q.dense_fraction == 0.5
     counts, edges = q.density_histogram(bins=6)
     assert counts.sum() == 2 and edges[0] == -6.0 and edges[-1] == 0.0
+
+
+def test_families_of_all_features_in_chunks_equal_the_whole_batch_at_once() -> None:
+    from icl_lab.sae.attribution import all_feature_families, direct_feature_attribution, feature_families
+
+    model, task = _model_and_task()
+    sae = sae_of("relu_l1", d_in=16, expansion=2)
+    with torch.no_grad():
+        sae.b_enc.fill_(0.05)  # many features active
+    tokens = task.sample(3, torch.Generator().manual_seed(0)).inputs
+    _, cache = model.run_with_cache(tokens, names_filter="blocks.1.attn.hook_z")
+    active = sae.encode(cache["blocks.1.attn.hook_z"].flatten(2) * 1.5) > 0
+    everything = torch.arange(sae.d_sae)
+    attribution = direct_feature_attribution(model, tokens, 1, sae, everything, 1.5)
+    whole = feature_families(attribution, tokens, active)
+    chunked = all_feature_families(model, tokens, 1, sae, scale=1.5, chunk=5)
+    assert torch.equal(whole, chunked)
+    assert len(set(whole.tolist())) >= 2, "the test needs features of several families"

@@ -1,5 +1,6 @@
 """SAE training as a run: YAML config, metrics table, checkpoints, exact resume, one-line errors."""
 
+import re
 from pathlib import Path
 
 import pyarrow.compute as pc
@@ -7,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import tiny_config
+from conftest import CHROMIUM, render_in_chromium, tiny_config
 from icl_lab.sae.config import validate_sae_config
 from icl_lab.sae.run import SAERun, resume_sae, train_sae
 from icl_lab.training.trainer import train
@@ -108,3 +109,39 @@ def test_sae_cli_trains_resumes_and_exports(model_run: Path, tmp_path: Path, cli
     code, out, err = cli("sae", "export", run_dir, tmp_path / "exported")
     assert code == 0, err
     assert {p.name for p in (tmp_path / "exported").iterdir()} == {"cfg.json", "sae_weights.safetensors"}
+
+
+@pytest.fixture(scope="module")
+def sae_run(model_run: Path, tmp_path_factory: pytest.TempPathFactory) -> SAERun:
+    config = validate_sae_config(sae_data(model_run))
+    return train_sae(config, tmp_path_factory.mktemp("sae"), progress=False)
+
+
+def test_dashboard_lists_every_feature_and_shades_contexts_by_dfa(sae_run: SAERun, cli) -> None:
+    code, _, err = cli("sae", "dashboard", sae_run.path, "--sequences", "6", "--features", "0,3,7")
+    assert code == 0, err
+    text = (sae_run.path / "dashboard" / "index.html").read_text()
+    assert text.count("<tr data-text=") == 32, "a row per feature"
+    assert all(f'id="f{f}"' in text for f in (0, 3, 7)) and 'id="f1"' not in text
+    assert text.count('src="data:image/png;base64,') == 2
+    assert re.search(r'class="dest" style="background:rgba\(', text), "the destination token is boxed"
+    assert re.search(r'title="position \d+: DFA -?[\d.e+-]+"', text)
+    assert "seed</th><td>1" in text and "held-out sequences" in text
+    code, _, err = cli("sae", "dashboard", sae_run.path, "--features", "99")
+    assert code == 2 and "no feature 99 (the SAE has 32)" in err
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium on this machine (CI installs Debian's chromium)")
+def test_dashboard_renders_in_chromium_and_its_search_filters_the_list(sae_run: SAERun) -> None:
+    from icl_lab.sae.dashboard import write_dashboard
+
+    page = write_dashboard(sae_run, sequences=6, cards=4)
+    text = page.read_text()
+    expected = len(re.findall(r'<tr data-text="[^"]*short-range', text))
+    assert 0 < expected < 32, "the search must have something to hide"
+    done = render_in_chromium(page.as_uri() + "?q=short-range")
+    assert 'data-figures="2/2"' in done.stdout
+    assert f'<span id="shown">{expected}</span>' in done.stdout
+    assert done.stdout.count(' hidden=""') == 32 - expected
+    console = [line for line in done.stderr.splitlines() if ":CONSOLE" in line]
+    assert console == [], console

@@ -1,4 +1,4 @@
-"""`icl-lab sae ...`: train and resume SAE runs, and export an SAE for SAELens."""
+"""`icl-lab sae ...`: train and resume SAE runs, write their dashboards, export an SAE for SAELens."""
 
 from pathlib import Path
 from typing import Annotated
@@ -68,3 +68,28 @@ def export(
     hook, context = f"blocks.{source.layer}.attn.hook_z", handle.manifest["n_ctx"]
     export_saelens(handle.sae(step), out, hook, model_run, context, handle.scale)
     console.print(f"SAELens SAE: {out}")
+
+
+@app.command()
+def dashboard(
+    run: SAERunDir,
+    sequences: Annotated[int, typer.Option(min=1, help="Held-out sequences to score.")] = 32,
+    cards: Annotated[int, typer.Option(min=0, help="Feature cards, spread over the density ranking.")] = 48,
+    features: Annotated[
+        str | None, typer.Option(help="Comma-separated feature ids to show as cards instead.")
+    ] = None,
+) -> None:
+    """Write RUN/dashboard/index.html: densities, head attribution, families, a searchable feature
+    list and top-activating contexts shaded by direct feature attribution."""
+    from icl_lab.errors import ConfigError
+    from icl_lab.sae.dashboard import write_dashboard
+    from icl_lab.sae.run import SAERun
+
+    chosen = None
+    if features:
+        try:
+            chosen = [int(f) for f in features.split(",")]
+        except ValueError:
+            raise ConfigError(f"--features: give comma-separated integers (got {features!r})") from None
+    page = write_dashboard(SAERun.open(run), sequences, cards, features=chosen)
+    console.print(f"dashboard: {page}")

@@ -68,16 +68,23 @@ def source_families(tokens: Tensor) -> Tensor:
     return family
 
 
+def family_shares(attribution: Attribution, families: Tensor, active: Tensor) -> Tensor:
+    """(3, F) positive per-source attribution of each feature carried by each family of sources
+    (families: (B, T, T) from source_families), summed over the (B, T, F) `active` destinations."""
+    mass = attribution.per_source.clamp(min=0).sum(3) * active[:, :, None, :]  # (B, T_dest, T_src, F)
+    return torch.stack([(mass * (families == k)[..., None]).sum((0, 1, 2)) for k in range(len(FAMILIES))])
+
+
+def label_families(shares: Tensor) -> Tensor:
+    """(F,) the family carrying the largest share of each feature's attribution; -1 for none."""
+    return torch.where(shares.sum(0) > 0, shares.argmax(0), -1)
+
+
 def feature_families(attribution: Attribution, tokens: Tensor, active: Tensor) -> Tensor:
     """(F,) family index of each feature: the family of sources that carries the largest share of
     its positive per-source attribution, summed over the (B, T, F) `active` destinations; -1 for a
     feature never active."""
-    family = source_families(tokens)  # (B, T, T)
-    mass = attribution.per_source.clamp(min=0).sum(3)  # (B, T_dest, T_src, F): over heads
-    mass = mass * active[:, :, None, :]
-    shares = torch.stack([(mass * (family == k)[..., None]).sum((0, 1, 2)) for k in range(len(FAMILIES))])
-    labels = shares.argmax(0)  # (F,)
-    return torch.where(shares.sum(0) > 0, labels, -1)
+    return label_families(family_shares(attribution, source_families(tokens), active))
 
 
 def head_polysemanticity(shares: Tensor, families: Tensor, min_share: float = 0.5) -> list[set[int]]:
@@ -88,3 +95,24 @@ def head_polysemanticity(shares: Tensor, families: Tensor, min_share: float = 0.
         mine = (shares[:, h] >= min_share) & (families >= 0)
         heads.append(set(families[mine].tolist()))
     return heads
+
+
+@torch.no_grad()
+def all_feature_families(
+    model: Model, inputs: Tensor, layer: int, sae: SAE, scale: float = 1.0, chunk: int = 256
+) -> Tensor:
+    """(d_sae,) family of every feature on a batch of token sequences (-1: never active), one
+    sequence and `chunk` features at a time, so the per-source attribution (T x T x H x chunk) stays
+    small; the same as feature_families on the whole batch at once."""
+    _, cache = model.run_with_cache(inputs, names_filter=hook_z(layer))
+    features = sae.encode(cache[hook_z(layer)].flatten(2) * scale)  # (B, T, d_sae)
+    families = source_families(inputs)  # (B, T, T)
+    shares = torch.zeros(len(FAMILIES), sae.d_sae)
+    for start in range(0, sae.d_sae, chunk):
+        index = torch.arange(start, min(start + chunk, sae.d_sae))
+        for b in range(len(inputs)):
+            active = features[b : b + 1, :, index] > 0  # (1, T, F)
+            if active.any():
+                parts = direct_feature_attribution(model, inputs[b : b + 1], layer, sae, index, scale)
+                shares[:, index] += family_shares(parts, families[b : b + 1], active)
+    return label_families(shares)
