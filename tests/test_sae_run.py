@@ -145,3 +145,26 @@ def test_dashboard_renders_in_chromium_and_its_search_filters_the_list(sae_run: 
     assert done.stdout.count(' hidden=""') == 32 - expected
     console = [line for line in done.stderr.splitlines() if ":CONSOLE" in line]
     assert console == [], console
+
+
+def test_an_sae_config_naming_an_earlier_run_waits_for_it_in_the_pool(tmp_path: Path) -> None:
+    from icl_lab.sweeps.execute import run_configs
+
+    model = tiny_config(name="source-model")
+    sae = validate_sae_config(sae_data(Path("source-model"), training={"steps": 5, "batch_size": 32}))
+    model_run, sae_run = run_configs([model, sae], tmp_path, workers=2, progress=False)
+    assert sae_run.status == "complete" and sae_run.config.source.run == str(model_run.path)
+    assert model_run.status == "complete"
+
+
+def test_a_job_after_a_failed_one_fails_without_running(tmp_path: Path) -> None:
+    from icl_lab.sweeps.execute import Job, Schedule
+
+    plan = (("a", ()), ("b", (0,)), ("c", ()))
+    jobs = [Job(tmp_path / name, (tiny_config(),), after) for name, after in plan]
+    schedule = Schedule(jobs)
+    assert schedule.take() == (0, None)
+    assert schedule.take() == (2, None), "b waits for a; c need not"
+    assert schedule.take() is None
+    schedule.done(0, "failed")
+    assert schedule.take() == (1, ("failed", "it needs a, which did not complete"))

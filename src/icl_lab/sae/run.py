@@ -94,9 +94,12 @@ class SAERun(RunDirectory):
         return self.config.hash()
 
     @classmethod
-    def create(cls, config: SAERunConfig, runs_dir: str | Path, source: Source) -> "SAERun":
-        """A new SAE run directory, marked running, recording the source hook's width and context."""
-        run_id = f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    def create(
+        cls, config: SAERunConfig, runs_dir: str | Path, source: Source, run_id: str | None = None
+    ) -> "SAERun":
+        """A new SAE run directory, marked running, recording the source hook's width and context;
+        the id defaults to the config's name and the time."""
+        run_id = run_id or f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
         path, staging = cls._staging(Path(runs_dir), run_id, {"config.yaml": config.to_yaml()})
         shape = {"d_in": source.d_in, "n_heads": source.n_heads, "n_ctx": source.task.tokens_per_sequence}
         run = cls(staging, config, cls._new_manifest(run_id, config.hash(), **shape))
@@ -283,10 +286,12 @@ class SAETrainer:
         return " | ".join(parts)
 
 
-def train_sae(config: SAERunConfig, runs_dir: str | Path = "runs", progress: bool = True) -> SAERun:
+def train_sae(
+    config: SAERunConfig, runs_dir: str | Path = "runs", progress: bool = True, run_id: str | None = None
+) -> SAERun:
     """Check the source (before anything is written), create the SAE run and train it."""
     source = open_source(config)
-    run = SAERun.create(config, runs_dir, source)
+    run = SAERun.create(config, runs_dir, source, run_id)
     return SAETrainer(run, source, progress).fit(resumed=False)
 
 

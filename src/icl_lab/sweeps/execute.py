@@ -1,11 +1,12 @@
-"""Executors: train work units (one run directory each) in processes or on a Ray cluster.
+"""Executors: train work units (one run directory each: a model run, or an SAE run on another
+unit's model) in processes or on a Ray cluster.
 
 A unit whose run is complete is skipped, one whose run was interrupted resumes from its last
 checkpoint, and one that fails is recorded as failed (its run's manifest holds the error) while
-the others carry on. Workers use one torch thread each.
+the others carry on. A unit starts once the units it comes after have completed (one after a failed
+unit fails without running). Workers use one torch thread each.
 """
 
-import itertools
 import multiprocessing
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -23,37 +24,53 @@ from rich.progress import (
 )
 
 from icl_lab.experiment import ExperimentConfig
+from icl_lab.sae.config import SAERunConfig
 
 Executor = Literal["local", "ray"]
 
 
 @dataclass(frozen=True)
 class Job:
-    """A run directory to bring to completion, with its member configs."""
+    """A run directory to bring to completion: a model run of its member configs, or an SAE run of
+    one SAE config; `after` holds the indices of earlier jobs that must complete first."""
 
     path: Path
-    configs: tuple[ExperimentConfig, ...]
+    configs: tuple[ExperimentConfig, ...] | tuple[SAERunConfig]
+    after: tuple[int, ...] = ()
+
+    @property
+    def kind(self) -> str:
+        return "sae" if isinstance(self.configs[0], SAERunConfig) else "model"
+
+    def arguments(self) -> tuple[str, list[str], str]:
+        return str(self.path), [c.to_yaml() for c in self.configs], self.kind
 
 
-def run_job(path: str, configs_yaml: list[str]) -> tuple[str, str]:
+def run_job(path: str, configs_yaml: list[str], kind: str = "model") -> tuple[str, str]:
     """Train, resume or skip one run directory; returns (status, error). Runs in a worker."""
     import torch
 
     from icl_lab.experiment import validate_config
+    from icl_lab.sae.config import validate_sae_config
+    from icl_lab.sae.run import SAERun, resume_sae, train_sae
     from icl_lab.store.run import Run
     from icl_lab.training.trainer import resume, train
     from icl_lab.yaml_text import load_yaml
 
     torch.set_num_threads(1)
     run_dir = Path(path)
+    handle, resume_run = (SAERun, resume_sae) if kind == "sae" else (Run, resume)
     try:
         if (run_dir / "manifest.json").is_file():
-            run = Run.open(run_dir)
+            run = handle.open(run_dir)
             if run.status == "running":  # another live process trains it: leave it alone
                 owner = f"pid {run.manifest.get('pid')} on {run.manifest.get('host')}"
                 return "running", f"being trained by {owner}"
             if run.status != "complete":
-                resume(run, progress=False)
+                resume_run(run, progress=False)
+        elif kind == "sae":
+            config = validate_sae_config(load_yaml(configs_yaml[0]))
+            train_sae(config, run_dir.parent, progress=False, run_id=run_dir.name)
         else:
             configs = [validate_config(load_yaml(text)) for text in configs_yaml]
             train(configs, str(run_dir.parent), progress=False, run_id=run_dir.name)
@@ -62,28 +79,59 @@ def run_job(path: str, configs_yaml: list[str]) -> tuple[str, str]:
     return "complete", ""
 
 
+class Schedule:
+    """Jobs in order, each handed out once the jobs it comes after have completed."""
+
+    def __init__(self, jobs: list[Job]) -> None:
+        self.jobs, self.waiting = jobs, list(range(len(jobs)))
+        self.status: dict[int, str] = {}
+
+    def done(self, index: int, status: str) -> None:
+        self.status[index] = status
+
+    def take(self) -> tuple[int, tuple[str, str] | None] | None:
+        """The next job to run (index, None); a job after a failed one, already settled
+        (index, ("failed", why)); or None when nothing is ready now."""
+        for i in self.waiting:
+            after = self.jobs[i].after
+            blocked = [self.jobs[d].path.name for d in after if self.status.get(d, "complete") != "complete"]
+            if blocked:
+                self.waiting.remove(i)
+                return i, ("failed", f"it needs {', '.join(blocked)}, which did not complete")
+            if all(self.status.get(d) == "complete" for d in after):
+                self.waiting.remove(i)
+                return i, None
+        return None
+
+
 def _local(jobs: list[Job], workers: int) -> Iterator[tuple[int, tuple[str, str]]]:
     """Jobs in a pool of processes, handed out one per free worker (so none waits queued inside
     the pool). If the caller stops (Ctrl-C, SIGTERM, an error), the workers get SIGTERM, which
     stops each run resumably (marked interrupted), and no further job starts."""
     context = multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
-    queued = iter(enumerate(jobs))
+    schedule = Schedule(jobs)
     running: dict[Future, int] = {}
 
-    def submit_next() -> None:
-        for i, job in itertools.islice(queued, 1):
-            running[pool.submit(run_job, str(job.path), [c.to_yaml() for c in job.configs])] = i
+    def fill() -> Iterator[tuple[int, tuple[str, str]]]:
+        """Start ready jobs while workers are free; yields the jobs settled without running."""
+        while len(running) < workers and (ready := schedule.take()) is not None:
+            index, settled = ready
+            if settled is not None:
+                schedule.done(index, settled[0])
+                yield index, settled
+            else:
+                running[pool.submit(run_job, *jobs[index].arguments())] = index
 
     try:
-        for _ in range(workers):
-            submit_next()
+        yield from fill()
         while running:
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
                 index = running.pop(future)
-                submit_next()
+                schedule.done(index, future.result()[0])
                 yield index, future.result()
+            yield from fill()
     except BaseException:
         for worker in multiprocessing.active_children():
             worker.terminate()
@@ -103,11 +151,22 @@ def _ray(jobs: list[Job], workers: int, address: str | None) -> Iterator[tuple[i
         options = {"address": address} if address else {"num_cpus": workers, "include_dashboard": False}
         ray.init(ignore_reinit_error=True, log_to_driver=False, **options)
     task = ray.remote(num_cpus=1)(run_job)
-    pending = {task.remote(str(j.path), [c.to_yaml() for c in j.configs]): i for i, j in enumerate(jobs)}
-    while pending:
+    schedule, pending = Schedule(jobs), {}
+    while True:
+        while (ready := schedule.take()) is not None:  # Ray queues what the cluster cannot run yet
+            index, settled = ready
+            if settled is not None:
+                schedule.done(index, settled[0])
+                yield index, settled
+            else:
+                pending[task.remote(*jobs[index].arguments())] = index
+        if not pending:
+            return
         done, _ = ray.wait(list(pending), num_returns=1)
         for ref in done:
-            yield pending.pop(ref), ray.get(ref)
+            index, result = pending.pop(ref), ray.get(ref)
+            schedule.done(index, result[0])
+            yield index, result
 
 
 def execute(
@@ -145,14 +204,28 @@ def execute(
 
 
 def run_configs(
-    configs: list[ExperimentConfig], runs_dir: str | Path, workers: int = 2, progress: bool = True
+    configs: list[ExperimentConfig | SAERunConfig],
+    runs_dir: str | Path,
+    workers: int = 2,
+    progress: bool = True,
 ) -> list:
-    """Train named configs, one run each (in parallel processes); the runs in the order given.
-    Rerunning with the same runs_dir skips finished runs and resumes interrupted ones."""
+    """Train named configs, one run each (in parallel processes); the runs in the order given. An
+    SAE config whose source.run is the name of an earlier config reads that config's run, and
+    starts once it is complete. Rerunning with the same runs_dir skips finished runs and resumes
+    interrupted ones."""
     from icl_lab.errors import IclLabError
+    from icl_lab.sae.run import SAERun
     from icl_lab.store.run import Run
 
-    jobs = [Job(Path(runs_dir) / f"{i:03d}-{c.name}", (c,)) for i, c in enumerate(configs)]
+    jobs: list[Job] = []
+    for i, config in enumerate(configs):
+        models = {c.name: j for j, c in enumerate(configs[:i]) if isinstance(c, ExperimentConfig)}
+        after: tuple[int, ...] = ()
+        if isinstance(config, SAERunConfig) and config.source.run in models:
+            after = (models[config.source.run],)
+            config = config.model_copy(deep=True)
+            config.source.run = str(jobs[after[0]].path)
+        jobs.append(Job(Path(runs_dir) / f"{i:03d}-{config.name}", (config,), after))
     results = execute(jobs, "local", workers, progress)
     failed = [
         f"{job.path.name}: {error}"
@@ -161,4 +234,4 @@ def run_configs(
     ]
     if failed:
         raise IclLabError("runs failed: " + "; ".join(failed))
-    return [Run.open(job.path) for job in jobs]
+    return [(SAERun if job.kind == "sae" else Run).open(job.path) for job in jobs]
