@@ -10,14 +10,16 @@ import torch
 from conftest import tiny_config
 from icl_lab.config import Duration
 from icl_lab.errors import IclLabError
-from icl_lab.experiment import ExperimentConfig
+from icl_lab.experiment import ExperimentConfig, validate_config
 from icl_lab.reproduce import REPRODUCTIONS, Claim, reproduce
 from icl_lab.reproduce.base import Reproduction, SweepReproduction
 from icl_lab.reproduce.function_classes import FunctionClasses
 from icl_lab.reproduce.gd import GradientDescent
 from icl_lab.reproduce.hernandez import Hernandez
 from icl_lab.reproduce.icll import ICLL
+from icl_lab.reproduce.kissane import FRONTIER, Kissane
 from icl_lab.reproduce.reddy import _trend
+from icl_lab.sae.config import SAERunConfig, validate_sae_config
 from icl_lab.store.run import Run
 from icl_lab.sweeps.config import ListAxis, SweepConfig, axis_values
 from icl_lab.sweeps.execute import run_configs
@@ -238,3 +240,53 @@ def test_hernandez_reproduction_runs_its_sweeps_and_judges(tmp_path: Path, monke
         assert (out / f"{figure}.png").stat().st_size > 10_000
     assert (out / "hernandez" / "report" / "report.html").is_file()
     assert "olsson_timeline.png" in (out / "claims.md").read_text()
+
+
+@REPRODUCTIONS.register("kissane-tiny-test")
+class TinyKissane(Kissane):
+    """Kissane's models and SAEs cut to a few steps of 32-byte windows of a small local corpus."""
+
+    scored_tokens = 128
+
+    def experiments(self, quick: bool) -> dict:
+        out = {}
+        for name, config in super().experiments(quick).items():
+            data = config.model_dump(mode="json", by_alias=True)
+            if isinstance(config, SAERunConfig):
+                data["buffer"] |= {"tokens": 2048, "chunk": 8}
+                data["sae"]["expansion"] = 2
+                if data["sae"]["architecture"] == "relu_l1":
+                    data["sae"]["resample_every"] = 5
+                data["training"] |= {"steps": 10, "batch_size": 64, "warmup_steps": 2}
+                data["eval"] = {"every": 5, "sequences": 4}
+                out[name] = validate_sae_config(data)
+                continue
+            if data["task"]["name"] == "text_lm":
+                data["task"] |= {"corpus": str(self.corpus), "seq_len": 32}
+            data["model"]["d_model"] = 32
+            data["training"]["length"] = {"steps": 8}
+            data["eval"] |= {"every": {"steps": 4}, "batch_size": 8}
+            data["checkpointing"]["every"] = {"steps": 8}
+            out[name] = validate_config(data)
+        return out
+
+
+def test_kissane_reproduction_trains_models_then_their_saes_and_judges(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("ICL_LAB_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    words = ["def", "return", "self", "value", "import", "class", "(", ")", ":", "\n"]
+    (tmp_path / "corpus").mkdir()
+    for i in range(10):
+        (tmp_path / "corpus" / f"file{i}.py").write_text(" ".join(rng.choice(words, 2000)))
+    TinyKissane.corpus = tmp_path / "corpus"
+    claims, out = reproduce("kissane-tiny-test", quick=True, runs_dir=tmp_path, workers=2, progress=False)
+    assert len(claims) == 6
+    assert "text-2l layer 1: L0" in claims[0].ours and "text-3l layer 2: L0" in claims[0].ours
+    assert "induction-2l layer 1" in claims[0].ours
+    assert "live features" in claims[1].ours and "heads (those dominating" in claims[2].ours
+    assert "topk L0" in claims[5].ours and "batchtopk L0" in claims[5].ours and "relu_l1 L0" in claims[5].ours
+    for figure in ("frontier", "heads", "prefix"):
+        assert (out / f"{figure}.png").stat().st_size > 10_000
+    text = (out / "claims.md").read_text()
+    assert "frontier.png" in text and "dashboard/index.html)" in text
+    assert len(list(out.glob("*-sae-*"))) == 2 + 2 + 3 + len(FRONTIER)

@@ -76,6 +76,16 @@ class SweepReproduction(Reproduction):
 REPRODUCTIONS: Registry[type[Reproduction]] = Registry("reproduction")
 
 
+def _figure_link(path: Path, out: Path) -> str:
+    """A PNG shown inline; a page (a dashboard) as a link."""
+    where = path.relative_to(out)
+    return (
+        f"![{path.stem}]({where})"
+        if path.suffix == ".png"
+        else f"[{where.parent.parent.name} {path.parent.name}]({where})"
+    )
+
+
 def reproduce(
     name: str,
     quick: bool,
@@ -130,6 +140,6 @@ def reproduce(
         f"| {c.finding} | {c.paper} | {c.ours} | {'reproduced' if c.reproduced else 'not reproduced'} |"
         for c in claims
     ]
-    lines += ["", *[f"![{path.stem}]({path.relative_to(out)})" for path in figures]]
+    lines += ["", *[_figure_link(path, out) for path in figures]]
     atomic_write_text(out / "claims.md", "\n".join(lines) + "\n")
     return claims, out

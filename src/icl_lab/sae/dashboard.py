@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from torch import Tensor
 
@@ -74,22 +75,25 @@ def _density_figure(quality: SAEQuality, tokens: int, seed: int) -> Figure:
     return fig
 
 
-def _head_family_figure(shares: Tensor, families: Tensor, seed: int, min_share: float = 0.5) -> Figure:
+def draw_head_families(
+    ax: Axes, shares: Tensor, families: Tensor, layer: int, min_share: float = 0.5
+) -> None:
     """Per head, the features whose decoder share is at least min_share, stacked by family."""
     H = shares.shape[1]
-    fig, ax = plt.subplots(figsize=(6.5, 3.4), constrained_layout=True)
     bottom = np.zeros(H)
     for k, name in enumerate([*FAMILIES, "never active"]):
         label = k if k < len(FAMILIES) else -1
         counts = np.array([int(((shares[:, h] >= min_share) & (families == label)).sum()) for h in range(H)])
         ax.bar(range(H), counts, bottom=bottom, label=name, color=f"C{k}")
         bottom += counts
-    ax.set(
-        xlabel="head",
-        ylabel=f"features (decoder share >= {min_share})",
-        title=f"features attributed to each head, by family (seed {seed})",
-        xticks=range(H),
-    )
+    ax.set(xlabel="head", ylabel=f"features (decoder share >= {min_share})", xticks=range(H))
+    ax.set_xticklabels([f"{layer}.{h}" for h in range(H)])
+
+
+def _head_family_figure(shares: Tensor, families: Tensor, layer: int, seed: int) -> Figure:
+    fig, ax = plt.subplots(figsize=(6.5, 3.4), constrained_layout=True)
+    draw_head_families(ax, shares, families, layer)
+    ax.set_title(f"features attributed to each head, by family (seed {seed})")
     ax.legend(fontsize=8)
     return fig
 
@@ -250,7 +254,7 @@ def write_dashboard(
     images = {
         "Feature density": save_png(_density_figure(scored.quality, tokens, cfg.seed), out / "density.png"),
         "Head attribution": save_png(
-            _head_family_figure(scored.shares, scored.families, cfg.seed), out / "heads.png"
+            _head_family_figure(scored.shares, scored.families, layer, cfg.seed), out / "heads.png"
         ),
     }
     rows = "".join(_feature_row(scored, f, layer, f in features) for f in range(sae.d_sae))
