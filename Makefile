@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/arch_throughput.py
 	$(BIN)/python benchmarks/regression_baselines.py
 	$(BIN)/python benchmarks/text_throughput.py
+	$(BIN)/python benchmarks/sae_throughput.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

@@ -48,6 +48,11 @@ def resume(run: SAERunDir, quiet: Quiet = False) -> None:
         return
     if handle.status == "running":
         raise RunStoreError(f"SAE run {handle.id} is being trained by another process")
+    if handle.status == "diverged":
+        raise RunStoreError(
+            f"SAE run {handle.id} diverged at step {handle.manifest.get('diverged_at')}; resuming would "
+            "repeat it: train a changed config (e.g. a smaller lr or L1 coefficient) afresh"
+        )
     resume_sae(handle, progress=not quiet)
     console.print(f"SAE run complete: {handle.path}")
 
