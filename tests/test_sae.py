@@ -107,7 +107,7 @@ def test_relu_l1_recovers_known_feature_directions_from_synthetic_activations() 
     active = torch.rand(20_000, 12, generator=g) < 0.08
     x = (active * torch.rand(20_000, 12, generator=g) * 2) @ truth  # (N, 16)
     sae = sae_of("relu_l1", d_in=16, expansion=2, l1_coefficient=0.05, resample_every=400, resample_times=2)
-    fitter, history = fit(sae, x, FitSettings(steps=3000, batch_size=256, lr=3e-3, warmup_steps=100), g)
+    fitter, history = fit(sae, x, FitSettings(steps=6000, batch_size=256, lr=3e-3, warmup_steps=100), g)
     cosine = truth @ sae.W_dec.detach().T  # (12, 32)
     assert (cosine.max(1).values > 0.95).all(), f"best cosines {cosine.max(1).values}"
     assert history[-1]["l0"] < 3.0, "sparse: about one true feature is active per input"

@@ -55,12 +55,18 @@ class SAE(nn.Module):
     def __init__(self, config: SAEConfig, d_in: int, generator: torch.Generator) -> None:
         super().__init__()
         self.config, self.d_in, self.d_sae = config, d_in, config.expansion * d_in
-        decoder = torch.randn(self.d_sae, d_in, generator=generator)
-        decoder /= decoder.norm(dim=1, keepdim=True)
-        self.W_dec = nn.Parameter(decoder)  # (d_sae, d_in), unit rows
-        self.W_enc = nn.Parameter(decoder.T.clone())  # (d_in, d_sae): the decoder's transpose at first
+        W_enc, W_dec = self.initial_weights(generator)
+        self.W_enc = nn.Parameter(W_enc)  # (d_in, d_sae)
+        self.W_dec = nn.Parameter(W_dec)  # (d_sae, d_in), unit rows
         self.b_enc = nn.Parameter(torch.zeros(self.d_sae))
         self.b_dec = nn.Parameter(torch.zeros(d_in))
+
+    def initial_weights(self, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """(W_enc, W_dec) at initialisation: unit-norm random decoder rows and the encoder as the
+        decoder's transpose (TopK's, BatchTopK's and JumpReLU's papers); an architecture may differ."""
+        decoder = torch.randn(self.d_sae, self.d_in, generator=generator)
+        decoder /= decoder.norm(dim=1, keepdim=True)
+        return decoder.T.clone(), decoder
 
     def pre_activation(self, x: Tensor) -> Tensor:
         """(N, d_sae) encoder pre-activations of (N, d_in) inputs."""

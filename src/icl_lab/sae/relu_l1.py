@@ -1,6 +1,7 @@
 """Kissane et al.'s recipe (after Anthropic's "Towards Monosemanticity"): ReLU features with an L1
 penalty, unit-norm decoder rows, and resampling of dead features."""
 
+import math
 from typing import Literal
 
 import torch
@@ -26,6 +27,14 @@ class ReluL1(SAE):
 
     Config = ReluL1Config
     config: ReluL1Config
+
+    def initial_weights(self, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """As the authors' code: encoder and decoder drawn independently, Kaiming-uniform as PyTorch
+        draws a 2-D tensor (bound sqrt(6 / size(1))), decoder rows then normalised."""
+        W_enc = torch.rand(self.d_in, self.d_sae, generator=generator) * 2 - 1
+        W_dec = torch.rand(self.d_sae, self.d_in, generator=generator) * 2 - 1
+        W_enc *= math.sqrt(6 / self.d_sae)
+        return W_enc, W_dec / W_dec.norm(dim=1, keepdim=True)
 
     def activation(self, pre: Tensor) -> Tensor:
         return torch.relu(pre)
