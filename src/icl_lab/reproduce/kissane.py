@@ -26,6 +26,10 @@ direct feature attribution comes from; a head is polysemantic when the features 
 induction task's tokens): a head whose attention to the induction source at prefix 9 is at least
 10 x uniform over the sequence is long-prefix when replacing the token two before the source
 leaves under half its attention (mean over prefixes 2-9), short-prefix when it leaves at least 80%.
+Induction features are counted against a base rate: layer 0 of a 2-layer attention-only model,
+which cannot form induction heads. Head shares of the decoder norm mean something only once the
+decoder rows have moved from their random initialisation; the claims resting on them say so when
+they have not (median cosine to the initialisation above 0.9).
 """
 
 from dataclasses import dataclass
@@ -57,6 +61,7 @@ FRONTIER_SAE = ("text-2l", 1)
 DOMINANT = 0.5  # a head dominates a feature when it holds at least this share of its decoder norm
 INDUCTION_OVER_UNIFORM = 10  # an induction head attends at least this many times uniform attention
 LONG, SHORT = 0.5, 0.8  # attention kept under corruption: below LONG long-prefix, above SHORT short
+UNMOVED = 0.9  # decoder rows whose median cosine to their initialisation exceeds this have not learned
 SCORED_TOKENS = 4096  # destination tokens on which feature families are measured
 
 
@@ -206,14 +211,24 @@ class Kissane(Reproduction):
         shares = torch.cat([d.shares[d.live] for d in main.values()])
         one = float((shares.max(1).values >= DOMINANT).float().mean())
         top2 = float((shares.topk(2, dim=1).values.sum(1) >= 0.8).float().mean())
-        stayed = [d.stayed for d in main.values()]
         return Claim(
             "most features are attributable to one or a few heads (decoder-norm share)",
             "most features attributable to a single head",
             f"{one:.0%} of {len(shares):,} live features have one head with >= {DOMINANT:.0%} of the decoder "
-            f"norm; {top2:.0%} have two heads with >= 80% (decoder rows' median cosine to their "
-            f"initialisation: {min(stayed):.2f}-{max(stayed):.2f})",
+            f"norm; {top2:.0%} have two heads with >= 80%{self._unmoved(main)}",
             one > 0.5,
+        )
+
+    @staticmethod
+    def _unmoved(main: dict[str, Decomposition]) -> str:
+        """A caveat when decoder rows stayed near their random initialisation, where decoder-norm
+        shares say nothing about the model (empty when they moved)."""
+        stayed = [d.stayed for d in main.values()]
+        if min(stayed) < UNMOVED:
+            return ""
+        return (
+            f"; inconclusive: the decoder rows stayed at their random initialisation (median cosine "
+            f"{min(stayed):.2f}-{max(stayed):.2f}), so their head shares are chance"
         )
 
     def _polysemantic(self, main: dict[str, Decomposition]) -> Claim:
@@ -223,23 +238,30 @@ class Kissane(Reproduction):
                 len(spanned) for spanned in head_polysemanticity(d.shares, d.families, DOMINANT) if spanned
             ]
         share = float(np.mean([n >= 2 for n in heads])) if heads else 0.0
+        caveat = self._unmoved(main)
         return Claim(
             "most heads are polysemantic: their features span several families",
             ">= 90% of GPT-2 Small's heads",
             f"{share:.0%} of {len(heads)} heads (those dominating a live feature) span 2+ of the families "
-            f"{', '.join(FAMILIES)}",
-            share > 0.5,
+            f"{', '.join(FAMILIES)}{caveat}",
+            share > 0.5 and not caveat,
         )
 
     def _induction(self, main: dict[str, Decomposition]) -> Claim:
-        counts = {d.label: int((d.families == FAMILIES.index("induction")).sum()) for d in main.values()}
-        found = {label: n for label, n in counts.items() if n}
+        """Induction-family features, against the base rate in layer 0, where a 2-layer attention-only
+        model cannot compose an induction head."""
+        induction = FAMILIES.index("induction")
+        rate = {label: float((d.families[d.live] == induction).float().mean()) for label, d in main.items()}
+        pairs = [(f"{m} layer 1", f"{m} layer 0") for m in MODELS if f"{m} layer 2" not in main]
+        above = [one for one, zero in pairs if rate[one] > 2 * rate[zero] and rate[one] > 0]
         return Claim(
             "induction features exist, their DFA on the induction source",
             "induction features in the layers holding induction heads",
-            "features whose positive per-source DFA sits mostly on induction sources: "
-            + (", ".join(f"{k}: {n}" for k, n in found.items()) or "none"),
-            bool(found),
+            "share of live features whose positive per-source DFA sits mostly on induction sources: "
+            + ", ".join(f"{label} {r:.1%}" for label, r in rate.items())
+            + "; above twice the base rate of layer 0 (a 2-layer attention-only model's layer 0 cannot "
+            f"form induction heads): {', '.join(above) or 'none'}",
+            bool(above),
         )
 
     def _prefix(self, probes: dict[str, PrefixProbe]) -> Claim:

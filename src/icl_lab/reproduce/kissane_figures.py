@@ -73,9 +73,13 @@ def prefix_figure(
             title=name,
             ylim=(0, 1),
         )
+        ax.set_xlim(min(probe.lengths), max(probe.lengths))
         ax.grid(alpha=0.3)
         if types[name]:
             ax.legend(fontsize=7)
+        else:
+            note = "no induction head\n(no head attends >= 10 x uniform)"
+            ax.text(0.5, 0.5, note, ha="center", transform=ax.transAxes)
     fig.suptitle(
         f"solid: clean; dashed: token two before the source replaced (400 sequences each, seed {seed})"
     )
