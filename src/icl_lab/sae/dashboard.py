@@ -257,7 +257,8 @@ def write_dashboard(
             _head_family_figure(scored.shares, scored.families, layer, cfg.seed), out / "heads.png"
         ),
     }
-    rows = "".join(_feature_row(scored, f, layer, f in features) for f in range(sae.d_sae))
+    by_density = scored.quality.density.argsort(descending=True, stable=True).tolist()  # live ones first
+    rows = "".join(_feature_row(scored, f, layer, f in features) for f in by_density)
     body = (
         f"<style>{STYLE}</style><h1>SAE dashboard: {html.escape(run.id)}</h1>"
         + _summary(run, scored, sequences)
