@@ -39,6 +39,7 @@ class Fitter:
         self.optimizer = torch.optim.Adam(sae.parameters(), lr=settings.lr, betas=settings.betas)
         self.step, self.warmup_from, self.resamplings, self.seen = 0, 0, 0, 0
         self.fired = torch.zeros(sae.d_sae, dtype=torch.long)
+        self.l0 = torch.tensor(float("nan"))
 
     def learning_rate(self) -> float:
         """The warm-up's linear ramp from warmup_start x lr to lr, then lr."""
@@ -61,7 +62,9 @@ class Fitter:
         self.optimizer.step()
         sae.constrain_weights()
         self.step += 1
-        self.fired += (out.features > 0).sum(0)
+        counts = torch.count_nonzero(out.features, dim=0)  # (d_sae,) one pass gives firing and L0
+        self.fired += counts
+        self.l0 = counts.sum() / len(index)  # features active per input in this batch
         self.seen += len(index)
         self._maybe_resample(activations)
         return out
@@ -118,6 +121,5 @@ def fit(
         out = fitter.train_step(activations)
         if fitter.step % log_every == 0 or fitter.step == settings.steps:
             record = {name: value.item() for name, value in out.losses.items()}
-            l0 = (out.features > 0).sum(-1).float().mean().item()
-            history.append({"step": fitter.step, **record, "l0": l0})
+            history.append({"step": fitter.step, **record, "l0": fitter.l0.item()})
     return fitter, history

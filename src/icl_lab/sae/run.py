@@ -224,7 +224,7 @@ class SAETrainer:
     def train_step(self) -> None:
         out = self.fitter.train_step(self.buffer.activations)
         values = {name: v.item() for name, v in out.losses.items()}
-        values["l0"] = (out.features > 0).sum(-1).float().mean().item()
+        values["l0"] = self.fitter.l0.item()
         if not all(map(math.isfinite, values.values())):
             message = f"SAE run {self.run.id} diverged at step {self.fitter.step}: non-finite loss"
             self.run.update_manifest(status="diverged", diverged_at=self.fitter.step, error=message)
