@@ -280,9 +280,12 @@ def test_quality_metrics_against_hand_computed_values() -> None:
 
 
 def test_families_of_all_features_in_chunks_equal_the_whole_batch_at_once() -> None:
+    from conftest import tiny_config
+    from icl_lab.experiment import build_model, build_task
     from icl_lab.sae.attribution import all_feature_families, direct_feature_attribution, feature_families
 
-    model, task = _model_and_task()
+    config = tiny_config(task={"name": "induction", "seq_len": 64})
+    model, task = build_model(config), build_task(config)  # 64 tokens: sources near and far
     sae = sae_of("relu_l1", d_in=16, expansion=2)
     with torch.no_grad():
         sae.b_enc.fill_(0.05)  # many features active
