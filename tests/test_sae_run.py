@@ -168,3 +168,15 @@ def test_a_job_after_a_failed_one_fails_without_running(tmp_path: Path) -> None:
     assert schedule.take() is None
     schedule.done(0, "failed")
     assert schedule.take() == (1, ("failed", "it needs a, which did not complete"))
+
+
+def test_list_runs_shows_sae_runs_beside_model_runs(sae_run: SAERun, cli) -> None:
+    import shutil
+
+    together = sae_run.path.parent.parent / "together"
+    shutil.copytree(sae_run.path, together / sae_run.id)
+    shutil.copytree(Path(sae_run.config.source.run), together / "model")
+    code, out, err = cli("list", "runs", "--runs-dir", together)
+    assert code == 0, err
+    rows = [line for line in out.splitlines() if "complete" in line]
+    assert len(rows) == 2 and any("SAE" in r for r in rows) and any("model" in r for r in rows)

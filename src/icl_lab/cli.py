@@ -183,23 +183,26 @@ def list_(
     what: Annotated[Listable, typer.Argument(help="What to list.")],
     runs_dir: RunsDir = Path("runs"),
 ) -> None:
-    """List registered tasks, models, metrics, clamp kinds, bundled experiments or runs."""
+    """List registered tasks, models, metrics, clamp kinds, bundled experiments or runs (model and
+    SAE runs)."""
     from icl_lab.experiment import BUNDLED_CONFIGS
     from icl_lab.interventions import CLAMPS
     from icl_lab.metrics import METRICS
     from icl_lab.models import MODELS
     from icl_lab.reproduce import REPRODUCTIONS
-    from icl_lab.store.run import list_runs
+    from icl_lab.sae.run import SAERun
+    from icl_lab.store.run import Run, list_runs
     from icl_lab.tasks import TASKS
 
     table = Table(show_header=True)
     if what is Listable.runs:
-        for column in ("run", "status", "step", "created"):
+        for column in ("run", "kind", "status", "step", "created"):
             table.add_column(column)
-        for r in list_runs(runs_dir):
+        for r in list_runs(runs_dir, kinds=(Run, SAERun)):
             total = r.manifest.get("total_steps", "?")
             table.add_row(
                 str(r.path),
+                "SAE" if isinstance(r, SAERun) else "model",
                 r.status,
                 f"{r.manifest.get('last_checkpoint', 0)}/{total}",
                 r.manifest["created"],

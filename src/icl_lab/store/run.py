@@ -178,12 +178,15 @@ class Run(RunDirectory):
         return model.eval()
 
 
-def list_runs(runs_dir: str | Path = "runs") -> list[Run]:
-    """Every readable run under a directory, oldest first."""
+def list_runs(runs_dir: str | Path = "runs", kinds: tuple[type[RunDirectory], ...] = (Run,)) -> list:
+    """Every readable run of the given kinds (model runs by default; SAERun for SAE runs) under a
+    directory, oldest first."""
     runs = []
     for path in sorted(Path(runs_dir).glob("[!.]*/manifest.json")):  # not staging directories
-        try:
-            runs.append(Run.open(path.parent))
-        except IclLabError:  # an unreadable directory is skipped, not fatal to listing
-            continue
+        for kind in kinds:
+            try:
+                runs.append(kind.open(path.parent))
+                break
+            except IclLabError:  # another kind, or unreadable: skipped, not fatal to listing
+                continue
     return runs
