@@ -10,7 +10,12 @@ from icl_lab.experiment import build_model, validate_config
 from icl_lab.metrics.base import EvalContext
 from icl_lab.metrics.ngram_heads import ngram_heads
 from icl_lab.models.ngram_layer import NgramLayer, ngram_targets
-from icl_lab.models.recurrence import diagonal_recurrence, linear_recurrence, sequential_recurrence
+from icl_lab.models.recurrence import (
+    diagonal_recurrence,
+    linear_recurrence,
+    selective_scan,
+    sequential_recurrence,
+)
 from icl_lab.tasks.base import Batch
 
 TASK = {"name": "regbench", "n_train_dfas": 20, "n_val_dfas": 5, "n_test_dfas": 5, "seq_len": 24}
@@ -81,6 +86,19 @@ def test_diagonal_recurrence_equals_a_loop() -> None:
         h = log_decay[:, t].exp() * h + b[:, t]
         expected.append((c[:, t] * h).sum(-1))
     assert torch.allclose(diagonal_recurrence(log_decay, b, c), torch.stack(expected, 1), atol=1e-5)
+
+
+def test_selective_scan_equals_the_recurrence_on_whole_tensors() -> None:
+    g = torch.Generator().manual_seed(2)
+    dt = torch.nn.functional.softplus(torch.randn(2, 21, 5, generator=g))
+    A = -torch.rand(5, 3, generator=g) * 4
+    u, Bs, Cs = (
+        torch.randn(2, 21, 5, generator=g),
+        torch.randn(2, 21, 3, generator=g),
+        torch.randn(2, 21, 3, generator=g),
+    )
+    whole = diagonal_recurrence(dt[..., None] * A, (dt * u)[..., None] * Bs[:, :, None, :], Cs[:, :, None, :])
+    torch.testing.assert_close(selective_scan(dt, A, u, Bs, Cs), whole, atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.parametrize("name", list(MODELS))

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from icl_lab.models.recurrence import diagonal_recurrence, linear_recurrence
+from icl_lab.models.recurrence import linear_recurrence, selective_scan
 
 
 class Recurrent(nn.Module):
@@ -95,10 +95,8 @@ class Mamba(nn.Module):
         u = F.silu(self.conv(u.transpose(1, 2))[..., :T].transpose(1, 2))
         dt, Bs, Cs = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], -1)
         dt = F.softplus(self.dt_proj(dt))  # (B, T, inner)
-        A = -self.A_log.exp()  # (inner, N)
-        decay = dt[..., None] * A  # (B, T, inner, N): a state of N values per channel
-        inputs = (dt * u)[..., None] * Bs[:, :, None, :]  # (B, T, inner, N)
-        y = diagonal_recurrence(decay, inputs, Cs[:, :, None, :]) + self.D * u
+        A = -self.A_log.exp()  # (inner, N): a state of N values per channel
+        y = selective_scan(dt, A, u, Bs, Cs) + self.D * u
         return self.out_proj(y * F.silu(z))
 
 
