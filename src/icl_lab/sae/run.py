@@ -19,7 +19,7 @@ from torch import Tensor
 from icl_lab.errors import ConfigError, DivergenceError, IclLabError, Interrupted
 from icl_lab.experiment import build_task, validate_config
 from icl_lab.models import Model
-from icl_lab.sae.activations import ActivationBuffer, fill_buffer, hook_z, splice_scores
+from icl_lab.sae.activations import fill_buffer, hook_z, splice_scores
 from icl_lab.sae.base import SAE, build_sae
 from icl_lab.sae.config import SAERunConfig, validate_sae_config
 from icl_lab.sae.fit import Fitter
@@ -133,7 +133,16 @@ class SAETrainer:
         self.run, self.source, self.progress = run, source, progress
         cfg = run.config
         torch.set_num_threads(cfg.training.threads)
-        self.buffer = self._fill(cfg.buffer.tokens, "buffer", cfg.buffer.chunk)
+        buffer_g, layer = generator(cfg.seed, "sae", "buffer"), cfg.source.layer
+        self.buffer = fill_buffer(
+            source.model,
+            source.task,
+            layer,
+            cfg.buffer.tokens,
+            buffer_g,
+            cfg.buffer.chunk,
+            cfg.buffer.normalisation,
+        )
         run.update_manifest(
             scale=self.buffer.scale,
             buffer={"tokens": len(self.buffer.activations), "bytes": self.buffer.bytes, "hook": source.hook},
@@ -147,11 +156,6 @@ class SAETrainer:
         self.sums: dict[str, float] = {}
         self.count = 0
         self.wall_s = 0.0
-
-    def _fill(self, tokens: int, purpose: str, chunk: int) -> ActivationBuffer:
-        cfg, src = self.run.config, self.source
-        g = generator(cfg.seed, "sae", purpose)
-        return fill_buffer(src.model, src.task, cfg.source.layer, tokens, g, chunk, cfg.buffer.normalisation)
 
     @torch.no_grad()
     def _activations_of(self, inputs: Tensor) -> Tensor:
