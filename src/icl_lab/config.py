@@ -1,9 +1,11 @@
 """Building blocks of experiment configs: strict pydantic bases, durations in steps/sequences/tokens."""
 
 import math
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class StrictModel(BaseModel):
@@ -186,3 +188,17 @@ def format_validation_error(error: Exception) -> str:
         shown = repr(first["input"])
         message += f" (got {shown if len(shown) < 60 else shown[:57] + '...'})"
     return f"config error: {where}: {message}" if where else f"config error: {message}"
+
+
+def validated(cls: type[M], data: object, what: str = "the config") -> M:
+    """data validated as cls, or ConfigError with one line naming the failing field."""
+    from pydantic import ValidationError
+
+    from icl_lab.errors import ConfigError
+
+    if not isinstance(data, dict):
+        raise ConfigError(f"config error: {what} must be a mapping of sections")
+    try:
+        return cls.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e)) from None

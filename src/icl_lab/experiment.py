@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import torch
 import yaml
-from pydantic import BaseModel, Field, PlainValidator, SerializeAsAny, ValidationError, model_validator
+from pydantic import BaseModel, Field, PlainValidator, SerializeAsAny, model_validator
 
 from icl_lab.config import (
     CheckpointConfig,
@@ -16,7 +16,7 @@ from icl_lab.config import (
     StrictModel,
     TaskConfig,
     TrainingConfig,
-    format_validation_error,
+    validated,
 )
 from icl_lab.errors import ConfigError
 from icl_lab.interventions import CLAMPS, Clamp
@@ -234,12 +234,7 @@ def resolve_config_path(path: str | Path) -> Path:
 
 def validate_config(data: object) -> ExperimentConfig:
     """A validated ExperimentConfig, or ConfigError with one line naming the field."""
-    if not isinstance(data, dict):
-        raise ConfigError("config error: the config must be a mapping of sections")
-    try:
-        return ExperimentConfig.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(format_validation_error(e)) from None
+    return validated(ExperimentConfig, data)
 
 
 def read_yaml(path: Path) -> Any:

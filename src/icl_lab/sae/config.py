@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, NonNegativeInt, PositiveInt, ValidationError
+from pydantic import Field, NonNegativeInt, PositiveInt
 
-from icl_lab.config import StrictModel, format_validation_error
+from icl_lab.config import StrictModel, validated
 from icl_lab.errors import ConfigError
 from icl_lab.experiment import apply_overrides, read_yaml, registered
 from icl_lab.sae.base import SAES, SAEConfig
@@ -84,12 +84,7 @@ class SAERunConfig(StrictModel):
 
 def validate_sae_config(data: object) -> SAERunConfig:
     """A validated SAERunConfig, or ConfigError with one line naming the field."""
-    if not isinstance(data, dict):
-        raise ConfigError("config error: the SAE config must be a mapping of sections")
-    try:
-        return SAERunConfig.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(format_validation_error(e)) from None
+    return validated(SAERunConfig, data, "the SAE config")
 
 
 def load_sae_config(path: str | Path, overrides: list[str] = ()) -> SAERunConfig:

@@ -7,7 +7,6 @@ the last evaluation) are indexed by step; `sequences` and `tokens` count activat
 """
 
 import math
-import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,7 +98,7 @@ class SAERun(RunDirectory):
     ) -> "SAERun":
         """A new SAE run directory, marked running, recording the source hook's width and context;
         the id defaults to the config's name and the time."""
-        run_id = run_id or f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+        run_id = run_id or cls.new_id(config.name)
         path, staging = cls._staging(Path(runs_dir), run_id, {"config.yaml": config.to_yaml()})
         shape = {"d_in": source.d_in, "n_heads": source.n_heads, "n_ctx": source.task.tokens_per_sequence}
         run = cls(staging, config, cls._new_manifest(run_id, config.hash(), **shape))

@@ -56,6 +56,11 @@ class RunDirectory:
         }
 
     @staticmethod
+    def new_id(name: str) -> str:
+        """A fresh run id: the config's name, the time and a random suffix."""
+        return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+    @staticmethod
     def _staging(runs: Path, run_id: str, files: dict[str, str]) -> tuple[Path, Path]:
         """(final path, a hidden staging directory holding files) for a new run."""
         path = runs / run_id

@@ -1,7 +1,5 @@
 """A model run's directory: runs/<id>/{config.yaml, manifest.json, metrics.parquet, checkpoints/}."""
 
-import secrets
-import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -65,7 +63,7 @@ class Run(RunDirectory):
         """A new run directory for validated config(s), marked running; the id defaults to the
         first config's name and the time."""
         members = configs if isinstance(configs, list) else [configs]
-        run_id = run_id or f"{members[0].name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+        run_id = run_id or cls.new_id(members[0].name)
         files = {"config.yaml": members[0].to_yaml()}
         if len(members) > 1:
             data = [m.model_dump(mode="json", by_alias=True) for m in members]

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Discriminator, Field, Tag, ValidationError, model_validator
+from pydantic import Discriminator, Field, Tag, model_validator
 
-from icl_lab.config import StrictModel, format_validation_error
+from icl_lab.config import StrictModel, validated
 from icl_lab.errors import ConfigError, IclLabError
 from icl_lab.evaluation import evaluate, metric_names
 from icl_lab.experiment import (
@@ -266,11 +266,7 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> SweepConfig:
     data = read_yaml(candidate)
     if not isinstance(data, dict):
         raise ConfigError("config error: a sweep file must be a mapping")
-    data = apply_overrides(data, list(overrides))
-    try:
-        return SweepConfig.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(format_validation_error(e)) from None
+    return validated(SweepConfig, apply_overrides(data, list(overrides)), "a sweep file")
 
 
 def dump_sweep(sweep: SweepConfig) -> str:
