@@ -3,7 +3,15 @@
 import math
 from typing import Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -98,6 +106,11 @@ class TrainingConfig(StrictModel):
     grad_clip: float | None = Field(None, gt=0)
     device: str = Field("cpu", description="cpu, cuda or cuda:N")
     threads: PositiveInt = 1
+    compile: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="torch.compile the training step; auto: when the run is long enough to repay "
+        "the compile time (training/compiled.py)",
+    )
     log_every: PositiveInt = Field(10, description="steps between progress-bar updates")
 
     @field_validator("device")
@@ -105,6 +118,22 @@ class TrainingConfig(StrictModel):
     def _known_device(cls, device: str) -> str:
         check_device(device)
         return device
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, value: object) -> object:
+        # YAML 1.1 reads a bare on / off as a boolean
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
+    @field_validator("compile")
+    @classmethod
+    def _compiler_present(cls, value: str, info: ValidationInfo) -> str:
+        from icl_lab.training.compiled import compiler_missing
+
+        missing = compiler_missing(info.data["device"]) if value == "on" and "device" in info.data else None
+        if missing:
+            raise ValueError(f"on, but {missing}; set training.compile: off")
+        return value
 
 
 def check_device(device: str) -> None:

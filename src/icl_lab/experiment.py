@@ -114,9 +114,11 @@ class ExperimentConfig(StrictModel):
         return yaml.safe_dump(self.model_dump(mode="json", by_alias=True), sort_keys=False)
 
     def hash(self) -> str:
-        """Fingerprint of everything that determines the run's numbers (device and threads excluded)."""
+        """Fingerprint of everything that determines the run's numbers (device, threads and
+        compilation excluded: they change results only within rounding)."""
         data = self.model_dump(mode="json", by_alias=True)
-        del data["training"]["device"], data["training"]["threads"], data["training"]["log_every"]
+        for key in ("device", "threads", "log_every", "compile"):
+            del data["training"][key]
         # fields added since runs were first stored count only when set: older runs keep their hashes
         if not data["imports"]:
             del data["imports"]

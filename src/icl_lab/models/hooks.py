@@ -74,19 +74,20 @@ class HookedModule(nn.Module):
     @contextmanager
     def hooks(self, fwd_hooks: Sequence[tuple[str | Callable[[str], bool], HookFn]]) -> Iterator[None]:
         """Attach (name or name-predicate, fn) pairs for the duration of the block."""
-        attached: list[tuple[HookPoint, HookFn]] = []
+        kept: list[tuple[HookPoint, int]] = []  # each point touched, with its number of functions before
         try:
             for names, fn in fwd_hooks:
                 points = self.hook_points(names)
                 if isinstance(names, str) and not points:
                     raise KeyError(f"model has no hook point {names!r}")
                 for point in points:
+                    kept.append((point, len(point.fns)))
                     point.fns.append(fn)
-                    attached.append((point, fn))
             yield
         finally:
-            for point, fn in attached:
-                point.fns.remove(fn)
+            # truncate rather than remove by value: blocks nest, and torch.compile traces this
+            for point, n in reversed(kept):
+                del point.fns[n:]
 
     def add_hook(self, names: str | Callable[[str], bool], fn: HookFn) -> None:
         """Attach fn at the matching hook points until reset_hooks() (TransformerLens' add_hook)."""

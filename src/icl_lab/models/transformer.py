@@ -167,10 +167,10 @@ class Attention(nn.Module):
             q = self.hook_rot_q(rotate(q, cos, sin))
             k = self.hook_rot_k(rotate(k, cos, sin))
         if not self.fused or self.hook_attn_scores.fns or self.hook_pattern.fns:
-            scores = q.transpose(1, 2) @ k.permute(0, 2, 3, 1) * self.scale  # (B, H, T, T)
+            scores = small_matmul(q.transpose(1, 2), k.permute(0, 2, 3, 1)) * self.scale  # (B, H, T, T)
             scores = self.hook_attn_scores(scores.masked_fill(self.future[:T, :T], float("-inf")))
             pattern = self.hook_pattern(scores.softmax(dim=-1))
-            z = (pattern @ v.transpose(1, 2)).transpose(1, 2)  # (B, T, H, e)
+            z = small_matmul(pattern, v.transpose(1, 2)).transpose(1, 2)  # (B, T, H, e)
         else:  # nobody looks at the pattern: the fused kernel computes the same thing faster
             z = F.scaled_dot_product_attention(
                 q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True, scale=self.scale
@@ -179,6 +179,20 @@ class Attention(nn.Module):
         if not self.output_projection:
             return z
         return F.linear(z, self.W_O.reshape(H * e, d).T, self.b_O if self.bias else None)
+
+
+SMALL_MATMUL = 4096
+"""largest n * k * m of an (n, k) @ (k, m) product that compiled code computes as a fused loop"""
+
+
+def small_matmul(a: Tensor, b: Tensor) -> Tensor:
+    """a @ b over leading batch axes. Under torch.compile, products of tiny matrices become a
+    broadcast product summed over the inner axis, which inductor fuses into one loop: on a CPU a
+    batched GEMM call costs far more per tiny matrix than its arithmetic."""
+    n, k, m = a.shape[-2], a.shape[-1], b.shape[-1]
+    if torch.compiler.is_compiling() and n * k * m <= SMALL_MATMUL:
+        return (a.unsqueeze(-1) * b.unsqueeze(-3)).sum(-2)  # (..., n, k, m) summed over k
+    return a @ b
 
 
 class MLP(nn.Module):

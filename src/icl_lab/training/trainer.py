@@ -35,6 +35,7 @@ from icl_lab.store.metrics_table import TRAIN_SPLIT
 from icl_lab.store.run import Run
 from icl_lab.store.train_state import TrainState
 from icl_lab.tasks import Batch
+from icl_lab.training.compiled import should_compile
 from icl_lab.training.evaluator import Evaluator
 from icl_lab.training.metrics_logger import MetricsLogger
 from icl_lab.training.optim import build_optimizer, clip_grad_norm_per_member, lr_at
@@ -77,11 +78,13 @@ class Trainer:
         data = [run.eval_data(m, self.device) for m in range(len(self.members))]
         self.tasks = [task for task, _ in data]
         self.tasks[0].save_artifacts(run.path)
-        self.model = build_model(cfg, self.device, self.tasks[0])
-        self.model.batched(len(self.members) > 1)
         batch_size, tokens = cfg.training.batch_size, self.tasks[0].tokens_per_sequence
         self.batch_size, self.tokens_per_sequence = batch_size, tokens
         self.total_steps = cfg.training.length.to_steps(batch_size, tokens)
+        M = len(self.members)
+        self.compiled = should_compile(cfg.training.compile, self.total_steps * M, cfg.training.device)
+        self.model = build_model(cfg, self.device, self.tasks[0])
+        self.model.batched(M > 1 or self.compiled)
         self.eval_every = cfg.eval.every.to_steps(batch_size, tokens)
         every = cfg.checkpointing.every
         self.checkpoint_every = every.to_steps(batch_size, tokens) if every else None
@@ -99,6 +102,14 @@ class Trainer:
         self.logger = logger or MetricsLogger(run.metrics_path, self.tasks[0].key_metric)
         self.restored = False
         self.latest_losses: Tensor | None = None
+        self._step_clamps: list[Clamp] = []  # the clamps active in the current step
+        self._losses = over_members(self._member_loss, M)
+        self._optimizer_step = self._clip_and_step
+        self.compile_s: float | None = None  # time the first compiled step took
+        if self.compiled:
+            self._losses = torch.compile(self._losses, dynamic=False)
+            self._optimizer_step = torch.compile(self._clip_and_step)
+            self._lr = torch.zeros((), device=self.device)  # a tensor: a new rate must not recompile
 
     # set-up ----------------------------------------------------------------------------
 
@@ -137,34 +148,40 @@ class Trainer:
                 for task, g in zip(self.tasks, state.data_generators, strict=True)
             ]
         )
-        clamps, on = self._active_clamps()
-        task = self.tasks[0]
-
-        def member_loss(
-            params: dict, inputs: Tensor, targets: Tensor, mask: Tensor, meta: dict, on: Tensor
-        ) -> Tensor:
-            def forward(hooks: list) -> Tensor:
-                with self.model.hooks(hooks):
-                    return functional_call(self.model, params, (inputs,))
-
-            logits = clamped_forward(forward, self.model, clamps, on, meta, inputs)
-            return task.loss(logits, targets, mask)
-
-        losses = over_members(member_loss, len(self.members))(
-            state.params, batch.inputs, batch.targets, batch.loss_mask, batch.meta, on
-        )  # (M,)
+        self._step_clamps, on = self._active_clamps()
+        first_compiled = self.compiled and self.compile_s is None
+        started = time.perf_counter()
+        losses = self._losses(state.params, batch.inputs, batch.targets, batch.loss_mask, batch.meta, on)
         if not bool(torch.isfinite(losses).all()):  # before any update: the state is still finite
             self._diverged(losses.detach())
         state.optimizer.zero_grad(set_to_none=True)
         losses.sum().backward()
-        clip = self.run.config.training.grad_clip
-        if clip is not None:
-            clip_grad_norm_per_member(list(state.params.values()), clip)
         self._update()
+        if first_compiled:
+            self.compile_s = time.perf_counter() - started
         self.latest_losses = losses.detach()
         state.loss_sum += self.latest_losses
         state.loss_count += 1
         state.step += 1
+
+    def _member_loss(
+        self, params: dict, inputs: Tensor, targets: Tensor, mask: Tensor, meta: dict, on: Tensor
+    ) -> Tensor:
+        """One member's training loss on its batch, with the step's clamps (flags `on`) applied."""
+
+        def forward(hooks: list) -> Tensor:
+            with self.model.hooks(hooks):
+                return functional_call(self.model, params, (inputs,))
+
+        logits = clamped_forward(forward, self.model, self._step_clamps, on, meta, inputs)
+        return self.tasks[0].loss(logits, targets, mask)
+
+    def _clip_and_step(self) -> None:
+        """Clip each member's gradient (if configured) and take one optimiser step."""
+        clip = self.run.config.training.grad_clip
+        if clip is not None:
+            clip_grad_norm_per_member(list(self.state.params.values()), clip)
+        self.state.optimizer.step()
 
     def _update(self) -> None:
         """One optimiser step at each member's learning rate for this step."""
@@ -173,20 +190,26 @@ class Trainer:
             lr_at(state.step, self.total_steps, m.training.optimizer.lr, m.training.schedule)
             for m in self.members
         ]
-        group = state.optimizer.param_groups[0]
-        if len(set(lrs)) == 1:
-            group["lr"] = lrs[0]
-            state.optimizer.step()
+        same = len(set(lrs)) == 1
+        self._set_lr(lrs[0] if same else 1.0)
+        if same:
+            self._optimizer_step()
             return
         # members at different learning rates: step at lr 1, then take each member's fraction of the
         # update (SGD, Adam and AdamW updates, weight decay included, scale linearly with lr)
         before = [p.detach().clone() for p in state.params.values()]
-        group["lr"] = 1.0
-        state.optimizer.step()
+        self._optimizer_step()
         weight = torch.tensor(lrs, device=self.device)
         with torch.no_grad():
             for old, p in zip(before, state.params.values(), strict=True):
                 p.copy_(torch.lerp(old, p, weight.view(-1, *[1] * (p.dim() - 1))))
+
+    def _set_lr(self, lr: float) -> None:
+        group = self.state.optimizer.param_groups[0]
+        if self.compiled:  # in place: the compiled update reads the rate as a tensor
+            self._lr.fill_(lr)
+            lr = self._lr
+        group["lr"] = lr
 
     # evaluation ------------------------------------------------------------------------
 
@@ -286,7 +309,7 @@ class Trainer:
         log_every = self.run.config.training.log_every
         state = self.state
         self.run.acquire()
-        self.run.update_manifest(status="running", total_steps=self.total_steps)
+        self.run.update_manifest(status="running", total_steps=self.total_steps, compiled=self.compiled)
         plan = self.tasks[0].repetition
         if plan is not None:
             self.run.update_manifest(
@@ -315,7 +338,9 @@ class Trainer:
                     if state.step % log_every == 0 or last:
                         bar.update(state.step, self._status)
             self._check_history()
-            self.run.update_manifest(status="complete", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+            compiled = {"compile_s": round(self.compile_s, 2)} if self.compile_s is not None else {}
+            finished = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            self.run.update_manifest(status="complete", finished=finished, **compiled)
         except (KeyboardInterrupt, Interrupted) as e:
             self.run.record(status="interrupted", interrupted_at=state.step)
             if isinstance(e, Interrupted):

@@ -1,0 +1,52 @@
+"""When the trainer compiles its step with torch.compile, and what compiling needs.
+
+A compiled step is the same computation as the eager one: the member losses (forward, clamps and,
+through AOTAutograd, backward) are one compiled function and the gradient clipping plus optimiser
+update another. Results agree with eager training within rounding (tests/test_compiled.py), and a
+compiled run resumes bit-identically.
+
+`auto` compiles when a run is long enough to repay the compile time. Compiling saves time per
+member per step (an ensemble step saves about as much per member as a single run), so the rule
+counts member-steps; the break-even is measured by benchmarks/compile_breakeven.py.
+"""
+
+import importlib.util
+import logging
+import os
+import shutil
+from typing import Literal
+
+import torch
+
+AUTO_MEMBER_STEPS = 20_000
+"""member-steps from which `auto` compiles on the CPU (see the module docstring)"""
+
+
+def compiler_missing(device: str) -> str | None:
+    """Why torch.compile cannot build code for `device` here (None when it can): the CPU needs a
+    C++ compiler, a GPU needs Triton."""
+    if torch.device(device).type == "cuda":
+        return None if importlib.util.find_spec("triton") else "torch.compile on a GPU needs triton"
+    compiler = os.environ.get("CXX", "g++")
+    return (
+        None
+        if shutil.which(compiler)
+        else f"torch.compile on the CPU needs a C++ compiler ({compiler} not found)"
+    )
+
+
+def should_compile(setting: Literal["auto", "on", "off"], member_steps: int, device: str) -> bool:
+    """Whether a run of `member_steps` (steps x members) on `device` compiles its training step."""
+    if setting != "auto":
+        return setting == "on"
+    return compiler_missing(device) is None and member_steps >= AUTO_MEMBER_STEPS
+
+
+class _QuietProfilerNote(logging.Filter):
+    """Drops dynamo's note that the optimiser's profiler label is not traced (it is harmless)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Profiler record function")
+
+
+logging.getLogger("torch._dynamo.variables.ctx_manager").addFilter(_QuietProfilerNote())
