@@ -2,7 +2,10 @@
 (configs/icll.yaml: 2 layers, width 64, batch 32 of 128-token prompts, Adam), one thread, through
 icl-lab's trainer (data generation included), interleaved and median of repeats.
 
-    python benchmarks/arch_throughput.py [--steps 5] [--repeats 3]
+With --compile on every trainer compiles its step first (training.compile=on); --only picks
+architectures (the transformer baseline always runs).
+
+    python benchmarks/arch_throughput.py [--steps 5] [--repeats 3] [--compile on] [--only mamba ...]
 """
 
 import argparse
@@ -18,25 +21,36 @@ from icl_lab.reproduce.icll import architectures
 from icl_lab.store.run import Run
 from icl_lab.training.trainer import Trainer
 
+BASELINE = "transformer (learned)"
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--compile", choices=["on", "off"], default="off")
+    parser.add_argument("--only", nargs="*", help="architectures to time beside the transformer")
     args = parser.parse_args()
     torch.set_num_threads(1)
     trainers = {}
     for name, model in architectures(64, 2).items():
-        overrides = [f"model={json.dumps(model)}", "checkpointing.every=null"]
+        if args.only and name not in [*args.only, BASELINE]:
+            continue
+        overrides = [
+            f"model={json.dumps(model)}",
+            "checkpointing.every=null",
+            f"training.compile={args.compile}",
+        ]
         cfg = load_config("icll", overrides)
         trainers[name] = Trainer(Run.create(cfg, Path(tempfile.mkdtemp())), progress=False)
     median = interleaved(
         {name: trainer.train_step for name, trainer in trainers.items()}, args.steps, args.repeats, warmup=2
     )
     tokens = cfg.training.batch_size * cfg.task.seq_len
-    rows = table(median, "transformer (learned)", tokens)
+    rows = table(median, BASELINE, tokens)
     print(f"tokens per step: {tokens} (batch {cfg.training.batch_size} x {cfg.task.seq_len})")
-    print(f"wrote {write_results('arch_throughput', {'tokens_per_step': tokens, 'rows': rows})}")
+    name = "arch_throughput" + ("_compiled" if args.compile == "on" else "")
+    print(f"wrote {write_results(name, {'tokens_per_step': tokens, 'compile': args.compile, 'rows': rows})}")
 
 
 if __name__ == "__main__":

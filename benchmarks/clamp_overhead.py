@@ -5,7 +5,11 @@ The clamp set is the single-induction-head experiment's: values of seven layer-2
 the match clamp on the eighth. Also timed, separately: a path-preserving ablation (which needs a
 reference pass, so about twice the forward work) and a graft (a donor forward per step).
 
-    python benchmarks/clamp_overhead.py [--steps 100] [--repeats 15]
+The path-preserving ablation's reference pass keeps autograd on purpose: in the authors' code
+(icl-dynamics opto.py) the base pass runs inside the differentiated loss, so a preserved pattern's
+queries and keys learn through it.
+
+    python benchmarks/clamp_overhead.py [--steps 100] [--repeats 15] [--compile on]
 """
 
 import argparse
@@ -28,8 +32,8 @@ SETS = {
 }
 
 
-def trainer(runs: Path, clamps: list[dict]) -> Trainer:
-    base = load_config("singh", ["checkpointing.every=null"])
+def trainer(runs: Path, clamps: list[dict], compile: str) -> Trainer:
+    base = load_config("singh", ["checkpointing.every=null", f"training.compile={compile}"])
     config = validate_config({**base.model_dump(by_alias=True), "clamps": clamps})
     return Trainer(Run.create(config, runs), progress=False)
 
@@ -38,6 +42,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--compile", choices=["on", "off"], default="off", help="training.compile of all")
     args = parser.parse_args()
     torch.set_num_threads(1)
     runs = Path(tempfile.mkdtemp())
@@ -48,17 +53,18 @@ def main() -> None:
             {"kind": "graft", "hook": "blocks.0.hook_attn_out", "source": str(donor.path)}
         ],
     }
-    contenders = {"no clamps": trainer(runs, []).train_step}
-    contenders |= {name: trainer(runs, clamps).train_step for name, clamps in sets.items()}
+    contenders = {"no clamps": trainer(runs, [], args.compile).train_step}
+    contenders |= {name: trainer(runs, clamps, args.compile).train_step for name, clamps in sets.items()}
     median = interleaved(contenders, args.steps, args.repeats)
     rows = table(median, "no clamps", 32 * 5)
     overhead = {name: median[name] / median["no clamps"] - 1 for name in sets}
     for name, value in overhead.items():
         print(f"overhead of {name}: {value:+.1%}")
     out = write_results(
-        "clamp_overhead_cpu",
+        "clamp_overhead_cpu" + ("_compiled" if args.compile == "on" else ""),
         {
             "config": "singh",
+            "compile": args.compile,
             "device": "cpu (1 thread)",
             "steps_per_repeat": args.steps,
             "repeats": args.repeats,

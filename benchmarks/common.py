@@ -5,8 +5,12 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from icl_lab.training.trainer import Trainer
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -33,6 +37,21 @@ def interleaved(
         for name, step in contenders.items():
             times[name].append(time_steps(step, steps))
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def compiled_trainer(config: str, overrides: list[str]) -> tuple["Trainer", float]:
+    """An icl-lab trainer of a bundled config with training.compile=on, and the seconds its first
+    (compiling) step took."""
+    import tempfile
+
+    from icl_lab.experiment import load_config
+    from icl_lab.store.run import Run
+    from icl_lab.training.trainer import Trainer
+
+    cfg = load_config(config, [*overrides, "training.compile=on"])
+    trainer = Trainer(Run.create(cfg, Path(tempfile.mkdtemp())), progress=False)
+    trainer.train_step()
+    return trainer, trainer.compile_s
 
 
 def write_results(name: str, record: dict) -> Path:

@@ -1,6 +1,6 @@
 """Training throughput of the bursty fast setting: icl-lab's trainer vs a plain PyTorch transcription of
-Reddy's network, in the same process on one thread (interleaved, median of repeats), and the
-share of a step spent generating data.
+Reddy's network, in the same process on one thread (interleaved, median of repeats), eager and
+compiled (training.compile=on; compile time reported), and the share of a step spent generating data.
 
 The plain network: two single-head attention layers x <- x + softmax_causal(x Wq (x Wk)^T) x Wv
 (no scaling, no LayerNorm, no biases), then a ReLU MLP on the query token, Adam 1e-3, batch 128.
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common import interleaved, table, write_results
+from common import compiled_trainer, interleaved, table, write_results
 from icl_lab.experiment import load_config
 from icl_lab.seeding import generator
 from icl_lab.store.run import Run
@@ -64,7 +64,14 @@ def main() -> None:
         loss.backward()
         optimizer.step()
 
-    median = interleaved({"plain PyTorch": plain_step, "icl-lab": ours.train_step}, args.steps, args.repeats)
+    compiled, compile_s = compiled_trainer("reddy_fast", ["checkpointing.every=null"])
+    print(f"compiling icl-lab's step took {compile_s:.1f} s")
+    contenders = {
+        "plain PyTorch": plain_step,
+        "icl-lab": ours.train_step,
+        "icl-lab compiled": compiled.train_step,
+    }
+    median = interleaved(contenders, args.steps, args.repeats)
     data_s = interleaved({"data": lambda: task.sample(batch_size, g)}, args.steps, args.repeats)["data"]
     tokens = batch_size * (2 * cfg.task.n_context + 1)
     rows = table(median, "plain PyTorch", tokens)
@@ -80,6 +87,7 @@ def main() -> None:
             "repeats": args.repeats,
             "rows": rows,
             "data_share_of_step": data_share,
+            "compile_s": compile_s,
         },
     )
     print(f"wrote {out}")

@@ -5,7 +5,8 @@ final LN, unembed) written the usual way (fused qkv Linear, scaled_dot_product_a
 fed by the same data sampler, so the ratio measures what the hooks, clamp and ensemble machinery
 cost. Both run in this process on one thread, interleaved, median of repeats. Also reported:
 achieved GFLOP/s against a large matmul measured in the same run, the data-generation share of a
-step, and the cost of an active clamp.
+step, and the cost of an active clamp; icl-lab also compiled (training.compile=on; compile time
+reported).
 
     python benchmarks/train_throughput.py [--steps 150] [--repeats 5]
 """
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common import interleaved, table, time_steps, write_results
+from common import compiled_trainer, interleaved, table, time_steps, write_results
 from icl_lab.experiment import load_config
 from icl_lab.seeding import generator
 from icl_lab.store.run import Run
@@ -106,10 +107,13 @@ def main() -> None:
     def divergence_check() -> None:  # what the trainer adds to every step to stop on a non-finite loss
         bool(torch.isfinite(losses).all())
 
+    compiled, compile_s = compiled_trainer("induction", ["checkpointing.every=null", *on_device])
+    print(f"compiling icl-lab's step took {compile_s:.1f} s")
     contenders = {
         "plain PyTorch": plain_step,
         "icl-lab": ours.train_step,
         "icl-lab + clamp": clamped.train_step,
+        "icl-lab compiled": compiled.train_step,
     }
     median = interleaved(contenders, args.steps, args.repeats)
     data_s = interleaved({"data": data_only}, args.steps, args.repeats)["data"]
@@ -139,6 +143,7 @@ def main() -> None:
             "matmul_gflops": peak,
             "data_share_of_step": data_share,
             "clamp_overhead": overhead,
+            "compile_s": compile_s,
             "divergence_check_share_of_step": check_share,
         },
     )

@@ -345,7 +345,9 @@ def test_a_signal_at_a_random_moment_marks_the_run_interrupted_and_resume_is_ide
 
 
 def test_two_resumes_of_one_run_at_once(tmp_path: Path) -> None:
-    config = config_file(tmp_path, training={"batch_size": 16, "length": {"steps": 100_000}})
+    # eager (compile off): the run must be busy training, not compiling, when the second resume comes
+    long = {"batch_size": 16, "length": {"steps": 100_000}, "compile": "off"}
+    config = config_file(tmp_path, training=long)
     runs = tmp_path / "runs"
     first = subprocess.Popen(
         [*ICL_LAB, "train", str(config), "--runs-dir", str(runs), "-q"], stderr=subprocess.PIPE, text=True

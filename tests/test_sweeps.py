@@ -18,6 +18,7 @@ from conftest import TINY_BURSTY, TINY_READOUT_MODEL, tiny_config
 from icl_lab.errors import ConfigError
 from icl_lab.sweeps.config import SweepConfig, expand, load_sweep, plan
 from icl_lab.sweeps.run import read_results, run_sweep, sweep_status
+from icl_lab.training.compiled import AUTO_MEMBER_STEPS
 from icl_lab.training.trainer import train
 
 
@@ -35,10 +36,11 @@ def same_table(a: pa.Table, b: pa.Table, ignore: tuple[str, ...] = ("run",)) -> 
 
 
 def base_file(tmp_path: Path, steps: int = 16) -> str:
+    """A tiny bursty config, eager: long runs here are for stopping, and must start at once."""
     config = tiny_config(
         task=TINY_BURSTY,
         model={**TINY_READOUT_MODEL, "positional": "learned"},
-        training={"length": {"steps": steps}},
+        training={"length": {"steps": steps}, "compile": "off"},
         eval={"every": {"steps": 8}, "batch_size": 32},
         checkpointing={"every": {"steps": 8}},
     )
@@ -110,7 +112,15 @@ def test_packing_into_ensembles(tmp_path: Path) -> None:
     )
     points = expand(config)
     on_cpu = plan(config, points)
-    assert [len(u.points) for u in on_cpu] == [1] * 12, "auto: one point per run on a CPU"
+    assert [len(u.points) for u in on_cpu] == [1] * 12, "auto: short eager runs stay apart on a CPU"
+    steps = -(-AUTO_MEMBER_STEPS // 6)  # six points of one shape, packed, are long enough to compile
+    long = [f"training.length={steps}", "training.compile=auto"]
+    compiled = sweep(tmp_path, axes=config.axes, seeds=[0, 1, 2], overrides=long)
+    assert [len(u.points) for u in plan(compiled, expand(compiled))] == [6, 6], (
+        "auto packs compiled ensembles"
+    )
+    eager = compiled.model_copy(update={"overrides": [*long, "training.compile=off"]})
+    assert [len(u.points) for u in plan(eager, expand(eager))] == [1] * 12
     packed = plan(config.model_copy(update={"ensemble": "always", "max_ensemble": 4}), points)
     assert [len(u.points) for u in packed] == [4, 4, 2, 2]
     for unit in packed:

@@ -156,12 +156,18 @@ def ensemble_hash(configs: list[ExperimentConfig]) -> str:
     return hashlib.sha256("".join(c.hash() for c in configs).encode()).hexdigest()[:16]
 
 
+def total_steps(config: ExperimentConfig) -> int:
+    """The number of optimiser steps a config trains for, whatever unit its length is given in."""
+    n_ctx = TASKS.get(config.task.name).io(config.task).n_ctx
+    return config.training.length.to_steps(config.training.batch_size, n_ctx)
+
+
 def build_task(config: ExperimentConfig, seed: int | None = None, device: str = "cpu") -> Task:
     """The task of a config, seeded by the run seed unless another seed is given, and told the
     run's length and batch size (Task.plan: a repeated-data bank is drawn then)."""
     task = TASKS.get(config.task.name)(config.task, config.seed if seed is None else seed, device)
     batch = config.training.batch_size
-    task.plan(config.training.length.to_steps(batch, task.tokens_per_sequence), batch)
+    task.plan(total_steps(config), batch)
     return task
 
 

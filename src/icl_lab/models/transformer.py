@@ -166,7 +166,8 @@ class Attention(nn.Module):
             cos, sin = self.rope_cos[:T], self.rope_sin[:T]
             q = self.hook_rot_q(rotate(q, cos, sin))
             k = self.hook_rot_k(rotate(k, cos, sin))
-        if not self.fused or self.hook_attn_scores.fns or self.hook_pattern.fns:
+        tiny = torch.compiler.is_compiling() and T * e * T <= SMALL_MATMUL  # inductor's fused loops win
+        if not self.fused or tiny or self.hook_attn_scores.fns or self.hook_pattern.fns:
             scores = small_matmul(q.transpose(1, 2), k.permute(0, 2, 3, 1)) * self.scale  # (B, H, T, T)
             scores = self.hook_attn_scores(scores.masked_fill(self.future[:T, :T], float("-inf")))
             pattern = self.hook_pattern(scores.softmax(dim=-1))

@@ -61,6 +61,13 @@ class TrainingProgress:
         elif self.enabled and self._plain_due(step):
             self._plain_line(step, status())
 
+    def note(self, text: str) -> None:
+        """Say what the run is doing before its next step (e.g. compiling)."""
+        if self.live:
+            self.bar.update(self.task, status=text)
+        elif self.enabled:
+            self.console.print(f"{self.description}: {text}", highlight=False, soft_wrap=True)
+
     def _plain_due(self, step: int) -> bool:
         tenth = max(1, self.total // 10)
         crossed = step // tenth > self.last_step // tenth or step == self.total

@@ -84,7 +84,7 @@ class Trainer:
         M = len(self.members)
         self.compiled = should_compile(cfg.training.compile, self.total_steps * M, cfg.training.device)
         self.model = build_model(cfg, self.device, self.tasks[0])
-        self.model.batched(M > 1 or self.compiled)
+        self.model.batched(M > 1)
         self.eval_every = cfg.eval.every.to_steps(batch_size, tokens)
         every = cfg.checkpointing.every
         self.checkpoint_every = every.to_steps(batch_size, tokens) if every else None
@@ -328,6 +328,8 @@ class Trainer:
                 if not self.restored:  # a fresh start: evaluate and checkpoint the initial model
                     self.evaluate_all()
                     self.save()
+                if self.compiled:
+                    bar.note("compiling the training step (torch.compile; about 10-60 s on a CPU)")
                 while state.step < self.total_steps:
                     self.train_step()
                     last = state.step == self.total_steps
