@@ -1,7 +1,8 @@
 """What compiling the training step buys, per config: compile time (cold inductor cache), eager and
-compiled steady-state step times (interleaved, one thread, median of repeats) and the break-even
-length in steps; then a 16-seed ensemble of Singh's model, eager and compiled, against 16
-sequential single runs (runs per hour for the config's full length, compile time included).
+compiled steady-state step times (interleaved, one thread, median of repeats), the break-even
+length in steps, and the share of a large matmul's FLOP/s a compiled step reaches; then a 16-seed
+ensemble of Singh's model, eager and compiled, against 16 sequential single runs (runs per hour for
+the config's full length, compile time included).
 
 Sets training/compiled.py's AUTO_MEMBER_STEPS. Pin it to the cores it may use:
 
@@ -16,11 +17,13 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from common import interleaved, time_steps, write_results
 from icl_lab.experiment import load_config, total_steps
 from icl_lab.store.run import Run
 from icl_lab.training.trainer import Trainer
+from train_throughput import matmul_gflops
 
 FIXED = ["checkpointing.every=null"]
 
@@ -35,14 +38,24 @@ def trainer(config: str, compile: str, seeds: int = 1, threads: int = 1) -> tupl
     return t, time.perf_counter() - start
 
 
-def per_config(config: str, steps: int, repeats: int) -> dict:
+def step_flops(t: Trainer) -> int:
+    """FLOPs of one training step (forward and backward, as torch's flop counter counts them)."""
+    with FlopCounterMode(display=False) as counter:
+        t.train_step()
+    return counter.get_total_flops()
+
+
+def per_config(config: str, steps: int, repeats: int, peak_gflops: float) -> dict:
     eager, _ = trainer(config, "off")
     compiled, compile_s = trainer(config, "on")
     torch.set_num_threads(1)
     median = interleaved({"eager": eager.train_step, "compiled": compiled.train_step}, steps, repeats)
     saved = median["eager"] - median["compiled"]
+    flops = step_flops(eager)
     row = {
         "config": config,
+        "step_mflop": flops / 1e6,
+        "compiled_share_of_matmul_peak": flops / median["compiled"] / 1e9 / peak_gflops,
         "compile_s": compile_s,
         "eager_ms": median["eager"] * 1e3,
         "compiled_ms": median["compiled"] * 1e3,
@@ -54,6 +67,7 @@ def per_config(config: str, steps: int, repeats: int) -> dict:
         f"{config:18} compile {compile_s:5.1f} s  eager {row['eager_ms']:6.2f} ms  compiled "
         f"{row['compiled_ms']:6.2f} ms  x{row['speedup']:.2f}  break-even "
         + (f"{row['break_even_steps']:,.0f} steps" if saved > 0 else "never")
+        + f"  ({row['step_mflop']:.1f} MFLOP: {row['compiled_share_of_matmul_peak']:.0%} of matmul peak)"
     )
     return row
 
@@ -116,12 +130,20 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp()  # cold: what a first run pays
-    rows = [per_config(c, args.steps, args.repeats) for c in args.configs]
+    torch.set_num_threads(1)
+    peak = matmul_gflops()
+    print(f"large matmul (1024^3), one thread: {peak:.1f} GFLOP/s")
+    rows = [per_config(c, args.steps, args.repeats, peak) for c in args.configs]
     print(f"ensemble of {args.members} Singh models, {args.threads} threads:")
     packed = ensemble("singh", args.members, args.threads, max(5, args.steps // 5), args.repeats)
     out = write_results(
         "compile_breakeven",
-        {"device": "cpu (1 thread per single run)", "configs": rows, "ensemble": packed},
+        {
+            "device": "cpu (1 thread per single run)",
+            "matmul_gflops": peak,
+            "configs": rows,
+            "ensemble": packed,
+        },
     )
     print(f"wrote {out}")
 

@@ -284,6 +284,7 @@ def test_families_of_all_features_in_chunks_equal_the_whole_batch_at_once() -> N
     from icl_lab.experiment import build_model, build_task
     from icl_lab.sae.attribution import all_feature_families, direct_feature_attribution, feature_families
 
+    torch.manual_seed(5)  # fixed initial weights (not whatever ran before) that give several families
     config = tiny_config(task={"name": "induction", "seq_len": 64})
     model, task = build_model(config), build_task(config)  # 64 tokens: sources near and far
     sae = sae_of("relu_l1", d_in=16, expansion=2)

@@ -1,5 +1,6 @@
 """Sweeps: expansion and validation, ensemble packing, executors, resume, failures, results."""
 
+import contextlib
 import json
 import math
 import os
@@ -249,15 +250,22 @@ def test_sigterm_to_a_sweep_stops_its_workers_and_leaves_runs_resumable(tmp_path
     path.write_text(yaml.safe_dump({"name": "t", "base": base, "seeds": [0, 1, 2, 3]}))
     script = Path(sys.executable).parent / "icl-lab"
     args = [str(script), "sweep", str(path), "--runs-dir", str(tmp_path / "out"), "--quiet"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # its own process group, so that a failing test can stop the workers too (they train for long)
+    proc = subprocess.Popen(
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     runs = tmp_path / "out" / "t" / "runs"
     deadline = time.time() + 120
-    while len({p.parent.parent for p in runs.glob("*/checkpoints/step_*.json")}) < 2:  # both workers busy
-        assert proc.poll() is None, proc.stderr.read()
-        assert time.time() < deadline
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
+    try:
+        while len({p.parent.parent for p in runs.glob("*/checkpoints/step_*.json")}) < 2:  # both busy
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.time() < deadline
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)  # the parent only
+        _, err = proc.communicate(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 143 and err.strip() == "interrupted (SIGTERM)", err
     statuses = [json.loads((run / "manifest.json").read_text())["status"] for run in sorted(runs.iterdir())]
     assert statuses == ["interrupted", "interrupted"], "the two running runs stopped, no queued one began"

@@ -113,7 +113,8 @@ def git_state(path: Path, pathspec: str = ".") -> dict | None:
 
 
 def main(name: str, config: str, peer_driver: str, args: argparse.Namespace, notes: str) -> None:
-    """Check the overrides, time both contenders, print and write benchmarks/results/peers_<name>.json."""
+    """Check the overrides, time both contenders, print and write
+    benchmarks/results/peers_<name>[_compiled].json."""
     import icl_lab
     from icl_lab.experiment import load_config
 
@@ -129,8 +130,9 @@ def main(name: str, config: str, peer_driver: str, args: argparse.Namespace, not
     ms = {who: statistics.median(r["s_per_step_turns"]) * 1e3 for who, r in result.items()}
     ratio = ms["peer"] / ms["ours"]
     print(f"peer {ms['peer']:.2f} ms/step, icl-lab {ms['ours']:.2f} ms/step: peer/ours = {ratio:.2f}")
+    compiled = "_compiled" if "training.compile=on" in args.overrides else ""
     out = write_results(
-        f"peers_{name}",
+        f"peers_{name}{compiled}",
         {
             "peer_repo": str(args.peer_repo),
             "peer_git": git_state(args.peer_repo, "*.py"),  # large data files may be absent

@@ -79,10 +79,7 @@ class Graft(Clamp):
 
     def hooks(self, ctx: ClampContext) -> list[tuple[str, HookFn]]:
         def graft(act: Tensor, hook: HookPoint) -> Tensor:
-            model = donor(str(Path(self.source).resolve()), self.step, self.member, str(act.device))
-            with torch.no_grad():
-                _, cached = model.run_with_cache(ctx.inputs, names_filter=self.hook)
-            value = cached[self.hook]
+            value = self.donor_activation(ctx.inputs)
             if value.shape != act.shape:
                 raise ValueError(
                     f"graft: donor's {self.hook} has shape {tuple(value.shape)}, ours {tuple(act.shape)}"
@@ -90,3 +87,11 @@ class Graft(Clamp):
             return torch.where(ctx.on, value, act)
 
         return [(self.hook, graft)]
+
+    @torch.compiler.disable  # the donor is read from disk once, then run as it is: never traced
+    def donor_activation(self, inputs: Tensor) -> Tensor:
+        """The donor's activation at the hook on these inputs (no gradient)."""
+        model = donor(str(Path(self.source).resolve()), self.step, self.member, str(inputs.device))
+        with torch.no_grad():
+            _, cached = model.run_with_cache(inputs, names_filter=self.hook)
+        return cached[self.hook]

@@ -14,6 +14,7 @@ import importlib.util
 import logging
 import os
 import shutil
+import warnings
 from typing import Literal
 
 import torch
@@ -50,3 +51,7 @@ class _QuietProfilerNote(logging.Filter):
 
 
 logging.getLogger("torch._dynamo.variables.ctx_manager").addFilter(_QuietProfilerNote())
+# clamps cache pure functions of their settings (head lists, masks); traced through, they give the same
+warnings.filterwarnings(
+    "ignore", message=r"Dynamo detected a call to a `functools.lru_cache`-wrapped function at 'base.py"
+)
