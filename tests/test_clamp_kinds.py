@@ -171,3 +171,40 @@ def test_in_context_metrics() -> None:
     with_copy = evaluate(model, task, batch, ["in_context_probability"], [clamp(kind="copy", head="1.0")])
     assert with_copy["in_context_probability"] == pytest.approx(1.0), "copy logits live on the context labels"
     assert math.isfinite(values["in_context_probability"].item())
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"kind": "ablate", "heads": ["1.1", "0.2"], "activation": "v", "mode": "mean"},
+        {"kind": "previous_token", "heads": ["0.1"]},
+        {"kind": "induction_match", "heads": ["1.2"], "strength": 0.7},
+        {"kind": "copy", "head": "1.3"},
+        {"kind": "layer1"},
+        {"kind": "ablate_preserving", "heads": ["0.*"], "preserve": "pattern"},
+    ],
+    ids=lambda fields: fields["kind"],
+)
+def test_each_clamp_kind_does_the_same_compiled(fields: dict) -> None:
+    """Compiled code never changes what a clamp does: traced by dynamo and AOTAutograd, the clamped
+    forward pass and the gradient it gives every parameter equal eager ones (grafts run their donor
+    outside the graph anyway). The aot_eager backend keeps this quick; inductor's code for clamps is
+    checked through the trainer in test_compiled.py."""
+    _, _, model, batch = setup()
+    the_clamp = clamp(**fields)
+
+    def loss() -> torch.Tensor:
+        logits, _ = run(model, batch, the_clamp)
+        return F.cross_entropy(logits[:, -1], batch.targets[:, 0])
+
+    results = []
+    for fn in (loss, torch.compile(loss, backend="aot_eager")):
+        model.zero_grad()
+        value = fn()
+        value.backward()
+        results.append((value.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (eager, eager_grads), (compiled, compiled_grads) = results
+    assert torch.allclose(compiled, eager, atol=1e-6)
+    for name, grad in eager_grads.items():
+        assert torch.allclose(compiled_grads[name], grad, atol=1e-6, rtol=1e-4), name
+    assert any(g.abs().sum() > 0 for g in eager_grads.values())
