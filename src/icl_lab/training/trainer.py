@@ -9,7 +9,8 @@ Its parts: a TrainState (what a checkpoint holds, and its key format), an Evalua
 on its own fixed evaluation batches) and a MetricsLogger (the metrics table); the last two may be
 passed in. Resuming from a checkpoint continues bit-identically on the CPU: parameters, optimiser
 state, data-generator states and the running training-loss accumulator are all restored, and
-evaluation batches depend on seeds only.
+evaluation batches depend on seeds only. With training.compile the member losses and the update
+run through torch.compile (training/compiled.py); nothing else changes.
 """
 
 import contextlib
@@ -205,6 +206,7 @@ class Trainer:
                 p.copy_(torch.lerp(old, p, weight.view(-1, *[1] * (p.dim() - 1))))
 
     def _set_lr(self, lr: float) -> None:
+        """Set the optimiser's learning rate for the next update."""
         group = self.state.optimizer.param_groups[0]
         if self.compiled:  # in place: the compiled update reads the rate as a tensor
             self._lr.fill_(lr)
