@@ -19,7 +19,6 @@ from conftest import TINY_BURSTY, TINY_READOUT_MODEL, tiny_config
 from icl_lab.errors import ConfigError
 from icl_lab.sweeps.config import SweepConfig, expand, load_sweep, plan
 from icl_lab.sweeps.run import read_results, run_sweep, sweep_status
-from icl_lab.training.compiled import AUTO_MEMBER_STEPS
 from icl_lab.training.trainer import train
 
 
@@ -113,15 +112,7 @@ def test_packing_into_ensembles(tmp_path: Path) -> None:
     )
     points = expand(config)
     on_cpu = plan(config, points)
-    assert [len(u.points) for u in on_cpu] == [1] * 12, "auto: short eager runs stay apart on a CPU"
-    steps = -(-AUTO_MEMBER_STEPS // 6)  # six points of one shape, packed, are long enough to compile
-    long = [f"training.length={steps}", "training.compile=auto"]
-    compiled = sweep(tmp_path, axes=config.axes, seeds=[0, 1, 2], overrides=long)
-    assert [len(u.points) for u in plan(compiled, expand(compiled))] == [6, 6], (
-        "auto packs compiled ensembles"
-    )
-    eager = compiled.model_copy(update={"overrides": [*long, "training.compile=off"]})
-    assert [len(u.points) for u in plan(eager, expand(eager))] == [1] * 12
+    assert [len(u.points) for u in on_cpu] == [1] * 12, "auto: one point per run on a CPU"
     packed = plan(config.model_copy(update={"ensemble": "always", "max_ensemble": 4}), points)
     assert [len(u.points) for u in packed] == [4, 4, 2, 2]
     for unit in packed:

@@ -20,12 +20,10 @@ from icl_lab.experiment import (
     ensemble_key,
     read_yaml,
     resolve_config_path,
-    total_steps,
     validate_config,
 )
 from icl_lab.seeding import generator
 from icl_lab.store.metrics_table import TRAIN_SPLIT
-from icl_lab.training.compiled import should_compile
 
 
 def _swept_fields(values: dict[str, list[Any]]) -> dict[str, list[Any]]:
@@ -124,8 +122,9 @@ class SweepConfig(StrictModel):
     ensemble: Literal["auto", "always", "none"] = Field(
         "auto",
         description="train shape-compatible points as one vmapped ensemble: always, never, or auto = on "
-        "a GPU (where small models are launch-bound), and on a CPU where the ensemble's step is "
-        "compiled (training.compile; eager, separate processes use the cores better)",
+        "a GPU (where small models are launch-bound); on a CPU separate processes use the cores as "
+        "well or better except for tiny models (benchmarks/compile_breakeven.py), so auto keeps "
+        "them apart there",
     )
     max_ensemble: int = Field(16, ge=1)
     report: SweepReport = SweepReport()
@@ -233,28 +232,20 @@ def result_columns(config: ExperimentConfig) -> set[str]:
     return columns
 
 
-def _packing_pays(config: ExperimentConfig, members: int) -> bool:
-    """Whether an ensemble of `members` such points trains faster than separate runs: on a GPU
-    (small models are launch-bound), and on a CPU when the ensemble's step is compiled."""
-    training = config.training
-    steps = total_steps(config) * members
-    return training.device.startswith("cuda") or should_compile(training.compile, steps, training.device)
-
-
 def plan(sweep: SweepConfig, points: list[Point]) -> list[Unit]:
     """Work units in point order: shape-compatible points packed into ensembles (up to
     max_ensemble) when the sweep's ensemble setting says so, else one point each. Deterministic, so
     a rerun finds the same run directories."""
     groups: dict[str, list[Point]] = {}
     for point in points:
-        key = str(point.index) if sweep.ensemble == "none" else ensemble_key(point.config)
-        groups.setdefault(key, []).append(point)
-    chunks = []
-    for members in groups.values():
-        size = sweep.max_ensemble
-        if sweep.ensemble == "auto" and not _packing_pays(members[0].config, min(len(members), size)):
-            size = 1
-        chunks += [members[i : i + size] for i in range(0, len(members), size)]
+        on_gpu = point.config.training.device.startswith("cuda")
+        pack = sweep.ensemble == "always" or (sweep.ensemble == "auto" and on_gpu)
+        groups.setdefault(ensemble_key(point.config) if pack else str(point.index), []).append(point)
+    chunks = [
+        members[i : i + sweep.max_ensemble]
+        for members in groups.values()
+        for i in range(0, len(members), sweep.max_ensemble)
+    ]
     chunks.sort(key=lambda chunk: chunk[0].index)
     return [Unit(f"u{i:03d}", tuple(chunk)) for i, chunk in enumerate(chunks)]
 
