@@ -39,19 +39,20 @@ def interleaved(
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def compiled_trainer(config: str, overrides: list[str]) -> tuple["Trainer", float]:
-    """An icl-lab trainer of a bundled config with training.compile=on, and the seconds its first
-    (compiling) step took."""
+def started_trainer(config: str, overrides: list[str], seeds: int = 1) -> tuple["Trainer", float]:
+    """An icl-lab trainer of a bundled config (an ensemble of `seeds` members), and the seconds its
+    first step took (the compile, with training.compile=on)."""
     import tempfile
 
     from icl_lab.experiment import load_config
     from icl_lab.store.run import Run
     from icl_lab.training.trainer import Trainer
 
-    cfg = load_config(config, [*overrides, "training.compile=on"])
-    trainer = Trainer(Run.create(cfg, Path(tempfile.mkdtemp())), progress=False)
+    members = [load_config(config, [*overrides, f"seed={seed}"]) for seed in range(seeds)]
+    trainer = Trainer(Run.create(members, Path(tempfile.mkdtemp())), progress=False)
+    start = time.perf_counter()
     trainer.train_step()
-    return trainer, trainer.compile_s
+    return trainer, time.perf_counter() - start
 
 
 def write_results(name: str, record: dict) -> Path:

@@ -13,15 +13,12 @@ import argparse
 import os
 import statistics
 import tempfile
-import time
-from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from common import interleaved, time_steps, write_results
+from common import interleaved, started_trainer, time_steps, write_results
 from icl_lab.experiment import load_config, total_steps
-from icl_lab.store.run import Run
 from icl_lab.training.trainer import Trainer
 from train_throughput import matmul_gflops
 
@@ -30,12 +27,9 @@ FIXED = ["checkpointing.every=null"]
 
 def trainer(config: str, compile: str, seeds: int = 1, threads: int = 1) -> tuple[Trainer, float]:
     """A trainer of `seeds` members and the seconds its first step took (the compile, when on)."""
-    overrides = [*FIXED, f"training.compile={compile}", f"training.threads={threads}"]
-    members = [load_config(config, [*overrides, f"seed={seed}"]) for seed in range(seeds)]
-    t = Trainer(Run.create(members, Path(tempfile.mkdtemp())), progress=False)
-    start = time.perf_counter()
-    t.train_step()
-    return t, time.perf_counter() - start
+    return started_trainer(
+        config, [*FIXED, f"training.compile={compile}", f"training.threads={threads}"], seeds
+    )
 
 
 def step_flops(t: Trainer) -> int:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common import compiled_trainer, interleaved, table, write_results
+from common import interleaved, started_trainer, table, write_results
 from icl_lab.experiment import load_config
 from icl_lab.seeding import generator
 from icl_lab.store.run import Run
@@ -64,7 +64,7 @@ def main() -> None:
         loss.backward()
         optimizer.step()
 
-    compiled, compile_s = compiled_trainer("reddy_fast", ["checkpointing.every=null"])
+    compiled, compile_s = started_trainer("reddy_fast", ["checkpointing.every=null", "training.compile=on"])
     print(f"compiling icl-lab's step took {compile_s:.1f} s")
     contenders = {
         "plain PyTorch": plain_step,

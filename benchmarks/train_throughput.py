@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common import compiled_trainer, interleaved, table, time_steps, write_results
+from common import interleaved, started_trainer, table, time_steps, write_results
 from icl_lab.experiment import load_config
 from icl_lab.seeding import generator
 from icl_lab.store.run import Run
@@ -107,7 +107,9 @@ def main() -> None:
     def divergence_check() -> None:  # what the trainer adds to every step to stop on a non-finite loss
         bool(torch.isfinite(losses).all())
 
-    compiled, compile_s = compiled_trainer("induction", ["checkpointing.every=null", *on_device])
+    compiled, compile_s = started_trainer(
+        "induction", ["checkpointing.every=null", "training.compile=on", *on_device]
+    )
     print(f"compiling icl-lab's step took {compile_s:.1f} s")
     contenders = {
         "plain PyTorch": plain_step,

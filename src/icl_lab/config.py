@@ -123,7 +123,7 @@ class TrainingConfig(StrictModel):
     @classmethod
     def _yaml_on_off(cls, value: object) -> object:
         # YAML 1.1 reads a bare on / off as a boolean
-        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+        return ("on" if value else "off") if isinstance(value, bool) else value
 
     @field_validator("compile")
     @classmethod

@@ -27,7 +27,7 @@ from torch.func import functional_call, vmap
 
 from icl_lab.errors import DivergenceError, Interrupted, RunStoreError
 from icl_lab.evaluation import metric_names
-from icl_lab.experiment import ExperimentConfig, build_model, build_task, check_ensemble
+from icl_lab.experiment import ExperimentConfig, build_model, build_task, check_ensemble, total_steps
 from icl_lab.interventions import Clamp
 from icl_lab.interventions.base import clamped_forward
 from icl_lab.seeding import generator
@@ -81,7 +81,7 @@ class Trainer:
         self.tasks[0].save_artifacts(run.path)
         batch_size, tokens = cfg.training.batch_size, self.tasks[0].tokens_per_sequence
         self.batch_size, self.tokens_per_sequence = batch_size, tokens
-        self.total_steps = cfg.training.length.to_steps(batch_size, tokens)
+        self.total_steps = total_steps(cfg)
         M = len(self.members)
         self.compiled = should_compile(cfg.training.compile, self.total_steps * M, cfg.training.device)
         self.model = build_model(cfg, self.device, self.tasks[0])
@@ -331,7 +331,7 @@ class Trainer:
                     self.evaluate_all()
                     self.save()
                 if self.compiled:
-                    bar.note("compiling the training step (torch.compile; about 10-60 s on a CPU)")
+                    bar.note("compiling the training step (torch.compile)")
                 while state.step < self.total_steps:
                     self.train_step()
                     last = state.step == self.total_steps
