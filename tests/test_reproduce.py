@@ -1,6 +1,11 @@
 """The local executor and the reproduction machinery (claims, verdicts, files)."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +16,8 @@ from conftest import tiny_config
 from icl_lab.config import Duration
 from icl_lab.errors import IclLabError
 from icl_lab.experiment import ExperimentConfig, validate_config
-from icl_lab.reproduce import REPRODUCTIONS, Claim, reproduce
-from icl_lab.reproduce.base import Reproduction, SweepReproduction
+from icl_lab.reproduce import REPRODUCTIONS, Claim, reproduce, reproduce_all
+from icl_lab.reproduce.base import Reproduction, SweepReproduction, mean_spread
 from icl_lab.reproduce.function_classes import FunctionClasses
 from icl_lab.reproduce.gd import GradientDescent
 from icl_lab.reproduce.hernandez import Hernandez
@@ -57,7 +62,7 @@ def test_reproduce_writes_claims(tmp_path: Path) -> None:
     record = json.loads((out / "claims.json").read_text())
     assert record["quick"] and len(record["claims"]) == 2
     table = (out / "claims.md").read_text()
-    assert "| both runs finish | - | complete, complete | reproduced |" in table
+    assert "| both runs finish | - | complete, complete | 3, 9 | reproduced |" in table
     assert "not reproduced" in table
     manifests = {p: p.stat().st_mtime_ns for p in out.glob("*/manifest.json")}
     again, same = reproduce("tiny-test", quick=True, runs_dir=tmp_path, workers=1, progress=False, resume=out)
@@ -66,6 +71,76 @@ def test_reproduce_writes_claims(tmp_path: Path) -> None:
     assert json.loads((out / "claims.json").read_text())["resumed"]
     with pytest.raises(IclLabError, match="is not a directory of reproduction tiny-test"):
         reproduce("tiny-test", quick=False, runs_dir=tmp_path, workers=1, progress=False, resume=out)
+
+
+@REPRODUCTIONS.register("tiny-slow-test")
+class TinySlow(Reproduction):
+    title = "a reproduction long enough to be killed midway, for the tests"
+    quick_budget = "seconds"
+
+    def experiments(self, quick: bool) -> dict[str, ExperimentConfig]:
+        slow = {"batch_size": 8, "length": {"steps": 3000}, "compile": "off"}
+        every = {"every": {"steps": 50}}
+        return {"slow": tiny_config(name="slow", training=slow, checkpointing=every, eval=every)}
+
+    def claims(self, runs: dict[str, Run], quick: bool) -> list[Claim]:
+        seeds = (3, 4, 5)
+        return [Claim("a three-seed figure", "-", mean_spread([1.0, 2.0, 3.0]), True, seeds)]
+
+
+def test_mean_spread_reports_mean_and_sd_over_seeds() -> None:
+    assert mean_spread([1.0, 2.0, 3.0]) == "2.00 ± 1.00 (3 seeds)"
+    assert mean_spread([300_000.0, 500_000.0], ",.0f") == "400,000 ± 141,421 (2 seeds)"
+    assert mean_spread([0.25]) == "0.25"
+
+
+def test_reproduce_all_resumes_after_a_kill_without_retraining_finished_runs(tmp_path: Path) -> None:
+    names = ["tiny-test", "tiny-slow-test"]
+    script = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import test_reproduce; "
+        "from icl_lab.reproduce import reproduce_all; "
+        f"reproduce_all(True, sys.argv[2], 1, progress=False, names={names!r})"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, str(Path(__file__).parent), str(tmp_path)],
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # its process group: the command and its training workers
+    )
+    deadline = time.time() + 120
+    while not list(tmp_path.glob("reproduce-all-quick-*/tiny-slow-test/*/checkpoints/step_000000050.json")):
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.time() < deadline
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    (out,) = tmp_path.glob("reproduce-all-quick-*")
+    assert not (out / "claims.md").exists() and not (out / "tiny-slow-test" / "claims.json").exists()
+    first = {p: p.stat().st_mtime_ns for p in (out / "tiny-test").rglob("*") if p.is_file()}
+    assert (out / "tiny-test" / "claims.json") in first, "the first reproduction finished before the kill"
+    (slow,) = (out / "tiny-slow-test").glob("*-slow")
+    assert Run.open(slow).status == "interrupted"
+    kept = {p: p.stat().st_mtime_ns for p in (slow / "checkpoints").glob("step_000000050.*")}
+
+    by_name, again = reproduce_all(True, tmp_path, 1, progress=False, resume=out, names=names)
+    assert again == out
+    assert {p: p.stat().st_mtime_ns for p in (out / "tiny-test").rglob("*") if p.is_file()} == first, (
+        "the reproduction judged before the kill is neither retrained nor judged again"
+    )
+    run = Run.open(slow)
+    assert run.status == "complete" and run.checkpoint_steps[-1] == 3000
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept, "the killed run continued from its checkpoint"
+    assert [c.reproduced for c in by_name["tiny-test"]] == [True, False]
+    assert by_name["tiny-test"][0].seeds == (3, 9), "a claim naming no seeds gets those trained"
+    assert by_name["tiny-slow-test"][0].seeds == (3, 4, 5)
+    page = (out / "claims.md").read_text()
+    assert "2 of 3 claims reproduced over 2 reproductions" in page
+    assert "| a three-seed figure | - | 2.00 ± 1.00 (3 seeds) | 3, 4, 5 | reproduced |" in page
+    assert "[slow](tiny-slow-test/000-slow/report/report.html)" in page
+    assert (out / "tiny-slow-test" / "000-slow" / "report" / "report.html").is_file()
+    html = (out / "claims.html").read_text()
+    assert html.count("<tr>") == 3 + 2 and 'href="tiny-test/001-b/report/report.html"' in html
+    with pytest.raises(IclLabError, match="is not a directory of reproduce all"):
+        reproduce_all(False, tmp_path, 1, progress=False, resume=out, names=names)
 
 
 def test_reproduce_command_prints_verdicts(cli, tmp_path: Path) -> None:

@@ -313,7 +313,9 @@ def sweep(
 
 @app.command(name="reproduce")
 def reproduce_(
-    name: Annotated[str, typer.Argument(help="Reproduction name (icl-lab list reproductions).")],
+    name: Annotated[
+        str, typer.Argument(help="Reproduction name (icl-lab list reproductions), or 'all' for every one.")
+    ],
     quick: Annotated[bool, typer.Option("--quick", help="Laptop-scale version (minutes on a CPU).")] = False,
     workers: Annotated[int, typer.Option(min=1, help="Parallel training processes.")] = 2,
     runs_dir: RunsDir = Path("runs"),
@@ -321,24 +323,35 @@ def reproduce_(
         Path | None,
         typer.Option(
             help="An earlier reproduce-NAME-MODE-* directory: keep its finished runs, continue the "
-            "interrupted ones, judge the claims again."
+            "interrupted ones, judge the claims again (with 'all': reproductions already judged are kept)."
         ),
     ] = None,
     quiet: Quiet = False,
 ) -> None:
-    """Train a paper's experiments and print each of its claims beside our measurement."""
-    from icl_lab.reproduce import REPRODUCTIONS, reproduce
+    """Train a paper's experiments and print each of its claims beside our measurement; 'all' runs
+    every reproduction in turn and writes one page of all their claims (claims.md, claims.html)."""
+    from icl_lab.reproduce import REPRODUCTIONS, reproduce, reproduce_all
 
+    if name == "all":
+        by_name, out = reproduce_all(quick, runs_dir, workers, progress=not quiet, resume=resume)
+        table = Table()
+        for column in ("reproduction", "claims reproduced"):
+            table.add_column(column)
+        for key, claims in by_name.items():
+            table.add_row(key, f"{sum(c.reproduced for c in claims)} of {len(claims)}")
+        console.print(table)
+        console.print(f"every claim, with seeds and links to each run's report: {out / 'claims.html'}")
+        return
     reproduction = REPRODUCTIONS.get(name)
     mode = f"quick: {reproduction.quick_budget}" if quick else "full: the paper's scale"
     console.print(f"[bold]{reproduction.title}[/] ({mode})")
     claims, out = reproduce(name, quick, runs_dir, workers, progress=not quiet, resume=resume)
     table = Table(show_lines=True)
-    for column in ("finding", "paper", "ours", "verdict"):
+    for column in ("finding", "paper", "ours", "seeds", "verdict"):
         table.add_column(column)
     for claim in claims:
         verdict = "[green]reproduced[/]" if claim.reproduced else "[red]not reproduced[/]"
-        table.add_row(claim.finding, claim.paper, claim.ours, verdict)
+        table.add_row(claim.finding, claim.paper, claim.ours, ", ".join(map(str, claim.seeds)), verdict)
     console.print(table)
     console.print(
         f"{sum(c.reproduced for c in claims)} of {len(claims)} claims reproduced; runs and claims.md in {out}"

@@ -1,8 +1,9 @@
 """Reproductions: a paper's findings, the experiments that test them, and an honest verdict each."""
 
 import json
+import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -12,6 +13,7 @@ from icl_lab.errors import IclLabError
 from icl_lab.experiment import ExperimentConfig
 from icl_lab.files import atomic_write_text
 from icl_lab.registry import Registry
+from icl_lab.report.claims_page import write_claims_page
 from icl_lab.report.sweep import write_sweep_report
 from icl_lab.store.run import Run
 from icl_lab.sweeps.config import SweepConfig
@@ -26,17 +28,33 @@ def numbers(values: object) -> str:
     return " ".join(f"{v:.2f}" for v in values)
 
 
+def mean_spread(values: list[float], fmt: str = ".2f") -> str:
+    """'mean ± sd (n seeds)' of one figure measured on several seeds (sd over seeds, n - 1); the
+    value alone for one seed."""
+    if len(values) == 1:
+        return format(values[0], fmt)
+    mean, sd = statistics.fmean(values), statistics.stdev(values)
+    return f"{format(mean, fmt)} ± {format(sd, fmt)} ({len(values)} seeds)"
+
+
 @dataclass(frozen=True)
 class Claim:
-    """One finding of a paper, the paper's figure, ours, and whether ours reproduces it."""
+    """One finding of a paper, the paper's figure, ours, whether ours reproduces it, and the seeds
+    our figure rests on (left empty, reproduce() fills in every seed the reproduction trained)."""
 
     finding: str
     paper: str
     ours: str
     reproduced: bool
+    seeds: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "reproduced", bool(self.reproduced))  # numpy bools are not JSON
+        object.__setattr__(self, "seeds", tuple(sorted({int(s) for s in self.seeds})))
+
+    @property
+    def verdict(self) -> str:
+        return "reproduced" if self.reproduced else "not reproduced"
 
 
 class Reproduction:
@@ -86,6 +104,63 @@ def _figure_link(path: Path, out: Path) -> str:
     )
 
 
+def claims_table(claims: list[Claim]) -> list[str]:
+    """Markdown rows: each claim, the paper's figure, ours, the seeds behind ours, the verdict."""
+    lines = ["| finding | paper | ours | seeds | verdict |", "| --- | --- | --- | --- | --- |"]
+    lines += [
+        f"| {c.finding} | {c.paper} | {c.ours} | {', '.join(map(str, c.seeds))} | {c.verdict} |"
+        for c in claims
+    ]
+    return lines
+
+
+def _run_reports(runs: dict[str, Run]) -> dict[str, Path]:
+    """Each model run's report page, written where it is missing (SAE runs have none)."""
+    from icl_lab.report.page import write_report
+
+    pages = {}
+    for name, run in runs.items():
+        if isinstance(run, Run):
+            page = run.path / "report" / "report.html"
+            pages[name] = page if page.is_file() else write_report(run)
+    return pages
+
+
+def _train_and_judge(
+    reproduction: Reproduction, quick: bool, out: Path, workers: int, progress: bool
+) -> tuple[list[Claim], list[Path], dict[str, Path], set[int]]:
+    """Bring a reproduction's runs in out to completion and judge them: (claims, figures, report
+    pages by run or sweep name, the seeds trained)."""
+    if isinstance(reproduction, SweepReproduction):
+        sweeps = reproduction.sweeps(quick)
+        prepared = {name: prepare_sweep(sweep, out / name) for name, sweep in sweeps.items()}
+        jobs = [job for _, sweep_jobs in prepared.values() for job in sweep_jobs]
+        outcomes = iter(execute(jobs, "local", workers, progress))  # the sweeps share the workers
+        results, figures, reports = {}, [], {}
+        for name, (units, sweep_jobs) in prepared.items():
+            results[name] = finish_sweep(out / name, units, [next(outcomes) for _ in sweep_jobs])
+            reports[name] = write_sweep_report(out / name)
+            figures += sorted((out / name / "report").glob("*.png"))
+        seeds = {s for table in results.values() for s in table.column("seed").to_pylist()}
+        return (
+            reproduction.judge(results, quick),
+            figures + reproduction.sweep_figures(results, out),
+            reports,
+            seeds,
+        )
+    named = reproduction.experiments(quick)
+    runs = dict(zip(named, run_configs(list(named.values()), out, workers, progress), strict=True))
+    seeds = {run.config.seed for run in runs.values()}
+    return reproduction.claims(runs, quick), reproduction.figures(runs, out), _run_reports(runs), seeds
+
+
+def _check_resumable(resume: Path, prefix: str, what: str) -> Path:
+    out = Path(resume)
+    if not out.name.startswith(prefix) or not out.is_dir():
+        raise IclLabError(f"--resume: {out} is not a directory of {what}")
+    return out
+
+
 def reproduce(
     name: str,
     quick: bool,
@@ -97,49 +172,69 @@ def reproduce(
     """Train a reproduction's experiments, judge its claims, write claims.json and claims.md; with
     `resume`, an earlier directory of the same reproduction and mode: its finished runs are kept,
     interrupted ones continue, and the claims are judged again."""
-    reproduction = REPRODUCTIONS.get(name)()
     mode = "quick" if quick else "full"
+    prefix = f"reproduce-{name}-{mode}-"
     if resume is None:
-        out = Path(runs_dir) / f"reproduce-{name}-{mode}-{time.strftime('%Y%m%d-%H%M%S')}"
+        out = Path(runs_dir) / (prefix + time.strftime("%Y%m%d-%H%M%S"))
         out.mkdir(parents=True)
     else:
-        out = Path(resume)
-        if not out.name.startswith(f"reproduce-{name}-{mode}-") or not out.is_dir():
-            raise IclLabError(f"--resume: {out} is not a directory of reproduction {name} ({mode} mode)")
+        out = _check_resumable(resume, prefix, f"reproduction {name} ({mode} mode)")
+    return _reproduce_in(name, quick, out, workers, progress, resumed=resume is not None), out
+
+
+def _reproduce_in(
+    name: str, quick: bool, out: Path, workers: int, progress: bool, resumed: bool
+) -> list[Claim]:
+    """reproduce() in a given directory."""
+    reproduction = REPRODUCTIONS.get(name)()
     started = time.perf_counter()
-    if isinstance(reproduction, SweepReproduction):
-        sweeps = reproduction.sweeps(quick)
-        prepared = {name: prepare_sweep(sweep, out / name) for name, sweep in sweeps.items()}
-        jobs = [job for _, sweep_jobs in prepared.values() for job in sweep_jobs]
-        outcomes = iter(execute(jobs, "local", workers, progress))  # the sweeps share the workers
-        results, figures = {}, []
-        for name, (units, sweep_jobs) in prepared.items():
-            results[name] = finish_sweep(out / name, units, [next(outcomes) for _ in sweep_jobs])
-            write_sweep_report(out / name)
-            figures += sorted((out / name / "report").glob("*.png"))
-        claims = reproduction.judge(results, quick)
-        figures += reproduction.sweep_figures(results, out)
-    else:
-        runs = run_configs(list(reproduction.experiments(quick).values()), out, workers, progress)
-        by_name = dict(zip(reproduction.experiments(quick), runs, strict=True))
-        claims = reproduction.claims(by_name, quick)
-        figures = reproduction.figures(by_name, out)
+    claims, figures, reports, seeds = _train_and_judge(reproduction, quick, out, workers, progress)
+    claims = [c if c.seeds else replace(c, seeds=tuple(seeds)) for c in claims]
     wall = time.perf_counter() - started
     record = {
         "reproduction": name,
+        "title": reproduction.title,
         "quick": quick,
         "wall_s": wall,
-        "resumed": resume is not None,
+        "resumed": resumed,
         "claims": [asdict(c) for c in claims],
+        "reports": {k: str(page.relative_to(out)) for k, page in reports.items()},
+        "figures": [str(path.relative_to(out)) for path in figures],
     }
     atomic_write_text(out / "claims.json", json.dumps(record, indent=1))
-    took = f"{wall / 60:.1f} min" + (" this time, resumed" if resume is not None else "")
-    lines = [f"# {reproduction.title} ({mode}, {took})", ""]
-    lines += ["| finding | paper | ours | verdict |", "| --- | --- | --- | --- |"]
-    lines += [
-        f"| {c.finding} | {c.paper} | {c.ours} | {'reproduced' if c.reproduced else 'not reproduced'} |"
-        for c in claims
-    ]
+    took = f"{wall / 60:.1f} min" + (" this time, resumed" if resumed else "")
+    lines = [f"# {reproduction.title} ({'quick' if quick else 'full'}, {took})", "", *claims_table(claims)]
     lines += ["", *[_figure_link(path, out) for path in figures]]
     atomic_write_text(out / "claims.md", "\n".join(lines) + "\n")
-    return claims, out
+    return claims
+
+
+def reproduce_all(
+    quick: bool,
+    runs_dir: str | Path,
+    workers: int,
+    progress: bool = True,
+    resume: Path | None = None,
+    names: list[str] | None = None,
+) -> tuple[dict[str, list[Claim]], Path]:
+    """Every reproduction (or those named), one after another, each in a subdirectory of one
+    reproduce-all-MODE-* directory, then one page of all their claims (claims.md, claims.html).
+    With `resume`: reproductions already judged are kept as they are, an interrupted one continues
+    its finished runs."""
+    mode = "quick" if quick else "full"
+    prefix = f"reproduce-all-{mode}-"
+    if resume is None:
+        out = Path(runs_dir) / (prefix + time.strftime("%Y%m%d-%H%M%S"))
+        out.mkdir(parents=True)
+    else:
+        out = _check_resumable(resume, prefix, f"reproduce all ({mode} mode)")
+    records = []
+    for name in names or REPRODUCTIONS.names():
+        sub = out / name
+        if not (sub / "claims.json").is_file():
+            started = sub.is_dir()
+            sub.mkdir(exist_ok=True)
+            _reproduce_in(name, quick, sub, workers, progress, resumed=started)
+        records.append(json.loads((sub / "claims.json").read_text()))
+    write_claims_page(records, out, mode)
+    return {r["reproduction"]: [Claim(**c) for c in r["claims"]] for r in records}, out
