@@ -1,5 +1,6 @@
 """Circuit analyses: speed, single-head accuracy, the wiring table and clamp-based progress."""
 
+import itertools
 import math
 from pathlib import Path
 
@@ -70,3 +71,97 @@ def test_clamp_progress_evaluates_every_checkpoint(run, tmp_path: Path) -> None:
     logged = dict(zip(*run.curve("loss", "train"), strict=True))
     assert plain[-1] == pytest.approx(logged[steps[-1]], rel=1e-5), "the unclamped curve is the logged loss"
     assert curves["match"][1].shape == plain.shape and not np.allclose(curves["match"][1], plain)
+
+
+def test_enumerated_training_set_holds_every_sequence_once() -> None:
+    task = build_task(tiny_config(task=FEWSHOT, model=MODEL))
+    batch = task.enumerated_train()
+    classes, pairs = 10, len(task.train_pairs)
+    assert len(batch.inputs) == classes * (classes - 1) * pairs * 2 * 2 == 2_880
+    assert torch.unique(batch.inputs.flatten(1), dim=0).shape[0] == len(batch.inputs), "no repeats"
+    meta = batch.meta
+    assert (meta["item_classes"] < classes).all() and (
+        meta["item_classes"][:, 0] != meta["item_classes"][:, 1]
+    ).all()
+    assert ((meta["item_classes"] == meta["query_class"][:, None]).sum(1) == 1).all()
+    assert torch.equal(batch.inputs[:, 4, :12], task.features[meta["query_class"], 0]), (
+        "exemplar 0 throughout"
+    )
+
+
+def test_clamp_progress_equals_the_authors_definition(tmp_path: Path) -> None:
+    """Singh et al.'s measures (icl-dynamics: opto.py, ih_paper_appendix_plots.ipynb), computed
+    independently: the single-head run (heads 1.1-1.3 value-ablated) scored by mean cross-entropy
+    over all logits at the query, over every training sequence, with (i) head 0.2's pattern set to
+    previous-token attention on every row and (ii) head 1.0's query row one-hot on the label token
+    carrying the query's label."""
+    ablate = {"kind": "ablate", "heads": ["1.1", "1.2", "1.3"], "activation": "v"}
+    config = tiny_config(
+        task=FEWSHOT,
+        model=MODEL,
+        clamps=[ablate],
+        training={"length": {"steps": 30}, "optimizer": {"lr": 0.01}},
+        checkpointing={"every": {"steps": 10}},
+    )
+    run = train(config, str(tmp_path), progress=False)
+    task = build_task(run.config)
+    composite = [clamp(kind="previous_token", heads=["0.2"])]
+    copy = [clamp(kind="induction_match", heads=["1.0"])]
+    curves = clamp_progress(
+        run, {"composite": composite, "copy": copy}, task.enumerated_train(), last_step=20
+    )
+
+    rows = []  # (class at 0, class at 1, label at 1, label at 3, the query's class)
+    for a, b in itertools.permutations(range(10), 2):
+        for pair in task.train_pairs.tolist():
+            for la, lb in (pair, pair[::-1]):
+                rows += [(a, b, la, lb, a), (a, b, la, lb, b)]
+    rows = torch.tensor(rows)
+    features = task.features[:, 0]
+    inputs = torch.zeros(len(rows), 5, 12 + 5)
+    inputs[:, 0, :12], inputs[:, 2, :12], inputs[:, 4, :12] = (
+        features[rows[:, 0]],
+        features[rows[:, 1]],
+        features[rows[:, 4]],
+    )
+    inputs[:, 1, 12:] = torch.nn.functional.one_hot(rows[:, 2], 5).float()
+    inputs[:, 3, 12:] = torch.nn.functional.one_hot(rows[:, 3], 5).float()
+    target = torch.where(rows[:, 4] == rows[:, 0], rows[:, 2], rows[:, 3])
+
+    def zero_values(v, hook):  # (B, T, H, d_head)
+        v = v.clone()
+        v[:, :, 1:] = 0
+        return v
+
+    def previous_token(pattern, hook):  # (B, H, T, T)
+        pattern = pattern.clone()
+        pattern[:, 2] = torch.eye(5).roll(-1, 1).tril()  # row i on i - 1, row 0 on itself
+        pattern[:, 2, 0, 0] = 1
+        return pattern
+
+    def match(pattern, hook):
+        pattern = pattern.clone()
+        pattern[:, 0, -1] = 0
+        pattern[:, 0, -1, 1] = (rows[:, 2] == target).float()
+        pattern[:, 0, -1, 3] = (rows[:, 3] == target).float()
+        return pattern
+
+    measures = {
+        "none": [],
+        "composite": [("blocks.0.attn.hook_pattern", previous_token)],
+        "copy": [("blocks.1.attn.hook_pattern", match)],
+    }
+    for name, hooks in measures.items():
+        steps, loss = curves[name]
+        assert list(steps) == [0, 10, 20]
+        expected = []
+        for step in steps:
+            with torch.no_grad():
+                logits = run.model(int(step)).run_with_hooks(
+                    inputs, fwd_hooks=[("blocks.1.attn.hook_v", zero_values), *hooks]
+                )
+            expected.append(torch.nn.functional.cross_entropy(logits[:, -1], target).item())
+        np.testing.assert_allclose(loss, expected, rtol=1e-5, err_msg=name)
+    assert not np.allclose(curves["composite"][1], curves["none"][1]) and not np.allclose(
+        curves["copy"][1], curves["none"][1]
+    )

@@ -24,6 +24,7 @@ from icl_lab.reproduce.hernandez import Hernandez
 from icl_lab.reproduce.icll import ICLL
 from icl_lab.reproduce.kissane import FRONTIER, Kissane
 from icl_lab.reproduce.reddy import _trend
+from icl_lab.reproduce.singh import Singh
 from icl_lab.sae.config import SAERunConfig, validate_sae_config
 from icl_lab.store.run import Run
 from icl_lab.sweeps.config import ListAxis, SweepConfig, axis_values
@@ -242,6 +243,23 @@ class TinyGD(GradientDescent):
 class TinyFunctionClasses(FunctionClasses):
     def experiments(self, quick: bool) -> dict[str, ExperimentConfig]:
         return {name: shortened(c, 6) for name, c in super().experiments(quick).items()}
+
+
+@REPRODUCTIONS.register("singh-tiny-test")
+class TinySingh(Singh):
+    def experiments(self, quick: bool) -> dict[str, ExperimentConfig]:
+        return {name: shortened(c, 4) for name, c in super().experiments(quick).items()}
+
+
+def test_singh_reproduction_runs_its_grids_and_judges(tmp_path: Path) -> None:
+    claims, out = reproduce("singh-tiny-test", quick=True, runs_dir=tmp_path, workers=2, progress=False)
+    assert len(claims) == 9
+    progress, classes, labels = claims[4], claims[7], claims[8]
+    assert "composite (previous-token clamp, head 0.2): " in progress.ours and progress.seeds == (0,)
+    assert classes.ours.startswith("50 classes: never (3 of 3 seeds never by 2,000,000); 100 classes")
+    assert "15 labels" in labels.ours and labels.seeds == (0, 1, 2)
+    assert not classes.reproduced and not labels.reproduced, "no run gets there in 4 steps: no direction"
+    assert (out / "singh.png").stat().st_size > 10_000
 
 
 def test_gd_and_function_class_reproductions_run_and_judge(tmp_path: Path) -> None:

@@ -62,17 +62,21 @@ def wiring_table(
 
 
 def clamp_progress(
-    run: Run, subcircuits: dict[str, list[Clamp]], split: str = "train"
+    run: Run, subcircuits: dict[str, list[Clamp]], batch: Batch | None = None, last_step: int | None = None
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Loss of every checkpoint with each subcircuit clamped: {name: (steps, losses)}, with the
-    unclamped loss under "none"."""
+    """Mean loss of the run's checkpoints (up to last_step) on `batch` (default its train evaluation
+    batch) with each subcircuit clamped: {name: (steps, losses)}, the unclamped loss under "none".
+    The run's own training clamps active at a checkpoint stay on in every evaluation (with
+    eval.with_clamps), so a run trained with heads ablated is scored with them ablated."""
     task, batches = run.eval_data()
-    batch = batches[split]
-    steps = run.checkpoint_steps
+    batch = batches["train"] if batch is None else batch
+    steps = [s for s in run.checkpoint_steps if last_step is None or s <= last_step]
     curves: dict[str, list[float]] = {"none": [], **{name: [] for name in subcircuits}}
     for step in steps:
         model = run.model(step)
-        curves["none"].append(float(evaluate(model, task, batch, ["loss"])["loss"]))
-        for name, clamps in subcircuits.items():
-            curves[name].append(float(evaluate(model, task, batch, ["loss"], clamps)["loss"]))
+        trained = (
+            [c for c in run.config.clamps if c.steps.contains(step)] if run.config.eval.with_clamps else []
+        )
+        for name, clamps in {"none": [], **subcircuits}.items():
+            curves[name].append(float(evaluate(model, task, batch, ["loss"], [*trained, *clamps])["loss"]))
     return {name: (np.array(steps), np.array(values)) for name, values in curves.items()}

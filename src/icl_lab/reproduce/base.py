@@ -127,31 +127,32 @@ def _run_reports(runs: dict[str, Run]) -> dict[str, Path]:
 
 
 def _train_and_judge(
-    reproduction: Reproduction, quick: bool, out: Path, workers: int, progress: bool
+    reproduction: Reproduction, quick: bool, out: Path, workers: int, progress: bool, reports: bool
 ) -> tuple[list[Claim], list[Path], dict[str, Path], set[int]]:
     """Bring a reproduction's runs in out to completion and judge them: (claims, figures, report
-    pages by run or sweep name, the seeds trained)."""
+    pages by sweep name and, with `reports`, by run name, the seeds trained)."""
     if isinstance(reproduction, SweepReproduction):
         sweeps = reproduction.sweeps(quick)
         prepared = {name: prepare_sweep(sweep, out / name) for name, sweep in sweeps.items()}
         jobs = [job for _, sweep_jobs in prepared.values() for job in sweep_jobs]
         outcomes = iter(execute(jobs, "local", workers, progress))  # the sweeps share the workers
-        results, figures, reports = {}, [], {}
+        results, figures, pages = {}, [], {}
         for name, (units, sweep_jobs) in prepared.items():
             results[name] = finish_sweep(out / name, units, [next(outcomes) for _ in sweep_jobs])
-            reports[name] = write_sweep_report(out / name)
+            pages[name] = write_sweep_report(out / name)
             figures += sorted((out / name / "report").glob("*.png"))
         seeds = {s for table in results.values() for s in table.column("seed").to_pylist()}
         return (
             reproduction.judge(results, quick),
             figures + reproduction.sweep_figures(results, out),
-            reports,
+            pages,
             seeds,
         )
     named = reproduction.experiments(quick)
     runs = dict(zip(named, run_configs(list(named.values()), out, workers, progress), strict=True))
     seeds = {run.config.seed for run in runs.values()}
-    return reproduction.claims(runs, quick), reproduction.figures(runs, out), _run_reports(runs), seeds
+    pages = _run_reports(runs) if reports else {}
+    return reproduction.claims(runs, quick), reproduction.figures(runs, out), pages, seeds
 
 
 def _check_resumable(resume: Path, prefix: str, what: str) -> Path:
@@ -179,16 +180,16 @@ def reproduce(
         out.mkdir(parents=True)
     else:
         out = _check_resumable(resume, prefix, f"reproduction {name} ({mode} mode)")
-    return _reproduce_in(name, quick, out, workers, progress, resumed=resume is not None), out
+    return _reproduce_in(name, quick, out, workers, progress, resume is not None, reports=False), out
 
 
 def _reproduce_in(
-    name: str, quick: bool, out: Path, workers: int, progress: bool, resumed: bool
+    name: str, quick: bool, out: Path, workers: int, progress: bool, resumed: bool, reports: bool
 ) -> list[Claim]:
-    """reproduce() in a given directory."""
+    """reproduce() in a given directory; with `reports`, each model run's report is written too."""
     reproduction = REPRODUCTIONS.get(name)()
     started = time.perf_counter()
-    claims, figures, reports, seeds = _train_and_judge(reproduction, quick, out, workers, progress)
+    claims, figures, pages, seeds = _train_and_judge(reproduction, quick, out, workers, progress, reports)
     claims = [c if c.seeds else replace(c, seeds=tuple(seeds)) for c in claims]
     wall = time.perf_counter() - started
     record = {
@@ -198,7 +199,7 @@ def _reproduce_in(
         "wall_s": wall,
         "resumed": resumed,
         "claims": [asdict(c) for c in claims],
-        "reports": {k: str(page.relative_to(out)) for k, page in reports.items()},
+        "reports": {k: str(page.relative_to(out)) for k, page in pages.items()},
         "figures": [str(path.relative_to(out)) for path in figures],
     }
     atomic_write_text(out / "claims.json", json.dumps(record, indent=1))
@@ -234,7 +235,7 @@ def reproduce_all(
         if not (sub / "claims.json").is_file():
             started = sub.is_dir()
             sub.mkdir(exist_ok=True)
-            _reproduce_in(name, quick, sub, workers, progress, resumed=started)
+            _reproduce_in(name, quick, sub, workers, progress, resumed=started, reports=True)
         records.append(json.loads((sub / "claims.json").read_text()))
     write_claims_page(records, out, mode)
     return {r["reproduction"]: [Claim(**c) for c in r["claims"]] for r in records}, out

@@ -1,14 +1,26 @@
 """Singh et al. (ICML 2024): what needs to go right for an induction head.
 
 Every run is configs/singh.yaml (2 layers x 8 heads, RoPE, Adam 1e-5, batch 32) with Gaussian
-class features. Quick mode (10 minutes on 2 cores, measured) trains: the unclamped model; one induction
-head (the other layer-2 heads' values ablated) without and with the match clamp; the subcircuit
-runs (Layer 1 + copy, match, Layer 1); two more class counts and label counts. On the unclamped
-run's checkpoints it measures clamp-based progress measures, each head's accuracy when kept alone
-against its induction strength, and the layer-1 wiring table. Full mode trains 1.5x longer with
-three seeds of the unclamped run.
+class features. Quick mode trains: the unclamped model; one induction head (the other layer-2
+heads' values ablated, "single") with and without the match clamp; the subcircuit runs (Layer 1 +
+copy, match, Layer 1); and the authors' timing grids on single-head runs of 2,000,000 sequences
+(icl-dynamics ih_paper_runs.sh): classes 50 / 100 / 200 at 5 labels and labels 5 / 10 / 15 at 50
+classes (label pairs split 8/2, 36/9, 84/21 as their --fs_relabel_split), three seeds each (the
+authors ran init seeds 5-9; only the init seed varied there, ours varies data order too).
+
+The clamp-based progress measures follow the authors' code (opto.py; ih_paper_appendix_plots.ipynb):
+the checkpoints of the single-head run, up to 600,000 sequences, scored by the mean cross-entropy
+at the query over the full enumerated training set (78,400 sequences), with the other heads still
+value-ablated, (i) with previous-token attention clamped on one layer-1 head ("composite
+subcircuit"; the authors clamp head 0:2, we clamp 0.2: head indices carry no meaning across
+initialisations) and (ii) with the match clamp on the induction head ("copy subcircuit"). The
+Layer-1 clamp is a training-time clamp only. On the unclamped model it measures each head's
+accuracy when kept alone against its induction strength, and the layer-1 wiring table. Full mode
+trains the main runs 1.5x longer, three seeds of the unclamped model, five seeds of the grids.
 """
 
+import functools
+import itertools
 import math
 from pathlib import Path
 
@@ -20,14 +32,22 @@ import numpy as np
 
 from icl_lab.analysis.circuits import clamp, clamp_progress, only_head_kept, speed, wiring_table
 from icl_lab.experiment import ExperimentConfig, load_config, validate_config
-from icl_lab.reproduce.base import REPRODUCTIONS, Claim, Reproduction, numbers
+from icl_lab.reproduce.base import REPRODUCTIONS, Claim, Reproduction, mean_spread, numbers
 from icl_lab.store.run import Run
 
 LN2 = math.log(2)
 HEAD = "1.0"  # the induction head kept in the single-head runs
 OTHERS = [f"1.{h}" for h in range(1, 8)]
-CLASSES = (20, 50, 100)
-LABELS = (4, 5, 8)
+GRID = {  # the authors' timing grids: (classes, labels, held-out label pairs)
+    "classes": [(50, 5, 2), (100, 5, 2), (200, 5, 2)],
+    "labels": [(50, 5, 2), (50, 10, 9), (50, 15, 21)],
+}
+GRID_SEQUENCES = 2_000_000  # the authors' "normal" grid runs
+MEASURED_UNTIL = 600_000  # sequences: the authors score checkpoints up to 6e5
+PROGRESS_MEASURES = {  # on the single-head run's checkpoints, as icl-dynamics' progress_fns
+    "composite (previous-token clamp, head 0.2)": [{"kind": "previous_token", "heads": ["0.2"]}],
+    "copy (match clamp, head 1.0)": [{"kind": "induction_match", "heads": [HEAD]}],
+}
 SUBCIRCUITS = {  # clamped ideal: A previous-token attend + copy, B the IH's match, C layer 1 alone
     "A: Layer 1 + copy": [{"kind": "layer1"}, {"kind": "copy", "head": HEAD}],
     "B: match": [{"kind": "induction_match", "heads": ["1.*"]}],
@@ -57,6 +77,7 @@ class Singh(Reproduction):
 
     def experiments(self, quick: bool) -> dict[str, ExperimentConfig]:
         long, short = (600_000, 300_000) if quick else (900_000, 450_000)
+        seeds = (0, 1, 2) if quick else (0, 1, 2, 3, 4)
 
         def config(name: str, sequences: int, *overrides: str, clamps: list[dict] = ()) -> ExperimentConfig:
             base = load_config(
@@ -64,10 +85,24 @@ class Singh(Reproduction):
             )
             return validate_config({**base.model_dump(by_alias=True), "clamps": list(clamps)})
 
-        experiments = {"main": config("main", long)}
+        experiments = {}
+        points = sorted({point for axis in GRID.values() for point in axis}, key=lambda p: -p[1])
+        for seed in seeds:  # the longest runs first: the pool starts them first
+            for classes, labels, held in points:
+                dense = (classes, labels, seed) == (50, 5, 0)  # the single-head run: progress measures
+                experiments[_grid_name(classes, labels, seed)] = config(
+                    f"single_c{classes}_l{labels}_s{seed}",
+                    GRID_SEQUENCES,
+                    f"seed={seed}",
+                    f"task.n_train_classes={classes}",
+                    f"task.n_labels={labels}",
+                    f"task.n_heldout_pairs={held}",
+                    "checkpointing.every.sequences=25000" if dense else "checkpointing.every=null",
+                    clamps=[_ablate_others()],
+                )
+        experiments["main"] = config("main", long)
         if not quick:
             experiments |= {f"main s{s}": config(f"main{s}", long, f"seed={s}") for s in (1, 2)}
-        experiments["single"] = config("single", long, clamps=[_ablate_others()])
         experiments["single + match"] = config(
             "single_match",
             short,
@@ -76,22 +111,12 @@ class Singh(Reproduction):
         )
         for i, (name, clamps) in enumerate(SUBCIRCUITS.items()):
             experiments[name] = config(f"sub{i}", short, "checkpointing.every=null", clamps=clamps)
-        for k in CLASSES:
-            if k != 50:
-                experiments[f"classes {k}"] = config(
-                    f"classes{k}", long, f"task.n_train_classes={k}", "checkpointing.every=null"
-                )
-        for n in LABELS:
-            if n != 5:
-                experiments[f"labels {n}"] = config(
-                    f"labels{n}", long, f"task.n_labels={n}", "checkpointing.every=null"
-                )
         return experiments
 
     def claims(self, runs: dict[str, Run], quick: bool) -> list[Claim]:
         main = runs["main"]
         claims = [self._plateau(main)]
-        single, matched = runs["single"], runs["single + match"]
+        single, matched = runs[SINGLE], runs["single + match"]
         s_single, s_matched = speed(single), speed(matched)
         claims.append(
             Claim(
@@ -101,6 +126,7 @@ class Singh(Reproduction):
                 f"{_loss_at(single, 380_000):.2f} at 380k unclamped; loss < 0.4 ln 2 after "
                 f"{_sequences(matched, s_matched)} vs {_sequences(single, s_single)} sequences",
                 s_matched is not None and (s_single is None or s_matched < 0.5 * s_single),
+                (0,),
             )
         )
         s_main = speed(main)
@@ -111,6 +137,7 @@ class Singh(Reproduction):
                 f"loss < 0.4 ln 2 after {_sequences(main, s_main)} sequences (8 heads) vs "
                 f"{_sequences(single, s_single)} (1 head)",
                 s_main is not None and (s_single is None or s_main < s_single),
+                (0,),
             )
         )
         sub = {k: speed(r) for k, r in runs.items() if k[:2] in ("A:", "B:", "C:")}
@@ -122,27 +149,12 @@ class Singh(Reproduction):
                 "; ".join(f"{k}: {_sequences(runs[k], v)}" for k, v in sub.items())
                 + f"; unclamped {_sequences(main, s_main)} sequences to 0.4 ln 2",
                 s_main is not None and all(v is not None and v < s_main for v in sub.values()),
+                (0,),
             )
         )
-        claims.append(self._clamp_progress(main))
+        claims.append(self._clamp_progress(single))
         claims += self._heads(main)
-        for label, keys, field in (("classes", CLASSES, "n_train_classes"), ("labels", LABELS, "n_labels")):
-            timed = {
-                k: speed(
-                    runs["main"] if getattr(runs["main"].config.task, field) == k else runs[f"{label} {k}"]
-                )
-                for k in keys
-            }
-            known = [v for v in timed.values() if v is not None]
-            claims.append(
-                Claim(
-                    f"the number of {label} changes when the phase change comes",
-                    "an effect (SPEC gives no direction)",
-                    ", ".join(f"{k} {label}: {_sequences(main, v)}" for k, v in timed.items())
-                    + " sequences to 0.4 ln 2",
-                    len(known) == len(keys) and max(known) > 1.2 * min(known),
-                )
-            )
+        claims += [_timing_claim(axis, runs) for axis in GRID]
         return claims
 
     @staticmethod
@@ -160,27 +172,29 @@ class Singh(Reproduction):
             "plateau ~ln 2 to ~175k sequences, 0.32 at 300k, < 0.01 by 600k (checked)",
             ours,
             ok,
+            (run.config.seed,),
         )
 
     @staticmethod
     def _clamp_progress(run: Run) -> Claim:
-        curves = clamp_progress(run, _subcircuits())
         times = {}
-        for name, (steps, loss) in curves.items():
+        for name, (steps, loss) in _progress_curves(run).items():
             below = np.flatnonzero(loss < 0.4 * LN2)
             times[name] = int(steps[below[0]]) if below.size else None
         ours = (
             ", ".join(f"{k}: {_sequences(run, v)}" for k, v in times.items())
-            + " sequences (checkpoints) to 0.4 ln 2"
+            + f" sequences (checkpoints every 25,000 up to {MEASURED_UNTIL:,}) to 0.4 ln 2; one "
+            "induction head, the others value-ablated; mean loss over the 78,400 training sequences"
         )
         baseline = times["none"]
         ok = baseline is not None and all(v is not None and v <= baseline for v in times.values())
         return Claim(
-            "clamp-based progress measures: checkpoints evaluated with a subcircuit clamped ideal "
-            "reach low loss before the unclamped model",
-            "qualitative (Singh Sec. 5)",
+            "clamp-based progress measures: checkpoints scored with a subcircuit clamped ideal reach "
+            "low loss before the unclamped model (as in the authors' code)",
+            "qualitative (Singh Sec. 5, App. Fig. 10; icl-dynamics ih_paper_appendix_plots.ipynb)",
             ours,
             ok,
+            (run.config.seed,),
         )
 
     @staticmethod
@@ -206,6 +220,7 @@ class Singh(Reproduction):
                 f"strength {numbers(paper_strength)}; kept alone {numbers(paper_kept)} (r = {paper_r:.2f})",
                 f"strength {numbers(strength)}; kept alone {numbers(kept)} (r = {r:.2f})",
                 r > 0.5 and (strength > 0.2).sum() >= 3,
+                (run.config.seed,),
             ),
             Claim(
                 "layer-1 heads are used through both K- and V-composition",
@@ -214,39 +229,125 @@ class Singh(Reproduction):
                 f"+{k_cut:.3f}, with later patterns kept (V path cut): +{v_cut:.3f} nats; single heads: "
                 f"K cut {numbers(single_k)}, V cut {numbers(single_v)}",
                 k_cut > 0.1 and v_cut > 0.1,
+                (run.config.seed,),
             ),
         ]
 
     def figures(self, runs: dict[str, Run], out: Path) -> list[Path]:
-        fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
-        for name, run in runs.items():
-            if name.startswith(("classes", "labels", "main s")):
-                continue
-            left.plot(*run.curve("loss", "train", x="sequences"), label=name)
+        fig, axes = plt.subplots(1, 4, figsize=(20, 4.5), constrained_layout=True)
+        left, right = axes[:2]
+        for name in ("main", SINGLE, "single + match", *SUBCIRCUITS):
+            left.plot(*runs[name].curve("loss", "train", x="sequences"), label=name)
         left.axhline(LN2, color="0.5", ls=":", lw=1)
         left.set(
             xlabel="sequences",
             ylabel="training loss (nats)",
             title=f"training runs (seed {runs['main'].config.seed})",
+            xscale="log",
             yscale="log",
         )
         left.legend(fontsize=8)
-        for name, (steps, loss) in clamp_progress(runs["main"], _subcircuits()).items():
-            seen = [runs["main"].units_at(step)[0] for step in steps]
-            right.plot(seen, loss, marker="o", label=name)
+        single = runs[SINGLE]
+        for name, (steps, loss) in _progress_curves(single).items():
+            right.plot([single.units_at(step)[0] for step in steps], loss, marker="o", label=name)
         right.axhline(LN2, color="0.5", ls=":", lw=1)
         right.set(
-            xlabel="sequences (checkpoints of the unclamped run)",
-            ylabel="loss (nats)",
-            title="clamp-based progress measures",
+            xlabel="sequences (checkpoints of the single-head run)",
+            ylabel="mean loss on the 78,400 training sequences (nats)",
+            title=f"clamp-based progress measures (seed {single.config.seed})",
             yscale="log",
         )
         right.legend(fontsize=8)
+        for ax, (axis, points) in zip(axes[2:], GRID.items(), strict=True):
+            values = [point[0 if axis == "classes" else 1] for point in points]
+            for seed, times in _grid_times(axis, runs).items():
+                ax.plot(
+                    values,
+                    [GRID_SEQUENCES if t is None else t for t in times],
+                    marker="o",
+                    label=f"seed {seed}",
+                )
+            ax.axhline(GRID_SEQUENCES, color="0.5", ls=":", lw=1)
+            ax.set(
+                xlabel=f"{axis} ({'5 labels' if axis == 'classes' else '50 classes'})",
+                ylabel="sequences to loss < 0.4 ln 2 (dotted: never)",
+                title=f"phase change against {axis} (one induction head)",
+                xticks=values,
+            )
+            ax.legend(fontsize=8)
         path = out / "singh.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
         return [path]
 
 
-def _subcircuits() -> dict:
-    return {name: [clamp(**fields) for fields in clamps] for name, clamps in SUBCIRCUITS.items()}
+SINGLE = "grid c50 l5 s0"  # the single-head run of the claims and progress measures
+
+
+def _grid_name(classes: int, labels: int, seed: int) -> str:
+    return f"grid c{classes} l{labels} s{seed}"
+
+
+def _grid_times(axis: str, runs: dict[str, Run]) -> dict[int, list[int | None]]:
+    """{seed: sequences to loss < 0.4 ln 2 (None: never) at each point of a timing grid}."""
+    seeds = sorted({run.config.seed for name, run in runs.items() if name.startswith("grid")})
+    times = {}
+    for seed in seeds:
+        row = []
+        for classes, labels, _ in GRID[axis]:
+            run = runs[_grid_name(classes, labels, seed)]
+            step = speed(run)
+            row.append(None if step is None else run.units_at(step)[0])
+        times[seed] = row
+    return times
+
+
+PAPER_TIMING = {
+    "classes": (
+        "more classes delay the phase change, a little (one induction head)",
+        "later with more classes, a small effect: ~250k sequences at 50 classes, ~350k-400k at 100 "
+        "and 200 (authors' seed 5, Fig. 6; read from icl-dynamics' notebook figure)",
+    ),
+    "labels": (
+        "more labels delay the phase change, much more than classes (one induction head)",
+        "~300k sequences at 5 labels, ~800k at 10, 1.2M-1.4M at 15 (authors' seed 5, Fig. 6; same "
+        "direction in seeds 6 and 9)",
+    ),
+}
+
+
+def _timing_claim(axis: str, runs: dict[str, Run]) -> Claim:
+    """A timing grid's direction: mean over seeds of the sequences to 0.4 ln 2 at each point (a seed
+    that never gets there counts as the run's length, a lower bound)."""
+    by_seed = _grid_times(axis, runs)
+    parts, means = [], []
+    for i, (classes, labels, _) in enumerate(GRID[axis]):
+        times = [row[i] for row in by_seed.values()]
+        reached = [float(t) for t in times if t is not None]
+        text = f"{classes if axis == 'classes' else labels} {axis}: " + (
+            mean_spread(reached, ",.0f") if reached else "never"
+        )
+        if len(reached) < len(times):
+            text += f" ({len(times) - len(reached)} of {len(times)} seeds never by {GRID_SEQUENCES:,})"
+        parts.append(text)
+        means.append(np.mean([GRID_SEQUENCES if t is None else t for t in times]))
+    if axis == "classes":
+        ok = all(m > means[0] for m in means[1:])
+    else:
+        ok = all(b > a for a, b in itertools.pairwise(means))
+    finding, paper = PAPER_TIMING[axis]
+    return Claim(finding, paper, "; ".join(parts) + " sequences to loss < 0.4 ln 2", ok, tuple(by_seed))
+
+
+def _progress_curves(run: Run) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The authors' clamp-based progress measures of the single-head run."""
+    return _progress_curves_of(run.path)
+
+
+@functools.cache  # the claims and the figure both read them
+def _progress_curves_of(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    run = Run.open(path)
+    task, _ = run.eval_data()
+    measures = {name: [clamp(**fields) for fields in clamps] for name, clamps in PROGRESS_MEASURES.items()}
+    last = max(s for s in run.checkpoint_steps if run.units_at(s)[0] <= MEASURED_UNTIL)
+    return clamp_progress(run, measures, task.enumerated_train(), last_step=last)

@@ -24,6 +24,7 @@ from typing import Literal
 import numpy as np
 import torch
 from pydantic import Field, model_validator
+from torch import Tensor
 
 from icl_lab.config import TaskConfig
 from icl_lab.errors import ConfigError
@@ -221,7 +222,45 @@ class FewShotPairsTask(Task):
             if exemplars == "heldout"
             else torch.zeros(n, 3, dtype=torch.long, device=dev)
         )
-        item_classes = first + torch.where(
+        return self._assemble(first + query, first + distractor, query_label, other_label, query_first, picks)
+
+    def enumerated_train(self) -> Batch:
+        """Every distinct training sequence once (Singh et al.'s full training set, 78,400 at the
+        defaults): query class x distractor class x training label pair x which label the query's
+        class gets x which item comes first, all with exemplar 0."""
+        c, dev = self.config, self.device
+        query, distractor, pair, swap, query_first = (
+            axis.reshape(-1)
+            for axis in torch.meshgrid(
+                torch.arange(c.n_train_classes, device=dev),
+                torch.arange(c.n_train_classes - 1, device=dev),
+                torch.arange(len(self.train_pairs), device=dev),
+                torch.arange(2, device=dev),
+                torch.arange(2, device=dev),
+                indexing="ij",
+            )
+        )
+        swap, query_first = swap.bool(), query_first.bool()
+        distractor = distractor + (distractor >= query)  # every class but the query's
+        labels = self.train_pairs[pair]  # (n, 2)
+        query_label = torch.where(swap, labels[:, 1], labels[:, 0])
+        other_label = torch.where(swap, labels[:, 0], labels[:, 1])
+        picks = torch.zeros(len(query), 3, dtype=torch.long, device=dev)
+        return self._assemble(query, distractor, query_label, other_label, query_first, picks)
+
+    def _assemble(
+        self,
+        query: Tensor,
+        distractor: Tensor,
+        query_label: Tensor,
+        other_label: Tensor,
+        query_first: Tensor,
+        picks: Tensor,
+    ) -> Batch:
+        """Sequences from their (n,) classes, labels and order and (n, 3) exemplar picks (the two
+        items', the query's)."""
+        c, n = self.config, len(query)
+        item_classes = torch.where(
             query_first[:, None], torch.stack([query, distractor], 1), torch.stack([distractor, query], 1)
         )
         context_labels = torch.where(
@@ -230,8 +269,8 @@ class FewShotPairsTask(Task):
             torch.stack([other_label, query_label], 1),
         )
         item_features = self.features[item_classes, picks[:, :2]]  # (n, 2, dim)
-        query_features = self.features[first + query, picks[:, 2]]  # (n, dim)
-        inputs = torch.zeros(n, 5, c.feature_dim + c.n_labels, device=dev)
+        query_features = self.features[query, picks[:, 2]]  # (n, dim)
+        inputs = torch.zeros(n, 5, c.feature_dim + c.n_labels, device=query.device)
         inputs[:, [0, 2], : c.feature_dim] = item_features
         inputs[:, 4, : c.feature_dim] = query_features
         inputs[:, [1, 3], c.feature_dim :] = torch.nn.functional.one_hot(context_labels, c.n_labels).to(
@@ -240,10 +279,10 @@ class FewShotPairsTask(Task):
         return Batch(
             inputs=inputs,
             targets=query_label[:, None],
-            loss_mask=torch.ones(n, 1, dtype=torch.bool, device=dev),
+            loss_mask=torch.ones(n, 1, dtype=torch.bool, device=query.device),
             meta={
                 "item_classes": item_classes,
-                "query_class": first + query,
+                "query_class": query,
                 "context_labels": context_labels,
                 "query_label": query_label,
             },
