@@ -53,6 +53,23 @@ def test_generator_statistics() -> None:
     assert b.meta["w"].std().item() == pytest.approx(1.0, rel=0.02)
 
 
+def test_variance_scaling_init_matches_haiku() -> None:
+    """Haiku's VarianceScaling(scale), the authors' init: truncated at two standard deviations of
+    the underlying normal, variance scale / fan_in after truncation."""
+    data = config().model_dump()
+    heads, d = 16, 11
+    data["model"] |= {"n_heads": heads, "init": "variance_scaling", "init_scale": 0.5}
+    model = build_model(validate_config(data), "cpu")
+    torch.manual_seed(0)
+    model.reset_parameters()
+    block = model.blocks[0]
+    for weights, fan_in in ((block.W_Q, d), (block.W_K, d), (block.W_V, d), (block.W_O, heads * d)):
+        target = (0.5 / fan_in) ** 0.5
+        assert weights.std().item() == pytest.approx(target, rel=0.06), "about 4 sd of the sample std"
+        assert weights.abs().max().item() <= 2 * target / 0.8796 + 1e-7
+        assert weights.abs().max().item() >= 1.8 * target / 0.8796, "the tails reach the truncation"
+
+
 @pytest.mark.parametrize("layers", [1, 2, 5])
 def test_gd_construction_equals_gradient_descent_steps(layers: int) -> None:
     model = build_model(config(layers))

@@ -124,6 +124,8 @@ class ExperimentConfig(StrictModel):
             del data["imports"]
         if data["task"].get("repeat") is None:
             del data["task"]["repeat"]
+        if data["model"]["name"] == "linear_self_attention" and data["model"]["init"] == "normal":
+            del data["model"]["init"], data["model"]["init_scale"]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -22,6 +22,8 @@ from icl_lab.config import ModelConfig
 from icl_lab.models.base import MODELS, Model, ModelIO
 from icl_lab.models.hooks import HookPoint
 
+TRUNCATED_STD = 0.87962566103423978  # std of a unit normal truncated at +-2
+
 
 class LinearSelfAttentionConfig(ModelConfig):
     """A stack of linear self-attention layers reading (x, y) tokens."""
@@ -29,7 +31,14 @@ class LinearSelfAttentionConfig(ModelConfig):
     name: Literal["linear_self_attention"] = "linear_self_attention"
     n_layers: PositiveInt = 1
     n_heads: PositiveInt = 1
+    init: Literal["normal", "variance_scaling"] = Field(
+        "normal",
+        description="normal: every weight N(0, init_std^2); variance_scaling: Haiku's "
+        "VarianceScaling(init_scale), as the authors' code: a normal truncated at two standard "
+        "deviations with variance init_scale / fan_in (fan_in d for W_Q, W_K, W_V; heads x d for W_O)",
+    )
     init_std: PositiveFloat = Field(0.002, description="std of the normal init of every weight")
+    init_scale: PositiveFloat = Field(0.002, description="variance_scaling's scale")
     share_weights: bool = Field(False, description="one layer's weights applied n_layers times")
 
     def check_io(self, io: ModelIO) -> None:
@@ -71,9 +80,16 @@ class LinearSelfAttention(Model):
         self.reset_parameters()
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        cfg = self.cfg
         with torch.no_grad():
-            for p in self.parameters():
-                p.normal_(0.0, self.cfg.init_std, generator=generator)
+            for name, p in self.named_parameters():
+                if cfg.init == "normal":
+                    p.normal_(0.0, cfg.init_std, generator=generator)
+                    continue
+                fan_in = p.shape[1] * (cfg.n_heads if name.endswith("W_O") else 1)
+                # the std of the untruncated normal whose 2-sd truncation has variance scale / fan_in
+                std = (cfg.init_scale / fan_in) ** 0.5 / TRUNCATED_STD
+                nn.init.trunc_normal_(p, 0.0, std, -2 * std, 2 * std, generator=generator)
 
     def forward(self, inputs: Tensor) -> Tensor:
         e = inputs
