@@ -83,3 +83,33 @@ def test_fit_recovers_a_simulated_training_curve() -> None:
     assert fit.rmse < 0.02
     drop = lambda curve: steps[np.argmax(curve < 0.5 * curve[0])]  # noqa: E731
     assert abs(drop(fit.fitted) - drop(truth)) <= 50
+
+
+def test_in_weights_paths_add_a_classifier_of_the_query() -> None:
+    head = {"name": "induction_head_model", "layer1": "ideal", "in_weights": "mlp", "in_weights_hidden": [16]}
+    net, task, batch = reduced(head, xi=0.0, beta2=3.0)
+    first, last = net.in_weights
+    assert first.weight.std().item() == pytest.approx((2 / first.in_features) ** 0.5, rel=0.1), "He init"
+    assert not last.weight.any(), "the path starts silent"
+    with torch.no_grad():
+        last.weight.normal_()
+        expected = torch.relu(batch.inputs[:, -1] @ first.weight.T) @ last.weight.T
+        torch.testing.assert_close(net(batch.inputs)[:, 0], expected, msg="xi = 0: the classifier alone")
+    old = tiny_config(task=BURSTY, model={"name": "induction_head_model", "in_weights": True})
+    assert old.model.in_weights == "linear", "configs from before the mlp path still load"
+    assert len(build_model(old, task=task).in_weights) == 1
+
+
+@pytest.mark.parametrize("path", ["linear", "mlp"])
+def test_the_in_weights_path_memorises_classes_without_bursts(path: str, tmp_path) -> None:
+    from icl_lab.training.trainer import train
+
+    task = {**BURSTY, "n_classes": 64, "burstiness": 0, "no_repeat_labels": False}
+    model = {"name": "induction_head_model", "layer1": "ideal", "in_weights": path}
+    training = {"batch_size": 128, "length": {"steps": 300}, "optimizer": {"name": "adam", "lr": 0.01}}
+    config = tiny_config(
+        task=task, model=model, training=training, eval={"every": {"steps": 300}, "batch_size": 1000}
+    )
+    run = train(config, str(tmp_path), progress=False)
+    _, iw = run.curve("accuracy", "iw")
+    assert iw[-1] > 0.5, f"in-weights accuracy {iw[-1]:.2f} after 300 steps (chance 1/32)"

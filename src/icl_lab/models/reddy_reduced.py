@@ -8,11 +8,12 @@ hooks blocks.{0,1}.attn.hook_pattern (batch, 1 head, query, key), so that the sa
 measures (item-label association, target-label attention, induction strength) read them.
 """
 
+import itertools
 from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import Tensor, nn
 
 from icl_lab.config import ModelConfig
@@ -97,17 +98,33 @@ class InductionHeadConfig(ReducedConfig):
     layer1: Literal["learned", "ideal"] = Field(
         "learned", description="ideal: label tokens carry their item fully (beta1 = infinity)"
     )
-    in_weights: bool = Field(False, description="add a linear in-weights readout of the query")
+    in_weights: Literal["none", "linear", "mlp"] = Field(
+        "none",
+        description="an in-weights path added to the logits, reading the query token alone: linear, "
+        "or mlp (the network's readout: ReLU layers of in_weights_hidden, He init, then linear)",
+    )
+    in_weights_hidden: list[int] = Field([128, 128], description="the mlp path's hidden widths")
+
+    @field_validator("in_weights", mode="before")
+    @classmethod
+    def _bool(cls, value: object) -> object:
+        """Configs from before the mlp path said true / false."""
+        return {True: "linear", False: "none"}.get(value, value) if isinstance(value, bool) else value
 
 
 @MODELS.register("induction_head_model")
 class InductionHeadModel(ReducedModel):
     """Minimal induction head: label j carries a = sigmoid(beta1) of its item; the query attends over
     label tokens with w = softmax_j(beta2 * a * x_q . x_j); logits_k = xi * (sum_j w_j l_j) . u_k
-    (+ a linear readout of the query token when in_weights). With layer1 'ideal' (a = 1) it has two
-    parameters, beta2 and xi. Limits: xi = 0 gives uniform predictions (loss ln L); beta2 = 0
-    averages the context labels; beta2, xi -> infinity with the query class in context and distinct
-    labels gives accuracy 1.
+    (+ an in-weights readout of the query token). With layer1 'ideal' (a = 1) it has two
+    parameters, beta2 and xi. Limits: xi = 0 gives uniform predictions (loss ln L) or, with an
+    in-weights path, that path's alone; beta2 = 0 averages the context labels; beta2, xi -> infinity
+    with the query class in context and distinct labels gives accuracy 1.
+
+    The mlp in-weights path follows Reddy's account of the network (a two-parameter induction head
+    "stacked with a deep classifier"): the two paths add their logits, so they compete only for the
+    loss left to explain, and each class's row of the classifier learns from the sequences whose
+    query is of that class, at a rate set by the class's frequency.
     """
 
     Config = InductionHeadConfig
@@ -115,14 +132,24 @@ class InductionHeadModel(ReducedModel):
 
     def __init__(self, cfg: InductionHeadConfig, io: ModelIO) -> None:
         super().__init__(cfg, io)
-        if cfg.in_weights:
-            self.W_iw = nn.Parameter(torch.zeros(io.d_input, io.d_out))  # reads the whole query token
+        widths = [io.d_input, *(cfg.in_weights_hidden if cfg.in_weights == "mlp" else []), io.d_out]
+        # reads the whole query token; empty without an in-weights path
+        self.in_weights = nn.ModuleList(
+            nn.Linear(a, b, bias=False)
+            for a, b in itertools.pairwise(widths if cfg.in_weights != "none" else [])
+        )
+        self.reset_parameters()
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """The scalars as ReducedModel; the in-weights path's hidden layers He-initialised, its last
+        layer zero (so that both paths start silent)."""
         super().reset_parameters(generator)
-        if self.cfg.in_weights:
-            with torch.no_grad():
-                self.W_iw.zero_()
+        with torch.no_grad():
+            for i, layer in enumerate(self.in_weights):
+                if i == len(self.in_weights) - 1:
+                    layer.weight.zero_()
+                else:
+                    layer.weight.normal_(0.0, (2 / layer.in_features) ** 0.5, generator=generator)
 
     def forward(self, inputs: Tensor) -> Tensor:
         items, labels, query = self.split(inputs)
@@ -135,8 +162,11 @@ class InductionHeadModel(ReducedModel):
         self.emit_patterns(a, weights, inputs.shape[1])
         copied = torch.einsum("bn,bnd->bd", weights, labels)  # (B, D)
         logits = self.xi * copied @ self.label_vectors.T  # (B, L)
-        if self.cfg.in_weights:
-            logits = logits + inputs[:, -1] @ self.W_iw
+        if len(self.in_weights):
+            h = inputs[:, -1]
+            for layer in self.in_weights[:-1]:
+                h = torch.relu(layer(h))
+            logits = logits + self.in_weights[-1](h)
         return self.output(logits)
 
 

@@ -82,7 +82,7 @@ class Reddy(Reproduction):
                 "task.p_novel=0.8",
             ],
         )
-        reduced = "model={name: induction_head_model, layer1: ideal, in_weights: true}"
+        reduced = "model={name: induction_head_model, layer1: ideal, in_weights: mlp}"
         for b in BURSTINESS:
             experiments[f"reduced B{b}"] = config(
                 f"reducedB{b}",
