@@ -7,6 +7,13 @@ distribution and out of it; and the same model on the sliding-window class (d = 
 15 pairs, 8k steps) trained with 0, 10, 25 and 50% of labels randomised, scored on clean prompts.
 Full mode: d = 20, 41 pairs, Garg et al.'s curriculum and 12-layer width-256 model, 50k steps
 (sliding windows at d = 10).
+
+The sliding-window class is ours: Campbell et al. ("Can Transformers Learn Sequential Function
+Classes In Context?", arXiv:2312.12655) define one, but neither their text beyond the abstract nor
+any code of theirs could be found here, so its exact form is unverified. We chose
+y_i = sum_{j < window} W_j . x_{i-j} / sqrt(window), W_j ~ N(0, I), inputs before the prompt zero,
+and label randomisation that replaces a label, in context and as a target, with probability p by
+a draw from N(0, d) (tasks/function_classes.py).
 """
 
 from pathlib import Path
@@ -134,7 +141,8 @@ class FunctionClasses(Reproduction):
             onset[rate] = f"step {below[0]:,}" if below.size else f"none by step {steps[-1]:,}"
         return Claim(
             "in-context learning of sliding-window functions survives randomised training labels",
-            "labels randomised at increasing rates degrade ICL less than expected (Campbell et al.)",
+            "labels randomised at increasing rates degrade ICL less than expected (Campbell et al., "
+            "abstract; their class's definition unverified, ours in the module docstring)",
             "clean-prompt error over the last 3 positions, by training randomisation rate: "
             + ", ".join(f"p={rate}: {err:.2f}" for rate, (err, _) in last.items())
             + f" (windowed least squares {last[0.0][1]:.2f}; zero predictor 1.00); clean loss first "
