@@ -104,6 +104,7 @@ class Trainer:
         self.restored = False
         self.latest_losses: Tensor | None = None
         self._step_clamps: list[Clamp] = []  # the clamps active in the current step
+        self._t0 = time.perf_counter()  # wall-clock start (fit() restarts it)
         self._losses = over_members(self._member_loss, M)
         self._optimizer_step = self._clip_and_step
         self.compile_s: float | None = None  # time the first compiled step took
