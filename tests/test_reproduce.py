@@ -383,3 +383,29 @@ def test_kissane_reproduction_trains_models_then_their_saes_and_judges(tmp_path:
     text = (out / "claims.md").read_text()
     assert "frontier.png" in text and "dashboard/index.html)" in text
     assert len(list(out.glob("*-sae-*"))) == 2 + 2 + 3 + len(FRONTIER)
+
+
+def test_noise_effect_by_budget_reads_each_runs_curve(tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    from icl_lab.experiment import load_config
+    from icl_lab.reproduce.reddy_phase import _noise_by_budget
+
+    rows = []
+    for noise in (0.1, 1.5):
+        config = shortened(load_config("reddy_fast", [f"name=n{noise}"]), 6, noise=noise, n_classes=64)
+        run = train(config, str(tmp_path), progress=False)
+        rows.append({"task.noise": noise, "seed": 0, "run": str(run.path), "member": 0, "status": "complete"})
+    finals = {
+        (r["task.noise"], s): Run.open(Path(r["run"])).curve("accuracy", s)[1][-1]
+        for r in rows
+        for s in ("ic", "iw")
+    }
+    adam = np.array([[0.9, 0.3]])
+    claim = _noise_by_budget(pa.Table.from_pylist(rows), [0.0], [0.1, 1.5], adam, adam)
+    ic, iw = [finals[0.1, "ic"], finals[1.5, "ic"]], [finals[0.1, "iw"], finals[1.5, "iw"]]
+    assert f"6,000 steps IC {ic[0]:.2f} {ic[1]:.2f}, IW {iw[0]:.2f} {iw[1]:.2f}" in claim.ours, (
+        "past the end: final"
+    )
+    assert "Adam 1e-3, 1,500 steps (alpha = 0.0): IC 0.90 0.30" in claim.ours and claim.seeds == (0,)
+    assert claim.reproduced == (ic[1] >= ic[0] + 0.05 and iw[1] <= iw[0] - 0.05)
