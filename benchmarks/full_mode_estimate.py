@@ -2,9 +2,10 @@
 timed for a short prefix on this machine and extrapolated to its whole length.
 
 Runs that differ only in seed, name, learning rate or length share one timing. Per distinct
-config: the first step (the compile, where training.compile would compile) is set apart, then
-`--steps` training steps and one evaluation of all splits are timed, on one thread. The estimate
-of a run = its compile + steps x seconds per step + evaluations x seconds per evaluation;
+config, eager (training.compile off, so the figures are upper bounds for the long runs that
+`auto` compiles): the first step is set apart, then `--steps` training steps and one evaluation
+of all splits are timed, on one thread. The estimate of a run = first step + steps x seconds per
+step + evaluations x seconds per evaluation;
 checkpoint writes and SAE runs (Kissane's) are left out and said so. Totals are CPU hours on one
 thread; with W worker processes the wall time is about total / W. These are extrapolations, not
 measurements of whole runs.
@@ -53,7 +54,8 @@ def time_config(config: ExperimentConfig, steps: int) -> dict[str, float]:
     from icl_lab.store.run import Run
     from icl_lab.training.trainer import Trainer
 
-    trainer = Trainer(Run.create([config], Path(tempfile.mkdtemp())), progress=False)
+    eager = config.model_copy(update={"training": config.training.model_copy(update={"compile": "off"})})
+    trainer = Trainer(Run.create([eager], Path(tempfile.mkdtemp())), progress=False)
     start = time.perf_counter()
     trainer.train_step()
     first = time.perf_counter() - start
