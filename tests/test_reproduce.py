@@ -23,7 +23,7 @@ from icl_lab.reproduce.gd import GradientDescent
 from icl_lab.reproduce.hernandez import Hernandez
 from icl_lab.reproduce.icll import ICLL
 from icl_lab.reproduce.kissane import FRONTIER, Kissane
-from icl_lab.reproduce.reddy import _trend
+from icl_lab.reproduce.reddy import Reddy, _trend
 from icl_lab.reproduce.singh import Singh
 from icl_lab.sae.config import SAERunConfig, validate_sae_config
 from icl_lab.store.run import Run
@@ -260,6 +260,22 @@ def test_singh_reproduction_runs_its_grids_and_judges(tmp_path: Path) -> None:
     assert "15 labels" in labels.ours and labels.seeds == (0, 1, 2)
     assert not classes.reproduced and not labels.reproduced, "no run gets there in 4 steps: no direction"
     assert (out / "singh.png").stat().st_size > 10_000
+
+
+@REPRODUCTIONS.register("reddy-tiny-test")
+class TinyReddy(Reddy):
+    def experiments(self, quick: bool) -> dict[str, ExperimentConfig]:
+        return {name: shortened(c, 6) for name, c in super().experiments(quick).items()}
+
+
+def test_reddy_reproduction_judges_means_over_seeds(tmp_path: Path) -> None:
+    claims, _ = reproduce("reddy-tiny-test", quick=True, runs_dir=tmp_path, workers=2, progress=False)
+    assert len(claims) == 8
+    burst = claims[0]
+    assert burst.seeds == (0, 1, 2) and burst.ours.startswith("IC B=0: ") and "±" in burst.ours
+    assert claims[3].seeds == (0, 1), "L = N on two seeds"
+    assert [c.seeds for c in claims[4:7]] == [(0,)] * 3, "p_C, progress measures and the fit: one run each"
+    assert "deep in-weights classifier" in claims[7].finding and claims[7].seeds == (0, 1, 2)
 
 
 def test_gd_and_function_class_reproductions_run_and_judge(tmp_path: Path) -> None:

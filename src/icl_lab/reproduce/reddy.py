@@ -1,11 +1,12 @@
 """Reddy (ICLR 2024): data dependence and abrupt learning of in-context classification.
 
-Quick mode (under 10 minutes on 2 cores) trains Reddy's network with Adam at laptop scale:
-burstiness and class-count sweeps, L = N on two seeds with an L = 32 control, p_C = 0.8, a noise
-comparison, and the two-parameter induction-head model (with an in-weights readout) on the same
-burstiness sweep; the nested-logits loss is fitted to the K = 4096 run's training loss. Full mode
-uses the paper's SGD setting (configs/reddy_paper.yaml) and six seeds for L = N: hours on a CPU,
-meant for a GPU or a cluster.
+Quick mode trains Reddy's network with Adam at laptop scale: burstiness and class-count sweeps
+and a noise comparison on three seeds, L = N on two seeds with an L = 32 control, p_C = 0.8, and
+the two-parameter induction-head model (with an mlp in-weights path) on the same burstiness sweep,
+three seeds; the nested-logits loss is fitted to the K = 4096 run's (seed 0) training loss. Sweep
+figures are means over seeds, with the spread (sd) beside them. Full mode uses the paper's SGD
+setting (configs/reddy_paper.yaml) and six seeds for L = N: hours on a CPU, meant for a GPU or a
+cluster.
 """
 
 import numpy as np
@@ -18,6 +19,7 @@ from icl_lab.store.run import Run
 
 BURSTINESS = (0, 1, 2, 4)
 CLASSES = (64, 256, 1024, 4096)
+SEEDS = (0, 1, 2)  # of the sweeps, the noise comparison and the reduced model
 
 
 def _final(run: Run, split: str) -> float:
@@ -30,8 +32,16 @@ def _trend(values: list[float], rising: bool, min_change: float = 0.2) -> bool:
     return bool(np.all(np.diff(signed) > -TOLERANCE) and signed[-1] - signed[0] >= min_change)
 
 
-def _fmt(label: str, keys: tuple, values: list[float]) -> str:
-    return ", ".join(f"{label}={k}: {v:.2f}" for k, v in zip(keys, values, strict=True))
+def _seeded(runs: dict[str, Run], name: str, split: str) -> list[float]:
+    """Final accuracy on a split of each seed's run of one experiment."""
+    return [_final(runs[f"{name} s{seed}"], split) for seed in SEEDS]
+
+
+def _fmt(label: str, keys: tuple, values: list[list[float]]) -> str:
+    """'label=key: mean±sd' for each key (sd over seeds)."""
+    return ", ".join(
+        f"{label}={k}: {np.mean(v):.2f}±{np.std(v, ddof=1):.2f}" for k, v in zip(keys, values, strict=True)
+    )
 
 
 @REPRODUCTIONS.register("reddy")
@@ -59,11 +69,20 @@ class Reddy(Reproduction):
         def config(name: str, *overrides: str) -> ExperimentConfig:
             return load_config(base, [*common, f"name={name}", *overrides])
 
-        experiments = {
-            f"B{b}": config(f"B{b}", f"task.burstiness={b}", "task.n_classes=256") for b in BURSTINESS
-        }
-        experiments |= {f"K{k}": config(f"K{k}", "task.burstiness=2", f"task.n_classes={k}") for k in CLASSES}
-        experiments["noise"] = config("noise", "task.burstiness=2", "task.n_classes=256", "task.noise=1.0")
+        experiments = {}
+        for seed in SEEDS:
+            at = f"seed={seed}"
+            experiments |= {
+                f"B{b} s{seed}": config(f"B{b}s{seed}", f"task.burstiness={b}", "task.n_classes=256", at)
+                for b in BURSTINESS
+            }
+            experiments |= {
+                f"K{k} s{seed}": config(f"K{k}s{seed}", "task.burstiness=2", f"task.n_classes={k}", at)
+                for k in CLASSES
+            }
+            experiments[f"noise s{seed}"] = config(
+                f"noise{seed}", "task.burstiness=2", "task.n_classes=256", "task.noise=1.0", at
+            )
         # every context holds all L = N labels: B = 1 and distinct labels (with B = 2 only half the
         # labels appear and the context-label shortcut still pays)
         every_label = ("task.burstiness=1", "task.no_repeat_labels=true", "task.n_classes=1024")
@@ -84,37 +103,42 @@ class Reddy(Reproduction):
         )
         reduced = "model={name: induction_head_model, layer1: ideal, in_weights: mlp}"
         for b in BURSTINESS:
-            experiments[f"reduced B{b}"] = config(
-                f"reducedB{b}",
-                reduced,
-                f"task.burstiness={b}",
-                "task.n_classes=256",
-                f"training.length.steps={reduced_steps}",
-                "training.optimizer.lr=0.01",
-            )
+            for seed in SEEDS:
+                experiments[f"reduced B{b} s{seed}"] = config(
+                    f"reducedB{b}s{seed}",
+                    reduced,
+                    f"task.burstiness={b}",
+                    "task.n_classes=256",
+                    f"training.length.steps={reduced_steps}",
+                    "training.optimizer.lr=0.01",
+                    f"seed={seed}",
+                )
         return experiments
 
     def claims(self, runs: dict[str, Run], quick: bool) -> list[Claim]:
         claims = []
         for label, keys, prefix in (("B", BURSTINESS, "B"), ("K", CLASSES, "K")):
-            ic = [_final(runs[f"{prefix}{k}"], "ic") for k in keys]
-            iw = [_final(runs[f"{prefix}{k}"], "iw") for k in keys]
+            ic = [_seeded(runs, f"{prefix}{k}", "ic") for k in keys]
+            iw = [_seeded(runs, f"{prefix}{k}", "iw") for k in keys]
             claims.append(
                 Claim(
                     f"in-context accuracy rises and in-weights accuracy falls with {label}",
                     "qualitative (Reddy Fig. 2; Chan et al.)",
                     f"IC {_fmt(label, keys, ic)}; IW {_fmt(label, keys, iw)}",
-                    _trend(ic, rising=True) and _trend(iw, rising=False),
+                    _trend(np.mean(ic, 1), rising=True) and _trend(np.mean(iw, 1), rising=False),
+                    SEEDS,
                 )
             )
-        low, high = _final(runs["B2"], "ic"), _final(runs["noise"], "ic")
-        low_iw, high_iw = _final(runs["B2"], "iw"), _final(runs["noise"], "iw")
+        (low, high), (low_iw, high_iw) = (
+            [_seeded(runs, name, split) for name in ("B2", "noise")] for split in ("ic", "iw")
+        )
         claims.append(
             Claim(
                 "more within-class noise (epsilon) favours in-context over in-weights learning",
                 "qualitative (Reddy Fig. 2)",
-                f"eps=0.1: IC {low:.2f}, IW {low_iw:.2f}; eps=1.0: IC {high:.2f}, IW {high_iw:.2f}",
-                high >= low - TOLERANCE and high_iw < low_iw - TOLERANCE,
+                f"IC {_fmt('eps', (0.1, 1.0), [low, high])}; IW {_fmt('eps', (0.1, 1.0), [low_iw, high_iw])}",
+                np.mean(high) >= np.mean(low) - TOLERANCE and np.mean(high_iw) < np.mean(low_iw) - TOLERANCE,
+                SEEDS,
             )
         )
         ln = [runs[k] for k in runs if k.startswith("L=N")]
@@ -128,6 +152,7 @@ class Reddy(Reproduction):
                 f"{formed} of {len(ln)} seeds reach IC > 0.5 (IC {', '.join(f'{v:.2f}' for v in ln_ic)}); "
                 f"L = 32 control: IC {control:.2f}",
                 formed == 0 and control > 0.5,
+                tuple(r.config.seed for r in ln),
             )
         )
         pc = summarise(runs["pC"])
@@ -140,18 +165,21 @@ class Reddy(Reproduction):
                 "IC accuracy 0.97 within ~500 steps (checked)",
                 f"{where}; IC {at_500:.2f} at step 500, {final:.2f} at step {pc.final_step}",
                 bool(pc.main and pc.main.midpoint < 1000 and final > 0.9),
+                (runs["pC"].config.seed,),
             )
         )
-        claims.append(self._progress_measures(runs["K4096"]))
-        claims.append(self._phenomenology(runs["K4096"]))
-        ic = [_final(runs[f"reduced B{b}"], "ic") for b in BURSTINESS]
-        iw = [_final(runs[f"reduced B{b}"], "iw") for b in BURSTINESS]
+        claims.append(self._progress_measures(runs["K4096 s0"]))
+        claims.append(self._phenomenology(runs["K4096 s0"]))
+        ic = [_seeded(runs, f"reduced B{b}", "ic") for b in BURSTINESS]
+        iw = [_seeded(runs, f"reduced B{b}", "iw") for b in BURSTINESS]
         claims.append(
             Claim(
-                "the two-parameter induction-head model (+ in-weights readout) depends on B like the network",
-                "qualitative (Reddy Sec. 4)",
+                "the two-parameter induction-head model (+ a deep in-weights classifier of the query) "
+                "depends on B like the network",
+                "qualitative (Reddy Sec. 4: a two-parameter induction head stacked with a deep classifier)",
                 f"IC {_fmt('B', BURSTINESS, ic)}; IW {_fmt('B', BURSTINESS, iw)}",
-                _trend(ic, rising=True) and _trend(iw, rising=False),
+                _trend(np.mean(ic, 1), rising=True) and _trend(np.mean(iw, 1), rising=False),
+                SEEDS,
             )
         )
         return claims
@@ -166,7 +194,7 @@ class Reddy(Reproduction):
         paper = "qualitative (Reddy Fig. 4)"
         tr = summary.main
         if tr is None:
-            return Claim(finding, paper, "no transition in IC accuracy", False)
+            return Claim(finding, paper, "no transition in IC accuracy", False, (run.config.seed,))
         steps, cla = run.curve("context_label_accuracy", "ic")
         _, ila = run.curve("item_label_association", "ic", head="0.0")
         _, tla = run.curve("target_label_attention", "ic", head="1.0")
@@ -181,7 +209,7 @@ class Reddy(Reproduction):
             and at(ila, tr.end) - at(ila, tr.onset) > 0.2
             and at(tla, tr.end) - at(tla, tr.onset) > 0.2
         )
-        return Claim(finding, paper, ours, ok)
+        return Claim(finding, paper, ours, ok, (run.config.seed,))
 
     @staticmethod
     def _phenomenology(run: Run) -> Claim:
@@ -199,4 +227,5 @@ class Reddy(Reproduction):
             "qualitative (Reddy Sec. 5)",
             ours,
             fit.rmse < 0.25 and close,
+            (run.config.seed,),
         )
