@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import pyarrow as pa
+from rich.console import Console
 
 from icl_lab.errors import IclLabError
 from icl_lab.experiment import ExperimentConfig
@@ -155,7 +156,12 @@ def _train_and_judge(
     return reproduction.claims(runs, quick), reproduction.figures(runs, out), pages, seeds
 
 
-def _check_resumable(resume: Path, prefix: str, what: str) -> Path:
+def _out_dir(runs_dir: str | Path, prefix: str, resume: Path | None, what: str) -> Path:
+    """A new directory prefix-TIME in runs_dir, or `resume` once checked to be one of `what`."""
+    if resume is None:
+        out = Path(runs_dir) / (prefix + time.strftime("%Y%m%d-%H%M%S"))
+        out.mkdir(parents=True)
+        return out
     out = Path(resume)
     if not out.name.startswith(prefix) or not out.is_dir():
         raise IclLabError(f"--resume: {out} is not a directory of {what}")
@@ -174,12 +180,7 @@ def reproduce(
     `resume`, an earlier directory of the same reproduction and mode: its finished runs are kept,
     interrupted ones continue, and the claims are judged again."""
     mode = "quick" if quick else "full"
-    prefix = f"reproduce-{name}-{mode}-"
-    if resume is None:
-        out = Path(runs_dir) / (prefix + time.strftime("%Y%m%d-%H%M%S"))
-        out.mkdir(parents=True)
-    else:
-        out = _check_resumable(resume, prefix, f"reproduction {name} ({mode} mode)")
+    out = _out_dir(runs_dir, f"reproduce-{name}-{mode}-", resume, f"reproduction {name} ({mode} mode)")
     return _reproduce_in(name, quick, out, workers, progress, resume is not None, reports=False), out
 
 
@@ -220,19 +221,16 @@ def reproduce_all(
 ) -> tuple[dict[str, list[Claim]], Path]:
     """Every reproduction (or those named), one after another, each in a subdirectory of one
     reproduce-all-MODE-* directory, then one page of all their claims (claims.md, claims.html).
-    With `resume`: reproductions already judged are kept as they are, an interrupted one continues
-    its finished runs."""
+    With `resume`: reproductions already judged are kept as they are; an interrupted one keeps its
+    finished runs and continues the others."""
     mode = "quick" if quick else "full"
-    prefix = f"reproduce-all-{mode}-"
-    if resume is None:
-        out = Path(runs_dir) / (prefix + time.strftime("%Y%m%d-%H%M%S"))
-        out.mkdir(parents=True)
-    else:
-        out = _check_resumable(resume, prefix, f"reproduce all ({mode} mode)")
-    records = []
-    for name in names or REPRODUCTIONS.names():
+    out = _out_dir(runs_dir, f"reproduce-all-{mode}-", resume, f"reproduce all ({mode} mode)")
+    records, names = [], names or REPRODUCTIONS.names()
+    for i, name in enumerate(names):
         sub = out / name
         if not (sub / "claims.json").is_file():
+            if progress:
+                Console(stderr=True).print(f"[bold]reproduction {i + 1} of {len(names)}: {name}[/]")
             started = sub.is_dir()
             sub.mkdir(exist_ok=True)
             _reproduce_in(name, quick, sub, workers, progress, resumed=started, reports=True)
