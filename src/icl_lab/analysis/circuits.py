@@ -74,9 +74,7 @@ def clamp_progress(
     curves: dict[str, list[float]] = {"none": [], **{name: [] for name in subcircuits}}
     for step in steps:
         model = run.model(step)
-        trained = (
-            [c for c in run.config.clamps if c.steps.contains(step)] if run.config.eval.with_clamps else []
-        )
+        trained = run.clamps_at(step)
         for name, clamps in {"none": [], **subcircuits}.items():
             curves[name].append(float(evaluate(model, task, batch, ["loss"], [*trained, *clamps])["loss"]))
     return {name: (np.array(steps), np.array(values)) for name, values in curves.items()}
