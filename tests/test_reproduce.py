@@ -255,7 +255,7 @@ def test_singh_reproduction_runs_its_grids_and_judges(tmp_path: Path) -> None:
     claims, out = reproduce("singh-tiny-test", quick=True, runs_dir=tmp_path, workers=2, progress=False)
     assert len(claims) == 9
     progress, classes, labels = claims[4], claims[7], claims[8]
-    assert "composite (previous-token clamp, head 0.2): " in progress.ours and progress.seeds == (0,)
+    assert "composite (previous-token clamp on head 0." in progress.ours and progress.seeds == (0,)
     assert classes.ours.startswith("50 classes: never (3 of 3 seeds never by 2,000,000); 100 classes")
     assert "15 labels" in labels.ours and labels.seeds == (0, 1, 2)
     assert not classes.reproduced and not labels.reproduced, "no run gets there in 4 steps: no direction"
