@@ -133,6 +133,12 @@ def test_the_construction_compares_as_gd_itself() -> None:
     assert effective_lr(twin) == pytest.approx(0.59, rel=1e-5)
     halfway = interpolated_loss(model, twin, b.inputs, b.targets[:, 0])
     assert halfway == pytest.approx(result.gd_loss, rel=1e-5)
+    with torch.no_grad():  # W_Q W_K^T times -4 and W_V W_O divided by -4: the same function again
+        twin.blocks[0].W_Q.mul_(-4.0)
+        twin.blocks[0].W_V.div_(-4.0)
+    assert torch.allclose(twin(b.inputs), model(b.inputs), atol=1e-5)
+    halfway = interpolated_loss(model, twin, b.inputs, b.targets[:, 0])
+    assert halfway == pytest.approx(result.gd_loss, rel=1e-5), "the authors' normalisation"
 
 
 def test_tuned_gd_agrees_with_the_closed_form_for_one_step_and_gd_plus_plus_helps() -> None:

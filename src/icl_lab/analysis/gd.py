@@ -62,15 +62,26 @@ def query_predictor(model: LinearSelfAttention) -> Predictor:
 def interpolated_loss(
     a: LinearSelfAttention, b: LinearSelfAttention, tokens: Tensor, targets: Tensor
 ) -> float:
-    """Loss of the model halfway between a and b, interpolating each head's merged matrices
-    W_Q W_K^T and W_V W_O: these are what the model computes with, and they are unchanged by the
-    rescalings (W_Q c, W_K / c) that make raw weights of equal models differ."""
+    """Loss of the model halfway between a and b, as the authors' notebook interpolates
+    (transformers_learn_icl_by_gd, constructed_token_setup.ipynb, interpolate_weights): each head's
+    merged matrices W_Q W_K^T and W_V W_O, what the model computes with, first normalised so that
+    the x-block of W_Q W_K^T has mean diagonal 1 (W_V W_O times that mean in exchange), then
+    averaged. Both steps remove the symmetries (W_Q c, W_K / c) and (W_Q W_K^T c, W_V W_O / c, c
+    negative included) that make equal models' weights differ."""
     mixed = type(a)(a.cfg, a.io)
     eye = torch.eye(a.io.d_input).expand_as(mixed.blocks[0].W_K)
+    d = a.io.d_input - 1
+
+    def merged(block: torch.nn.Module) -> tuple[Tensor, Tensor]:
+        score = block.W_Q @ block.W_K.transpose(1, 2)  # (heads, d + 1, d + 1)
+        scale = score[:, :d, :d].diagonal(dim1=1, dim2=2).mean(-1)[:, None, None]  # (heads, 1, 1)
+        return score / scale, block.W_V @ block.W_O * scale
+
     with torch.no_grad():
         for m, x, y in zip(mixed.blocks, a.blocks, b.blocks, strict=True):
-            m.W_Q.copy_(0.5 * (x.W_Q @ x.W_K.transpose(1, 2) + y.W_Q @ y.W_K.transpose(1, 2)))
-            m.W_V.copy_(0.5 * (x.W_V @ x.W_O + y.W_V @ y.W_O))
+            (qk_x, vo_x), (qk_y, vo_y) = merged(x), merged(y)
+            m.W_Q.copy_(0.5 * (qk_x + qk_y))
+            m.W_V.copy_(0.5 * (vo_x + vo_y))
             m.W_K.copy_(eye)
             m.W_O.copy_(eye)
         return (0.5 * (mixed(tokens)[:, -1, 0] - targets) ** 2).mean().item()
