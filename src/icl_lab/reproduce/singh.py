@@ -259,7 +259,7 @@ class Singh(Reproduction):
             title=f"clamp-based progress measures (seed {single.config.seed})",
             yscale="log",
         )
-        right.legend(fontsize=8)
+        right.legend(fontsize=7, loc="lower left")
         for ax, (axis, points) in zip(axes[2:], GRID.items(), strict=True):
             values = [point[0 if axis == "classes" else 1] for point in points]
             for seed, times in _grid_times(axis, runs).items():
