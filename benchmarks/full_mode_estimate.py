@@ -101,7 +101,8 @@ def main() -> None:
             + (f"; {saes} SAE runs not timed" if saes else ""),
             flush=True,
         )
-    print(f"results: {write_results('full_mode_estimate', record)}")
+        path = write_results("full_mode_estimate", record)  # after each: a long run keeps what it has
+    print(f"results: {path}")
 
 
 if __name__ == "__main__":
