@@ -47,7 +47,7 @@ class ReddyPhase(SweepReproduction):
     """Phase diagrams of in-context vs in-weights learning, checked against Reddy and Chan."""
 
     title = "Reddy 2024 and Chan et al. 2022: phase diagrams of in-context vs in-weights learning"
-    quick_budget = "16 minutes on 2 CPU cores (measured)"
+    quick_budget = "23 minutes on 2 CPU cores (measured)"
 
     def sweeps(self, quick: bool) -> dict[str, SweepConfig]:
         paper = [
