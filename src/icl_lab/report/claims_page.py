@@ -32,7 +32,8 @@ def claims_markdown(records: list[dict], mode: str) -> str:
         f"# Every reproduction's claims ({mode} mode)",
         "",
         f"{done} of {total} claims reproduced over {len(records)} reproductions; {minutes:.1f} min of "
-        "training and judging in all. Seeds: those each figure rests on.",
+        "training and judging (a resumed reproduction counts its last part). Seeds: those each "
+        "figure rests on.",
         "",
         "| reproduction | claims reproduced | wall time |",
         "| --- | --- | --- |",
@@ -70,7 +71,8 @@ def claims_html(records: list[dict], mode: str, out: Path) -> str:
     parts = [
         f"<h1>Every reproduction's claims ({e(mode)} mode)</h1>",
         f"<p>{done} of {total} claims reproduced over {len(records)} reproductions; {minutes:.1f} min "
-        "of training and judging in all. Seeds: those each figure rests on.</p>",
+        "of training and judging (a resumed reproduction counts its last part). Seeds: those each "
+        "figure rests on.</p>",
     ]
     for r in records:
         name = r["reproduction"]
