@@ -311,7 +311,7 @@ PAPER_TIMING = {
         "and 200 (authors' seed 5, Fig. 6; read from icl-dynamics' notebook figure)",
     ),
     "labels": (
-        "more labels delay the phase change, much more than classes (one induction head)",
+        "more labels delay the phase change (one induction head)",
         "~300k sequences at 5 labels, ~800k at 10, 1.2M-1.4M at 15 (authors' seed 5, Fig. 6; same "
         "direction in seeds 6 and 9)",
     ),
