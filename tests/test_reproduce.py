@@ -224,6 +224,16 @@ def shortened(config: ExperimentConfig, steps: int, **task: object) -> Experimen
     )
 
 
+def shortened_reproduction(name: str, base: type[Reproduction], steps: int) -> None:
+    """Register `base` under `name` with every experiment cut to `steps` steps (shortened)."""
+
+    class Short(base):
+        def experiments(self, quick: bool) -> dict[str, ExperimentConfig]:
+            return {key: shortened(c, steps) for key, c in super().experiments(quick).items()}
+
+    REPRODUCTIONS.register(name)(Short)
+
+
 @REPRODUCTIONS.register("icll-tiny-test")
 class TinyICLL(ICLL):
     """The ICLL reproduction with every run cut to a few steps on a small RegBench world."""
@@ -233,22 +243,13 @@ class TinyICLL(ICLL):
         return {name: shortened(c, 4, **small) for name, c in super().experiments(quick).items()}
 
 
-@REPRODUCTIONS.register("gd-tiny-test")
-class TinyGD(GradientDescent):
-    def experiments(self, quick: bool) -> dict[str, ExperimentConfig]:
-        return {name: shortened(c, 20) for name, c in super().experiments(quick).items()}
+shortened_reproduction("gd-tiny-test", GradientDescent, 20)
 
 
-@REPRODUCTIONS.register("function-classes-tiny-test")
-class TinyFunctionClasses(FunctionClasses):
-    def experiments(self, quick: bool) -> dict[str, ExperimentConfig]:
-        return {name: shortened(c, 6) for name, c in super().experiments(quick).items()}
+shortened_reproduction("function-classes-tiny-test", FunctionClasses, 6)
 
 
-@REPRODUCTIONS.register("singh-tiny-test")
-class TinySingh(Singh):
-    def experiments(self, quick: bool) -> dict[str, ExperimentConfig]:
-        return {name: shortened(c, 4) for name, c in super().experiments(quick).items()}
+shortened_reproduction("singh-tiny-test", Singh, 4)
 
 
 def test_singh_reproduction_runs_its_grids_and_judges(tmp_path: Path) -> None:
@@ -262,10 +263,7 @@ def test_singh_reproduction_runs_its_grids_and_judges(tmp_path: Path) -> None:
     assert (out / "singh.png").stat().st_size > 10_000
 
 
-@REPRODUCTIONS.register("reddy-tiny-test")
-class TinyReddy(Reddy):
-    def experiments(self, quick: bool) -> dict[str, ExperimentConfig]:
-        return {name: shortened(c, 6) for name, c in super().experiments(quick).items()}
+shortened_reproduction("reddy-tiny-test", Reddy, 6)
 
 
 def test_reddy_reproduction_judges_means_over_seeds(tmp_path: Path) -> None:

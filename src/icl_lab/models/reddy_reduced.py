@@ -109,7 +109,7 @@ class InductionHeadConfig(ReducedConfig):
     @classmethod
     def _bool(cls, value: object) -> object:
         """Configs from before the mlp path said true / false."""
-        return {True: "linear", False: "none"}.get(value, value) if isinstance(value, bool) else value
+        return ("linear" if value else "none") if isinstance(value, bool) else value
 
 
 @MODELS.register("induction_head_model")

@@ -25,6 +25,15 @@ def _seeds(claim: dict) -> str:
     return ", ".join(map(str, claim["seeds"]))
 
 
+def claims_table(claims: list[dict]) -> list[str]:
+    """Markdown rows: each claim (as a dict), the paper's figure, ours, the seeds behind ours, the
+    verdict."""
+    lines = ["| finding | paper | ours | seeds | verdict |", "| --- | --- | --- | --- | --- |"]
+    return lines + [
+        f"| {c['finding']} | {c['paper']} | {c['ours']} | {_seeds(c)} | {_verdict(c)} |" for c in claims
+    ]
+
+
 def claims_markdown(records: list[dict], mode: str) -> str:
     """The page as Markdown, links relative to the reproduce-all directory."""
     done, total, minutes = _summary(records)
@@ -54,12 +63,7 @@ def claims_markdown(records: list[dict], mode: str) -> str:
             f"`icl-lab reproduce {name}`, {_took(r)}; [its claims and figures]({name}/claims.md); "
             f"reports: {reports or 'none'}",
             "",
-            "| finding | paper | ours | seeds | verdict |",
-            "| --- | --- | --- | --- | --- |",
-        ]
-        lines += [
-            f"| {c['finding']} | {c['paper']} | {c['ours']} | {_seeds(c)} | {_verdict(c)} |"
-            for c in r["claims"]
+            *claims_table(r["claims"]),
         ]
     return "\n".join(lines) + "\n"
 

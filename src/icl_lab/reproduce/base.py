@@ -14,7 +14,7 @@ from icl_lab.errors import IclLabError
 from icl_lab.experiment import ExperimentConfig
 from icl_lab.files import atomic_write_text
 from icl_lab.registry import Registry
-from icl_lab.report.claims_page import write_claims_page
+from icl_lab.report.claims_page import claims_table, write_claims_page
 from icl_lab.report.sweep import write_sweep_report
 from icl_lab.store.run import Run
 from icl_lab.sweeps.config import SweepConfig
@@ -52,10 +52,6 @@ class Claim:
     def __post_init__(self) -> None:
         object.__setattr__(self, "reproduced", bool(self.reproduced))  # numpy bools are not JSON
         object.__setattr__(self, "seeds", tuple(sorted({int(s) for s in self.seeds})))
-
-    @property
-    def verdict(self) -> str:
-        return "reproduced" if self.reproduced else "not reproduced"
 
 
 class Reproduction:
@@ -103,16 +99,6 @@ def _figure_link(path: Path, out: Path) -> str:
         if path.suffix == ".png"
         else f"[{where.parent.parent.name} {path.parent.name}]({where})"
     )
-
-
-def claims_table(claims: list[Claim]) -> list[str]:
-    """Markdown rows: each claim, the paper's figure, ours, the seeds behind ours, the verdict."""
-    lines = ["| finding | paper | ours | seeds | verdict |", "| --- | --- | --- | --- | --- |"]
-    lines += [
-        f"| {c.finding} | {c.paper} | {c.ours} | {', '.join(map(str, c.seeds))} | {c.verdict} |"
-        for c in claims
-    ]
-    return lines
 
 
 def _run_reports(runs: dict[str, Run]) -> dict[str, Path]:
@@ -205,7 +191,11 @@ def _reproduce_in(
     }
     atomic_write_text(out / "claims.json", json.dumps(record, indent=1))
     took = f"{wall / 60:.1f} min" + (" this time, resumed" if resumed else "")
-    lines = [f"# {reproduction.title} ({'quick' if quick else 'full'}, {took})", "", *claims_table(claims)]
+    lines = [
+        f"# {reproduction.title} ({'quick' if quick else 'full'}, {took})",
+        "",
+        *claims_table(record["claims"]),
+    ]
     lines += ["", *[_figure_link(path, out) for path in figures]]
     atomic_write_text(out / "claims.md", "\n".join(lines) + "\n")
     return claims

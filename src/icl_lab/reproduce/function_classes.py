@@ -161,10 +161,8 @@ class FunctionClasses(Reproduction):
             for run in seeded:
                 steps, loss = run.curve("loss", "clean")
                 below = steps[loss < 0.5 * loss[0]]
-                when.append(f"{below[0]:,}" if below.size else "none")
-            onset[rate] = (
-                f"steps {' / '.join(when)} (seeds {', '.join(map(str, SEEDS))}; none: not by {steps[-1]:,})"
-            )
+                when.append(f"{below[0]:,}" if below.size else f"none by {steps[-1]:,}")
+            onset[rate] = f"steps {' / '.join(when)} (seeds {', '.join(map(str, SEEDS))})"
         return Claim(
             "in-context learning of sliding-window functions survives randomised training labels",
             "labels randomised at increasing rates degrade ICL less than expected (Campbell et al., "

@@ -128,23 +128,23 @@ def _noise_by_budget(
     (mean over seeds), beside Adam's at alpha = 0; judged at the longest budget."""
     rows = [r for r in sgd.to_pylist() if r["status"] == "complete"]
     eps = sorted({r["task.noise"] for r in rows})
-    at = {}  # (split, budget) -> accuracy per epsilon
-    for split in ("ic", "iw"):
-        for budget in BUDGETS:
-            at[split, budget] = [
-                float(
-                    np.mean(
-                        [
-                            np.interp(
-                                budget, *Run.open(Path(r["run"])).curve("accuracy", split, member=r["member"])
-                            )
-                            for r in rows
-                            if r["task.noise"] == e
-                        ]
-                    )
+    curves = {  # (row, split) -> (steps, accuracy), each run read once
+        (i, split): Run.open(Path(r["run"])).curve("accuracy", split, member=r["member"])
+        for i, r in enumerate(rows)
+        for split in ("ic", "iw")
+    }
+    at = {  # (split, budget) -> accuracy per epsilon, mean over seeds
+        (split, budget): [
+            float(
+                np.mean(
+                    [np.interp(budget, *curves[i, split]) for i, r in enumerate(rows) if r["task.noise"] == e]
                 )
-                for e in eps
-            ]
+            )
+            for e in eps
+        ]
+        for split in ("ic", "iw")
+        for budget in BUDGETS
+    }
     seeds = sorted({r["seed"] for r in rows})
     zero = alphas.index(0.0) if 0.0 in alphas else 0
     ours = (
