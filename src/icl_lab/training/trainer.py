@@ -30,12 +30,13 @@ from icl_lab.evaluation import metric_names
 from icl_lab.experiment import ExperimentConfig, build_model, build_task, check_ensemble, total_steps
 from icl_lab.interventions import Clamp
 from icl_lab.interventions.base import clamped_forward
+from icl_lab.models import Model
 from icl_lab.seeding import generator
 from icl_lab.store.checkpoints import save_checkpoint
 from icl_lab.store.metrics_table import TRAIN_SPLIT
 from icl_lab.store.run import Run
 from icl_lab.store.train_state import TrainState
-from icl_lab.tasks import Batch
+from icl_lab.tasks import Batch, Task
 from icl_lab.training.compiled import should_compile
 from icl_lab.training.evaluator import Evaluator
 from icl_lab.training.metrics_logger import MetricsLogger
@@ -53,6 +54,27 @@ def over_members(fn: Callable[..., Tensor], n_members: int) -> Callable[..., Ten
         return fn(*[_only_member(a) for a in args]).unsqueeze(0)
 
     return single
+
+
+def clamped_loss(
+    model: Model,
+    task: Task,
+    clamps: list[Clamp],
+    params: dict[str, Tensor],
+    inputs: Tensor,
+    targets: Tensor,
+    mask: Tensor,
+    meta: dict[str, Tensor],
+    on: Tensor,
+) -> Tensor:
+    """The task's loss of the model with these parameters on one batch, with the clamps (gated by
+    the flags `on`, shape (n_clamps,)) applied: one member's training loss, or one SGLD chain's."""
+
+    def forward(hooks: list) -> Tensor:
+        with model.hooks(hooks):
+            return functional_call(model, params, (inputs,))
+
+    return task.loss(clamped_forward(forward, model, clamps, on, meta, inputs), targets, mask)
 
 
 def _only_member(x: Any) -> Any:
@@ -170,13 +192,9 @@ class Trainer:
         self, params: dict, inputs: Tensor, targets: Tensor, mask: Tensor, meta: dict, on: Tensor
     ) -> Tensor:
         """One member's training loss on its batch, with the step's clamps (flags `on`) applied."""
-
-        def forward(hooks: list) -> Tensor:
-            with self.model.hooks(hooks):
-                return functional_call(self.model, params, (inputs,))
-
-        logits = clamped_forward(forward, self.model, self._step_clamps, on, meta, inputs)
-        return self.tasks[0].loss(logits, targets, mask)
+        return clamped_loss(
+            self.model, self.tasks[0], self._step_clamps, params, inputs, targets, mask, meta, on
+        )
 
     def _clip_and_step(self) -> None:
         """Clip each member's gradient (if configured) and take one optimiser step."""
