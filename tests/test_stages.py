@@ -17,7 +17,10 @@ def rise(centre: float) -> np.ndarray:
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize(
     ("curve", "kinds"),
-    [(10 * rise(3.5) + 10 * rise(8.0), ["rising", "rising"]), (10 * rise(3.5) - 5 * rise(8.0), ["rising", "falling"])],
+    [
+        (10 * rise(3.5) + 10 * rise(8.0), ["rising", "rising"]),
+        (10 * rise(3.5) - 5 * rise(8.0), ["rising", "falling"]),
+    ],
 )
 def test_planted_plateaus_separate_the_stages(seed, curve, kinds):
     """Two changes with a plateau between (ln step 4.5 to 7): one boundary, on the plateau."""

@@ -252,6 +252,45 @@ def report(
     console.print(f"report: {write_report(Run.open(target))}")
 
 
+@app.command()
+def dissect(
+    run: Annotated[Path, typer.Argument(help="Run directory.")],
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set", "-s", help="A dissect setting: key.path=value, e.g. llc.chains=8 (repeatable)."
+        ),
+    ] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Processes estimating checkpoints in parallel.")] = 2,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Estimate the LLC at the run's checkpoints, find its developmental stages, and put every
+    logged metric's transitions beside them; writes RUN/dissect/ (report.html). Resumable: run it
+    again to continue, checkpoints already estimated with the same settings are kept."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
+
+    from icl_lab.analysis.dissect import dissect as dissect_run
+    from icl_lab.analysis.dissect import dissect_config
+    from icl_lab.report.dissect_page import write_dissect_report
+    from icl_lab.store.run import Run
+
+    handle, config = Run.open(run), dissect_config(set_ or [])
+    columns = (
+        "LLC at checkpoints",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=err_console, disable=quiet) as bar:
+        task = bar.add_task("llc", total=None)
+        result = dissect_run(
+            handle, config, workers, lambda done, total: bar.update(task, completed=done, total=total)
+        )
+    console.print(f"{len(result.stages)} stages, {len(result.transitions)} metric transitions")
+    console.print(f"report: {write_dissect_report(handle, result, config)}")
+
+
 class ExecutorName(StrEnum):
     local = "local"
     ray = "ray"

@@ -16,7 +16,7 @@ maximise the marginal likelihood on a grid.
 
 import math
 from dataclasses import dataclass
-from itertools import product
+from itertools import pairwise, product
 
 import numpy as np
 
@@ -87,7 +87,10 @@ def boundaries(curve: SmoothCurve, flat: float = 0.5) -> list[float]:
     x_span = math.log(curve.steps[-1] + 1) - math.log(curve.steps[0] + 1)
     threshold = flat * (curve.values.max() - curve.values.min()) / (x_span or 1.0)
     below = np.concatenate([[False], magnitude < threshold, [False]])
-    starts, ends = np.flatnonzero(np.diff(below.astype(int)) == 1), np.flatnonzero(np.diff(below.astype(int)) == -1)
+    starts, ends = (
+        np.flatnonzero(np.diff(below.astype(int)) == 1),
+        np.flatnonzero(np.diff(below.astype(int)) == -1),
+    )
     return [
         float(curve.steps[a + np.argmin(magnitude[a:b])])
         for a, b in zip(starts, ends, strict=True)
@@ -106,11 +109,11 @@ def stages(curve: SmoothCurve, flat: float = 0.5, min_change: float = 0.1) -> li
     least = max(min_change * float(curve.values.max() - curve.values.min()), 2 * curve.noise)
     while cuts:
         edges = [float(curve.steps[0]), *cuts, float(curve.steps[-1])]
-        changes = [abs(at(b) - at(a)) for a, b in zip(edges, edges[1:], strict=False)]
+        changes = [abs(at(b) - at(a)) for a, b in pairwise(edges)]
         i = int(np.argmin(changes))
         if changes[i] >= least:
             break
         ends = [e for e in (i - 1, i) if 0 <= e < len(cuts)]  # the stretch's boundaries among the cuts
         cuts.pop(max(ends, key=lambda e: flatness(cuts[e])))
     edges = [float(curve.steps[0]), *cuts, float(curve.steps[-1])]
-    return [Stage(a, b, at(a), at(b)) for a, b in zip(edges, edges[1:], strict=False)]
+    return [Stage(a, b, at(a), at(b)) for a, b in pairwise(edges)]

@@ -1,0 +1,85 @@
+"""`icl-lab dissect`: LLC over checkpoints, stages beside transitions, resumable, clear errors."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import tiny_config
+from icl_lab.analysis.dissect import chosen_checkpoints, dissect, dissect_config
+from icl_lab.training.trainer import train
+
+QUICK = ["llc.chains=2", "llc.draws=8", "llc.burn_in=2"]
+QUICK_ARGS = [arg for setting in QUICK for arg in ("--set", setting)]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    config = tiny_config(
+        training={"batch_size": 16, "length": {"steps": 60}}, checkpointing={"every": {"steps": 6}}
+    )
+    return train(config, str(tmp_path_factory.mktemp("runs")), progress=False)
+
+
+def test_dissect_writes_its_report_and_resumes_without_estimating_again(cli, run):
+    code, out, err = cli("dissect", run.path, "--workers", "1", "--quiet", *QUICK_ARGS)
+    assert code == 0, err
+    out_dir = run.path / "dissect"
+    files = sorted((out_dir / "llc").glob("step_*.json"))
+    assert [int(f.stem.split("_")[1]) for f in files] == run.checkpoint_steps  # 11 <= 40: every one
+    assert {"report.html", "timeline.png", "traces.png", "stages.json", "config.yaml"} <= {
+        p.name for p in out_dir.iterdir()
+    }
+    summary = json.loads((out_dir / "stages.json").read_text())
+    assert summary["stages"][0]["start"] == pytest.approx(0) and summary["stages"][-1][
+        "end"
+    ] == pytest.approx(60)
+    assert all(t["stage"] is None or 0 <= t["stage"] < len(summary["stages"]) for t in summary["transitions"])
+    assert "report:" in out
+    written = {f: f.stat().st_mtime_ns for f in files}
+    code, _, err = cli("dissect", run.path, "--workers", "1", "--quiet", *QUICK_ARGS)
+    assert code == 0, err
+    assert {f: f.stat().st_mtime_ns for f in files} == written  # kept, not estimated again
+    code, _, _ = cli(
+        "dissect", run.path, "--workers", "1", "--quiet", "--set", "llc.chains=3", "--set", "llc.draws=4"
+    )
+    assert code == 0
+    assert all(len(json.loads(f.read_text())["per_chain"]) == 3 for f in files)  # new settings: new estimates
+
+
+def test_worker_processes_give_the_same_estimates_as_one_process(run, tmp_path):
+    config = dissect_config([*QUICK, "max_checkpoints=3"])
+    one = dissect(run, config, workers=1)
+    for f in (run.path / "dissect" / "llc").glob("*.json"):
+        f.unlink()
+    two = dissect(run, config, workers=2)
+    assert [r["per_chain"] for r in one.records] == [r["per_chain"] for r in two.records]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--set", "llc.chains=0"],
+            "error: config error: llc.chains: Input should be greater than or equal to 1",
+        ),
+        (["--set", "llc.sgld=1"], "error: config error: llc.sgld: unknown field"),
+        (["--set", "member=3"], "has no member 3"),
+    ],
+)
+def test_bad_settings_are_one_line_and_exit_2(cli, run, args, message):
+    code, _, err = cli("dissect", run.path, "--quiet", *args)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_missing_run_is_one_line_and_exit_2(cli, tmp_path: Path):
+    code, _, err = cli("dissect", tmp_path / "nothing", "--quiet")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+
+
+def test_checkpoints_are_spread_in_log_and_linear_steps():
+    steps = list(range(0, 10_001, 100))
+    chosen = chosen_checkpoints(steps, 20)
+    assert len(chosen) == 20 and chosen[0] == 0 and chosen[-1] == 10_000
+    assert sum(s <= 1000 for s in chosen) >= 5  # log spacing: early steps, where a run changes fastest
+    assert chosen_checkpoints(steps[:5], 20) == steps[:5]
