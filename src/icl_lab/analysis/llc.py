@@ -10,7 +10,8 @@ After `burn_in` steps, every `every`-th step's minibatch loss (taken before its 
 per chain, LLC = nbeta (mean draw loss - L(w*)). L(w*) is the mean over chains of their first
 minibatch loss, taken at w* itself. nbeta defaults to batch / ln(batch), devinterp's default.
 
-All chains run at once, stacked on a leading axis and vmapped like the members of an ensemble.
+Chains are stacked on a leading axis like the members of an ensemble; on a GPU they run vmapped as
+one ensemble, on a CPU one after another (where vmap's batching costs more than it saves).
 Sanity checks on every estimate: every loss finite, the LLC positive (a negative one means the
 checkpoint is not a local minimum at this resolution, or the step is too large), and the trace
 stationary (the mean draw loss of the second half of the draws within a quarter of the LLC, or
@@ -21,6 +22,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,6 +56,7 @@ class LLCConfig(StrictModel):
     burn_in: int = Field(100, ge=0, description="SGLD steps before the first draw")
     every: int = Field(1, ge=1, description="SGLD steps between draws")
     batch_size: int | None = Field(None, ge=2, description="SGLD minibatch; None: the run's training batch")
+    vmap_chains: bool | None = Field(None, description="chains vmapped as one ensemble; None: on a GPU only")
 
     def inverse_temperature(self, batch_size: int) -> float:
         return self.nbeta if self.nbeta is not None else batch_size / math.log(batch_size)
@@ -142,6 +145,21 @@ def sgld_llc(
     )
 
 
+def _chain_by_chain(single: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """The chains' losses one chain at a time (on a CPU, vmap's batching of a small model costs
+    about twice a loop: benchmarks/llc_throughput.py)."""
+
+    def losses(*args: Any) -> Tensor:
+        return torch.cat([single(*(_chain(a, c) for a in args)) for c in range(len(args[1]))])
+
+    return losses
+
+
+def _chain(x: Any, c: int) -> Any:
+    """Chain c of a stacked argument, its leading axis kept."""
+    return {k: _chain(v, c) for k, v in x.items()} if isinstance(x, dict) else x[c : c + 1]
+
+
 def run_llc(run: Run, step: int, config: LLCConfig, member: int = 0, device: str = "cpu") -> LLCEstimate:
     """The LLC of one member of a run at one checkpoint, on the member's own training task and
     training clamps; the chains' data and noise come from the member's seed, the step and a
@@ -149,19 +167,21 @@ def run_llc(run: Run, step: int, config: LLCConfig, member: int = 0, device: str
     member_config = run.member_config(member)
     task, _ = run.eval_data(member, device)
     model = build_model(member_config, device, task)
-    model.batched(config.chains > 1)
     center = {k: v[member].to(device) for k, v in run.parameters(step).items()}
     clamps = active_at(member_config.clamps, step)
     batch_size = config.batch_size or member_config.training.batch_size
     seed = member_config.seed
     data = [generator(seed, "llc", step, chain, device=device) for chain in range(config.chains)]
     on = torch.ones(config.chains, len(clamps), dtype=torch.bool, device=device)
-    chain_losses = over_members(
-        lambda params, inputs, targets, mask, meta, flags: clamped_loss(
-            model, task, clamps, params, inputs, targets, mask, meta, flags
-        ),
-        config.chains,
+    vmapped = config.chains > 1 and (
+        config.vmap_chains if config.vmap_chains is not None else device != "cpu"
     )
+    model.batched(vmapped)
+
+    def one(params: dict, inputs: Tensor, targets: Tensor, mask: Tensor, meta: dict, flags: Tensor) -> Tensor:
+        return clamped_loss(model, task, clamps, params, inputs, targets, mask, meta, flags)
+
+    chain_losses = over_members(one, config.chains) if vmapped else _chain_by_chain(over_members(one, 1))
 
     def losses(params: dict[str, Tensor], t: int) -> Tensor:
         batch = Batch.stack([task.training_sample(batch_size, g, step) for g in data])
