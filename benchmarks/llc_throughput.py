@@ -75,9 +75,7 @@ def main() -> None:
     )
     per_minute = {name: 60 / (seconds * DEFAULT_STEPS / args.steps) for name, seconds in median.items()}
     for name, value in per_minute.items():
-        print(
-            f"{name:22} {median[name]:.2f} s per {args.steps} steps = {value:.2f} default estimates/min, 1 core"
-        )
+        print(f"{name:22} {median[name]:.2f} s / {args.steps} steps = {value:.2f} estimates/min, 1 core")
     ratio = median["plain loop of chains"] / median["icl-lab"]
     print(f"icl-lab / plain loop: {ratio:.2f}x")
     os.sched_setaffinity(0, cores)  # the workers get every core this process had
