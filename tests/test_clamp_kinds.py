@@ -208,3 +208,20 @@ def test_each_clamp_kind_does_the_same_compiled(fields: dict) -> None:
     for name, grad in eager_grads.items():
         assert torch.allclose(compiled_grads[name], grad, atol=1e-6, rtol=1e-4), name
     assert any(g.abs().sum() > 0 for g in eager_grads.values())
+
+
+def test_induction_pattern_attends_after_the_previous_occurrence() -> None:
+    from icl_lab.interventions.induction_pattern import induction_pattern
+
+    tokens = torch.tensor([[5, 1, 2, 5, 1, 3, 2, 5]])
+    keys = induction_pattern(tokens)[0, 0].argmax(-1)
+    # new tokens attend to themselves; a repeat to the token after its latest earlier occurrence
+    assert keys.tolist() == [0, 1, 2, 1, 2, 5, 3, 4]
+    config = tiny_config()
+    task = build_task(config)
+    model = build_model(config, task=task)
+    batch = task.sample(8, torch.Generator().manual_seed(0))
+    _, cache = run(model, batch, clamp(kind="induction_pattern", heads=["1.1"]))
+    assert torch.equal(cache["blocks.1.attn.hook_pattern"][:, 1], induction_pattern(batch.inputs)[:, 0])
+    with pytest.raises(ValueError, match="reads token ids"):
+        clamp(kind="induction_pattern", heads=["1.1"]).check(setup()[2])

@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import tiny_config
@@ -83,3 +84,53 @@ def test_checkpoints_are_spread_in_log_and_linear_steps():
     assert len(chosen) == 20 and chosen[0] == 0 and chosen[-1] == 10_000
     assert sum(s <= 1000 for s in chosen) >= 5  # log spacing: early steps, where a run changes fastest
     assert chosen_checkpoints(steps[:5], 20) == steps[:5]
+
+
+def test_judge_reads_removed_delayed_and_earlier_against_the_baseline():
+    from icl_lab.analysis.causal import Variant, halfway_step, judge
+
+    ablation = Variant("a", 0, "induction", ("1.0",), {"kind": "ablate"}, "ablation")
+    ideal = Variant("i", 0, "induction", ("1.0",), {"kind": "induction_pattern"}, "ideal")
+    base = [300.0, 320.0]
+    assert judge(ablation, [None, None], base).verdict == "necessary"
+    assert judge(ablation, [500.0, 520.0], base).effect == "delayed"
+    assert judge(ablation, [310.0, 300.0], base).verdict == "no effect"
+    assert judge(ideal, [50.0, 60.0], base).verdict == "sufficient to remove the plateau"
+    assert judge(ideal, [200.0, 210.0], base).effect == "earlier"
+    assert judge(ideal, [50.0], [None]).verdict.startswith("the baseline never reached it")
+    steps, loss = np.array([0, 10, 20, 30]), np.array([3.0, 2.9, 2.0, 1.5])
+    assert halfway_step(steps, loss, 3.0, 1.5) == 20 and halfway_step(steps, loss, 3.0, -1.0) is None
+
+
+def test_dissect_finds_the_clamp_that_removes_the_plateau(cli, tmp_path):
+    """Induction on repeated random tokens: with every layer-1 head's pattern clamped to the ideal
+    induction pattern there is nothing left to discover (by construction), so the plateau goes; with
+    their values ablated a 2-layer attention-only model cannot copy from context at all."""
+    overrides = {
+        "task": {"name": "induction", "vocab_size": 32, "seq_len": 32, "min_prefix": 4, "n_copies": None},
+        "model": {"name": "transformer", "n_layers": 2, "n_heads": 2, "d_model": 32, "attn_only": True},
+        "training": {"batch_size": 32, "length": {"steps": 600}},
+        "eval": {"every": {"steps": 10}, "batch_size": 64},
+        "checkpointing": {"every": {"steps": 200}},
+        "seed": 0,
+    }
+    run = train(tiny_config(**overrides), str(tmp_path), progress=False)
+    args = [
+        "--set",
+        "causal.seeds=[0]",
+        "--set",
+        "max_checkpoints=3",
+        "--set",
+        "llc.draws=4",
+        "--budget",
+        "450",
+    ]
+    code, _, err = cli("dissect", run.path, "--quiet", *QUICK_ARGS, *args)
+    assert code == 0, err
+    effects = {
+        e["variant"]: e for e in json.loads((run.path / "dissect" / "causal.json").read_text())["effects"]
+    }
+    assert effects["t1-induction-induction_pattern"]["verdict"] == "sufficient to remove the plateau"
+    assert effects["t1-induction-ablate"]["verdict"] == "necessary"
+    assert effects["t1-induction-ablate"]["heads"] == ["1.0", "1.1"]
+    assert "What needs to go right" in (run.path / "dissect" / "report.html").read_text()

@@ -261,20 +261,31 @@ def dissect(
             "--set", "-s", help="A dissect setting: key.path=value, e.g. llc.chains=8 (repeatable)."
         ),
     ] = None,
-    workers: Annotated[int, typer.Option(min=1, help="Processes estimating checkpoints in parallel.")] = 2,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    budget: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Training steps of each clamped variant (default: 1.5 x the last transition's end)."
+        ),
+    ] = None,
+    causal: Annotated[
+        bool, typer.Option(help="Train clamped variants to find what each transition needs.")
+    ] = True,
+    workers: Annotated[int, typer.Option(min=1, help="Parallel processes (checkpoints, then variants).")] = 2,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
-    """Estimate the LLC at the run's checkpoints, find its developmental stages, and put every
-    logged metric's transitions beside them; writes RUN/dissect/ (report.html). Resumable: run it
-    again to continue, checkpoints already estimated with the same settings are kept."""
+    """The run's developmental stages and what caused each: the LLC at its checkpoints, stages on
+    that curve beside every logged metric's transitions, then clamped variants of the run trained
+    from the start to find which heads each transition needs. Writes RUN/dissect/ (report.html);
+    resumable: run it again to continue, work done with the same settings is kept."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
 
     from icl_lab.analysis.dissect import dissect as dissect_run
-    from icl_lab.analysis.dissect import dissect_config
+    from icl_lab.analysis.dissect import dissect_causal, dissect_config
     from icl_lab.report.dissect_page import write_dissect_report
     from icl_lab.store.run import Run
 
-    handle, config = Run.open(run), dissect_config(set_ or [])
+    settings = [*(set_ or []), *([f"causal.steps={budget}"] if budget else []), f"causal.enabled={causal}"]
+    handle, config = Run.open(run), dissect_config(settings)
     columns = (
         "LLC at checkpoints",
         BarColumn(),
@@ -288,7 +299,10 @@ def dissect(
             handle, config, workers, lambda done, total: bar.update(task, completed=done, total=total)
         )
     console.print(f"{len(result.stages)} stages, {len(result.transitions)} metric transitions")
-    console.print(f"report: {write_dissect_report(handle, result, config)}")
+    effects = dissect_causal(handle, config, workers, progress=not quiet) if config.causal.enabled else None
+    for e in effects.effects if effects else []:
+        console.print(f"transition {e.variant.transition + 1}, {e.variant.name}: {e.effect} ({e.verdict})")
+    console.print(f"report: {write_dissect_report(handle, result, config, effects)}")
 
 
 class ExecutorName(StrEnum):

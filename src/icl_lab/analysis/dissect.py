@@ -5,7 +5,10 @@ transitions of every logged metric beside them. Results live in RUN/dissect/ and
 - dissect/llc/step_<step>.json: one checkpoint's estimate (per-chain LLCs, the loss traces, the
   sanity checks, seconds); a checkpoint whose file holds these settings is not estimated again;
 - dissect/stages.json: the smoothed LLC, its stages, and each metric's transitions with the stage
-  they fall in. The report (report/dissect_page.py) draws the timeline from these files.
+  they fall in;
+- dissect/variants/<name>/: the clamped training runs of the causal half (analysis/causal.py), and
+  dissect/causal.json, what each did to its transition.
+The report (report/dissect_page.py) draws the timeline and the causal table from these.
 """
 
 import json
@@ -19,6 +22,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
+from icl_lab.analysis.causal import CausalConfig, Effect, run_causal
 from icl_lab.analysis.llc import LLCConfig, LLCEstimate, run_llc
 from icl_lab.analysis.stages import Stage, smooth, stages
 from icl_lab.analysis.transitions import Transition, detect_transitions
@@ -47,6 +51,7 @@ class DissectConfig(StrictModel):
     )
     llc: LLCConfig = LLCConfig()
     stages: StagesConfig = StagesConfig()
+    causal: CausalConfig = CausalConfig()
 
 
 def dissect_config(overrides: list[str] = ()) -> DissectConfig:
@@ -205,3 +210,39 @@ def _summary(d: Dissection) -> dict:
             for t in d.transitions
         ],
     }
+
+
+@dataclass(frozen=True)
+class CausalResult:
+    """The transitions dissected causally and each clamped variant's effect."""
+
+    transitions: list[Transition]
+    effects: list[Effect]
+    steps: int
+
+
+def dissect_causal(run: Run, config: DissectConfig, workers: int = 2, progress: bool = True) -> CausalResult:
+    """Train and judge the clamped variants (analysis/causal.py); dissect/causal.json."""
+    out = run.path / "dissect" / "variants"
+    transitions, effects, steps = run_causal(run, config.member, config.causal, out, workers, progress)
+    record = {
+        "steps": steps,
+        "seeds": config.causal.seeds,
+        "transitions": [asdict(t) for t in transitions],
+        "effects": [
+            {
+                "variant": e.variant.name,
+                "transition": e.variant.transition,
+                "heads": list(e.variant.heads),
+                "group": e.variant.group,
+                "clamp": e.variant.clamp,
+                "halfway_steps": e.steps,
+                "baseline_halfway_steps": e.baseline,
+                "effect": e.effect,
+                "verdict": e.verdict,
+            }
+            for e in effects
+        ],
+    }
+    atomic_write_text(run.path / "dissect" / "causal.json", json.dumps(record, indent=1))
+    return CausalResult(transitions, effects, steps)

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-from icl_lab.analysis.dissect import DissectConfig, Dissection
+from icl_lab.analysis.dissect import CausalResult, DissectConfig, Dissection
 from icl_lab.analysis.summary import units_text
 from icl_lab.files import atomic_write_text
 from icl_lab.report.html import figures_html, page, save_png
@@ -105,14 +105,83 @@ def traces(run: Run, d: Dissection, member: int) -> Figure:
     return fig
 
 
+def variant_curves(run: Run, result: CausalResult, split: str) -> Figure:
+    """Per dissected transition: the judged loss (mean over seeds) of the baseline and of every
+    clamped variant, against steps."""
+    n = len(result.transitions)
+    fig, axes = plt.subplots(1, n, figsize=(7 * n, 4), squeeze=False, constrained_layout=True)
+    variants_dir = run.path / "dissect" / "variants"
+    for i, (ax, tr) in enumerate(zip(axes[0], result.transitions, strict=True)):
+        names = ["baseline"] + [e.variant.name for e in result.effects if e.variant.transition == i]
+        for name in names:
+            trained = Run.open(variants_dir / name)
+            curves = [trained.curve("loss", split, member=m) for m in range(len(trained.configs))]
+            steps = curves[0][0]
+            ax.plot(
+                steps, np.mean([c[1] for c in curves], axis=0), label=name, lw=2 if name == "baseline" else 1
+            )
+        ax.axvspan(tr.onset, tr.end, color="0.9", zorder=0, label="transition in the run")
+        ax.set_xlabel("step")
+        ax.set_ylabel(f"loss on {split} (nats)")
+        ax.set_title(f"transition {i + 1}: clamped variants", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    seeds = ", ".join(str(c.seed) for c in Run.open(variants_dir / "baseline").configs)
+    fig.suptitle(f"{run.id}: variants trained from the start (mean over seeds {seeds})", fontsize=10)
+    return fig
+
+
 def _rows(header: list[str], rows: list[list[str]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def write_dissect_report(run: Run, d: Dissection, config: DissectConfig) -> Path:
-    """RUN/dissect/report.html with timeline.png and traces.png beside it."""
+def _steps_text(steps: list[float | None]) -> str:
+    reached = [s for s in steps if s is not None]
+    mean = (
+        f"{np.mean(reached):,.0f}" + (f" ± {np.std(reached):,.0f}" if len(reached) > 1 else "")
+        if reached
+        else "-"
+    )
+    missing = len(steps) - len(reached)
+    return mean + (f" ({missing} of {len(steps)} seeds never)" if missing else "")
+
+
+def _causal_html(run: Run, result: CausalResult, images: dict[str, bytes], split: str) -> str:
+    """The "what needs to go right" table, and the variants' curves into `images`."""
+    if not result.transitions:
+        return "<h2>What needs to go right</h2><p>No transition of the key curve to dissect.</p>"
+    images["Clamped variants: judged loss against steps"] = save_png(
+        variant_curves(run, result, split), run.path / "dissect" / "variants.png"
+    )
+    rows = [
+        [
+            f"{i + 1}: steps {tr.onset:,.0f}-{tr.end:,.0f}",
+            f"{e.variant.group}: {', '.join(e.variant.heads)}",
+            e.variant.clamp["kind"],
+            _steps_text(e.steps),
+            _steps_text(e.baseline),
+            e.effect,
+            e.verdict,
+        ]
+        for i, tr in enumerate(result.transitions)
+        for e in result.effects
+        if e.variant.transition == i
+    ]
+    return (
+        f"<h2>What needs to go right</h2><p>Variants of the run trained from the start for "
+        f"{result.steps:,} steps with one clamp each (value ablation; ideal patterns for heads of a "
+        f"known type), judged by the step at which the loss on {html.escape(split)} gets halfway "
+        "through each transition (mean ± sd over seeds).</p>"
+        + _rows(["transition", "heads", "clamp", "halfway step", "unclamped", "effect", "verdict"], rows)
+    )
+
+
+def write_dissect_report(
+    run: Run, d: Dissection, config: DissectConfig, causal: CausalResult | None = None
+) -> Path:
+    """RUN/dissect/report.html with its figures beside it."""
     out = run.path / "dissect"
     member = config.member
     images = {
@@ -159,6 +228,9 @@ def write_dissect_report(run: Run, d: Dissection, config: DissectConfig) -> Path
         f"after {llc.burn_in} burn-in steps, batch {batch}"
     )
     seconds = sum(r["seconds"] for r in d.records)
+    causal_html = (
+        "" if causal is None else _causal_html(run, causal, images, run.eval_data(member)[0].key_metric[0])
+    )
     body = (
         f"<h1>Dissection of {html.escape(run.id)}</h1><p>{html.escape(_whose(run, member))}. "
         f"{html.escape(settings)}. {len(d.records)} checkpoints, {seconds / 60:.1f} CPU-minutes of SGLD "
@@ -166,6 +238,7 @@ def write_dissect_report(run: Run, d: Dissection, config: DissectConfig) -> Path
         + figures_html(images)
         + "<h2>Stages (from the LLC curve)</h2>"
         + _rows(["stage", "from", "to", "kind", "smoothed LLC"], stage_rows)
+        + causal_html
         + "<h2>Transitions of logged metrics (steps: onset / midpoint / end)</h2>"
         + _rows(["curve", "split", "steps", "change", "in stage"], transition_rows)
         + "<h2>LLC estimates</h2>"
