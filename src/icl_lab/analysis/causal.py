@@ -198,8 +198,8 @@ def run_causal(
     """Train the variants (finished ones are kept) and judge each against the baseline; also
     returns the variants' training steps."""
     chosen, variants, steps = plan(run, member, config)
-    if not chosen:
-        return [], [], steps
+    if len(variants) == 1:  # no transition, or no head moved with one: nothing to clamp
+        return chosen, [], steps
     jobs = [
         Job(out / v.name, tuple(variant_config(run, member, v, s, steps) for s in config.seeds))
         for v in variants

@@ -150,8 +150,9 @@ def _steps_text(steps: list[float | None]) -> str:
 
 def _causal_html(run: Run, result: CausalResult, images: dict[str, bytes], split: str) -> str:
     """The "what needs to go right" table, and the variants' curves into `images`."""
-    if not result.transitions:
-        return "<h2>What needs to go right</h2><p>No transition of the key curve to dissect.</p>"
+    if not result.effects:
+        why = "no head's progress measure moved with it" if result.transitions else "the key curve has none"
+        return f"<h2>What needs to go right</h2><p>No clamped variants: {why}.</p>"
     images["Clamped variants: judged loss against steps"] = save_png(
         variant_curves(run, result, split), run.path / "dissect" / "variants.png"
     )
