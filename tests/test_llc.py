@@ -133,3 +133,17 @@ def test_the_llc_of_a_trained_run_is_positive_and_reproducible(tmp_path):
     assert np.array_equal(first.per_chain, again.per_chain)
     assert first.trace.shape == (2, config.steps) and np.isfinite(first.trace).all()
     assert first.mean > 0
+
+
+def test_vmapped_chains_equal_chains_run_one_after_another(tmp_path):
+    """A GPU runs the chains as one vmapped ensemble, a CPU one at a time: same data, same noise,
+    same estimate."""
+    run = train(
+        tiny_config(training={"batch_size": 16, "length": {"steps": 20}}), str(tmp_path), progress=False
+    )
+    estimates = [
+        run_llc(run, 20, LLCConfig(chains=3, draws=6, burn_in=2, vmap_chains=vmapped))
+        for vmapped in (True, False)
+    ]
+    assert np.allclose(estimates[0].trace, estimates[1].trace, rtol=1e-4, atol=1e-5)
+    assert np.allclose(estimates[0].per_chain, estimates[1].per_chain, rtol=1e-3, atol=1e-3)
