@@ -132,14 +132,21 @@ class MetricTransition:
 
 
 def metric_transitions(run: Run, member: int, found: list[Stage]) -> list[MetricTransition]:
-    """Transitions of every logged curve of the member: each head-less metric on each split
-    (training batches' loss included), and each head of a per-head metric."""
-    rows = run.metrics
-    table = rows.filter(rows["member"].to_numpy() == member) if rows.num_rows else rows
+    """Transitions of the member's logged curves: each head-less metric on each split (training
+    batches' loss included), and each head of the task's per-head progress measures on their layers."""
+    t = run.metrics
+    rows = zip(*(t[c].to_pylist() for c in ("metric", "split", "head", "member")), strict=True)
+    layers = run.member_config(member).model.n_layers
+    measured = {
+        (m, s, layer % layers)
+        for s, m, layer in run.eval_data(member)[0].progress_measures
+        if layer is not None
+    }
     keys = sorted(
         {
             (m, s, h)
-            for m, s, h in zip(*(table[c].to_pylist() for c in ("metric", "split", "head")), strict=True)
+            for m, s, h, k in rows
+            if k == member and (h is None or (m, s, int(h.split(".")[0])) in measured)
         },
         key=lambda k: (k[0], k[1], k[2] or ""),
     )
@@ -189,8 +196,11 @@ def dissect(
     records = [json.loads(files[s].read_text()) for s in steps]
     llc = np.array([r["llc"] for r in records])
     std = np.array([r["llc_std"] for r in records])
-    chains = config.llc.chains
-    curve = smooth(np.array(steps, float), llc, std / np.sqrt(chains) if chains > 1 else None)
+    chains, trained = config.llc.chains, np.array(steps) > 0
+    # the stages start at the first checkpoint after initialisation: between step 0 and it, ln(step + 1)
+    # spans a stretch with no estimate (often most of the axis), where a GP would only invent a shape
+    errors = std[trained] / np.sqrt(chains) if chains > 1 else None
+    curve = smooth(np.array(steps, float)[trained], llc[trained], errors)
     found = stages(curve, config.stages.flat, config.stages.min_change)
     transitions = metric_transitions(run, config.member, found)
     result = Dissection(np.array(steps), llc, std, records, curve.steps, curve.values, found, transitions)
