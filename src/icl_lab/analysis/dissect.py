@@ -3,7 +3,8 @@ transitions of every logged metric beside them. Results live in RUN/dissect/ and
 
 - dissect/config.yaml: the settings (DissectConfig) the results were made with;
 - dissect/llc/step_<step>.json: one checkpoint's estimate (per-chain LLCs, the loss traces, the
-  sanity checks, seconds); a checkpoint whose file holds these settings is not estimated again;
+  sanity checks, seconds); a checkpoint whose file holds the same member and LLC settings is not
+  estimated again;
 - dissect/stages.json: the smoothed LLC, its stages, and each metric's transitions with the stage
   they fall in;
 - dissect/variants/<name>/: the clamped training runs of the causal half (analysis/causal.py), and
@@ -91,8 +92,9 @@ def _record(estimate: LLCEstimate, settings: dict) -> dict:
 def _estimate(run_path: str, step: int, settings: dict, out: str) -> None:
     """One checkpoint's LLC, written atomically to `out` (a worker process's job: one thread)."""
     torch.set_num_threads(1)
-    config = DissectConfig.model_validate(settings)
-    estimate = run_llc(Run.open(run_path), step, config.llc, config.member)
+    estimate = run_llc(
+        Run.open(run_path), step, LLCConfig.model_validate(settings["llc"]), settings["member"]
+    )
     atomic_write_text(Path(out), json.dumps(_record(estimate, settings)))
 
 
@@ -182,8 +184,8 @@ def dissect(
     run.member_config(config.member)  # RunStoreError for a member the run lacks
     out = run.path / "dissect"
     (out / "llc").mkdir(parents=True, exist_ok=True)
-    settings = config.model_dump(mode="json")
-    atomic_write_text(out / "config.yaml", json.dumps(settings, indent=1))
+    atomic_write_text(out / "config.yaml", json.dumps(config.model_dump(mode="json"), indent=1))
+    settings = config.model_dump(mode="json", include={"member", "llc"})  # what an estimate depends on
     steps = chosen_checkpoints(run.checkpoint_steps, config.max_checkpoints)
     files = {step: out / "llc" / f"step_{step:09d}.json" for step in steps}
     done = {
