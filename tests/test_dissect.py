@@ -28,7 +28,7 @@ def test_dissect_writes_its_report_and_resumes_without_estimating_again(cli, run
     out_dir = run.path / "dissect"
     files = sorted((out_dir / "llc").glob("step_*.json"))
     assert [int(f.stem.split("_")[1]) for f in files] == run.checkpoint_steps  # 11 <= 40: every one
-    assert {"report.html", "timeline.png", "traces.png", "stages.json", "config.yaml"} <= {
+    assert {"report.html", "timeline.png", "traces.png", "stages.json", "config.json"} <= {
         p.name for p in out_dir.iterdir()
     }
     summary = json.loads((out_dir / "stages.json").read_text())

@@ -1,7 +1,7 @@
 """Dissect a finished run: its LLC over checkpoints, the stages that curve shows, and the
 transitions of every logged metric beside them. Results live in RUN/dissect/ and are resumable.
 
-- dissect/config.yaml: the settings (DissectConfig) the results were made with;
+- dissect/config.json: the settings (DissectConfig) the results were made with;
 - dissect/llc/step_<step>.json: one checkpoint's estimate (per-chain LLCs, the loss traces, the
   sanity checks, seconds); a checkpoint whose file holds the same member and LLC settings is not
   estimated again;
@@ -184,7 +184,7 @@ def dissect(
     run.member_config(config.member)  # RunStoreError for a member the run lacks
     out = run.path / "dissect"
     (out / "llc").mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", json.dumps(config.model_dump(mode="json"), indent=1))
+    atomic_write_text(out / "config.json", json.dumps(config.model_dump(mode="json"), indent=1))
     settings = config.model_dump(mode="json", include={"member", "llc"})  # what an estimate depends on
     steps = chosen_checkpoints(run.checkpoint_steps, config.max_checkpoints)
     files = {step: out / "llc" / f"step_{step:09d}.json" for step in steps}
