@@ -134,3 +134,11 @@ def test_dissect_finds_the_clamp_that_removes_the_plateau(cli, tmp_path):
     assert effects["t1-induction-ablate"]["verdict"] == "necessary"
     assert effects["t1-induction-ablate"]["heads"] == ["1.0", "1.1"]
     assert "What needs to go right" in (run.path / "dissect" / "report.html").read_text()
+
+
+def test_diverged_estimates_are_reported_not_smoothed(cli, run):
+    args = ["--set", "llc.step_size=1000", "--set", "max_checkpoints=4", "--no-causal"]
+    code, _, err = cli("dissect", run.path, "--workers", "1", "--quiet", *QUICK_ARGS, *args)
+    assert code == 0, err
+    page = (run.path / "dissect" / "report.html").read_text()
+    assert "too few finite LLC estimates" in page and "a chain diverged" in page

@@ -32,6 +32,7 @@ from icl_lab.experiment import apply_overrides
 from icl_lab.files import atomic_write_text
 from icl_lab.store.run import Run
 
+MIN_ESTIMATES = 4  # sane LLC estimates after initialisation needed to read stages off the curve
 Progress = Callable[[int, int], None]
 """(checkpoints done, checkpoints in all)"""
 
@@ -196,16 +197,23 @@ def dissect(
     for finished, _ in enumerate(_in_pool(todo, max(1, min(workers, len(todo) or 1))), start=len(done) + 1):
         progress(finished, len(steps))
     records = [json.loads(files[s].read_text()) for s in steps]
-    llc = np.array([r["llc"] for r in records])
-    std = np.array([r["llc_std"] for r in records])
-    chains, trained = config.llc.chains, np.array(steps) > 0
+    llc = np.array([r["llc"] for r in records], dtype=float)
+    std = np.array([r["llc_std"] for r in records], dtype=float)
     # the stages start at the first checkpoint after initialisation: between step 0 and it, ln(step + 1)
-    # spans a stretch with no estimate (often most of the axis), where a GP would only invent a shape
-    errors = std[trained] / np.sqrt(chains) if chains > 1 else None
-    curve = smooth(np.array(steps, float)[trained], llc[trained], errors)
-    found = stages(curve, config.stages.flat, config.stages.min_change)
+    # spans a stretch with no estimate (often most of the axis), where a GP would only invent a shape;
+    # a diverged estimate (NaN, its problem stated on the page) is left out
+    used = (np.array(steps) > 0) & np.isfinite(llc) & np.isfinite(std)
+    found: list[Stage] = []
+    smooth_steps, smooth_llc = np.zeros(0), np.zeros(0)
+    if used.sum() >= MIN_ESTIMATES:
+        chains = config.llc.chains
+        curve = smooth(
+            np.array(steps, float)[used], llc[used], std[used] / np.sqrt(chains) if chains > 1 else None
+        )
+        found = stages(curve, config.stages.flat, config.stages.min_change)
+        smooth_steps, smooth_llc = curve.steps, curve.values
     transitions = metric_transitions(run, config.member, found)
-    result = Dissection(np.array(steps), llc, std, records, curve.steps, curve.values, found, transitions)
+    result = Dissection(np.array(steps), llc, std, records, smooth_steps, smooth_llc, found, transitions)
     atomic_write_text(out / "stages.json", json.dumps(_summary(result), indent=1))
     return result
 

@@ -238,6 +238,7 @@ def write_dissect_report(
         f"({seconds / len(d.records):.1f} s per checkpoint).</p>"
         + figures_html(images)
         + "<h2>Stages (from the LLC curve)</h2>"
+        + ("" if d.stages else "<p>None: too few finite LLC estimates (see the sanity checks below).</p>")
         + _rows(["stage", "from", "to", "kind", "smoothed LLC"], stage_rows)
         + causal_html
         + "<h2>Transitions of logged metrics (steps: onset / midpoint / end)</h2>"
