@@ -1,7 +1,8 @@
 """What needs to go right for each transition of a run: Singh et al.'s clamped training runs, chosen
 and judged automatically.
 
-For each transition of the run's key curve, the heads whose per-head progress measures (the task's,
+For each transition of the run's key curve (or, where it has none, of a head-less progress measure
+such as in-context accuracy), the heads whose per-head progress measures (the task's,
 each on its layer) move with it (a transition of their own overlapping it, at least half the
 largest head's change) are grouped by type (HEAD_TYPES). For each group, variants of
 the run are trained from the start with one clamp added, on `seeds`, and an unclamped baseline on
@@ -119,13 +120,25 @@ def _ideal_clamps(kind: str, heads: list[str], layout: str | None, token_inputs:
     return []
 
 
+def _transitions(run: Run, member: int) -> list[Transition]:
+    """The transitions to dissect, most important first: the key curve's (largest change first),
+    then those of the task's head-less progress measures that overlap none before them (a key
+    curve that declines before its drop has no flat stretch for the detector, while a progress
+    measure such as in-context accuracy may)."""
+    found = sorted(summarise(run, member).transitions, key=lambda t: -abs(t.amplitude))
+    for split, metric, layer in run.eval_data(member)[0].progress_measures:
+        if layer is None:
+            steps, values = run.curve(metric, split, member=member)
+            for tr in sorted(detect_transitions(steps, values), key=lambda t: -abs(t.amplitude)):
+                if not any(_overlap(tr, other, 0.0) for other in found):
+                    found.append(tr)
+    return found
+
+
 def plan(run: Run, member: int, config: CausalConfig) -> tuple[list[Transition], list[Variant], int]:
     """The transitions to dissect, the variants that test them (the baseline first), and the
     training steps of each variant."""
-    found = summarise(run, member).transitions
-    chosen = sorted(
-        sorted(found, key=lambda t: -abs(t.amplitude))[: config.max_transitions], key=lambda t: t.midpoint
-    )
+    chosen = sorted(_transitions(run, member)[: config.max_transitions], key=lambda t: t.midpoint)
     task, _ = run.eval_data(member)
     token_inputs = run.model(member=member).io.d_vocab is not None
     variants = [Variant("baseline", -1, "", (), {}, "baseline")]
