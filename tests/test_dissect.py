@@ -127,9 +127,9 @@ def test_dissect_finds_the_clamp_that_removes_the_plateau(cli, tmp_path):
     ]
     code, _, err = cli("dissect", run.path, "--quiet", *QUICK_ARGS, *args)
     assert code == 0, err
-    effects = {
-        e["variant"]: e for e in json.loads((run.path / "dissect" / "causal.json").read_text())["effects"]
-    }
+    record = json.loads((run.path / "dissect" / "causal.json").read_text())
+    assert all(Path(path).is_dir() for path in record["runs"].values())  # named by the configs' hash
+    effects = {e["variant"]: e for e in record["effects"]}
     assert effects["t1-induction-induction_pattern"]["verdict"] == "sufficient to remove the plateau"
     assert effects["t1-induction-ablate"]["verdict"] == "necessary"
     assert effects["t1-induction-ablate"]["heads"] == ["1.0", "1.1"]

@@ -31,7 +31,7 @@ from icl_lab.analysis.summary import summarise
 from icl_lab.analysis.transitions import Transition, detect_transitions
 from icl_lab.config import StrictModel
 from icl_lab.errors import IclLabError
-from icl_lab.experiment import ExperimentConfig, total_steps, validate_config
+from icl_lab.experiment import ExperimentConfig, ensemble_hash, total_steps, validate_config
 from icl_lab.store.run import Run
 from icl_lab.sweeps.execute import Job, execute
 
@@ -205,17 +205,29 @@ def judge(variant: Variant, steps: list[float | None], baseline: list[float | No
     return Effect(variant, steps, baseline, effect, verdicts.get((variant.role, effect), "no effect"))
 
 
+@dataclass(frozen=True)
+class CausalResult:
+    """The transitions dissected, each clamped variant's effect, the variants' training steps, and
+    the run directory of each variant (and of the baseline) by name."""
+
+    transitions: list[Transition]
+    effects: list[Effect]
+    steps: int
+    runs: dict[str, Path]
+
+
 def run_causal(
     run: Run, member: int, config: CausalConfig, out: Path, workers: int, progress: bool
-) -> tuple[list[Transition], list[Effect], int]:
-    """Train the variants (finished ones are kept) and judge each against the baseline; also
-    returns the variants' training steps."""
+) -> CausalResult:
+    """Train the variants (finished ones are kept) and judge each against the baseline."""
     chosen, variants, steps = plan(run, member, config)
     if len(variants) == 1:  # no transition, or no head moved with one: nothing to clamp
-        return chosen, [], steps
+        return CausalResult(chosen, [], steps, {})
+    members = [[variant_config(run, member, v, s, steps) for s in config.seeds] for v in variants]
+    # the directory names the configs' hash: other steps or seeds never reuse a finished variant
     jobs = [
-        Job(out / v.name, tuple(variant_config(run, member, v, s, steps) for s in config.seeds))
-        for v in variants
+        Job(out / f"{v.name}-{ensemble_hash(m)[:8]}", tuple(m))
+        for v, m in zip(variants, members, strict=True)
     ]
     results = execute(jobs, "local", workers, progress)
     failed = [
@@ -233,7 +245,9 @@ def run_causal(
     effects = [
         judge(v, reached[v.name][v.transition], reached["baseline"][v.transition]) for v in variants[1:]
     ]
-    return chosen, effects, steps
+    return CausalResult(
+        chosen, effects, steps, {v.name: job.path for v, job in zip(variants, jobs, strict=True)}
+    )
 
 
 def _levels(run: Run, member: int, split: str, tr: Transition) -> tuple[float, float]:

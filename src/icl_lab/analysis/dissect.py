@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from icl_lab.analysis.causal import CausalConfig, Effect, run_causal
+from icl_lab.analysis.causal import CausalConfig, CausalResult, run_causal
 from icl_lab.analysis.llc import LLCConfig, LLCEstimate, run_llc
 from icl_lab.analysis.stages import Stage, smooth, stages
 from icl_lab.analysis.transitions import Transition, detect_transitions
@@ -232,23 +232,15 @@ def _summary(d: Dissection) -> dict:
     }
 
 
-@dataclass(frozen=True)
-class CausalResult:
-    """The transitions dissected causally and each clamped variant's effect."""
-
-    transitions: list[Transition]
-    effects: list[Effect]
-    steps: int
-
-
 def dissect_causal(run: Run, config: DissectConfig, workers: int = 2, progress: bool = True) -> CausalResult:
     """Train and judge the clamped variants (analysis/causal.py); dissect/causal.json."""
     out = run.path / "dissect" / "variants"
-    transitions, effects, steps = run_causal(run, config.member, config.causal, out, workers, progress)
+    result = run_causal(run, config.member, config.causal, out, workers, progress)
     record = {
-        "steps": steps,
+        "steps": result.steps,
         "seeds": config.causal.seeds,
-        "transitions": [asdict(t) for t in transitions],
+        "runs": {name: str(path) for name, path in result.runs.items()},
+        "transitions": [asdict(t) for t in result.transitions],
         "effects": [
             {
                 "variant": e.variant.name,
@@ -261,8 +253,8 @@ def dissect_causal(run: Run, config: DissectConfig, workers: int = 2, progress: 
                 "effect": e.effect,
                 "verdict": e.verdict,
             }
-            for e in effects
+            for e in result.effects
         ],
     }
     atomic_write_text(run.path / "dissect" / "causal.json", json.dumps(record, indent=1))
-    return CausalResult(transitions, effects, steps)
+    return result

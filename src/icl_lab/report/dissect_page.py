@@ -12,7 +12,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-from icl_lab.analysis.dissect import CausalResult, DissectConfig, Dissection
+from icl_lab.analysis.causal import CausalResult
+from icl_lab.analysis.dissect import DissectConfig, Dissection
 from icl_lab.analysis.summary import units_text
 from icl_lab.files import atomic_write_text
 from icl_lab.report.html import figures_html, page, save_png
@@ -110,11 +111,10 @@ def variant_curves(run: Run, result: CausalResult, split: str) -> Figure:
     clamped variant, against steps."""
     n = len(result.transitions)
     fig, axes = plt.subplots(1, n, figsize=(7 * n, 4), squeeze=False, constrained_layout=True)
-    variants_dir = run.path / "dissect" / "variants"
     for i, (ax, tr) in enumerate(zip(axes[0], result.transitions, strict=True)):
         names = ["baseline"] + [e.variant.name for e in result.effects if e.variant.transition == i]
         for name in names:
-            trained = Run.open(variants_dir / name)
+            trained = Run.open(result.runs[name])
             curves = [trained.curve("loss", split, member=m) for m in range(len(trained.configs))]
             steps = curves[0][0]
             ax.plot(
@@ -126,7 +126,7 @@ def variant_curves(run: Run, result: CausalResult, split: str) -> Figure:
         ax.set_title(f"transition {i + 1}: clamped variants", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    seeds = ", ".join(str(c.seed) for c in Run.open(variants_dir / "baseline").configs)
+    seeds = ", ".join(str(c.seed) for c in Run.open(result.runs["baseline"]).configs)
     fig.suptitle(f"{run.id}: variants trained from the start (mean over seeds {seeds})", fontsize=10)
     return fig
 
