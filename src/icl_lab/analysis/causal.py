@@ -46,7 +46,7 @@ HEAD_TYPES = {
 
 MOVES = 0.5  # a head moves with a transition when its change is at least half the largest head's
 DELAY = 0.2  # a delay counts when it exceeds 20% of the baseline's step (and twice the spread)
-EARLIER = 0.5  # "earlier": before half the baseline's step
+EARLIER = 0.5  # "much earlier" (no plateau left): before half the baseline's step
 
 
 class CausalConfig(StrictModel):
@@ -57,7 +57,9 @@ class CausalConfig(StrictModel):
     steps: int | None = Field(
         None, ge=1, description="training steps of each variant; None: 1.5 x the last transition's end"
     )
-    max_transitions: int = Field(2, ge=1, description="transitions dissected, the largest first")
+    max_transitions: int = Field(
+        2, ge=1, description="transitions dissected: the key curve's, largest first, then progress measures'"
+    )
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,7 @@ class Variant:
     transition: int
     group: str  # head type
     heads: tuple[str, ...]
-    clamp: dict  # None for the baseline
+    clamp: dict  # empty for the baseline
     role: str  # "ablation", "ideal" or "baseline"
 
 
