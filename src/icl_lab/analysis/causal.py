@@ -142,7 +142,7 @@ def plan(run: Run, member: int, config: CausalConfig) -> tuple[list[Transition],
     training steps of each variant."""
     chosen = sorted(_transitions(run, member)[: config.max_transitions], key=lambda t: t.midpoint)
     task, _ = run.eval_data(member)
-    token_inputs = run.model(member=member).io.d_vocab is not None
+    token_inputs = task.io(task.config).d_vocab is not None
     variants = [Variant("baseline", -1, "", (), {}, "baseline")]
     for i, tr in enumerate(chosen):
         for kind, heads in _involved(run, member, tr).items():

@@ -13,9 +13,8 @@ The report (report/dissect_page.py) draws the timeline and the causal table from
 """
 
 import json
-import multiprocessing
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from icl_lab.config import StrictModel, validated
 from icl_lab.experiment import apply_overrides
 from icl_lab.files import atomic_write_text
 from icl_lab.store.run import Run
+from icl_lab.sweeps.execute import process_pool
 
 MIN_ESTIMATES = 4  # sane LLC estimates after initialisation needed to read stages off the curve
 Progress = Callable[[int, int], None]
@@ -107,20 +107,13 @@ def _in_pool(jobs: list[tuple], workers: int) -> Iterator[None]:
             _estimate(*job)
             yield None
         return
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
-    try:
+    with process_pool(workers) as pool:
         pending = {pool.submit(_estimate, *job) for job in jobs}
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
                 future.result()
                 yield None
-    except BaseException:
-        for worker in multiprocessing.active_children():
-            worker.terminate()
-        pool.shutdown(wait=True, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from pydantic import Field
 from torch import Tensor
 
 from icl_lab.config import StrictModel
-from icl_lab.experiment import build_model
+from icl_lab.experiment import build_model, build_task
 from icl_lab.interventions.base import active_at
 from icl_lab.seeding import generator
 from icl_lab.store.run import Run
@@ -165,7 +165,7 @@ def run_llc(run: Run, step: int, config: LLCConfig, member: int = 0, device: str
     training clamps; the chains' data and noise come from the member's seed, the step and a
     purpose of their own (never the training stream)."""
     member_config = run.member_config(member)
-    task, _ = run.eval_data(member, device)
+    task = build_task(member_config, device=device)  # its sampler only: no evaluation batches
     model = build_model(member_config, device, task)
     center = {k: v[member].to(device) for k, v in run.parameters(step).items()}
     clamps = active_at(member_config.clamps, step)

@@ -7,6 +7,7 @@ the others carry on. A unit starts once the units it comes after have completed 
 unit fails without running). Workers use one torch thread each.
 """
 
+import contextlib
 import multiprocessing
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -104,12 +105,24 @@ class Schedule:
         return None
 
 
+@contextlib.contextmanager
+def process_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
+    """A pool of spawned worker processes. If the caller stops (Ctrl-C, SIGTERM, an error, or a
+    generator using it is closed), the workers get SIGTERM and no further job starts."""
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        yield pool
+    except BaseException:
+        for worker in multiprocessing.active_children():
+            worker.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
 def _local(jobs: list[Job], workers: int) -> Iterator[tuple[int, tuple[str, str]]]:
     """Jobs in a pool of processes, handed out one per free worker (so none waits queued inside
-    the pool). If the caller stops (Ctrl-C, SIGTERM, an error), the workers get SIGTERM, which
-    stops each run resumably (marked interrupted), and no further job starts."""
-    context = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    the pool); a run whose worker is stopped is marked interrupted and resumes later."""
     schedule = Schedule(jobs)
     running: dict[Future, int] = {}
 
@@ -123,7 +136,7 @@ def _local(jobs: list[Job], workers: int) -> Iterator[tuple[int, tuple[str, str]
             else:
                 running[pool.submit(run_job, *jobs[index].arguments())] = index
 
-    try:
+    with process_pool(workers) as pool:
         yield from fill()
         while running:
             done, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -132,12 +145,6 @@ def _local(jobs: list[Job], workers: int) -> Iterator[tuple[int, tuple[str, str]
                 schedule.done(index, future.result()[0])
                 yield index, future.result()
             yield from fill()
-    except BaseException:
-        for worker in multiprocessing.active_children():
-            worker.terminate()
-        pool.shutdown(wait=True, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)
 
 
 def _ray(jobs: list[Job], workers: int, address: str | None) -> Iterator[tuple[int, tuple[str, str]]]:
