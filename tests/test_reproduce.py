@@ -41,6 +41,16 @@ def test_local_executor_runs_in_parallel_and_matches_in_process_training(tmp_pat
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_finished_run_of_other_configs_is_refused_not_reused(tmp_path: Path) -> None:
+    run_configs([tiny_config(name="a")], tmp_path, workers=1, progress=False)
+    again = run_configs([tiny_config(name="a")], tmp_path, workers=1, progress=False)
+    assert again[0].status == "complete", "the same config finds its run"
+    changed = tiny_config(name="a", seed=5)
+    with pytest.raises(IclLabError, match=r"000-a: .*000-a holds a run of other configs \(hash "):
+        run_configs([changed], tmp_path, workers=1, progress=False)
+    assert Run.open(tmp_path / "000-a").config.seed != 5, "the old run is left as it was"
+
+
 @REPRODUCTIONS.register("tiny-test")
 class Tiny(Reproduction):
     title = "a two-run reproduction for the tests"

@@ -1,5 +1,6 @@
 """SAE training as a run: YAML config, metrics table, checkpoints, exact resume, one-line errors."""
 
+import os
 import re
 from pathlib import Path
 
@@ -155,6 +156,9 @@ def test_an_sae_config_naming_an_earlier_run_waits_for_it_in_the_pool(tmp_path: 
     model_run, sae_run = run_configs([model, sae], tmp_path, workers=2, progress=False)
     assert sae_run.status == "complete" and sae_run.config.source.run == str(model_run.path)
     assert model_run.status == "complete"
+    relative = os.path.relpath(tmp_path)  # the same directory, named otherwise: the run is kept
+    again = run_configs([model, sae], relative, workers=1, progress=False)
+    assert again[1].status == "complete" and again[1].config.source.run == str(model_run.path)
 
 
 def test_a_job_after_a_failed_one_fails_without_running(tmp_path: Path) -> None:

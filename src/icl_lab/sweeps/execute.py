@@ -47,6 +47,21 @@ class Job:
         return str(self.path), [c.to_yaml() for c in self.configs], self.kind
 
 
+def _wanted_hash(run, configs_yaml: list[str], kind: str) -> str:
+    """The fingerprint `run` must carry to be the job's run: its member configs', or its SAE
+    config's (a source named by another path to the same directory counts as the same)."""
+    from icl_lab.experiment import ensemble_hash, validate_config
+    from icl_lab.sae.config import validate_sae_config
+    from icl_lab.yaml_text import load_yaml
+
+    if kind == "model":
+        return ensemble_hash([validate_config(load_yaml(text)) for text in configs_yaml])
+    config = validate_sae_config(load_yaml(configs_yaml[0]))
+    if Path(config.source.run).resolve() == Path(run.config.source.run).resolve():
+        config.source.run = run.config.source.run
+    return config.hash()
+
+
 def run_job(path: str, configs_yaml: list[str], kind: str = "model") -> tuple[str, str]:
     """Train, resume or skip one run directory; returns (status, error). Runs in a worker."""
     import torch
@@ -67,6 +82,12 @@ def run_job(path: str, configs_yaml: list[str], kind: str = "model") -> tuple[st
             if run.status == "running":  # another live process trains it: leave it alone
                 owner = f"pid {run.manifest.get('pid')} on {run.manifest.get('host')}"
                 return "running", f"being trained by {owner}"
+            wanted = _wanted_hash(run, configs_yaml, kind)
+            if run.config_hash != wanted:
+                return "failed", (
+                    f"{run_dir} holds a run of other configs (hash {run.config_hash}, asked for "
+                    f"{wanted}); move it away or choose another directory"
+                )
             if run.status != "complete":
                 resume_run(run, progress=False)
         elif kind == "sae":
