@@ -379,14 +379,24 @@ def reproduce_(
             "interrupted ones, judge the claims again (with 'all': reproductions already judged are kept)."
         ),
     ] = None,
+    docs: Annotated[
+        Path | None,
+        typer.Option(
+            help="With 'all': also write DOCS/claims.md, its figures copied to DOCS/images/claims/ "
+            "and DOCS/notes/NAME.md linked where it exists (the repository's page: --docs docs)."
+        ),
+    ] = None,
     quiet: Quiet = False,
 ) -> None:
     """Train a paper's experiments and print each of its claims beside our measurement; 'all' runs
     every reproduction in turn and writes one page of all their claims (claims.md, claims.html)."""
+    from icl_lab.errors import ConfigError
     from icl_lab.reproduce import REPRODUCTIONS, reproduce, reproduce_all
 
+    if docs is not None and name != "all":
+        raise ConfigError("--docs writes the page of every reproduction's claims: use it with 'all'")
     if name == "all":
-        by_name, out = reproduce_all(quick, runs_dir, workers, progress=not quiet, resume=resume)
+        by_name, out = reproduce_all(quick, runs_dir, workers, not quiet, resume, docs=docs)
         table = Table()
         for column in ("reproduction", "claims reproduced"):
             table.add_column(column)
@@ -394,6 +404,8 @@ def reproduce_(
             table.add_row(key, f"{sum(c.reproduced for c in claims)} of {len(claims)}")
         console.print(table)
         console.print(f"every claim, with seeds and links to each run's report: {out / 'claims.html'}")
+        if docs is not None:
+            console.print(f"published: {docs / 'claims.md'}")
         return
     reproduction = REPRODUCTIONS.get(name)
     mode = f"quick: {reproduction.quick_budget}" if quick else "full: the paper's scale"

@@ -208,11 +208,12 @@ def reproduce_all(
     progress: bool = True,
     resume: Path | None = None,
     names: list[str] | None = None,
+    docs: Path | None = None,
 ) -> tuple[dict[str, list[Claim]], Path]:
     """Every reproduction (or those named), one after another, each in a subdirectory of one
-    reproduce-all-MODE-* directory, then one page of all their claims (claims.md, claims.html).
-    With `resume`: reproductions already judged are kept as they are; an interrupted one keeps its
-    finished runs and continues the others."""
+    reproduce-all-MODE-* directory, then one page of all their claims (claims.md, claims.html; with
+    `docs`, also docs/claims.md and its figures). With `resume`: reproductions already judged are
+    kept as they are; an interrupted one keeps its finished runs and continues the others."""
     mode = "quick" if quick else "full"
     out = _out_dir(runs_dir, f"reproduce-all-{mode}-", resume, f"reproduce all ({mode} mode)")
     records, names = [], names or REPRODUCTIONS.names()
@@ -225,5 +226,5 @@ def reproduce_all(
             sub.mkdir(exist_ok=True)
             _reproduce_in(name, quick, sub, workers, progress, resumed=started, reports=True)
         records.append(json.loads((sub / "claims.json").read_text()))
-    write_claims_page(records, out, mode)
+    write_claims_page(records, out, mode, docs)
     return {r["reproduction"]: [Claim(**c) for c in r["claims"]] for r in records}, out
