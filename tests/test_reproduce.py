@@ -309,6 +309,9 @@ def test_reddy_reproduction_judges_means_over_seeds(tmp_path: Path) -> None:
     assert claims[3].seeds == (0, 1), "L = N on two seeds"
     assert [c.seeds for c in claims[4:7]] == [(0,)] * 3, "p_C, progress measures and the fit: one run each"
     assert "deep in-weights classifier" in claims[7].finding and claims[7].seeds == (0, 1, 2)
+    for quick in (True, False):  # each class's in-weights rate set by its frequency: SGD, not Adam
+        optimizer = Reddy().experiments(quick)["reduced B2 s1"].training.optimizer
+        assert (optimizer.name, optimizer.lr, optimizer.weight_decay) == ("sgd", 0.01, 1e-6)
 
 
 def test_gd_and_function_class_reproductions_run_and_judge(tmp_path: Path) -> None:
