@@ -35,6 +35,15 @@ def test_report_writes_figures_and_a_self_contained_page(bursty_run: Run) -> Non
         assert f"<th>{split}</th>" in text
 
 
+def test_a_reduced_model_run_gets_its_report(tmp_path) -> None:
+    model = {"name": "induction_head_model", "layer1": "ideal"}  # its config names no layers or heads
+    config = tiny_config(task=TINY_BURSTY, model=model, training={"length": {"steps": 10}})
+    run = train(config, str(tmp_path), progress=False)
+    assert run.layers_heads == (2, 1)
+    text = write_report(run).read_text()
+    assert text.count('src="data:image/png;base64,') == 3, "training, progress measures, attention"
+
+
 def test_report_lists_clamps_and_when_they_were_active(tmp_path) -> None:
     config = tiny_config(
         clamps=[{"kind": "ablate", "heads": ["1.0"], "mode": "mean", "steps": {"from": 4, "until": 8}}],

@@ -59,7 +59,7 @@ def timeline(run: Run, d: Dissection, member: int) -> Figure:
         if layer is None:
             ax.plot(*run.curve(metric, split, member=member), color="k", label=metric)
         else:
-            layer %= run.config.model.n_layers
+            layer %= run.layers_heads[0]
             xs, heads = run.head_curves(metric, split, member)
             for head, values in heads.items():
                 if head.startswith(f"{layer}."):

@@ -72,7 +72,7 @@ def progress_measures(
             ax.plot(*run.curve(metric, split), color="k", label=metric)
             ax.set_title(f"{metric} ({split})", fontsize=9, loc="left")
         else:
-            layer = layer % run.config.model.n_layers
+            layer = layer % run.layers_heads[0]
             steps, heads = run.head_curves(metric, split)
             for head, values in heads.items():
                 if head.startswith(f"{layer}."):
@@ -89,10 +89,9 @@ def progress_measures(
 def attention_patterns(run: Run, steps: list[int], task: Task, split: str, batch: Batch) -> Figure:
     """Every head's attention pattern on one example sequence of a split's batch, at the given
     checkpoints."""
-    cfg = run.config
     example = 0
     labels = task.token_labels(batch, example)
-    L, H = cfg.model.n_layers, cfg.model.n_heads
+    L, H = run.layers_heads
     T = len(labels)
     fig, axes = plt.subplots(
         len(steps),

@@ -1,5 +1,6 @@
 """A model run's directory: runs/<id>/{config.yaml, manifest.json, metrics.parquet, checkpoints/}."""
 
+import functools
 from pathlib import Path
 from typing import Any, Literal
 
@@ -157,6 +158,12 @@ class Run(RunDirectory):
         """The member's clamps that its evaluation at `step` applied (none if eval.with_clamps is off)."""
         config = self.member_config(member)
         return active_at(config.clamps, step) if config.eval.with_clamps else []
+
+    @functools.cached_property
+    def layers_heads(self) -> tuple[int, int]:
+        """(blocks, heads per block) of the run's model: its config may not say (reduced models)."""
+        model = build_model(self.config)
+        return model.n_layers, model.n_heads
 
     # checkpoints ---------------------------------------------------------------------------
 
