@@ -89,7 +89,8 @@ def claims_markdown(records: list[dict], mode: str, out: Path, docs: Path | None
             f'<a id="{name}"></a>',
             f"## {r['title']}",
             "",
-            f"`icl-lab reproduce {name}`, {_took(r)}" + (f"; {where}" if where else ""),
+            f"`icl-lab reproduce {name}{' --quick' if mode == 'quick' else ''}`, {_took(r)}"
+            + (f"; {where}" if where else ""),
             "",
             *claims_table(r["claims"]),
             *(["", *figures] if figures else []),

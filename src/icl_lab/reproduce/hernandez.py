@@ -187,7 +187,7 @@ class Hernandez(SweepReproduction):
     """Repeated data against a ladder of unique-data models; induction heads on real text."""
 
     title = "Hernandez et al. 2022 (repeated data) and Olsson et al. 2022 (induction heads in text models)"
-    quick_budget = "28.5 minutes on 2 CPU cores (measured)"
+    quick_budget = "26 minutes on 2 CPU cores (measured)"
 
     def sweeps(self, quick: bool) -> dict[str, SweepConfig]:
         sweeps = {name: load_sweep(name) for name in ("hernandez", "hernandez_mlp")}

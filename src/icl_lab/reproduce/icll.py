@@ -3,7 +3,7 @@
 Every architecture trains on the same random-DFA languages (configs/icll.yaml) with the same
 optimiser and budget; the in-context n-gram baselines are scored on the same test prompts, and on
 the default generator against the paper's numbers. Quick mode: 2-layer models of width 64 on
-128-token prompts for 2,000 steps, about 30 minutes on 2 cores. Full mode: the default generator's
+128-token prompts for 2,000 steps, about 24 minutes on 2 cores. Full mode: the default generator's
 1,024-token prompts, 4 layers of width 128 and 20,000 steps: for a GPU or a cluster.
 """
 
@@ -85,7 +85,7 @@ class ICLL(Reproduction):
     """Which architectures learn regular languages in context, against the in-context n-gram models."""
 
     title = "Akyürek et al. 2024: in-context language learning (RegBench) across architectures"
-    quick_budget = "30 minutes on 2 CPU cores (measured)"
+    quick_budget = "24 minutes on 2 CPU cores (measured)"
 
     def experiments(self, quick: bool) -> dict[str, ExperimentConfig]:
         if quick:

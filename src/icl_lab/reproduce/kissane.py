@@ -143,7 +143,7 @@ def prefix_types(probe: PrefixProbe) -> dict[str, str]:
 @REPRODUCTIONS.register("kissane")
 class Kissane(Reproduction):
     title = "Kissane et al. 2024: sparse autoencoders on attention outputs"
-    quick_budget = "about 25 minutes on 2 cores"
+    quick_budget = "28 minutes on 2 CPU cores (measured)"
     scored_tokens = SCORED_TOKENS
 
     def experiments(self, quick: bool) -> dict[str, ExperimentConfig | SAERunConfig]:
