@@ -47,16 +47,14 @@ class Job:
         return str(self.path), [c.to_yaml() for c in self.configs], self.kind
 
 
-def _wanted_hash(run, configs_yaml: list[str], kind: str) -> str:
+def _wanted_hash(run, configs: list, kind: str) -> str:
     """The fingerprint `run` must carry to be the job's run: its member configs', or its SAE
     config's (a source named by another path to the same directory counts as the same)."""
-    from icl_lab.experiment import ensemble_hash, validate_config
-    from icl_lab.sae.config import validate_sae_config
-    from icl_lab.yaml_text import load_yaml
+    from icl_lab.experiment import ensemble_hash
 
     if kind == "model":
-        return ensemble_hash([validate_config(load_yaml(text)) for text in configs_yaml])
-    config = validate_sae_config(load_yaml(configs_yaml[0]))
+        return ensemble_hash(configs)
+    config = configs[0].model_copy(deep=True)
     if Path(config.source.run).resolve() == Path(run.config.source.run).resolve():
         config.source.run = run.config.source.run
     return config.hash()
@@ -76,13 +74,15 @@ def run_job(path: str, configs_yaml: list[str], kind: str = "model") -> tuple[st
     torch.set_num_threads(1)
     run_dir = Path(path)
     handle, resume_run = (SAERun, resume_sae) if kind == "sae" else (Run, resume)
+    validate = validate_sae_config if kind == "sae" else validate_config
     try:
+        configs = [validate(load_yaml(text)) for text in configs_yaml]
         if (run_dir / "manifest.json").is_file():
             run = handle.open(run_dir)
             if run.status == "running":  # another live process trains it: leave it alone
                 owner = f"pid {run.manifest.get('pid')} on {run.manifest.get('host')}"
                 return "running", f"being trained by {owner}"
-            wanted = _wanted_hash(run, configs_yaml, kind)
+            wanted = _wanted_hash(run, configs, kind)
             if run.config_hash != wanted:
                 return "failed", (
                     f"{run_dir} holds a run of other configs (hash {run.config_hash}, asked for "
@@ -91,10 +91,8 @@ def run_job(path: str, configs_yaml: list[str], kind: str = "model") -> tuple[st
             if run.status != "complete":
                 resume_run(run, progress=False)
         elif kind == "sae":
-            config = validate_sae_config(load_yaml(configs_yaml[0]))
-            train_sae(config, run_dir.parent, progress=False, run_id=run_dir.name)
+            train_sae(configs[0], run_dir.parent, progress=False, run_id=run_dir.name)
         else:
-            configs = [validate_config(load_yaml(text)) for text in configs_yaml]
             train(configs, str(run_dir.parent), progress=False, run_id=run_dir.name)
     except Exception as e:  # one failing job must not stop a sweep: its error is recorded
         return "failed", f"{type(e).__name__}: {e}"
