@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from conftest import tiny_config
+from icl_lab.analysis.summary import summarise
 from icl_lab.config import Duration
 from icl_lab.errors import IclLabError
 from icl_lab.experiment import ExperimentConfig, validate_config
@@ -49,6 +50,45 @@ def test_a_finished_run_of_other_configs_is_refused_not_reused(tmp_path: Path) -
     with pytest.raises(IclLabError, match=r"000-a: .*000-a holds a run of other configs \(hash "):
         run_configs([changed], tmp_path, workers=1, progress=False)
     assert Run.open(tmp_path / "000-a").config.seed != 5, "the old run is left as it was"
+
+
+def test_packed_configs_train_as_one_ensemble_and_each_handle_reads_its_member(tmp_path: Path) -> None:
+    wider = {"name": "transformer", "d_model": 32}
+    configs = [
+        tiny_config(name="a", seed=1),
+        tiny_config(name="b", seed=2, task={"min_prefix": 3}),  # same inputs and outputs: packs
+        tiny_config(name="c", seed=1, model=wider),  # another shape: alone
+        tiny_config(name="d", seed=4),
+    ]
+    runs = run_configs(configs, tmp_path, workers=2, progress=False, pack=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["000-a-x3", "002-c"]
+    assert [(r.path.name, r.member, r.config.name) for r in runs] == [
+        ("000-a-x3", 0, "a"),
+        ("000-a-x3", 1, "b"),
+        ("002-c", 0, "c"),
+        ("000-a-x3", 2, "d"),
+    ]
+    ensemble = Run.open(tmp_path / "000-a-x3")
+    for handle in (runs[0], runs[1], runs[3]):
+        m = handle.member
+        assert (
+            handle.config == ensemble.configs[m]
+            and handle.whose() == f"seed {handle.config.seed}, member {m} of 3"
+        )
+        assert np.array_equal(handle.curve("loss", "train")[1], ensemble.curve("loss", "train", member=m)[1])
+        assert summarise(handle).final == summarise(ensemble, m).final
+        params = ensemble.parameters()
+        assert all(torch.equal(p, params[k][m]) for k, p in handle.model().state_dict().items())
+        assert handle.eval_data()[0].config == configs[[0, 1, 3][m]].task
+    assert not np.array_equal(runs[0].curve("loss", "train")[1], runs[1].curve("loss", "train")[1])
+    alone = train(configs[1], str(tmp_path / "alone"), progress=False)
+    assert np.allclose(alone.curve("loss", "train")[1], runs[1].curve("loss", "train")[1], rtol=1e-4), (
+        "a member learns what it learns alone"
+    )
+    manifests = {p: p.stat().st_mtime_ns for p in tmp_path.glob("00*/manifest.json")}
+    again = run_configs(configs, tmp_path, workers=1, progress=False, pack=True)
+    assert [r.member for r in again] == [0, 1, 0, 2]
+    assert {p: p.stat().st_mtime_ns for p in manifests} == manifests, "nothing retrained"
 
 
 @REPRODUCTIONS.register("tiny-test")
@@ -187,6 +227,17 @@ def test_reproduce_command_prints_verdicts(cli, tmp_path: Path) -> None:
     assert code == 2 and "unknown reproduction 'nobody'" in err
     code, _, err = cli("reproduce", "tiny-test", "--docs", tmp_path / "docs")
     assert code == 2 and "--docs writes the page of every reproduction's claims: use it with 'all'" in err
+    code, _, err = cli("reproduce", "tiny-test", "--device", "tpu", "--runs-dir", tmp_path / "tpu")
+    assert code == 2 and "--device: unknown device 'tpu'" in err and not (tmp_path / "tpu").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_reproduce_on_cuda_packs_seeds_into_one_ensemble(tmp_path: Path) -> None:
+    claims, out = reproduce("tiny-test", True, tmp_path, workers=1, progress=False, device="cuda")
+    assert [p.name for p in out.glob("0*")] == ["000-a-x2"], "a and b differ only in seed"
+    assert claims[0].ours == "complete, complete" and claims[0].seeds == (3, 9)
+    run = Run.open(out / "000-a-x2")
+    assert run.config.training.device == "cuda" and len(run.configs) == 2
 
 
 def test_trend_judgement() -> None:

@@ -161,6 +161,17 @@ def test_an_sae_config_naming_an_earlier_run_waits_for_it_in_the_pool(tmp_path: 
     assert again[1].status == "complete" and again[1].config.source.run == str(model_run.path)
 
 
+def test_an_sae_config_reads_its_source_member_of_a_packed_ensemble(tmp_path: Path) -> None:
+    from icl_lab.sweeps.execute import run_configs
+
+    models = [tiny_config(name="first"), tiny_config(name="second", seed=8)]
+    sae = validate_sae_config(sae_data(Path("second"), training={"steps": 5, "batch_size": 32}))
+    first, second, sae_run = run_configs([*models, sae], tmp_path, workers=2, progress=False, pack=True)
+    assert first.path == second.path == tmp_path / "000-first-x2"
+    assert (sae_run.config.source.run, sae_run.config.source.member) == (str(second.path), 1)
+    assert sae_run.status == "complete"
+
+
 def test_a_job_after_a_failed_one_fails_without_running(tmp_path: Path) -> None:
     from icl_lab.sweeps.execute import Job, Schedule
 

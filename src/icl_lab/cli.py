@@ -386,17 +386,30 @@ def reproduce_(
             "and DOCS/notes/NAME.md linked where it exists (the repository's page: --docs docs)."
         ),
     ] = None,
+    device: Annotated[
+        str,
+        typer.Option(
+            help="Device the models train on (cpu, cuda, cuda:N). On a GPU, runs that differ only in "
+            "seed or data settings train as one vmapped ensemble; SAEs train on the CPU. Resume a "
+            "directory on the device kind it started on."
+        ),
+    ] = "cpu",
     quiet: Quiet = False,
 ) -> None:
     """Train a paper's experiments and print each of its claims beside our measurement; 'all' runs
     every reproduction in turn and writes one page of all their claims (claims.md, claims.html)."""
+    from icl_lab.config import check_device
     from icl_lab.errors import ConfigError
     from icl_lab.reproduce import REPRODUCTIONS, reproduce, reproduce_all
 
     if docs is not None and name != "all":
         raise ConfigError("--docs writes the page of every reproduction's claims: use it with 'all'")
+    try:
+        check_device(device)
+    except ValueError as e:
+        raise ConfigError(f"--device: {e}") from None
     if name == "all":
-        by_name, out = reproduce_all(quick, runs_dir, workers, not quiet, resume, docs=docs)
+        by_name, out = reproduce_all(quick, runs_dir, workers, not quiet, resume, docs=docs, device=device)
         table = Table()
         for column in ("reproduction", "claims reproduced"):
             table.add_column(column)
@@ -410,7 +423,7 @@ def reproduce_(
     reproduction = REPRODUCTIONS.get(name)
     mode = f"quick: {reproduction.quick_budget}" if quick else "full: the paper's scale"
     console.print(f"[bold]{reproduction.title}[/] ({mode})")
-    claims, out = reproduce(name, quick, runs_dir, workers, progress=not quiet, resume=resume)
+    claims, out = reproduce(name, quick, runs_dir, workers, not quiet, resume, device)
     table = Table(show_lines=True)
     for column in ("finding", "paper", "ours", "seeds", "verdict"):
         table.add_column(column)

@@ -130,8 +130,7 @@ def plot_curves(panels: dict[str, dict[str, ErrorCurve]], title: str, path: Path
 
 def trained_text(run: Run) -> str:
     """What a figure's model is: its final checkpoint in steps, sequences and tokens, and its seed."""
-    members = f", member 0 of {len(run.configs)}" if len(run.configs) > 1 else ""
-    return f"transformer after {units_text(run, run.checkpoint_steps[-1])} (seed {run.config.seed}{members})"
+    return f"transformer after {units_text(run, run.checkpoint_steps[-1])} ({run.whose()})"
 
 
 def error_curves_png(run: Run, path: Path) -> bytes:

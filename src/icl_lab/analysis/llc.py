@@ -160,10 +160,13 @@ def _chain(x: Any, c: int) -> Any:
     return {k: _chain(v, c) for k, v in x.items()} if isinstance(x, dict) else x[c : c + 1]
 
 
-def run_llc(run: Run, step: int, config: LLCConfig, member: int = 0, device: str = "cpu") -> LLCEstimate:
+def run_llc(
+    run: Run, step: int, config: LLCConfig, member: int | None = None, device: str = "cpu"
+) -> LLCEstimate:
     """The LLC of one member of a run at one checkpoint, on the member's own training task and
     training clamps; the chains' data and noise come from the member's seed, the step and a
     purpose of their own (never the training stream)."""
+    member = run.member if member is None else member
     member_config = run.member_config(member)
     task = build_task(member_config, device=device)  # its sampler only: no evaluation batches
     model = build_model(member_config, device, task)

@@ -19,8 +19,10 @@ class RunSummary:
     final_step: int
 
 
-def summarise(run: Run, member: int = 0) -> RunSummary:
-    """Detect transitions in the task's key curve and collect every metric's final value."""
+def summarise(run: Run, member: int | None = None) -> RunSummary:
+    """Detect transitions in the task's key curve and collect every metric's final value (of the
+    given member, default the handle's)."""
+    member = run.member if member is None else member
     split, metric, how = TASKS.get(run.config.task.name).key_metric
     steps, values = run.summary_curve(metric, split, how, member)
     if not values.size:  # a model without the key metric's hooks (a mixer has no attention heads)

@@ -23,10 +23,6 @@ from icl_lab.store.run import Run
 STAGE_COLOURS = ("#dbe9f6", "#fde7d3")
 
 
-def _whose(run: Run, member: int) -> str:
-    return f"seed {run.member_config(member).seed}" + (f", member {member}" if len(run.configs) > 1 else "")
-
-
 def timeline(run: Run, d: Dissection, member: int) -> Figure:
     """Loss, LLC (estimates with chain spread, and the smoothed curve), and the task's progress
     measures against steps (log scale), with the LLC stages as bands across every panel."""
@@ -79,7 +75,7 @@ def timeline(run: Run, d: Dissection, member: int) -> Figure:
             np.sqrt(max(stage.start, 1) * stage.end), llc_ax.get_ylim()[1], f"S{i + 1}", ha="center", va="top"
         )
     axes[-1].set_xlabel("step (log scale; bands: LLC stages)")
-    fig.suptitle(f"{run.id}: developmental timeline ({_whose(run, member)})", fontsize=10)
+    fig.suptitle(f"{run.id}: developmental timeline ({run.whose(member)})", fontsize=10)
     return fig
 
 
@@ -102,7 +98,7 @@ def traces(run: Run, d: Dissection, member: int) -> Figure:
         ax.set_ylabel("loss - loss at checkpoint (nats)")
         ax.grid(alpha=0.3)
     np.atleast_1d(axes)[0].legend(fontsize=7)
-    fig.suptitle(f"{run.id}: SGLD loss traces ({_whose(run, member)})", fontsize=10)
+    fig.suptitle(f"{run.id}: SGLD loss traces ({run.whose(member)})", fontsize=10)
     return fig
 
 
@@ -233,7 +229,7 @@ def write_dissect_report(
         "" if causal is None else _causal_html(run, causal, images, run.eval_data(member)[0].key_metric[0])
     )
     body = (
-        f"<h1>Dissection of {html.escape(run.id)}</h1><p>{html.escape(_whose(run, member))}. "
+        f"<h1>Dissection of {html.escape(run.id)}</h1><p>{html.escape(run.whose(member))}. "
         f"{html.escape(settings)}. {len(d.records)} checkpoints, {seconds / 60:.1f} CPU-minutes of SGLD "
         f"({seconds / len(d.records):.1f} s per checkpoint).</p>"
         + figures_html(images)

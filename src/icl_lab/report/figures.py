@@ -32,11 +32,6 @@ def _time_axis(ax: Axes, run: Run, transition: Transition | None, top: bool) -> 
         secondary.set_xlabel("sequences")
 
 
-def _whose(run: Run) -> str:
-    """'seed s', and which member of an ensemble the figure shows."""
-    return f"seed {run.config.seed}" + (f", member 0 of {len(run.configs)}" if len(run.configs) > 1 else "")
-
-
 def _splits(run: Run) -> list[str]:
     return sorted(set(run.metrics["split"].to_pylist()) - {TRAIN_SPLIT})
 
@@ -56,7 +51,7 @@ def training_curves(run: Run, transition: Transition | None) -> Figure:
     _time_axis(loss_ax, run, transition, top=True)
     _time_axis(acc_ax, run, transition, top=False)
     loss_ax.legend(fontsize=8)
-    fig.suptitle(f"{run.id}: loss and accuracy per split ({_whose(run)})", fontsize=10)
+    fig.suptitle(f"{run.id}: loss and accuracy per split ({run.whose()})", fontsize=10)
     return fig
 
 
@@ -82,7 +77,7 @@ def progress_measures(
         _time_axis(ax, run, transition, top=i == 0)
         ax.legend(fontsize=7, ncol=4, loc="best")
     np.atleast_1d(axes)[-1].set_xlabel("step")
-    fig.suptitle(f"{run.id}: progress measures ({_whose(run)})", fontsize=10)
+    fig.suptitle(f"{run.id}: progress measures ({run.whose()})", fontsize=10)
     return fig
 
 
@@ -115,5 +110,5 @@ def attention_patterns(run: Run, steps: list[int], task: Task, split: str, batch
                 ax.set_xticks(list(ticks), [labels[i] for i in ticks], rotation=90, fontsize=6)
                 ax.set_yticks(list(ticks), [labels[i] for i in ticks], fontsize=6)
     fig.colorbar(image, ax=axes, shrink=0.6, label="attention (query row sums to 1)")
-    fig.suptitle(f"attention on {split} sequence 0 (rows: query, columns: key), {_whose(run)}", fontsize=9)
+    fig.suptitle(f"attention on {split} sequence 0 (rows: query, columns: key), {run.whose()}", fontsize=9)
     return fig

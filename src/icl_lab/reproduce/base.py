@@ -16,6 +16,7 @@ from icl_lab.files import atomic_write_text
 from icl_lab.registry import Registry
 from icl_lab.report.claims_page import claims_table, write_claims_page
 from icl_lab.report.sweep import write_sweep_report
+from icl_lab.sae.config import SAERunConfig
 from icl_lab.store.run import Run
 from icl_lab.sweeps.config import SweepConfig
 from icl_lab.sweeps.execute import execute, run_configs
@@ -102,7 +103,8 @@ def _figure_link(path: Path, out: Path) -> str:
 
 
 def _run_reports(runs: dict[str, Run]) -> dict[str, Path]:
-    """Each model run's report page, written where it is missing (SAE runs have none)."""
+    """Each model run's report page, written where it is missing (SAE runs have none; an ensemble's
+    page shows the member of the first handle on it)."""
     from icl_lab.report.page import write_report
 
     pages = {}
@@ -113,13 +115,33 @@ def _run_reports(runs: dict[str, Run]) -> dict[str, Path]:
     return pages
 
 
+def _on_device(config: ExperimentConfig | SAERunConfig, device: str) -> ExperimentConfig | SAERunConfig:
+    """A model config set to train on `device` (an SAE config as it is: SAEs train on the CPU)."""
+    if isinstance(config, SAERunConfig):
+        return config
+    return config.model_copy(update={"training": config.training.model_copy(update={"device": device})})
+
+
 def _train_and_judge(
-    reproduction: Reproduction, quick: bool, out: Path, workers: int, progress: bool, reports: bool
+    reproduction: Reproduction,
+    quick: bool,
+    out: Path,
+    workers: int,
+    progress: bool,
+    reports: bool,
+    device: str,
 ) -> tuple[list[Claim], list[Path], dict[str, Path], set[int]]:
-    """Bring a reproduction's runs in out to completion and judge them: (claims, figures, report
-    pages by sweep name and, with `reports`, by run name, the seeds trained)."""
+    """Bring a reproduction's runs in out to completion on `device` and judge them: (claims,
+    figures, report pages by sweep name and, with `reports`, by run name, the seeds trained). On a
+    GPU, configs that can share a vmapped ensemble train as one (a sweep's ensemble setting
+    decides for its points)."""
     if isinstance(reproduction, SweepReproduction):
         sweeps = reproduction.sweeps(quick)
+        if device != "cpu":  # a CPU sweep's sweep.yaml stays as it was, so its directory resumes
+            sweeps = {
+                name: sweep.model_copy(update={"overrides": [*sweep.overrides, f"training.device={device}"]})
+                for name, sweep in sweeps.items()
+            }
         prepared = {name: prepare_sweep(sweep, out / name) for name, sweep in sweeps.items()}
         jobs = [job for _, sweep_jobs in prepared.values() for job in sweep_jobs]
         outcomes = iter(execute(jobs, "local", workers, progress))  # the sweeps share the workers
@@ -135,8 +157,9 @@ def _train_and_judge(
             pages,
             seeds,
         )
-    named = reproduction.experiments(quick)
-    runs = dict(zip(named, run_configs(list(named.values()), out, workers, progress), strict=True))
+    named = {name: _on_device(config, device) for name, config in reproduction.experiments(quick).items()}
+    trained = run_configs(list(named.values()), out, workers, progress, pack=device != "cpu")
+    runs = dict(zip(named, trained, strict=True))
     seeds = {run.config.seed for run in runs.values()}
     pages = _run_reports(runs) if reports else {}
     return reproduction.claims(runs, quick), reproduction.figures(runs, out), pages, seeds
@@ -161,22 +184,33 @@ def reproduce(
     workers: int,
     progress: bool = True,
     resume: Path | None = None,
+    device: str = "cpu",
 ) -> tuple[list[Claim], Path]:
-    """Train a reproduction's experiments, judge its claims, write claims.json and claims.md; with
-    `resume`, an earlier directory of the same reproduction and mode: its finished runs are kept,
-    interrupted ones continue, and the claims are judged again."""
+    """Train a reproduction's experiments on `device`, judge its claims, write claims.json and
+    claims.md; with `resume`, an earlier directory of the same reproduction and mode: its finished
+    runs are kept, interrupted ones continue, and the claims are judged again (resume on the
+    device kind it started on: a GPU packs runs into ensembles, a CPU does not)."""
     mode = "quick" if quick else "full"
     out = _out_dir(runs_dir, f"reproduce-{name}-{mode}-", resume, f"reproduction {name} ({mode} mode)")
-    return _reproduce_in(name, quick, out, workers, progress, resume is not None, reports=False), out
+    resumed = resume is not None
+    return _reproduce_in(name, quick, out, workers, progress, resumed, reports=False, device=device), out
 
 
 def _reproduce_in(
-    name: str, quick: bool, out: Path, workers: int, progress: bool, resumed: bool, reports: bool
+    name: str,
+    quick: bool,
+    out: Path,
+    workers: int,
+    progress: bool,
+    resumed: bool,
+    reports: bool,
+    device: str,
 ) -> list[Claim]:
     """reproduce() in a given directory; with `reports`, each model run's report is written too."""
     reproduction = REPRODUCTIONS.get(name)()
     started = time.perf_counter()
-    claims, figures, pages, seeds = _train_and_judge(reproduction, quick, out, workers, progress, reports)
+    judged = _train_and_judge(reproduction, quick, out, workers, progress, reports, device)
+    claims, figures, pages, seeds = judged
     claims = [c if c.seeds else replace(c, seeds=tuple(seeds)) for c in claims]
     wall = time.perf_counter() - started
     record = {
@@ -209,11 +243,13 @@ def reproduce_all(
     resume: Path | None = None,
     names: list[str] | None = None,
     docs: Path | None = None,
+    device: str = "cpu",
 ) -> tuple[dict[str, list[Claim]], Path]:
-    """Every reproduction (or those named), one after another, each in a subdirectory of one
-    reproduce-all-MODE-* directory, then one page of all their claims (claims.md, claims.html; with
-    `docs`, also docs/claims.md and its figures). With `resume`: reproductions already judged are
-    kept as they are; an interrupted one keeps its finished runs and continues the others."""
+    """Every reproduction (or those named) on `device`, one after another, each in a subdirectory
+    of one reproduce-all-MODE-* directory, then one page of all their claims (claims.md,
+    claims.html; with `docs`, also docs/claims.md and its figures). With `resume`: reproductions
+    already judged are kept as they are; an interrupted one keeps its finished runs and continues
+    the others."""
     mode = "quick" if quick else "full"
     out = _out_dir(runs_dir, f"reproduce-all-{mode}-", resume, f"reproduce all ({mode} mode)")
     records, names = [], names or REPRODUCTIONS.names()
@@ -224,7 +260,7 @@ def reproduce_all(
                 Console(stderr=True).print(f"[bold]reproduction {i + 1} of {len(names)}: {name}[/]")
             started = sub.is_dir()
             sub.mkdir(exist_ok=True)
-            _reproduce_in(name, quick, sub, workers, progress, resumed=started, reports=True)
+            _reproduce_in(name, quick, sub, workers, progress, resumed=started, reports=True, device=device)
         records.append(json.loads((sub / "claims.json").read_text()))
     write_claims_page(records, out, mode, docs)
     return {r["reproduction"]: [Claim(**c) for c in r["claims"]] for r in records}, out

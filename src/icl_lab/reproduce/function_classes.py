@@ -88,7 +88,7 @@ class FunctionClasses(Reproduction):
 
     def _curves(self, run: Run, split: str) -> dict[str, ErrorCurve]:
         """run_curves, once per run and split (claims and figures both read them)."""
-        key = (run.path, split)
+        key = (run.path, run.member, split)
         if key not in self._found:
             self._found[key] = run_curves(run, split)
         return self._found[key]

@@ -343,7 +343,7 @@ def _timing_claim(axis: str, runs: dict[str, Run]) -> Claim:
 
 def _progress_curves(run: Run) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """The authors' clamp-based progress measures of the single-head run."""
-    return _progress_curves_of(run.path)
+    return _progress_curves_of(run.path, run.member)
 
 
 def _previous_token_head(run: Run) -> str:
@@ -354,8 +354,8 @@ def _previous_token_head(run: Run) -> str:
 
 
 @functools.cache  # the claims and the figure both read them
-def _progress_curves_of(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    run = Run.open(path)
+def _progress_curves_of(path: Path, member: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    run = Run.open(path).view(member)
     task, _ = run.eval_data()
     head = _previous_token_head(run)
     measures = {  # as icl-dynamics' progress_fns, the training ablation kept on

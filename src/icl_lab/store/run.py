@@ -43,16 +43,29 @@ class Run(RunDirectory):
     """Handle on a model run's directory: its config(s), metrics table and checkpoints.
 
     A run trains one config, or an ensemble of member configs (config.yaml holds member 0's,
-    members.yaml all of them); metrics and checkpoints carry the member axis either way.
+    members.yaml all of them); metrics and checkpoints carry the member axis either way. A handle
+    is on one member (`view`; 0 by default): `config` is that member's, and methods read it unless
+    given another.
     """
 
     FORMAT = MANIFEST_FORMAT
 
-    def __init__(self, path: Path, configs: list[ExperimentConfig], manifest: dict[str, Any]) -> None:
+    def __init__(
+        self, path: Path, configs: list[ExperimentConfig], manifest: dict[str, Any], member: int = 0
+    ) -> None:
         super().__init__(path, manifest)
         self.configs = configs
-        self.config = configs[0]
+        self.member = member
+        self.config = configs[member]
         self._eval_data: dict[tuple[int, str], tuple[Task, dict[str, Batch]]] = {}
+
+    def view(self, member: int) -> "Run":
+        """The same run as a handle on one member; RunStoreError if it has no such member."""
+        self.member_config(member)
+        return type(self)(self.path, self.configs, self.manifest, member)
+
+    def _member(self, member: int | None) -> int:
+        return self.member if member is None else member
 
     @classmethod
     def create(
@@ -97,19 +110,19 @@ class Run(RunDirectory):
         return t.filter(pc.and_(keep, pc.equal(t["member"], member))).sort_by("step")
 
     def curve(
-        self, metric: str, split: str, head: str | None = None, member: int = 0, x: Unit = "steps"
+        self, metric: str, split: str, head: str | None = None, member: int | None = None, x: Unit = "steps"
     ) -> tuple[np.ndarray, np.ndarray]:
         """(x, values) of one metric on one split, for one head or a head-less metric; x in
         steps, sequences or tokens."""
-        t = self._rows(metric, split, member)
+        t = self._rows(metric, split, self._member(member))
         t = t.filter(pc.is_null(t["head"]) if head is None else pc.equal(t["head"], head))
         return t[_unit(x)].to_numpy(), t["value"].to_numpy()
 
     def head_curves(
-        self, metric: str, split: str, member: int = 0, x: Unit = "steps"
+        self, metric: str, split: str, member: int | None = None, x: Unit = "steps"
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """(x, {head: values}) of a per-head metric; x in steps, sequences or tokens."""
-        t = self._rows(metric, split, member)
+        t = self._rows(metric, split, self._member(member))
         t = t.filter(pc.is_valid(t["head"]))
         heads, xs, values = (
             t["head"].to_numpy(zero_copy_only=False),
@@ -119,7 +132,7 @@ class Run(RunDirectory):
         return np.unique(xs), {h: values[heads == h] for h in sorted(set(heads))}
 
     def summary_curve(
-        self, metric: str, split: str, summary: str = "mean", member: int = 0, x: Unit = "steps"
+        self, metric: str, split: str, summary: str = "mean", member: int | None = None, x: Unit = "steps"
     ) -> tuple[np.ndarray, np.ndarray]:
         """(x, values) of a metric; a per-head metric is summarised over heads (max/min/mean)."""
         xs, values = self.curve(metric, split, member=member, x=x)
@@ -137,16 +150,20 @@ class Run(RunDirectory):
 
     # a member's task and evaluation ---------------------------------------------------------
 
-    def member_config(self, member: int = 0) -> ExperimentConfig:
+    def member_config(self, member: int | None = None) -> ExperimentConfig:
         """The config of one ensemble member; RunStoreError if the run has no such member."""
+        member = self._member(member)
         if not 0 <= member < len(self.configs):
             raise RunStoreError(f"run {self.id} has no member {member} (it has {len(self.configs)})")
         return self.configs[member]
 
-    def eval_data(self, member: int = 0, device: str | torch.device = "cpu") -> tuple[Task, dict[str, Batch]]:
+    def eval_data(
+        self, member: int | None = None, device: str | torch.device = "cpu"
+    ) -> tuple[Task, dict[str, Batch]]:
         """A member's task (its own task config and seed) and the fixed evaluation batch of each
         split that the trainer evaluated it on; built once per member and device (a report and its
         analyses ask many times)."""
+        member = self._member(member)
         key = (member, str(device))
         if key not in self._eval_data:
             config = self.member_config(member)
@@ -154,10 +171,16 @@ class Run(RunDirectory):
             self._eval_data[key] = task, eval_batches(config, task, torch.device(device))
         return self._eval_data[key]
 
-    def clamps_at(self, step: int, member: int = 0) -> list[Clamp]:
+    def clamps_at(self, step: int, member: int | None = None) -> list[Clamp]:
         """The member's clamps that its evaluation at `step` applied (none if eval.with_clamps is off)."""
         config = self.member_config(member)
         return active_at(config.clamps, step) if config.eval.with_clamps else []
+
+    def whose(self, member: int | None = None) -> str:
+        """'seed s' of a member (default the handle's), and which member it is of an ensemble."""
+        member = self._member(member)
+        seed = f"seed {self.member_config(member).seed}"
+        return seed + (f", member {member} of {len(self.configs)}" if len(self.configs) > 1 else "")
 
     @functools.cached_property
     def layers_heads(self) -> tuple[int, int]:
@@ -171,8 +194,9 @@ class Run(RunDirectory):
         """Every member's parameters at a checkpoint (default: the latest), stacked on axis 0."""
         return TrainState.parameters(self.load_checkpoint(step))
 
-    def model(self, step: int | None = None, member: int = 0) -> Model:
+    def model(self, step: int | None = None, member: int | None = None) -> Model:
         """The model of one member at a checkpoint (default: the latest), on the CPU."""
+        member = self._member(member)
         model = build_model(self.member_config(member))
         checkpoint = self.load_checkpoint(step)
         params = TrainState.parameters(checkpoint)

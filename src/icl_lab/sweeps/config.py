@@ -25,6 +25,8 @@ from icl_lab.experiment import (
 from icl_lab.seeding import generator
 from icl_lab.store.metrics_table import TRAIN_SPLIT
 
+MAX_ENSEMBLE = 16  # members trained as one vmapped ensemble at most, unless a sweep says otherwise
+
 
 def _swept_fields(values: dict[str, list[Any]]) -> dict[str, list[Any]]:
     for field, options in values.items():
@@ -126,7 +128,7 @@ class SweepConfig(StrictModel):
         "well or better except for tiny models (benchmarks/compile_breakeven.py), so auto keeps "
         "them apart there",
     )
-    max_ensemble: int = Field(16, ge=1)
+    max_ensemble: int = Field(MAX_ENSEMBLE, ge=1)
     report: SweepReport = SweepReport()
 
     @model_validator(mode="after")

@@ -26,6 +26,7 @@ from rich.progress import (
 
 from icl_lab.experiment import ExperimentConfig
 from icl_lab.sae.config import SAERunConfig
+from icl_lab.sweeps.config import MAX_ENSEMBLE
 
 Executor = Literal["local", "ray"]
 
@@ -89,6 +90,9 @@ def run_job(path: str, configs_yaml: list[str], kind: str = "model") -> tuple[st
                     f"{wanted}); move it away or choose another directory"
                 )
             if run.status != "complete":
+                if kind == "model":  # the device asked for now, not the one it started on
+                    for stored, asked in zip(run.configs, configs, strict=True):
+                        stored.training.device = asked.training.device
                 resume_run(run, progress=False)
         elif kind == "sae":
             train_sae(configs[0], run_dir.parent, progress=False, run_id=run_dir.name)
@@ -234,24 +238,44 @@ def run_configs(
     runs_dir: str | Path,
     workers: int = 2,
     progress: bool = True,
+    pack: bool = False,
 ) -> list:
-    """Train named configs, one run each (in parallel processes); the runs in the order given. An
-    SAE config whose source.run is the name of an earlier config reads that config's run, and
-    starts once it is complete. Rerunning with the same runs_dir skips finished runs and resumes
-    interrupted ones."""
+    """Train named configs (in parallel processes); a run handle for each, in the order given. Each
+    config trains alone or, with `pack`, with the configs it can share a vmapped ensemble with (up
+    to MAX_ENSEMBLE members; see ensemble_key), each handle then on its own member. An SAE config
+    whose source.run is the name of an earlier config reads that config's run (and member), and
+    starts once it is complete. Rerunning with the same runs_dir and `pack` skips finished runs
+    and resumes interrupted ones."""
     from icl_lab.errors import IclLabError
+    from icl_lab.experiment import ensemble_key
     from icl_lab.sae.run import SAERun
     from icl_lab.store.run import Run
 
-    jobs: list[Job] = []
+    groups: dict[str, list[list[int]]] = {}  # config indices trained as one run, by ensemble key
     for i, config in enumerate(configs):
-        models = {c.name: j for j, c in enumerate(configs[:i]) if isinstance(c, ExperimentConfig)}
+        key = ensemble_key(config) if pack and isinstance(config, ExperimentConfig) else str(i)
+        chunks = groups.setdefault(key, [[]])
+        if len(chunks[-1]) == MAX_ENSEMBLE:
+            chunks.append([])
+        chunks[-1].append(i)
+    where: dict[int, tuple[int, int]] = {}  # config index -> (job, member)
+    jobs: list[Job] = []
+    for indices in sorted(chunk for chunks in groups.values() for chunk in chunks):
+        first = configs[indices[0]]
         after: tuple[int, ...] = ()
-        if isinstance(config, SAERunConfig) and config.source.run in models:
-            after = (models[config.source.run],)
-            config = config.model_copy(deep=True)
-            config.source.run = str(jobs[after[0]].path)
-        jobs.append(Job(Path(runs_dir) / f"{i:03d}-{config.name}", (config,), after))
+        if isinstance(first, SAERunConfig):
+            earlier = enumerate(configs[: indices[0]])
+            models = {c.name: j for j, c in earlier if isinstance(c, ExperimentConfig)}
+            if first.source.run in models:
+                job, member = where[models[first.source.run]]
+                after = (job,)
+                first = first.model_copy(deep=True)
+                first.source.run, first.source.member = str(jobs[job].path), member
+        suffix = f"-x{len(indices)}" if len(indices) > 1 else ""
+        name = f"{indices[0]:03d}-{first.name}{suffix}"
+        members = (first,) if isinstance(first, SAERunConfig) else tuple(configs[i] for i in indices)
+        where |= {i: (len(jobs), m) for m, i in enumerate(indices)}
+        jobs.append(Job(Path(runs_dir) / name, members, after))
     results = execute(jobs, "local", workers, progress)
     failed = [
         f"{job.path.name}: {error}"
@@ -260,4 +284,8 @@ def run_configs(
     ]
     if failed:
         raise IclLabError("runs failed: " + "; ".join(failed))
-    return [(SAERun if job.kind == "sae" else Run).open(job.path) for job in jobs]
+    runs = [(SAERun if job.kind == "sae" else Run).open(job.path) for job in jobs]
+    return [
+        runs[job].view(member) if isinstance(runs[job], Run) else runs[job]
+        for job, member in (where[i] for i in range(len(configs)))
+    ]
