@@ -403,7 +403,8 @@ class TinyHernandez(Hernandez):
             "task.seq_len=32",
             "checkpointing.every={steps: 8}",
         ]
-        return {name: _shortened(sweep, short) for name, sweep in super().sweeps(quick).items()}
+        sweeps = super().sweeps(quick).items()
+        return {name: _shortened(sweep, short).model_copy(update={"seeds": [0, 1]}) for name, sweep in sweeps}
 
 
 def _shortened(sweep: SweepConfig, short: list[str]) -> SweepConfig:
@@ -431,6 +432,10 @@ def test_hernandez_reproduction_runs_its_sweeps_and_judges(tmp_path: Path, monke
     assert "E=1: " in claims[0].ours and "E=3000: " in claims[0].ours
     assert "ladder (params: loss) d 16 (" in claims[3].ours and "d 64 (" in claims[3].ours
     assert "with MLPs" in claims[4].ours and "d 128" in claims[5].ours
+    assert "seeds 0, 1" in claims[0].ours, "the repetition claims rest on both seeds' means"
+    olsson = claims[5]
+    assert olsson.seeds == (0, 1) and "seed 0)" in olsson.ours and "seed 1)" in olsson.ours
+    assert olsson.ours.count("d 128 (") == 2, "Olsson's claim is judged on each seed"
     figures = ("heldout_over_training", "loss_against_repeats", "induction_against_loss", "olsson_timeline")
     for figure in figures:
         assert (out / f"{figure}.png").stat().st_size > 10_000
