@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from common import RESULTS, write_results
+from icl_lab.config import Duration
 from icl_lab.experiment import ExperimentConfig, total_steps
 from icl_lab.reproduce import REPRODUCTIONS
 from icl_lab.reproduce.base import SweepReproduction
@@ -88,7 +89,7 @@ def time_sae(config: SAERunConfig, model: ExperimentConfig, steps: int) -> dict[
     from icl_lab.training.trainer import train
 
     where = Path(tempfile.mkdtemp())
-    source_run = train(_eager(model, length={"steps": 1}), str(where), progress=False)
+    source_run = train(_eager(model, length=Duration(steps=1)), str(where), progress=False)
     sae = config.model_copy(deep=True)
     sae.source.run = str(source_run.path)
     source = open_source(sae)

@@ -154,7 +154,7 @@ class SAETrainer:
         self.logger = MetricsLogger(run.metrics_path, ("eval", "ce_recovered", "mean"))
         self.sums: dict[str, float] = {}
         self.count = 0
-        self.wall_s = 0.0
+        self.wall_s, self._t0 = 0.0, time.perf_counter()  # fit() restarts the clock
 
     @torch.no_grad()
     def _activations_of(self, inputs: Tensor) -> Tensor:
