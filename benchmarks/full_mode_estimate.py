@@ -3,7 +3,7 @@ trains, timed for a short prefix on this machine and extrapolated to its whole l
 
 Runs that differ only in seed, name, learning rate or length share one timing. Per distinct model
 config, eager (training.compile off, so the figures are upper bounds for the long runs that `auto`
-compiles): the first step is set apart, then `--steps` training steps and one evaluation of all
+compiles): set-up and first step are set apart, then `--steps` training steps and one evaluation of all
 splits are timed, on one thread. Evaluation is timed on at most `--eval-sequences` sequences per
 split and scaled linearly to the config's eval.batch_size (its cost is one forward pass per batch;
 icll's 500 prompts of 1,024 tokens would hold every attention pattern at once). The estimate of a
@@ -22,6 +22,7 @@ import json
 import math
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -60,6 +61,21 @@ def _eager(config: ExperimentConfig, **training: object) -> ExperimentConfig:
     return config.model_copy(update={"training": config.training.model_copy(update=update)})
 
 
+def _steps_and_eval(
+    start: float, step: Callable[[], object], evaluate: Callable[[], object], steps: int
+) -> dict[str, float]:
+    """Seconds since `start` (the set-up and first step), then per step over `steps` more, then of
+    one evaluation."""
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    per_step = (time.perf_counter() - start) / steps
+    start = time.perf_counter()
+    evaluate()
+    return {"first_s": first, "step_s": per_step, "eval_s": time.perf_counter() - start}
+
+
 def time_config(config: ExperimentConfig, steps: int, eval_sequences: int) -> dict[str, float]:
     """Seconds of the first step, of each later step (mean of `steps`) and of one evaluation
     (timed on at most eval_sequences sequences per split, scaled to eval.batch_size)."""
@@ -68,18 +84,12 @@ def time_config(config: ExperimentConfig, steps: int, eval_sequences: int) -> di
 
     timed = min(config.eval.batch_size, eval_sequences)
     eager = _eager(config).model_copy(update={"eval": config.eval.model_copy(update={"batch_size": timed})})
+    start = time.perf_counter()
     trainer = Trainer(Run.create([eager], Path(tempfile.mkdtemp())), progress=False)
-    start = time.perf_counter()
     trainer.train_step()
-    first = time.perf_counter() - start
-    start = time.perf_counter()
-    for _ in range(steps):
-        trainer.train_step()
-    step = (time.perf_counter() - start) / steps
-    start = time.perf_counter()
-    trainer.evaluate_all()
-    scaled = (time.perf_counter() - start) * config.eval.batch_size / timed
-    return {"first_s": first, "step_s": step, "eval_s": scaled, "eval_sequences_timed": timed}
+    times = _steps_and_eval(start, trainer.train_step, trainer.evaluate_all, steps)
+    times["eval_s"] *= config.eval.batch_size / timed
+    return {**times, "eval_sequences_timed": timed}
 
 
 def time_sae(config: SAERunConfig, model: ExperimentConfig, steps: int) -> dict[str, float]:
@@ -95,14 +105,7 @@ def time_sae(config: SAERunConfig, model: ExperimentConfig, steps: int) -> dict[
     source = open_source(sae)
     start = time.perf_counter()
     trainer = SAETrainer(SAERun.create(sae, where, source), source, progress=False)
-    first = time.perf_counter() - start
-    start = time.perf_counter()
-    for _ in range(steps):
-        trainer.train_step()
-    step = (time.perf_counter() - start) / steps
-    start = time.perf_counter()
-    trainer.evaluate()
-    return {"first_s": first, "step_s": step, "eval_s": time.perf_counter() - start}
+    return _steps_and_eval(start, trainer.train_step, trainer.evaluate, steps)
 
 
 def estimate(name: str, steps: int, eval_sequences: int) -> dict:
