@@ -344,6 +344,20 @@ def test_a_signal_at_a_random_moment_marks_the_run_interrupted_and_resume_is_ide
     assert_identical_runs(reference, Run.open(run.path))
 
 
+def test_a_signal_inside_a_library_catching_exception_still_stops() -> None:
+    """The handler raises where the process happens to be; torch guards some lazy imports with
+    `except Exception`, which swallowed a sweep parent's SIGTERM (it then never exited)."""
+    from icl_lab.errors import Interrupted
+    from icl_lab.training.trainer import on_sigterm
+
+    with pytest.raises(Interrupted), on_sigterm():
+        try:  # as a library's guard would
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        except Exception:
+            pass
+
+
 def test_two_resumes_of_one_run_at_once(tmp_path: Path) -> None:
     # eager (compile off): the run must be busy training, not compiling, when the second resume comes
     long = {"batch_size": 16, "length": {"steps": 100_000}, "compile": "off"}

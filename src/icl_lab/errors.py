@@ -29,8 +29,12 @@ class DivergenceError(IclLabError):
     """Training produced a non-finite loss; the last finite state is checkpointed."""
 
 
-class Interrupted(Exception):  # noqa: N818 - a stop, not an error
-    """SIGINT or SIGTERM received: a run in progress stops, marked interrupted and resumable."""
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM received: a run in progress stops, marked interrupted and resumable.
+
+    A BaseException, as KeyboardInterrupt is: the signal handler raises it wherever the process is,
+    and a library's `except Exception` there (torch guards some lazy imports so) must not swallow it.
+    """
 
     def __init__(self, signal_name: str) -> None:
         super().__init__(signal_name)

@@ -24,6 +24,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from icl_lab.errors import Interrupted
 from icl_lab.experiment import ExperimentConfig
 from icl_lab.sae.config import SAERunConfig
 from icl_lab.sweeps.config import MAX_ENSEMBLE
@@ -98,7 +99,7 @@ def run_job(path: str, configs_yaml: list[str], kind: str = "model") -> tuple[st
             train_sae(configs[0], run_dir.parent, progress=False, run_id=run_dir.name)
         else:
             train(configs, str(run_dir.parent), progress=False, run_id=run_dir.name)
-    except Exception as e:  # one failing job must not stop a sweep: its error is recorded
+    except (Exception, Interrupted) as e:  # one failing or stopped job must not stop a sweep
         return "failed", f"{type(e).__name__}: {e}"
     return "complete", ""
 
