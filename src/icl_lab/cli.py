@@ -382,8 +382,9 @@ def reproduce_(
     docs: Annotated[
         Path | None,
         typer.Option(
-            help="With 'all': also write DOCS/claims.md, its figures copied to DOCS/images/claims/ "
-            "and DOCS/notes/NAME.md linked where it exists (the repository's page: --docs docs)."
+            help="Also publish the claims to DOCS/claims.md (full mode: DOCS/claims-full.md), figures "
+            "copied to DOCS/images/claims/NAME/ and DOCS/notes/NAME.md linked where it exists (the "
+            "repository's page: --docs docs). One reproduction replaces its own section only."
         ),
     ] = None,
     device: Annotated[
@@ -400,10 +401,9 @@ def reproduce_(
     every reproduction in turn and writes one page of all their claims (claims.md, claims.html)."""
     from icl_lab.config import check_device
     from icl_lab.errors import ConfigError
+    from icl_lab.report.claims_page import published_name
     from icl_lab.reproduce import REPRODUCTIONS, reproduce, reproduce_all
 
-    if docs is not None and name != "all":
-        raise ConfigError("--docs writes the page of every reproduction's claims: use it with 'all'")
     try:
         check_device(device)
     except ValueError as e:
@@ -418,12 +418,12 @@ def reproduce_(
         console.print(table)
         console.print(f"every claim, with seeds and links to each run's report: {out / 'claims.html'}")
         if docs is not None:
-            console.print(f"published: {docs / 'claims.md'}")
+            console.print(f"published: {docs / published_name('quick' if quick else 'full')}.md")
         return
     reproduction = REPRODUCTIONS.get(name)
     mode = f"quick: {reproduction.quick_budget}" if quick else "full: the paper's scale"
     console.print(f"[bold]{reproduction.title}[/] ({mode})")
-    claims, out = reproduce(name, quick, runs_dir, workers, not quiet, resume, device)
+    claims, out = reproduce(name, quick, runs_dir, workers, not quiet, resume, device, docs)
     table = Table(show_lines=True)
     for column in ("finding", "paper", "ours", "seeds", "verdict"):
         table.add_column(column)
@@ -434,6 +434,8 @@ def reproduce_(
     console.print(
         f"{sum(c.reproduced for c in claims)} of {len(claims)} claims reproduced; runs and claims.md in {out}"
     )
+    if docs is not None:
+        console.print(f"published: {docs / published_name('quick' if quick else 'full')}.md")
 
 
 @app.command()

@@ -14,7 +14,7 @@ from icl_lab.errors import IclLabError
 from icl_lab.experiment import ExperimentConfig
 from icl_lab.files import atomic_write_text
 from icl_lab.registry import Registry
-from icl_lab.report.claims_page import claims_table, write_claims_page
+from icl_lab.report.claims_page import claims_table, publish, write_claims_page
 from icl_lab.report.sweep import write_sweep_report
 from icl_lab.sae.config import SAERunConfig
 from icl_lab.store.run import Run
@@ -185,15 +185,22 @@ def reproduce(
     progress: bool = True,
     resume: Path | None = None,
     device: str = "cpu",
+    docs: Path | None = None,
 ) -> tuple[list[Claim], Path]:
     """Train a reproduction's experiments on `device`, judge its claims, write claims.json and
     claims.md; with `resume`, an earlier directory of the same reproduction and mode: its finished
     runs are kept, interrupted ones continue, and the claims are judged again (resume on the
-    device kind it started on: a GPU packs runs into ensembles, a CPU does not)."""
+    device kind it started on: a GPU packs runs into ensembles, a CPU does not). With `docs`, its
+    section of the published page (docs/claims.md) is replaced, the others kept."""
     mode = "quick" if quick else "full"
     out = _out_dir(runs_dir, f"reproduce-{name}-{mode}-", resume, f"reproduction {name} ({mode} mode)")
     resumed = resume is not None
-    return _reproduce_in(name, quick, out, workers, progress, resumed, reports=False, device=device), out
+    claims = _reproduce_in(name, quick, out, workers, progress, resumed, reports=False, device=device)
+    if docs is not None:
+        publish(
+            [(json.loads((out / "claims.json").read_text()), out, out.name)], mode, docs, keep_others=True
+        )
+    return claims, out
 
 
 def _reproduce_in(
@@ -247,7 +254,8 @@ def reproduce_all(
 ) -> tuple[dict[str, list[Claim]], Path]:
     """Every reproduction (or those named) on `device`, one after another, each in a subdirectory
     of one reproduce-all-MODE-* directory, then one page of all their claims (claims.md,
-    claims.html; with `docs`, also docs/claims.md and its figures). With `resume`: reproductions
+    claims.html; with `docs`, also published: docs/claims.md, its figures, and docs/claims.json,
+    the records it is written from). With `resume`: reproductions
     already judged are kept as they are; an interrupted one keeps its finished runs and continues
     the others."""
     mode = "quick" if quick else "full"
@@ -262,5 +270,8 @@ def reproduce_all(
             sub.mkdir(exist_ok=True)
             _reproduce_in(name, quick, sub, workers, progress, resumed=started, reports=True, device=device)
         records.append(json.loads((sub / "claims.json").read_text()))
-    write_claims_page(records, out, mode, docs)
+    write_claims_page(records, out, mode)
+    if docs is not None:
+        judged = [(r, out / r["reproduction"], f"{out.name}/{r['reproduction']}") for r in records]
+        publish(judged, mode, docs, keep_others=len(names) < len(REPRODUCTIONS.names()))
     return {r["reproduction"]: [Claim(**c) for c in r["claims"]] for r in records}, out
