@@ -18,7 +18,7 @@ from icl_lab.config import Duration
 from icl_lab.errors import IclLabError
 from icl_lab.experiment import ExperimentConfig, validate_config
 from icl_lab.reproduce import REPRODUCTIONS, Claim, reproduce, reproduce_all
-from icl_lab.reproduce.base import Reproduction, SweepReproduction, mean_spread
+from icl_lab.reproduce.base import Reproduction, SweepReproduction, judged_by_seed, mean_spread
 from icl_lab.reproduce.function_classes import FunctionClasses
 from icl_lab.reproduce.gd import GradientDescent
 from icl_lab.reproduce.hernandez import Hernandez
@@ -380,7 +380,10 @@ def test_singh_reproduction_runs_its_grids_and_judges(tmp_path: Path) -> None:
     claims, out = reproduce("singh-tiny-test", quick=True, runs_dir=tmp_path, workers=2, progress=False)
     assert len(claims) == 9
     progress, classes, labels = claims[4], claims[7], claims[8]
-    assert "composite (previous-token clamp on head 0." in progress.ours and progress.seeds == (0,)
+    assert "composite (previous-token clamp on head 0." in progress.ours and progress.seeds == (0, 1, 2)
+    for claim in claims[:7]:  # every claim but the grids' is judged on each seed
+        assert claim.seeds == (0, 1, 2) and claim.ours.startswith("seed 0: ") and "; seed 2: " in claim.ours
+        assert claim.ours.endswith(" of 3 seeds (judged: most)")
     assert classes.ours.startswith("50 classes: never (3 of 3 seeds never by 2,000,000); 100 classes")
     assert "15 labels" in labels.ours and labels.seeds == (0, 1, 2)
     assert not classes.reproduced and not labels.reproduced, "no run gets there in 4 steps: no direction"
@@ -390,13 +393,25 @@ def test_singh_reproduction_runs_its_grids_and_judges(tmp_path: Path) -> None:
 shortened_reproduction("reddy-tiny-test", Reddy, 6)
 
 
+def test_a_claim_judged_by_seed_holds_when_most_seeds_show_it() -> None:
+    judged = [(0, True, "seed 0: a"), (1, False, "seed 1: b"), (2, True, "seed 2: c")]
+    claim = judged_by_seed("f", "p", judged)
+    assert claim.reproduced and claim.seeds == (0, 1, 2)
+    assert claim.ours == "seed 0: a; seed 1: b; seed 2: c; it shows in 2 of 3 seeds (judged: most)"
+    assert not judged_by_seed("f", "p", judged[:2]).reproduced, "one of two is not most"
+    assert judged_by_seed("f", "p", judged[:1]).ours == "seed 0: a"
+
+
 def test_reddy_reproduction_judges_means_over_seeds(tmp_path: Path) -> None:
     claims, _ = reproduce("reddy-tiny-test", quick=True, runs_dir=tmp_path, workers=2, progress=False)
     assert len(claims) == 8
     burst = claims[0]
     assert burst.seeds == (0, 1, 2) and burst.ours.startswith("IC B=0: ") and "±" in burst.ours
-    assert claims[3].seeds == (0, 1), "L = N on two seeds"
-    assert [c.seeds for c in claims[4:7]] == [(0,)] * 3, "p_C, progress measures and the fit: one run each"
+    assert claims[3].seeds == (0, 1, 2), "L = N on three seeds"
+    for claim in claims[4:7]:  # p_C, the progress measures and the fit: judged on each seed
+        assert claim.seeds == (0, 1, 2) and claim.ours.startswith("seed 0: ") and "; seed 2: " in claim.ours
+        shown = int(claim.ours.split("; it shows in ")[1].split(" of 3 seeds (judged: most)")[0])
+        assert claim.reproduced == (shown >= 2)
     assert "deep in-weights classifier" in claims[7].finding and claims[7].seeds == (0, 1, 2)
     for quick in (True, False):  # each class's in-weights rate set by its frequency: SGD, not Adam
         optimizer = Reddy().experiments(quick)["reduced B2 s1"].training.optimizer

@@ -55,6 +55,18 @@ class Claim:
         object.__setattr__(self, "seeds", tuple(sorted({int(s) for s in self.seeds})))
 
 
+def judged_by_seed(
+    finding: str, paper: str, judged: list[tuple[int, bool, str]], what: str = "it shows"
+) -> Claim:
+    """A claim judged on each seed's run alone, each (seed, whether it holds, our figures with the
+    seed named): reproduced when it holds for most seeds, a rule fixed before any result was seen."""
+    shown = sum(ok for _, ok, _ in judged)
+    ours = "; ".join(text for _, _, text in judged)
+    if len(judged) > 1:
+        ours += f"; {what} in {shown} of {len(judged)} seeds (judged: most)"
+    return Claim(finding, paper, ours, shown > len(judged) / 2, tuple(seed for seed, _, _ in judged))
+
+
 class Reproduction:
     """Subclasses name their experiments (quick: a CPU in minutes; full: the paper's scale) and
     judge each claim from the finished runs; or, as SweepReproduction, from sweeps."""

@@ -27,7 +27,7 @@ import pyarrow as pa
 from icl_lab.analysis.repetition import DoubleDescent, double_descent, effective_size
 from icl_lab.analysis.summary import summarise, units_text
 from icl_lab.analysis.transitions import Transition, noise_level
-from icl_lab.reproduce.base import REPRODUCTIONS, Claim, SweepReproduction
+from icl_lab.reproduce.base import REPRODUCTIONS, Claim, SweepReproduction, judged_by_seed
 from icl_lab.reproduce.hernandez_figures import figures
 from icl_lab.store.run import Run
 from icl_lab.sweeps.config import SweepConfig, axis_values, load_sweep
@@ -294,12 +294,8 @@ class Hernandez(SweepReproduction):
             "jump in ICL score at the same step (Olsson)"
         )
         paper = "qualitative: prefix matching, a loss bump and the ICL score change together, early (Olsson)"
-        judged = [_olsson_seed(model) for model in models]
-        shown = sum(ok for ok, _ in judged)
-        ours = "; ".join(text for _, text in judged)
-        if len(models) > 1:
-            ours += f"; the three signs together in {shown} of {len(models)} seeds (judged: most)"
-        return Claim(finding, paper, ours, shown > len(models) / 2, tuple(m.seed for m in models))
+        judged = [(model.seed, *_olsson_seed(model)) for model in models]
+        return judged_by_seed(finding, paper, judged, "the three signs together")
 
     def sweep_figures(self, results: dict[str, pa.Table], out: Path) -> list[Path]:
         models = _models(results["hernandez"])
