@@ -348,12 +348,13 @@ def shortened(config: ExperimentConfig, steps: int, **task: object) -> Experimen
     )
 
 
-def shortened_reproduction(name: str, base: type[Reproduction], steps: int) -> None:
-    """Register `base` under `name` with every experiment cut to `steps` steps (shortened)."""
+def shortened_reproduction(name: str, base: type[Reproduction], steps: int, **task: object) -> None:
+    """Register `base` under `name` with every experiment cut to `steps` steps, task fields replaced
+    (shortened)."""
 
     class Short(base):
         def experiments(self, quick: bool) -> dict[str, ExperimentConfig]:
-            return {key: shortened(c, steps) for key, c in super().experiments(quick).items()}
+            return {key: shortened(c, steps, **task) for key, c in super().experiments(quick).items()}
 
     REPRODUCTIONS.register(name)(Short)
 
@@ -373,7 +374,7 @@ shortened_reproduction("gd-tiny-test", GradientDescent, 20)
 shortened_reproduction("function-classes-tiny-test", FunctionClasses, 6)
 
 
-shortened_reproduction("singh-tiny-test", Singh, 4)
+shortened_reproduction("singh-tiny-test", Singh, 4, n_train_classes=10)  # 2,880 sequences to score
 
 
 def test_singh_reproduction_runs_its_grids_and_judges(tmp_path: Path) -> None:
