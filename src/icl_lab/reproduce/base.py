@@ -267,9 +267,8 @@ def reproduce_all(
     """Every reproduction (or those named) on `device`, one after another, each in a subdirectory
     of one reproduce-all-MODE-* directory, then one page of all their claims (claims.md,
     claims.html; with `docs`, also published: docs/claims.md, its figures, and docs/claims.json,
-    the records it is written from). With `resume`: reproductions
-    already judged are kept as they are; an interrupted one keeps its finished runs and continues
-    the others."""
+    the records it is written from). With `resume`: reproductions already judged are kept as they
+    are; an interrupted one keeps its finished runs and continues the others."""
     mode = "quick" if quick else "full"
     out = _out_dir(runs_dir, f"reproduce-all-{mode}-", resume, f"reproduce all ({mode} mode)")
     records, names = [], names or REPRODUCTIONS.names()

@@ -1,14 +1,15 @@
 """Reddy (ICLR 2024): data dependence and abrupt learning of in-context classification.
 
-Quick mode trains Reddy's network with Adam at laptop scale: burstiness and class-count sweeps
-and a noise comparison on three seeds, L = N on three seeds with an L = 32 control, p_C = 0.8 on
-three seeds, and the two-parameter induction-head model (with an mlp in-weights path) on the same
-burstiness sweep, three seeds, trained in both modes with the paper's SGD (so that each class's
-part of the in-weights path learns at a rate set by the class's frequency, as Reddy's account has
-it); the progress measures and the nested-logits fit are judged on each seed's K = 4096 run. Sweep
+Quick mode trains Reddy's network with Adam at laptop scale: burstiness and class-count sweeps and a
+noise comparison on three seeds, L = N on three seeds with an L = 32 control, p_C = 0.8 on three
+seeds, and the two-parameter induction-head model (with an mlp in-weights path) on the same
+burstiness sweep, three seeds, trained in both modes with the paper's SGD (so that each class's part
+of the in-weights path learns at a rate set by the class's frequency, as Reddy's account has it);
+the progress measures and the nested-logits fit are judged on each seed's K = 4096 run. Sweep
 figures are means over seeds, with the spread (sd) beside them; a claim judged per seed (p_C, the
-progress measures, the fit) is reproduced when it holds for most seeds. Full mode uses the paper's SGD setting
-(configs/reddy_paper.yaml) and six seeds for L = N: hours on a CPU, meant for a GPU or a cluster.
+progress measures, the fit) is reproduced when it holds for most seeds. Full mode uses the paper's
+SGD setting (configs/reddy_paper.yaml) and six seeds for L = N: hours on a CPU, meant for a GPU or a
+cluster.
 """
 
 import numpy as np
