@@ -52,7 +52,7 @@ class Reddy(Reproduction):
     """Each claim of SPEC section 1 that a run can test, checked against our runs."""
 
     title = "Reddy 2024: the mechanistic basis of data dependence and abrupt learning"
-    quick_budget = "about 15 minutes on 2 CPU cores (12.4 measured, plus the reduced model's SGD runs)"
+    quick_budget = "16 minutes on 2 CPU cores (measured)"
 
     def experiments(self, quick: bool) -> dict[str, ExperimentConfig]:
         if quick:
