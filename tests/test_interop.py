@@ -73,9 +73,12 @@ def test_saelens_loads_our_sae_and_encodes_hook_z_to_our_features(architecture: 
     with torch.no_grad():
         sae.b_enc.normal_(0, 0.1, generator=torch.Generator().manual_seed(4))
     scale = 1.7
-    if architecture == "batchtopk":
+    if architecture == "batchtopk":  # its inference threshold, estimated on other prompts: on these,
+        # it would equal one of their activations exactly, a tie that rounding decides either way
+        other = torch.randint(0, 16, (4, 16), generator=torch.Generator().manual_seed(3))
+        _, other_cache = model.run_with_cache(other, names_filter="blocks.1.attn.hook_z")
         sae.train()
-        sae.encode(z.flatten(2).flatten(0, 1) * scale)  # estimates its inference threshold
+        sae.encode(other_cache["blocks.1.attn.hook_z"].flatten(2).flatten(0, 1) * scale)
     sae.eval()
     export_saelens(sae, tmp_path / "sae", "blocks.1.attn.hook_z", "tiny", 16, scale)
     loaded = sae_lens.SAE.load_from_disk(str(tmp_path / "sae"), device="cpu")
