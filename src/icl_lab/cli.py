@@ -408,6 +408,7 @@ def reproduce_(
         check_device(device)
     except ValueError as e:
         raise ConfigError(f"--device: {e}") from None
+    published = docs / f"{published_name('quick' if quick else 'full')}.md" if docs is not None else None
     if name == "all":
         by_name, out = reproduce_all(quick, runs_dir, workers, not quiet, resume, docs=docs, device=device)
         table = Table()
@@ -417,8 +418,8 @@ def reproduce_(
             table.add_row(key, f"{sum(c.reproduced for c in claims)} of {len(claims)}")
         console.print(table)
         console.print(f"every claim, with seeds and links to each run's report: {out / 'claims.html'}")
-        if docs is not None:
-            console.print(f"published: {docs / published_name('quick' if quick else 'full')}.md")
+        if published is not None:
+            console.print(f"published: {published}")
         return
     reproduction = REPRODUCTIONS.get(name)
     mode = f"quick: {reproduction.quick_budget}" if quick else "full: the paper's scale"
@@ -434,8 +435,8 @@ def reproduce_(
     console.print(
         f"{sum(c.reproduced for c in claims)} of {len(claims)} claims reproduced; runs and claims.md in {out}"
     )
-    if docs is not None:
-        console.print(f"published: {docs / published_name('quick' if quick else 'full')}.md")
+    if published is not None:
+        console.print(f"published: {published}")
 
 
 @app.command()
