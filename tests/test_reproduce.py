@@ -361,7 +361,9 @@ def shortened_reproduction(name: str, base: type[Reproduction], steps: int, **ta
 
 @REPRODUCTIONS.register("icll-tiny-test")
 class TinyICLL(ICLL):
-    """The ICLL reproduction with every run cut to a few steps on a small RegBench world."""
+    """The ICLL reproduction with every run cut to a few steps on a small RegBench world, two seeds."""
+
+    seeds = (0, 1)
 
     def experiments(self, quick: bool) -> dict[str, ExperimentConfig]:
         small = {"n_train_dfas": 30, "n_val_dfas": 8, "n_test_dfas": 8, "seq_len": 32}
@@ -439,8 +441,13 @@ def test_icll_reproduction_runs_every_architecture_and_judges(tmp_path: Path, mo
     table = claims[0].ours
     for name in ("transformer (learned)", "transformer (RoPE)", "lstm", "gru", "mamba", "s4d", "gla"):
         assert f"{name} " in table
-    assert "4-gram" in table and "n=2: head" in claims[3].ours
+    assert "4-gram (in context)" in table and "±" in table and "; seed 1: transformer" in table
+    for claim in claims[:4]:  # judged on each seed
+        assert claim.seeds == (0, 1) and claim.ours.endswith(" of 2 seeds (judged: most)")
+    assert claims[1].ours.startswith("seed 0: lstm ") and "seed 1: transformer" in claims[3].ours
+    assert "n=2: head" in claims[3].ours
     assert claims[4].reproduced, "the default generator's n-gram baselines match the paper"
+    assert claims[4].seeds == (0,), "the default generator's world only"
     assert (out / "icll_architectures.png").stat().st_size > 10_000
 
 

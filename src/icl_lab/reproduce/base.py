@@ -30,6 +30,14 @@ def numbers(values: object) -> str:
     return " ".join(f"{v:.2f}" for v in values)
 
 
+def mean_sd(values: list[float]) -> str:
+    """'mean±sd' of one figure over seeds (sd with n - 1), for tables that name their seeds once;
+    the value alone for one seed."""
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.fmean(values):.2f}±{statistics.stdev(values):.2f}"
+
+
 def mean_spread(values: list[float], fmt: str = ".2f") -> str:
     """'mean ± sd (n seeds)' of one figure measured on several seeds (sd over seeds, n - 1); the
     value alone for one seed."""

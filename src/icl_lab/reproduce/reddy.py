@@ -17,7 +17,7 @@ import numpy as np
 from icl_lab.analysis.phenomenology import fit_nested_logits
 from icl_lab.analysis.summary import summarise
 from icl_lab.experiment import ExperimentConfig, load_config
-from icl_lab.reproduce.base import REPRODUCTIONS, TOLERANCE, Claim, Reproduction, judged_by_seed
+from icl_lab.reproduce.base import REPRODUCTIONS, TOLERANCE, Claim, Reproduction, judged_by_seed, mean_sd
 from icl_lab.store.run import Run
 
 BURSTINESS = (0, 1, 2, 4)
@@ -42,9 +42,7 @@ def _seeded(runs: dict[str, Run], name: str, split: str) -> list[float]:
 
 def _fmt(label: str, keys: tuple, values: list[list[float]]) -> str:
     """'label=key: mean±sd' for each key (sd over seeds)."""
-    return ", ".join(
-        f"{label}={k}: {np.mean(v):.2f}±{np.std(v, ddof=1):.2f}" for k, v in zip(keys, values, strict=True)
-    )
+    return ", ".join(f"{label}={k}: {mean_sd(v)}" for k, v in zip(keys, values, strict=True))
 
 
 @REPRODUCTIONS.register("reddy")
