@@ -506,9 +506,11 @@ def test_hernandez_reproduction_runs_its_sweeps_and_judges(tmp_path: Path, monke
 
 @REPRODUCTIONS.register("kissane-tiny-test")
 class TinyKissane(Kissane):
-    """Kissane's models and SAEs cut to a few steps of 32-byte windows of a small local corpus."""
+    """Kissane's models and SAEs cut to a few steps of 32-byte windows of a small local corpus, two
+    seeds."""
 
     scored_tokens = 128
+    seeds = (0, 1)
 
     def experiments(self, quick: bool) -> dict:
         out = {}
@@ -543,6 +545,9 @@ def test_kissane_reproduction_trains_models_then_their_saes_and_judges(tmp_path:
     TinyKissane.corpus = tmp_path / "corpus"
     claims, out = reproduce("kissane-tiny-test", quick=True, runs_dir=tmp_path, workers=2, progress=False)
     assert len(claims) == 6
+    for claim in claims:  # each judged on each seed
+        assert claim.seeds == (0, 1) and claim.ours.startswith("seed 0: ") and "; seed 1: " in claim.ours
+        assert claim.ours.endswith(" of 2 seeds (judged: most)")
     assert "text-2l layer 1: L0" in claims[0].ours and "text-3l layer 2: L0" in claims[0].ours
     assert "induction-2l layer 1" in claims[0].ours
     assert "live features" in claims[1].ours and "heads (those dominating" in claims[2].ours
@@ -551,7 +556,8 @@ def test_kissane_reproduction_trains_models_then_their_saes_and_judges(tmp_path:
         assert (out / f"{figure}.png").stat().st_size > 10_000
     text = (out / "claims.md").read_text()
     assert "frontier.png" in text and "dashboard/index.html)" in text
-    assert len(list(out.glob("*-sae-*"))) == 2 + 2 + 3 + len(FRONTIER)
+    for seed in (0, 1):  # every layer's SAE and the frontier's, on each seed's models
+        assert len(list(out.glob(f"*-sae-*-s{seed}-*"))) == 2 + 2 + 3 + len(FRONTIER)
 
 
 def test_noise_effect_by_budget_reads_each_runs_curve(tmp_path: Path) -> None:
