@@ -1,11 +1,11 @@
 """Reddy's phase diagrams as sweeps: ICL vs IWL over burstiness x classes and Zipf exponent x noise,
 and Chan et al.'s finding that in-context learning needs both burstiness and many classes.
 
-Quick mode runs the bundled sweeps configs/sweeps/reddy_bk.yaml and reddy_alpha_eps.yaml (42 runs of
-Reddy's network with Adam) and reddy_eps_sgd.yaml (the noise effect at the paper's optimiser, SGD
-0.01 and batch 128, for 6,000 steps, two seeds), judging the noise effect at each optimiser and at
-several budgets; full mode runs the first two at the paper's scale (SGD, 60k steps, six seeds):
-meant for a GPU or a Ray cluster.
+Quick mode runs the bundled sweeps configs/sweeps/reddy_bk.yaml and reddy_alpha_eps.yaml (63 runs
+of Reddy's network with Adam, three seeds) and reddy_eps_sgd.yaml (the noise effect at the paper's
+optimiser, SGD 0.01 and batch 128, for 6,000 steps, three seeds), judging the noise effect at each
+optimiser and at several budgets; full mode runs the first two at the paper's scale (SGD, 60k
+steps, six seeds): meant for a GPU or a Ray cluster.
 """
 
 from pathlib import Path
@@ -47,7 +47,7 @@ class ReddyPhase(SweepReproduction):
     """Phase diagrams of in-context vs in-weights learning, checked against Reddy and Chan."""
 
     title = "Reddy 2024 and Chan et al. 2022: phase diagrams of in-context vs in-weights learning"
-    quick_budget = "23 minutes on 2 CPU cores (measured)"
+    quick_budget = "35 minutes on 2 CPU cores (estimated: 1.5 times two seeds' 23 measured)"
 
     def sweeps(self, quick: bool) -> dict[str, SweepConfig]:
         paper = [
