@@ -166,13 +166,15 @@ def test_ngram_head_score_of_a_hand_built_head() -> None:
     uniform = torch.ones(40, 40).tril().expand(8, 40, 40) / torch.arange(1, 41)[:, None]
     pattern = torch.stack([exact, uniform], 1)  # (B, 2 heads, T, T)
     ctx = EvalContext(
-        model=SimpleNamespace(n_layers=1),  # type: ignore[arg-type]
+        model=SimpleNamespace(n_layers=2),  # type: ignore[arg-type]
         task=None,  # type: ignore[arg-type]
         batch=Batch(tokens, tokens, torch.ones_like(tokens, dtype=torch.bool), {}),
         logits=torch.zeros(8, 40, 20),
-        cache={"blocks.0.attn.hook_pattern": pattern},
+        cache={"blocks.0.attn.hook_pattern": pattern, "blocks.1.attn.hook_pattern": pattern.flip(1)},
     )
     scores = ngram_heads(ctx)
+    for score in scores.values():  # layer 1 holds layer 0's heads in reverse order
+        assert score.shape == (2, 2) and torch.equal(score[1], score[0].flip(0))
     assert scores["ngram_head_score_2"][0, 0].item() == pytest.approx(1.0, abs=1e-6)
     # 2-gram targets are 1-gram targets, so the 1-gram score is the share of rows with a 1-gram
     # match that also have a 2-gram match
