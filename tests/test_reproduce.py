@@ -371,6 +371,7 @@ class TinyICLL(ICLL):
 
 
 shortened_reproduction("gd-tiny-test", GradientDescent, 20)
+REPRODUCTIONS.get("gd-tiny-test").eval_prompts = 500  # the GD line searches' prompts
 
 
 shortened_reproduction("function-classes-tiny-test", FunctionClasses, 6)

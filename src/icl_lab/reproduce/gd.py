@@ -44,6 +44,7 @@ class GradientDescent(Reproduction):
 
     title = "von Oswald et al. 2023: transformers learn in context by gradient descent"
     quick_budget = "7 minutes on 2 CPU cores (measured)"
+    eval_prompts = EVAL_PROMPTS
 
     def experiments(self, quick: bool) -> dict[str, ExperimentConfig]:
         seeds, layers = ((0, 1, 2), (1, 2)) if quick else ((0, 1, 2, 3, 4), GD_STEPS)
@@ -65,7 +66,7 @@ class GradientDescent(Reproduction):
     def claims(self, runs: dict[str, Run], quick: bool) -> list[Claim]:
         first = next(iter(runs.values()))
         task, _ = first.eval_data()
-        batch = task.sample(EVAL_PROMPTS, generator(first.config.seed, "gd", "eval prompts"))
+        batch = task.sample(self.eval_prompts, generator(first.config.seed, "gd", "eval prompts"))
         tokens, targets = batch.inputs, batch.targets[:, 0]
         gd = {steps: tune_gd(tokens, targets, steps) for steps in GD_STEPS}
         plus = {steps: tune_gd(tokens, targets, steps, plus_plus=True) for steps in GD_STEPS}
