@@ -7,18 +7,18 @@ share the seed); each claim is judged on each seed and holds when it holds for m
 Settings: the SAE recipe of SPEC §8 and the authors' code (ckkissane/attention-output-saes:
 common/torch_modules/autoencoder.py, train.py): independent Kaiming-uniform encoder and decoder
 with unit decoder rows, pre-encoder bias, the gradient's part along each decoder row removed, Adam
-(0, 0.9999) at lr 1.2e-3 warmed up from 0.1 x lr, dead-feature resampling. Quick mode (about 85
-minutes on 2 cores for three seeds) shortens everything: models of 3,000 / 1,000 / 2,000 steps;
-SAEs of 16 x d_in (the paper: 32 x) on 8,000 batches of 256 activations (2 M; the paper: 1e8 in
-batches of 4,096) from a 524,288-token buffer, resampling once at step 2,000. The batch is small
-because the budget buys optimiser steps, not activations: Adam moves the dictionary per step, and
-on the 2-layer text model's layer 1 (lambda 3) 2,000 steps gave CE recovered 0.60 at batch 1,024
-and 0.58 at batch 256, while 8,000 steps of 256 reached 0.78 in the time 2,000 steps of 1,024 take.
-Inputs are scaled to norm sqrt(d_in), so that one L1 coefficient means the same on every layer (the
-paper's hook_z is unscaled; its lambda 0.8-3.0 was for GPT-2's scale). The main SAEs use lambda =
-3; the frontier adds lambda = 1 and 10, and TopK and BatchTopK at k = 8 and 32. Full mode: the text
-models at 4,000 steps, SAEs at 32 x d_in on 24,400 batches of 4,096 (1e8 activations), resampling
-every 25,000 steps as the paper: for a GPU.
+(0, 0.9999) at lr 1.2e-3 warmed up from 0.1 x lr, dead-feature resampling. Quick mode (three seeds:
+about 85 minutes on 2 cores, estimated as three times one seed's 28 measured) shortens everything:
+models of 3,000 / 1,000 / 2,000 steps; SAEs of 16 x d_in (the paper: 32 x) on 8,000 batches of 256
+activations (2 M; the paper: 1e8 in batches of 4,096) from a 524,288-token buffer, resampling once
+at step 2,000. The batch is small because the budget buys optimiser steps, not activations: Adam
+moves the dictionary per step, and on the 2-layer text model's layer 1 (lambda 3) 2,000 steps gave
+CE recovered 0.60 at batch 1,024 and 0.58 at batch 256, while 8,000 steps of 256 reached 0.78 in
+the time 2,000 steps of 1,024 take. Inputs are scaled to norm sqrt(d_in), so that one L1
+coefficient means the same on every layer (the paper's hook_z is unscaled; its lambda 0.8-3.0 was
+for GPT-2's scale). The main SAEs use lambda = 3; the frontier adds lambda = 1 and 10, and TopK and
+BatchTopK at k = 8 and 32. Full mode: the text models at 4,000 steps, SAEs at 32 x d_in on 24,400
+batches of 4,096 (1e8 activations), resampling every 25,000 steps as the paper: for a GPU.
 
 Family measure (sae/attribution.py): a feature's family is where most of its positive per-source
 direct feature attribution comes from; a head is polysemantic when the features it dominates
