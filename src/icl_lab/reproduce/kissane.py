@@ -33,6 +33,7 @@ decoder rows have moved from their random initialisation; the claims resting on 
 they have not (median cosine to the initialisation above 0.9).
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -205,47 +206,50 @@ class Kissane(Reproduction):
 
     def claims(self, runs: dict[str, Run | SAERun], quick: bool) -> list[Claim]:
         analysis = self.analyse(runs)
+        main = {seed: decompositions for seed, (decompositions, _) in analysis.items()}
+        probes = {seed: seed_probes for seed, (_, seed_probes) in analysis.items()}
 
-        def by_seed(finding: str, paper: str, judge, what: str = "it shows") -> Claim:
-            """The claim judged on each seed by judge(seed, main SAEs, probes) -> (holds, figures)."""
-            judged = []
-            for seed, (main, probes) in analysis.items():
-                holds, text = judge(seed, main, probes)
-                judged.append((seed, holds, f"seed {seed}: {text}"))
-            return judged_by_seed(finding, paper, judged, what)
+        def by_seed(
+            finding: str, paper: str, judge: Callable[[int], Judgement], what: str = "it shows"
+        ) -> Claim:
+            """The claim judged on each seed by judge(seed) -> (holds, our figures)."""
+            judged = [(seed, *judge(seed)) for seed in analysis]
+            return judged_by_seed(
+                finding, paper, [(s, ok, f"seed {s}: {text}") for s, ok, text in judged], what
+            )
 
         return [
             by_seed(
                 "attention outputs decompose sparsely: high CE loss recovered at low L0 on every layer",
                 "75-99% CE recovered at L0 of about 10-80 (GPT-2 Small, 24k-49k features)",
-                lambda seed, main, probes: self._sparse(main),
+                lambda seed: self._sparse(main[seed]),
                 what="every layer recovers >= 75%",
             ),
             by_seed(
                 "most features are attributable to one or a few heads (decoder-norm share)",
                 "most features attributable to a single head",
-                lambda seed, main, probes: self._heads(main),
+                lambda seed: self._heads(main[seed]),
             ),
             by_seed(
                 "most heads are polysemantic: their features span several families",
                 ">= 90% of GPT-2 Small's heads",
-                lambda seed, main, probes: self._polysemantic(main),
+                lambda seed: self._polysemantic(main[seed]),
             ),
             by_seed(
                 "induction features exist, their DFA on the induction source",
                 "induction features in the layers holding induction heads",
-                lambda seed, main, probes: self._induction(main),
+                lambda seed: self._induction(main[seed]),
             ),
             by_seed(
                 "some induction heads are long-prefix, others short-prefix (causal test)",
                 "both kinds in GPT-2 Small (e.g. 5.1 long-prefix, 5.5 short-prefix)",
-                lambda seed, main, probes: self._prefix(probes),
+                lambda seed: self._prefix(probes[seed]),
                 what="both kinds in one model",
             ),
             by_seed(
                 "TopK and BatchTopK reach a better L0-CE-recovered frontier than ReLU-L1 (modern variants)",
                 "TopK/BatchTopK dominate ReLU-L1 (Gao et al. 2024; Bussmann et al. 2024)",
-                lambda seed, main, probes: self._frontier(runs, seed),
+                lambda seed: self._frontier(runs, seed),
             ),
         ]
 
