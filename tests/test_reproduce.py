@@ -425,6 +425,13 @@ def test_reddy_reproduction_judges_means_over_seeds(tmp_path: Path) -> None:
 def test_gd_and_function_class_reproductions_run_and_judge(tmp_path: Path) -> None:
     claims, _ = reproduce("gd-tiny-test", quick=True, runs_dir=tmp_path, workers=2, progress=False)
     assert len(claims) == 7 and "GD++" in claims[5].ours
+    multi_step = claims[5].ours.split("; ")  # GD tuned on each seed's own prompts
+    assert claims[5].seeds == (0, 1, 2) and [part[:8] for part in multi_step[:3]] == [
+        "seed 0: ",
+        "seed 1: ",
+        "seed 2: ",
+    ]
+    assert len({part[8:] for part in multi_step[:3]}) == 3, "each seed draws its own prompts"
     assert not claims[0].reproduced, "20 steps do not reach the GD loss"
     claims, out = reproduce(
         "function-classes-tiny-test", quick=True, runs_dir=tmp_path, workers=2, progress=False
