@@ -455,7 +455,8 @@ def test_icll_reproduction_runs_every_architecture_and_judges(tmp_path: Path, mo
     assert claims[1].ours.startswith("seed 0: lstm ") and "seed 1: transformer" in claims[3].ours
     assert "n=2: head" in claims[3].ours
     assert claims[4].reproduced, "the default generator's n-gram baselines match the paper"
-    assert claims[4].seeds == (0,), "the default generator's world only"
+    assert claims[4].seeds == (0, 1) and claims[4].ours.startswith("seed 0: 2-gram 0.")
+    assert "; seed 1: 2-gram 0." in claims[4].ours, "each seed's languages on the default generator"
     assert (out / "icll_architectures.png").stat().st_size > 10_000
 
 
