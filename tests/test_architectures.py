@@ -9,6 +9,7 @@ import torch
 from icl_lab.experiment import build_model, validate_config
 from icl_lab.metrics.base import EvalContext
 from icl_lab.metrics.ngram_heads import ngram_heads
+from icl_lab.models import recurrence
 from icl_lab.models.ngram_layer import NgramLayer, ngram_targets
 from icl_lab.models.recurrence import (
     diagonal_recurrence,
@@ -17,6 +18,8 @@ from icl_lab.models.recurrence import (
     sequential_recurrence,
 )
 from icl_lab.tasks.base import Batch
+from icl_lab.training import compiled
+from icl_lab.training.compiled import compiled_kernels
 
 TASK = {"name": "regbench", "n_train_dfas": 20, "n_val_dfas": 5, "n_test_dfas": 5, "seq_len": 24}
 MIXERS = ["lstm", "gru", "linear_attention", "retention", "gla", "mamba", "s4d"]
@@ -88,17 +91,34 @@ def test_diagonal_recurrence_equals_a_loop() -> None:
     assert torch.allclose(diagonal_recurrence(log_decay, b, c), torch.stack(expected, 1), atol=1e-5)
 
 
-def test_selective_scan_equals_the_recurrence_on_whole_tensors() -> None:
+@pytest.mark.parametrize("kernel", ["eager", "compiled"])
+def test_selective_scan_equals_the_recurrence_on_whole_tensors(
+    kernel: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     g = torch.Generator().manual_seed(2)
-    dt = torch.nn.functional.softplus(torch.randn(2, 21, 5, generator=g))
-    A = -torch.rand(5, 3, generator=g) * 4
-    u, Bs, Cs = (
-        torch.randn(2, 21, 5, generator=g),
-        torch.randn(2, 21, 3, generator=g),
-        torch.randn(2, 21, 3, generator=g),
+    inputs = (
+        torch.nn.functional.softplus(torch.randn(2, 21, 5, generator=g)),  # dt
+        -torch.rand(5, 3, generator=g) * 4,  # A
+        torch.randn(2, 21, 5, generator=g),  # u
+        torch.randn(2, 21, 3, generator=g),  # Bs
+        torch.randn(2, 21, 3, generator=g),  # Cs
     )
+    dt, A, u, Bs, Cs = inputs = [x.requires_grad_() for x in inputs]
     whole = diagonal_recurrence(dt[..., None] * A, (dt * u)[..., None] * Bs[:, :, None, :], Cs[:, :, None, :])
-    torch.testing.assert_close(selective_scan(dt, A, u, Bs, Cs), whole, atol=1e-6, rtol=1e-6)
+    calls = []
+    if kernel == "compiled":  # the compiled chunk step, counted, on inputs below the size it needs
+        monkeypatch.setattr(compiled, "KERNEL_ELEMENTS", 0)
+        step = recurrence._compiled_selective_chunk()
+        monkeypatch.setattr(
+            recurrence, "_compiled_selective_chunk", lambda: lambda *a: calls.append(1) or step(*a)
+        )
+    with compiled_kernels(kernel == "compiled"):
+        y = selective_scan(dt, A, u, Bs, Cs)
+    assert len(calls) == (3 if kernel == "compiled" else 0), "chunks of 8, 8 and 5 steps"
+    torch.testing.assert_close(y, whole, atol=1e-6, rtol=1e-6)
+    grads = torch.autograd.grad(y.square().sum(), inputs)
+    for grad, expected in zip(grads, torch.autograd.grad(whole.square().sum(), inputs), strict=True):
+        torch.testing.assert_close(grad, expected, atol=1e-4, rtol=1e-5)  # gradients reach about 100
 
 
 @pytest.mark.parametrize("name", list(MODELS))

@@ -10,8 +10,16 @@ import torch
 from conftest import tiny_config
 from icl_lab.errors import ConfigError
 from icl_lab.experiment import ExperimentConfig, validate_config
+from icl_lab.models import recurrence
+from icl_lab.models.recurrence import selective_scan
 from icl_lab.store.run import Run
-from icl_lab.training.compiled import AUTO_MEMBER_STEPS, should_compile
+from icl_lab.training import compiled
+from icl_lab.training.compiled import (
+    AUTO_MEMBER_STEPS,
+    KERNEL_MEMBER_STEPS,
+    should_compile,
+    should_compile_kernels,
+)
 from icl_lab.training.trainer import Trainer, resume, train
 from test_trainer import killed_copy
 
@@ -106,6 +114,37 @@ def test_auto_compiles_only_runs_that_repay_compiling() -> None:
     assert not should_compile("auto", AUTO_MEMBER_STEPS - 1, "cpu")
     assert should_compile("auto", AUTO_MEMBER_STEPS, "cpu")
     assert not should_compile("off", 10**9, "cpu") and should_compile("on", 1, "cpu")
+
+
+def test_the_trainer_allows_compiled_kernels_unless_compile_is_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert should_compile_kernels("auto", KERNEL_MEMBER_STEPS, "cpu")
+    assert not should_compile_kernels("auto", KERNEL_MEMBER_STEPS - 1, "cpu")
+    assert should_compile_kernels("on", 1, "cpu") and not should_compile_kernels("off", 10**9, "cpu")
+    allowed = []  # whether kernels were allowed at each of Mamba's scans
+    monkeypatch.setattr(
+        recurrence, "kernel_compiles", lambda elements: allowed.append(compiled._kernels.get())
+    )
+    mamba = {"name": "mixer_lm", "mixer": "mamba", "n_layers": 1, "d_model": 16}
+    for setting in ("off", "auto"):
+        length = {"steps": KERNEL_MEMBER_STEPS}
+        config = tiny_config(model=mamba, training={"length": length, "compile": setting})
+        trainer = Trainer(Run.create([config], tmp_path / setting), progress=False)
+        assert not trainer.compiled, "too short to compile the whole step"
+        trainer.train_step()
+        trainer.evaluate_all()
+        assert allowed and set(allowed) == {setting == "auto"}, setting
+        allowed.clear()
+    dt, A, u, Bs, Cs = (
+        torch.ones(1, 8, 2),
+        -torch.ones(2, 1),
+        torch.ones(1, 8, 2),
+        torch.ones(1, 8, 1),
+        torch.ones(1, 8, 1),
+    )
+    selective_scan(dt, A, u, Bs, Cs)
+    assert allowed == [False], "outside a trainer models run eager"
 
 
 def test_compile_setting_reads_yaml_on_off_and_needs_a_compiler(monkeypatch: pytest.MonkeyPatch) -> None:

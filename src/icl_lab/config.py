@@ -108,8 +108,9 @@ class TrainingConfig(StrictModel):
     threads: PositiveInt = 1
     compile: Literal["auto", "on", "off"] = Field(
         "auto",
-        description="torch.compile the training step; auto: when the run is long enough to repay "
-        "the compile time (training/compiled.py)",
+        description="torch.compile the training step, and models' hot loops (Mamba's scan) on their "
+        "own; auto: each when the run is long enough to repay its compile time (training/compiled.py); "
+        "off: nothing compiles",
     )
     log_every: PositiveInt = Field(10, description="steps between progress-bar updates")
 

@@ -8,13 +8,22 @@ compiled run resumes bit-identically.
 `auto` compiles when a run is long enough to repay the compile time. Compiling saves time per
 member per step (an ensemble step saves about as much per member as a single run), so the rule
 counts member-steps; the break-even is measured by benchmarks/compile_breakeven.py.
+
+Apart from the whole step, a model's hot loop may have a compiled kernel of its own (Mamba's
+selective scan, one compiled chunk step): compiled in seconds, it repays itself in far fewer steps
+than the whole step does, and the whole step's compile does not fuse it as well (Mamba gains
+nothing from it). The trainer allows kernels (`compiled_kernels`) unless `compile` is off; `auto`
+from KERNEL_MEMBER_STEPS. Outside a trainer (analyses, reports) models run eager.
 """
 
+import contextvars
 import importlib.util
 import logging
 import os
 import shutil
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Literal
 
 import torch
@@ -41,6 +50,38 @@ def should_compile(setting: Literal["auto", "on", "off"], member_steps: int, dev
     if setting != "auto":
         return setting == "on"
     return compiler_missing(device) is None and member_steps >= AUTO_MEMBER_STEPS
+
+
+KERNEL_MEMBER_STEPS = 1_000
+"""member-steps from which `auto` allows compiled kernels (see the module docstring)"""
+KERNEL_ELEMENTS = 2**16
+"""elements a kernel's call must hold for its compiled form to be used (smaller ones stay eager)"""
+
+_kernels = contextvars.ContextVar("icl_lab_compiled_kernels", default=False)
+
+
+def should_compile_kernels(setting: Literal["auto", "on", "off"], member_steps: int, device: str) -> bool:
+    """Whether a run of `member_steps` on `device` lets models use their compiled kernels."""
+    if setting == "off" or compiler_missing(device) is not None:
+        return False
+    return setting == "on" or member_steps >= KERNEL_MEMBER_STEPS
+
+
+@contextmanager
+def compiled_kernels(allowed: bool) -> Iterator[None]:
+    """Inside, models use the compiled kernels of their hot loops when `allowed`."""
+    token = _kernels.set(allowed)
+    try:
+        yield
+    finally:
+        _kernels.reset(token)
+
+
+def kernel_compiles(elements: int) -> bool:
+    """Whether a kernel call of `elements` runs compiled: allowed here (the trainer checked the
+    compiler), large enough, and not inside a compiled region (the whole step's compile traces the
+    eager form)."""
+    return _kernels.get() and elements >= KERNEL_ELEMENTS and not torch.compiler.is_compiling()
 
 
 class _QuietProfilerNote(logging.Filter):

@@ -14,6 +14,7 @@ run through torch.compile (training/compiled.py); nothing else changes.
 """
 
 import contextlib
+import functools
 import signal
 import threading
 import time
@@ -37,7 +38,7 @@ from icl_lab.store.metrics_table import TRAIN_SPLIT
 from icl_lab.store.run import Run
 from icl_lab.store.train_state import TrainState
 from icl_lab.tasks import Batch, Task
-from icl_lab.training.compiled import should_compile
+from icl_lab.training.compiled import compiled_kernels, should_compile, should_compile_kernels
 from icl_lab.training.evaluator import Evaluator
 from icl_lab.training.metrics_logger import MetricsLogger
 from icl_lab.training.optim import build_optimizer, clip_grad_norm_per_member, lr_at
@@ -82,6 +83,17 @@ def _only_member(x: Any) -> Any:
     return {k: _only_member(v) for k, v in x.items()} if isinstance(x, dict) else x.squeeze(0)
 
 
+def _with_kernels(method: Callable[..., None]) -> Callable[..., None]:
+    """A trainer method that runs with the compiled kernels its run allows (compiled.py)."""
+
+    @functools.wraps(method)
+    def wrapped(self: "Trainer") -> None:
+        with compiled_kernels(self.kernels):
+            method(self)
+
+    return wrapped
+
+
 class Trainer:
     """Trains the members of a run, evaluating and checkpointing as its config says."""
 
@@ -106,6 +118,7 @@ class Trainer:
         self.total_steps = total_steps(cfg)
         M = len(self.members)
         self.compiled = should_compile(cfg.training.compile, self.total_steps * M, cfg.training.device)
+        self.kernels = should_compile_kernels(cfg.training.compile, self.total_steps * M, cfg.training.device)
         self.model = build_model(cfg, self.device, self.tasks[0])
         self.model.batched(M > 1)
         self.eval_every = cfg.eval.every.to_steps(batch_size, tokens)
@@ -164,6 +177,7 @@ class Trainer:
 
     # training --------------------------------------------------------------------------
 
+    @_with_kernels
     def train_step(self) -> None:
         state = self.state
         batch = Batch.stack(
@@ -234,6 +248,7 @@ class Trainer:
 
     # evaluation ------------------------------------------------------------------------
 
+    @_with_kernels
     @torch.no_grad()
     def evaluate_all(self) -> None:
         """Evaluate every member on every split, log the rows with the mean training loss since
@@ -330,7 +345,12 @@ class Trainer:
         log_every = self.run.config.training.log_every
         state = self.state
         self.run.acquire()
-        self.run.update_manifest(status="running", total_steps=self.total_steps, compiled=self.compiled)
+        self.run.update_manifest(
+            status="running",
+            total_steps=self.total_steps,
+            compiled=self.compiled,
+            compiled_kernels=self.kernels,
+        )
         plan = self.tasks[0].repetition
         if plan is not None:
             self.run.update_manifest(
