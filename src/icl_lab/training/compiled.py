@@ -10,7 +10,7 @@ member per step (an ensemble step saves about as much per member as a single run
 counts member-steps; the break-even is measured by benchmarks/compile_breakeven.py.
 
 Apart from the whole step, a model's hot loop may have a compiled kernel of its own (Mamba's
-selective scan, one compiled chunk step): compiled in seconds, it repays itself in far fewer steps
+selective scan, one compiled chunk step): compiled in about 20 s, it repays itself in far fewer steps
 than the whole step does, and the whole step's compile does not fuse it as well (Mamba gains
 nothing from it). The trainer allows kernels (`compiled_kernels`) unless `compile` is off; `auto`
 from KERNEL_MEMBER_STEPS. Outside a trainer (analyses, reports) models run eager.
