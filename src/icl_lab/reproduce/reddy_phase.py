@@ -47,7 +47,10 @@ class ReddyPhase(SweepReproduction):
     """Phase diagrams of in-context vs in-weights learning, checked against Reddy and Chan."""
 
     title = "Reddy 2024 and Chan et al. 2022: phase diagrams of in-context vs in-weights learning"
-    quick_budget = "35 minutes on 2 CPU cores (estimated: 1.5 times two seeds' 23 measured)"
+    quick_budget = (
+        "35 minutes on 2 CPU cores (estimated: 1.5 times two seeds' 23 measured; three seeds took 99 "
+        "while another reproduction and the tests shared the cores)"
+    )
 
     def sweeps(self, quick: bool) -> dict[str, SweepConfig]:
         paper = [
