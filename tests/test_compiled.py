@@ -18,7 +18,6 @@ from icl_lab.training.compiled import (
     AUTO_MEMBER_STEPS,
     KERNEL_MEMBER_STEPS,
     should_compile,
-    should_compile_kernels,
 )
 from icl_lab.training.trainer import Trainer, resume, train
 from test_trainer import killed_copy
@@ -119,9 +118,10 @@ def test_auto_compiles_only_runs_that_repay_compiling() -> None:
 def test_the_trainer_allows_compiled_kernels_unless_compile_is_off(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert should_compile_kernels("auto", KERNEL_MEMBER_STEPS, "cpu")
-    assert not should_compile_kernels("auto", KERNEL_MEMBER_STEPS - 1, "cpu")
-    assert should_compile_kernels("on", 1, "cpu") and not should_compile_kernels("off", 10**9, "cpu")
+    assert should_compile("auto", KERNEL_MEMBER_STEPS, "cpu", KERNEL_MEMBER_STEPS)
+    assert not should_compile("auto", KERNEL_MEMBER_STEPS - 1, "cpu", KERNEL_MEMBER_STEPS)
+    assert should_compile("on", 1, "cpu", KERNEL_MEMBER_STEPS)
+    assert not should_compile("off", 10**9, "cpu", KERNEL_MEMBER_STEPS)
     allowed = []  # whether kernels were allowed at each of Mamba's scans
     monkeypatch.setattr(
         recurrence, "kernel_compiles", lambda elements: allowed.append(compiled._kernels.get())

@@ -45,11 +45,15 @@ def compiler_missing(device: str) -> str | None:
     )
 
 
-def should_compile(setting: Literal["auto", "on", "off"], member_steps: int, device: str) -> bool:
-    """Whether a run of `member_steps` (steps x members) on `device` compiles its training step."""
+def should_compile(
+    setting: Literal["auto", "on", "off"], member_steps: int, device: str, from_steps: int = AUTO_MEMBER_STEPS
+) -> bool:
+    """Whether a run of `member_steps` (steps x members) on `device` compiles its training step
+    (from_steps: KERNEL_MEMBER_STEPS asks the same of compiled kernels); `on` without a compiler is
+    refused when the config is validated."""
     if setting != "auto":
         return setting == "on"
-    return compiler_missing(device) is None and member_steps >= AUTO_MEMBER_STEPS
+    return compiler_missing(device) is None and member_steps >= from_steps
 
 
 KERNEL_MEMBER_STEPS = 1_000
@@ -58,13 +62,6 @@ KERNEL_ELEMENTS = 2**16
 """elements a kernel's call must hold for its compiled form to be used (smaller ones stay eager)"""
 
 _kernels = contextvars.ContextVar("icl_lab_compiled_kernels", default=False)
-
-
-def should_compile_kernels(setting: Literal["auto", "on", "off"], member_steps: int, device: str) -> bool:
-    """Whether a run of `member_steps` on `device` lets models use their compiled kernels."""
-    if setting == "off" or compiler_missing(device) is not None:
-        return False
-    return setting == "on" or member_steps >= KERNEL_MEMBER_STEPS
 
 
 @contextmanager

@@ -38,7 +38,7 @@ from icl_lab.store.metrics_table import TRAIN_SPLIT
 from icl_lab.store.run import Run
 from icl_lab.store.train_state import TrainState
 from icl_lab.tasks import Batch, Task
-from icl_lab.training.compiled import compiled_kernels, should_compile, should_compile_kernels
+from icl_lab.training.compiled import KERNEL_MEMBER_STEPS, compiled_kernels, should_compile
 from icl_lab.training.evaluator import Evaluator
 from icl_lab.training.metrics_logger import MetricsLogger
 from icl_lab.training.optim import build_optimizer, clip_grad_norm_per_member, lr_at
@@ -117,8 +117,9 @@ class Trainer:
         self.batch_size, self.tokens_per_sequence = batch_size, tokens
         self.total_steps = total_steps(cfg)
         M = len(self.members)
-        self.compiled = should_compile(cfg.training.compile, self.total_steps * M, cfg.training.device)
-        self.kernels = should_compile_kernels(cfg.training.compile, self.total_steps * M, cfg.training.device)
+        setting, member_steps, device = cfg.training.compile, self.total_steps * M, cfg.training.device
+        self.compiled = should_compile(setting, member_steps, device)
+        self.kernels = should_compile(setting, member_steps, device, KERNEL_MEMBER_STEPS)
         self.model = build_model(cfg, self.device, self.tasks[0])
         self.model.batched(M > 1)
         self.eval_every = cfg.eval.every.to_steps(batch_size, tokens)
