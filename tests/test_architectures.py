@@ -12,7 +12,6 @@ from icl_lab.metrics.ngram_heads import ngram_heads
 from icl_lab.models import recurrence
 from icl_lab.models.ngram_layer import NgramLayer, ngram_targets
 from icl_lab.models.recurrence import (
-    diagonal_recurrence,
     linear_recurrence,
     selective_scan,
     sequential_recurrence,
@@ -80,15 +79,16 @@ def test_chunked_linear_recurrence_equals_sequential(chunk: int) -> None:
     )
 
 
-def test_diagonal_recurrence_equals_a_loop() -> None:
-    g = torch.Generator().manual_seed(1)
-    log_decay = -3 * torch.rand(2, 21, 3, 4, generator=g)
-    b, c = torch.randn(2, 21, 3, 4, generator=g), torch.randn(2, 21, 1, 4, generator=g)
-    h, expected = torch.zeros(2, 3, 4), []
-    for t in range(21):
+def diagonal_loop(log_decay: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """h_t = exp(log_decay_t) h_{t-1} + b_t, y_t = sum over the last axis of c_t h_t, one step at a
+    time: inputs broadcastable to (B, T, ..., K) -> y (B, T, ...)."""
+    shape = torch.broadcast_shapes(log_decay.shape, b.shape, c.shape)
+    log_decay, b, c = (x.expand(shape) for x in (log_decay, b, c))
+    h, ys = torch.zeros(shape[0], *shape[2:]), []
+    for t in range(shape[1]):
         h = log_decay[:, t].exp() * h + b[:, t]
-        expected.append((c[:, t] * h).sum(-1))
-    assert torch.allclose(diagonal_recurrence(log_decay, b, c), torch.stack(expected, 1), atol=1e-5)
+        ys.append((c[:, t] * h).sum(-1))
+    return torch.stack(ys, 1)
 
 
 # eager: chunks of 8, 8 and 5 steps; compiled: two of 8 (one shape, one compile)
@@ -105,7 +105,7 @@ def test_selective_scan_equals_the_recurrence_on_whole_tensors(
         torch.randn(2, T, 3, generator=g),  # Cs
     )
     dt, A, u, Bs, Cs = inputs = [x.requires_grad_() for x in inputs]
-    whole = diagonal_recurrence(dt[..., None] * A, (dt * u)[..., None] * Bs[:, :, None, :], Cs[:, :, None, :])
+    whole = diagonal_loop(dt[..., None] * A, (dt * u)[..., None] * Bs[:, :, None, :], Cs[:, :, None, :])
     calls = []
     if kernel == "compiled":  # the compiled chunk step, counted, on inputs below the size it needs
         monkeypatch.setattr(compiled, "KERNEL_ELEMENTS", 0)
@@ -218,6 +218,6 @@ def test_s4d_convolution_equals_its_recurrence() -> None:
     x = torch.randn(2, 50, 32)
     dtA = layer.log_dt.exp()[:, None] * -layer.A_log.exp()
     gain = torch.expm1(dtA) / -layer.A_log.exp()
-    y = diagonal_recurrence(dtA, gain * x[..., None], layer.C)
+    y = diagonal_loop(dtA, gain * x[..., None], layer.C)
     expected = layer.out(torch.nn.functional.gelu(y + layer.D * x))
     assert torch.allclose(layer(x), expected, atol=1e-4)
