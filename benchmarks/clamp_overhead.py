@@ -3,7 +3,8 @@ same process (one thread, interleaved, median of repeats).
 
 The clamp set is the single-induction-head experiment's: values of seven layer-2 heads ablated and
 the match clamp on the eighth. Also timed, separately: a path-preserving ablation (which needs a
-reference pass, so about twice the forward work) and a graft (a donor forward per step).
+reference pass: the batch is doubled, so twice the sequences in one pass) and a graft (a donor
+forward per step).
 
 The path-preserving ablation's reference pass keeps autograd on purpose: in the authors' code
 (icl-dynamics opto.py) the base pass runs inside the differentiated loss, so a preserved pattern's
@@ -28,7 +29,9 @@ SETS = {
         {"kind": "ablate", "heads": [f"1.{h}" for h in range(1, 8)], "activation": "v"},
         {"kind": "induction_match", "heads": ["1.0"]},
     ],
-    "ablate_preserving (2 passes)": [{"kind": "ablate_preserving", "heads": ["0.*"], "preserve": "pattern"}],
+    "ablate_preserving (doubled batch)": [
+        {"kind": "ablate_preserving", "heads": ["0.*"], "preserve": "pattern"}
+    ],
 }
 
 

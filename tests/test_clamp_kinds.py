@@ -37,7 +37,7 @@ def run(model: torch.nn.Module, batch: object, *clamps: object) -> tuple[torch.T
     cache: dict[str, torch.Tensor] = {}
     save = (lambda name: True, lambda x, hook: cache.__setitem__(hook.name, x))
     on = torch.ones(len(clamps), dtype=torch.bool)
-    forward = lambda hooks: model.run_with_hooks(batch.inputs, fwd_hooks=hooks)  # noqa: E731
+    forward = lambda inputs, hooks: model.run_with_hooks(inputs, fwd_hooks=hooks)  # noqa: E731
     return clamped_forward(forward, model, list(clamps), on, batch.meta, batch.inputs, [save]), cache
 
 
@@ -112,6 +112,33 @@ def test_preserve_pattern_keeps_downstream_patterns_and_removes_the_value_path()
     _, values_kept = run(model, batch, clamp(kind="ablate_preserving", heads=["0.*"], preserve="v"))
     assert torch.allclose(values_kept["blocks.1.attn.hook_v"], clean["blocks.1.attn.hook_v"], atol=1e-6)
     assert not torch.allclose(values_kept["blocks.1.attn.hook_pattern"], clean["blocks.1.attn.hook_pattern"])
+
+
+def test_preserving_ablation_in_one_doubled_batch_equals_two_passes() -> None:
+    """The reference pass rides in the first half of a doubled batch; an explicit reference pass and
+    then an ablated pass fed its patterns give the same logits and parameter gradients."""
+    _, _, model, batch = setup()
+    params = list(model.parameters())
+
+    def loss(logits: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits[:, -1], batch.targets[:, 0])
+
+    logits, cache = run(model, batch, clamp(kind="ablate_preserving", heads=["0.*"], preserve="pattern"))
+    assert logits.shape[0] == cache["blocks.1.attn.hook_pattern"].shape[0] == batch.inputs.shape[0]
+    reference: dict[str, torch.Tensor] = {}
+    record = ("blocks.1.attn.hook_pattern", lambda x, hook: reference.__setitem__("pattern", x))
+    model.run_with_hooks(batch.inputs, fwd_hooks=[record])
+    expected = model.run_with_hooks(
+        batch.inputs,
+        fwd_hooks=[
+            ("blocks.0.attn.hook_z", lambda z, hook: torch.zeros_like(z)),
+            ("blocks.1.attn.hook_pattern", lambda x, hook: reference["pattern"]),
+        ],
+    )
+    torch.testing.assert_close(logits, expected, atol=1e-6, rtol=1e-5)
+    got = torch.autograd.grad(loss(logits), params)
+    for grad, want in zip(got, torch.autograd.grad(loss(expected), params), strict=True):
+        torch.testing.assert_close(grad, want, atol=1e-6, rtol=1e-4)
 
 
 def test_graft_reproduces_the_donors_layer_output(tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ def run(m: Transformer, clamps: list, tokens: torch.Tensor, on: torch.Tensor | N
     flags = torch.ones(len(clamps), dtype=torch.bool) if on is None else on
     save = (lambda n: True, lambda x, hook: cache.__setitem__(hook.name, x))
     logits = clamped_forward(
-        lambda hooks: m.run_with_hooks(tokens, fwd_hooks=hooks), m, clamps, flags, {}, tokens, [save]
+        lambda inputs, hooks: m.run_with_hooks(inputs, fwd_hooks=hooks), m, clamps, flags, {}, tokens, [save]
     )
     return logits, cache
 
@@ -93,9 +93,9 @@ def test_vmapped_members_with_different_clamps_equal_separate_runs() -> None:
     on = torch.tensor([[True, False], [False, True]])  # member 0: first clamp; member 1: second
 
     def member(params: dict, tokens: torch.Tensor, on: torch.Tensor) -> torch.Tensor:
-        def forward(hooks: list) -> torch.Tensor:
+        def forward(inputs: torch.Tensor, hooks: list) -> torch.Tensor:
             with m.hooks(hooks):
-                return functional_call(m, params, (tokens,))
+                return functional_call(m, params, (inputs,))
 
         return clamped_forward(forward, m, clamps, on, {}, tokens)
 

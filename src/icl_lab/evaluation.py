@@ -54,7 +54,7 @@ def evaluate(
 
     flags = torch.ones(len(clamps), dtype=torch.bool, device=batch.inputs.device) if on is None else on
     logits = clamped_forward(
-        lambda hooks: model.run_with_hooks(batch.inputs, fwd_hooks=hooks),
+        lambda inputs, hooks: model.run_with_hooks(inputs, fwd_hooks=hooks),
         model,
         list(clamps),
         flags,

@@ -8,13 +8,14 @@ lets gradients flow through the clamped graph, and runs under torch.func.vmap wi
 
 A value may come from the same forward pass (an ideal pattern built from the batch's meta, the
 scores of a head), from a reference pass of the same model without the clamps that asked for it
-(path-preserving ablations: `reference_hooks`), or from another model (grafting).
-`clamped_forward` runs the reference pass only when an active clamp needs one.
+(path-preserving ablations: `needs_reference`), or from another model (grafting).
+`clamped_forward` adds the reference pass only when a clamp needs one, as the first half of a
+doubled batch.
 """
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -46,13 +47,11 @@ class Clamp(StrictModel):
 
     requires_layout: ClassVar[str | None] = None
     """a task layout (Task.layout) whose meta the clamp reads, if any"""
+    needs_reference: ClassVar[bool] = False
+    """whether the clamp reads activations of a reference pass (ClampContext.reference)"""
 
     def check(self, model: Model) -> None:
         """Raise ValueError if the clamp names a hook, head or position the model lacks."""
-
-    def reference_hooks(self, model: Model) -> list[str]:
-        """Hook names whose activations this clamp reads from a reference pass (none by default)."""
-        return []
 
     def hooks(self, ctx: "ClampContext") -> list[tuple[str, HookFn]]:
         """(hook name, function) pairs applying the clamp; ctx.on gates it per ensemble member."""
@@ -62,13 +61,23 @@ class Clamp(StrictModel):
 @dataclass
 class ClampContext:
     """What a clamp compiles against: the model (its parameters as in the current pass), the
-    member's on-flag, the batch's meta and inputs, and the reference pass's activations."""
+    member's on-flag and the batch's meta and inputs. With a reference pass, the batch's first
+    `reference_rows` sequences are the reference pass's and the rest the same sequences clamped."""
 
     model: Model
     on: Tensor
     meta: dict[str, Tensor]
     inputs: Tensor
-    reference: dict[str, Tensor] = field(default_factory=dict)
+    reference_rows: int = 0
+
+    def reference(self, x: Tensor) -> Tensor:
+        """The activation x (sequences first) with every sequence's reference activation."""
+        return x[: self.reference_rows].repeat(2, *[1] * (x.dim() - 1))
+
+    def clamped_rows(self, x: Tensor) -> Tensor:
+        """Bool mask broadcastable to x (sequences first): true at the clamped sequences."""
+        rows = torch.arange(x.shape[0], device=x.device) >= self.reference_rows
+        return rows.view(-1, *[1] * (x.dim() - 1))
 
 
 def parse_heads(specs: list[str], model: Model) -> dict[int, list[int]]:
@@ -137,7 +146,7 @@ def active_at(clamps: list[Clamp], step: int) -> list[Clamp]:
     return [c for c in clamps if c.steps.contains(step)]
 
 
-Forward = Callable[[list[tuple[str, HookFn]]], Tensor]
+Forward = Callable[[Tensor, list[tuple[str, HookFn]]], Tensor]
 
 
 def clamped_forward(
@@ -149,29 +158,39 @@ def clamped_forward(
     inputs: Tensor,
     extra_hooks: list[tuple[str, HookFn]] = (),
 ) -> Tensor:
-    """forward(hooks) with the clamps applied (each gated by its flag in `on`, shape (n_clamps,)).
+    """forward(inputs, hooks) with the clamps applied (each gated by its flag in `on`, shape
+    (n_clamps,)). extra_hooks (e.g. a cache) run after the clamps.
 
-    If a clamp needs a reference pass, forward first runs with the other clamps only and records
-    the activations it asked for. extra_hooks (e.g. a cache) run in the final pass, after the clamps.
+    If a clamp needs a reference pass, the batch is doubled: its first half is the reference pass
+    (the other clamps only), its second half the clamped pass, and at each hook the second half can
+    read the first's activation. On small models one pass over twice the sequences costs much less
+    than two passes. Gradients flow through both halves, as through two passes. Only the second
+    half's outputs are returned, and only its activations reach extra_hooks.
     """
-    wanted = {name for c in clamps for name in c.reference_hooks(model)}
-    reference: dict[str, Tensor] = {}
-    if wanted:
-        plain = [
-            h
-            for i, c in enumerate(clamps)
-            if not c.reference_hooks(model)
-            for h in c.hooks(ClampContext(model, on[i], meta, inputs))
-        ]
-
-        def record(x: Tensor, hook: HookPoint) -> None:
-            reference[hook.name] = x
-
-        forward([*plain, (wanted.__contains__, record)])
-    hooks = [
-        h for i, c in enumerate(clamps) for h in c.hooks(ClampContext(model, on[i], meta, inputs, reference))
+    if not any(c.needs_reference for c in clamps):
+        contexts = [ClampContext(model, on[i], meta, inputs) for i in range(len(clamps))]
+        return forward(inputs, [*_hooks(clamps, contexts), *extra_hooks])
+    n = inputs.shape[0]
+    twice = lambda x: torch.cat([x, x])  # noqa: E731
+    meta, inputs = {k: twice(v) for k, v in meta.items()}, twice(inputs)
+    contexts = [ClampContext(model, on[i], meta, inputs, n) for i in range(len(clamps))]
+    return forward(inputs, [*_hooks(clamps, contexts), *[(name, _after(n, fn)) for name, fn in extra_hooks]])[
+        n:
     ]
-    return forward([*hooks, *extra_hooks])
+
+
+def _hooks(clamps: list[Clamp], contexts: list[ClampContext]) -> list[tuple[str, HookFn]]:
+    return [h for c, ctx in zip(clamps, contexts, strict=True) for h in c.hooks(ctx)]
+
+
+def _after(n: int, fn: HookFn) -> HookFn:
+    """fn applied to the sequences after the first n only."""
+
+    def hook(x: Tensor, hook: HookPoint) -> Tensor | None:
+        out = fn(x[n:], hook)
+        return None if out is None else torch.cat([x[:n], out])
+
+    return hook
 
 
 CLAMPS: Registry[type[Clamp]] = Registry("clamp kind")

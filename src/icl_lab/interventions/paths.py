@@ -1,6 +1,6 @@
 """Path clamps (Singh et al. 2024): an ideal first layer, and ablations that preserve one path."""
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -75,6 +75,8 @@ class AblatePreserving(Clamp):
     preserve: Literal["pattern", "v", "q", "k"]
     layers: list[int] | None = Field(None, description="later layers that preserve (default all)")
 
+    needs_reference: ClassVar[bool] = True
+
     def check(self, model: Model) -> None:
         last = max(parse_heads(self.heads, model))
         for layer in self._layers(model):
@@ -85,21 +87,20 @@ class AblatePreserving(Clamp):
         last = max(parse_heads(self.heads, model))
         return self.layers if self.layers is not None else list(range(last + 1, model.n_layers))
 
-    def reference_hooks(self, model: Model) -> list[str]:
-        return [f"blocks.{layer}.attn.hook_{self.preserve}" for layer in self._layers(model)]
-
     def hooks(self, ctx: ClampContext) -> list[tuple[str, HookFn]]:
         def zero(heads: list[int]) -> HookFn:
             def fn(z: Tensor, hook: HookPoint) -> Tensor:
-                return torch.where(head_position_mask(z, "z", heads, None) & ctx.on, 0.0, z)
+                mask = head_position_mask(z, "z", heads, None) & ctx.clamped_rows(z)
+                return torch.where(mask & ctx.on, 0.0, z)
 
             return fn
 
         def restore(x: Tensor, hook: HookPoint) -> Tensor:
-            return torch.where(ctx.on, ctx.reference[hook.name], x)
+            return torch.where(ctx.on, ctx.reference(x), x)
 
         ablations = [
             (f"blocks.{layer}.attn.hook_z", zero(h))
             for layer, h in parse_heads(self.heads, ctx.model).items()
         ]
-        return [*ablations, *[(name, restore) for name in self.reference_hooks(ctx.model)]]
+        preserved = [f"blocks.{layer}.attn.hook_{self.preserve}" for layer in self._layers(ctx.model)]
+        return [*ablations, *[(name, restore) for name in preserved]]

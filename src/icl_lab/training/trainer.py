@@ -71,7 +71,7 @@ def clamped_loss(
     """The task's loss of the model with these parameters on one batch, with the clamps (gated by
     the flags `on`, shape (n_clamps,)) applied: one member's training loss, or one SGLD chain's."""
 
-    def forward(hooks: list) -> Tensor:
+    def forward(inputs: Tensor, hooks: list) -> Tensor:
         with model.hooks(hooks):
             return functional_call(model, params, (inputs,))
 
