@@ -1,12 +1,14 @@
 """Sweep throughput, all parts measured in one run on one machine:
 
-(a) a 16-seed sweep as one vmapped ensemble vs 16 sequential single runs (runs per hour), for
-    Reddy's fast setting and for Singh's tiny model;
+(a) a sweep of --members seeds (16 by default; the GPU goal is 64) as one vmapped ensemble vs the
+    same runs one after another (runs per hour), for Reddy's fast setting and for Singh's tiny
+    model (--configs);
 (b) the local executor with 2 workers vs 1 (8 single runs);
 (c) the Ray executor vs the local one, both with 2 workers (8 single runs): per-run overhead, and
     Ray's start-up time.
 
-    python benchmarks/sweep_throughput.py [--parts abc] [--device cpu|cuda] [--steps 200]
+    python benchmarks/sweep_throughput.py [--parts abc] [--device cpu|cuda] [--steps 200] [--members 16]
+        [--configs reddy_fast singh]
 """
 
 import argparse
@@ -38,22 +40,23 @@ def timed(fn: object) -> float:
     return time.perf_counter() - start
 
 
-def ensemble_vs_sequential(name: str, steps: int, device: str) -> dict:
+def ensemble_vs_sequential(name: str, n: int, steps: int, device: str) -> dict:
     runs = Path(tempfile.mkdtemp())
-    members = configs(name, 16, steps, device)
+    members = configs(name, n, steps, device)
     together = timed(lambda: train(members, str(runs), progress=False))
     alone = timed(lambda: [train(c, str(runs), progress=False) for c in members])
     row = {
         "config": name,
+        "members": n,
         "steps": steps,
         "ensemble_s": together,
         "sequential_s": alone,
-        "runs_per_hour_ensemble": 16 * 3600 / together,
-        "runs_per_hour_sequential": 16 * 3600 / alone,
+        "runs_per_hour_ensemble": n * 3600 / together,
+        "runs_per_hour_sequential": n * 3600 / alone,
         "ratio": alone / together,
     }
-    print(f"(a) {name}: 16 seeds as one ensemble {together:.1f} s", end="")
-    print(f" vs 16 runs one after another {alone:.1f} s: {row['ratio']:.2f}x runs/hour")
+    print(f"(a) {name}: {n} seeds as one ensemble {together:.1f} s", end="")
+    print(f" vs {n} runs one after another {alone:.1f} s: {row['ratio']:.2f}x runs/hour")
     return row
 
 
@@ -68,6 +71,8 @@ def main() -> None:
     parser.add_argument("--parts", default="abc")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--members", type=int, default=16, help="seeds in part (a)'s sweep")
+    parser.add_argument("--configs", nargs="+", default=["reddy_fast", "singh"], help="part (a)'s configs")
     args = parser.parse_args()
     torch.set_num_threads(1)
     record: dict = {
@@ -76,7 +81,7 @@ def main() -> None:
     }
     if "a" in args.parts:
         record["ensemble"] = [
-            ensemble_vs_sequential(name, args.steps, args.device) for name in ("reddy_fast", "singh")
+            ensemble_vs_sequential(name, args.members, args.steps, args.device) for name in args.configs
         ]
     if "b" in args.parts or "c" in args.parts:
         one = executor_time("local", 1, args.steps) if "b" in args.parts else None
