@@ -1,0 +1,98 @@
+"""A seed sweep of Singh's model on a 2-core CPU, three ways: the seeds as single eager runs one after
+another (one core), as one compiled ensemble using both cores' threads, and as one compiled ensemble
+per core (two processes, each pinned to its core with half the seeds: what a sweep with
+`ensemble: always`, `max_ensemble: seeds / 2` and 2 local workers runs). Runs per hour at the
+config's full length, the compile included (a cold inductor cache per contender).
+
+Each contender needs the whole machine, so they run one after another (not interleaved), in fresh
+processes, `--repeats` times in turn; the medians are reported.
+
+    python benchmarks/ensemble_per_core.py [--seeds 16] [--steps 100] [--repeats 3]
+"""
+
+import argparse
+import multiprocessing as mp
+import os
+import statistics
+import tempfile
+import time
+
+from common import write_results
+
+CONFIG = "singh"
+
+
+def worker(cores: set[int], members: int, compile: str, steps: int, barrier, results) -> None:
+    """Build a trainer of `members` seeds on `cores` (one thread per core), time its first step
+    (the compile) and then `steps` steps, started together with the other workers."""
+    os.sched_setaffinity(0, cores)
+    import torch
+
+    from common import started_trainer, time_steps
+
+    torch.set_num_threads(len(cores))
+    overrides = ["checkpointing.every=null", f"training.compile={compile}", f"training.threads={len(cores)}"]
+    trainer, first_s = started_trainer(CONFIG, overrides, members)
+    time_steps(trainer.train_step, 10)
+    barrier.wait()
+    results.put((first_s, time_steps(trainer.train_step, steps)))
+
+
+def contender(workers: list[tuple[set[int], int, str]], steps: int) -> tuple[float, float]:
+    """(slowest first step, slowest seconds per step) of workers run at the same time."""
+    ctx = mp.get_context("spawn")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp()  # cold, shared by this contender
+    barrier, results = ctx.Barrier(len(workers)), ctx.Queue()
+    processes = [ctx.Process(target=worker, args=(*w, steps, barrier, results)) for w in workers]
+    for p in processes:
+        p.start()
+    outcomes = [results.get() for _ in processes]
+    for p in processes:
+        p.join()
+    return max(o[0] for o in outcomes), max(o[1] for o in outcomes)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    from icl_lab.experiment import load_config, total_steps
+
+    half = args.seeds // 2
+    ways = {
+        "single eager runs, one after another": [({0}, 1, "off")],
+        f"one compiled ensemble of {args.seeds}, 2 threads": [({0, 1}, args.seeds, "on")],
+        f"two compiled ensembles of {half}, one per core": [({0}, half, "on"), ({1}, half, "on")],
+    }
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in ways}
+    for _ in range(args.repeats):
+        for name, workers in ways.items():
+            times[name].append(contender(workers, args.steps))
+    length = total_steps(load_config(CONFIG))
+    rows = {}
+    for name, measured in times.items():
+        first_s = statistics.median(m[0] for m in measured)
+        step_s = statistics.median(m[1] for m in measured)
+        runs = 1 if name.startswith("single") else args.seeds
+        hours = (args.seeds / runs) * (first_s + length * step_s) / 3600
+        rows[name] = {
+            "first_step_s": first_s,
+            "step_ms": step_s * 1e3,
+            "step_ms_per_repeat": [m[1] * 1e3 for m in measured],
+            "runs_per_hour": args.seeds / hours,
+        }
+    base = rows["single eager runs, one after another"]["runs_per_hour"]
+    for name, row in rows.items():
+        row["speed_vs_sequential"] = row["runs_per_hour"] / base
+        print(
+            f"{name:45} first step {row['first_step_s']:5.1f} s, {row['step_ms']:6.2f} ms/step: "
+            f"{row['runs_per_hour']:6.1f} runs/hour, x{row['speed_vs_sequential']:.2f}"
+        )
+    record = {"config": CONFIG, "seeds": args.seeds, "length_steps": length, "steps_timed": args.steps}
+    print(f"wrote {write_results('ensemble_per_core', {**record, 'rows': rows, 'when': time.ctime()})}")
+
+
+if __name__ == "__main__":
+    main()
