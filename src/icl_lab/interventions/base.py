@@ -167,20 +167,12 @@ def clamped_forward(
     than two passes. Gradients flow through both halves, as through two passes. Only the second
     half's outputs are returned, and only its activations reach extra_hooks.
     """
-    if not any(c.needs_reference for c in clamps):
-        contexts = [ClampContext(model, on[i], meta, inputs) for i in range(len(clamps))]
-        return forward(inputs, [*_hooks(clamps, contexts), *extra_hooks])
-    n = inputs.shape[0]
-    twice = lambda x: torch.cat([x, x])  # noqa: E731
-    meta, inputs = {k: twice(v) for k, v in meta.items()}, twice(inputs)
-    contexts = [ClampContext(model, on[i], meta, inputs, n) for i in range(len(clamps))]
-    return forward(inputs, [*_hooks(clamps, contexts), *[(name, _after(n, fn)) for name, fn in extra_hooks]])[
-        n:
-    ]
-
-
-def _hooks(clamps: list[Clamp], contexts: list[ClampContext]) -> list[tuple[str, HookFn]]:
-    return [h for c, ctx in zip(clamps, contexts, strict=True) for h in c.hooks(ctx)]
+    n = inputs.shape[0] if any(c.needs_reference for c in clamps) else 0  # reference rows
+    if n:
+        meta, inputs = {k: torch.cat([v, v]) for k, v in meta.items()}, torch.cat([inputs, inputs])
+        extra_hooks = [(name, _after(n, fn)) for name, fn in extra_hooks]
+    hooks = [h for i, c in enumerate(clamps) for h in c.hooks(ClampContext(model, on[i], meta, inputs, n))]
+    return forward(inputs, [*hooks, *extra_hooks])[n:]
 
 
 def _after(n: int, fn: HookFn) -> HookFn:

@@ -11,9 +11,10 @@ counts member-steps; the break-even is measured by benchmarks/compile_breakeven.
 
 Apart from the whole step, a model's hot loop may have a compiled kernel of its own (Mamba's
 selective scan, one compiled chunk step): compiled in about 20 s, it repays itself in far fewer steps
-than the whole step does, and the whole step's compile does not fuse it as well (Mamba gains
-nothing from it). The trainer allows kernels (`compiled_kernels`) unless `compile` is off; `auto`
-from KERNEL_MEMBER_STEPS. Outside a trainer (analyses, reports) models run eager.
+than the whole step does, and the whole step's compile did not fuse it as well (Mamba gained
+nothing from it, measured before the scan ran step by step). The trainer allows kernels
+(`compiled_kernels`) unless `compile` is off; `auto` from KERNEL_MEMBER_STEPS. Outside a trainer
+(analyses, reports) models run eager.
 """
 
 import contextvars
