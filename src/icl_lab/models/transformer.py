@@ -166,12 +166,13 @@ class Attention(nn.Module):
             cos, sin = self.rope_cos[:T], self.rope_sin[:T]
             q = self.hook_rot_q(rotate(q, cos, sin))
             k = self.hook_rot_k(rotate(k, cos, sin))
-        tiny = torch.compiler.is_compiling() and T * e * T <= SMALL_MATMUL  # inductor's fused loops win
-        if not self.fused or tiny or self.hook_attn_scores.fns or self.hook_pattern.fns:
-            scores = small_matmul(q.transpose(1, 2), k.permute(0, 2, 3, 1)) * self.scale  # (B, H, T, T)
+        if torch.compiler.is_compiling() and T * e * T <= SMALL_MATMUL:  # inductor's fused loops win
+            z = self.tiny_attention(q, k, v)
+        elif not self.fused or self.hook_attn_scores.fns or self.hook_pattern.fns:
+            scores = (q.transpose(1, 2) @ k.permute(0, 2, 3, 1)) * self.scale  # (B, H, T, T)
             scores = self.hook_attn_scores(scores.masked_fill(self.future[:T, :T], float("-inf")))
             pattern = self.hook_pattern(scores.softmax(dim=-1))
-            z = small_matmul(pattern, v.transpose(1, 2)).transpose(1, 2)  # (B, T, H, e)
+            z = (pattern @ v.transpose(1, 2)).transpose(1, 2)  # (B, T, H, e)
         else:  # nobody looks at the pattern: the fused kernel computes the same thing faster
             z = F.scaled_dot_product_attention(
                 q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True, scale=self.scale
@@ -181,19 +182,28 @@ class Attention(nn.Module):
             return z
         return F.linear(z, self.W_O.reshape(H * e, d).T, self.b_O if self.bias else None)
 
+    def tiny_attention(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Attention of tiny heads under torch.compile: q, k, v (B, T, H, e) -> z (B, T, H, e).
+
+        Each product is a broadcast product summed over its inner axis, which inductor fuses into
+        one loop; on a CPU a batched GEMM call costs far more per tiny matrix than its arithmetic.
+        Batch and heads are the last, contiguous axis, so those loops run full SIMD vectors (in
+        (B, H, T, T) they ran a few lanes of T or e); the hooks still see (B, H, T, T)."""
+        B, T, H, e = q.shape
+        q, k, v = (x.permute(1, 3, 0, 2).reshape(T, e, B * H) for x in (q, k, v))  # (T, e, BH)
+
+        def hooked(x: Tensor, hook: HookPoint) -> Tensor:  # (T, T, BH), the hook seeing (B, H, T, T)
+            return hook(x.view(T, T, B, H).permute(2, 3, 0, 1)).permute(2, 3, 0, 1).reshape(T, T, B * H)
+
+        scores = (q[:, None] * k[None]).sum(2) * self.scale  # (T query, T key, BH)
+        scores = hooked(scores.masked_fill(self.future[:T, :T, None], float("-inf")), self.hook_attn_scores)
+        pattern = hooked(scores.softmax(dim=1), self.hook_pattern)
+        z = (pattern[:, :, None] * v[None]).sum(1)  # (T, e, BH)
+        return z.view(T, e, B, H).permute(2, 0, 3, 1)
+
 
 SMALL_MATMUL = 4096
-"""largest n * k * m of an (n, k) @ (k, m) product that compiled code computes as a fused loop"""
-
-
-def small_matmul(a: Tensor, b: Tensor) -> Tensor:
-    """a @ b over leading batch axes. Under torch.compile, products of tiny matrices become a
-    broadcast product summed over the inner axis, which inductor fuses into one loop: on a CPU a
-    batched GEMM call costs far more per tiny matrix than its arithmetic."""
-    n, k, m = a.shape[-2], a.shape[-1], b.shape[-1]
-    if torch.compiler.is_compiling() and n * k * m <= SMALL_MATMUL:
-        return (a.unsqueeze(-1) * b.unsqueeze(-3)).sum(-2)  # (..., n, k, m) summed over k
-    return a @ b
+"""largest T * d_head * T for which compiled code computes attention as fused loops (tiny_attention)"""
 
 
 class MLP(nn.Module):

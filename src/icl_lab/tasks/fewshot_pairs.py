@@ -23,6 +23,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import Tensor
 
@@ -153,6 +154,11 @@ class FewShotPairsTask(Task):
             self.features = torch.as_tensor(
                 np.array(array[:n_classes]), dtype=torch.float32, device=self.device
             )
+        # every token a sequence can hold, one row each: exemplar e of class k at row k * exemplars + e,
+        # then the labels' one-hots; a batch is one gather from it
+        shape = self.features.shape
+        self.tokens = torch.block_diag(self.features.flatten(0, 1), torch.eye(c.n_labels, device=self.device))
+        self.features = self.tokens[: shape[0] * shape[1], : shape[2]].view(shape)  # not kept twice
         pairs = torch.tensor(list(itertools.combinations(range(c.n_labels), 2)), device=self.device)
         order = torch.randperm(len(pairs), generator=g, device=self.device)
         self.train_pairs = pairs[order[c.n_heldout_pairs :]]
@@ -259,7 +265,7 @@ class FewShotPairsTask(Task):
     ) -> Batch:
         """Sequences from their (n,) classes, labels and order and (n, 3) exemplar picks (the two
         items', the query's)."""
-        c, n = self.config, len(query)
+        n = len(query)
         item_classes = torch.where(
             query_first[:, None], torch.stack([query, distractor], 1), torch.stack([distractor, query], 1)
         )
@@ -268,14 +274,12 @@ class FewShotPairsTask(Task):
             torch.stack([query_label, other_label], 1),
             torch.stack([other_label, query_label], 1),
         )
-        item_features = self.features[item_classes, picks[:, :2]]  # (n, 2, dim)
-        query_features = self.features[query, picks[:, 2]]  # (n, dim)
-        inputs = torch.zeros(n, 5, c.feature_dim + c.n_labels, device=query.device)
-        inputs[:, [0, 2], : c.feature_dim] = item_features
-        inputs[:, 4, : c.feature_dim] = query_features
-        inputs[:, [1, 3], c.feature_dim :] = torch.nn.functional.one_hot(context_labels, c.n_labels).to(
-            inputs.dtype
-        )
+        classes, exemplars = self.features.shape[:2]
+        item_rows = item_classes * exemplars + picks[:, :2]  # (n, 2)
+        label_rows = classes * exemplars + context_labels  # (n, 2)
+        query_row = query[:, None] * exemplars + picks[:, 2:]  # (n, 1)
+        rows = torch.cat([torch.stack([item_rows, label_rows], 2).flatten(1), query_row], 1)  # (n, 5)
+        inputs = F.embedding(rows, self.tokens)  # (n, 5, dim + n_labels): a gather, faster than indexing
         return Batch(
             inputs=inputs,
             targets=query_label[:, None],

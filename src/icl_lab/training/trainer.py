@@ -193,7 +193,8 @@ class Trainer:
         losses = self._losses(state.params, batch.inputs, batch.targets, batch.loss_mask, batch.meta, on)
         if not bool(torch.isfinite(losses).all()):  # before any update: the state is still finite
             self._diverged(losses.detach())
-        state.optimizer.zero_grad(set_to_none=True)
+        for p in state.params.values():  # what zero_grad(set_to_none=True) does, without its overhead
+            p.grad = None
         losses.sum().backward()
         self._update()
         if first_compiled:
