@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from icl_lab.models import ModelIO
+from icl_lab.models.hooks import HookPoint
 from icl_lab.models.transformer import Transformer, TransformerConfig, rotate, sinusoidal
 
 B, T, V = 3, 10, 12
@@ -135,6 +136,30 @@ def test_fused_attention_equals_explicit_pattern_path() -> None:
         fused = model(tokens)
         explicit, _ = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"))
         assert torch.allclose(fused, explicit, atol=1e-5)
+
+
+def test_compiled_tiny_attention_equals_eager_and_its_hooks_see_batch_head_query_key() -> None:
+    """Compiled, tiny heads run in a (T, T, batch x heads) layout (Attention.tiny_attention); the
+    logits, a cached pattern and a hook's edit of the scores and pattern must be eager's."""
+    model = make(positional="rope", d_head=4)
+    tokens = torch.randint(V, (2, T), generator=torch.Generator().manual_seed(1))  # 2 sequences, 3 heads
+    cache: dict[str, torch.Tensor] = {}
+
+    def edit(x: torch.Tensor, hook: HookPoint) -> torch.Tensor:
+        cache[hook.name] = x.clone()
+        return x * torch.tensor([1.0, 0.5, 1.0])[:, None, None]  # head 1 scaled
+
+    def run(tokens: torch.Tensor) -> torch.Tensor:
+        hooks = [("blocks.0.attn.hook_attn_scores", edit), ("blocks.1.attn.hook_pattern", edit)]
+        return model.run_with_hooks(tokens, fwd_hooks=hooks)
+
+    for forward in (model.forward, run):
+        eager, eager_cache = forward(tokens), dict(cache)
+        compiled = torch.compile(forward)(tokens)
+        assert torch.allclose(compiled, eager, atol=1e-5)
+        for name, value in eager_cache.items():
+            assert cache[name].shape == (2, 3, T, T) and torch.allclose(cache[name], value, atol=1e-5), name
+    assert cache["blocks.1.attn.hook_pattern"].sum(-1).allclose(torch.ones(2, 3, T))
 
 
 def test_unscaled_attention_scores_are_raw_dot_products() -> None:

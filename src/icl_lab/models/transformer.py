@@ -187,19 +187,21 @@ class Attention(nn.Module):
 
         Each product is a broadcast product summed over its inner axis, which inductor fuses into
         one loop; on a CPU a batched GEMM call costs far more per tiny matrix than its arithmetic.
-        Batch and heads are the last, contiguous axis, so those loops run full SIMD vectors (in
-        (B, H, T, T) they ran a few lanes of T or e); the hooks still see (B, H, T, T)."""
-        B, T, H, e = q.shape
-        q, k, v = (x.permute(1, 3, 0, 2).reshape(T, e, B * H) for x in (q, k, v))  # (T, e, BH)
+        The batch is the last, contiguous axis, so those loops run full SIMD vectors (in
+        (B, H, T, T) they ran a few lanes of T or e), and a clamp's per-head mask or per-sequence
+        pattern stays a plain broadcast in them; the hooks still see (B, H, T, T)."""
+        q, k, v = (x.permute(1, 3, 2, 0) for x in (q, k, v))  # (T, e, H, B)
+        T = q.shape[0]
 
-        def hooked(x: Tensor, hook: HookPoint) -> Tensor:  # (T, T, BH), the hook seeing (B, H, T, T)
-            return hook(x.view(T, T, B, H).permute(2, 3, 0, 1)).permute(2, 3, 0, 1).reshape(T, T, B * H)
+        def hooked(x: Tensor, hook: HookPoint) -> Tensor:  # (T, T, H, B), the hook seeing (B, H, T, T)
+            return hook(x.permute(3, 2, 0, 1)).permute(2, 3, 1, 0)
 
-        scores = (q[:, None] * k[None]).sum(2) * self.scale  # (T query, T key, BH)
-        scores = hooked(scores.masked_fill(self.future[:T, :T, None], float("-inf")), self.hook_attn_scores)
+        scores = (q[:, None] * k[None]).sum(2) * self.scale  # (T query, T key, H, B)
+        future = self.future[:T, :T, None, None]
+        scores = hooked(scores.masked_fill(future, float("-inf")), self.hook_attn_scores)
         pattern = hooked(scores.softmax(dim=1), self.hook_pattern)
-        z = (pattern[:, :, None] * v[None]).sum(1)  # (T, e, BH)
-        return z.view(T, e, B, H).permute(2, 0, 3, 1)
+        z = (pattern[:, :, None] * v[None]).sum(1)  # (T, e, H, B)
+        return z.permute(3, 0, 2, 1)
 
 
 SMALL_MATMUL = 4096
