@@ -139,7 +139,7 @@ def test_fused_attention_equals_explicit_pattern_path() -> None:
 
 
 def test_compiled_tiny_attention_equals_eager_and_its_hooks_see_batch_head_query_key() -> None:
-    """Compiled, tiny heads run in a (T, T, batch x heads) layout (Attention.tiny_attention); the
+    """Compiled, tiny heads run in a (T, T, head, batch) layout (Attention.tiny_attention); the
     logits, a cached pattern and a hook's edit of the scores and pattern must be eager's."""
     model = make(positional="rope", d_head=4)
     tokens = torch.randint(V, (2, T), generator=torch.Generator().manual_seed(1))  # 2 sequences, 3 heads
