@@ -153,12 +153,11 @@ def test_compiled_tiny_attention_equals_eager_and_its_hooks_see_batch_head_query
         hooks = [("blocks.0.attn.hook_attn_scores", edit), ("blocks.1.attn.hook_pattern", edit)]
         return model.run_with_hooks(tokens, fwd_hooks=hooks)
 
-    for forward in (model.forward, run):
-        eager, eager_cache = forward(tokens), dict(cache)
-        compiled = torch.compile(forward)(tokens)
-        assert torch.allclose(compiled, eager, atol=1e-5)
-        for name, value in eager_cache.items():
-            assert cache[name].shape == (2, 3, T, T) and torch.allclose(cache[name], value, atol=1e-5), name
+    eager, eager_cache = run(tokens), dict(cache)
+    compiled = torch.compile(run)(tokens)
+    assert torch.allclose(compiled, eager, atol=1e-5)
+    for name, value in eager_cache.items():
+        assert cache[name].shape == (2, 3, T, T) and torch.allclose(cache[name], value, atol=1e-5), name
     assert cache["blocks.1.attn.hook_pattern"].sum(-1).allclose(torch.ones(2, 3, T))
 
 
