@@ -128,7 +128,7 @@ class Trainer:
         params = self._init_params()
         self.state = TrainState(
             params,
-            build_optimizer(list(params.values()), cfg.training.optimizer),
+            build_optimizer(list(params.values()), cfg.training.optimizer, fused=not self.compiled),
             [generator(m.seed, "data", device=self.device) for m in self.members],
             torch.zeros(len(self.members), device=self.device),
         )
