@@ -1,6 +1,8 @@
 """The RegBench architectures: recurrences against step-by-step references, every architecture's
 shape, causality and capacity to overfit, the n-gram layer and the n-gram head score."""
 
+import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -9,7 +11,7 @@ import torch
 from icl_lab.experiment import build_model, validate_config
 from icl_lab.metrics.base import EvalContext
 from icl_lab.metrics.ngram_heads import ngram_heads
-from icl_lab.models import recurrence
+from icl_lab.models import native_scan, recurrence
 from icl_lab.models.ngram_layer import NgramLayer, ngram_targets
 from icl_lab.models.recurrence import (
     linear_recurrence,
@@ -91,16 +93,19 @@ def diagonal_loop(log_decay: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> 
     return torch.stack(ys, 1)
 
 
-# eager: chunks of 8, 8 and 5 steps; compiled: two of 8 (one shape, one compile)
-@pytest.mark.parametrize(("kernel", "T"), [("eager", 21), ("compiled", 16)])
+# eager: chunks of 8, 8 and 5 steps; compiled: two of 8 (one shape, one compile); native: 5 channels
+# (a part of one vector block) and 37 (two blocks and a part)
+@pytest.mark.parametrize(
+    ("kernel", "T", "C"), [("eager", 21, 5), ("compiled", 16, 5), ("native", 21, 5), ("native", 9, 37)]
+)
 def test_selective_scan_equals_the_recurrence_on_whole_tensors(
-    kernel: str, T: int, monkeypatch: pytest.MonkeyPatch
+    kernel: str, T: int, C: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     g = torch.Generator().manual_seed(2)
     inputs = (
-        torch.nn.functional.softplus(torch.randn(2, T, 5, generator=g)),  # dt
-        -torch.rand(5, 3, generator=g) * 4,  # A
-        torch.randn(2, T, 5, generator=g),  # u
+        torch.nn.functional.softplus(torch.randn(2, T, C, generator=g)),  # dt
+        -torch.rand(C, 3, generator=g) * 4,  # A
+        torch.randn(2, T, C, generator=g),  # u
         torch.randn(2, T, 3, generator=g),  # Bs
         torch.randn(2, T, 3, generator=g),  # Cs
     )
@@ -113,13 +118,58 @@ def test_selective_scan_equals_the_recurrence_on_whole_tensors(
         monkeypatch.setattr(
             recurrence, "_compiled_selective_chunk", lambda: lambda *a: calls.append(1) or step(*a)
         )
-    with compiled_kernels(kernel == "compiled"):
-        y = selective_scan(dt, A, u, Bs, Cs)
-    assert len(calls) == (2 if kernel == "compiled" else 0)
+    if kernel == "native":
+        assert native_scan.available()
+        scan = native_scan.selective_scan
+        monkeypatch.setattr(native_scan, "selective_scan", lambda *a: calls.append(1) or scan(*a))
+    with compiled_kernels(kernel != "eager"):
+        y = selective_scan(dt, A, u, Bs, Cs, native=kernel == "native")
+    assert len(calls) == {"eager": 0, "compiled": 2, "native": 1}[kernel]
     torch.testing.assert_close(y, whole, atol=1e-6, rtol=1e-6)
     grads = torch.autograd.grad(y.square().sum(), inputs)
     for grad, expected in zip(grads, torch.autograd.grad(whole.square().sum(), inputs), strict=True):
         torch.testing.assert_close(grad, expected, atol=1e-4, rtol=1e-5)  # gradients reach about 100
+
+
+def test_the_native_scan_kernel_is_a_checked_operator_that_leaves_denormals_alone() -> None:
+    """torch.library's checks of the operator (schema, fake tensors, autograd registration), and
+    the process still keeps denormal floats after loading the kernel: a library linked with
+    -ffast-math would have turned on flush-to-zero for everything else."""
+    assert native_scan.available()
+    g = torch.Generator().manual_seed(0)
+    inputs = [torch.rand(2, 6, 18, generator=g), -torch.rand(18, 4, generator=g)] + [
+        torch.randn(*shape, generator=g) for shape in ((2, 6, 18), (2, 6, 4), (2, 6, 4))
+    ]
+    torch.library.opcheck(native_scan.selective_scan, [x.requires_grad_() for x in inputs])
+    assert (torch.tensor([1e-39]) * 1).item() > 0
+
+
+def test_without_a_compiler_the_scan_warns_once_and_runs_in_torch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ICL_LAB_CACHE", str(tmp_path))
+    monkeypatch.setenv("CXX", "no-such-compiler")
+    native_scan._library.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match="native scan kernel is unavailable") as caught:
+            assert not native_scan.usable(torch.zeros(1))
+            assert not native_scan.available()
+        assert len(caught) == 1
+        ones = [
+            torch.ones(1, 4, 2),
+            -torch.ones(2, 1),
+            torch.ones(1, 4, 2),
+            torch.ones(1, 4, 1),
+            torch.ones(1, 4, 1),
+        ]
+        with compiled_kernels(True):
+            y = selective_scan(*ones)
+        # h_t = e^-1 h_{t-1} + 1
+        expected = torch.tensor([1.0, 1 + math.exp(-1), 1 + math.exp(-1) + math.exp(-2), 0.0])
+        expected[3] = 1 + math.exp(-1) * expected[2]
+        torch.testing.assert_close(y[0, :, 0], expected)
+    finally:
+        native_scan._library.cache_clear()
 
 
 @pytest.mark.parametrize("name", list(MODELS))

@@ -33,6 +33,7 @@ MIXER = {
     "n_heads": 2,
     "chunk": 8,
 }
+MAMBA = {"name": "mixer_lm", "mixer": "mamba", "n_layers": 1, "d_model": 16}
 # no biases: the key bias's gradient is zero up to rounding (softmax ignores a shift common to a
 # query's scores), and Adam would blow that rounding noise up into full-size steps
 TRANSFORMER = {"bias": False}
@@ -59,6 +60,8 @@ def trained_params(members: list[ExperimentConfig], mode: str, tmp_path: Path) -
     ("members", "zeroed"),
     [  # a single transformer: in the resume test below
         pytest.param([tiny_config(training=SGD, model=MIXER)], None, id="mixer"),
+        # compiled: the native scan kernel inside the compiled step; eager: torch's scan
+        pytest.param([tiny_config(training=SGD, model=MAMBA)], None, id="mamba-native-scan"),
         pytest.param(
             [
                 tiny_config(training=ADAM, model=TRANSFORMER, seed=s, clamps=[c])
@@ -122,14 +125,12 @@ def test_the_trainer_allows_compiled_kernels_unless_compile_is_off(
     assert not should_compile("auto", KERNEL_MEMBER_STEPS - 1, "cpu", KERNEL_MEMBER_STEPS)
     assert should_compile("on", 1, "cpu", KERNEL_MEMBER_STEPS)
     assert not should_compile("off", 10**9, "cpu", KERNEL_MEMBER_STEPS)
-    allowed = []  # whether kernels were allowed at each of Mamba's scans
-    monkeypatch.setattr(
-        recurrence, "kernel_compiles", lambda elements: allowed.append(compiled._kernels.get())
-    )
-    mamba = {"name": "mixer_lm", "mixer": "mamba", "n_layers": 1, "d_model": 16}
+    allowed = []  # whether kernels were allowed at each of Mamba's scans (then run torch's scan)
+    monkeypatch.setattr(recurrence, "kernels_allowed", lambda: allowed.append(compiled._kernels.get()))
+    monkeypatch.setattr(recurrence, "kernel_compiles", lambda elements: False)
     for setting in ("off", "auto"):
         length = {"steps": KERNEL_MEMBER_STEPS}
-        config = tiny_config(model=mamba, training={"length": length, "compile": setting})
+        config = tiny_config(model=MAMBA, training={"length": length, "compile": setting})
         trainer = Trainer(Run.create([config], tmp_path / setting), progress=False)
         assert not trainer.compiled, "too short to compile the whole step"
         trainer.train_step()

@@ -1,4 +1,5 @@
-"""Atomic file writes: write to a temporary name, fsync, rename - a reader never sees half a file."""
+"""Atomic file writes (write to a temporary name, fsync, rename: a reader never sees half a file)
+and the cache directory."""
 
 import hashlib
 import os
@@ -10,6 +11,12 @@ from icl_lab.errors import StorageError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+
+def cache_root() -> Path:
+    """Where icl-lab caches what it can rebuild (data, built kernels): $ICL_LAB_CACHE, default
+    ~/.cache/icl-lab."""
+    return Path(os.environ.get("ICL_LAB_CACHE", Path.home() / ".cache" / "icl-lab"))
 
 
 def storage_error(action: str, path: Path, error: OSError) -> StorageError:

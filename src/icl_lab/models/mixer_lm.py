@@ -87,6 +87,11 @@ class MixerLM(Model):
         self.setup_hooks()
         self.reset_parameters()
 
+    def batched(self, vmapped: bool) -> None:
+        for block in self.blocks:
+            if isinstance(block.mixer, Mamba):
+                block.mixer.native = not vmapped
+
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         """PyTorch's default fan-in uniform init for weights, each architecture's own for its
         state-space parameters, identity for the n-gram layers' skip map."""

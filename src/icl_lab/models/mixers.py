@@ -88,6 +88,7 @@ class Mamba(nn.Module):
         self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float)).repeat(inner, 1))
         self.D = nn.Parameter(torch.ones(inner))
         self.out_proj = nn.Linear(inner, d, bias=False)
+        self.native = True  # the native scan kernel (no vmap rule); MixerLM.batched turns it off
 
     def forward(self, x: Tensor) -> Tensor:
         T = x.shape[1]
@@ -96,7 +97,7 @@ class Mamba(nn.Module):
         dt, Bs, Cs = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], -1)
         dt = F.softplus(self.dt_proj(dt))  # (B, T, inner)
         A = -self.A_log.exp()  # (inner, N): a state of N values per channel
-        y = selective_scan(dt, A, u, Bs, Cs) + self.D * u
+        y = selective_scan(dt, A, u, Bs, Cs, self.native) + self.D * u
         return self.out_proj(y * F.silu(z))
 
 

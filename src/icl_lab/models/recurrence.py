@@ -3,7 +3,8 @@
     S_t = diag(exp(log_decay_t)) S_{t-1} + k_t v_t^T,     o_t = q_t^T S_t     (per head),
 
 computed in chunks with the state carried from chunk to chunk, and Mamba's selective scan, whose
-state is diagonal (one value per channel and state dimension), computed step by step.
+state is diagonal (one value per channel and state dimension), computed step by step (or by a
+native kernel).
 """
 
 import functools
@@ -12,7 +13,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from icl_lab.training.compiled import kernel_compiles
+from icl_lab.models import native_scan
+from icl_lab.training.compiled import kernel_compiles, kernels_allowed
 
 
 def linear_recurrence(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, chunk: int = 64) -> Tensor:
@@ -44,15 +46,18 @@ MAX_CUMULATIVE_DECAY = 80.0  # exp(80) ~ 5.5e34 stays inside float32
 SCAN_CHUNK = 8  # steps per call of Mamba's chunk step (and per compiled kernel)
 
 
-def selective_scan(dt: Tensor, A: Tensor, u: Tensor, Bs: Tensor, Cs: Tensor) -> Tensor:
+def selective_scan(dt: Tensor, A: Tensor, u: Tensor, Bs: Tensor, Cs: Tensor, native: bool = True) -> Tensor:
     """Mamba's scan, h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t, y_t = sum over state of C_t h_t, with
     dt, u (B, T, C), A (C, N), Bs, Cs (B, T, N) -> y (B, T, C).
 
-    Step by step: each step touches one (B, C, N) state, which stays in the cache, and the whole
+    Where the trainer allows compiled kernels, a float32 scan on the CPU runs as the native kernel
+    (models/native_scan.py; `native` False under vmap, which it does not support). Otherwise step
+    by step: each step touches one (B, C, N) state, which stays in the cache, and the whole
     (B, T, C, N) decays never exist at once. On a CPU this is 2-3x faster than the chunked
     cumulative-sum form, and exact (no clamped decays). The steps run in chunks of SCAN_CHUNK; where
-    the trainer allows compiled kernels, the chunk is compiled, which fuses its steps into one loop
-    (3x faster again on a CPU)."""
+    compiled kernels are allowed (a GPU), the chunk is compiled, which fuses its steps into one loop."""
+    if native and kernels_allowed() and native_scan.usable(dt, A, u, Bs, Cs):
+        return native_scan.selective_scan(dt, A, u, Bs, Cs)
     step = _selective_chunk
     if kernel_compiles(dt.shape[0] * SCAN_CHUNK * A.numel()):  # one chunk's (B, chunk, C, N)
         step = _compiled_selective_chunk()

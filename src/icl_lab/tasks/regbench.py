@@ -17,7 +17,6 @@ DFAs and fixed prompts are cached by config hash and seed under $ICL_LAB_CACHE (
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Literal
 
@@ -29,7 +28,7 @@ from torch import Tensor
 
 from icl_lab.config import TaskConfig
 from icl_lab.errors import ConfigError
-from icl_lab.files import atomic_write
+from icl_lab.files import atomic_write, cache_root
 from icl_lab.models.base import ModelIO
 from icl_lab.seeding import derive_seed, generator
 from icl_lab.tasks.base import TASKS, Batch, Sampler, Task
@@ -170,7 +169,7 @@ def sample_prompts(table: Tensor, c: RegBenchConfig, g: torch.Generator) -> tupl
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("ICL_LAB_CACHE", Path.home() / ".cache" / "icl-lab")) / "regbench"
+    return cache_root() / "regbench"
 
 
 @TASKS.register("regbench")

@@ -8,7 +8,6 @@ split and the tokeniser settings; later runs map the arrays without reading the 
 
 import hashlib
 import json
-import os
 import shutil
 import time
 import uuid
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from icl_lab.errors import ConfigError
-from icl_lab.files import storage_error
+from icl_lab.files import cache_root, storage_error
 from icl_lab.text.corpus import corpus_files, load_corpus
 from icl_lab.text.tokenizers import BPETokenizer, ByteTokenizer, Tokenizer
 
@@ -36,7 +35,7 @@ class TokenStreams:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("ICL_LAB_CACHE", Path.home() / ".cache" / "icl-lab")) / "text"
+    return cache_root() / "text"
 
 
 def _key(

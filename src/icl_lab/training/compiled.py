@@ -9,10 +9,10 @@ compiled run resumes bit-identically.
 member per step (an ensemble step saves about as much per member as a single run), so the rule
 counts member-steps; the break-even is measured by benchmarks/compile_breakeven.py.
 
-Apart from the whole step, a model's hot loop may have a compiled kernel of its own (Mamba's
-selective scan, one compiled chunk step): compiled in about 20 s, it repays itself in far fewer steps
-than the whole step does, and the whole step's compile did not fuse it as well (Mamba gained
-nothing from it, measured before the scan ran step by step). The trainer allows kernels
+Apart from the whole step, a model's hot loop may have a compiled kernel of its own. Mamba's
+selective scan has two: on the CPU a native C++ kernel (models/native_scan.py, built in about a
+second; it runs inside a compiled step too), elsewhere one compiled chunk step (compiled in about
+20 s, it repays itself in far fewer steps than the whole step does). The trainer allows kernels
 (`compiled_kernels`) unless `compile` is off; `auto` from KERNEL_MEMBER_STEPS. Outside a trainer
 (analyses, reports) models run eager.
 """
@@ -75,11 +75,16 @@ def compiled_kernels(allowed: bool) -> Iterator[None]:
         _kernels.reset(token)
 
 
+def kernels_allowed() -> bool:
+    """Whether the trainer allows compiled kernels here (native ones run inside a compiled step too)."""
+    return _kernels.get()
+
+
 def kernel_compiles(elements: int) -> bool:
     """Whether a kernel call of `elements` runs compiled: allowed here (the trainer checked the
     compiler), large enough, and not inside a compiled region (the whole step's compile traces the
     eager form)."""
-    return _kernels.get() and elements >= KERNEL_ELEMENTS and not torch.compiler.is_compiling()
+    return kernels_allowed() and elements >= KERNEL_ELEMENTS and not torch.compiler.is_compiling()
 
 
 class _QuietProfilerNote(logging.Filter):

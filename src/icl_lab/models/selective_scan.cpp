@@ -1,0 +1,111 @@
+// Mamba's selective scan on float32 CPU tensors, forward and backward (models/native_scan.py builds
+// and calls it). Per batch row and channel c, with state h (N values):
+//     h_t = exp(dt_t A_c) h_{t-1} + dt_t u_t B_t,      y_t = sum_n C_t h_t.
+// Layouts (contiguous): dt, u, y and their gradients (B, T, C); Bs, Cs (B, T, N); At = A^T (N, C).
+// A block of W channels of one batch row is scanned at a time, channels as the vector axis: the
+// block's state (N x W) stays in the L1 cache, no step reduces across a vector, and the compiler
+// vectorises every inner loop (expf included, through glibc's vector maths). One thread.
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+namespace {
+constexpr int64_t W = 16;  // channels per block: one 512-bit vector of floats
+}
+
+extern "C" {
+
+// scratch: N * W floats.
+void scan_forward(const float *dt, const float *At, const float *u, const float *Bs, const float *Cs,
+                  float *y, float *scratch, int64_t B, int64_t T, int64_t C, int64_t N) {
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t c0 = 0; c0 < C; c0 += W) {
+            const int64_t w = C - c0 < W ? C - c0 : W;
+            float *h = scratch;  // (N, W)
+            std::memset(h, 0, N * W * sizeof(float));
+            for (int64_t t = 0; t < T; t++) {
+                const int64_t i = (b * T + t) * C + c0;
+                const float *bs = Bs + (b * T + t) * N, *cs = Cs + (b * T + t) * N;
+                float acc[W] = {0};
+                for (int64_t n = 0; n < N; n++) {
+                    const float *a = At + n * C + c0;
+                    float *hn = h + n * W;
+#pragma omp simd
+                    for (int64_t j = 0; j < w; j++) {
+                        hn[j] = std::exp(dt[i + j] * a[j]) * hn[j] + dt[i + j] * u[i + j] * bs[n];
+                        acc[j] += hn[j] * cs[n];
+                    }
+                }
+                for (int64_t j = 0; j < w; j++) y[i + j] = acc[j];
+            }
+        }
+}
+
+// Gradients of sum(gy * y): gdt, gu written; gAt, gBs, gCs accumulated (zero them first).
+// scratch: (4 T + 2) * N * W floats.
+void scan_backward(const float *dt, const float *At, const float *u, const float *Bs, const float *Cs,
+                   const float *gy, float *gdt, float *gAt, float *gu, float *gBs, float *gCs,
+                   float *scratch, int64_t B, int64_t T, int64_t C, int64_t N) {
+    const int64_t S = N * W;  // one step's block of state
+    float *hs = scratch;                // (T + 1, N, W): the block's states h_0 ... h_T
+    float *decay = hs + (T + 1) * S;    // (T, N, W): exp(dt_t A)
+    float *sumB = decay + T * S;        // (T, N, W): per-lane partial sums of gBs, over blocks
+    float *sumC = sumB + T * S;         // (T, N, W): the same for gCs
+    float *gh = sumC + T * S;           // (N, W): d loss / d h_t from later steps
+    for (int64_t b = 0; b < B; b++) {
+        std::memset(sumB, 0, 2 * T * S * sizeof(float));
+        for (int64_t c0 = 0; c0 < C; c0 += W) {
+            const int64_t w = C - c0 < W ? C - c0 : W;
+            std::memset(hs, 0, S * sizeof(float));
+            for (int64_t t = 0; t < T; t++) {  // the forward pass again, keeping states and decays
+                const int64_t i = (b * T + t) * C + c0;
+                const float *bs = Bs + (b * T + t) * N;
+                for (int64_t n = 0; n < N; n++) {
+                    const float *a = At + n * C + c0;
+                    const float *h0 = hs + t * S + n * W;
+                    float *h1 = hs + (t + 1) * S + n * W, *e = decay + t * S + n * W;
+#pragma omp simd
+                    for (int64_t j = 0; j < w; j++) {
+                        e[j] = std::exp(dt[i + j] * a[j]);
+                        h1[j] = e[j] * h0[j] + dt[i + j] * u[i + j] * bs[n];
+                    }
+                }
+            }
+            std::memset(gh, 0, S * sizeof(float));
+            for (int64_t t = T - 1; t >= 0; t--) {
+                const int64_t i = (b * T + t) * C + c0;
+                const float *bs = Bs + (b * T + t) * N, *cs = Cs + (b * T + t) * N;
+                float g_dtA[W] = {0}, g_x[W] = {0};  // sums over n: d loss / d (dt_t) via A, via x
+                for (int64_t n = 0; n < N; n++) {
+                    const float *a = At + n * C + c0, *e = decay + t * S + n * W;
+                    const float *h0 = hs + t * S + n * W, *h1 = hs + (t + 1) * S + n * W;
+                    float *ga = gAt + n * C + c0, *ghn = gh + n * W;
+                    float *sb = sumB + t * S + n * W, *sc = sumC + t * S + n * W;
+#pragma omp simd
+                    for (int64_t j = 0; j < w; j++) {
+                        const float g = gy[i + j], d = dt[i + j];
+                        const float G = ghn[j] + g * cs[n];  // d loss / d h_t
+                        const float gp = G * h0[j] * e[j];   // d loss / d (dt_t A_n)
+                        sc[j] += g * h1[j];
+                        sb[j] += G * d * u[i + j];
+                        ga[j] += gp * d;
+                        g_dtA[j] += gp * a[j];
+                        g_x[j] += G * bs[n];
+                        ghn[j] = G * e[j];
+                    }
+                }
+                for (int64_t j = 0; j < w; j++) {
+                    gdt[i + j] = g_dtA[j] + g_x[j] * u[i + j];
+                    gu[i + j] = g_x[j] * dt[i + j];
+                }
+            }
+        }
+        for (int64_t k = 0; k < T * N; k++) {  // this batch row's sums over channels
+            float b_sum = 0.f, c_sum = 0.f;
+            for (int64_t j = 0; j < W; j++) b_sum += sumB[k * W + j], c_sum += sumC[k * W + j];
+            gBs[b * T * N + k] += b_sum;
+            gCs[b * T * N + k] += c_sum;
+        }
+    }
+}
+}
