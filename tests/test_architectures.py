@@ -11,7 +11,8 @@ import torch
 from icl_lab.experiment import build_model, validate_config
 from icl_lab.metrics.base import EvalContext
 from icl_lab.metrics.ngram_heads import ngram_heads
-from icl_lab.models import native_scan, recurrence
+from icl_lab.models import native_mamba, recurrence
+from icl_lab.models.mixers import Mamba
 from icl_lab.models.ngram_layer import NgramLayer, ngram_targets
 from icl_lab.models.recurrence import (
     linear_recurrence,
@@ -119,9 +120,9 @@ def test_selective_scan_equals_the_recurrence_on_whole_tensors(
             recurrence, "_compiled_selective_chunk", lambda: lambda *a: calls.append(1) or step(*a)
         )
     if kernel == "native":
-        assert native_scan.available()
-        scan = native_scan.selective_scan
-        monkeypatch.setattr(native_scan, "selective_scan", lambda *a: calls.append(1) or scan(*a))
+        assert native_mamba.available()
+        scan = native_mamba.selective_scan
+        monkeypatch.setattr(native_mamba, "selective_scan", lambda *a: calls.append(1) or scan(*a))
     with compiled_kernels(kernel != "eager"):
         y = selective_scan(dt, A, u, Bs, Cs, native=kernel == "native")
     assert len(calls) == {"eager": 0, "compiled": 2, "native": 1}[kernel]
@@ -131,30 +132,53 @@ def test_selective_scan_equals_the_recurrence_on_whole_tensors(
         torch.testing.assert_close(grad, expected, atol=1e-4, rtol=1e-5)  # gradients reach about 100
 
 
-def test_the_native_scan_kernel_is_a_checked_operator_that_leaves_denormals_alone() -> None:
-    """torch.library's checks of the operator (schema, fake tensors, autograd registration), and
-    the process still keeps denormal floats after loading the kernel: a library linked with
+def test_the_native_causal_conv_silu_equals_torchs_conv1d_on_a_view(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mamba's convolution read from a (B, T, 2C) view, as its in-projection's chunk gives it, with
+    C = 37 channels (two vectors and a part); 9 steps and 4 taps."""
+    g = torch.Generator().manual_seed(3)
+    conv = torch.nn.Conv1d(37, 37, 4, groups=37, padding=3)
+    both = torch.randn(2, 9, 74, generator=g, requires_grad=True)
+    x = both.chunk(2, -1)[0]
+    expected = torch.nn.functional.silu(conv(x.transpose(1, 2))[..., :9].transpose(1, 2))
+    calls = []
+    op = native_mamba.causal_conv_silu
+    monkeypatch.setattr(native_mamba, "causal_conv_silu", lambda *a: calls.append(a[0].stride()) or op(*a))
+    mamba = Mamba(18, 4, 2)  # 36 channels: only its forward's choice of path is used here
+    with compiled_kernels(True):
+        assert native_mamba.allowed(x)
+        y = native_mamba.causal_conv_silu(x, conv.weight.squeeze(1), conv.bias)
+    torch.testing.assert_close(y, expected, atol=1e-6, rtol=1e-6)
+    grads = torch.autograd.grad(y.square().sum(), (both, conv.weight, conv.bias))
+    wanted = torch.autograd.grad(expected.square().sum(), (both, conv.weight, conv.bias))
+    for grad, want in zip(grads, wanted, strict=True):
+        torch.testing.assert_close(grad, want, atol=1e-5, rtol=1e-5)
+    with compiled_kernels(True):
+        mamba(torch.randn(1, 5, 18))
+    assert calls[-1] == (5 * 72, 72, 1), "Mamba passes its in-projection's half without a copy"
+
+
+def test_the_native_mamba_kernels_are_checked_operators_that_leave_denormals_alone() -> None:
+    """torch.library's checks of each operator (schema, fake tensors, autograd registration), and
+    the process still keeps denormal floats after loading the kernels: a library linked with
     -ffast-math would have turned on flush-to-zero for everything else."""
-    assert native_scan.available()
+    assert native_mamba.available()
     g = torch.Generator().manual_seed(0)
-    inputs = [torch.rand(2, 6, 18, generator=g), -torch.rand(18, 4, generator=g)] + [
+    scan = [torch.rand(2, 6, 18, generator=g), -torch.rand(18, 4, generator=g)] + [
         torch.randn(*shape, generator=g) for shape in ((2, 6, 18), (2, 6, 4), (2, 6, 4))
     ]
-    torch.library.opcheck(native_scan.selective_scan, [x.requires_grad_() for x in inputs])
+    torch.library.opcheck(native_mamba.selective_scan, [x.requires_grad_() for x in scan])
+    conv = [torch.randn(*shape, generator=g).requires_grad_() for shape in ((2, 6, 18), (18, 4), (18,))]
+    torch.library.opcheck(native_mamba.causal_conv_silu, conv)
     assert (torch.tensor([1e-39]) * 1).item() > 0
 
 
-def test_without_a_compiler_the_scan_warns_once_and_runs_in_torch(
+def test_without_a_compiler_mamba_warns_once_and_runs_in_torch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("ICL_LAB_CACHE", str(tmp_path))
     monkeypatch.setenv("CXX", "no-such-compiler")
-    native_scan._library.cache_clear()
+    native_mamba._library.cache_clear()
     try:
-        with pytest.warns(UserWarning, match="native scan kernel is unavailable") as caught:
-            assert not native_scan.usable(torch.zeros(1))
-            assert not native_scan.available()
-        assert len(caught) == 1
         ones = [
             torch.ones(1, 4, 2),
             -torch.ones(2, 1),
@@ -162,14 +186,19 @@ def test_without_a_compiler_the_scan_warns_once_and_runs_in_torch(
             torch.ones(1, 4, 1),
             torch.ones(1, 4, 1),
         ]
-        with compiled_kernels(True):
+        with (
+            pytest.warns(UserWarning, match="native kernels are unavailable") as caught,
+            compiled_kernels(True),
+        ):
+            assert not native_mamba.allowed(ones[0])
             y = selective_scan(*ones)
-        # h_t = e^-1 h_{t-1} + 1
-        expected = torch.tensor([1.0, 1 + math.exp(-1), 1 + math.exp(-1) + math.exp(-2), 0.0])
-        expected[3] = 1 + math.exp(-1) * expected[2]
-        torch.testing.assert_close(y[0, :, 0], expected)
+        assert len(caught) == 1
+        h = [1.0]  # h_t = e^-1 h_{t-1} + 1
+        for _ in range(3):
+            h.append(math.exp(-1) * h[-1] + 1)
+        torch.testing.assert_close(y[0, :, 0], torch.tensor(h))
     finally:
-        native_scan._library.cache_clear()
+        native_mamba._library.cache_clear()
 
 
 @pytest.mark.parametrize("name", list(MODELS))

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from icl_lab.models import native_mamba
 from icl_lab.models.recurrence import linear_recurrence, selective_scan
 
 
@@ -88,12 +89,15 @@ class Mamba(nn.Module):
         self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float)).repeat(inner, 1))
         self.D = nn.Parameter(torch.ones(inner))
         self.out_proj = nn.Linear(inner, d, bias=False)
-        self.native = True  # the native scan kernel (no vmap rule); MixerLM.batched turns it off
+        self.native = True  # native kernels (no vmap rule): MixerLM.batched turns them off
 
     def forward(self, x: Tensor) -> Tensor:
         T = x.shape[1]
         u, z = self.in_proj(x).chunk(2, -1)  # (B, T, inner)
-        u = F.silu(self.conv(u.transpose(1, 2))[..., :T].transpose(1, 2))
+        if self.native and native_mamba.allowed(u):
+            u = native_mamba.causal_conv_silu(u, self.conv.weight.squeeze(1), self.conv.bias)
+        else:
+            u = F.silu(self.conv(u.transpose(1, 2))[..., :T].transpose(1, 2))
         dt, Bs, Cs = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], -1)
         dt = F.softplus(self.dt_proj(dt))  # (B, T, inner)
         A = -self.A_log.exp()  # (inner, N): a state of N values per channel

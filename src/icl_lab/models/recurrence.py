@@ -13,8 +13,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from icl_lab.models import native_scan
-from icl_lab.training.compiled import kernel_compiles, kernels_allowed
+from icl_lab.models import native_mamba
+from icl_lab.training.compiled import kernel_compiles
 
 
 def linear_recurrence(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, chunk: int = 64) -> Tensor:
@@ -51,13 +51,13 @@ def selective_scan(dt: Tensor, A: Tensor, u: Tensor, Bs: Tensor, Cs: Tensor, nat
     dt, u (B, T, C), A (C, N), Bs, Cs (B, T, N) -> y (B, T, C).
 
     Where the trainer allows compiled kernels, a float32 scan on the CPU runs as the native kernel
-    (models/native_scan.py; `native` False under vmap, which it does not support). Otherwise step
+    (models/native_mamba.py; `native` False under vmap, which it does not support). Otherwise step
     by step: each step touches one (B, C, N) state, which stays in the cache, and the whole
     (B, T, C, N) decays never exist at once. On a CPU this is 2-3x faster than the chunked
     cumulative-sum form, and exact (no clamped decays). The steps run in chunks of SCAN_CHUNK; where
     compiled kernels are allowed (a GPU), the chunk is compiled, which fuses its steps into one loop."""
-    if native and kernels_allowed() and native_scan.usable(dt, A, u, Bs, Cs):
-        return native_scan.selective_scan(dt, A, u, Bs, Cs)
+    if native and native_mamba.allowed(dt, A, u, Bs, Cs):
+        return native_mamba.selective_scan(dt, A, u, Bs, Cs)
     step = _selective_chunk
     if kernel_compiles(dt.shape[0] * SCAN_CHUNK * A.numel()):  # one chunk's (B, chunk, C, N)
         step = _compiled_selective_chunk()

@@ -10,7 +10,7 @@ member per step (an ensemble step saves about as much per member as a single run
 counts member-steps; the break-even is measured by benchmarks/compile_breakeven.py.
 
 Apart from the whole step, a model's hot loop may have a compiled kernel of its own. Mamba's
-selective scan has two: on the CPU a native C++ kernel (models/native_scan.py, built in about a
+selective scan has two: on the CPU a native C++ kernel (models/native_mamba.py, built in about a
 second; it runs inside a compiled step too), elsewhere one compiled chunk step (compiled in about
 20 s, it repays itself in far fewer steps than the whole step does). The trainer allows kernels
 (`compiled_kernels`) unless `compile` is off; `auto` from KERNEL_MEMBER_STEPS. Outside a trainer

@@ -1,10 +1,13 @@
-// Mamba's selective scan on float32 CPU tensors, forward and backward (models/native_scan.py builds
-// and calls it). Per batch row and channel c, with state h (N values):
+// Mamba's hot loops as native kernels for float32 CPU tensors, forward and backward
+// (models/native_mamba.py builds and calls them): the selective scan, and the causal depthwise
+// convolution with its SiLU. Channels are the vector axis throughout, and the compiler vectorises
+// every inner loop (expf included, through glibc's vector maths). One thread.
+//
+// The scan, per batch row and channel c, with state h (N values):
 //     h_t = exp(dt_t A_c) h_{t-1} + dt_t u_t B_t,      y_t = sum_n C_t h_t.
 // Layouts (contiguous): dt, u, y and their gradients (B, T, C); Bs, Cs (B, T, N); At = A^T (N, C).
-// A block of W channels of one batch row is scanned at a time, channels as the vector axis: the
-// block's state (N x W) stays in the L1 cache, no step reduces across a vector, and the compiler
-// vectorises every inner loop (expf included, through glibc's vector maths). One thread.
+// A block of W channels of one batch row is scanned at a time: the block's state (N x W) stays in
+// the L1 cache and no step reduces across a vector.
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -107,5 +110,74 @@ void scan_backward(const float *dt, const float *At, const float *u, const float
             gCs[b * T * N + k] += c_sum;
         }
     }
+}
+// Mamba's causal depthwise convolution and SiLU: y[b, t, c] = silu(bias[c] + sum_k wT[k, c] x[b, t - K + 1 + k, c]),
+// with x[b, s, c] = 0 for s < 0. x (B, T, C) with `x_row` floats between consecutive (b, t) rows (a
+// view into a wider tensor needs no copy); wT (K, C); y (B, T, C) contiguous.
+void conv_silu_forward(const float *x, const float *wT, const float *bias, float *y, int64_t x_row,
+                       int64_t B, int64_t T, int64_t C, int64_t K) {
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t t = 0; t < T; t++) {
+            float *out = y + (b * T + t) * C;
+#pragma omp simd
+            for (int64_t c = 0; c < C; c++) out[c] = bias[c];
+            for (int64_t k = 0; k < K; k++) {
+                const int64_t s = t - K + 1 + k;
+                if (s < 0) continue;
+                const float *in = x + (b * T + s) * x_row, *w = wT + k * C;
+#pragma omp simd
+                for (int64_t c = 0; c < C; c++) out[c] += w[c] * in[c];
+            }
+#pragma omp simd
+            for (int64_t c = 0; c < C; c++) out[c] = out[c] / (1.f + std::exp(-out[c]));
+        }
+}
+
+// Gradients of sum(gy * y): gx (B, T, C) contiguous, written; gwT (K, C) and gbias (C) accumulated
+// (zero them first). gpre: scratch of B * T * C floats (d loss / d the pre-activation).
+void conv_silu_backward(const float *x, const float *wT, const float *bias, const float *gy, float *gx,
+                        float *gwT, float *gbias, float *gpre, int64_t x_row, int64_t B, int64_t T,
+                        int64_t C, int64_t K) {
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t t = 0; t < T; t++) {
+            float *gp = gpre + (b * T + t) * C;
+#pragma omp simd
+            for (int64_t c = 0; c < C; c++) gp[c] = bias[c];
+            for (int64_t k = 0; k < K; k++) {  // the pre-activation again
+                const int64_t s = t - K + 1 + k;
+                if (s < 0) continue;
+                const float *in = x + (b * T + s) * x_row, *w = wT + k * C;
+#pragma omp simd
+                for (int64_t c = 0; c < C; c++) gp[c] += w[c] * in[c];
+            }
+            const float *g = gy + (b * T + t) * C;
+#pragma omp simd
+            for (int64_t c = 0; c < C; c++) {
+                const float sig = 1.f / (1.f + std::exp(-gp[c]));
+                gp[c] = g[c] * sig * (1.f + gp[c] * (1.f - sig));
+                gbias[c] += gp[c];
+            }
+            for (int64_t k = 0; k < K; k++) {
+                const int64_t s = t - K + 1 + k;
+                if (s < 0) continue;
+                const float *in = x + (b * T + s) * x_row;
+                float *gw = gwT + k * C;
+#pragma omp simd
+                for (int64_t c = 0; c < C; c++) gw[c] += gp[c] * in[c];
+            }
+        }
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t s = 0; s < T; s++) {  // x[s] reached y[s + K - 1 - k] through tap k
+            float *out = gx + (b * T + s) * C;
+#pragma omp simd
+            for (int64_t c = 0; c < C; c++) out[c] = 0.f;
+            for (int64_t k = 0; k < K; k++) {
+                const int64_t t = s + K - 1 - k;
+                if (t >= T) continue;
+                const float *gp = gpre + (b * T + t) * C, *w = wT + k * C;
+#pragma omp simd
+                for (int64_t c = 0; c < C; c++) out[c] += w[c] * gp[c];
+            }
+        }
 }
 }
