@@ -10,7 +10,7 @@ import torch
 from conftest import tiny_config
 from icl_lab.errors import ConfigError
 from icl_lab.experiment import ExperimentConfig, validate_config
-from icl_lab.models import recurrence
+from icl_lab.models import native_mamba, recurrence
 from icl_lab.models.recurrence import selective_scan
 from icl_lab.store.run import Run
 from icl_lab.training import compiled
@@ -125,8 +125,8 @@ def test_the_trainer_allows_compiled_kernels_unless_compile_is_off(
     assert not should_compile("auto", KERNEL_MEMBER_STEPS - 1, "cpu", KERNEL_MEMBER_STEPS)
     assert should_compile("on", 1, "cpu", KERNEL_MEMBER_STEPS)
     assert not should_compile("off", 10**9, "cpu", KERNEL_MEMBER_STEPS)
-    allowed = []  # whether kernels were allowed at each of Mamba's scans (then run torch's scan)
-    monkeypatch.setattr(recurrence, "kernels_allowed", lambda: allowed.append(compiled._kernels.get()))
+    allowed = []  # whether kernels were allowed at each of Mamba's kernel calls (then run torch's code)
+    monkeypatch.setattr(native_mamba, "kernels_allowed", lambda: allowed.append(compiled._kernels.get()))
     monkeypatch.setattr(recurrence, "kernel_compiles", lambda elements: False)
     for setting in ("off", "auto"):
         length = {"steps": KERNEL_MEMBER_STEPS}
