@@ -94,7 +94,7 @@ class Mamba(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         T = x.shape[1]
         u, z = self.in_proj(x).chunk(2, -1)  # (B, T, inner)
-        if self.native and native_mamba.allowed(u):
+        if self.native and native_mamba.allowed(u, self.conv.weight):
             u = native_mamba.causal_conv_silu(u, self.conv.weight.squeeze(1), self.conv.bias)
         else:
             u = F.silu(self.conv(u.transpose(1, 2))[..., :T].transpose(1, 2))

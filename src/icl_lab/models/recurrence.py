@@ -55,7 +55,8 @@ def selective_scan(dt: Tensor, A: Tensor, u: Tensor, Bs: Tensor, Cs: Tensor, nat
     by step: each step touches one (B, C, N) state, which stays in the cache, and the whole
     (B, T, C, N) decays never exist at once. On a CPU this is 2-3x faster than the chunked
     cumulative-sum form, and exact (no clamped decays). The steps run in chunks of SCAN_CHUNK; where
-    compiled kernels are allowed (a GPU), the chunk is compiled, which fuses its steps into one loop."""
+    compiled kernels are allowed but the native one does not apply (a GPU, an ensemble), the chunk
+    is compiled, which fuses its steps into one loop."""
     if native and native_mamba.allowed(dt, A, u, Bs, Cs):
         return native_mamba.selective_scan(dt, A, u, Bs, Cs)
     step = _selective_chunk

@@ -9,10 +9,11 @@ compiled run resumes bit-identically.
 member per step (an ensemble step saves about as much per member as a single run), so the rule
 counts member-steps; the break-even is measured by benchmarks/compile_breakeven.py.
 
-Apart from the whole step, a model's hot loop may have a compiled kernel of its own. Mamba's
-selective scan has two: on the CPU a native C++ kernel (models/native_mamba.py, built in about a
-second; it runs inside a compiled step too), elsewhere one compiled chunk step (compiled in about
-20 s, it repays itself in far fewer steps than the whole step does). The trainer allows kernels
+Apart from the whole step, a model's hot loop may have a compiled kernel of its own. Mamba has
+native C++ kernels on the CPU for its selective scan and its convolution (models/native_mamba.py,
+built in about a second; they run inside a compiled step too), and where they do not apply (a GPU,
+an ensemble) one compiled chunk step of its scan (compiled in about 20 s, it repays itself in far
+fewer steps than the whole step does). The trainer allows kernels
 (`compiled_kernels`) unless `compile` is off; `auto` from KERNEL_MEMBER_STEPS. Outside a trainer
 (analyses, reports) models run eager.
 """
