@@ -3,8 +3,9 @@
 icl-lab's trainer (data generation included), interleaved and median of repeats.
 
 --compile sets training.compile: off (the default) trains eager; auto as the quick ICLL runs do
-(2,000 steps: no whole-step compile, but Mamba's compiled scan kernel); on compiles every trainer's
-step first. --only picks architectures (the transformer baseline always runs).
+(2,000 steps: no whole-step compile, but Mamba's native kernels); on compiles every trainer's
+step first. --only picks architectures (the transformer baseline always runs). Where kernels are
+allowed (auto, on), Mamba also runs with its torch code in place of its native kernels.
 
     python benchmarks/arch_throughput.py [--steps 5] [--repeats 3] [--compile auto] [--only mamba ...]
 """
@@ -23,6 +24,7 @@ from icl_lab.store.run import Run
 from icl_lab.training.trainer import Trainer
 
 BASELINE = "transformer (learned)"
+TORCH_MAMBA = "mamba (torch scan and conv)"
 
 
 def main() -> None:
@@ -44,6 +46,10 @@ def main() -> None:
         ]
         cfg = load_config("icll", overrides)
         trainers[name] = Trainer(Run.create(cfg, Path(tempfile.mkdtemp())), progress=False)
+        if name == "mamba" and args.compile != "off":  # the same with its torch code instead
+            trainers[TORCH_MAMBA] = Trainer(Run.create(cfg, Path(tempfile.mkdtemp())), progress=False)
+            for block in trainers[TORCH_MAMBA].model.blocks:
+                block.mixer.native = False
     median = interleaved(
         {name: trainer.train_step for name, trainer in trainers.items()}, args.steps, args.repeats, warmup=2
     )
