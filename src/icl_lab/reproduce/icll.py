@@ -5,9 +5,8 @@ optimiser and budget, on seeds 0, 1 and 2 (each seed draws its own languages, pr
 initialisation); the in-context n-gram baselines are scored on the same test prompts, and, in each
 seed's languages, on the default generator against the paper's numbers. Each claim is judged on
 each seed and holds when it holds for most. Quick mode: 2-layer models of width 64 on 128-token
-prompts for 2,000 steps, 80 minutes on 2 cores (measured while tests shared one for a quarter of
-it). Full mode: the default generator's 1,024-token prompts, 4 layers of width 128 and 20,000
-steps: for a GPU or a cluster.
+prompts for 2,000 steps, 73 minutes on 2 cores (measured 2026-12-01). Full mode: the default
+generator's 1,024-token prompts, 4 layers of width 128 and 20,000 steps: for a GPU or a cluster.
 """
 
 import json
@@ -100,7 +99,7 @@ class ICLL(Reproduction):
     """Which architectures learn regular languages in context, against the in-context n-gram models."""
 
     title = "Akyürek et al. 2024: in-context language learning (RegBench) across architectures"
-    quick_budget = "80 minutes on 2 CPU cores (measured 2026-12-01, partly sharing them with tests)"
+    quick_budget = "73 minutes on 2 CPU cores (measured 2026-12-01)"
     seeds = SEEDS
 
     def experiments(self, quick: bool) -> dict[str, ExperimentConfig]:
