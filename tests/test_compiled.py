@@ -60,8 +60,8 @@ def trained_params(members: list[ExperimentConfig], mode: str, tmp_path: Path) -
     ("members", "zeroed"),
     [  # a single transformer: in the resume test below
         pytest.param([tiny_config(training=SGD, model=MIXER)], None, id="mixer"),
-        # compiled: the native scan kernel inside the compiled step; eager: torch's scan
-        pytest.param([tiny_config(training=SGD, model=MAMBA)], None, id="mamba-native-scan"),
+        # compiled: the native kernels inside the compiled step; eager: torch's scan and conv
+        pytest.param([tiny_config(training=SGD, model=MAMBA)], None, id="mamba-native-kernels"),
         pytest.param(
             [
                 tiny_config(training=ADAM, model=TRANSFORMER, seed=s, clamps=[c])

@@ -111,6 +111,21 @@ void scan_backward(const float *dt, const float *At, const float *u, const float
         }
     }
 }
+
+// The convolution's pre-activation at (b, t) into out (C floats): bias plus the taps that reach it.
+static void conv_row(const float *x, const float *wT, const float *bias, float *out, int64_t x_row,
+                     int64_t b, int64_t t, int64_t T, int64_t C, int64_t K) {
+#pragma omp simd
+    for (int64_t c = 0; c < C; c++) out[c] = bias[c];
+    for (int64_t k = 0; k < K; k++) {
+        const int64_t s = t - K + 1 + k;
+        if (s < 0) continue;
+        const float *in = x + (b * T + s) * x_row, *w = wT + k * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; c++) out[c] += w[c] * in[c];
+    }
+}
+
 // Mamba's causal depthwise convolution and SiLU: y[b, t, c] = silu(bias[c] + sum_k wT[k, c] x[b, t - K + 1 + k, c]),
 // with x[b, s, c] = 0 for s < 0. x (B, T, C) with `x_row` floats between consecutive (b, t) rows (a
 // view into a wider tensor needs no copy); wT (K, C); y (B, T, C) contiguous.
@@ -119,15 +134,7 @@ void conv_silu_forward(const float *x, const float *wT, const float *bias, float
     for (int64_t b = 0; b < B; b++)
         for (int64_t t = 0; t < T; t++) {
             float *out = y + (b * T + t) * C;
-#pragma omp simd
-            for (int64_t c = 0; c < C; c++) out[c] = bias[c];
-            for (int64_t k = 0; k < K; k++) {
-                const int64_t s = t - K + 1 + k;
-                if (s < 0) continue;
-                const float *in = x + (b * T + s) * x_row, *w = wT + k * C;
-#pragma omp simd
-                for (int64_t c = 0; c < C; c++) out[c] += w[c] * in[c];
-            }
+            conv_row(x, wT, bias, out, x_row, b, t, T, C, K);
 #pragma omp simd
             for (int64_t c = 0; c < C; c++) out[c] = out[c] / (1.f + std::exp(-out[c]));
         }
@@ -141,15 +148,7 @@ void conv_silu_backward(const float *x, const float *wT, const float *bias, cons
     for (int64_t b = 0; b < B; b++)
         for (int64_t t = 0; t < T; t++) {
             float *gp = gpre + (b * T + t) * C;
-#pragma omp simd
-            for (int64_t c = 0; c < C; c++) gp[c] = bias[c];
-            for (int64_t k = 0; k < K; k++) {  // the pre-activation again
-                const int64_t s = t - K + 1 + k;
-                if (s < 0) continue;
-                const float *in = x + (b * T + s) * x_row, *w = wT + k * C;
-#pragma omp simd
-                for (int64_t c = 0; c < C; c++) gp[c] += w[c] * in[c];
-            }
+            conv_row(x, wT, bias, gp, x_row, b, t, T, C, K);  // the pre-activation again
             const float *g = gy + (b * T + t) * C;
 #pragma omp simd
             for (int64_t c = 0; c < C; c++) {
