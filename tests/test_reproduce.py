@@ -569,6 +569,28 @@ def test_kissane_reproduction_trains_models_then_their_saes_and_judges(tmp_path:
         assert len(list(out.glob(f"*-sae-*-s{seed}-*"))) == 2 + 2 + 3 + len(FRONTIER)
 
 
+def test_kissane_head_claims_count_only_decoder_rows_that_left_their_initialisation() -> None:
+    from icl_lab.reproduce.kissane import Decomposition
+
+    # 20 moved rows, all dominated by head 0, their features from two families; 80 unmoved rows,
+    # 20 of them dominated by head 1 (one family), the rest spread over the 4 heads
+    shares = torch.full((100, 4), 0.25)
+    shares[:20] = torch.tensor([0.85, 0.05, 0.05, 0.05])
+    shares[20:40] = torch.tensor([0.1, 0.7, 0.1, 0.1])
+    families = torch.tensor([0, 2] * 10 + [1] * 80)
+    moved = torch.arange(100) < 20
+    main = {"m layer 0": Decomposition("m layer 0", 0, 5.0, 0.9, families, shares, moved)}
+    holds, text = Kissane._heads(main)
+    assert holds and text.startswith("100% of 20 live features whose decoder rows left"), "all rows: 40%"
+    assert "(of 100 live; cosine to it < 0.9)" in text
+    holds, text = Kissane._polysemantic(main)
+    assert holds and text.startswith("100% of 1 heads"), "with unmoved rows: head 1 monosemantic, 50%"
+    unmoved = {"m layer 0": Decomposition("m layer 0", 0, 5.0, 0.9, families, shares, moved & False)}
+    for judge in (Kissane._heads, Kissane._polysemantic):
+        holds, text = judge(unmoved)
+        assert not holds and text.startswith("inconclusive: none of the 100 live features' decoder rows")
+
+
 def test_noise_effect_by_budget_reads_each_runs_curve(tmp_path: Path) -> None:
     import pyarrow as pa
 

@@ -28,9 +28,11 @@ induction task's tokens): a head whose attention to the induction source at pref
 x uniform over the sequence is long-prefix when replacing the token two before the source leaves
 under half its attention (mean over prefixes 2-9), short-prefix when it leaves at least 80%.
 Induction features are counted against a base rate: layer 0 of a 2-layer attention-only model,
-which cannot form induction heads. Head shares of the decoder norm mean something only once the
-decoder rows have moved from their random initialisation; the claims resting on them say so when
-they have not (median cosine to the initialisation above 0.9).
+which cannot form induction heads. Head shares of the decoder norm mean something only for decoder
+rows that left their random initialisation (cosine to it below 0.9, by training or by resampling
+onto an input): at the quick budget most rows belong to features that fire on under 0.1% of inputs
+and barely move (cosine 0.99), so their shares are chance. The claims resting on head shares count
+only the live features whose rows moved, and say how many those are.
 """
 
 from collections.abc import Callable
@@ -63,7 +65,7 @@ FRONTIER_SAE = ("text-2l", 1)
 DOMINANT = 0.5  # a head dominates a feature when it holds at least this share of its decoder norm
 INDUCTION_OVER_UNIFORM = 10  # an induction head attends at least this many times uniform attention
 LONG, SHORT = 0.5, 0.8  # attention kept under corruption: below LONG long-prefix, above SHORT short
-UNMOVED = 0.9  # decoder rows whose median cosine to their initialisation exceeds this have not learned
+UNMOVED = 0.9  # a decoder row whose cosine to its initialisation is at least this has not left it
 SCORED_TOKENS = 4096  # destination tokens on which feature families are measured
 SEEDS = (0, 1, 2)
 
@@ -110,11 +112,16 @@ class Decomposition:
     ce_recovered: float
     families: torch.Tensor
     shares: torch.Tensor
-    stayed: float  # median cosine of the decoder rows to their initialisation (1: never moved)
+    moved: torch.Tensor  # (d_sae,) decoder rows that left their random initialisation
 
     @property
     def live(self) -> torch.Tensor:
         return self.families >= 0
+
+    @property
+    def attributable(self) -> torch.Tensor:
+        """(d_sae,) live features whose decoder rows moved: the only ones with meaningful head shares."""
+        return self.live & self.moved
 
 
 def final_eval(run: SAERun) -> dict[str, float]:
@@ -135,8 +142,8 @@ def decompose(run: SAERun, label: str, tokens: int = SCORED_TOKENS) -> Decomposi
     families = all_feature_families(source.model, inputs, layer, sae, run.scale, chunk=128)
     scores, shares = final_eval(run), decoder_head_shares(sae, source.n_heads)
     initial = run.load_checkpoint(0).group("param")["W_dec"]
-    stayed = float(torch.nn.functional.cosine_similarity(sae.W_dec, initial, dim=1).median())
-    return Decomposition(label, layer, scores["l0"], scores["ce_recovered"], families, shares, stayed)
+    moved = torch.nn.functional.cosine_similarity(sae.W_dec, initial, dim=1) < UNMOVED
+    return Decomposition(label, layer, scores["l0"], scores["ce_recovered"], families, shares, moved)
 
 
 def prefix_types(probe: PrefixProbe) -> dict[str, str]:
@@ -153,6 +160,22 @@ def prefix_types(probe: PrefixProbe) -> dict[str, str]:
 
 
 Judgement = tuple[bool, str]  # whether a claim holds on one seed, and our figures there
+
+
+def _attributable(main: dict[str, Decomposition]) -> str:
+    """How many live features have decoder rows that moved, out of how many live ones."""
+    moved = sum(int(d.attributable.sum()) for d in main.values())
+    live = sum(int(d.live.sum()) for d in main.values())
+    return (
+        f"{moved:,} live features whose decoder rows left their random initialisation "
+        f"(of {live:,} live; cosine to it < {UNMOVED:g})"
+    )
+
+
+def _no_moved_rows(main: dict[str, Decomposition]) -> str:
+    return f"inconclusive: none of the {sum(int(d.live.sum()) for d in main.values()):,} live features' " + (
+        "decoder rows left their random initialisation, so their head shares are chance"
+    )
 
 
 @REPRODUCTIONS.register("kissane")
@@ -272,38 +295,30 @@ class Kissane(Reproduction):
         worst = min(d.ce_recovered for d in main.values())
         return worst >= 0.75, f"{ours} (lambda {MAIN[1]['l1_coefficient']:g}, 16 x d_in)"
 
-    def _heads(self, main: dict[str, Decomposition]) -> Judgement:
-        shares = torch.cat([d.shares[d.live] for d in main.values()])
+    @staticmethod
+    def _heads(main: dict[str, Decomposition]) -> Judgement:
+        shares = torch.cat([d.shares[d.attributable] for d in main.values()])
+        if not len(shares):
+            return False, _no_moved_rows(main)
         one = float((shares.max(1).values >= DOMINANT).float().mean())
         top2 = float((shares.topk(2, dim=1).values.sum(1) >= 0.8).float().mean())
         return one > 0.5, (
-            f"{one:.0%} of {len(shares):,} live features have one head with >= {DOMINANT:.0%} of the decoder "
-            f"norm; {top2:.0%} have two heads with >= 80%{self._unmoved(main)}"
+            f"{one:.0%} of {_attributable(main)} have one head with >= {DOMINANT:.0%} of the decoder norm; "
+            f"{top2:.0%} have two heads with >= 80%"
         )
 
     @staticmethod
-    def _unmoved(main: dict[str, Decomposition]) -> str:
-        """A caveat when decoder rows stayed near their random initialisation, where decoder-norm
-        shares say nothing about the model (empty when they moved)."""
-        stayed = [d.stayed for d in main.values()]
-        if min(stayed) < UNMOVED:
-            return ""
-        return (
-            f"; inconclusive: the decoder rows stayed at their random initialisation (median cosine "
-            f"{min(stayed):.2f}-{max(stayed):.2f}), so their head shares are chance"
-        )
-
-    def _polysemantic(self, main: dict[str, Decomposition]) -> Judgement:
+    def _polysemantic(main: dict[str, Decomposition]) -> Judgement:
+        if not any(d.attributable.any() for d in main.values()):
+            return False, _no_moved_rows(main)
         heads = []
         for d in main.values():
-            heads += [
-                len(spanned) for spanned in head_polysemanticity(d.shares, d.families, DOMINANT) if spanned
-            ]
+            dominated = head_polysemanticity(d.shares[d.moved], d.families[d.moved], DOMINANT)
+            heads += [len(spanned) for spanned in dominated if spanned]
         share = float(np.mean([n >= 2 for n in heads])) if heads else 0.0
-        caveat = self._unmoved(main)
-        return share > 0.5 and not caveat, (
-            f"{share:.0%} of {len(heads)} heads (those dominating a live feature) span 2+ of the families "
-            f"{', '.join(FAMILIES)}{caveat}"
+        return share > 0.5, (
+            f"{share:.0%} of {len(heads)} heads (those dominating one of {_attributable(main)}) span 2+ "
+            f"of the families {', '.join(FAMILIES)}"
         )
 
     @staticmethod

@@ -39,16 +39,21 @@ def frontier_figure(points: list[tuple[str, float, float]], path: Path, where: s
 
 
 def heads_figure(main: dict[str, "Decomposition"], path: Path, seed: int) -> Path:
-    """One panel per main SAE: each head's dominated features, stacked by family."""
+    """One panel per main SAE: each head's dominated features, stacked by family, among the features
+    whose decoder rows left their random initialisation (the others' head shares are chance)."""
     fig, axes = plt.subplots(
         1, len(main), figsize=(2.6 * len(main), 3.6), constrained_layout=True, squeeze=False
     )
     for ax, d in zip(axes[0], main.values(), strict=True):
-        draw_head_families(ax, d.shares, d.families, d.layer)
+        draw_head_families(ax, d.shares[d.moved], d.families[d.moved], d.layer)
         ax.set_title(d.label, fontsize=8)
         ax.tick_params(labelsize=7)
     axes[0][-1].legend(fontsize=7)
-    fig.suptitle(f"features dominated by each head (decoder share >= 0.5), by family; seed {seed}")
+    fig.suptitle(
+        "features dominated by each head (decoder share >= 0.5), by family, among decoder rows that "
+        f"left their initialisation; seed {seed}",
+        fontsize=9,
+    )
     save_png(fig, path)
     return path
 
