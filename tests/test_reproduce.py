@@ -559,7 +559,7 @@ def test_kissane_reproduction_trains_models_then_their_saes_and_judges(tmp_path:
         assert claim.ours.endswith(" of 2 seeds (judged: most)")
     assert "text-2l layer 1: L0" in claims[0].ours and "text-3l layer 2: L0" in claims[0].ours
     assert "induction-2l layer 1" in claims[0].ours
-    assert "live features" in claims[1].ours and "heads (those dominating" in claims[2].ours
+    assert "live features" in claims[1].ours and "heads span 2+ of the families" in claims[2].ours
     assert "topk L0" in claims[5].ours and "batchtopk L0" in claims[5].ours and "relu_l1 L0" in claims[5].ours
     for figure in ("frontier", "heads", "prefix"):
         assert (out / f"{figure}.png").stat().st_size > 10_000
@@ -581,8 +581,12 @@ def test_kissane_head_claims_count_only_decoder_rows_that_left_their_initialisat
     moved = torch.arange(100) < 20
     main = {"m layer 0": Decomposition("m layer 0", 0, 5.0, 0.9, families, shares, moved)}
     holds, text = Kissane._heads(main)
-    assert holds and text.startswith("100% of 20 live features whose decoder rows left"), "all rows: 40%"
-    assert "(of 100 live; cosine to it < 0.9)" in text
+    assert holds and text.startswith("100% of the 20 live features (of 100) whose decoder rows left"), (
+        "all rows: 40%"
+    )
+    assert text.endswith(
+        "(cosine to it < 0.9) have one head with >= 50% of the decoder norm; 0% have two heads with >= 80%"
+    )
     holds, text = Kissane._polysemantic(main)
     assert holds and text.startswith("100% of 1 heads"), "with unmoved rows: head 1 monosemantic, 50%"
     unmoved = {"m layer 0": Decomposition("m layer 0", 0, 5.0, 0.9, families, shares, moved & False)}

@@ -167,8 +167,8 @@ def _attributable(main: dict[str, Decomposition]) -> str:
     moved = sum(int(d.attributable.sum()) for d in main.values())
     live = sum(int(d.live.sum()) for d in main.values())
     return (
-        f"{moved:,} live features whose decoder rows left their random initialisation "
-        f"(of {live:,} live; cosine to it < {UNMOVED:g})"
+        f"the {moved:,} live features (of {live:,}) whose decoder rows left their random initialisation "
+        f"(cosine to it < {UNMOVED:g})"
     )
 
 
@@ -317,8 +317,8 @@ class Kissane(Reproduction):
             heads += [len(spanned) for spanned in dominated if spanned]
         share = float(np.mean([n >= 2 for n in heads])) if heads else 0.0
         return share > 0.5, (
-            f"{share:.0%} of {len(heads)} heads (those dominating one of {_attributable(main)}) span 2+ "
-            f"of the families {', '.join(FAMILIES)}"
+            f"{share:.0%} of {len(heads)} heads span 2+ of the families {', '.join(FAMILIES)}; a head "
+            f"counts when it dominates one of {_attributable(main)}"
         )
 
     @staticmethod
