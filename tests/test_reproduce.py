@@ -585,7 +585,7 @@ def test_kissane_head_claims_count_only_decoder_rows_that_left_their_initialisat
         "all rows: 40%"
     )
     assert text.endswith(
-        "(cosine to it < 0.9) have one head with >= 50% of the decoder norm; 0% have two heads with >= 80%"
+        "(cosine to it < 0.9) have one head with >= 50% of the decoder norm; 100% have two heads with >= 80%"
     )
     holds, text = Kissane._polysemantic(main)
     assert holds and text.startswith("100% of 1 heads"), "with unmoved rows: head 1 monosemantic, 50%"
