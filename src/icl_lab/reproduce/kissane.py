@@ -173,8 +173,10 @@ def _attributable(main: dict[str, Decomposition]) -> str:
 
 
 def _no_moved_rows(main: dict[str, Decomposition]) -> str:
-    return f"inconclusive: none of the {sum(int(d.live.sum()) for d in main.values()):,} live features' " + (
-        "decoder rows left their random initialisation, so their head shares are chance"
+    live = sum(int(d.live.sum()) for d in main.values())
+    return (
+        f"inconclusive: none of the {live:,} live features' decoder rows left their random "
+        "initialisation, so their head shares are chance"
     )
 
 
@@ -313,7 +315,7 @@ class Kissane(Reproduction):
             return False, _no_moved_rows(main)
         heads = []
         for d in main.values():
-            dominated = head_polysemanticity(d.shares[d.moved], d.families[d.moved], DOMINANT)
+            dominated = head_polysemanticity(d.shares[d.attributable], d.families[d.attributable], DOMINANT)
             heads += [len(spanned) for spanned in dominated if spanned]
         share = float(np.mean([n >= 2 for n in heads])) if heads else 0.0
         return share > 0.5, (
