@@ -44,7 +44,7 @@ class GradientDescent(Reproduction):
     """Trained linear self-attention against the gradient-descent construction."""
 
     title = "von Oswald et al. 2023: transformers learn in context by gradient descent"
-    quick_budget = "7 minutes on 2 CPU cores (measured)"
+    quick_budget = "4 minutes on 2 CPU cores (measured)"
     eval_prompts = EVAL_PROMPTS
 
     def experiments(self, quick: bool) -> dict[str, ExperimentConfig]:

@@ -50,7 +50,7 @@ class Reddy(Reproduction):
     """Each claim of SPEC section 1 that a run can test, checked against our runs."""
 
     title = "Reddy 2024: the mechanistic basis of data dependence and abrupt learning"
-    quick_budget = "16 minutes on 2 CPU cores (measured)"
+    quick_budget = "15 minutes on 2 CPU cores (measured)"
 
     def experiments(self, quick: bool) -> dict[str, ExperimentConfig]:
         if quick:
