@@ -589,7 +589,9 @@ def test_kissane_head_claims_count_only_decoder_rows_that_left_their_initialisat
     )
     holds, text = Kissane._polysemantic(main)
     assert holds and text.startswith("100% of 1 heads"), "with unmoved rows: head 1 monosemantic, 50%"
-    unmoved = {"m layer 0": Decomposition("m layer 0", 0, 5.0, 0.9, families, shares, moved & False)}
+    unmoved = {
+        "m layer 0": Decomposition("m layer 0", 0, 5.0, 0.9, families, shares, torch.zeros_like(moved))
+    }
     for judge in (Kissane._heads, Kissane._polysemantic):
         holds, text = judge(unmoved)
         assert not holds and text.startswith("inconclusive: none of the 100 live features' decoder rows")
