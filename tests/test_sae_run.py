@@ -114,7 +114,9 @@ def test_sae_cli_trains_resumes_and_exports(model_run: Path, tmp_path: Path, cli
 
 @pytest.fixture(scope="module")
 def sae_run(model_run: Path, tmp_path_factory: pytest.TempPathFactory) -> SAERun:
-    config = validate_sae_config(sae_data(model_run))
+    """At a learning rate where some decoder rows leave their initialisation and some do not."""
+    training = {"steps": 30, "batch_size": 64, "lr": 3e-2, "warmup_steps": 5}
+    config = validate_sae_config(sae_data(model_run, training=training))
     return train_sae(config, tmp_path_factory.mktemp("sae"), progress=False)
 
 
@@ -130,6 +132,35 @@ def test_dashboard_lists_every_feature_and_shades_contexts_by_dfa(sae_run: SAERu
     assert "seed</th><td>1" in text and "held-out sequences" in text
     code, _, err = cli("sae", "dashboard", sae_run.path, "--features", "99")
     assert code == 2 and "no feature 99 (the SAE has 32)" in err
+
+
+def test_dashboard_names_a_top_head_only_for_decoder_rows_that_left_their_initialisation(
+    sae_run: SAERun,
+) -> None:
+    from icl_lab.sae.dashboard import write_dashboard
+
+    before, after = sae_run.load_checkpoint(0).tensors["param/W_dec"], sae_run.sae().W_dec.detach()
+    cosine = (before * after).sum(1) / (before.norm(dim=1) * after.norm(dim=1))
+    still, moved = int(cosine.argmax()), int(cosine.argmin())
+    text = write_dashboard(sae_run, sequences=6, features=[still, moved]).read_text()
+    cards = dict(re.findall(r'<section class="card" id="f(\d+)">(.*?)</section>', text))
+    assert "chance: the row's cosine to its random initialisation is" in cards[str(still)]
+    assert "chance" not in cards[str(moved)]
+    feature = r'<td>(?:<a href="#f\d+">)?(\d+)(?:</a>)?</td>'
+    rows = re.findall(
+        rf"<tr data-text=[^>]*>{feature}(?:<td>[^<]*</td>){{2}}<td>([^<]*)</td><td>([^<]*)</td>", text
+    )
+    assert len(rows) == 32
+    trained = 0
+    for f, head, shown in rows:
+        assert float(shown) == pytest.approx(float(cosine[int(f)]), abs=0.006)
+        if cosine[int(f)] < 0.9:
+            trained += 1
+            assert re.fullmatch(r"1\.[01] \(\d+%\)", head), head
+        else:
+            assert head == "untrained row"
+    assert 0 < trained < 32, "the fixture must have rows of both kinds"
+    assert f"{trained} of 32 (cosine to their initialisation &lt; 0.9" in text
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium on this machine (CI installs Debian's chromium)")

@@ -48,7 +48,7 @@ from icl_lab.reproduce.base import REPRODUCTIONS, Claim, Reproduction, judged_by
 from icl_lab.reproduce.kissane_figures import frontier_figure, heads_figure, prefix_figure
 from icl_lab.sae.attribution import FAMILIES, all_feature_families, decoder_head_shares, head_polysemanticity
 from icl_lab.sae.config import SAERunConfig, validate_sae_config
-from icl_lab.sae.run import SAERun, open_source
+from icl_lab.sae.run import UNMOVED, SAERun, open_source
 from icl_lab.seeding import generator
 from icl_lab.store.run import Run
 
@@ -65,7 +65,6 @@ FRONTIER_SAE = ("text-2l", 1)
 DOMINANT = 0.5  # a head dominates a feature when it holds at least this share of its decoder norm
 INDUCTION_OVER_UNIFORM = 10  # an induction head attends at least this many times uniform attention
 LONG, SHORT = 0.5, 0.8  # attention kept under corruption: below LONG long-prefix, above SHORT short
-UNMOVED = 0.9  # a decoder row whose cosine to its initialisation is at least this has not left it
 SCORED_TOKENS = 4096  # destination tokens on which feature families are measured
 SEEDS = (0, 1, 2)
 
@@ -141,8 +140,7 @@ def decompose(run: SAERun, label: str, tokens: int = SCORED_TOKENS) -> Decomposi
     layer = run.config.source.layer
     families = all_feature_families(source.model, inputs, layer, sae, run.scale, chunk=128)
     scores, shares = final_eval(run), decoder_head_shares(sae, source.n_heads)
-    initial = run.load_checkpoint(0).group("param")["W_dec"]
-    moved = torch.nn.functional.cosine_similarity(sae.W_dec, initial, dim=1) < UNMOVED
+    moved = run.cosine_to_init(sae) < UNMOVED
     return Decomposition(label, layer, scores["l0"], scores["ce_recovered"], families, shares, moved)
 
 

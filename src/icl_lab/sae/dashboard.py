@@ -1,7 +1,8 @@
 """A self-contained HTML dashboard of one SAE run: quality, the feature-density histogram, each
-head's features by family, a searchable list of every feature (density, head attribution, family),
-and cards for a selection of features with their top-activating contexts, each token shaded by its
-direct feature attribution as a source of the destination token (boxed)."""
+head's features by family, a searchable list of every feature (density, head attribution, family,
+whether its decoder row trained), and cards for a selection of features with their top-activating
+contexts, each token shaded by its direct feature attribution as a source of the destination token
+(boxed)."""
 
 import html
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from icl_lab.sae.attribution import (
 )
 from icl_lab.sae.base import SAE
 from icl_lab.sae.metrics import SAEQuality, sae_quality
-from icl_lab.sae.run import SAERun, Source, open_source
+from icl_lab.sae.run import UNMOVED, SAERun, Source, open_source
 from icl_lab.seeding import generator
 from icl_lab.store.metrics_table import read_metrics
 from icl_lab.tasks import Batch
@@ -90,10 +91,14 @@ def draw_head_families(
     ax.set_xticklabels([f"{layer}.{h}" for h in range(H)])
 
 
-def _head_family_figure(shares: Tensor, families: Tensor, layer: int, seed: int) -> Figure:
+def _head_family_figure(s: "Scored", layer: int, seed: int) -> Figure:
     fig, ax = plt.subplots(figsize=(6.5, 3.4), constrained_layout=True)
-    draw_head_families(ax, shares, families, layer)
-    ax.set_title(f"features attributed to each head, by family (seed {seed})")
+    draw_head_families(ax, s.shares[s.moved], s.families[s.moved], layer)
+    ax.set_title(
+        f"features attributed to each head, by family, among the {int(s.moved.sum())} trained decoder "
+        f"rows (seed {seed})",
+        fontsize=9,
+    )
     ax.legend(fontsize=8)
     return fig
 
@@ -139,7 +144,8 @@ def _spread(density: Tensor, cards: int) -> list[int]:
 @dataclass
 class Scored:
     """An SAE on a batch of sequences (B, T): its features (B, T, d_sae), quality and densities,
-    decoder shares by head (d_sae, H) and families (d_sae,)."""
+    decoder shares by head (d_sae, H), families (d_sae,) and decoder rows' cosines to their
+    initialisation (d_sae,)."""
 
     sae: SAE
     inputs: Tensor
@@ -147,6 +153,12 @@ class Scored:
     quality: SAEQuality
     shares: Tensor
     families: Tensor
+    cosine: Tensor
+
+    @property
+    def moved(self) -> Tensor:
+        """(d_sae,) features whose decoder rows trained: the only ones with learned head shares."""
+        return self.cosine < UNMOVED
 
     def family(self, f: int) -> str:
         k = int(self.families[f])
@@ -155,12 +167,13 @@ class Scored:
 
 def _feature_row(s: Scored, f: int, layer: int, linked: bool) -> str:
     top = int(s.shares[f].argmax())
-    text = html.escape(f"{f} {s.family(f)} head {layer}.{top}".lower())
+    head = f"{layer}.{top} ({float(s.shares[f, top]):.0%})" if s.moved[f] else "untrained row"
+    text = html.escape(f"{f} {s.family(f)} {head if s.moved[f] else 'untrained'}".lower())
     name = f'<a href="#f{f}">{f}</a>' if linked else str(f)
-    peak, share = float(s.acts[..., f].max()), float(s.shares[f, top])
+    peak = float(s.acts[..., f].max())
     return (
         f'<tr data-text="{text}"><td>{name}</td><td>{float(s.quality.density[f]):.2e}</td>'
-        f"<td>{peak:.3g}</td><td>{layer}.{top} ({share:.0%})</td><td>{s.family(f)}</td></tr>"
+        f"<td>{peak:.3g}</td><td>{head}</td><td>{float(s.cosine[f]):.2f}</td><td>{s.family(f)}</td></tr>"
     )
 
 
@@ -179,6 +192,8 @@ def _feature_card(s: Scored, f: int, source: Source, run: SAERun, batch: Batch, 
         labels = source.task.token_labels(batch, b)
         shown.append(_context_html(labels, per_source, dest, float(best.values[b])))
     heads = ", ".join(f"{layer}.{h}: {v:.0%}" for h, v in enumerate(s.shares[f].tolist()))
+    if not s.moved[f]:
+        heads += f" (chance: the row's cosine to its random initialisation is {float(s.cosine[f]):.2f})"
     return (
         f'<section class="card" id="f{f}"><h3>Feature {f}</h3><p>density {float(s.quality.density[f]):.2e}'
         f" · family {s.family(f)} · decoder share by head: {heads}</p>"
@@ -204,6 +219,8 @@ def _summary(run: SAERun, s: Scored, sequences: int) -> str:
         "explained variance": f"{q.explained_variance:.3f}",
         f"CE loss recovered (evaluation at step {last})": "-" if recovered is None else f"{recovered:.3f}",
         "dead / dense features": f"{q.dead_fraction:.1%} / {q.dense_fraction:.1%}",
+        "trained decoder rows": f"{int(s.moved.sum())} of {sae.d_sae} (cosine to their initialisation < "
+        f"{UNMOVED:g}; the others' head shares are chance)",
     }
     cells = (f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in fields.items())
     return f"<table>{''.join(cells)}</table>"
@@ -213,7 +230,10 @@ LEGEND = (
     "<p>Shading: direct feature attribution of each source token to the feature at the boxed "
     "destination (orange positive, blue negative; hover for the value). Family: where a feature's "
     "positive attribution comes from (short-range: within 4 tokens before the destination; induction: "
-    "the token after an earlier occurrence of the destination's token; long-range: elsewhere).</p>"
+    "the token after an earlier occurrence of the destination's token; long-range: elsewhere). "
+    f"Top head: the head with the largest share of the feature's decoder norm, given only for rows "
+    f"that trained (cosine to their random initialisation < {UNMOVED:g}): rarely firing features' rows "
+    "barely move, and their shares are the initialisation's.</p>"
 )
 
 
@@ -243,6 +263,7 @@ def write_dashboard(
         sae_quality(sae, x.flatten(0, 1)),
         decoder_head_shares(sae, source.n_heads),
         all_feature_families(source.model, batch.inputs, layer, sae, run.scale),
+        run.cosine_to_init(sae),
     )
     features = _spread(scored.quality.density, cards) if features is None else features
     bad = [f for f in features if not 0 <= f < sae.d_sae]
@@ -253,9 +274,7 @@ def write_dashboard(
     tokens = x.shape[0] * x.shape[1]
     images = {
         "Feature density": save_png(_density_figure(scored.quality, tokens, cfg.seed), out / "density.png"),
-        "Head attribution": save_png(
-            _head_family_figure(scored.shares, scored.families, layer, cfg.seed), out / "heads.png"
-        ),
+        "Head attribution": save_png(_head_family_figure(scored, layer, cfg.seed), out / "heads.png"),
     }
     by_density = scored.quality.density.argsort(descending=True, stable=True).tolist()  # live ones first
     rows = "".join(_feature_row(scored, f, layer, f in features) for f in by_density)
@@ -268,7 +287,8 @@ def write_dashboard(
         + '<p><input id="search" placeholder="search: feature id, family, head (e.g. induction, 1.2)"> '
         f'<span id="shown">{sae.d_sae}</span> of {sae.d_sae} features shown</p>'
         '<table id="features"><thead><tr><th>feature</th><th>density</th><th>max activation</th>'
-        f"<th>top head (decoder share)</th><th>family</th></tr></thead><tbody>{rows}</tbody></table>"
+        "<th>top head (decoder share)</th><th>decoder row's cosine to its initialisation</th>"
+        f"<th>family</th></tr></thead><tbody>{rows}</tbody></table>"
         + "".join(_feature_card(scored, f, source, run, batch, contexts) for f in features)
         + f"<script>{SEARCH}</script>"
     )

@@ -34,6 +34,7 @@ from icl_lab.training.progress import TrainingProgress
 from icl_lab.training.trainer import on_sigterm
 
 FORMAT = "icl-lab-sae/1"
+UNMOVED = 0.9  # a decoder row whose cosine to its initialisation is at least this has not left it
 
 
 @dataclass
@@ -118,6 +119,14 @@ class SAERun(RunDirectory):
         sae = build_sae(self.config.sae, self.manifest["d_in"], self.config.seed)
         sae.load_state_dict(self.load_checkpoint(step).group("param"))
         return sae.eval()
+
+    @torch.no_grad()
+    def cosine_to_init(self, sae: SAE) -> Tensor:
+        """(d_sae,) each decoder row's cosine to its random initialisation (step 0). Rows at UNMOVED
+        or above never left it (features that rarely fire barely train), so their head shares are
+        the initialisation's chance, not learned."""
+        initial = self.load_checkpoint(0).group("param")["W_dec"]
+        return torch.nn.functional.cosine_similarity(sae.W_dec, initial, dim=1)
 
     @property
     def scale(self) -> float:
