@@ -168,7 +168,7 @@ class Scored:
 def _feature_row(s: Scored, f: int, layer: int, linked: bool) -> str:
     top = int(s.shares[f].argmax())
     head = f"{layer}.{top} ({float(s.shares[f, top]):.0%})" if s.moved[f] else "untrained row"
-    text = html.escape(f"{f} {s.family(f)} {head if s.moved[f] else 'untrained'}".lower())
+    text = html.escape(f"{f} {s.family(f)} {head}".lower())
     name = f'<a href="#f{f}">{f}</a>' if linked else str(f)
     peak = float(s.acts[..., f].max())
     return (
@@ -231,7 +231,7 @@ LEGEND = (
     "destination (orange positive, blue negative; hover for the value). Family: where a feature's "
     "positive attribution comes from (short-range: within 4 tokens before the destination; induction: "
     "the token after an earlier occurrence of the destination's token; long-range: elsewhere). "
-    f"Top head: the head with the largest share of the feature's decoder norm, given only for rows "
+    "Top head: the head with the largest share of the feature's decoder norm, given only for rows "
     f"that trained (cosine to their random initialisation < {UNMOVED:g}): rarely firing features' rows "
     "barely move, and their shares are the initialisation's.</p>"
 )
