@@ -6,6 +6,7 @@ contexts, each token shaded by its direct feature attribution as a source of the
 
 import html
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import matplotlib
@@ -155,7 +156,7 @@ class Scored:
     families: Tensor
     cosine: Tensor
 
-    @property
+    @cached_property  # read once per row of the list
     def moved(self) -> Tensor:
         """(d_sae,) features whose decoder rows trained: the only ones with learned head shares."""
         return self.cosine < UNMOVED
