@@ -156,7 +156,7 @@ class Scored:
     families: Tensor
     cosine: Tensor
 
-    @cached_property  # read once per row of the list
+    @cached_property  # computed once; the feature list reads it for each of its rows
     def moved(self) -> Tensor:
         """(d_sae,) features whose decoder rows trained: the only ones with learned head shares."""
         return self.cosine < UNMOVED
