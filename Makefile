@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/regression_baselines.py
 	$(BIN)/python benchmarks/text_throughput.py
 	$(BIN)/python benchmarks/sae_throughput.py
+	$(BIN)/python benchmarks/attention_paths.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
