@@ -1,9 +1,9 @@
-"""Eager training steps with the fused attention kernel (scaled_dot_product_attention) against the
-explicit-pattern path (what a hook on the pattern forces), for each bundled transformer config.
+"""Eager training steps, fused attention kernel against the explicit-pattern path, per config.
 
-Which is faster depends on the attention's shape (context T, heads H, head width e): measured in
-whole training steps, in one process on one thread, interleaved, median of repeats. The table says
-whether choosing the path by shape would pay.
+The fused path is scaled_dot_product_attention; the explicit one computes the pattern (what a
+hook on the pattern forces). Which is faster depends on the attention's shape (context T, heads H,
+head width e): measured in whole training steps, in one process on one thread, interleaved, median
+of repeats. The table says whether choosing the path by shape would pay.
 
     python benchmarks/attention_paths.py [--configs reddy_fast singh ...] [--seconds 1] [--repeats 9]
 """
