@@ -9,14 +9,10 @@ of repeats. The table says whether choosing the path by shape would pay.
 """
 
 import argparse
-import tempfile
-from pathlib import Path
 
 import torch
 
-from common import interleaved, time_steps, write_results
-from icl_lab.experiment import load_config
-from icl_lab.store.run import Run
+from common import interleaved, started_trainer, time_steps, write_results
 from icl_lab.training.trainer import Trainer
 
 CONFIGS = ["reddy_fast", "singh", "induction", "function_classes", "icll", "text_lm"]
@@ -24,8 +20,7 @@ CONFIGS = ["reddy_fast", "singh", "induction", "function_classes", "icll", "text
 
 def trainer(config: str, fused: bool) -> Trainer:
     """An eager trainer of a bundled config whose attention takes the fused kernel or not."""
-    cfg = load_config(config, ["checkpointing.every=null", "training.compile=off"])
-    t = Trainer(Run.create(cfg, Path(tempfile.mkdtemp())), progress=False)
+    t, _ = started_trainer(config, ["checkpointing.every=null", "training.compile=off"])
     for block in t.model.blocks:
         block.attn.fused = fused
     return t
