@@ -160,9 +160,36 @@ def test_detector_score_extremes() -> None:
     perfect = prev.clone()
     perfect[:, 0, 0] = 1.0  # row 0 has nowhere else to go
     pattern = perfect[None, :, None]  # (L=1, B, H=1, T, T)
-    assert detector_score(pattern, prev)[0, 0].item() == pytest.approx(7 / 8)
+    assert detector_score(pattern, prev[:, None])[0, 0, 0].item() == pytest.approx(7 / 8)
     anti = torch.eye(8).expand(2, 8, 8)[None, :, None]  # attends to itself only
-    assert detector_score(anti, prev)[0, 0].item() == 0.0
+    assert detector_score(anti, prev[:, None])[0, 0, 0].item() == 0.0
+
+
+def test_head_detectors_equal_loop_reference_on_random_patterns() -> None:
+    task, batch = induction_batch(n=5, seed=4)
+    L, H = 2, 3
+    logits = torch.randn(L, 5, H, T, T).masked_fill(~torch.ones(T, T).tril().bool(), float("-inf"))
+    pattern = logits.softmax(-1).numpy()
+    ctx = EvalContext(
+        None, task, batch, None, {f"blocks.{i}.attn.hook_pattern": torch.tensor(pattern[i]) for i in range(L)}
+    )
+    ctx.model = type("M", (), {"n_layers": L})()
+    from icl_lab.metrics.head_detectors import head_detectors
+
+    got = head_detectors(ctx)
+    for kind, name in [
+        ("previous", "previous_token"),
+        ("duplicate", "duplicate_token"),
+        ("induction", "induction"),
+    ]:
+        want = np.zeros((L, H))
+        for b, tokens in enumerate(batch.inputs.tolist()):
+            detection = tl_detection_loop(tokens, kind)
+            for layer in range(L):
+                for h in range(H):
+                    a = pattern[layer, b, h]
+                    want[layer, h] += (a * detection).sum() / a.sum() / len(batch.inputs)
+        np.testing.assert_allclose(got[f"{name}_score"].numpy(), want, rtol=1e-5, atol=1e-7)
 
 
 def test_ov_copying_score_equals_full_vocabulary_eigenvalues() -> None:

@@ -39,9 +39,24 @@ class EvalContext:
         """The task's loss per target position (cross-entropy, or squared error): (B, P)."""
         return self.task.token_loss(self.output_logits, self.batch.targets)
 
+    def layers(self, hook: str) -> list[Tensor]:
+        """blocks.{l}.{hook} of every layer, in order."""
+        return [self.cache[f"blocks.{layer}.{hook}"] for layer in range(self.model.n_layers)]
+
     def per_layer(self, hook: str) -> Tensor:
         """blocks.{l}.{hook} stacked over layers: (n_layers, *activation shape)."""
-        return torch.stack([self.cache[f"blocks.{layer}.{hook}"] for layer in range(self.model.n_layers)])
+        return torch.stack(self.layers(hook))
+
+
+def attention_mass(patterns: list[Tensor] | Tensor, weights: Tensor) -> Tensor:
+    """sum over (query, key) of pattern * weight, per layer, sequence, head and weight map:
+    patterns per layer (B, H, T, T) (a list, or stacked), weights (B, K, T, T) -> (L, B, H, K).
+
+    One matrix product per layer reads each pattern once; the elementwise product of a text
+    model's patterns with a weight map would be a fresh tensor of hundreds of MB per map."""
+    B, K, T = weights.shape[:3]
+    w = weights.reshape(B, K, T * T).to(patterns[0].dtype).transpose(1, 2)  # (B, T*T, K)
+    return torch.stack([p.reshape(B, p.shape[1], T * T) @ w for p in patterns])
 
 
 Requirement = Callable[[Model, type[Task], TaskConfig], None]

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from icl_lab.config import TaskConfig
-from icl_lab.metrics.base import EvalContext, metric
+from icl_lab.metrics.base import EvalContext, attention_mass, metric
 from icl_lab.models.base import Model
 from icl_lab.tasks.base import Task
 
@@ -28,33 +28,35 @@ def previous_token_pattern(tokens: Tensor) -> Tensor:
 
 def duplicate_token_pattern(tokens: Tensor) -> Tensor:
     """(B, T) -> (B, T, T): 1 at (i, j) for j < i with tokens[j] == tokens[i]."""
-    same = tokens[:, :, None] == tokens[:, None, :]
-    return same.float().tril(-1)
+    T = tokens.shape[-1]
+    earlier = torch.ones(T, T, dtype=torch.bool, device=tokens.device).tril(-1)
+    return ((tokens[:, :, None] == tokens[:, None, :]) & earlier).float()
 
 
 def induction_pattern(tokens: Tensor) -> Tensor:
     """(B, T) -> (B, T, T): 1 at (i, j + 1) for j < i with tokens[j] == tokens[i]."""
-    shifted = torch.zeros_like(duplicate_token_pattern(tokens))
-    shifted[:, :, 1:] = duplicate_token_pattern(tokens)[:, :, :-1]
-    return shifted.tril()
+    B, T = tokens.shape
+    after = torch.zeros(B, T, T, dtype=torch.bool, device=tokens.device)
+    after[:, :, 1:] = tokens[:, :, None] == tokens[:, None, :-1]  # key j + 1 follows a copy of i's token
+    return (after & torch.ones(T, T, dtype=torch.bool, device=tokens.device).tril()).float()
 
 
-def detector_score(pattern: Tensor, detection: Tensor) -> Tensor:
-    """pattern (L, B, H, T, T), detection (B, T, T) -> (L, H) TransformerLens 'mul' score."""
-    per_sequence = (pattern * detection[None, :, None]).sum((-1, -2)) / pattern.sum((-1, -2))
-    return per_sequence.mean(1)
+def detector_score(patterns: list[Tensor] | Tensor, detections: Tensor) -> Tensor:
+    """TransformerLens' 'mul' score of each head on each detection pattern: patterns per layer
+    (B, H, T, T) (a list, or stacked), detections (B, K, T, T) -> (L, H, K)."""
+    mass = attention_mass(patterns, detections)  # (L, B, H, K)
+    total = torch.stack([p.sum((-1, -2)) for p in patterns])  # (L, B, H)
+    return (mass / total[..., None]).mean(1)
 
 
 @metric("head_detectors", hooks=("attn.hook_pattern",), tokens=True)
 def head_detectors(ctx: EvalContext) -> dict[str, Tensor]:
     """Per head: previous-token, duplicate-token and induction scores (TransformerLens definitions)."""
-    pattern = ctx.per_layer("attn.hook_pattern")
     tokens = ctx.batch.inputs
-    return {
-        "previous_token_score": detector_score(pattern, previous_token_pattern(tokens)),
-        "duplicate_token_score": detector_score(pattern, duplicate_token_pattern(tokens)),
-        "induction_score": detector_score(pattern, induction_pattern(tokens)),
-    }
+    detections = [previous_token_pattern(tokens), duplicate_token_pattern(tokens), induction_pattern(tokens)]
+    scores = detector_score(ctx.layers("attn.hook_pattern"), torch.stack(detections, 1))  # (L, H, 3)
+    names = ("previous_token_score", "duplicate_token_score", "induction_score")
+    return dict(zip(names, scores.unbind(-1), strict=True))
 
 
 def ov_copying_score(W_E: Tensor, W_V: Tensor, W_O: Tensor, W_U: Tensor) -> Tensor:

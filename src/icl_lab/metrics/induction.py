@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from icl_lab.config import TaskConfig
-from icl_lab.metrics.base import EvalContext, metric
+from icl_lab.metrics.base import EvalContext, attention_mass, metric
 from icl_lab.models.base import Model
 from icl_lab.tasks.base import Task, masked_mean
 
@@ -69,14 +69,13 @@ def prefix_matching(ctx: EvalContext) -> dict[str, Tensor]:
     """Per head: attention from each token of a later copy to the tokens that followed its earlier
     occurrences (Olsson's prefix matching), averaged over those tokens. Range [0, 1]; a perfect
     induction head scores 1 however it spreads its attention over the earlier copies."""
-    pattern = ctx.per_layer("attn.hook_pattern")  # (L, B, H, T, T)
     pos, period, end = _positions(ctx)
     query, key = pos[:, :, None], pos[:, None, :]  # (1, T, 1), (1, 1, T)
     ell = period[:, :, None].clamp(min=1)  # (B, 1, 1)
     rows = (period > 0) & (pos >= period) & (pos < end)  # (B, T): queries inside a later copy
     # key j follows an earlier occurrence of query i's token: j = i + 1 - k * ell for some k >= 1
     follows = ((query + 1 - key) % ell == 0) & (query + 1 - key >= ell) & (key >= 1)
-    targets = (follows & rows[:, :, None]).to(pattern.dtype)  # (B, T, T)
-    mass = (pattern * targets[None, :, None]).sum(-1)  # (L, B, H, T)
-    n_rows = rows.sum()
-    return {"prefix_matching": mass.sum((1, 3)) / n_rows}
+    patterns = ctx.layers("attn.hook_pattern")  # per layer (B, H, T, T)
+    targets = (follows & rows[:, :, None]).to(patterns[0].dtype)  # (B, T, T)
+    mass = attention_mass(patterns, targets[:, None])  # (L, B, H, 1)
+    return {"prefix_matching": mass.sum(1)[..., 0] / rows.sum()}

@@ -169,8 +169,9 @@ class Attention(nn.Module):
         if torch.compiler.is_compiling() and T * e * T <= SMALL_MATMUL:  # inductor's fused loops win
             z = self.tiny_attention(q, k, v)
         elif not self.fused or self.hook_attn_scores.fns or self.hook_pattern.fns:
-            scores = (q.transpose(1, 2) @ k.permute(0, 2, 3, 1)) * self.scale  # (B, H, T, T)
-            scores = self.hook_attn_scores(scores.masked_fill(self.future[:T, :T], float("-inf")))
+            # in place: at a text model's length each (B, H, T, T) copy saved is hundreds of MB
+            scores = (q.transpose(1, 2) @ k.permute(0, 2, 3, 1)).mul_(self.scale)  # (B, H, T, T)
+            scores = self.hook_attn_scores(scores.masked_fill_(self.future[:T, :T], float("-inf")))
             pattern = self.hook_pattern(scores.softmax(dim=-1))
             z = (pattern @ v.transpose(1, 2)).transpose(1, 2)  # (B, T, H, e)
         else:  # nobody looks at the pattern: the fused kernel computes the same thing faster
