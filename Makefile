@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/text_throughput.py
 	$(BIN)/python benchmarks/sae_throughput.py
 	$(BIN)/python benchmarks/attention_paths.py
+	$(BIN)/python benchmarks/eval_cost.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
