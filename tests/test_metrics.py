@@ -9,6 +9,7 @@ from icl_lab.metrics import EvalContext
 from icl_lab.metrics.head_detectors import (
     detector_score,
     duplicate_token_pattern,
+    head_detectors,
     induction_pattern,
     ov_copying_score,
     previous_token_pattern,
@@ -174,8 +175,6 @@ def test_head_detectors_equal_loop_reference_on_random_patterns() -> None:
         None, task, batch, None, {f"blocks.{i}.attn.hook_pattern": torch.tensor(pattern[i]) for i in range(L)}
     )
     ctx.model = type("M", (), {"n_layers": L})()
-    from icl_lab.metrics.head_detectors import head_detectors
-
     got = head_detectors(ctx)
     for kind, name in [
         ("previous", "previous_token"),
