@@ -169,7 +169,7 @@ class Attention(nn.Module):
         if torch.compiler.is_compiling() and T * e * T <= SMALL_MATMUL:  # inductor's fused loops win
             z = self.tiny_attention(q, k, v)
         elif not self.fused or self.hook_attn_scores.fns or self.hook_pattern.fns:
-            # in place: at a text model's length each (B, H, T, T) copy saved is hundreds of MB
+            # in place: each (B, H, T, T) copy saved is 134 MB in text_lm's evaluation (128 x 4 x 256^2)
             scores = (q.transpose(1, 2) @ k.permute(0, 2, 3, 1)).mul_(self.scale)  # (B, H, T, T)
             scores = self.hook_attn_scores(scores.masked_fill_(self.future[:T, :T], float("-inf")))
             pattern = self.hook_pattern(scores.softmax(dim=-1))
