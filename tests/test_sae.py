@@ -40,6 +40,29 @@ def test_relu_l1_loss_is_squared_error_summed_over_dims_plus_lambda_l1() -> None
     assert out.losses["l1"].item() == pytest.approx(0.5 * f.abs().sum(1).mean().item(), rel=1e-6)
 
 
+def test_relu_l1_gradients_equal_the_written_out_loss_with_a_decoder_bias() -> None:
+    """The encoder takes b_dec's share as one vector product; loss and every gradient must equal
+    those of (x - b_dec) W_enc + b_enc written out, with b_dec and b_enc far from zero."""
+    sae = sae_of("relu_l1", l1_coefficient=0.5)
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        sae.b_dec.copy_(torch.randn(8, generator=g))
+        sae.b_enc.copy_(torch.randn(sae.d_sae, generator=g) * 0.5)
+    x = torch.randn(64, 8, generator=g) + 1.0
+    sae(x).loss.backward()
+    ours = {name: p.grad.clone() for name, p in sae.named_parameters()}
+    W_enc, W_dec, b_enc, b_dec = (
+        p.detach().clone().requires_grad_() for p in (sae.W_enc, sae.W_dec, sae.b_enc, sae.b_dec)
+    )
+    f = torch.relu((x - b_dec) @ W_enc + b_enc)
+    assert 0 < int((f > 0).sum()) < f.numel(), "some features fire, some do not"
+    loss = ((f @ W_dec + b_dec - x) ** 2).sum(1).mean() + 0.5 * f.abs().sum(1).mean()
+    loss.backward()
+    assert sae(x).loss.item() == pytest.approx(loss.item(), rel=1e-6)
+    for name, p in {"W_enc": W_enc, "W_dec": W_dec, "b_enc": b_enc, "b_dec": b_dec}.items():
+        torch.testing.assert_close(ours[name], p.grad, rtol=1e-4, atol=1e-5)
+
+
 def test_topk_keeps_exactly_k_features_and_batchtopk_k_per_input_on_average() -> None:
     topk = sae_of("topk", k=5, expansion=8)
     with torch.no_grad():

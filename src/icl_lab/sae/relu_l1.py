@@ -40,7 +40,7 @@ class ReluL1(SAE):
         return torch.relu(pre)
 
     def penalties(self, x: Tensor, pre: Tensor, f: Tensor, x_hat: Tensor) -> dict[str, Tensor]:
-        return {"l1": self.config.l1_coefficient * f.abs().sum(-1).mean()}
+        return {"l1": self.config.l1_coefficient * f.sum(-1).mean()}  # f = ReLU(pre) >= 0: |f| = f
 
     @torch.no_grad()
     def resample(
