@@ -1,14 +1,18 @@
 """SAE training throughput (activations/s) of icl-lab's SAE trainer against a plain PyTorch loop of
-the same SAE, and the time to fill the activation buffer.
+the same SAE, fresh and trained, and the time to fill the activation buffer.
 
 The SAE is Kissane's relu_l1 on hook_z of layer 1 of the text_lm model (2 layers, 4 heads x 32:
 d_in 128), 16 x d_in features, batches of 1,024 activations drawn from the buffer. Ours is
 SAETrainer.train_step (the run's step: warm-up lr, constrained gradients, unit-norm rows, firing
 counts for resampling, loss terms kept for the metrics table); the plain loop does the same
-arithmetic with bare tensors and torch.optim.Adam. Steps are timed interleaved on one thread,
-median of repeats (goal: ours >= 0.9 x plain). The buffer fill is timed once, cold.
+arithmetic with bare tensors, dense products and torch.optim.Adam. Both are timed twice from the
+same weights: fresh (about half the features fire) and after --trained-steps of ours (a few
+percent or fewer fire, and our decoder sums the firing features alone: sae/sparse_product.py).
+Steps are timed interleaved on one thread, median of repeats (goal: ours >= 0.9 x plain). The
+buffer fill is timed once, cold. Last, the decoder's product alone, forward and backward, sparse
+against dense, at densities around sparse_product.MAX_DENSITY.
 
-    taskset -c 1 python benchmarks/sae_throughput.py [--steps 30] [--repeats 7]
+    taskset -c 1 python benchmarks/sae_throughput.py [--steps 30] [--repeats 7] [--trained-steps 1500]
 """
 
 import argparse
@@ -20,22 +24,21 @@ import torch
 
 from common import interleaved, table, write_results
 from icl_lab.experiment import load_config
+from icl_lab.sae import sparse_product as sparse_module
 from icl_lab.sae.config import validate_sae_config
 from icl_lab.sae.run import SAERun, SAETrainer, open_source
+from icl_lab.sae.sparse_product import sparse_product
 from icl_lab.training.trainer import train
 
 D_SAE_PER_D_IN, BATCH, L1 = 16, 1024, 3.0
 
 
-def plain_loop(x: torch.Tensor, d_sae: int, seed: int) -> tuple[Callable[[], None], torch.Tensor]:
-    """The same SAE and step, written out: returns (step, W_dec)."""
+def plain_loop(x: torch.Tensor, sae: torch.nn.Module, seed: int) -> Callable[[], None]:
+    """The same SAE step written out, from a copy of sae's weights."""
     g = torch.Generator().manual_seed(seed)
-    d_in = x.shape[1]
-    W_dec = torch.randn(d_sae, d_in, generator=g)
-    W_dec /= W_dec.norm(dim=1, keepdim=True)
-    W_enc = W_dec.T.clone().requires_grad_()
-    W_dec.requires_grad_()
-    b_enc, b_dec = torch.zeros(d_sae, requires_grad=True), torch.zeros(d_in, requires_grad=True)
+    W_enc, W_dec, b_enc, b_dec = (
+        p.detach().clone().requires_grad_() for p in (sae.W_enc, sae.W_dec, sae.b_enc, sae.b_dec)
+    )
     opt = torch.optim.Adam([W_dec, W_enc, b_enc, b_dec], lr=1.2e-3, betas=(0.0, 0.9999))
 
     def step() -> None:
@@ -49,7 +52,30 @@ def plain_loop(x: torch.Tensor, d_sae: int, seed: int) -> tuple[Callable[[], Non
             opt.step()
             W_dec.div_(W_dec.norm(dim=1, keepdim=True))
 
-    return step, W_dec
+    return step
+
+
+def product_sweep(steps: int, repeats: int) -> list[dict]:
+    """ms of the decoder's product f W_dec, forward and backward, sparse and dense, by density."""
+    g = torch.Generator().manual_seed(0)
+    W, upstream = torch.randn(16 * 128, 128, requires_grad=True), torch.randn(BATCH, 128, generator=g)
+    rows, sparse_module.MAX_DENSITY = [], 1.0  # the sparse sum at every density
+    for density in (0.0025, 0.005, 0.01, 0.02, 0.04, 0.08):
+        f = torch.rand(BATCH, 16 * 128, generator=g) * (torch.rand(BATCH, 16 * 128, generator=g) < density)
+        f.requires_grad_()
+        median = interleaved(
+            {
+                "sparse": lambda f=f: sparse_product(f, W).backward(upstream),
+                "dense": lambda f=f: (f @ W).backward(upstream),
+            },
+            steps,
+            repeats,
+            warmup=5,
+        )
+        ms = {name: seconds * 1e3 for name, seconds in median.items()}
+        print(f"density {density:.2%}: sparse {ms['sparse']:.2f} ms, dense {ms['dense']:.2f} ms")
+        rows.append({"density": density, "sparse_ms": ms["sparse"], "dense_ms": ms["dense"]})
+    return rows
 
 
 def main() -> None:
@@ -57,6 +83,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--buffer-tokens", type=int, default=262_144)
+    parser.add_argument("--trained-steps", type=int, default=1500, help="our steps before the second timing")
     args = parser.parse_args()
     torch.set_num_threads(1)
     runs = tempfile.mkdtemp()
@@ -84,18 +111,31 @@ def main() -> None:
         f"from {buffer.sequences:,} sequences of {source.task.tokens_per_sequence} tokens, filled in "
         f"{fill_s:.1f} s ({len(buffer.activations) / fill_s:,.0f} activations/s)"
     )
-    plain, _ = plain_loop(buffer.activations, trainer.sae.d_sae, 0)
-    contenders = {"icl-lab SAE trainer": trainer.train_step, "plain PyTorch loop": plain}
-    median = interleaved(contenders, args.steps, args.repeats, warmup=5)
-    rows = table(median, "plain PyTorch loop", BATCH)
-    ratio = rows[0]["speed_vs_baseline"]
-    print(f"icl-lab / plain: {ratio:.3f} x (goal >= 0.9); 'tokens/s' above = activations/s")
+    phases = {}
+    for phase in ("fresh", "trained"):
+        if phase == "trained":
+            for _ in range(args.trained_steps):
+                trainer.train_step()
+        with torch.no_grad():
+            l0 = float((trainer.sae.encode(buffer.activations[:BATCH]) > 0).sum(1).float().mean())
+        from_step = trainer.fitter.step
+        contenders = {
+            "icl-lab SAE trainer": trainer.train_step,
+            "plain PyTorch loop": plain_loop(buffer.activations, trainer.sae, 0),
+        }
+        median = interleaved(contenders, args.steps, args.repeats, warmup=5)
+        rows = table(median, "plain PyTorch loop", BATCH)
+        ratio = rows[0]["speed_vs_baseline"]
+        print(f"{phase} (L0 {l0:.1f}): icl-lab / plain {ratio:.3f} x (goal >= 0.9); tokens/s = activations/s")
+        after = float((trainer.sae.encode(buffer.activations[:BATCH]) > 0).sum(1).float().mean())
+        print(f"  (ours at L0 {after:.1f} after the timed steps)")
+        phases[phase] = {"from_step": from_step, "l0": [l0, after], "rows": rows, "ours_vs_plain": ratio}
     out = write_results(
         "sae_throughput",
         {
             "sae": f"relu_l1, d_in {source.d_in}, d_sae {trainer.sae.d_sae}, batch {BATCH}",
-            "rows": rows,
-            "ours_vs_plain": ratio,
+            "phases": phases,
+            "decoder_product": product_sweep(args.steps, args.repeats),
             "buffer": {
                 "activations": len(buffer.activations),
                 "bytes": buffer.bytes,

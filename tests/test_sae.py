@@ -6,7 +6,9 @@ import torch
 
 from icl_lab.errors import ConfigError
 from icl_lab.sae import SAES, build_sae
+from icl_lab.sae import sparse_product as sparse_module
 from icl_lab.sae.fit import FitSettings, fit
+from icl_lab.sae.sparse_product import sparse_product
 
 
 def sae_of(architecture: str, d_in: int = 8, **fields: object):
@@ -61,6 +63,48 @@ def test_relu_l1_gradients_equal_the_written_out_loss_with_a_decoder_bias() -> N
     assert sae(x).loss.item() == pytest.approx(loss.item(), rel=1e-6)
     for name, p in {"W_enc": W_enc, "W_dec": W_dec, "b_enc": b_enc, "b_dec": b_dec}.items():
         torch.testing.assert_close(ours[name], p.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_sparse_product_equals_the_dense_product_and_its_gradient_on_the_non_zero_features() -> None:
+    g = torch.Generator().manual_seed(6)
+    features = torch.randn(4, 16, 512, generator=g) * (torch.rand(4, 16, 512, generator=g) < 0.01)
+    features.requires_grad_()
+    W = torch.randn(512, 8, generator=g, requires_grad=True)
+    upstream = torch.randn(4, 16, 8, generator=g)
+    sparse = sparse_product(features, W)
+    torch.testing.assert_close(sparse, features @ W)
+    (grad_f, grad_W) = torch.autograd.grad((sparse * upstream).sum(), (features, W))
+    (dense_f, dense_W) = torch.autograd.grad((features @ W * upstream).sum(), (features, W))
+    torch.testing.assert_close(grad_W, dense_W)
+    nonzero = features != 0
+    torch.testing.assert_close(grad_f[nonzero], dense_f[nonzero])
+    assert (grad_f[~nonzero] == 0).all() and (dense_f[~nonzero] != 0).all(), "zeros get no gradient"
+    assert sparse_product(torch.randn(16, 512, generator=g), W) is None, "dense features: dense product"
+
+
+@pytest.mark.parametrize("architecture", ["relu_l1", "topk", "batchtopk", "jumprelu"])
+def test_training_gradients_are_the_same_with_the_sparse_decoder(architecture: str, monkeypatch) -> None:
+    """With a few features firing, the decoder sums the non-zero ones alone; every gradient equals the
+    dense product's (JumpReLU, whose threshold learns from zero features, always decodes densely)."""
+    fields = {"k": 2} if "topk" in architecture else {}
+    if architecture == "jumprelu":  # a kernel wide enough to reach features below the threshold
+        fields = {"initial_threshold": 0.05, "bandwidth": 0.05}
+    sae = sae_of(architecture, expansion=32, **fields)
+    x = torch.randn(64, 8, generator=torch.Generator().manual_seed(7))
+    threshold = fields.get("initial_threshold", 0.0)
+    with torch.no_grad():  # each feature's pre-activation passes the threshold on 1% of the inputs
+        sae.b_enc.copy_(threshold - sae.pre_activation(x).quantile(0.99, dim=0))
+    assert 0 < float((sae.encode(x) != 0).float().mean()) <= sparse_module.MAX_DENSITY
+
+    def gradients() -> dict[str, torch.Tensor]:
+        sae.zero_grad()
+        sae(x).loss.backward()
+        return {name: p.grad.clone() for name, p in sae.named_parameters()}
+
+    sparse = gradients()
+    monkeypatch.setattr(sparse_module, "MAX_DENSITY", -1.0)  # every product dense
+    for name, dense in gradients().items():
+        torch.testing.assert_close(sparse[name], dense, rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_topk_keeps_exactly_k_features_and_batchtopk_k_per_input_on_average() -> None:

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from icl_lab import seeding
 from icl_lab.config import StrictModel
 from icl_lab.registry import Registry
+from icl_lab.sae.sparse_product import sparse_product
 
 
 class SAEConfig(StrictModel):
@@ -51,6 +52,9 @@ class SAE(nn.Module):
     unit_norm_decoder: ClassVar[bool] = True
     """decoder rows kept at unit norm: the gradient's parallel component removed before a step,
     rows renormalised after it"""
+    sparse_gradient: ClassVar[bool] = True
+    """the activation's backward reads the features' gradient only where they are non-zero (true of
+    ReLU and TopK, not of JumpReLU's threshold), so training may decode the non-zero ones alone"""
 
     def __init__(self, config: SAEConfig, d_in: int, generator: torch.Generator) -> None:
         super().__init__()
@@ -83,7 +87,10 @@ class SAE(nn.Module):
 
     def decode(self, features: Tensor) -> Tensor:
         """(N, d_in) reconstruction."""
-        return features @ self.W_dec + self.b_dec
+        sparse = None
+        if self.sparse_gradient or not torch.is_grad_enabled():
+            sparse = sparse_product(features, self.W_dec)
+        return (features @ self.W_dec if sparse is None else sparse) + self.b_dec
 
     def forward(self, x: Tensor) -> SAEOutput:
         pre = self.pre_activation(x)

@@ -61,6 +61,7 @@ class JumpReLU(SAE):
 
     Config = JumpReLUConfig
     config: JumpReLUConfig
+    sparse_gradient = False  # the threshold learns from features just below it, which are zero
 
     def __init__(self, config: JumpReLUConfig, d_in: int, generator: torch.Generator) -> None:
         super().__init__(config, d_in, generator)
