@@ -138,7 +138,7 @@ def decompose(run: SAERun, label: str, tokens: int = SCORED_TOKENS) -> Decomposi
     sequences = max(1, tokens // source.task.tokens_per_sequence)
     inputs = source.task.sample(sequences, generator(run.config.seed, "kissane", "families")).inputs
     layer = run.config.source.layer
-    families = all_feature_families(source.model, inputs, layer, sae, run.scale, chunk=128)
+    families = all_feature_families(source.model, inputs, layer, sae, run.scale)
     scores, shares = final_eval(run), decoder_head_shares(sae, source.n_heads)
     moved = run.cosine_to_init(sae) < UNMOVED
     return Decomposition(label, layer, scores["l0"], scores["ce_recovered"], families, shares, moved)

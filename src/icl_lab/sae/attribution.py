@@ -99,20 +99,32 @@ def head_polysemanticity(shares: Tensor, families: Tensor, min_share: float = 0.
 
 @torch.no_grad()
 def all_feature_families(
-    model: Model, inputs: Tensor, layer: int, sae: SAE, scale: float = 1.0, chunk: int = 256
+    model: Model, inputs: Tensor, layer: int, sae: SAE, scale: float = 1.0, chunk: int = 1024
 ) -> Tensor:
-    """(d_sae,) family of every feature on a batch of token sequences (-1: never active), one
-    sequence and `chunk` features at a time, so the per-source attribution (T x T x H x chunk) stays
-    small; the same as feature_families on the whole batch at once."""
-    _, cache = model.run_with_cache(inputs, names_filter=hook_z(layer))
-    features = sae.encode(cache[hook_z(layer)].flatten(2) * scale)  # (B, T, d_sae)
+    """(d_sae,) family of every feature on a batch of token sequences (-1: never active): the same
+    as feature_families on the whole batch at once, without its (B, T, T, H, F) per-source tensor.
+
+    The pattern is non-negative, so a per-source attribution A[t, s] (v_s . W_f) is positive exactly
+    where the value part v_s . W_f is: a family's positive mass is the pattern restricted to the
+    family's (destination, source) pairs times the positive value parts, one matrix product per
+    sequence, family and `chunk` features."""
+    attn = f"blocks.{layer}.attn"
+    names = [hook_z(layer), f"{attn}.hook_v", f"{attn}.hook_pattern"]
+    _, cache = model.run_with_cache(inputs, names_filter=lambda n: n in names)
+    z, v, pattern = (cache[n] for n in names)  # (B, T, H, e), (B, T, H, e), (B, H, T, T)
+    H, e = z.shape[2], z.shape[3]
+    features = sae.encode(z.flatten(2) * scale)  # (B, T, d_sae)
     families = source_families(inputs)  # (B, T, T)
     shares = torch.zeros(len(FAMILIES), sae.d_sae)
-    for start in range(0, sae.d_sae, chunk):
-        index = torch.arange(start, min(start + chunk, sae.d_sae))
-        for b in range(len(inputs)):
-            active = features[b : b + 1, :, index] > 0  # (1, T, F)
-            if active.any():
-                parts = direct_feature_attribution(model, inputs[b : b + 1], layer, sae, index, scale)
-                shares[:, index] += family_shares(parts, families[b : b + 1], active)
+    for b in range(len(inputs)):
+        by_family = [pattern[b] * (families[b] == k) for k in range(len(FAMILIES))]  # each (H, T, T)
+        for start in range(0, sae.d_sae, chunk):
+            index = slice(start, start + chunk)
+            active = features[b, :, index] > 0  # (T, F)
+            if not active.any():
+                continue
+            W = sae.W_enc[:, index].view(H, e, -1) * scale  # (H, e, F): each head's slice of the encoder
+            positive = torch.einsum("she,hef->hsf", v[b], W).clamp(min=0)  # (H, T_src, F)
+            for k, masked in enumerate(by_family):
+                shares[k, index] += ((masked @ positive).sum(0) * active).sum(0)  # (T, F) -> (F,)
     return label_families(shares)
