@@ -5,9 +5,10 @@ The SAE is Kissane's relu_l1 on hook_z of layer 1 of the text_lm model (2 layers
 d_in 128), 16 x d_in features, batches of 1,024 activations drawn from the buffer. Ours is
 SAETrainer.train_step (the run's step: warm-up lr, constrained gradients, unit-norm rows, firing
 counts for resampling, loss terms kept for the metrics table); the plain loop does the same
-arithmetic with bare tensors, dense products and torch.optim.Adam. Both are timed twice from the
-same weights: fresh (about half the features fire) and after --trained-steps of ours (a few
-percent or fewer fire, and our decoder sums the firing features alone: sae/sparse_product.py).
+arithmetic with bare tensors, dense products and torch.optim.Adam. Both are timed twice, each
+time from a copy of our weights: fresh (about half the features fire at first, but the timed steps
+train the SAE, and the printed L0 after them shows how far) and after --trained-steps of ours (a
+few percent or fewer fire, and our decoder sums the firing features alone: sae/sparse_product.py).
 Steps are timed interleaved on one thread, median of repeats (goal: ours >= 0.9 x plain). The
 buffer fill is timed once, cold. Last, the decoder's product alone, forward and backward, sparse
 against dense, at densities around sparse_product.MAX_DENSITY.
