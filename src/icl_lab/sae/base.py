@@ -75,7 +75,7 @@ class SAE(nn.Module):
     def pre_activation(self, x: Tensor) -> Tensor:
         """(N, d_sae) encoder pre-activations of (N, d_in) inputs: (x - b_dec) W_enc + b_enc."""
         # b_dec's share as one vector: autograd then needs no (N, d_in) gradient of x - b_dec, a
-        # matrix product as large as the encoder's (a sixth of a training step's arithmetic)
+        # matrix product as large as the encoder's own
         return x @ self.W_enc + (self.b_enc - self.b_dec @ self.W_enc)
 
     def activation(self, pre: Tensor) -> Tensor:  # pragma: no cover - interface
