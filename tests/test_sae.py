@@ -128,6 +128,35 @@ def test_topk_keeps_exactly_k_features_and_batchtopk_k_per_input_on_average() ->
     torch.testing.assert_close(batch.encode(x), pre * (pre > batch.threshold))
 
 
+def test_topk_auxk_loss_and_gradients_equal_the_written_out_definition() -> None:
+    """AuxK (Gao et al.): the aux_k largest pre-activations among the dead latents reconstruct the
+    residual the live ones miss; written out over every latent with the live ones masked off."""
+    sae = sae_of("topk", k=3, aux_k=4, dead_steps=5, expansion=8)
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(32, 8, generator=g)
+    dead = torch.zeros(sae.d_sae, dtype=torch.bool)
+    dead[torch.randperm(sae.d_sae, generator=g)[:10]] = True
+    with torch.no_grad():
+        sae.steps_since_fired.copy_(torch.where(dead, 100, 0))
+        sae.b_enc.copy_(torch.where(dead, 0.0, 3.0))  # the live latents win the top k: the dead stay dead
+    sae(x).losses["aux"].backward()
+    ours = {name: p.grad.clone() for name, p in sae.named_parameters()}
+    W_enc, W_dec, b_enc, b_dec = (
+        p.detach().clone().requires_grad_() for p in (sae.W_enc, sae.W_dec, sae.b_enc, sae.b_dec)
+    )
+    pre = (x - b_dec) @ W_enc + b_enc
+    top = pre.topk(3, dim=1)
+    x_hat = torch.zeros_like(pre).scatter(1, top.indices, torch.relu(top.values)) @ W_dec + b_dec
+    masked = pre.masked_fill(~dead, float("-inf")).topk(4, dim=1)
+    aux_features = torch.zeros_like(pre).scatter(1, masked.indices, torch.relu(masked.values))
+    aux = (aux_features @ W_dec - (x - x_hat).detach()).pow(2).sum(1).mean() / 32 * min(10 / 4, 1.0)
+    aux.backward()
+    assert sae(x).losses["aux"].item() == pytest.approx(aux.item(), rel=1e-5)
+    for name, p in {"W_enc": W_enc, "W_dec": W_dec, "b_enc": b_enc, "b_dec": b_dec}.items():
+        torch.testing.assert_close(ours[name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert (ours["W_dec"][~dead] == 0).all() and (ours["W_dec"][dead] != 0).any(), "only dead rows learn"
+
+
 def test_jumprelu_straight_through_gradients_follow_the_rectangle_kernel() -> None:
     sae = sae_of("jumprelu", d_in=2, expansion=1, bandwidth=0.2, initial_threshold=1.0, l0_coefficient=1.0)
     pre = torch.tensor([[0.95, 2.0], [1.05, 0.5], [1.5, 1.08]])  # within 0.1 of theta = 1: in the kernel

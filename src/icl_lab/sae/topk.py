@@ -49,8 +49,9 @@ class TopK(SAE):
         if not dead.any():
             return {"aux": pre.new_zeros(())}
         residual = (x - x_hat).detach()  # (N, d_in): what the live latents miss
-        n_dead = int(dead.sum())
-        aux_features = keep_top(pre.masked_fill(~dead, float("-inf")), min(self.config.aux_k, n_dead))
-        aux = (aux_features @ self.W_dec - residual).pow(2).sum(-1).mean()
+        index = dead.nonzero().squeeze(1)  # (n_dead,): only these compete, so only these are read
+        n_dead = len(index)
+        aux_features = keep_top(pre[:, index], min(self.config.aux_k, n_dead))  # (N, n_dead)
+        aux = (aux_features @ self.W_dec[index] - residual).pow(2).sum(-1).mean()
         scale = min(n_dead / self.config.aux_k, 1.0)  # fewer dead latents than aux_k: a smaller share
         return {"aux": self.config.aux_coefficient * scale * aux}
