@@ -112,14 +112,18 @@ def main() -> None:
         f"from {buffer.sequences:,} sequences of {source.task.tokens_per_sequence} tokens, filled in "
         f"{fill_s:.1f} s ({len(buffer.activations) / fill_s:,.0f} activations/s)"
     )
+
+    @torch.no_grad()
+    def l0() -> float:
+        """Our SAE's features per input on the buffer's first batch."""
+        return float((trainer.sae.encode(buffer.activations[:BATCH]) > 0).sum(1).float().mean())
+
     phases = {}
     for phase in ("fresh", "trained"):
         if phase == "trained":
             for _ in range(args.trained_steps):
                 trainer.train_step()
-        with torch.no_grad():
-            l0 = float((trainer.sae.encode(buffer.activations[:BATCH]) > 0).sum(1).float().mean())
-        from_step = trainer.fitter.step
+        before, from_step = l0(), trainer.fitter.step
         contenders = {
             "icl-lab SAE trainer": trainer.train_step,
             "plain PyTorch loop": plain_loop(buffer.activations, trainer.sae, 0),
@@ -127,10 +131,12 @@ def main() -> None:
         median = interleaved(contenders, args.steps, args.repeats, warmup=5)
         rows = table(median, "plain PyTorch loop", BATCH)
         ratio = rows[0]["speed_vs_baseline"]
-        print(f"{phase} (L0 {l0:.1f}): icl-lab / plain {ratio:.3f} x (goal >= 0.9); tokens/s = activations/s")
-        after = float((trainer.sae.encode(buffer.activations[:BATCH]) > 0).sum(1).float().mean())
+        print(
+            f"{phase} (L0 {before:.1f}): icl-lab / plain {ratio:.3f} x (goal >= 0.9); tokens/s: activations/s"
+        )
+        after = l0()
         print(f"  (ours at L0 {after:.1f} after the timed steps)")
-        phases[phase] = {"from_step": from_step, "l0": [l0, after], "rows": rows, "ours_vs_plain": ratio}
+        phases[phase] = {"from_step": from_step, "l0": [before, after], "rows": rows, "ours_vs_plain": ratio}
     out = write_results(
         "sae_throughput",
         {

@@ -30,18 +30,28 @@ class Attribution:
     per_source: Tensor
 
 
+def _attention(model: Model, inputs: Tensor, layer: int) -> tuple[Tensor, Tensor, Tensor]:
+    """hook_z, hook_v and hook_pattern of `layer` on inputs: (B, T, H, e), (B, T, H, e), (B, H, T, T)."""
+    attn = f"blocks.{layer}.attn"
+    names = [hook_z(layer), f"{attn}.hook_v", f"{attn}.hook_pattern"]
+    _, cache = model.run_with_cache(inputs, names_filter=lambda n: n in names)
+    z, v, pattern = (cache[n] for n in names)
+    return z, v, pattern
+
+
+def _encoder_by_head(sae: SAE, features: Tensor | slice, n_heads: int, scale: float) -> Tensor:
+    """(H, e, F): each head's slice of the encoder columns of `features`, in hook_z's scale."""
+    return sae.W_enc[:, features].view(n_heads, sae.d_in // n_heads, -1) * scale
+
+
 @torch.no_grad()
 def direct_feature_attribution(
     model: Model, inputs: Tensor, layer: int, sae: SAE, features: Tensor, scale: float = 1.0
 ) -> Attribution:
     """DFA of the given features (indices) of an SAE on hook_z at `layer` (inputs in the SAE's
     scale: x = scale x hook_z)."""
-    attn = f"blocks.{layer}.attn"
-    names = [hook_z(layer), f"{attn}.hook_v", f"{attn}.hook_pattern"]
-    _, cache = model.run_with_cache(inputs, names_filter=lambda n: n in names)
-    z, v, pattern = (cache[n] for n in names)  # (B, T, H, e), (B, T, H, e), (B, H, T, T)
-    H, e = z.shape[2], z.shape[3]
-    W = sae.W_enc[:, features].view(H, e, -1) * scale  # (H, e, F): each head's slice of the encoder
+    z, v, pattern = _attention(model, inputs, layer)
+    W = _encoder_by_head(sae, features, z.shape[2], scale)  # (H, e, F)
     per_head = torch.einsum("bthe,hef->bthf", z, W)
     value_parts = torch.einsum("bshe,hef->bshf", v, W)  # (B, T_src, H, F)
     per_source = torch.einsum("bhts,bshf->btshf", pattern, value_parts)
@@ -108,11 +118,7 @@ def all_feature_families(
     where the value part v_s . W_f is: a family's positive mass is the pattern restricted to the
     family's (destination, source) pairs times the positive value parts, one matrix product per
     sequence, family and `chunk` features."""
-    attn = f"blocks.{layer}.attn"
-    names = [hook_z(layer), f"{attn}.hook_v", f"{attn}.hook_pattern"]
-    _, cache = model.run_with_cache(inputs, names_filter=lambda n: n in names)
-    z, v, pattern = (cache[n] for n in names)  # (B, T, H, e), (B, T, H, e), (B, H, T, T)
-    H, e = z.shape[2], z.shape[3]
+    z, v, pattern = _attention(model, inputs, layer)
     features = sae.encode(z.flatten(2) * scale)  # (B, T, d_sae)
     families = source_families(inputs)  # (B, T, T)
     shares = torch.zeros(len(FAMILIES), sae.d_sae)
@@ -123,7 +129,7 @@ def all_feature_families(
             active = features[b, :, index] > 0  # (T, F)
             if not active.any():
                 continue
-            W = sae.W_enc[:, index].view(H, e, -1) * scale  # (H, e, F): each head's slice of the encoder
+            W = _encoder_by_head(sae, index, z.shape[2], scale)  # (H, e, F)
             positive = torch.einsum("she,hef->hsf", v[b], W).clamp(min=0)  # (H, T_src, F)
             for k, masked in enumerate(by_family):
                 shares[k, index] += ((masked @ positive).sum(0) * active).sum(0)  # (T, F) -> (F,)
