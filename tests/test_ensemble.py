@@ -14,12 +14,13 @@ from icl_lab.training.trainer import resume, train
 BASE = {
     "task": TINY_FEWSHOT,
     "model": TINY_READOUT_MODEL,
-    "training": {"length": {"steps": 30}, "optimizer": {"lr": 0.01}},
+    # 32 sequences x 4 heads: eager attention takes the tiny heads' path (transformer.tiny_heads)
+    "training": {"length": {"steps": 30}, "optimizer": {"lr": 0.01}, "batch_size": 32},
 }
 
 
 def members() -> list:
-    slower = {"length": {"steps": 30}, "optimizer": {"lr": 0.003}}
+    slower = {**BASE["training"], "optimizer": {"lr": 0.003}}
     return [
         tiny_config(**BASE, seed=1),
         tiny_config(

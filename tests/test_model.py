@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from icl_lab.models import ModelIO
+from icl_lab.models import ModelIO, transformer
 from icl_lab.models.hooks import HookPoint
 from icl_lab.models.transformer import Transformer, TransformerConfig, rotate, sinusoidal
 
@@ -138,27 +138,44 @@ def test_fused_attention_equals_explicit_pattern_path() -> None:
         assert torch.allclose(fused, explicit, atol=1e-5)
 
 
-def test_compiled_tiny_attention_equals_eager_and_its_hooks_see_batch_head_query_key() -> None:
-    """Compiled, tiny heads run in a (T, T, head, batch) layout (Attention.tiny_attention); the
-    logits, a cached pattern and a hook's edit of the scores and pattern must be eager's."""
-    model = make(positional="rope", d_head=4)
-    tokens = torch.randint(V, (2, T), generator=torch.Generator().manual_seed(1))  # 2 sequences, 3 heads
+def hooked_run(model: Transformer, tokens: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Logits with layer 0's scores and layer 1's pattern cached and head 1's scaled by a half."""
     cache: dict[str, torch.Tensor] = {}
 
     def edit(x: torch.Tensor, hook: HookPoint) -> torch.Tensor:
         cache[hook.name] = x.clone()
         return x * torch.tensor([1.0, 0.5, 1.0])[:, None, None]  # head 1 scaled
 
-    def run(tokens: torch.Tensor) -> torch.Tensor:
-        hooks = [("blocks.0.attn.hook_attn_scores", edit), ("blocks.1.attn.hook_pattern", edit)]
-        return model.run_with_hooks(tokens, fwd_hooks=hooks)
+    hooks = [("blocks.0.attn.hook_attn_scores", edit), ("blocks.1.attn.hook_pattern", edit)]
+    return model.run_with_hooks(tokens, fwd_hooks=hooks), cache
 
-    eager, eager_cache = run(tokens), dict(cache)
-    compiled = torch.compile(run)(tokens)
-    assert torch.allclose(compiled, eager, atol=1e-5)
-    for name, value in eager_cache.items():
-        assert cache[name].shape == (2, 3, T, T) and torch.allclose(cache[name], value, atol=1e-5), name
-    assert cache["blocks.1.attn.hook_pattern"].sum(-1).allclose(torch.ones(2, 3, T))
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_tiny_attention_equals_matmuls_and_its_hooks_see_batch_head_query_key(
+    compiled: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tiny heads run in a (T, T, head, batch) layout (Attention.tiny_attention), eager when there
+    are many and compiled always; the logits, their gradients, a cached pattern and a hook's edit
+    of the scores and pattern must be those of the batched matmuls."""
+    model = make(positional="rope", d_head=2)  # T * d_head * T = 200: tiny
+    tokens = torch.randint(V, (64, T), generator=torch.Generator().manual_seed(1))  # 64 x 3 heads
+
+    def run(model: Transformer) -> tuple[torch.Tensor, dict[str, torch.Tensor], tuple[torch.Tensor, ...]]:
+        logits, cache = (torch.compile(hooked_run) if compiled else hooked_run)(model, tokens)
+        weights = torch.linspace(-1, 1, logits.numel()).view(logits.shape)  # a gradient of no symmetry
+        return logits, cache, torch.autograd.grad((logits * weights).sum(), list(model.parameters()))
+
+    monkeypatch.setattr(transformer, "SMALL_EAGER", 0)
+    monkeypatch.setattr(transformer, "SMALL_MATMUL", 0)
+    reference, reference_cache, reference_grads = run(model)
+    monkeypatch.undo()
+    logits, cache, grads = run(model)
+    assert torch.allclose(logits, reference, atol=1e-5)
+    for name, value in reference_cache.items():
+        assert cache[name].shape == (64, 3, T, T) and torch.allclose(cache[name], value, atol=1e-5), name
+    assert cache["blocks.1.attn.hook_pattern"].sum(-1).allclose(torch.ones(64, 3, T))
+    for grad, reference_grad in zip(grads, reference_grads, strict=True):
+        assert torch.allclose(grad, reference_grad, atol=1e-4)
 
 
 def test_unscaled_attention_scores_are_raw_dot_products() -> None:
