@@ -61,12 +61,16 @@ class Batch:
 
     @staticmethod
     def stack(batches: list["Batch"]) -> "Batch":
-        """Stack per-member batches along a new leading member axis."""
+        """Stack per-member batches along a new leading member axis (a view of a single batch)."""
+
+        def stack(tensors: list[Tensor]) -> Tensor:
+            return tensors[0][None] if len(tensors) == 1 else torch.stack(tensors)
+
         return Batch(
-            torch.stack([b.inputs for b in batches]),
-            torch.stack([b.targets for b in batches]),
-            torch.stack([b.loss_mask for b in batches]),
-            {k: torch.stack([b.meta[k] for b in batches]) for k in batches[0].meta},
+            stack([b.inputs for b in batches]),
+            stack([b.targets for b in batches]),
+            stack([b.loss_mask for b in batches]),
+            {k: stack([b.meta[k] for b in batches]) for k in batches[0].meta},
         )
 
 
