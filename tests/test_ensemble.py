@@ -14,8 +14,8 @@ from icl_lab.training.trainer import resume, train
 BASE = {
     "task": TINY_FEWSHOT,
     "model": TINY_READOUT_MODEL,
-    # 32 sequences x 4 heads: eager attention takes the tiny heads' path (transformer.tiny_heads)
-    "training": {"length": {"steps": 30}, "optimizer": {"lr": 0.01}, "batch_size": 32},
+    # 64 sequences x 4 heads: eager attention takes the tiny heads' path (transformer.tiny_heads)
+    "training": {"length": {"steps": 30}, "optimizer": {"lr": 0.01}, "batch_size": 64},
 }
 
 

@@ -158,7 +158,7 @@ def test_tiny_attention_equals_matmuls_and_its_hooks_see_batch_head_query_key(
     are many and compiled always; the logits, their gradients, a cached pattern and a hook's edit
     of the scores and pattern must be those of the batched matmuls."""
     model = make(positional="rope", d_head=2)  # T * d_head * T = 200: tiny
-    tokens = torch.randint(V, (64, T), generator=torch.Generator().manual_seed(1))  # 64 x 3 heads
+    tokens = torch.randint(V, (128, T), generator=torch.Generator().manual_seed(1))  # 128 x 3 heads
 
     def run(model: Transformer) -> tuple[torch.Tensor, dict[str, torch.Tensor], tuple[torch.Tensor, ...]]:
         logits, cache = (torch.compile(hooked_run) if compiled else hooked_run)(model, tokens)
@@ -172,10 +172,10 @@ def test_tiny_attention_equals_matmuls_and_its_hooks_see_batch_head_query_key(
     logits, cache, grads = run(model)
     assert torch.allclose(logits, reference, atol=1e-5)
     for name, value in reference_cache.items():
-        assert cache[name].shape == (64, 3, T, T) and torch.allclose(cache[name], value, atol=1e-5), name
-    assert cache["blocks.1.attn.hook_pattern"].sum(-1).allclose(torch.ones(64, 3, T))
+        assert cache[name].shape == (128, 3, T, T) and torch.allclose(cache[name], value, atol=1e-5), name
+    assert cache["blocks.1.attn.hook_pattern"].sum(-1).allclose(torch.ones(128, 3, T))
     for grad, reference_grad in zip(grads, reference_grads, strict=True):
-        assert torch.allclose(grad, reference_grad, atol=1e-4)
+        assert torch.allclose(grad, reference_grad, atol=1e-4 * float(reference_grad.abs().max()))
 
 
 def test_unscaled_attention_scores_are_raw_dot_products() -> None:

@@ -235,12 +235,14 @@ class ContiguousGradient(torch.autograd.Function):
 
 SMALL_MATMUL = 4096
 """largest T * d_head * T for which compiled code computes attention as fused loops (tiny_attention)"""
-SMALL_EAGER, MANY_HEADS = 256, 128
+SMALL_EAGER, MANY_HEADS, LARGEST_PRODUCT = 256, 256, 1 << 20
 """eager code computes attention as broadcast products (tiny_attention) where T * d_head * T is at
-most SMALL_EAGER and there are at least MANY_HEADS (sequence, head) pairs: measured on one CPU
-thread, forward and backward, Singh's T 5 and d_head 8 with 32 x 8 heads take 0.40 ms against the
-fused kernel's 0.91 and batched matmuls' 0.80; with 16 x 2 heads 0.29 against 0.14 and 0.26, and
-T 5, d_head 16 about even"""
+most SMALL_EAGER, there are at least MANY_HEADS (sequence, head) pairs and the products hold at
+most LARGEST_PRODUCT elements (T * T * d_head * pairs). Measured on one CPU thread for Singh's
+attention layer (T 5, d_head 8, 8 heads; qkv, RoPE and W_O included), against the faster of the
+fused kernel and batched matmuls: forward and backward 0.86-0.90x from 32 to 512 sequences, 1.18x
+at 16 and 1.05x at 4,096; forward alone 0.76-0.79x at 128 and 512 sequences, 1.05-1.15x at 32 and
+64, and 1.2-1.4x at 78,400 (an evaluation over Singh's whole training set)."""
 
 
 def tiny_heads(n_heads: int, T: int, e: int) -> bool:
@@ -248,7 +250,7 @@ def tiny_heads(n_heads: int, T: int, e: int) -> bool:
     as broadcast products (Attention.tiny_attention)."""
     if torch.compiler.is_compiling():  # inductor's fused loops win
         return T * e * T <= SMALL_MATMUL
-    return T * e * T <= SMALL_EAGER and n_heads >= MANY_HEADS
+    return T * e * T <= SMALL_EAGER and MANY_HEADS <= n_heads <= LARGEST_PRODUCT // (T * e * T)
 
 
 class MLP(nn.Module):
