@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from icl_lab.analysis.circuits import clamp, clamp_progress, only_head_kept, speed, wiring_table
+from icl_lab.analysis import circuits
+from icl_lab.analysis.circuits import clamp, clamp_progress, mean_loss, only_head_kept, speed, wiring_table
 from icl_lab.evaluation import evaluate
 from icl_lab.experiment import build_task
 from icl_lab.training.trainer import train
@@ -71,6 +72,35 @@ def test_clamp_progress_evaluates_every_checkpoint(run, tmp_path: Path) -> None:
     logged = dict(zip(*run.curve("loss", "train"), strict=True))
     assert plain[-1] == pytest.approx(logged[steps[-1]], rel=1e-5), "the unclamped curve is the logged loss"
     assert curves["match"][1].shape == plain.shape and not np.allclose(curves["match"][1], plain)
+
+
+def test_mean_loss_in_chunks_equals_one_pass_and_a_batch_mean_stays_whole(
+    run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, task = run.model(), build_task(run.config)
+    batch = task.enumerated_train()  # 2,880 sequences
+    match = [clamp(kind="induction_match", heads=["1.0"])]
+    mean = [clamp(kind="ablate", heads=["0.*"], mode="mean")]
+    whole = {
+        name: float(evaluate(model, task, batch, ["loss"], c)["loss"])
+        for name, c in (("match", match), ("mean", mean))
+    }
+    monkeypatch.setattr(circuits, "EVAL_CHUNK", 700)  # four passes, the last of 780 sequences
+    assert mean_loss(model, task, batch, match) == pytest.approx(whole["match"], rel=1e-6)
+    assert mean_loss(model, task, batch, mean) == pytest.approx(whole["mean"], rel=1e-6)
+    chunked_mean = (
+        sum(
+            float(
+                evaluate(model, task, batch.select(torch.arange(i, min(i + 700, 2880))), ["loss"], mean)[
+                    "loss"
+                ]
+            )
+            * min(700, 2880 - i)
+            for i in range(0, 2880, 700)
+        )
+        / 2880
+    )
+    assert chunked_mean != pytest.approx(whole["mean"], rel=1e-6), "the batch mean depends on the batch"
 
 
 def test_enumerated_training_set_holds_every_sequence_once() -> None:

@@ -35,6 +35,10 @@ class Ablate(Clamp):
     value: float = 0.0
     positions: list[int] | None = None
 
+    @property
+    def reads_batch(self) -> bool:
+        return self.mode == "mean"
+
     def check(self, model: Model) -> None:
         for layer in parse_heads(self.heads, model):
             hook = f"blocks.{layer}.attn.hook_{self.activation}"

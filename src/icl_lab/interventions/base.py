@@ -50,6 +50,11 @@ class Clamp(StrictModel):
     needs_reference: ClassVar[bool] = False
     """whether the clamp reads activations of a reference pass (ClampContext.reference)"""
 
+    @property
+    def reads_batch(self) -> bool:
+        """Whether the clamp's value depends on the other sequences of the pass (a batch mean)."""
+        return False
+
     def check(self, model: Model) -> None:
         """Raise ValueError if the clamp names a hook, head or position the model lacks."""
 
