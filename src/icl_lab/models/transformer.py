@@ -242,7 +242,7 @@ most LARGEST_PRODUCT elements (T * T * d_head * pairs). Measured on one CPU thre
 attention layer (T 5, d_head 8, 8 heads; qkv, RoPE and W_O included), against the faster of the
 fused kernel and batched matmuls: forward and backward 0.86-0.90x from 32 to 512 sequences, 1.18x
 at 16 and 1.05x at 4,096; forward alone 0.76-0.79x at 128 and 512 sequences, 1.05-1.15x at 32 and
-64, and 1.2-1.4x at 78,400 (an evaluation over Singh's whole training set)."""
+64, and 1.2-1.4x batched matmuls' time at 78,400 (an evaluation over Singh's whole training set)."""
 
 
 def tiny_heads(n_heads: int, T: int, e: int) -> bool:
