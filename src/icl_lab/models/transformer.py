@@ -166,10 +166,9 @@ class Attention(nn.Module):
             cos, sin = self.rope_cos[:T], self.rope_sin[:T]
             q = self.hook_rot_q(rotate(q, cos, sin))
             k = self.hook_rot_k(rotate(k, cos, sin))
-        explicit = not self.fused or self.hook_attn_scores.fns or self.hook_pattern.fns
         if tiny_heads(B * H, T, e):
             z = self.tiny_attention(q, k, v)
-        elif explicit:
+        elif not self.fused or self.hook_attn_scores.fns or self.hook_pattern.fns:
             # in place: each (B, H, T, T) copy saved is 134 MB in text_lm's evaluation (128 x 4 x 256^2)
             scores = (q.transpose(1, 2) @ k.permute(0, 2, 3, 1)).mul_(self.scale)  # (B, H, T, T)
             scores = self.hook_attn_scores(scores.masked_fill_(self.future[:T, :T], float("-inf")))
@@ -208,7 +207,7 @@ class Attention(nn.Module):
         scores = hooked(scores.masked_fill(future, float("-inf")), self.hook_attn_scores)
         pattern = hooked(scores.softmax(dim=1), self.hook_pattern)
         z = (pattern[:, :, None] * v[None]).sum(1)  # (T, e, H, B)
-        if not torch.compiler.is_compiling():
+        if z.requires_grad and not torch.compiler.is_compiling():
             # z's gradient arrives laid out (B, T, H, e); the products' backward runs 7x faster on
             # a batch-last copy than on that view
             z = ContiguousGradient.apply(z)
