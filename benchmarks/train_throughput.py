@@ -6,7 +6,7 @@ fed by the same data sampler, so the ratio measures what the hooks, clamp and en
 cost. Both run in this process on one thread, interleaved, median of repeats. Also reported:
 achieved GFLOP/s against a large matmul measured in the same run, the data-generation share of a
 step, and the cost of an active clamp; icl-lab also compiled (training.compile=on; compile time
-reported).
+reported) and, on a GPU, compiled and replayed as CUDA graphs (training.cuda_graphs).
 
     python benchmarks/train_throughput.py [--steps 150] [--repeats 5]
 """
@@ -117,6 +117,15 @@ def main() -> None:
         "icl-lab + clamp": clamped.train_step,
         "icl-lab compiled": compiled.train_step,
     }
+    compile_seconds = {"compile_s": compile_s}
+    if device.type == "cuda":
+        graphs, graphs_s = started_trainer(
+            "induction",
+            ["checkpointing.every=null", "training.compile=on", "training.cuda_graphs=true", *on_device],
+        )
+        print(f"compiling icl-lab's step for CUDA graphs took {graphs_s:.1f} s")
+        contenders["icl-lab compiled + CUDA graphs"] = graphs.train_step
+        compile_seconds["cuda_graphs_compile_s"] = graphs_s
     median = interleaved(contenders, args.steps, args.repeats)
     data_s = interleaved({"data": data_only}, args.steps, args.repeats)["data"]
     check_s = interleaved({"check": divergence_check}, args.steps * 10, args.repeats)["check"]
@@ -145,7 +154,7 @@ def main() -> None:
             "matmul_gflops": peak,
             "data_share_of_step": data_share,
             "clamp_overhead": overhead,
-            "compile_s": compile_s,
+            **compile_seconds,
             "divergence_check_share_of_step": check_share,
         },
     )

@@ -165,3 +165,46 @@ def test_compile_setting_reads_yaml_on_off_and_needs_a_compiler(monkeypatch: pyt
     ):
         validate_config({**data, "training": {**data["training"], "compile": "on"}})
     assert not should_compile("auto", 10**9, "cpu"), "auto falls back to eager without a compiler"
+
+
+def test_cuda_graphs_need_compiling_leave_the_hash_alone_and_do_nothing_on_a_cpu(tmp_path: Path) -> None:
+    data = tiny_config().model_dump(mode="json")
+    with pytest.raises(
+        ConfigError,
+        match="training: cuda_graphs needs compile auto or on: the graphs replay the compiled step",
+    ):
+        validate_config({**data, "training": {**data["training"], "compile": "off", "cuda_graphs": True}})
+    graphs = validate_config({**data, "training": {**data["training"], "compile": "on", "cuda_graphs": True}})
+    assert graphs.hash() == tiny_config().hash()
+    trainer = Trainer(Run.create([graphs], tmp_path), progress=False)
+    assert trainer.compiled and not trainer.cuda_graphs
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+
+
+@CUDA
+def test_cuda_graphs_train_a_clamped_ensemble_as_the_compiled_step_does(tmp_path: Path) -> None:
+    members = [
+        tiny_config(training={**ADAM, "device": "cuda"}, model=TRANSFORMER, seed=s, clamps=[c])
+        for s, c in enumerate(CLAMPED)
+    ]
+    initial = Trainer(Run.create(members, tmp_path / "init"), progress=False).state.params
+    params, losses = {}, {}
+    for graphs in (False, True):
+        configs = [
+            m.model_copy(
+                update={"training": m.training.model_copy(update={"compile": "on", "cuda_graphs": graphs})}
+            )
+            for m in members
+        ]
+        trainer = Trainer(Run.create(configs, tmp_path / str(graphs)), progress=False)
+        assert trainer.cuda_graphs == graphs
+        seen = []
+        for _ in range(STEPS):
+            trainer.train_step()
+            seen.append(trainer.latest_losses)
+        losses[graphs] = torch.stack(seen)  # each step's losses, kept across later replays
+        params[graphs] = {k: v.detach() for k, v in trainer.state.params.items()}
+    assert_agree(params[False], params[True], initial)
+    torch.testing.assert_close(losses[True], losses[False], rtol=1e-3, atol=1e-4)

@@ -112,6 +112,12 @@ class TrainingConfig(StrictModel):
         "own; auto: each when the run is long enough to repay its compile time (training/compiled.py); "
         "off: nothing compiles",
     )
+    cuda_graphs: bool = Field(
+        False,
+        description="on a GPU, replay the compiled step as CUDA graphs (torch.compile's "
+        "reduce-overhead mode: one launch for a step's many tiny kernels); needs compile auto or on, "
+        "no effect on a CPU; off by default until measured on a GPU",
+    )
     log_every: PositiveInt = Field(10, description="steps between progress-bar updates")
 
     @field_validator("device")
@@ -135,6 +141,12 @@ class TrainingConfig(StrictModel):
         if missing:
             raise ValueError(f"on, but {missing}; set training.compile: off")
         return value
+
+    @model_validator(mode="after")
+    def _graphs_need_compiling(self) -> "TrainingConfig":
+        if self.cuda_graphs and self.compile == "off":
+            raise ValueError("cuda_graphs needs compile auto or on: the graphs replay the compiled step")
+        return self
 
 
 def check_device(device: str) -> None:

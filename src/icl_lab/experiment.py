@@ -114,10 +114,10 @@ class ExperimentConfig(StrictModel):
         return yaml.safe_dump(self.model_dump(mode="json", by_alias=True), sort_keys=False)
 
     def hash(self) -> str:
-        """Fingerprint of everything that determines the run's numbers (device, threads and
-        compilation excluded: they change results only within rounding)."""
+        """Fingerprint of everything that determines the run's numbers (device, threads,
+        compilation and CUDA graphs excluded: they change results only within rounding)."""
         data = self.model_dump(mode="json", by_alias=True)
-        for key in ("device", "threads", "log_every", "compile"):
+        for key in ("device", "threads", "log_every", "compile", "cuda_graphs"):
             del data["training"][key]
         # fields added since runs were first stored count only when set: older runs keep their hashes
         if not data["imports"]:

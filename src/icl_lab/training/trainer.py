@@ -10,7 +10,8 @@ on its own fixed evaluation batches) and a MetricsLogger (the metrics table); th
 passed in. Resuming from a checkpoint continues bit-identically on the CPU: parameters, optimiser
 state, data-generator states and the running training-loss accumulator are all restored, and
 evaluation batches depend on seeds only. With training.compile the member losses and the update
-run through torch.compile (training/compiled.py); nothing else changes.
+run through torch.compile (training/compiled.py), on a GPU optionally replayed as CUDA graphs
+(training.cuda_graphs); nothing else changes.
 """
 
 import contextlib
@@ -120,6 +121,7 @@ class Trainer:
         setting, member_steps, device = cfg.training.compile, self.total_steps * M, cfg.training.device
         self.compiled = should_compile(setting, member_steps, device)
         self.kernels = should_compile(setting, member_steps, device, KERNEL_MEMBER_STEPS)
+        self.cuda_graphs = self.compiled and cfg.training.cuda_graphs and self.device.type == "cuda"
         self.model = build_model(cfg, self.device, self.tasks[0])
         self.model.batched(M > 1)
         self.eval_every = cfg.eval.every.to_steps(batch_size, tokens)
@@ -145,8 +147,9 @@ class Trainer:
         self._optimizer_step = self._clip_and_step
         self.compile_s: float | None = None  # time the first compiled step took
         if self.compiled:
-            self._losses = torch.compile(self._losses, dynamic=False)
-            self._optimizer_step = torch.compile(self._clip_and_step)
+            mode = "reduce-overhead" if self.cuda_graphs else None  # reduce-overhead: CUDA graphs
+            self._losses = torch.compile(self._losses, dynamic=False, mode=mode)
+            self._optimizer_step = torch.compile(self._clip_and_step, mode=mode)
             self._lr = torch.zeros((), device=self.device)  # a tensor: a new rate must not recompile
 
     # set-up ----------------------------------------------------------------------------
@@ -188,6 +191,8 @@ class Trainer:
             ]
         )
         self._step_clamps, on = self._active_clamps()
+        if self.cuda_graphs:  # a new step: the graphs may overwrite the outputs of the last one
+            torch.compiler.cudagraph_mark_step_begin()
         first_compiled = self.compiled and self.compile_s is None
         started = time.perf_counter()
         losses = self._losses(state.params, batch.inputs, batch.targets, batch.loss_mask, batch.meta, on)
@@ -199,7 +204,8 @@ class Trainer:
         self._update()
         if first_compiled:
             self.compile_s = time.perf_counter() - started
-        self.latest_losses = losses.detach()
+        # a graph's output lives in memory its next replay overwrites: keep a copy
+        self.latest_losses = losses.detach().clone() if self.cuda_graphs else losses.detach()
         state.loss_sum += self.latest_losses
         state.loss_count += 1
         state.step += 1
@@ -352,6 +358,7 @@ class Trainer:
             total_steps=self.total_steps,
             compiled=self.compiled,
             compiled_kernels=self.kernels,
+            cuda_graphs=self.cuda_graphs,
         )
         plan = self.tasks[0].repetition
         if plan is not None:
