@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The GPU checks of a session lent a GPU: the CUDA tests, then the GPU benchmarks (results to $OUT).
+#
+#   here:   bash benchmarks/gpu_checks.sh wheels   # what the device image lacks, as cp312 wheels in .whl/
+#   there:  bash benchmarks/gpu_checks.sh run      # via the device tool, carrying .whl
+#
+# The device image has Python 3.12 with its own CUDA build of torch and most of our dependencies;
+# icl-lab runs there from src/ on PYTHONPATH (nothing is installed), on that torch.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# name==version of each package the image lacks (and what they need that it lacks too)
+MISSING=(pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5
+  automata-lib==9.2.0 cached-method==0.1.0 frozendict==2.5.1)
+
+case "${1:-}" in
+wheels)
+  grep -qsx '/.whl/' .git/info/exclude || echo '/.whl/' >>.git/info/exclude
+  for package in "${MISSING[@]}"; do
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+      --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+      -d .whl "$package"
+  done
+  ls .whl
+  ;;
+run)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH="/tmp/site:$PWD/src:$PWD/tests" PYTHONUNBUFFERED=1
+  out="${OUT:-benchmarks/results}"
+  nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$out/gpu.txt"
+  python3 -c "import torch; print('torch', torch.__version__)" | tee -a "$out/gpu.txt"
+  # every test that needs CUDA (the CUDA-graph one included); the rest ran on the CPU already
+  python3 -m pytest -p no:cacheprovider -o addopts="" -q -x -k "cuda" \
+    tests/test_compiled.py tests/test_trainer.py tests/test_reproduce.py 2>&1 | tee "$out/gpu_tests.txt"
+  python3 benchmarks/train_throughput.py --device cuda --steps 100 --repeats 3 | tee "$out/train_throughput.txt"
+  python3 benchmarks/sweep_throughput.py --device cuda --parts a --members 64 --configs singh |
+    tee "$out/sweep_throughput.txt"
+  cp benchmarks/results/train_throughput_cuda.json benchmarks/results/sweep_throughput_cuda.json "$out/"
+  ;;
+*)
+  echo "usage: bash benchmarks/gpu_checks.sh wheels|run" >&2
+  exit 2
+  ;;
+esac
