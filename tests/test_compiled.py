@@ -20,7 +20,7 @@ from icl_lab.training.compiled import (
     should_compile,
 )
 from icl_lab.training.trainer import Trainer, resume, train
-from test_trainer import killed_copy
+from test_trainer import CUDA, killed_copy
 
 STEPS = 20
 ADAM = {"optimizer": {"name": "adam", "lr": 0.01}, "batch_size": 8, "length": {"steps": STEPS}}
@@ -178,9 +178,6 @@ def test_cuda_graphs_need_compiling_leave_the_hash_alone_and_do_nothing_on_a_cpu
     assert graphs.hash() == tiny_config().hash()
     trainer = Trainer(Run.create([graphs], tmp_path), progress=False)
     assert trainer.compiled and not trainer.cuda_graphs
-
-
-CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 
 
 @CUDA
