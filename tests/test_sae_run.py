@@ -4,6 +4,7 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 import pyarrow.compute as pc
 import pytest
 import torch
@@ -14,7 +15,7 @@ from icl_lab.sae.config import validate_sae_config
 from icl_lab.sae.run import SAERun, resume_sae, train_sae
 from icl_lab.training.trainer import train
 from test_faults import one_line
-from test_trainer import killed_copy, metrics_without_wall_time
+from test_trainer import CUDA, killed_copy, metrics_without_wall_time
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +62,26 @@ def test_an_sae_run_logs_quality_and_splice_metrics_at_every_evaluation(
     assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(32), atol=1e-5)
 
 
+def test_the_training_device_is_outside_the_sae_config_hash(model_run: Path) -> None:
+    config = validate_sae_config(sae_data(model_run))
+    elsewhere = config.training.model_copy(update={"device": "cuda"})  # unvalidated: no GPU needed
+    assert config.model_copy(update={"training": elsewhere}).hash() == config.hash()
+
+
+@CUDA
+def test_an_sae_trains_on_cuda_and_resumes_there(model_run: Path, tmp_path: Path) -> None:
+    data = sae_data(model_run)
+    config = validate_sae_config(data | {"training": {**data["training"], "device": "cuda"}})
+    reference = train_sae(config, tmp_path / "a", progress=False)
+    values = reference.metrics["value"].to_numpy()
+    assert reference.status == "complete" and np.isfinite(values).all()
+    scores = {r["metric"]: r["value"] for r in reference.metrics.to_pylist() if r["step"] == 30}
+    assert 0 < scores["l0"] <= 32  # features firing per input, of 32
+    resumed = resume_sae(SAERun.open(killed_copy(reference, tmp_path, last_kept=10)), progress=False)
+    a, b = reference.load_checkpoint(30), resumed.load_checkpoint(30)
+    assert all(torch.allclose(a.tensors[k].double(), b.tensors[k].double()) for k in a.tensors)
+
+
 def test_an_sae_run_resumes_bit_identically(model_run: Path, tmp_path: Path) -> None:
     config = validate_sae_config(sae_data(model_run))  # resampling at step 15 lies after the cut
     reference = train_sae(config, tmp_path / "a", progress=False)
@@ -81,6 +102,7 @@ def test_an_sae_run_resumes_bit_identically(model_run: Path, tmp_path: Path) -> 
         ({"sae": {"architecture": "topk", "k": 2, "d_in": 24}}, ["sae.d_in: 24", "2 heads x 8 = 16"]),
         ({"sae": {"architecture": "relu_l2"}}, ["sae", "unknown choice 'relu_l2'"]),
         ({"source": {"run": "nowhere"}}, ["not a run directory", "nowhere"]),
+        ({"training": {"steps": 30, "device": "cuda:7"}}, ["training.device", "'cuda:7' requested but"]),
     ],
 )
 def test_bad_sae_configs_exit_2_with_one_line_and_write_nothing(

@@ -136,9 +136,7 @@ def _run_reports(runs: dict[str, Run]) -> dict[str, Path]:
 
 
 def _on_device(config: ExperimentConfig | SAERunConfig, device: str) -> ExperimentConfig | SAERunConfig:
-    """A model config set to train on `device` (an SAE config as it is: SAEs train on the CPU)."""
-    if isinstance(config, SAERunConfig):
-        return config
+    """A model or SAE config set to train on `device`."""
     return config.model_copy(update={"training": config.training.model_copy(update={"device": device})})
 
 

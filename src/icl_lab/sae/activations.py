@@ -59,7 +59,7 @@ def fill_buffer(
         sequences += chunk
         held += len(parts[-1])
     activations = torch.cat(parts)[:tokens]
-    activations = activations[torch.randperm(len(activations), generator=generator)]
+    activations = activations[torch.randperm(len(activations), generator=generator, device=generator.device)]
     scale = 1.0
     if normalisation == "expected_norm":
         scale = float(activations.shape[1] ** 0.5 / activations.norm(dim=1).mean().clamp(min=1e-12))

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, NonNegativeInt, PositiveInt
+from pydantic import Field, NonNegativeInt, PositiveInt, field_validator
 
-from icl_lab.config import StrictModel, validated
+from icl_lab.config import StrictModel, check_device, validated
 from icl_lab.errors import ConfigError
 from icl_lab.experiment import apply_overrides, read_yaml, registered
 from icl_lab.sae.base import SAES, SAEConfig
@@ -53,7 +53,18 @@ class SAEEvalConfig(StrictModel):
 
 class SAETrainSettings(FitSettings):
     threads: PositiveInt = Field(1, description="torch threads (not part of the config hash)")
+    device: str = Field(
+        "cpu",
+        description="cpu, cuda or cuda:N: where the source model, the activation buffer and the SAE "
+        "live (not part of the config hash)",
+    )
     log_every: PositiveInt = Field(50, description="steps between progress updates")
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str) -> str:
+        check_device(device)
+        return device
 
 
 class SAECheckpointConfig(StrictModel):
@@ -76,9 +87,10 @@ class SAERunConfig(StrictModel):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
     def hash(self) -> str:
-        """Fingerprint of everything that determines the SAE's numbers (threads and logging excluded)."""
+        """Fingerprint of everything that determines the SAE's numbers (threads, device and logging
+        excluded)."""
         data = self.model_dump(mode="json")
-        del data["training"]["threads"], data["training"]["log_every"]
+        del data["training"]["threads"], data["training"]["device"], data["training"]["log_every"]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -38,7 +38,7 @@ class Fitter:
         self.sae, self.settings, self.generator = sae, settings, generator
         self.optimizer = torch.optim.Adam(sae.parameters(), lr=settings.lr, betas=settings.betas, fused=True)
         self.step, self.warmup_from, self.resamplings, self.seen = 0, 0, 0, 0
-        self.fired = torch.zeros(sae.d_sae, dtype=torch.long)
+        self.fired = torch.zeros(sae.d_sae, dtype=torch.long, device=generator.device)
         self.l0 = torch.tensor(float("nan"))
 
     def learning_rate(self) -> float:
@@ -52,7 +52,8 @@ class Fitter:
     def train_step(self, activations: Tensor) -> SAEOutput:
         """One optimiser step on a batch drawn from activations (N, d_in); resamples when due."""
         sae = self.sae
-        index = torch.randint(len(activations), (self.settings.batch_size,), generator=self.generator)
+        batch = (self.settings.batch_size,)
+        index = torch.randint(len(activations), batch, generator=self.generator, device=activations.device)
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate()
         out = sae(activations[index])
@@ -80,7 +81,9 @@ class Fitter:
             return
         dead = self.fired.double() / max(self.seen, 1) <= sae.config.dead_frequency
         n = min(len(activations), RESAMPLE_INPUTS)
-        sample = activations[torch.randint(len(activations), (n,), generator=self.generator)]
+        sample = activations[
+            torch.randint(len(activations), (n,), generator=self.generator, device=activations.device)
+        ]
         sae.resample(dead, sample, self.optimizer, self.generator)
         self.resamplings += 1
         self.warmup_from = self.step
@@ -102,7 +105,7 @@ class Fitter:
 
     def load_state_dict(self, checkpoint: Checkpoint) -> None:
         self.sae.load_state_dict(checkpoint.group("param"))
-        load_optimizer(self.optimizer, checkpoint, torch.device("cpu"))
+        load_optimizer(self.optimizer, checkpoint, self.fired.device)
         self.generator.set_state(checkpoint.tensors["rng/fit"])
         self.fired.copy_(checkpoint.tensors["fit/fired"])
         self.step = checkpoint.step

@@ -36,7 +36,7 @@ class SAEQuality:
 @torch.no_grad()
 def sae_quality(sae: SAE, activations: Tensor, chunk: int = 4096) -> SAEQuality:
     """SAEQuality of sae on activations (N, d_in), in chunks of `chunk` rows."""
-    fired = torch.zeros(sae.d_sae)
+    fired = torch.zeros(sae.d_sae, device=activations.device)
     l0 = error = 0.0
     for part in activations.split(chunk):
         features = sae.encode(part)
@@ -50,7 +50,7 @@ def sae_quality(sae: SAE, activations: Tensor, chunk: int = 4096) -> SAEQuality:
         l0=l0 / n,
         mse=error / n,
         explained_variance=1 - error / variance,
-        density=density,
+        density=density.cpu(),
         dead_fraction=float((density <= DEAD_DENSITY).float().mean()),
         dense_fraction=float((density > DENSE_DENSITY).float().mean()),
     )

@@ -49,12 +49,12 @@ class Source:
     n_heads: int
 
 
-def open_source(config: SAERunConfig) -> Source:
-    """The source model and task of an SAE config; ConfigError (one line) if the run lacks the
-    hook or its width disagrees with sae.d_in."""
+def open_source(config: SAERunConfig, device: str = "cpu") -> Source:
+    """The source model and task of an SAE config, on `device` (training uses the config's, analyses
+    the CPU); ConfigError (one line) if the run lacks the hook or its width disagrees with sae.d_in."""
     src = config.source
     run = Run.open(src.run)
-    model = run.model(src.step, src.member)
+    model = run.model(src.step, src.member).to(device)
     name = hook_z(src.layer)
     if name not in model.hook_dict:
         layers = sorted({n.split(".")[1] for n in model.hook_dict if n.endswith("attn.hook_z")})
@@ -67,8 +67,8 @@ def open_source(config: SAERunConfig) -> Source:
         data = member.model_dump(mode="json", by_alias=True)
         data["task"] |= src.task
         member = validate_config(data)
-    task = build_task(member)
-    probe = task.sample(1, generator(config.seed, "sae", "probe")).inputs
+    task = build_task(member, device=device)
+    probe = task.sample(1, generator(config.seed, "sae", "probe", device=device)).inputs
     _, cache = model.run_with_cache(probe, names_filter=name)
     n_heads, d_head = cache[name].shape[-2:]
     d_in = n_heads * d_head
@@ -141,7 +141,8 @@ class SAETrainer:
         self.run, self.source, self.progress = run, source, progress
         cfg = run.config
         torch.set_num_threads(cfg.training.threads)
-        buffer_g, layer = generator(cfg.seed, "sae", "buffer"), cfg.source.layer
+        device = cfg.training.device
+        buffer_g, layer = generator(cfg.seed, "sae", "buffer", device=device), cfg.source.layer
         self.buffer = fill_buffer(
             source.model,
             source.task,
@@ -155,11 +156,11 @@ class SAETrainer:
             scale=self.buffer.scale,
             buffer={"tokens": len(self.buffer.activations), "bytes": self.buffer.bytes, "hook": source.hook},
         )
-        eval_g = generator(cfg.seed, "sae", "eval")
+        eval_g = generator(cfg.seed, "sae", "eval", device=device)
         self.eval_inputs = source.task.sample(cfg.eval.sequences, eval_g).inputs
         self.eval_activations = self._activations_of(self.eval_inputs)
-        self.sae = build_sae(cfg.sae, source.d_in, cfg.seed)
-        self.fitter = Fitter(self.sae, cfg.training, generator(cfg.seed, "sae", "batches"))
+        self.sae = build_sae(cfg.sae, source.d_in, cfg.seed).to(device)  # initialised alike on any device
+        self.fitter = Fitter(self.sae, cfg.training, generator(cfg.seed, "sae", "batches", device=device))
         self.logger = MetricsLogger(run.metrics_path, ("eval", "ce_recovered", "mean"))
         self.sums: dict[str, float] = {}
         self.count = 0
@@ -302,7 +303,7 @@ def train_sae(
     config: SAERunConfig, runs_dir: str | Path = "runs", progress: bool = True, run_id: str | None = None
 ) -> SAERun:
     """Check the source (before anything is written), create the SAE run and train it."""
-    source = open_source(config)
+    source = open_source(config, config.training.device)
     run = SAERun.create(config, runs_dir, source, run_id)
     return SAETrainer(run, source, progress).fit(resumed=False)
 
@@ -310,7 +311,7 @@ def train_sae(
 def resume_sae(run: SAERun, progress: bool = True) -> SAERun:
     """Continue an SAE run from its latest checkpoint whose metrics history is whole."""
     run.acquire()
-    trainer = SAETrainer(run, open_source(run.config), progress)
+    trainer = SAETrainer(run, open_source(run.config, run.config.training.device), progress)
     step = run.resume_point(trainer._expected_history)
     if step is not None:
         trainer.restore(step)
