@@ -236,8 +236,8 @@ class SAETrainer:
 
     def train_step(self) -> None:
         out = self.fitter.train_step(self.buffer.activations)
-        values = {name: v.item() for name, v in out.losses.items()}
-        values["l0"] = self.fitter.l0.item()
+        terms = {**out.losses, "l0": self.fitter.l0}
+        values = dict(zip(terms, torch.stack(list(terms.values())).tolist(), strict=True))  # one sync
         if not all(map(math.isfinite, values.values())):
             message = f"SAE run {self.run.id} diverged at step {self.fitter.step}: non-finite loss"
             self.run.update_manifest(status="diverged", diverged_at=self.fitter.step, error=message)
