@@ -8,7 +8,7 @@ Settings: the SAE recipe of SPEC §8 and the authors' code (ckkissane/attention-
 common/torch_modules/autoencoder.py, train.py): independent Kaiming-uniform encoder and decoder
 with unit decoder rows, pre-encoder bias, the gradient's part along each decoder row removed, Adam
 (0, 0.9999) at lr 1.2e-3 warmed up from 0.1 x lr, dead-feature resampling. Quick mode (three seeds:
-69 minutes on 2 cores, measured alone on 2026-12-02) shortens everything:
+61 minutes on 2 cores, measured alone on 2026-12-02) shortens everything:
 models of 3,000 / 1,000 / 2,000 steps; SAEs of 16 x d_in (the paper: 32 x) on 8,000 batches of 256
 activations (2 M; the paper: 1e8 in batches of 4,096) from a 524,288-token buffer, resampling once
 at step 2,000. The batch is small because the budget buys optimiser steps, not activations: Adam
@@ -182,7 +182,7 @@ def _no_moved_rows(main: dict[str, Decomposition]) -> str:
 class Kissane(Reproduction):
     title = "Kissane et al. 2024: sparse autoencoders on attention outputs"
     quick_budget = (
-        "69 minutes on 2 CPU cores (measured alone; 159 while other reproductions and tests shared the cores)"
+        "61 minutes on 2 CPU cores (measured alone; 159 while other reproductions and tests shared the cores)"
     )
     scored_tokens = SCORED_TOKENS
     seeds = SEEDS
