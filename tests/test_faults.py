@@ -215,6 +215,37 @@ def test_resume_on_cuda_without_a_gpu(tmp_path: Path, cli) -> None:
     assert tree(run.path) == before
 
 
+def on_cuda(config_yaml: Path) -> None:
+    """Rewrite a stored config as a run trained on a GPU writes it (the device is outside its hash)."""
+    data = yaml.safe_load(config_yaml.read_text())
+    data["training"]["device"] = "cuda"
+    config_yaml.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_run_trained_on_a_gpu_opens_here_and_resumes_only_on_a_device_this_machine_has(
+    tmp_path: Path, cli
+) -> None:
+    reference = trained(tmp_path)
+    cut = killed_copy(reference, tmp_path, last_kept=4)
+    on_cuda(cut / "config.yaml")
+    assert Run.open(cut).config.training.device == "cuda"
+    code, out, _ = cli("eval", cut)
+    assert code == 0 and "step 4" in out
+    before = tree(cut)
+    code, _, err = cli("resume", cut, "-q")
+    assert code == 2
+    one_line(
+        err,
+        f"run {Run.open(cut).id} cannot train on this machine: training.device: 'cuda' requested but "
+        "CUDA is not available on this machine (resume --device chooses another)",
+    )
+    assert tree(cut) == before
+    code, _, err = cli("resume", cut, "--device", "cpu", "-q")
+    assert code == 0, err
+    assert_identical_runs(reference, Run.open(cut))
+
+
 def test_a_sidecar_naming_a_file_outside_the_run_is_refused(tmp_path: Path, cli) -> None:
     run = trained(tmp_path)
     (tmp_path / "elsewhere.safetensors").write_bytes(b"x")

@@ -14,7 +14,7 @@ from conftest import CHROMIUM, render_in_chromium, tiny_config
 from icl_lab.sae.config import validate_sae_config
 from icl_lab.sae.run import SAERun, resume_sae, train_sae
 from icl_lab.training.trainer import train
-from test_faults import one_line
+from test_faults import on_cuda, one_line
 from test_trainer import CUDA, killed_copy, metrics_without_wall_time
 
 
@@ -93,6 +93,24 @@ def test_an_sae_run_resumes_bit_identically(model_run: Path, tmp_path: Path) -> 
     assert a.tensors.keys() == b.tensors.keys()
     assert all(torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors)
     assert metrics_without_wall_time(reference) == metrics_without_wall_time(resumed)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_an_sae_run_trained_on_a_gpu_opens_here_and_resumes_with_device_cpu(
+    model_run: Path, tmp_path: Path, cli
+) -> None:
+    reference = train_sae(validate_sae_config(sae_data(model_run)), tmp_path / "a", progress=False)
+    cut = killed_copy(reference, tmp_path, last_kept=10)
+    on_cuda(cut / "config.yaml")
+    assert SAERun.open(cut).config.training.device == "cuda"
+    code, _, err = cli("sae", "resume", cut, "-q")
+    assert code == 2
+    one_line(err, f"run {reference.id} cannot train on this machine: training.device: 'cuda' requested but")
+    assert SAERun.open(cut).status == "interrupted"
+    code, _, err = cli("sae", "resume", cut, "--device", "cpu", "-q")
+    assert code == 0, err
+    a, b = reference.load_checkpoint(30), SAERun.open(cut).load_checkpoint(30)
+    assert all(torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors)
 
 
 @pytest.mark.parametrize(

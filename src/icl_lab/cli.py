@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from icl_lab.cli_options import Device, Quiet, resume_on
 from icl_lab.errors import IclLabError, Interrupted
 from icl_lab.sae_cli import app as sae_app
 
@@ -34,8 +35,6 @@ SetOption = Annotated[
     typer.Option("--set", "-s", help="Override a config field: key.path=value (repeatable)."),
 ]
 RunsDir = Annotated[Path, typer.Option(help="Directory holding run directories.")]
-Device = Annotated[str | None, typer.Option(help="Device to train on, e.g. cpu or cuda.")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 
 
 def _overrides(overrides: list[str] | None, device: str | None) -> list[str]:
@@ -74,8 +73,7 @@ def resume(
     ] = False,
 ) -> None:
     """Continue an interrupted run from its latest checkpoint, bit-identically on the CPU."""
-    from icl_lab.config import check_device
-    from icl_lab.errors import ConfigError, RunStoreError
+    from icl_lab.errors import RunStoreError
     from icl_lab.store.run import Run
     from icl_lab.training.trainer import resume as resume_run
 
@@ -95,13 +93,7 @@ def resume(
             f"run {handle.id} is marked running ({where}); if that process is gone (its machine "
             "died), resume --force"
         )
-    if device:
-        try:
-            check_device(device)
-        except ValueError as e:
-            raise ConfigError(f"--device: {e}") from None
-        for config in handle.configs:
-            config.training.device = device
+    resume_on(handle.configs, device)
 
     def starting(step: int | None) -> None:
         latest = handle.checkpoint_steps[-1] if handle.checkpoint_steps else None

@@ -16,6 +16,13 @@ from pydantic import (
 M = TypeVar("M", bound=BaseModel)
 
 
+def on_this_machine(info: ValidationInfo) -> bool:
+    """Whether a validator checks a field against this machine (its GPUs, its compiler): not while
+    a stored run's config is read (`validated(..., stored=True)`), so that a run trained on a GPU
+    opens on a laptop; training it checks again (`check_trainable_here`)."""
+    return not (info.context or {}).get("stored")
+
+
 class StrictModel(BaseModel):
     """A config section: unknown fields are errors, every field is validated on assignment."""
 
@@ -122,8 +129,9 @@ class TrainingConfig(StrictModel):
 
     @field_validator("device")
     @classmethod
-    def _known_device(cls, device: str) -> str:
-        check_device(device)
+    def _known_device(cls, device: str, info: ValidationInfo) -> str:
+        if on_this_machine(info):
+            check_device(device)
         return device
 
     @field_validator("compile", mode="before")
@@ -137,7 +145,8 @@ class TrainingConfig(StrictModel):
     def _compiler_present(cls, value: str, info: ValidationInfo) -> str:
         from icl_lab.training.compiled import compiler_missing
 
-        missing = compiler_missing(info.data["device"]) if value == "on" and "device" in info.data else None
+        here = on_this_machine(info) and value == "on" and "device" in info.data
+        missing = compiler_missing(info.data["device"]) if here else None
         if missing:
             raise ValueError(f"on, but {missing}; set training.compile: off")
         return value
@@ -232,8 +241,9 @@ def format_validation_error(error: Exception) -> str:
     return f"config error: {where}: {message}" if where else f"config error: {message}"
 
 
-def validated(cls: type[M], data: object, what: str = "the config") -> M:
-    """data validated as cls, or ConfigError with one line naming the failing field."""
+def validated(cls: type[M], data: object, what: str = "the config", stored: bool = False) -> M:
+    """data validated as cls, or ConfigError with one line naming the failing field; `stored`: a
+    stored run's config, whose device and compiler are not checked against this machine."""
     from pydantic import ValidationError
 
     from icl_lab.errors import ConfigError
@@ -241,6 +251,22 @@ def validated(cls: type[M], data: object, what: str = "the config") -> M:
     if not isinstance(data, dict):
         raise ConfigError(f"config error: {what} must be a mapping of sections")
     try:
-        return cls.model_validate(data)
+        return cls.model_validate(data, context={"stored": stored})
     except ValidationError as e:
         raise ConfigError(format_validation_error(e)) from None
+
+
+def check_trainable_here(config: BaseModel, run_id: str) -> None:
+    """ConfigError (one line) unless this machine can train a stored run's config: its device
+    exists here and, with compile on, its compiler does."""
+    from pydantic import ValidationError
+
+    from icl_lab.errors import ConfigError
+
+    try:
+        type(config).model_validate(config.model_dump(mode="json", by_alias=True))
+    except ValidationError as e:
+        problem = format_validation_error(e).removeprefix("config error: ")
+        raise ConfigError(
+            f"run {run_id} cannot train on this machine: {problem} (resume --device chooses another)"
+        ) from None

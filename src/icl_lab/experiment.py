@@ -242,9 +242,10 @@ def resolve_config_path(path: str | Path) -> Path:
     raise ConfigError(f"config file not found: {path}")
 
 
-def validate_config(data: object) -> ExperimentConfig:
-    """A validated ExperimentConfig, or ConfigError with one line naming the field."""
-    return validated(ExperimentConfig, data)
+def validate_config(data: object, stored: bool = False) -> ExperimentConfig:
+    """A validated ExperimentConfig, or ConfigError with one line naming the field; `stored`: a
+    stored run's, not checked against this machine (config.on_this_machine)."""
+    return validated(ExperimentConfig, data, stored=stored)
 
 
 def read_yaml(path: Path) -> Any:

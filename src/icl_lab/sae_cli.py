@@ -6,6 +6,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from icl_lab.cli_options import Device, Quiet, resume_on
 from icl_lab.errors import RunStoreError
 
 app = typer.Typer(
@@ -15,7 +16,6 @@ app = typer.Typer(
 )
 console = Console(soft_wrap=True)
 
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 SAERunDir = Annotated[Path, typer.Argument(help="SAE run directory.")]
 
 
@@ -38,8 +38,8 @@ def train(
 
 
 @app.command()
-def resume(run: SAERunDir, quiet: Quiet = False) -> None:
-    """Continue an interrupted SAE run from its latest checkpoint, bit-identically."""
+def resume(run: SAERunDir, device: Device = None, quiet: Quiet = False) -> None:
+    """Continue an interrupted SAE run from its latest checkpoint, bit-identically on the CPU."""
     from icl_lab.sae.run import SAERun, resume_sae
 
     handle = SAERun.open(run)
@@ -53,6 +53,7 @@ def resume(run: SAERunDir, quiet: Quiet = False) -> None:
             f"SAE run {handle.id} diverged at step {handle.manifest.get('diverged_at')}; resuming would "
             "repeat it: train a changed config (e.g. a smaller lr or L1 coefficient) afresh"
         )
+    resume_on([handle.config], device)
     resume_sae(handle, progress=not quiet)
     console.print(f"SAE run complete: {handle.path}")
 

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, NonNegativeInt, PositiveInt, field_validator
+from pydantic import Field, NonNegativeInt, PositiveInt, ValidationInfo, field_validator
 
-from icl_lab.config import StrictModel, check_device, validated
+from icl_lab.config import StrictModel, check_device, on_this_machine, validated
 from icl_lab.errors import ConfigError
 from icl_lab.experiment import apply_overrides, read_yaml, registered
 from icl_lab.sae.base import SAES, SAEConfig
@@ -62,8 +62,9 @@ class SAETrainSettings(FitSettings):
 
     @field_validator("device")
     @classmethod
-    def _known_device(cls, device: str) -> str:
-        check_device(device)
+    def _known_device(cls, device: str, info: ValidationInfo) -> str:
+        if on_this_machine(info):
+            check_device(device)
         return device
 
 
@@ -94,9 +95,10 @@ class SAERunConfig(StrictModel):
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def validate_sae_config(data: object) -> SAERunConfig:
-    """A validated SAERunConfig, or ConfigError with one line naming the field."""
-    return validated(SAERunConfig, data, "the SAE config")
+def validate_sae_config(data: object, stored: bool = False) -> SAERunConfig:
+    """A validated SAERunConfig, or ConfigError with one line naming the field; `stored`: a stored
+    run's, not checked against this machine (config.on_this_machine)."""
+    return validated(SAERunConfig, data, "the SAE config", stored)
 
 
 def load_sae_config(path: str | Path, overrides: list[str] = ()) -> SAERunConfig:

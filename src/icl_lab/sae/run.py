@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from icl_lab.config import check_trainable_here
 from icl_lab.errors import ConfigError, DivergenceError, IclLabError, Interrupted
 from icl_lab.experiment import build_task, validate_config
 from icl_lab.models import Model
@@ -66,7 +67,7 @@ def open_source(config: SAERunConfig, device: str = "cpu") -> Source:
     if src.task:
         data = member.model_dump(mode="json", by_alias=True)
         data["task"] |= src.task
-        member = validate_config(data)
+        member = validate_config(data, stored=True)
     task = build_task(member, device=device)
     probe = task.sample(1, generator(config.seed, "sae", "probe", device=device)).inputs
     _, cache = model.run_with_cache(probe, names_filter=name)
@@ -112,7 +113,7 @@ class SAERun(RunDirectory):
 
         path = Path(path)
         manifest = cls.read_manifest(path)
-        return cls(path, validate_sae_config(read_yaml(path / "config.yaml")), manifest)
+        return cls(path, validate_sae_config(read_yaml(path / "config.yaml"), stored=True), manifest)
 
     def sae(self, step: int | None = None) -> SAE:
         """The SAE at a checkpoint (default: the latest), in eval mode."""
@@ -310,6 +311,7 @@ def train_sae(
 
 def resume_sae(run: SAERun, progress: bool = True) -> SAERun:
     """Continue an SAE run from its latest checkpoint whose metrics history is whole."""
+    check_trainable_here(run.config, run.id)
     run.acquire()
     trainer = SAETrainer(run, open_source(run.config, run.config.training.device), progress)
     step = run.resume_point(trainer._expected_history)

@@ -93,9 +93,9 @@ class Run(RunDirectory):
         path = Path(path)
         manifest = cls.read_manifest(path)
         if (path / "members.yaml").is_file():
-            configs = [validate_config(data) for data in read_yaml(path / "members.yaml")]
+            configs = [validate_config(data, stored=True) for data in read_yaml(path / "members.yaml")]
         else:
-            configs = [validate_config(read_yaml(path / "config.yaml"))]
+            configs = [validate_config(read_yaml(path / "config.yaml"), stored=True)]
         return cls(path, configs, manifest)
 
     @property

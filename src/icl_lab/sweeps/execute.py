@@ -90,10 +90,11 @@ def run_job(path: str, configs_yaml: list[str], kind: str = "model") -> tuple[st
                     f"{run_dir} holds a run of other configs (hash {run.config_hash}, asked for "
                     f"{wanted}); move it away or choose another directory"
                 )
-            if run.status != "complete":
-                if kind == "model":  # the device asked for now, not the one it started on
-                    for stored, asked in zip(run.configs, configs, strict=True):
-                        stored.training.device = asked.training.device
+            if run.status != "complete":  # on the device asked for now, not the one it started on
+                for stored, asked in zip(
+                    run.configs if kind == "model" else [run.config], configs, strict=True
+                ):
+                    stored.training.device = asked.training.device
                 resume_run(run, progress=False)
         elif kind == "sae":
             train_sae(configs[0], run_dir.parent, progress=False, run_id=run_dir.name)

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 from torch.func import functional_call, vmap
 
+from icl_lab.config import check_trainable_here
 from icl_lab.errors import DivergenceError, Interrupted, RunStoreError
 from icl_lab.evaluation import metric_names
 from icl_lab.experiment import ExperimentConfig, build_model, build_task, check_ensemble, total_steps
@@ -456,6 +457,8 @@ def train(
 def resume(run: Run, progress: bool = True, on_step: Callable[[int | None], None] = lambda step: None) -> Run:
     """Continue a run from its latest checkpoint whose metrics history is whole (Trainer.resume_point;
     from the start if it has no checkpoints); on_step hears where it continues from."""
+    for config in run.configs:
+        check_trainable_here(config, run.id)
     run.acquire()  # before anything is read or removed: another process may be training it
     trainer = Trainer(run, progress)
     step = trainer.resume_point()

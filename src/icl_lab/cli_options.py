@@ -1,0 +1,25 @@
+"""Options shared by `icl-lab` commands and its `sae` subcommands."""
+
+from collections.abc import Iterable
+from typing import Annotated, Any
+
+import typer
+
+Device = Annotated[str | None, typer.Option(help="Device to train on, e.g. cpu or cuda.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+
+
+def resume_on(configs: Iterable[Any], device: str | None) -> None:
+    """Point a stored run's configs at --device (checked against this machine) before it resumes;
+    the device is outside the config hash, so the run stays the same run."""
+    from icl_lab.config import check_device
+    from icl_lab.errors import ConfigError
+
+    if not device:
+        return
+    try:
+        check_device(device)
+    except ValueError as e:
+        raise ConfigError(f"--device: {e}") from None
+    for config in configs:
+        config.training.device = device
