@@ -11,8 +11,10 @@ run = first step + steps x seconds per step + evaluations x seconds per evaluati
 (Kissane's) is timed on a one-step model of its source's config (the weights do not change the
 cost): filling its activation buffer, `--steps` SAE steps and one evaluation. Checkpoint writes are
 left out. Totals are CPU hours on one thread; with W worker processes the wall time is about
-total / W. These are extrapolations, not measurements of whole runs. Each invocation updates the
-named reproductions' entries and keeps the others.
+total / W. These are extrapolations, not measurements of whole runs. This shared machine's speed
+drifts (a 1024^3 matmul on one thread has measured 70-140 GFLOP/s on different days), so each
+entry records that matmul's GFLOP/s, measured before and after it, beside its hours. Each
+invocation updates the named reproductions' entries and keeps the others.
 
     taskset -c 1 .venv/bin/python benchmarks/full_mode_estimate.py [NAME ...] [--steps 30]
 """
@@ -35,6 +37,7 @@ from icl_lab.reproduce.base import SweepReproduction
 from icl_lab.sae.config import SAERunConfig
 from icl_lab.sweeps.config import expand
 from icl_lab.tasks import TASKS
+from train_throughput import matmul_gflops
 
 
 def full_mode_configs(name: str) -> list[ExperimentConfig | SAERunConfig]:
@@ -109,7 +112,9 @@ def time_sae(config: SAERunConfig, model: ExperimentConfig, steps: int) -> dict[
 
 
 def estimate(name: str, steps: int, eval_sequences: int) -> dict:
-    """One reproduction's full mode: runs, distinct configs, CPU hours on one thread, timings."""
+    """One reproduction's full mode: runs, distinct configs, CPU hours on one thread, timings, and
+    the machine's matmul GFLOP/s before and after."""
+    speed = [matmul_gflops()]
     configs = full_mode_configs(name)
     models = {c.name: c for c in configs if isinstance(c, ExperimentConfig)}
     timings: dict[str, dict[str, float]] = {}
@@ -129,12 +134,14 @@ def estimate(name: str, steps: int, eval_sequences: int) -> dict:
         t = timings[key]
         total += t["first_s"] + n * t["step_s"] + (math.ceil(n / every) + 1) * t["eval_s"]
     saes = sum(isinstance(c, SAERunConfig) for c in configs)
+    speed.append(matmul_gflops())
     return {
         "runs": len(configs),
         "sae_runs": saes,
         "distinct_configs": len(timings),
         "steps_timed": steps,
         "cpu_hours_one_thread": total / 3600,
+        "matmul_gflops_before_after": speed,
         "timings": list(timings.values()),
     }
 
@@ -155,7 +162,8 @@ def main() -> None:
         entry = record["reproductions"][name] = estimate(name, args.steps, args.eval_sequences)
         print(
             f"{name:18} {entry['runs']:3} runs ({entry['distinct_configs']} distinct, "
-            f"{entry['sae_runs']} SAE) ~{entry['cpu_hours_one_thread']:6.1f} CPU hours on one thread",
+            f"{entry['sae_runs']} SAE) ~{entry['cpu_hours_one_thread']:6.1f} CPU hours on one thread "
+            f"(matmul {' then '.join(f'{g:.0f}' for g in entry['matmul_gflops_before_after'])} GFLOP/s)",
             flush=True,
         )
         path = write_results("full_mode_estimate", record)  # after each: a long run keeps what it has

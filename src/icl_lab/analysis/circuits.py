@@ -74,7 +74,7 @@ def mean_loss(model: Model, task: Task, batch: Batch, clamps: list[Clamp]) -> fl
     size = n if any(c.reads_batch for c in clamps) else EVAL_CHUNK
     total = tokens = 0.0
     for start in range(0, n, size):
-        part = batch.select(torch.arange(start, min(start + size, n)))
+        part = batch if size >= n else batch.select(torch.arange(start, min(start + size, n)))
         count = float(part.loss_mask.sum())
         total += float(evaluate(model, task, part, ["loss"], clamps)["loss"]) * count
         tokens += count
