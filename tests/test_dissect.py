@@ -1,14 +1,19 @@
 """`icl-lab dissect`: LLC over checkpoints, stages beside transitions, resumable, clear errors."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import tiny_config
+from icl_lab.analysis.causal import Variant, variant_config
 from icl_lab.analysis.dissect import chosen_checkpoints, dissect, dissect_config
+from icl_lab.store.run import Run
 from icl_lab.training.trainer import train
+from test_faults import on_cuda
 
 QUICK = ["llc.chains=2", "llc.draws=8", "llc.burn_in=2"]
 QUICK_ARGS = [arg for setting in QUICK for arg in ("--set", setting)]
@@ -76,6 +81,26 @@ def test_bad_settings_are_one_line_and_exit_2(cli, run, args, message):
 def test_a_missing_run_is_one_line_and_exit_2(cli, tmp_path: Path):
     code, _, err = cli("dissect", tmp_path / "nothing", "--quiet")
     assert code == 2 and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_run_trained_on_a_gpu_dissects_here_with_its_variants_on_the_cpu(cli, run, tmp_path):
+    cut = Path(shutil.copytree(run.path, tmp_path / run.id))
+    shutil.rmtree(cut / "dissect", ignore_errors=True)
+    on_cuda(cut / "config.yaml")
+    code, _, err = cli("dissect", cut, "--quiet", *QUICK_ARGS)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert (
+        "causal.device: the variants train on the run's device unless it is set, but 'cuda' requested "
+        "but CUDA is not available on this machine; set causal.device=cpu (or --no-causal)"
+    ) in err
+    assert not (cut / "dissect").exists()  # refused before the LLC's work
+    code, _, err = cli("dissect", cut, "--quiet", "--no-causal", "--set", "max_checkpoints=3", *QUICK_ARGS)
+    assert code == 0, err
+    baseline = Variant("baseline", 0, "none", (), {}, "baseline")
+    config = variant_config(Run.open(cut), 0, baseline, seed=1, steps=10, device="cpu")
+    assert config.training.device == "cpu"
+    assert config.hash() == variant_config(run, 0, baseline, 1, 10, "cpu").hash()
 
 
 def test_checkpoints_are_spread_in_log_and_linear_steps():

@@ -271,6 +271,7 @@ def dissect(
     resumable: run it again to continue, work done with the same settings is kept."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
 
+    from icl_lab.analysis.causal import variants_device
     from icl_lab.analysis.dissect import dissect as dissect_run
     from icl_lab.analysis.dissect import dissect_causal, dissect_config
     from icl_lab.report.dissect_page import write_dissect_report
@@ -278,6 +279,8 @@ def dissect(
 
     settings = [*(set_ or []), *([f"causal.steps={budget}"] if budget else []), f"causal.enabled={causal}"]
     handle, config = Run.open(run), dissect_config(settings)
+    if config.causal.enabled:  # before the LLC's minutes, not after
+        variants_device(handle, config.member, config.causal)
     columns = (
         "LLC at checkpoints",
         BarColumn(),

@@ -25,12 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from icl_lab.analysis.summary import summarise
 from icl_lab.analysis.transitions import Transition, detect_transitions
-from icl_lab.config import StrictModel
-from icl_lab.errors import IclLabError
+from icl_lab.config import StrictModel, check_device
+from icl_lab.errors import ConfigError, IclLabError
 from icl_lab.experiment import ExperimentConfig, ensemble_hash, total_steps, validate_config
 from icl_lab.store.run import Run
 from icl_lab.sweeps.execute import Job, execute
@@ -60,6 +60,30 @@ class CausalConfig(StrictModel):
     max_transitions: int = Field(
         2, ge=1, description="transitions dissected: the key curve's, largest first, then progress measures'"
     )
+    device: str | None = Field(
+        None, description="where the variants train (cpu, cuda, cuda:N); None: the run's own device"
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str | None) -> str | None:
+        if device is not None:
+            check_device(device)
+        return device
+
+
+def variants_device(run: Run, member: int, config: CausalConfig) -> str:
+    """Where the variants train: causal.device, else the run's own device; ConfigError (one line)
+    if this machine lacks it (a run trained on a GPU, dissected on a laptop)."""
+    device = config.device or run.member_config(member).training.device
+    try:
+        check_device(device)
+    except ValueError as e:
+        raise ConfigError(
+            f"causal.device: the variants train on the run's device unless it is set, but {e}; "
+            "set causal.device=cpu (or --no-causal)"
+        ) from None
+    return device
 
 
 @dataclass(frozen=True)
@@ -157,12 +181,15 @@ def plan(run: Run, member: int, config: CausalConfig) -> tuple[list[Transition],
     return chosen, variants, steps
 
 
-def variant_config(run: Run, member: int, variant: Variant, seed: int, steps: int) -> ExperimentConfig:
-    """The member's config with the variant's clamp added, on `seed`, for `steps` steps."""
+def variant_config(
+    run: Run, member: int, variant: Variant, seed: int, steps: int, device: str
+) -> ExperimentConfig:
+    """The member's config with the variant's clamp added, on `seed`, for `steps` steps, on `device`."""
     data = run.member_config(member).model_dump(mode="json", by_alias=True)
     data["name"] = f"{variant.name}-s{seed}"
     data["seed"] = seed
     data["training"]["length"] = {"steps": steps}
+    data["training"]["device"] = device
     data["checkpointing"]["every"] = None
     data["clamps"] = [*data.get("clamps", []), *([variant.clamp] if variant.clamp else [])]
     return validate_config(data)
@@ -222,10 +249,11 @@ def run_causal(
     run: Run, member: int, config: CausalConfig, out: Path, workers: int, progress: bool
 ) -> CausalResult:
     """Train the variants (finished ones are kept) and judge each against the baseline."""
+    device = variants_device(run, member, config)
     chosen, variants, steps = plan(run, member, config)
     if len(variants) == 1:  # no transition, or no head moved with one: nothing to clamp
         return CausalResult(chosen, [], steps, {})
-    members = [[variant_config(run, member, v, s, steps) for s in config.seeds] for v in variants]
+    members = [[variant_config(run, member, v, s, steps, device) for s in config.seeds] for v in variants]
     # the directory names the configs' hash: other steps or seeds never reuse a finished variant
     jobs = [
         Job(out / f"{v.name}-{ensemble_hash(m)[:8]}", tuple(m))
