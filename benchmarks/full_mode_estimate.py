@@ -12,7 +12,7 @@ run = first step + steps x seconds per step + evaluations x seconds per evaluati
 cost): filling its activation buffer, `--steps` SAE steps and one evaluation. Checkpoint writes are
 left out. Totals are CPU hours on one thread; with W worker processes the wall time is about
 total / W. These are extrapolations, not measurements of whole runs. This shared machine's speed
-drifts (a 1024^3 matmul on one thread has measured 70-140 GFLOP/s on different days), so each
+drifts (a 1024^3 matmul on one thread has measured 64-140 GFLOP/s on different days), so each
 entry records that matmul's GFLOP/s, measured before and after it, beside its hours. Each
 invocation updates the named reproductions' entries and keeps the others.
 

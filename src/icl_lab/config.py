@@ -1,9 +1,10 @@
 """Building blocks of experiment configs: strict pydantic bases, durations in steps/sequences/tokens."""
 
 import math
-from typing import Literal, TypeVar
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -21,6 +22,16 @@ def on_this_machine(info: ValidationInfo) -> bool:
     a stored run's config is read (`validated(..., stored=True)`), so that a run trained on a GPU
     opens on a laptop; training it checks again (`check_trainable_here`)."""
     return not (info.context or {}).get("stored")
+
+
+def _device_here(device: str, info: ValidationInfo) -> str:
+    if on_this_machine(info):
+        check_device(device)
+    return device
+
+
+DeviceName = Annotated[str, AfterValidator(_device_here)]
+"""A config's device (cpu, cuda, cuda:N), checked against this machine unless the config is stored."""
 
 
 class StrictModel(BaseModel):
@@ -111,7 +122,7 @@ class TrainingConfig(StrictModel):
     batch_size: PositiveInt = 32
     length: Duration = Duration(steps=1000)
     grad_clip: float | None = Field(None, gt=0)
-    device: str = Field("cpu", description="cpu, cuda or cuda:N")
+    device: DeviceName = Field("cpu", description="cpu, cuda or cuda:N")
     threads: PositiveInt = 1
     compile: Literal["auto", "on", "off"] = Field(
         "auto",
@@ -126,13 +137,6 @@ class TrainingConfig(StrictModel):
         "no effect on a CPU; off by default until measured on a GPU",
     )
     log_every: PositiveInt = Field(10, description="steps between progress-bar updates")
-
-    @field_validator("device")
-    @classmethod
-    def _known_device(cls, device: str, info: ValidationInfo) -> str:
-        if on_this_machine(info):
-            check_device(device)
-        return device
 
     @field_validator("compile", mode="before")
     @classmethod

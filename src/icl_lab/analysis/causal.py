@@ -25,11 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from icl_lab.analysis.summary import summarise
 from icl_lab.analysis.transitions import Transition, detect_transitions
-from icl_lab.config import StrictModel, check_device
+from icl_lab.config import DeviceName, StrictModel, check_device
 from icl_lab.errors import ConfigError, IclLabError
 from icl_lab.experiment import ExperimentConfig, ensemble_hash, total_steps, validate_config
 from icl_lab.store.run import Run
@@ -60,16 +60,9 @@ class CausalConfig(StrictModel):
     max_transitions: int = Field(
         2, ge=1, description="transitions dissected: the key curve's, largest first, then progress measures'"
     )
-    device: str | None = Field(
+    device: DeviceName | None = Field(
         None, description="where the variants train (cpu, cuda, cuda:N); None: the run's own device"
     )
-
-    @field_validator("device")
-    @classmethod
-    def _known_device(cls, device: str | None) -> str | None:
-        if device is not None:
-            check_device(device)
-        return device
 
 
 def variants_device(run: Run, member: int, config: CausalConfig) -> str:

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, NonNegativeInt, PositiveInt, ValidationInfo, field_validator
+from pydantic import Field, NonNegativeInt, PositiveInt
 
-from icl_lab.config import StrictModel, check_device, on_this_machine, validated
+from icl_lab.config import DeviceName, StrictModel, validated
 from icl_lab.errors import ConfigError
 from icl_lab.experiment import apply_overrides, read_yaml, registered
 from icl_lab.sae.base import SAES, SAEConfig
@@ -53,19 +53,12 @@ class SAEEvalConfig(StrictModel):
 
 class SAETrainSettings(FitSettings):
     threads: PositiveInt = Field(1, description="torch threads (not part of the config hash)")
-    device: str = Field(
+    device: DeviceName = Field(
         "cpu",
         description="cpu, cuda or cuda:N: where the source model, the activation buffer and the SAE "
         "live (not part of the config hash)",
     )
     log_every: PositiveInt = Field(50, description="steps between progress updates")
-
-    @field_validator("device")
-    @classmethod
-    def _known_device(cls, device: str, info: ValidationInfo) -> str:
-        if on_this_machine(info):
-            check_device(device)
-        return device
 
 
 class SAECheckpointConfig(StrictModel):
