@@ -129,6 +129,45 @@ def test_vector_input_and_readout_mlp() -> None:
     assert big.readout[0].weight.std().item() == pytest.approx(math.sqrt(2 / 400), rel=0.05)
 
 
+@pytest.mark.parametrize("path", ["fused", "explicit", "tiny"])
+@pytest.mark.parametrize("positions", [[-1], [2, 5, -1]])
+def test_readout_model_computes_its_last_block_at_the_readout_positions_only(
+    path: str, positions: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unhooked, a readout model's last block computes only the positions from the first readout
+    position on (Transformer.last_block_first); logits and gradients must be those of every position's pass,
+    which any hook on the last block restores, for each attention path."""
+    io = ModelIO(n_ctx=T, d_out=5, d_vocab=V, target_positions=tuple(positions))
+    model = make(io, positional="rope", d_head=2, d_mlp=8, readout={"positions": positions, "hidden": [6]})
+    for block in model.blocks:
+        block.attn.fused = path == "fused"
+    if path == "tiny":  # T * d_head * T = 200 and 128 x 3 heads: tiny, unless the thresholds say not
+        assert transformer.tiny_heads(128 * 3, T, 2)
+    else:
+        monkeypatch.setattr(transformer, "SMALL_EAGER", 0)
+    tokens = torch.randint(V, (128, T), generator=torch.Generator().manual_seed(2))
+    firsts: list[int] = []
+    attention = type(model.blocks[-1].attn).forward
+    monkeypatch.setattr(
+        model.blocks[-1].attn,
+        "forward",
+        lambda x, first=0: firsts.append(first) or attention(model.blocks[-1].attn, x, first),
+    )
+
+    def run(hooks: list) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        logits = model.run_with_hooks(tokens, fwd_hooks=hooks)
+        weights = torch.linspace(-1, 1, logits.numel()).view(logits.shape)
+        return logits, torch.autograd.grad((logits * weights).sum(), list(model.parameters()))
+
+    logits, grads = run([])
+    reference, reference_grads = run([("blocks.1.hook_resid_post", lambda x, hook: None)])
+    assert firsts == [min(p % T for p in positions), 0]
+    assert logits.shape == (128, len(positions), 5)
+    assert torch.allclose(logits, reference, atol=1e-5)
+    for grad, reference_grad in zip(grads, reference_grads, strict=True):
+        assert torch.allclose(grad, reference_grad, atol=1e-5 * float(reference_grad.abs().max()))
+
+
 def test_fused_attention_equals_explicit_pattern_path() -> None:
     for scale in (True, False):
         model = make(positional="rope", attn_scale=scale, d_head=4)

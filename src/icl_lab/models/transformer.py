@@ -157,34 +157,47 @@ class Attention(nn.Module):
         b = torch.stack([self.b_Q, self.b_K, self.b_V]).flatten() if self.bias else None
         return F.linear(x, W, b).view(B, T, 3, H, e).unbind(2)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, first: int = 0) -> Tensor:
+        """x (B, T, d) -> the heads' output (B, P, d) at the P = T - first positions from `first` on
+        (keys and values still come from every position)."""
         B, T, d = x.shape
         H, e = self.W_Q.shape[0], self.W_Q.shape[2]
         q, k, v = self.qkv(x)
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
+        rows = slice(first, T)
+        q = q[:, rows] if first else q  # (B, P, H, e)
         if self.rope:
             cos, sin = self.rope_cos[:T], self.rope_sin[:T]
-            q = self.hook_rot_q(rotate(q, cos, sin))
+            q = self.hook_rot_q(rotate(q, cos[rows], sin[rows]))
             k = self.hook_rot_k(rotate(k, cos, sin))
+        future = self.future[rows, :T]  # (P, T): the keys each query may not see
         if tiny_heads(B * H, T, e):
-            z = self.tiny_attention(q, k, v)
+            z = self.tiny_attention(q, k, v, future)
         elif not self.fused or self.hook_attn_scores.fns or self.hook_pattern.fns:
             # in place: each (B, H, T, T) copy saved is 134 MB in text_lm's evaluation (128 x 4 x 256^2)
-            scores = (q.transpose(1, 2) @ k.permute(0, 2, 3, 1)).mul_(self.scale)  # (B, H, T, T)
-            scores = self.hook_attn_scores(scores.masked_fill_(self.future[:T, :T], float("-inf")))
+            scores = (q.transpose(1, 2) @ k.permute(0, 2, 3, 1)).mul_(self.scale)  # (B, H, P, T)
+            scores = self.hook_attn_scores(scores.masked_fill_(future, float("-inf")))
             pattern = self.hook_pattern(scores.softmax(dim=-1))
-            z = (pattern @ v.transpose(1, 2)).transpose(1, 2)  # (B, T, H, e)
+            z = (pattern @ v.transpose(1, 2)).transpose(1, 2)  # (B, P, H, e)
         else:  # nobody looks at the pattern: the fused kernel computes the same thing faster
+            # is_causal aligns the mask's corner top-left; the last position alone sees every key
+            mask = None if first in (0, T - 1) else ~future
             z = F.scaled_dot_product_attention(
-                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True, scale=self.scale
+                q.transpose(1, 2),
+                k.transpose(1, 2),
+                v.transpose(1, 2),
+                attn_mask=mask,
+                is_causal=first == 0,
+                scale=self.scale,
             ).transpose(1, 2)
-        z = self.hook_z(z).reshape(B, T, H * e)  # the hook sees (B, T, H, e)
+        z = self.hook_z(z).reshape(B, q.shape[1], H * e)  # the hook sees (B, P, H, e)
         if not self.output_projection:
             return z
         return F.linear(z, self.W_O.reshape(H * e, d).T, self.b_O if self.bias else None)
 
-    def tiny_attention(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """Attention of tiny heads as broadcast products: q, k, v (B, T, H, e) -> z (B, T, H, e).
+    def tiny_attention(self, q: Tensor, k: Tensor, v: Tensor, future: Tensor) -> Tensor:
+        """Attention of tiny heads as broadcast products: q (B, P, H, e) and k, v (B, T, H, e), with
+        future (P, T) the keys each query may not see -> z (B, P, H, e).
 
         Each product is a broadcast product summed over its inner axis, which inductor fuses into
         one loop; on a CPU a batched GEMM call costs far more per tiny matrix than its arithmetic.
@@ -193,20 +206,18 @@ class Attention(nn.Module):
         pattern stays a plain broadcast in them; the hooks still see (B, H, T, T). Eager, the same
         products on batch-last copies beat the fused kernel's and batched matmuls' per-head loops
         when there are many tiny heads (see tiny_heads)."""
-        q, k, v = (x.permute(1, 3, 2, 0).contiguous() for x in (q, k, v))  # (T, e, H, B)
-        T = q.shape[0]
+        q, k, v = (x.permute(1, 3, 2, 0).contiguous() for x in (q, k, v))  # (P or T, e, H, B)
 
-        def hooked(x: Tensor, hook: HookPoint) -> Tensor:  # (T, T, H, B), the hook seeing (B, H, T, T)
+        def hooked(x: Tensor, hook: HookPoint) -> Tensor:  # (P, T, H, B), the hook seeing (B, H, P, T)
             if not hook.fns:
                 return x
             # a replacement comes back laid out as the hook saw it: batch-last again for the products
             return hook(x.permute(3, 2, 0, 1)).permute(2, 3, 1, 0).contiguous()
 
-        scores = (q[:, None] * k[None]).sum(2) * self.scale  # (T query, T key, H, B)
-        future = self.future[:T, :T, None, None]
-        scores = hooked(scores.masked_fill(future, float("-inf")), self.hook_attn_scores)
+        scores = (q[:, None] * k[None]).sum(2) * self.scale  # (P query, T key, H, B)
+        scores = hooked(scores.masked_fill(future[:, :, None, None], float("-inf")), self.hook_attn_scores)
         pattern = hooked(scores.softmax(dim=1), self.hook_pattern)
-        z = (pattern[:, :, None] * v[None]).sum(1)  # (T, e, H, B)
+        z = (pattern[:, :, None] * v[None]).sum(1)  # (P, e, H, B)
         if z.requires_grad and not torch.compiler.is_compiling():
             # z's gradient arrives laid out (B, T, H, e); the products' backward runs 7x faster on
             # a batch-last copy than on that view
@@ -294,10 +305,12 @@ class Block(nn.Module):
         """The keys (B, T, H, e) this block's heads compute from a residual stream (before RoPE)."""
         return self.attn.qkv(self.ln1(resid) if self.norm == "pre" else resid)[1]
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, first: int = 0) -> Tensor:
+        """Residual stream (B, T, d) -> (B, T - first, d): the positions from `first` on."""
         pre = self.norm == "pre"
         x = self.hook_resid_pre(x)
-        x = x + self.hook_attn_out(self.attn(self.ln1(x) if pre else x))
+        attn_out = self.hook_attn_out(self.attn(self.ln1(x) if pre else x, first))
+        x = (x[:, first:] if first else x) + attn_out
         if self.norm == "post":
             x = self.ln1(x)
         if self.mlp is not None:
@@ -360,6 +373,7 @@ class Transformer(Model):
         self.unembed.b_U = nn.Parameter(torch.zeros(io.d_out)) if out_bias else None
         self.hook_logits = HookPoint()
         self.setup_hooks()
+        self.last_block_hooks = [m for m in self.blocks[-1].modules() if isinstance(m, HookPoint)]
         self.reset_parameters()
 
     def batched(self, vmapped: bool) -> None:
@@ -389,6 +403,15 @@ class Transformer(Model):
             else:
                 nn.init.zeros_(p)
 
+    def last_block_first(self, T: int) -> int:
+        """The first position the last block computes: the first readout position where no hook
+        function reads the block's activations and no n-gram layer follows it, else 0."""
+        if self.readout_positions is None or any(h.fns for h in self.last_block_hooks):
+            return 0
+        if any(layer.after == self.n_layers - 1 for layer in self.cfg.ngram_layers):
+            return 0
+        return min(p % T for p in self.readout_positions)
+
     def forward(self, inputs: Tensor) -> Tensor:
         """inputs: (B, T) token ids or (B, T, d_input) vectors -> logits (B, T or P, d_out)."""
         if self.io.d_vocab is not None:
@@ -402,11 +425,16 @@ class Transformer(Model):
             codes = self.pos_embed.W_pos if self.cfg.positional == "learned" else self.pos_codes
             x = x + self.hook_pos_embed(codes[: x.shape[1]].expand_as(x))
         x = insert_ngram_layers(self.ngram, self.cfg.ngram_layers, -1, x, inputs)
-        for i, block in enumerate(self.blocks):
+        *blocks, last = self.blocks
+        for i, block in enumerate(blocks):
             x = insert_ngram_layers(self.ngram, self.cfg.ngram_layers, i, block(x), inputs)
-        x = self.ln_final(x)
+        T, first = x.shape[1], self.last_block_first(x.shape[1])
+        x = insert_ngram_layers(self.ngram, self.cfg.ngram_layers, len(blocks), last(x, first), inputs)
+        x = self.ln_final(x)  # (B, T - first, d_model)
         if self.readout_positions is not None:
-            x = x[:, self.readout_positions]  # (B, P, d_model)
+            readout = [p % T - first for p in self.readout_positions]
+            if readout != list(range(T - first)):
+                x = x[:, readout]  # (B, P, d_model)
             for layer in self.readout:
                 x = F.relu(layer(x))
         logits = x @ self.unembed.W_U
