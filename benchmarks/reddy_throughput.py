@@ -4,6 +4,8 @@ compiled (training.compile=on; compile time reported), and the share of a step s
 
 The plain network: two single-head attention layers x <- x + softmax_causal(x Wq (x Wk)^T) x Wv
 (no scaling, no LayerNorm, no biases), then a ReLU MLP on the query token, Adam 1e-3, batch 128.
+It computes its second layer at every position, as a transcription would; icl-lab's model computes
+its last block at the query token only (`Transformer.last_block_first`), work the loss never reads.
 
     python benchmarks/reddy_throughput.py [--steps 200] [--repeats 5]
 """
