@@ -166,9 +166,9 @@ def test_the_native_mamba_kernels_are_checked_operators_that_leave_denormals_alo
     scan = [torch.rand(2, 6, 18, generator=g), -torch.rand(18, 4, generator=g)] + [
         torch.randn(*shape, generator=g) for shape in ((2, 6, 18), (2, 6, 4), (2, 6, 4))
     ]
-    torch.library.opcheck(native_mamba.selective_scan, [x.requires_grad_() for x in scan])
+    torch.library.opcheck(native_mamba.selective_scan_op, [x.requires_grad_() for x in scan])
     conv = [torch.randn(*shape, generator=g).requires_grad_() for shape in ((2, 6, 18), (18, 4), (18,))]
-    torch.library.opcheck(native_mamba.causal_conv_silu, conv)
+    torch.library.opcheck(native_mamba.causal_conv_silu_op, conv)
     assert (torch.tensor([1e-39]) * 1).item() > 0
 
 

@@ -1,6 +1,7 @@
 """Compiled training steps (training.compile): the same training as eager within rounding, clamps
 included; bit-identical resume; auto compiles only runs long enough to repay compiling."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from icl_lab.errors import ConfigError
+from icl_lab.errors import ConfigError, DivergenceError
 from icl_lab.experiment import ExperimentConfig, validate_config
 from icl_lab.models import native_mamba, recurrence
 from icl_lab.models.recurrence import selective_scan
@@ -110,6 +111,31 @@ def test_a_compiled_run_agrees_with_eager_and_resumes_bit_identically(tmp_path: 
     final, again = run.load_checkpoint(12), resumed.load_checkpoint(12)
     for key, value in final.tensors.items():
         assert torch.equal(again.tensors[key], value), key
+
+
+@pytest.mark.parametrize("mode", ["off", "on"])
+def test_a_step_with_a_non_finite_loss_stops_before_it_updates_anything(
+    mode: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The compiled step computes its losses and update in one graph, which must leave parameters
+    and optimiser state exactly as they were when a loss is not finite (eager stops before the
+    update). A loss mask selecting nothing makes the loss 0/0."""
+    config = tiny_config(training={**ADAM, "compile": mode}, model=TRANSFORMER)
+    trainer = Trainer(Run.create([config], tmp_path), progress=False)
+    trainer.train_step()
+    before = {k: v.clone() for k, v in trainer.state.params.items()}
+    state = {
+        (i, k): v.clone() for i, s in enumerate(trainer.state.optimizer.state.values()) for k, v in s.items()
+    }
+    task = trainer.tasks[0]
+    sample = task.training_sample
+    nothing = lambda *a: dataclasses.replace(b := sample(*a), loss_mask=torch.zeros_like(b.loss_mask))  # noqa: E731
+    monkeypatch.setattr(task, "training_sample", nothing)
+    with pytest.raises(DivergenceError, match="non-finite training loss"):
+        trainer.train_step()
+    assert all(torch.equal(trainer.state.params[k], v) for k, v in before.items())
+    after = {(i, k): v for i, s in enumerate(trainer.state.optimizer.state.values()) for k, v in s.items()}
+    assert after.keys() == state.keys() and all(torch.equal(after[k], v) for k, v in state.items())
 
 
 def test_auto_compiles_only_runs_that_repay_compiling() -> None:

@@ -196,7 +196,7 @@ def test_gradient_clipping_per_member_matches_torch_for_each_member() -> None:
             -1, *[1] * (p.dim() - 1)
         )
     singles = [[p.grad[m].clone().requires_grad_() for p in params] for m in range(3)]
-    norms = clip_grad_norm_per_member(params, 1.0)
+    norms = clip_grad_norm_per_member([p.grad for p in params], 1.0)
     for m in range(3):
         tensors = [torch.zeros_like(t, requires_grad=True) for t in singles[m]]
         for t, s in zip(tensors, singles[m], strict=True):

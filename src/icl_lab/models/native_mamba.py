@@ -4,7 +4,8 @@ scan, and the causal depthwise convolution with its SiLU.
 The kernels are built with the C++ compiler torch.compile uses ($CXX, default g++), in about a
 second, into $ICL_LAB_CACHE/kernels/ (default ~/.cache/icl-lab), keyed by their source, the flags
 and this CPU; later processes load the built library. Each is a torch.library custom operator with
-its own backward, so it also runs inside a compiled training step, but not under vmap. Models use
+its own backward, called through an autograd.Function (`_differentiable`) so that torch.func.grad
+differentiates it too; it runs inside a compiled training step, but not under vmap. Models use
 them where the trainer allows compiled kernels (`allowed`); without a compiler they warn once and
 use their torch code. On this 2-core CPU, one thread, at Mamba's quick ICLL shapes (batch 32 x 128
 steps x 128 channels x 16 states), the scan's forward and backward take about 18 ms against 30 ms
@@ -109,7 +110,7 @@ def _call(kernel: str, tensors: list[Tensor], *sizes: int) -> None:
 
 
 @torch.library.custom_op("icl_lab::selective_scan", mutates_args=())
-def selective_scan(dt: Tensor, A: Tensor, u: Tensor, Bs: Tensor, Cs: Tensor) -> Tensor:
+def selective_scan_op(dt: Tensor, A: Tensor, u: Tensor, Bs: Tensor, Cs: Tensor) -> Tensor:
     """y (B, T, C) from dt, u (B, T, C), A (C, N), Bs, Cs (B, T, N), as recurrence.selective_scan."""
     dt, u, Bs, Cs = (x.contiguous() for x in (dt, u, Bs, Cs))
     y = torch.empty_like(u)
@@ -118,7 +119,7 @@ def selective_scan(dt: Tensor, A: Tensor, u: Tensor, Bs: Tensor, Cs: Tensor) -> 
     return y
 
 
-@selective_scan.register_fake
+@selective_scan_op.register_fake
 def _(dt: Tensor, A: Tensor, u: Tensor, Bs: Tensor, Cs: Tensor) -> Tensor:
     return u.new_empty(u.shape)
 
@@ -151,7 +152,7 @@ def _rows(x: Tensor) -> Tensor:
 
 
 @torch.library.custom_op("icl_lab::causal_conv_silu", mutates_args=())
-def causal_conv_silu(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+def causal_conv_silu_op(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     """silu(causal depthwise convolution): x (B, T, C), weight (C, K), bias (C) -> (B, T, C), with
     y[:, t] reading x[:, t - K + 1 ... t] (zeros before the start)."""
     x = _rows(x)
@@ -160,7 +161,7 @@ def causal_conv_silu(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     return y
 
 
-@causal_conv_silu.register_fake
+@causal_conv_silu_op.register_fake
 def _(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     return x.new_empty(x.shape)
 
@@ -187,9 +188,34 @@ def _save_inputs(ctx: torch.autograd.function.FunctionCtx, inputs: tuple, output
 
 
 def _backward_by(op: Callable[..., tuple[Tensor, ...]]) -> Callable[..., tuple[Tensor, ...]]:
-    """An autograd backward that calls `op` on the saved inputs and the output's gradient."""
-    return lambda ctx, grad: op(*ctx.saved_tensors, grad)
+    """An autograd backward that calls `op` on the saved inputs and the output's gradient (detached:
+    the kernels have no second derivative, and under torch.func.grad they would ask for one)."""
+    return lambda ctx, grad: op(*(t.detach() for t in (*ctx.saved_tensors, grad)))
 
 
-selective_scan.register_autograd(_backward_by(selective_scan_backward), setup_context=_save_inputs)
-causal_conv_silu.register_autograd(_backward_by(causal_conv_silu_backward), setup_context=_save_inputs)
+selective_scan_op.register_autograd(_backward_by(selective_scan_backward), setup_context=_save_inputs)
+causal_conv_silu_op.register_autograd(_backward_by(causal_conv_silu_backward), setup_context=_save_inputs)
+
+
+def _differentiable(
+    op: Callable[..., Tensor], backward: Callable[..., tuple[Tensor, ...]]
+) -> Callable[..., Tensor]:
+    """`op` with its backward as an autograd.Function, which torch.func.grad can differentiate too
+    (a custom operator's own autograd cannot be, and the compiled training step takes its gradients
+    with torch.func.grad)."""
+    function = type(
+        f"{op._name}_function",
+        (torch.autograd.Function,),
+        {
+            "forward": staticmethod(lambda *inputs: op(*inputs)),
+            "setup_context": staticmethod(_save_inputs),
+            "backward": staticmethod(_backward_by(backward)),
+        },
+    )
+    return function.apply
+
+
+selective_scan = _differentiable(selective_scan_op, selective_scan_backward)
+"""y (B, T, C) from dt, u (B, T, C), A (C, N), Bs, Cs (B, T, N), as recurrence.selective_scan."""
+causal_conv_silu = _differentiable(causal_conv_silu_op, causal_conv_silu_backward)
+"""silu(causal depthwise convolution): x (B, T, C), weight (C, K), bias (C) -> (B, T, C)."""

@@ -66,11 +66,7 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tenso
         for index, entries in state["state"].items()
         for key, value in entries.items()
     }
-    # a compiled run's learning rate is a 0-d tensor (training/trainer.py): the sidecar takes its value
-    groups = [
-        {k: v.item() if isinstance(v, Tensor) else v for k, v in g.items()} for g in state["param_groups"]
-    ]
-    return tensors, groups
+    return tensors, state["param_groups"]
 
 
 def load_optimizer(optimizer: torch.optim.Optimizer, checkpoint: Checkpoint, device: torch.device) -> None:

@@ -4,6 +4,8 @@ import math
 
 import torch
 from torch import Tensor
+from torch.optim.adam import adam
+from torch.optim.sgd import sgd
 
 from icl_lab.config import OptimizerConfig, ScheduleConfig
 
@@ -32,12 +34,65 @@ def lr_at(step: int, total_steps: int, lr: float, cfg: ScheduleConfig) -> float:
     return lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
 
 
-def clip_grad_norm_per_member(params: list[Tensor], max_norm: float) -> Tensor:
-    """Clip each ensemble member's gradient (axis 0 of every parameter) to a global L2 norm of at
-    most max_norm, as torch.nn.utils.clip_grad_norm_ does for one model; returns the norms (M,)."""
-    grads = [p.grad for p in params if p.grad is not None]
+def clip_grad_norm_per_member(grads: list[Tensor], max_norm: float) -> Tensor:
+    """Clip each ensemble member's gradient (axis 0 of every parameter's gradient) to a global L2
+    norm of at most max_norm, in place, as torch.nn.utils.clip_grad_norm_ does for one model;
+    returns the norms (M,)."""
     norms = torch.stack([g.flatten(1).pow(2).sum(1) for g in grads]).sum(0).sqrt()  # (M,)
     scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
     for g in grads:
         g.mul_(scale.view(-1, *[1] * (g.dim() - 1)))
     return norms
+
+
+def optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, list[Tensor]]:
+    """The optimiser's per-parameter state tensors by name (Adam: step, exp_avg, exp_avg_sq; SGD with
+    momentum: momentum_buffer), created as its first step() creates them where it has none yet."""
+    group = optimizer.param_groups[0]
+    names = (
+        ["momentum_buffer"] if isinstance(optimizer, torch.optim.SGD) else ["step", "exp_avg", "exp_avg_sq"]
+    )
+    if isinstance(optimizer, torch.optim.SGD) and not group["momentum"]:
+        return {}
+    for p in group["params"]:
+        state = optimizer.state[p]
+        if not state:
+            # SGD's first step copies the gradient into its buffer: momentum x 0 + gradient is the same
+            state.update({name: torch.zeros_like(p) for name in names})
+            if "step" in names:  # as Adam's _init_group makes it without `capturable`: a CPU float
+                state["step"] = torch.tensor(0.0)
+    return {name: [optimizer.state[p][name] for p in group["params"]] for name in names}
+
+
+def functional_update(
+    optimizer: torch.optim.Optimizer,
+    params: list[Tensor],
+    grads: list[Tensor],
+    state: dict[str, list[Tensor]],
+    lr: Tensor | float,
+) -> None:
+    """The update the optimiser's step() makes, in place on `params` and `state` (optimizer_state's
+    lists or copies of them), through torch.optim's own functional kernels with the optimiser's
+    settings: traceable into one graph with the gradients (step() breaks a compiled graph twice)."""
+    group = optimizer.param_groups[0]
+    if isinstance(optimizer, torch.optim.SGD):
+        buffers = state.get("momentum_buffer", [None] * len(params))
+        sgd(
+            params,
+            grads,
+            buffers,
+            weight_decay=group["weight_decay"],
+            momentum=group["momentum"],
+            lr=lr,
+            dampening=group["dampening"],
+            nesterov=group["nesterov"],
+            maximize=False,
+            foreach=False,
+        )
+        return
+    beta1, beta2 = group["betas"]
+    adam(
+        params, grads, state["exp_avg"], state["exp_avg_sq"], [], state["step"],
+        decoupled_weight_decay=isinstance(optimizer, torch.optim.AdamW), amsgrad=False, foreach=False,
+        beta1=beta1, beta2=beta2, lr=lr, weight_decay=group["weight_decay"], eps=group["eps"], maximize=False,
+    )  # fmt: skip

@@ -9,13 +9,15 @@ Its parts: a TrainState (what a checkpoint holds, and its key format), an Evalua
 on its own fixed evaluation batches) and a MetricsLogger (the metrics table); the last two may be
 passed in. Resuming from a checkpoint continues bit-identically on the CPU: parameters, optimiser
 state, data-generator states and the running training-loss accumulator are all restored, and
-evaluation batches depend on seeds only. With training.compile the member losses and the update
-run through torch.compile (training/compiled.py), on a GPU optionally replayed as CUDA graphs
-(training.cuda_graphs); nothing else changes.
+evaluation batches depend on seeds only. With training.compile the whole step (losses, gradients
+by torch.func.grad, clipping and the optimiser's update) is one torch.compile'd function
+(training/compiled.py), on a GPU optionally replayed as CUDA graphs (training.cuda_graphs);
+nothing else changes.
 """
 
 import contextlib
 import functools
+import itertools
 import signal
 import threading
 import time
@@ -43,7 +45,13 @@ from icl_lab.tasks import Batch, Task
 from icl_lab.training.compiled import KERNEL_MEMBER_STEPS, compiled_kernels, should_compile
 from icl_lab.training.evaluator import Evaluator
 from icl_lab.training.metrics_logger import MetricsLogger
-from icl_lab.training.optim import build_optimizer, clip_grad_norm_per_member, lr_at
+from icl_lab.training.optim import (
+    build_optimizer,
+    clip_grad_norm_per_member,
+    functional_update,
+    lr_at,
+    optimizer_state,
+)
 from icl_lab.training.progress import TrainingProgress
 
 
@@ -145,12 +153,10 @@ class Trainer:
         self._step_clamps: list[Clamp] = []  # the clamps active in the current step
         self._t0 = time.perf_counter()  # wall-clock start (fit() restarts it)
         self._losses = over_members(self._member_loss, M)
-        self._optimizer_step = self._clip_and_step
         self.compile_s: float | None = None  # time the first compiled step took
         if self.compiled:
             mode = "reduce-overhead" if self.cuda_graphs else None  # reduce-overhead: CUDA graphs
-            self._losses = torch.compile(self._losses, dynamic=False, mode=mode)
-            self._optimizer_step = torch.compile(self._clip_and_step, mode=mode)
+            self._whole_step = torch.compile(self._whole_step, dynamic=False, mode=mode)
             self._lr = torch.zeros((), device=self.device)  # a tensor: a new rate must not recompile
 
     # set-up ----------------------------------------------------------------------------
@@ -196,13 +202,23 @@ class Trainer:
             torch.compiler.cudagraph_mark_step_begin()
         first_compiled = self.compiled and self.compile_s is None
         started = time.perf_counter()
-        losses = self._losses(state.params, batch.inputs, batch.targets, batch.loss_mask, batch.meta, on)
-        if not bool(torch.isfinite(losses).all()):  # before any update: the state is still finite
-            self._diverged(losses.detach())
-        for p in state.params.values():  # what zero_grad(set_to_none=True) does, without its overhead
-            p.grad = None
-        losses.sum().backward()
-        self._update()
+        lrs = [
+            lr_at(state.step, self.total_steps, m.training.optimizer.lr, m.training.schedule)
+            for m in self.members
+        ]
+        # members at different learning rates: step at lr 1, then take each member's fraction of the
+        # update (SGD, Adam and AdamW updates, weight decay included, scale linearly with lr)
+        same = len(set(lrs)) == 1
+        lr = lrs[0] if same else 1.0
+        before = None if same else [p.detach().clone() for p in state.params.values()]
+        args = (batch.inputs, batch.targets, batch.loss_mask, batch.meta, on)
+        state.optimizer.param_groups[0]["lr"] = lr  # what a checkpoint records
+        losses = self._compiled_step(lr, args) if self.compiled else self._eager_step(lr, args)
+        if before is not None:
+            weight = torch.tensor(lrs, device=self.device)
+            with torch.no_grad():
+                for old, p in zip(before, state.params.values(), strict=True):
+                    p.copy_(torch.lerp(old, p, weight.view(-1, *[1] * (p.dim() - 1))))
         if first_compiled:
             self.compile_s = time.perf_counter() - started
         # a graph's output lives in memory its next replay overwrites: keep a copy
@@ -219,41 +235,58 @@ class Trainer:
             self.model, self.tasks[0], self._step_clamps, params, inputs, targets, mask, meta, on
         )
 
-    def _clip_and_step(self) -> None:
-        """Clip each member's gradient (if configured) and take one optimiser step."""
+    def _eager_step(self, lr: float, args: tuple) -> Tensor:
+        """The member losses on the step's batch (args) and the clipped update at rate `lr`: autograd,
+        then the optimiser's step(). A loss that is not finite stops the run before the update."""
+        params = self.state.params
+        losses = self._losses(params, *args)
+        self._stop_if_diverged(losses)
+        for p in params.values():  # what zero_grad(set_to_none=True) does, without its overhead
+            p.grad = None
+        losses.sum().backward()
         clip = self.run.config.training.grad_clip
         if clip is not None:
-            clip_grad_norm_per_member(list(self.state.params.values()), clip)
+            clip_grad_norm_per_member([p.grad for p in params.values()], clip)
         self.state.optimizer.step()
+        return losses.detach()
 
-    def _update(self) -> None:
-        """One optimiser step at each member's learning rate for this step."""
-        state = self.state
-        lrs = [
-            lr_at(state.step, self.total_steps, m.training.optimizer.lr, m.training.schedule)
-            for m in self.members
-        ]
-        same = len(set(lrs)) == 1
-        self._set_lr(lrs[0] if same else 1.0)
-        if same:
-            self._optimizer_step()
-            return
-        # members at different learning rates: step at lr 1, then take each member's fraction of the
-        # update (SGD, Adam and AdamW updates, weight decay included, scale linearly with lr)
-        before = [p.detach().clone() for p in state.params.values()]
-        self._optimizer_step()
-        weight = torch.tensor(lrs, device=self.device)
-        with torch.no_grad():
-            for old, p in zip(before, state.params.values(), strict=True):
-                p.copy_(torch.lerp(old, p, weight.view(-1, *[1] * (p.dim() - 1))))
+    def _compiled_step(self, lr: float, args: tuple) -> Tensor:
+        """What _eager_step does, as one compiled graph (_whole_step), which makes no update when a
+        loss is not finite."""
+        self._lr.fill_(lr)  # in place: the graph reads the rate as a tensor input
+        params = {k: p.detach() for k, p in self.state.params.items()}
+        state = optimizer_state(self.state.optimizer)
+        if self.cuda_graphs:  # updated in place by the replayed graph: fixed addresses, not copies
+            for t in [*params.values(), *itertools.chain(*state.values())]:
+                torch._dynamo.mark_static_address(t, guard=False)  # new views each step: no id guard
+        losses = self._whole_step(params, state, self._lr, *args)
+        self._stop_if_diverged(losses)
+        return losses
 
-    def _set_lr(self, lr: float) -> None:
-        """Set the optimiser's learning rate for the next update."""
-        group = self.state.optimizer.param_groups[0]
-        if self.compiled:  # in place: the compiled update reads the rate as a tensor
-            self._lr.fill_(lr)
-            lr = self._lr
-        group["lr"] = lr
+    def _whole_step(
+        self, params: dict[str, Tensor], state: dict[str, list[Tensor]], lr: Tensor, *args: Any
+    ) -> Tensor:
+        """One training step as a function to compile whole: the member losses, their gradients
+        (torch.func.grad, no autograd graph), per-member clipping and the optimiser's update of
+        `params` and its `state` in place, which keeps both as they were if a loss is not finite."""
+
+        def total(params: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+            losses = self._losses(params, *args)
+            return losses.sum(), losses
+
+        grads, losses = torch.func.grad(total, has_aux=True)(params)
+        clip = self.run.config.training.grad_clip
+        if clip is not None:
+            clip_grad_norm_per_member(list(grads.values()), clip)
+        olds = [list(params.values()), *state.values()]
+        news = [[t.clone() for t in ts] for ts in olds]  # compiled, the copies cost nothing
+        functional_update(
+            self.state.optimizer, news[0], list(grads.values()), dict(zip(state, news[1:], strict=True)), lr
+        )
+        finite = torch.isfinite(losses).all()
+        for old, new in zip(itertools.chain(*olds), itertools.chain(*news), strict=True):
+            old.copy_(torch.where(finite.to(old.device), new, old))
+        return losses
 
     # evaluation ------------------------------------------------------------------------
 
@@ -283,6 +316,11 @@ class Trainer:
         sequences, tokens = self.run.units_at(self.state.step)
         wall = self.state.wall_s + time.perf_counter() - self._t0
         return {"step": self.state.step, "sequences": sequences, "tokens": tokens, "wall_s": wall}
+
+    def _stop_if_diverged(self, losses: Tensor) -> None:
+        """_diverged unless every member's loss is finite."""
+        if not bool(torch.isfinite(losses).all()):
+            self._diverged(losses.detach())
 
     def _diverged(self, losses: Tensor) -> None:
         """Stop on a non-finite loss: checkpoint the last finite state (this step's parameters, or
