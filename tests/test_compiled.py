@@ -10,10 +10,11 @@ import torch
 
 from conftest import tiny_config
 from icl_lab.errors import ConfigError, DivergenceError
-from icl_lab.experiment import ExperimentConfig, validate_config
+from icl_lab.experiment import ExperimentConfig, build_task, load_config, validate_config
 from icl_lab.models import native_mamba, recurrence
 from icl_lab.models.recurrence import selective_scan
 from icl_lab.store.run import Run
+from icl_lab.tasks import Batch
 from icl_lab.training import compiled
 from icl_lab.training.compiled import (
     AUTO_MEMBER_STEPS,
@@ -136,6 +137,33 @@ def test_a_step_with_a_non_finite_loss_stops_before_it_updates_anything(
     assert all(torch.equal(trainer.state.params[k], v) for k, v in before.items())
     after = {(i, k): v for i, s in enumerate(trainer.state.optimizer.state.values()) for k, v in s.items()}
     assert after.keys() == state.keys() and all(torch.equal(after[k], v) for k, v in state.items())
+
+
+def test_a_compiled_step_compiles_once_whatever_its_learning_rate_schedule(tmp_path: Path) -> None:
+    """Each step of a warm-up schedule has a new rate: the compiled step takes it as a tensor and
+    must never recompile for it (dynamo would fall back to eager after a few recompiles)."""
+    training = {**ADAM, "compile": "on", "schedule": {"name": "warmup", "warmup_steps": 5}}
+    trainer = Trainer(
+        Run.create([tiny_config(training=training, model=TRANSFORMER)], tmp_path), progress=False
+    )
+    trainer.train_step()  # compiles (or finds this config's graph compiled by an earlier test)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for _ in range(6):
+            trainer.train_step()
+    assert trainer.state.optimizer.param_groups[0]["lr"] == ADAM["optimizer"]["lr"]
+
+
+def test_a_one_member_batch_has_the_same_strides_whatever_slice_it_came_from() -> None:
+    """RegBench's batches are slices of prompts buffers whose width varies from batch to batch; a
+    compiled step guards on its inputs' strides, and recompiled at every step before
+    Batch.stack made the single member's view contiguous."""
+    config = load_config("icll", ["task.n_train_dfas=20", "task.n_val_dfas=2", "task.n_test_dfas=2"])
+    task, g = build_task(config), torch.Generator().manual_seed(0)
+    batches = [task.training_sample(8, g, step) for step in range(4)]
+    assert len({b.inputs.stride() for b in batches}) > 1, "the slices' strides differ"
+    stacked = [Batch.stack([b]) for b in batches]
+    assert len({(s.inputs.stride(), s.targets.stride(), s.loss_mask.stride()) for s in stacked}) == 1
+    assert all(torch.equal(s.inputs[0], b.inputs) for s, b in zip(stacked, batches, strict=True))
 
 
 def test_auto_compiles_only_runs_that_repay_compiling() -> None:

@@ -61,10 +61,12 @@ class Batch:
 
     @staticmethod
     def stack(batches: list["Batch"]) -> "Batch":
-        """Stack per-member batches along a new leading member axis (a view of a single batch)."""
+        """Stack per-member batches along a new leading member axis (a view of a single contiguous
+        batch: a compiled step specialises on strides, and a slice's would change from batch to
+        batch)."""
 
         def stack(tensors: list[Tensor]) -> Tensor:
-            return tensors[0][None] if len(tensors) == 1 else torch.stack(tensors)
+            return tensors[0].contiguous()[None] if len(tensors) == 1 else torch.stack(tensors)
 
         return Batch(
             stack([b.inputs for b in batches]),

@@ -98,6 +98,9 @@ class _QuietProfilerNote(logging.Filter):
         return not str(record.msg).startswith("Profiler record function")
 
 
+# a sweep's worker process trains run after run: each config (shapes, clamps, settings) is one more
+# compiled entry of the same step function, and past dynamo's default of 8 it would run eager
+torch._dynamo.config.recompile_limit = 64
 logging.getLogger("torch._dynamo.variables.ctx_manager").addFilter(_QuietProfilerNote())
 # clamps cache pure functions of their settings (head lists, masks); traced through, they give the same
 warnings.filterwarnings(

@@ -65,34 +65,32 @@ def optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, list[Tensor]]
 
 
 def functional_update(
-    optimizer: torch.optim.Optimizer,
+    cfg: OptimizerConfig,
     params: list[Tensor],
     grads: list[Tensor],
     state: dict[str, list[Tensor]],
     lr: Tensor | float,
 ) -> None:
-    """The update the optimiser's step() makes, in place on `params` and `state` (optimizer_state's
-    lists or copies of them), through torch.optim's own functional kernels with the optimiser's
-    settings: traceable into one graph with the gradients (step() breaks a compiled graph twice)."""
-    group = optimizer.param_groups[0]
-    if isinstance(optimizer, torch.optim.SGD):
+    """The update the step() of build_optimizer(params, cfg) makes at rate `lr`, in place on `params`
+    and `state` (optimizer_state's lists or copies of them), through torch.optim's own functional
+    kernels: traceable into one graph with the gradients (step() breaks a compiled graph twice).
+    It reads the config, not the optimiser, whose learning rate a compiled graph would guard on."""
+    if cfg.name == "sgd":
+        momentum = {"momentum": cfg.momentum, "dampening": 0.0, "nesterov": False}  # SGD's defaults
         buffers = state.get("momentum_buffer", [None] * len(params))
         sgd(
             params,
             grads,
             buffers,
-            weight_decay=group["weight_decay"],
-            momentum=group["momentum"],
+            weight_decay=cfg.weight_decay,
             lr=lr,
-            dampening=group["dampening"],
-            nesterov=group["nesterov"],
             maximize=False,
             foreach=False,
+            **momentum,
         )
         return
-    beta1, beta2 = group["betas"]
     adam(
         params, grads, state["exp_avg"], state["exp_avg_sq"], [], state["step"],
-        decoupled_weight_decay=isinstance(optimizer, torch.optim.AdamW), amsgrad=False, foreach=False,
-        beta1=beta1, beta2=beta2, lr=lr, weight_decay=group["weight_decay"], eps=group["eps"], maximize=False,
+        decoupled_weight_decay=cfg.name == "adamw", amsgrad=False, foreach=False, maximize=False,
+        beta1=cfg.betas[0], beta2=cfg.betas[1], lr=lr, weight_decay=cfg.weight_decay, eps=cfg.eps,
     )  # fmt: skip

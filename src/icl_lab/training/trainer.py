@@ -280,9 +280,8 @@ class Trainer:
             clip_grad_norm_per_member(list(grads.values()), clip)
         olds = [list(params.values()), *state.values()]
         news = [[t.clone() for t in ts] for ts in olds]  # compiled, the copies cost nothing
-        functional_update(
-            self.state.optimizer, news[0], list(grads.values()), dict(zip(state, news[1:], strict=True)), lr
-        )
+        settings, updated = self.run.config.training.optimizer, dict(zip(state, news[1:], strict=True))
+        functional_update(settings, news[0], list(grads.values()), updated, lr)
         finite = torch.isfinite(losses).all()
         for old, new in zip(itertools.chain(*olds), itertools.chain(*news), strict=True):
             old.copy_(torch.where(finite.to(old.device), new, old))
