@@ -204,7 +204,7 @@ def _differentiable(
     (a custom operator's own autograd cannot be, and the compiled training step takes its gradients
     with torch.func.grad)."""
     function = type(
-        f"{op._name}_function",
+        "NativeKernel",
         (torch.autograd.Function,),
         {
             "forward": staticmethod(lambda *inputs: op(*inputs)),

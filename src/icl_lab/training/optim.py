@@ -90,7 +90,19 @@ def functional_update(
         )
         return
     adam(
-        params, grads, state["exp_avg"], state["exp_avg_sq"], [], state["step"],
-        decoupled_weight_decay=cfg.name == "adamw", amsgrad=False, foreach=False, maximize=False,
-        beta1=cfg.betas[0], beta2=cfg.betas[1], lr=lr, weight_decay=cfg.weight_decay, eps=cfg.eps,
-    )  # fmt: skip
+        params,
+        grads,
+        state["exp_avg"],
+        state["exp_avg_sq"],
+        [],
+        state["step"],
+        decoupled_weight_decay=cfg.name == "adamw",
+        amsgrad=False,
+        foreach=False,
+        maximize=False,
+        beta1=cfg.betas[0],
+        beta2=cfg.betas[1],
+        lr=lr,
+        weight_decay=cfg.weight_decay,
+        eps=cfg.eps,
+    )
