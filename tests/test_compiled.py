@@ -89,6 +89,26 @@ def test_compiled_and_eager_training_agree(
         assert not torch.equal(W_O[0, 0], W_O_before[0, 0]), "a mean-ablated head still learns"
 
 
+def test_a_grafted_run_trains_compiled_as_eager(tmp_path: Path) -> None:
+    """A graft's donor is loaded on first use, inside the compiled step's torch.func.grad, and runs
+    outside the graph: training equals eager, and the grafted layer's attention (and its LayerNorm), whose
+    output the donor's replaces, never moves."""
+    donor = train(
+        tiny_config(training={**SGD, "length": {"steps": 2}}, model=TRANSFORMER),
+        str(tmp_path / "donor"),
+        progress=False,
+    )
+    graft = {"kind": "graft", "hook": "blocks.0.hook_attn_out", "source": str(donor.path)}
+    members = [tiny_config(training=SGD, model=TRANSFORMER, clamps=[graft])]
+    compiled = trained_params(members, "on", tmp_path)  # first: the donor is loaded once per process
+    eager = trained_params(members, "off", tmp_path)
+    initial = Trainer(Run.create(members, tmp_path / "init"), progress=False).state.params
+    frozen = {name for name in eager if torch.equal(eager[name], initial[name])}
+    assert frozen and all(name.startswith(("blocks.0.attn.", "blocks.0.ln1.")) for name in frozen)
+    assert all(torch.equal(compiled[k], initial[k]) for k in frozen)
+    assert_agree(*({k: v for k, v in d.items() if k not in frozen} for d in (eager, compiled, initial)))
+
+
 def assert_agree(eager: dict, compiled: dict, initial: dict) -> None:
     """Compiled parameters within 0.1% of how far eager training moved each parameter (rounding
     differences only; measured up to 0.01% here)."""

@@ -16,11 +16,12 @@ from icl_lab.models.hooks import HookFn, HookPoint
 
 @cache
 def donor(source: str, step: int | None, member: int, device: str) -> Model:
-    """A frozen model from another run's checkpoint (loaded once per process)."""
+    """A model from another run's checkpoint (loaded once per process; run under no_grad), built
+    on the device: a compiled step first loads it inside torch.func.grad, which refuses moving a
+    module (`.data`) and `requires_grad_`."""
     from icl_lab.store.run import Run  # the run store imports the config, which imports clamps
 
-    model = Run.open(source).model(step, member).to(device)
-    return model.requires_grad_(False)
+    return Run.open(source).model(step, member, device)
 
 
 def _hook_shape(model: Model, hook: str) -> tuple[int, ...] | None:

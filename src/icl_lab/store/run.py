@@ -194,10 +194,10 @@ class Run(RunDirectory):
         """Every member's parameters at a checkpoint (default: the latest), stacked on axis 0."""
         return TrainState.parameters(self.load_checkpoint(step))
 
-    def model(self, step: int | None = None, member: int | None = None) -> Model:
-        """The model of one member at a checkpoint (default: the latest), on the CPU."""
+    def model(self, step: int | None = None, member: int | None = None, device: str = "cpu") -> Model:
+        """The model of one member at a checkpoint (default: the latest), built on `device`."""
         member = self._member(member)
-        model = build_model(self.member_config(member))
+        model = build_model(self.member_config(member), device)
         checkpoint = self.load_checkpoint(step)
         params = TrainState.parameters(checkpoint)
         expected = dict(model.named_parameters())
