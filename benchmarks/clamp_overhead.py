@@ -3,8 +3,8 @@ same process (one thread, interleaved, median of repeats).
 
 The clamp set is the single-induction-head experiment's: values of seven layer-2 heads ablated and
 the match clamp on the eighth. Also timed, separately: a path-preserving ablation (which needs a
-reference pass: the batch is doubled, so twice the sequences in one pass) and a graft (a donor
-forward per step).
+reference pass: the batch is doubled, so twice the sequences in one pass) and, eager only, a graft
+(a donor forward per step; a graft's run never compiles its step).
 
 The path-preserving ablation's reference pass keeps autograd on purpose: in the authors' code
 (icl-dynamics opto.py) the base pass runs inside the differentiated loss, so a preserved pattern's
@@ -50,12 +50,10 @@ def main() -> None:
     torch.set_num_threads(1)
     runs = Path(tempfile.mkdtemp())
     donor = train(load_config("singh", ["training.length={steps: 1}", "seed=1"]), str(runs), progress=False)
-    sets = {
-        **SETS,
-        "graft layer 0 output": [
-            {"kind": "graft", "hook": "blocks.0.hook_attn_out", "source": str(donor.path)}
-        ],
-    }
+    sets = dict(SETS)
+    if args.compile == "off":  # a graft's run never compiles its step (Clamp.traceable)
+        graft = {"kind": "graft", "hook": "blocks.0.hook_attn_out", "source": str(donor.path)}
+        sets["graft layer 0 output"] = [graft]
     contenders = {"no clamps": trainer(runs, [], args.compile).train_step}
     contenders |= {name: trainer(runs, clamps, args.compile).train_step for name, clamps in sets.items()}
     median = interleaved(contenders, args.steps, args.repeats)

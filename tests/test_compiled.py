@@ -89,24 +89,24 @@ def test_compiled_and_eager_training_agree(
         assert not torch.equal(W_O[0, 0], W_O_before[0, 0]), "a mean-ablated head still learns"
 
 
-def test_a_grafted_run_trains_compiled_as_eager(tmp_path: Path) -> None:
-    """A graft's donor is loaded on first use, inside the compiled step's torch.func.grad, and runs
-    outside the graph: training equals eager, and the grafted layer's attention (and its LayerNorm), whose
-    output the donor's replaces, never moves."""
+def test_a_grafted_run_never_compiles_its_step(tmp_path: Path) -> None:
+    """A graft's donor runs outside any graph; inside the one-graph compiled step that break turned
+    every later compiled step of the process eager (measured: 2.2 -> 12 ms). `on` is refused up
+    front, `auto` trains eager however long the run."""
     donor = train(
-        tiny_config(training={**SGD, "length": {"steps": 2}}, model=TRANSFORMER),
-        str(tmp_path / "donor"),
-        progress=False,
+        tiny_config(training={**SGD, "length": {"steps": 1}}), str(tmp_path / "donor"), progress=False
     )
     graft = {"kind": "graft", "hook": "blocks.0.hook_attn_out", "source": str(donor.path)}
-    members = [tiny_config(training=SGD, model=TRANSFORMER, clamps=[graft])]
-    compiled = trained_params(members, "on", tmp_path)  # first: the donor is loaded once per process
-    eager = trained_params(members, "off", tmp_path)
-    initial = Trainer(Run.create(members, tmp_path / "init"), progress=False).state.params
-    frozen = {name for name in eager if torch.equal(eager[name], initial[name])}
-    assert frozen and all(name.startswith(("blocks.0.attn.", "blocks.0.ln1.")) for name in frozen)
-    assert all(torch.equal(compiled[k], initial[k]) for k in frozen)
-    assert_agree(*({k: v for k, v in d.items() if k not in frozen} for d in (eager, compiled, initial)))
+    on = tiny_config(clamps=[graft]).model_dump(by_alias=True)
+    on["training"]["compile"] = "on"
+    with pytest.raises(ConfigError, match=r"clamps\.0: a graft clamp runs outside any compiled graph"):
+        validate_config(on)
+    long = {"length": {"steps": AUTO_MEMBER_STEPS}, "compile": "auto"}
+    trainer = Trainer(
+        Run.create([tiny_config(training=long, clamps=[graft])], tmp_path / "auto"), progress=False
+    )
+    assert not trainer.compiled
+    trainer.train_step()
 
 
 def assert_agree(eager: dict, compiled: dict, initial: dict) -> None:

@@ -95,6 +95,11 @@ class ExperimentConfig(StrictModel):
                 clamp.check(model)
                 if clamp.requires_layout and clamp.requires_layout != task_cls.layout:
                     raise ValueError(f"{clamp.kind} needs a task in the {clamp.requires_layout} layout")
+                if not clamp.traceable and self.training.compile == "on":
+                    raise ValueError(
+                        f"a {clamp.kind} clamp runs outside any compiled graph, and a compiled "
+                        "training step is one graph: set training.compile to auto or off"
+                    )
             except ValueError as e:
                 raise ValueError(f"clamps.{i}: {e}") from None
         splits = task_cls.all_split_names(self.task)

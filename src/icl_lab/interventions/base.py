@@ -49,6 +49,9 @@ class Clamp(StrictModel):
     """a task layout (Task.layout) whose meta the clamp reads, if any"""
     needs_reference: ClassVar[bool] = False
     """whether the clamp reads activations of a reference pass (ClampContext.reference)"""
+    traceable: ClassVar[bool] = True
+    """whether the clamp's hooks trace into a compiled training step (one graph, gradients by
+    torch.func.grad, which a graph break inside would turn eager for every run in the process)"""
 
     @property
     def reads_batch(self) -> bool:

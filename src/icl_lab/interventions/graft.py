@@ -3,7 +3,7 @@
 import copy
 from functools import cache
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -16,9 +16,8 @@ from icl_lab.models.hooks import HookFn, HookPoint
 
 @cache
 def donor(source: str, step: int | None, member: int, device: str) -> Model:
-    """A model from another run's checkpoint (loaded once per process; run under no_grad), built
-    on the device: a compiled step first loads it inside torch.func.grad, which refuses moving a
-    module (`.data`) and `requires_grad_`."""
+    """A model from another run's checkpoint, built on the device (loaded once per process; run
+    under no_grad)."""
     from icl_lab.store.run import Run  # the run store imports the config, which imports clamps
 
     return Run.open(source).model(step, member, device)
@@ -49,6 +48,7 @@ class Graft(Clamp):
     on the same inputs. The donor is frozen; gradients flow on from the grafted activation."""
 
     kind: Literal["graft"] = "graft"
+    traceable: ClassVar[bool] = False  # the donor is read from disk once, then run as it is
     hook: str
     source: str = Field(description="the donor's run directory")
     step: int | None = None
@@ -89,7 +89,6 @@ class Graft(Clamp):
 
         return [(self.hook, graft)]
 
-    @torch.compiler.disable  # the donor is read from disk once, then run as it is: never traced
     def donor_activation(self, inputs: Tensor) -> Tensor:
         """The donor's activation at the hook on these inputs (no gradient)."""
         model = donor(str(Path(self.source).resolve()), self.step, self.member, str(inputs.device))

@@ -128,7 +128,8 @@ class Trainer:
         self.total_steps = total_steps(cfg)
         M = len(self.members)
         setting, member_steps, device = cfg.training.compile, self.total_steps * M, cfg.training.device
-        self.compiled = should_compile(setting, member_steps, device)
+        traceable = all(c.traceable for m in self.members for c in m.clamps)  # else: eager (auto)
+        self.compiled = traceable and should_compile(setting, member_steps, device)
         self.kernels = should_compile(setting, member_steps, device, KERNEL_MEMBER_STEPS)
         self.cuda_graphs = self.compiled and cfg.training.cuda_graphs and self.device.type == "cuda"
         self.model = build_model(cfg, self.device, self.tasks[0])
