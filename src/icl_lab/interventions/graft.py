@@ -16,11 +16,10 @@ from icl_lab.models.hooks import HookFn, HookPoint
 
 @cache
 def donor(source: str, step: int | None, member: int, device: str) -> Model:
-    """A model from another run's checkpoint, built on the device (loaded once per process; run
-    under no_grad)."""
+    """A frozen model from another run's checkpoint, built on the device (loaded once per process)."""
     from icl_lab.store.run import Run  # the run store imports the config, which imports clamps
 
-    return Run.open(source).model(step, member, device)
+    return Run.open(source).model(step, member, device).requires_grad_(False)
 
 
 def _hook_shape(model: Model, hook: str) -> tuple[int, ...] | None:

@@ -5,7 +5,8 @@ A compiled step is the same computation as the eager one, as one compiled functi
 per-member clipping, and the optimiser's update through torch.optim's own functional kernels
 (`optim.functional_update`) on its own state. Eager, autograd and the optimiser's step() are
 separate calls, and step() would split a compiled graph in three; as one graph the step saves their
-per-call overhead (benchmarks/peers: Singh's compiled step 3.7 -> 3.0 ms). Results agree with eager
+per-call overhead (Singh's compiled step 3.71 -> 2.98 ms in two runs of benchmarks/peers/singh.py,
+2026-12-03; 1.12x and 1.39x in same-process A/Bs). Results agree with eager
 training within rounding (tests/test_compiled.py), and a compiled run resumes bit-identically.
 
 `auto` compiles when a run is long enough to repay the compile time. Compiling saves time per

@@ -214,7 +214,7 @@ class Trainer:
         before = None if same else [p.detach().clone() for p in state.params.values()]
         args = (batch.inputs, batch.targets, batch.loss_mask, batch.meta, on)
         state.optimizer.param_groups[0]["lr"] = lr  # what a checkpoint records
-        losses = self._compiled_step(lr, args) if self.compiled else self._eager_step(lr, args)
+        losses = self._compiled_step(lr, args) if self.compiled else self._eager_step(args)
         if before is not None:
             weight = torch.tensor(lrs, device=self.device)
             with torch.no_grad():
@@ -236,9 +236,9 @@ class Trainer:
             self.model, self.tasks[0], self._step_clamps, params, inputs, targets, mask, meta, on
         )
 
-    def _eager_step(self, lr: float, args: tuple) -> Tensor:
-        """The member losses on the step's batch (args) and the clipped update at rate `lr`: autograd,
-        then the optimiser's step(). A loss that is not finite stops the run before the update."""
+    def _eager_step(self, args: tuple) -> Tensor:
+        """The member losses on the step's batch (args) and the clipped update at the optimiser's
+        rate: autograd, then its step(). A loss that is not finite stops the run before the update."""
         params = self.state.params
         losses = self._losses(params, *args)
         self._stop_if_diverged(losses)
@@ -247,7 +247,7 @@ class Trainer:
         losses.sum().backward()
         clip = self.run.config.training.grad_clip
         if clip is not None:
-            clip_grad_norm_per_member([p.grad for p in params.values()], clip)
+            clip_grad_norm_per_member([p.grad for p in params.values() if p.grad is not None], clip)
         self.state.optimizer.step()
         return losses.detach()
 
