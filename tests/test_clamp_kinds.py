@@ -237,6 +237,59 @@ def test_each_clamp_kind_does_the_same_compiled(fields: dict) -> None:
     assert any(g.abs().sum() > 0 for g in eager_grads.values())
 
 
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"kind": "ablate", "heads": ["1.1"], "activation": "z", "positions": [2, -1]},
+        {
+            "kind": "ablate",
+            "heads": ["1.*"],
+            "activation": "pattern",
+            "mode": "constant",
+            "value": 0.5,
+            "positions": [2],
+        },
+        {"kind": "ablate", "heads": ["1.1", "0.2"], "activation": "rot_q", "mode": "mean"},
+        {"kind": "previous_token", "heads": ["1.0"], "positions": [3, 4]},
+        {"kind": "induction_match", "heads": ["1.2"], "strength": 0.7},
+        {"kind": "copy", "head": "1.3"},
+        {"kind": "layer1"},
+        {"kind": "ablate_preserving", "heads": ["0.*"], "preserve": "pattern"},
+    ],
+    ids=lambda fields: f"{fields['kind']}-{fields.get('activation', '')}",
+)
+def test_clamps_on_the_last_block_keep_its_readout_rows_only(
+    fields: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With clamps alone on it, a readout model's last block still computes only its readout rows
+    (Transformer.last_block_first), and the clamps must do there exactly what they do on every row:
+    logits and gradients equal to the full pass, which an unmarked hook on the last block forces.
+    Positions count from the sequence's start, so a clamp on a position before the readout row
+    changes nothing the logits see."""
+    _, _, model, batch = setup()
+    firsts: list[int] = []
+    last_block_first = model.last_block_first
+    monkeypatch.setattr(model, "last_block_first", lambda T: firsts.append(last_block_first(T)) or firsts[-1])
+    the_clamp = clamp(**fields)
+    on = torch.ones(1, dtype=torch.bool)
+    forward = lambda inputs, hooks: model.run_with_hooks(inputs, fwd_hooks=hooks)  # noqa: E731
+
+    def logits_and_grads(extra: list) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        logits = clamped_forward(forward, model, [the_clamp], on, batch.meta, batch.inputs, extra)
+        loss = F.cross_entropy(logits[:, -1], batch.targets[:, 0])
+        return logits, torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
+
+    logits, grads = logits_and_grads([])
+    full, full_grads = logits_and_grads([("blocks.1.hook_resid_post", lambda x, hook: None)])
+    T = batch.inputs.shape[1]
+    assert firsts == [T - 1, 0]
+    torch.testing.assert_close(logits, full, atol=1e-6, rtol=1e-5)
+    for grad, want in zip(grads, full_grads, strict=True):
+        assert (grad is None) == (want is None)
+        if want is not None:
+            torch.testing.assert_close(grad, want, atol=1e-6, rtol=1e-4)
+
+
 def test_induction_pattern_attends_after_the_previous_occurrence() -> None:
     from icl_lab.interventions.induction_pattern import induction_pattern
 

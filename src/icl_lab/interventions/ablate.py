@@ -1,6 +1,6 @@
 """Ablation of chosen heads: replace an activation with zero, its batch mean or a constant."""
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -35,6 +35,8 @@ class Ablate(Clamp):
     value: float = 0.0
     positions: list[int] | None = None
 
+    takes_suffix: ClassVar[bool] = True
+
     @property
     def reads_batch(self) -> bool:
         return self.mode == "mean"
@@ -49,7 +51,7 @@ class Ablate(Clamp):
     def hooks(self, ctx: ClampContext) -> list[tuple[str, HookFn]]:
         def replace(heads: list[int]) -> HookFn:
             def fn(act: Tensor, hook: HookPoint) -> Tensor:
-                mask = head_position_mask(act, self.activation, heads, self.positions) & ctx.on
+                mask = head_position_mask(act, self.activation, heads, self.positions, ctx.n_ctx) & ctx.on
                 if self.mode == "mean":
                     return torch.where(mask, act.mean(0, keepdim=True), act)
                 return torch.where(mask, self.value if self.mode == "constant" else 0.0, act)

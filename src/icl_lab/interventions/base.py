@@ -23,7 +23,7 @@ from torch import Tensor
 
 from icl_lab.config import StepWindow, StrictModel
 from icl_lab.models.base import Model
-from icl_lab.models.hooks import HookFn, HookPoint
+from icl_lab.models.hooks import HookFn, HookPoint, takes_suffix
 from icl_lab.registry import Registry
 
 # (head axis, position axis) of each per-head attention activation, TransformerLens layouts
@@ -49,6 +49,9 @@ class Clamp(StrictModel):
     """a task layout (Task.layout) whose meta the clamp reads, if any"""
     needs_reference: ClassVar[bool] = False
     """whether the clamp reads activations of a reference pass (ClampContext.reference)"""
+    takes_suffix: ClassVar[bool] = False
+    """whether the clamp's hooks are correct on activations holding only the sequence's last
+    positions (hooks.takes_suffix), which lets a readout model skip its last block's other rows"""
     traceable: ClassVar[bool] = True
     """whether the clamp's hooks trace into a compiled training step (one graph, gradients by
     torch.func.grad, which a graph break inside would turn eager for every run in the process)"""
@@ -77,6 +80,11 @@ class ClampContext:
     meta: dict[str, Tensor]
     inputs: Tensor
     reference_rows: int = 0
+
+    @property
+    def n_ctx(self) -> int:
+        """The sequences' length (an activation may hold only its last positions)."""
+        return self.inputs.shape[1]
 
     def reference(self, x: Tensor) -> Tensor:
         """The activation x (sequences first) with every sequence's reference activation."""
@@ -118,10 +126,13 @@ def check_positions(positions: list[int] | None, n_ctx: int) -> None:
             raise ValueError(f"position {p} is outside a context of {n_ctx}")
 
 
-def head_position_mask(act: Tensor, activation: str, heads: list[int], positions: list[int] | None) -> Tensor:
-    """Bool mask broadcastable to act, true at the chosen heads and positions."""
+def head_position_mask(
+    act: Tensor, activation: str, heads: list[int], positions: list[int] | None, n_ctx: int
+) -> Tensor:
+    """Bool mask broadcastable to act, true at the chosen heads and positions; positions index a
+    sequence of n_ctx, of which act's position axis holds the last (hooks.takes_suffix)."""
     head_axis, pos_axis = HEAD_LAYOUTS[activation]
-    key = (act.dim(), head_axis, pos_axis, act.shape[head_axis], act.shape[pos_axis], tuple(heads))
+    key = (act.dim(), head_axis, pos_axis, act.shape[head_axis], act.shape[pos_axis], n_ctx, tuple(heads))
     return _mask(*key, tuple(positions) if positions is not None else None, act.device)
 
 
@@ -131,6 +142,7 @@ def _mask(
     head_axis: int,
     pos_axis: int,
     H: int,
+    P: int,
     T: int,
     heads: tuple[int, ...],
     positions: tuple[int, ...] | None,
@@ -143,8 +155,9 @@ def _mask(
     if positions is not None:
         pos_on = torch.zeros(T, dtype=torch.bool, device=device)
         pos_on[[p % T for p in positions]] = True
+    pos_on = pos_on[T - P :]  # the positions the activation holds
     shape = [1] * ndim
-    shape[head_axis], shape[pos_axis] = H, T
+    shape[head_axis], shape[pos_axis] = H, P
     mask = head_on[:, None] & pos_on[None] if head_axis < pos_axis else pos_on[:, None] & head_on[None]
     return mask.view(shape)
 
@@ -179,7 +192,11 @@ def clamped_forward(
     if n:
         meta, inputs = {k: torch.cat([v, v]) for k, v in meta.items()}, torch.cat([inputs, inputs])
         extra_hooks = [(name, _after(n, fn)) for name, fn in extra_hooks]
-    hooks = [h for i, c in enumerate(clamps) for h in c.hooks(ClampContext(model, on[i], meta, inputs, n))]
+    hooks = [
+        (name, takes_suffix(fn) if c.takes_suffix else fn)
+        for i, c in enumerate(clamps)
+        for name, fn in c.hooks(ClampContext(model, on[i], meta, inputs, n))
+    ]
     return forward(inputs, [*hooks, *extra_hooks])[n:]
 
 

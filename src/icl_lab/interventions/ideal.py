@@ -26,6 +26,8 @@ class PatternClamp(Clamp):
 
     heads: list[str] = Field(min_length=1, description="'layer.head' or 'layer.*'")
 
+    takes_suffix: ClassVar[bool] = True
+
     def check(self, model: Model) -> None:
         parse_heads(self.heads, model)
 
@@ -37,7 +39,9 @@ class PatternClamp(Clamp):
         def replace(heads: list[int]) -> HookFn:
             def fn(act: Tensor, hook: HookPoint) -> Tensor:
                 pattern, rows = self.ideal(act, ctx)
-                return torch.where(head_position_mask(act, "pattern", heads, rows) & ctx.on, pattern, act)
+                pattern = pattern[..., -act.shape[-2] :, :]  # the query rows act holds (B or 1, 1, P, T)
+                mask = head_position_mask(act, "pattern", heads, rows, ctx.n_ctx)
+                return torch.where(mask & ctx.on, pattern, act)
 
             return fn
 
@@ -103,6 +107,7 @@ class Copy(Clamp):
     kind: Literal["copy"] = "copy"
     head: str = Field(description="'layer.head'")
     requires_layout: ClassVar[str] = "fewshot"
+    takes_suffix: ClassVar[bool] = True  # it reads the query's row, the last
 
     def check(self, model: Model) -> None:
         if len(parse_heads([self.head], model)) != 1 or "*" in self.head:

@@ -25,6 +25,8 @@ class LayerOne(Clamp):
     layer: int = Field(1, ge=1)
     heads: list[str] | None = Field(None, description="heads of `layer` (default all)")
 
+    takes_suffix: ClassVar[bool] = True  # it replaces keys, which every position computes
+
     def check(self, model: Model) -> None:
         if self.layer >= model.n_layers:
             raise ValueError(f"layer {self.layer} does not exist in a model with {model.n_layers} layers")
@@ -51,7 +53,7 @@ class LayerOne(Clamp):
         def shifted_keys(k: Tensor, hook: HookPoint) -> Tensor:
             x = F.pad(embedded["x"][:, :-1], (0, 0, 1, 0))  # (B, T, d): token j - 1 at position j
             keys = model.blocks[self.layer].keys(x)  # (B, T, H, e)
-            return torch.where(head_position_mask(k, "k", heads, None) & ctx.on, keys, k)
+            return torch.where(head_position_mask(k, "k", heads, None, ctx.n_ctx) & ctx.on, keys, k)
 
         outputs = [f"blocks.{i}.hook_{part}_out" for i in range(self.layer) for part in ("attn", "mlp")]
         silenced = [(name, silence) for name in outputs if name in model.hook_dict]
@@ -76,6 +78,7 @@ class AblatePreserving(Clamp):
     layers: list[int] | None = Field(None, description="later layers that preserve (default all)")
 
     needs_reference: ClassVar[bool] = True
+    takes_suffix: ClassVar[bool] = True  # both halves of the batch hold the same positions
 
     def check(self, model: Model) -> None:
         last = max(parse_heads(self.heads, model))
@@ -90,7 +93,7 @@ class AblatePreserving(Clamp):
     def hooks(self, ctx: ClampContext) -> list[tuple[str, HookFn]]:
         def zero(heads: list[int]) -> HookFn:
             def fn(z: Tensor, hook: HookPoint) -> Tensor:
-                mask = head_position_mask(z, "z", heads, None) & ctx.clamped_rows(z)
+                mask = head_position_mask(z, "z", heads, None, ctx.n_ctx) & ctx.clamped_rows(z)
                 return torch.where(mask & ctx.on, 0.0, z)
 
             return fn

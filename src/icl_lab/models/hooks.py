@@ -45,6 +45,17 @@ class HookPoint(nn.Module):
     register_full_backward_hook = _no_module_hooks  # type: ignore[assignment]
 
 
+def takes_suffix(fn: HookFn) -> HookFn:
+    """Mark fn as correct on an activation holding only the sequence's last positions.
+
+    A model that reads out at fixed positions may compute its last block from the first of them on
+    (Transformer.last_block_first): there the position axis of the rotated queries, the pattern's
+    query rows, z and the residual after attention holds the last P of T positions. An unmarked
+    function on that block makes the model compute every position."""
+    fn.takes_suffix = True  # type: ignore[attr-defined]
+    return fn
+
+
 def _matcher(names: NameFilter) -> Callable[[str], bool]:
     if names is None:
         return lambda _: True

@@ -404,9 +404,12 @@ class Transformer(Model):
                 nn.init.zeros_(p)
 
     def last_block_first(self, T: int) -> int:
-        """The first position the last block computes: the first readout position where no hook
-        function reads the block's activations and no n-gram layer follows it, else 0."""
-        if self.readout_positions is None or any(h.fns for h in self.last_block_hooks):
+        """The first position the last block computes: the first readout position where every hook
+        function on the block takes a suffix of positions (hooks.takes_suffix) and no n-gram layer
+        follows it, else 0."""
+        if self.readout_positions is None:
+            return 0
+        if any(not getattr(fn, "takes_suffix", False) for h in self.last_block_hooks for fn in h.fns):
             return 0
         if any(layer.after == self.n_layers - 1 for layer in self.cfg.ngram_layers):
             return 0
