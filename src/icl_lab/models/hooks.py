@@ -49,7 +49,7 @@ def takes_suffix(fn: HookFn) -> HookFn:
     """Mark fn as correct on an activation holding only the sequence's last positions.
 
     A model that reads out at fixed positions may compute its last block from the first of them on
-    (Transformer.last_block_first): there the position axis of the rotated queries, the pattern's
+    (Transformer.last_block_first): there the position axis of the queries, the pattern's
     query rows, z and the residual after attention holds the last P of T positions. An unmarked
     function on that block makes the model compute every position."""
     fn.takes_suffix = True  # type: ignore[attr-defined]

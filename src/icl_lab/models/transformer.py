@@ -148,24 +148,29 @@ class Attention(nn.Module):
         self.hook_attn_scores, self.hook_pattern = HookPoint(), HookPoint()
         self.hook_z = HookPoint()
 
-    def qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Every head's query, key and value from the attention's input x (B, T, d): each (B, T, H, e)."""
+    def qkv(self, x: Tensor, first: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+        """Every head's query (B, T - first, H, e) at the positions from `first` on, and key and
+        value (B, T, H, e) at every position, from the attention's input x (B, T, d)."""
         B, T, d = x.shape
         H, e = self.W_Q.shape[0], self.W_Q.shape[2]
         # one fused linear map for q, k and v: far faster on CPU than einsum's batched matmuls
         W = torch.stack([self.W_Q, self.W_K, self.W_V]).transpose(2, 3).reshape(3 * H * e, d)
         b = torch.stack([self.b_Q, self.b_K, self.b_V]).flatten() if self.bias else None
-        return F.linear(x, W, b).view(B, T, 3, H, e).unbind(2)
+        if not first:
+            return F.linear(x, W, b).view(B, T, 3, H, e).unbind(2)
+        n = H * e  # queries only where they are read: a third of a readout model's last projection
+        q = F.linear(x[:, first:], W[:n], None if b is None else b[:n]).view(B, T - first, H, e)
+        k, v = F.linear(x, W[n:], None if b is None else b[n:]).view(B, T, 2, H, e).unbind(2)
+        return q, k, v
 
     def forward(self, x: Tensor, first: int = 0) -> Tensor:
         """x (B, T, d) -> the heads' output (B, P, d) at the P = T - first positions from `first` on
         (keys and values still come from every position)."""
         B, T, d = x.shape
         H, e = self.W_Q.shape[0], self.W_Q.shape[2]
-        q, k, v = self.qkv(x)
+        q, k, v = self.qkv(x, first)  # q (B, P, H, e), k and v (B, T, H, e)
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
         rows = slice(first, T)
-        q = q[:, rows] if first else q  # (B, P, H, e)
         if self.rope:
             cos, sin = self.rope_cos[:T], self.rope_sin[:T]
             q = self.hook_rot_q(rotate(q, cos[rows], sin[rows]))
