@@ -213,10 +213,11 @@ def test_in_context_metrics() -> None:
     ids=lambda fields: fields["kind"],
 )
 def test_each_clamp_kind_does_the_same_compiled(fields: dict) -> None:
-    """Compiled code never changes what a clamp does: traced by dynamo and AOTAutograd, the clamped
-    forward pass and the gradient it gives every parameter equal eager ones (grafts run their donor
-    outside the graph anyway). The aot_eager backend keeps this quick; inductor's code for clamps is
-    checked through the trainer in test_compiled.py."""
+    """Compiled code never changes what a clamp does: traced by dynamo as one graph (as the compiled
+    step needs) and by AOTAutograd, the clamped forward pass and the gradient it gives every
+    parameter equal eager ones (grafts run their donor outside the graph anyway). The aot_eager
+    backend keeps this quick; inductor's code for clamps is checked through the trainer in
+    test_compiled.py."""
     _, _, model, batch = setup()
     the_clamp = clamp(**fields)
 
@@ -225,7 +226,7 @@ def test_each_clamp_kind_does_the_same_compiled(fields: dict) -> None:
         return F.cross_entropy(logits[:, -1], batch.targets[:, 0])
 
     results = []
-    for fn in (loss, torch.compile(loss, backend="aot_eager")):
+    for fn in (loss, torch.compile(loss, backend="aot_eager", fullgraph=True)):
         model.zero_grad()
         value = fn()
         value.backward()

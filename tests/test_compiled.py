@@ -16,6 +16,7 @@ from icl_lab.models.recurrence import selective_scan
 from icl_lab.store.run import Run
 from icl_lab.tasks import Batch
 from icl_lab.training import compiled
+from icl_lab.training import trainer as trainer_module
 from icl_lab.training.compiled import (
     AUTO_MEMBER_STEPS,
     KERNEL_MEMBER_STEPS,
@@ -52,9 +53,9 @@ def trained_params(members: list[ExperimentConfig], mode: str, tmp_path: Path) -
         m.model_copy(update={"training": m.training.model_copy(update={"compile": mode})}) for m in members
     ]
     trainer = Trainer(Run.create(configs, tmp_path / mode), progress=False)
-    assert trainer.compiled == (mode == "on")
     for _ in range(STEPS):
         trainer.train_step()
+    assert trainer.compiled == (mode == "on"), "the step compiled as one graph throughout"
     return {k: v.detach() for k, v in trainer.state.params.items()}
 
 
@@ -107,6 +108,36 @@ def test_a_grafted_run_never_compiles_its_step(tmp_path: Path) -> None:
     )
     assert not trainer.compiled
     trainer.train_step()
+
+
+def test_a_step_that_does_not_compile_as_one_graph_trains_eager_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A graph break anywhere in the step (planted here in the loss; a user's model, task or clamp
+    kind may have one) fails the step's one-graph trace before anything runs: the run warns, naming
+    the break, trains eager from that step on, its manifest says so, and it trains as eager does."""
+    config = tiny_config(training=ADAM, model=TRANSFORMER)
+    eager = trained_params([config], "off", tmp_path)
+    loss = trainer_module.clamped_loss
+
+    def breaking_loss(*args: object) -> torch.Tensor:
+        torch._dynamo.graph_break()
+        return loss(*args)
+
+    monkeypatch.setattr(trainer_module, "clamped_loss", breaking_loss)
+    on = config.model_copy(update={"training": config.training.model_copy(update={"compile": "on"})})
+    trainer = Trainer(Run.create([on], tmp_path / "breaks"), progress=False)
+    assert trainer.compiled
+    with pytest.warns(
+        UserWarning, match=r"does not compile as one graph \(.*graph_break.*\); training eager from step 0"
+    ):
+        for _ in range(STEPS):
+            trainer.train_step()
+    assert not trainer.compiled and trainer.compile_s is None
+    manifest = json.loads((trainer.run.path / "manifest.json").read_text())
+    assert manifest["compiled"] is False and "graph_break" in manifest["compile_refused"]
+    for name, value in trainer.state.params.items():
+        torch.testing.assert_close(value.detach(), eager[name], atol=1e-6, rtol=1e-5)
 
 
 def assert_agree(eager: dict, compiled: dict, initial: dict) -> None:

@@ -215,7 +215,9 @@ def _differentiable(
     return function.apply
 
 
-selective_scan = _differentiable(selective_scan_op, selective_scan_backward)
+# called as torch.ops overloads: dynamo traces those inside the Function, not the op objects
+ops = torch.ops.icl_lab
+selective_scan = _differentiable(ops.selective_scan.default, ops.selective_scan_backward.default)
 """y (B, T, C) from dt, u (B, T, C), A (C, N), Bs, Cs (B, T, N), as recurrence.selective_scan."""
-causal_conv_silu = _differentiable(causal_conv_silu_op, causal_conv_silu_backward)
+causal_conv_silu = _differentiable(ops.causal_conv_silu.default, ops.causal_conv_silu_backward.default)
 """silu(causal depthwise convolution): x (B, T, C), weight (C, K), bias (C) -> (B, T, C)."""

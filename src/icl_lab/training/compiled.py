@@ -8,6 +8,9 @@ separate calls, and step() would split a compiled graph in three; as one graph t
 per-call overhead (Singh's compiled step 3.71 -> 2.98 ms in two runs of benchmarks/peers/singh.py,
 2026-12-03; 1.12x and 1.39x in same-process A/Bs). Results agree with eager
 training within rounding (tests/test_compiled.py), and a compiled run resumes bit-identically.
+The step compiles as one graph or not at all (fullgraph): a break inside torch.func.grad would leave
+every later compiled step of the process eager, so a run whose step breaks trains eager, saying why
+(`graph_break_reason`).
 
 `auto` compiles when a run is long enough to repay the compile time. Compiling saves time per
 member per step (an ensemble step saves about as much per member as a single run), so the rule
@@ -26,6 +29,7 @@ import contextvars
 import importlib.util
 import logging
 import os
+import re
 import shutil
 import warnings
 from collections.abc import Iterator
@@ -62,6 +66,21 @@ def should_compile(
     return compiler_missing(device) is None and member_steps >= from_steps
 
 
+def graph_break_reason(error: Exception) -> str:
+    """One line from dynamo's graph-break error: what it could not trace, and the last line of
+    code it was tracing (the user's, where the break is in a user's component)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    what = next(
+        (line.removeprefix("Explanation: ") for line in lines if line.startswith("Explanation: ")), ""
+    )
+    reason = what or (lines[0] if lines else type(error).__name__)
+    frames = [i for i, line in enumerate(lines) if re.match(r'File ".*", line \d+', line)]
+    if frames and frames[-1] + 1 < len(lines):
+        file, line = re.match(r'File "(.*)", line (\d+)', lines[frames[-1]]).groups()
+        reason += f", at {file}:{line}: {lines[frames[-1] + 1]}"
+    return reason
+
+
 KERNEL_MEMBER_STEPS = 1_000
 """member-steps from which `auto` allows compiled kernels (see the module docstring)"""
 KERNEL_ELEMENTS = 2**16
@@ -81,15 +100,17 @@ def compiled_kernels(allowed: bool) -> Iterator[None]:
 
 
 def kernels_allowed() -> bool:
-    """Whether the trainer allows compiled kernels here (native ones run inside a compiled step too)."""
-    return _kernels.get()
+    """Whether the trainer allows compiled kernels here (native ones run inside a compiled step too).
+    Inside a compiled region always: a run compiles its step only where it allows kernels, and
+    reading the context variable would break the step's graph."""
+    return torch.compiler.is_compiling() or _kernels.get()
 
 
 def kernel_compiles(elements: int) -> bool:
     """Whether a kernel call of `elements` runs compiled: allowed here (the trainer checked the
     compiler), large enough, and not inside a compiled region (the whole step's compile traces the
     eager form)."""
-    return kernels_allowed() and elements >= KERNEL_ELEMENTS and not torch.compiler.is_compiling()
+    return not torch.compiler.is_compiling() and kernels_allowed() and elements >= KERNEL_ELEMENTS
 
 
 class _QuietProfilerNote(logging.Filter):

@@ -21,6 +21,7 @@ import itertools
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -42,7 +43,12 @@ from icl_lab.store.metrics_table import TRAIN_SPLIT
 from icl_lab.store.run import Run
 from icl_lab.store.train_state import TrainState
 from icl_lab.tasks import Batch, Task
-from icl_lab.training.compiled import KERNEL_MEMBER_STEPS, compiled_kernels, should_compile
+from icl_lab.training.compiled import (
+    KERNEL_MEMBER_STEPS,
+    compiled_kernels,
+    graph_break_reason,
+    should_compile,
+)
 from icl_lab.training.evaluator import Evaluator
 from icl_lab.training.metrics_logger import MetricsLogger
 from icl_lab.training.optim import (
@@ -157,7 +163,8 @@ class Trainer:
         self.compile_s: float | None = None  # time the first compiled step took
         if self.compiled:
             mode = "reduce-overhead" if self.cuda_graphs else None  # reduce-overhead: CUDA graphs
-            self._whole_step = torch.compile(self._whole_step, dynamic=False, mode=mode)
+            # fullgraph: a graph break fails the trace, and the run trains eager (_train_eager_from_here)
+            self._whole_step = torch.compile(self._whole_step, dynamic=False, mode=mode, fullgraph=True)
             self._lr = torch.zeros((), device=self.device)  # a tensor: a new rate must not recompile
 
     # set-up ----------------------------------------------------------------------------
@@ -220,7 +227,7 @@ class Trainer:
             with torch.no_grad():
                 for old, p in zip(before, state.params.values(), strict=True):
                     p.copy_(torch.lerp(old, p, weight.view(-1, *[1] * (p.dim() - 1))))
-        if first_compiled:
+        if first_compiled and self.compiled:
             self.compile_s = time.perf_counter() - started
         # a graph's output lives in memory its next replay overwrites: keep a copy
         self.latest_losses = losses.detach().clone() if self.cuda_graphs else losses.detach()
@@ -260,9 +267,26 @@ class Trainer:
         if self.cuda_graphs:  # updated in place by the replayed graph: fixed addresses, not copies
             for t in [*params.values(), *itertools.chain(*state.values())]:
                 torch._dynamo.mark_static_address(t, guard=False)  # new views each step: no id guard
-        losses = self._whole_step(params, state, self._lr, *args)
+        try:
+            losses = self._whole_step(params, state, self._lr, *args)
+        except (torch._dynamo.exc.Unsupported, torch._dynamo.exc.UncapturedHigherOrderOpError) as e:
+            # a graph break, refused before anything ran
+            return self._train_eager_from_here(e, args)
         self._stop_if_diverged(losses)
         return losses
+
+    def _train_eager_from_here(self, graph_break: Exception, args: tuple) -> Tensor:
+        """Train eager from this step on, saying why: the step compiles only as one graph (split,
+        a break inside torch.func.grad would leave every later compiled step of the process eager)."""
+        reason = graph_break_reason(graph_break)
+        warnings.warn(
+            f"training.compile: the training step does not compile as one graph ({reason}); "
+            f"training eager from step {self.state.step}",
+            stacklevel=2,
+        )
+        self.compiled = False
+        self.run.update_manifest(compiled=False, compile_refused=reason)
+        return self._eager_step(args)
 
     def _whole_step(
         self, params: dict[str, Tensor], state: dict[str, list[Tensor]], lr: Tensor, *args: Any
