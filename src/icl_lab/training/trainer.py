@@ -284,8 +284,8 @@ class Trainer:
             f"training eager from step {self.state.step}",
             stacklevel=2,
         )
-        self.compiled = False
-        self.run.update_manifest(compiled=False, compile_refused=reason)
+        self.compiled = self.cuda_graphs = False
+        self.run.update_manifest(compiled=False, cuda_graphs=False, compile_refused=reason)
         return self._eager_step(args)
 
     def _whole_step(
