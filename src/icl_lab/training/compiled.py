@@ -74,10 +74,10 @@ def graph_break_reason(error: Exception) -> str:
         (line.removeprefix("Explanation: ") for line in lines if line.startswith("Explanation: ")), ""
     )
     reason = what or (lines[0] if lines else type(error).__name__)
-    frames = [i for i, line in enumerate(lines) if re.match(r'File ".*", line \d+', line)]
-    if frames and frames[-1] + 1 < len(lines):
-        file, line = re.match(r'File "(.*)", line (\d+)', lines[frames[-1]]).groups()
-        reason += f", at {file}:{line}: {lines[frames[-1] + 1]}"
+    frames = [(i, m) for i, line in enumerate(lines) if (m := re.match(r'File "(.*)", line (\d+)', line))]
+    if frames and frames[-1][0] + 1 < len(lines):
+        i, frame = frames[-1]
+        reason += f", at {frame[1]}:{frame[2]}: {lines[i + 1]}"
     return reason
 
 
