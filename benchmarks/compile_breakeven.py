@@ -15,10 +15,10 @@ import statistics
 import tempfile
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from common import interleaved, started_trainer, time_steps, write_results
 from icl_lab.experiment import load_config, total_steps
+from icl_lab.sweeps.packing import flop_counter
 from icl_lab.training.trainer import Trainer
 from train_throughput import matmul_gflops
 
@@ -33,8 +33,8 @@ def trainer(config: str, compile: str, seeds: int = 1, threads: int = 1) -> tupl
 
 
 def step_flops(t: Trainer) -> int:
-    """FLOPs of one training step (forward and backward, as torch's flop counter counts them)."""
-    with FlopCounterMode(display=False) as counter:
+    """FLOPs of one training step (forward and backward, the CPU's fused attention included)."""
+    with flop_counter() as counter:
         t.train_step()
     return counter.get_total_flops()
 

@@ -1,7 +1,7 @@
 """A seed sweep of Singh's model on a 2-core CPU, three ways: the seeds as single eager runs one after
 another (one core), as one compiled ensemble using both cores' threads, and as one compiled ensemble
 per core (two processes, each pinned to its core with half the seeds: what a sweep with
-`ensemble: always`, `max_ensemble: seeds / 2` and 2 local workers runs). Runs per hour at the
+`ensemble: auto` and 2 local workers runs on a CPU). Runs per hour at the
 config's full length, the compile included (a cold inductor cache per contender).
 
 Each contender needs the whole machine, so they run one after another (not interleaved), in fresh

@@ -60,8 +60,8 @@ def test_packed_configs_train_as_one_ensemble_and_each_handle_reads_its_member(t
         tiny_config(name="c", seed=1, model=wider),  # another shape: alone
         tiny_config(name="d", seed=4),
     ]
-    runs = run_configs(configs, tmp_path, workers=2, progress=False, pack=True)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["000-a-x3", "002-c"]
+    runs = run_configs(configs, tmp_path, workers=2, progress=False, ensemble="always")
+    assert sorted(p.name for p in tmp_path.glob("0*")) == ["000-a-x3", "002-c"]
     assert [(r.path.name, r.member, r.config.name) for r in runs] == [
         ("000-a-x3", 0, "a"),
         ("000-a-x3", 1, "b"),
@@ -86,9 +86,31 @@ def test_packed_configs_train_as_one_ensemble_and_each_handle_reads_its_member(t
         "a member learns what it learns alone"
     )
     manifests = {p: p.stat().st_mtime_ns for p in tmp_path.glob("00*/manifest.json")}
-    again = run_configs(configs, tmp_path, workers=1, progress=False, pack=True)
+    again = run_configs(configs, tmp_path, workers=1, progress=False, ensemble="always")
     assert [r.member for r in again] == [0, 1, 0, 2]
     assert {p: p.stat().st_mtime_ns for p in manifests} == manifests, "nothing retrained"
+
+
+def test_auto_packing_on_a_cpu_spreads_over_the_workers_and_is_kept_on_a_rerun(tmp_path: Path) -> None:
+    configs = [tiny_config(name=name, seed=seed) for seed, name in enumerate("abcd")]
+    runs = run_configs(configs, tmp_path, workers=2, progress=False, ensemble="auto")
+    assert [(r.path.name, r.member) for r in runs] == [
+        ("000-a-x2", 0),
+        ("000-a-x2", 1),
+        ("002-c-x2", 0),
+        ("002-c-x2", 1),
+    ]
+    manifests = {p: p.stat().st_mtime_ns for p in tmp_path.glob("00*/manifest.json")}
+    again = run_configs(configs, tmp_path, workers=1, progress=False, ensemble="auto")
+    assert [r.path for r in again] == [r.path for r in runs], (
+        "one worker would pack all four; the plan is kept"
+    )
+    assert {p: p.stat().st_mtime_ns for p in manifests} == manifests, "nothing retrained"
+    (tmp_path / "ensembles.json").write_text("{")
+    with pytest.raises(
+        IclLabError, match=r"ensembles.json is corrupt; delete it and rerun with the same --workers"
+    ):
+        run_configs(configs, tmp_path, workers=1, progress=False, ensemble="auto")
 
 
 @REPRODUCTIONS.register("tiny-test")
@@ -197,7 +219,9 @@ def test_reproduce_all_resumes_after_a_kill_without_retraining_finished_runs(cli
     assert "[slow](tiny-slow-test/000-slow/report/report.html)" in page
     assert (out / "tiny-slow-test" / "000-slow" / "report" / "report.html").is_file()
     html = (out / "claims.html").read_text()
-    assert html.count("<tr>") == 3 + 2 and 'href="tiny-test/001-b/report/report.html"' in html
+    assert html.count("<tr>") == 3 + 2, "a and b differ only in seed: on a CPU they train as one ensemble"
+    assert 'href="tiny-test/000-a-x2/report/member-1/report.html"' in html, "b's own page"
+    assert (out / "tiny-test" / "000-a-x2" / "report" / "member-0" / "report.html").is_file()
     with pytest.raises(IclLabError, match="is not a directory of reproduce all"):
         reproduce_all(False, tmp_path, 1, progress=False, resume=out, names=names)
 

@@ -237,7 +237,9 @@ def test_an_sae_config_reads_its_source_member_of_a_packed_ensemble(tmp_path: Pa
 
     models = [tiny_config(name="first"), tiny_config(name="second", seed=8)]
     sae = validate_sae_config(sae_data(Path("second"), training={"steps": 5, "batch_size": 32}))
-    first, second, sae_run = run_configs([*models, sae], tmp_path, workers=2, progress=False, pack=True)
+    first, second, sae_run = run_configs(
+        [*models, sae], tmp_path, workers=2, progress=False, ensemble="always"
+    )
     assert first.path == second.path == tmp_path / "000-first-x2"
     assert (sae_run.config.source.run, sae_run.config.source.member) == (str(second.path), 1)
     assert sae_run.status == "complete"

@@ -1,6 +1,7 @@
 """Sweeps: expansion and validation, ensemble packing, executors, resume, failures, results."""
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -16,9 +17,12 @@ import pytest
 import yaml
 
 from conftest import TINY_BURSTY, TINY_READOUT_MODEL, tiny_config
-from icl_lab.errors import ConfigError
+from icl_lab.errors import ConfigError, IclLabError
+from icl_lab.sweeps import packing
 from icl_lab.sweeps.config import SweepConfig, expand, load_sweep, plan
-from icl_lab.sweeps.run import read_results, run_sweep, sweep_status
+from icl_lab.sweeps.packing import forward_mflop
+from icl_lab.sweeps.run import prepare_sweep, read_results, run_sweep, sweep_status
+from icl_lab.tasks.base import TASKS
 from icl_lab.training.trainer import train
 
 
@@ -106,18 +110,62 @@ def test_every_point_is_validated_before_work(tmp_path: Path) -> None:
         load_sweep(path)
 
 
-def test_packing_into_ensembles(tmp_path: Path) -> None:
+def test_packing_into_ensembles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = sweep(
         tmp_path, axes=[{"grid": {"task.burstiness": [0, 2], "model.d_model": [16, 32]}}], seeds=[0, 1, 2]
     )
     points = expand(config)
-    on_cpu = plan(config, points)
-    assert [len(u.points) for u in on_cpu] == [1] * 12, "auto: one point per run on a CPU"
-    packed = plan(config.model_copy(update={"ensemble": "always", "max_ensemble": 4}), points)
-    assert [len(u.points) for u in packed] == [4, 4, 2, 2]
-    for unit in packed:
+    sizes = lambda setting, workers, **fields: [  # noqa: E731
+        [p.index for p in u.points]
+        for u in plan(config.model_copy(update={"ensemble": setting, **fields}), points, workers)
+    ]
+    assert sizes("none", 2) == [[i] for i in range(12)]
+    small, wide = [0, 1, 2, 6, 7, 8], [3, 4, 5, 9, 10, 11]  # d_model 16 and 32, either burstiness
+    assert sizes("always", 2, max_ensemble=4) == [small[:3], wide[:3], small[3:], wide[3:]], (
+        "a group over max_ensemble splits into ensembles of equal size"
+    )
+    assert sizes("always", 1) == [small, wide]
+    assert sizes("auto", 2) == [small, wide], "tiny models pack on a CPU: 12 points, one ensemble per worker"
+    assert sizes("auto", 4) == [small[:3], wide[:3], small[3:], wide[3:]]
+    assert sizes("auto", 8) == sorted([small[:2], wide[:2], small[2:4], wide[2:4], small[4:], wide[4:]])
+    for unit in plan(config, points, 2):
         assert len({p.config.model.d_model for p in unit.points}) == 1, "one shape per ensemble"
-    assert [u.id for u in packed] == ["u000", "u001", "u002", "u003"]
+    flops = {16: forward_mflop(points[0].config), 32: forward_mflop(points[3].config)}
+    monkeypatch.setattr(packing, "PACK_CPU_MFLOP", (flops[16] + flops[32]) / 2)
+    assert sizes("auto", 2) == sorted([small[:3], small[3:], *[[i] for i in wide]]), (
+        "a model over the size trains alone on a CPU; the packed points spread over the workers"
+    )
+    monkeypatch.setattr(
+        packing, "forward_mflop", lambda c: pytest.fail("on a GPU auto packs without measuring the model")
+    )
+    cuda = lambda c: c.model_copy(update={"training": c.training.model_copy(update={"device": "cuda"})})  # noqa: E731
+    on_gpu = [dataclasses.replace(p, config=cuda(p.config)) for p in points]
+    assert [[p.index for p in u.points] for u in plan(config, on_gpu, 2)] == [small, wide]
+
+
+def test_forward_flops_are_counted_at_the_training_batch_size() -> None:
+    """Against a closed form: a one-layer attention-only model without layer norms, whose forward
+    is embeddings (no FLOPs), the heads' query, key, value and output projections, their scores and
+    weighted sums, and the unembedding (biases are not counted)."""
+    model = {"n_layers": 1, "norm": "none"}
+    for batch in (8, 16):
+        config = tiny_config(model=model, training={"batch_size": batch})
+        io = TASKS.get(config.task.name).io(config.task)
+        T, d, heads = io.n_ctx, 16, 16  # heads: n_heads * d_head
+        multiply_adds = 4 * T * d * heads + 2 * T * T * heads + T * d * io.d_out  # per sequence
+        assert forward_mflop(config) == pytest.approx(2 * batch * multiply_adds / 1e6)
+
+
+def test_a_rerun_keeps_the_plan_whatever_the_worker_count(tmp_path: Path) -> None:
+    config = sweep(tmp_path, seeds=[0, 1, 2])
+    units, _ = prepare_sweep(config, tmp_path / "s", 1)
+    grouped = [[p.index for p in u.points] for u in units]
+    assert grouped == [[0, 1, 2, 3, 4, 5]] and len(plan(config, expand(config), 3)) == 3
+    again, jobs = prepare_sweep(config, tmp_path / "s", 3)
+    assert [[p.index for p in u.points] for u in again] == grouped and len(jobs) == 1
+    (tmp_path / "s" / "plan.json").write_text('{"units": [{"unit": "u000"}]}')
+    with pytest.raises(IclLabError, match=r"plan.json is corrupt \(not a sweep plan\); delete it"):
+        prepare_sweep(config, tmp_path / "s", 2)
 
 
 def test_local_sweep_results_and_rerun(tmp_path: Path) -> None:
@@ -134,7 +182,7 @@ def test_local_sweep_results_and_rerun(tmp_path: Path) -> None:
         "iw/loss",
         "transition_midpoint",
     } <= set(table.column_names)
-    assert table.column("unit").to_pylist() == ["u000", "u000", "u000", "u001"]
+    assert table.column("unit").to_pylist() == ["u000", "u000", "u001", "u001"], "4 points: 2 ensembles of 2"
     stamp = (out / "runs" / "u000" / "manifest.json").stat().st_mtime_ns
     again = run_sweep(config, out, workers=2, progress=False)
     assert (out / "runs" / "u000" / "manifest.json").stat().st_mtime_ns == stamp, "finished runs are skipped"

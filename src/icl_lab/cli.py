@@ -314,7 +314,14 @@ def sweep(
     executor: Annotated[
         ExecutorName, typer.Option(help="local: a process pool; ray: Ray tasks.")
     ] = ExecutorName.local,
-    workers: Annotated[int, typer.Option(min=1, help="Parallel runs (local processes or Ray CPUs).")] = 2,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Parallel runs (local processes or Ray CPUs); on a CPU, ensemble: auto packs "
+            "tiny models into an ensemble per worker.",
+        ),
+    ] = 2,
     address: Annotated[
         str | None, typer.Option(help="Ray cluster address (default: start Ray locally).")
     ] = None,
@@ -365,7 +372,13 @@ def reproduce_(
         str, typer.Argument(help="Reproduction name (icl-lab list reproductions), or 'all' for every one.")
     ],
     quick: Annotated[bool, typer.Option("--quick", help="Laptop-scale version (minutes on a CPU).")] = False,
-    workers: Annotated[int, typer.Option(min=1, help="Parallel training processes.")] = 2,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Parallel training processes; on a CPU, tiny models' runs train as an ensemble per process.",
+        ),
+    ] = 2,
     runs_dir: RunsDir = Path("runs"),
     resume: Annotated[
         Path | None,

@@ -123,15 +123,16 @@ def _figure_link(path: Path, out: Path) -> str:
 
 
 def _run_reports(runs: dict[str, Run]) -> dict[str, Path]:
-    """Each model run's report page, written where it is missing (SAE runs have none; an ensemble's
-    page shows the member of the first handle on it)."""
+    """Each model run's report page, written where it is missing (SAE runs have none; a member of
+    an ensemble has its own, in report/member-<m>)."""
     from icl_lab.report.page import write_report
 
     pages = {}
     for name, run in runs.items():
         if isinstance(run, Run):
-            page = run.path / "report" / "report.html"
-            pages[name] = page if page.is_file() else write_report(run)
+            out = run.path / "report" / (f"member-{run.member}" if len(run.configs) > 1 else "")
+            page = out / "report.html"
+            pages[name] = page if page.is_file() else write_report(run, out)
     return pages
 
 
@@ -150,9 +151,9 @@ def _train_and_judge(
     device: str,
 ) -> tuple[list[Claim], list[Path], dict[str, Path], set[int]]:
     """Bring a reproduction's runs in out to completion on `device` and judge them: (claims,
-    figures, report pages by sweep name and, with `reports`, by run name, the seeds trained). On a
-    GPU, configs that can share a vmapped ensemble train as one (a sweep's ensemble setting
-    decides for its points)."""
+    figures, report pages by sweep name and, with `reports`, by run name, the seeds trained). Configs
+    that can share a vmapped ensemble train as one as `ensemble: auto` says (sweeps/packing.py; a
+    sweep's own ensemble setting decides for its points)."""
     if isinstance(reproduction, SweepReproduction):
         sweeps = reproduction.sweeps(quick)
         if device != "cpu":  # a CPU sweep's sweep.yaml stays as it was, so its directory resumes
@@ -160,7 +161,7 @@ def _train_and_judge(
                 name: sweep.model_copy(update={"overrides": [*sweep.overrides, f"training.device={device}"]})
                 for name, sweep in sweeps.items()
             }
-        prepared = {name: prepare_sweep(sweep, out / name) for name, sweep in sweeps.items()}
+        prepared = {name: prepare_sweep(sweep, out / name, workers) for name, sweep in sweeps.items()}
         jobs = [job for _, sweep_jobs in prepared.values() for job in sweep_jobs]
         outcomes = iter(execute(jobs, "local", workers, progress))  # the sweeps share the workers
         results, figures, pages = {}, [], {}
@@ -176,7 +177,7 @@ def _train_and_judge(
             seeds,
         )
     named = {name: _on_device(config, device) for name, config in reproduction.experiments(quick).items()}
-    trained = run_configs(list(named.values()), out, workers, progress, pack=device != "cpu")
+    trained = run_configs(list(named.values()), out, workers, progress, ensemble="auto")
     runs = dict(zip(named, trained, strict=True))
     seeds = {run.config.seed for run in runs.values()}
     pages = _run_reports(runs) if reports else {}
@@ -207,8 +208,8 @@ def reproduce(
 ) -> tuple[list[Claim], Path]:
     """Train a reproduction's experiments on `device`, judge its claims, write claims.json and
     claims.md; with `resume`, an earlier directory of the same reproduction and mode: its finished
-    runs are kept, interrupted ones continue, and the claims are judged again (resume on the
-    device kind it started on: a GPU packs runs into ensembles, a CPU does not). With `docs`, its
+    runs are kept, interrupted ones continue, and the claims are judged again (packed as they
+    were first; a reproduction made of sweeps resumes on the device kind it started on). With `docs`, its
     section of the published page (docs/claims.md) is replaced, the others kept."""
     mode = "quick" if quick else "full"
     out = _out_dir(runs_dir, f"reproduce-{name}-{mode}-", resume, f"reproduction {name} ({mode} mode)")

@@ -4,7 +4,7 @@ import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import yaml
 from pydantic import Discriminator, Field, Tag, model_validator
@@ -17,13 +17,13 @@ from icl_lab.experiment import (
     apply_overrides,
     build_model,
     build_task,
-    ensemble_key,
     read_yaml,
     resolve_config_path,
     validate_config,
 )
 from icl_lab.seeding import generator
 from icl_lab.store.metrics_table import TRAIN_SPLIT
+from icl_lab.sweeps.packing import Setting, ensembles
 
 MAX_ENSEMBLE = 16  # members trained as one vmapped ensemble at most, unless a sweep says otherwise
 
@@ -121,12 +121,11 @@ class SweepConfig(StrictModel):
     overrides: list[str] = Field(default_factory=list, description="key.path=value applied to every point")
     axes: list[Axis] = Field(default_factory=list)
     seeds: list[int] | None = Field(None, min_length=1, description="default: the base config's seed")
-    ensemble: Literal["auto", "always", "none"] = Field(
+    ensemble: Setting = Field(
         "auto",
         description="train shape-compatible points as one vmapped ensemble: always, never, or auto = on "
-        "a GPU (where small models are launch-bound); on a CPU separate processes use the cores as "
-        "well or better except for tiny models (benchmarks/compile_breakeven.py), so auto keeps "
-        "them apart there",
+        "a GPU (where small models are launch-bound), and on a CPU for tiny models only, one "
+        "ensemble per worker (sweeps/packing.py)",
     )
     max_ensemble: int = Field(MAX_ENSEMBLE, ge=1)
     report: SweepReport = SweepReport()
@@ -234,22 +233,18 @@ def result_columns(config: ExperimentConfig) -> set[str]:
     return columns
 
 
-def plan(sweep: SweepConfig, points: list[Point]) -> list[Unit]:
-    """Work units in point order: shape-compatible points packed into ensembles (up to
-    max_ensemble) when the sweep's ensemble setting says so, else one point each. Deterministic, so
-    a rerun finds the same run directories."""
-    groups: dict[str, list[Point]] = {}
-    for point in points:
-        on_gpu = point.config.training.device.startswith("cuda")
-        pack = sweep.ensemble == "always" or (sweep.ensemble == "auto" and on_gpu)
-        groups.setdefault(ensemble_key(point.config) if pack else str(point.index), []).append(point)
-    chunks = [
-        members[i : i + sweep.max_ensemble]
-        for members in groups.values()
-        for i in range(0, len(members), sweep.max_ensemble)
-    ]
-    chunks.sort(key=lambda chunk: chunk[0].index)
-    return [Unit(f"u{i:03d}", tuple(chunk)) for i, chunk in enumerate(chunks)]
+def plan(
+    sweep: SweepConfig, points: list[Point], workers: int, saved: list[list[int]] | None = None
+) -> list[Unit]:
+    """Work units in order of their first point: points packed into ensembles as the sweep's
+    ensemble setting and the worker count say (sweeps/packing.py), or as an earlier plan grouped
+    them (`saved`: the point indices of each unit), so a rerun finds the same run directories."""
+    groups = saved or ensembles([p.config for p in points], sweep.ensemble, workers, sweep.max_ensemble)
+    if sorted(i for group in groups for i in group) != list(range(len(points))):
+        raise ConfigError(
+            "the sweep's plan.json does not group this sweep's points; choose another directory"
+        )
+    return [Unit(f"u{i:03d}", tuple(points[j] for j in group)) for i, group in enumerate(groups)]
 
 
 BUNDLED_SWEEPS = Path(__file__).parent.parent / "configs" / "sweeps"

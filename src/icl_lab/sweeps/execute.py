@@ -8,6 +8,7 @@ unit fails without running). Workers use one torch thread each.
 """
 
 import contextlib
+import json
 import multiprocessing
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -24,10 +25,12 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from icl_lab.errors import Interrupted
+from icl_lab.errors import IclLabError, Interrupted
 from icl_lab.experiment import ExperimentConfig
+from icl_lab.files import atomic_write_text
 from icl_lab.sae.config import SAERunConfig
 from icl_lab.sweeps.config import MAX_ENSEMBLE
+from icl_lab.sweeps.packing import Setting, ensembles
 
 Executor = Literal["local", "ray"]
 
@@ -240,29 +243,21 @@ def run_configs(
     runs_dir: str | Path,
     workers: int = 2,
     progress: bool = True,
-    pack: bool = False,
+    ensemble: Setting = "none",
 ) -> list:
     """Train named configs (in parallel processes); a run handle for each, in the order given. Each
-    config trains alone or, with `pack`, with the configs it can share a vmapped ensemble with (up
-    to MAX_ENSEMBLE members; see ensemble_key), each handle then on its own member. An SAE config
-    whose source.run is the name of an earlier config reads that config's run (and member), and
-    starts once it is complete. Rerunning with the same runs_dir and `pack` skips finished runs
-    and resumes interrupted ones."""
-    from icl_lab.errors import IclLabError
-    from icl_lab.experiment import ensemble_key
+    config trains alone or with the configs it shares a vmapped ensemble with, as the `ensemble`
+    setting says (sweeps/packing.py), each handle then on its own member. An SAE config whose
+    source.run is the name of an earlier config reads that config's run (and member), and starts
+    once it is complete. The grouping is kept in runs_dir/ensembles.json: rerunning the same
+    configs into runs_dir skips finished runs and resumes interrupted ones."""
     from icl_lab.sae.run import SAERun
     from icl_lab.store.run import Run
 
-    groups: dict[str, list[list[int]]] = {}  # config indices trained as one run, by ensemble key
-    for i, config in enumerate(configs):
-        key = ensemble_key(config) if pack and isinstance(config, ExperimentConfig) else str(i)
-        chunks = groups.setdefault(key, [[]])
-        if len(chunks[-1]) == MAX_ENSEMBLE:
-            chunks.append([])
-        chunks[-1].append(i)
+    groups = _grouping(configs, Path(runs_dir), ensemble, workers)
     where: dict[int, tuple[int, int]] = {}  # config index -> (job, member)
     jobs: list[Job] = []
-    for indices in sorted(chunk for chunks in groups.values() for chunk in chunks):
+    for indices in groups:
         first = configs[indices[0]]
         after: tuple[int, ...] = ()
         if isinstance(first, SAERunConfig):
@@ -291,3 +286,20 @@ def run_configs(
         runs[job].view(member) if isinstance(runs[job], Run) else runs[job]
         for job, member in (where[i] for i in range(len(configs)))
     ]
+
+
+def _grouping(configs: list, runs_dir: Path, setting: Setting, workers: int) -> list[list[int]]:
+    """The configs' indices grouped into runs: as runs_dir/ensembles.json recorded them for the same
+    configs (by name), else packed now (and recorded)."""
+    path, names = runs_dir / "ensembles.json", [c.name for c in configs]
+    if path.is_file():
+        try:
+            saved = json.loads(path.read_text())
+            if saved["names"] == names and saved["setting"] == setting:
+                return [list(group) for group in saved["runs"]]
+        except (ValueError, KeyError, TypeError):
+            raise IclLabError(f"{path} is corrupt; delete it and rerun with the same --workers") from None
+    groups = ensembles(configs, setting, workers, MAX_ENSEMBLE)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps({"names": names, "setting": setting, "runs": groups}))
+    return groups

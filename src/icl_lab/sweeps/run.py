@@ -32,19 +32,24 @@ def run_sweep(
     address: str | None = None,
 ) -> pa.Table:
     """Expand and validate every point, train the units not yet complete, write the results table."""
-    units, jobs = prepare_sweep(sweep, sweep_dir)
+    units, jobs = prepare_sweep(sweep, sweep_dir, workers)
     outcomes = execute(jobs, executor, workers, progress, address)
     return finish_sweep(sweep_dir, units, outcomes)
 
 
-def prepare_sweep(sweep: SweepConfig, sweep_dir: Path) -> tuple[list[Unit], list[Job]]:
-    """Expand and validate every point, write sweep.yaml and plan.json; the units and the jobs
-    that train them (several sweeps' jobs may share one pool: see reproduce)."""
+def prepare_sweep(sweep: SweepConfig, sweep_dir: Path, workers: int) -> tuple[list[Unit], list[Job]]:
+    """Expand and validate every point, write sweep.yaml and plan.json (an existing plan's units are
+    kept: how many workers packed them does not matter on a rerun); the units and the jobs that
+    train them (several sweeps' jobs may share one pool: see reproduce)."""
     points = expand(sweep)
-    units = plan(sweep, points)
     text = dump_sweep(sweep)
-    if (sweep_dir / "sweep.yaml").is_file() and (sweep_dir / "sweep.yaml").read_text() != text:
-        raise ConfigError(f"{sweep_dir} holds a different sweep; choose another directory")
+    saved = None
+    if (sweep_dir / "sweep.yaml").is_file():
+        if (sweep_dir / "sweep.yaml").read_text() != text:
+            raise ConfigError(f"{sweep_dir} holds a different sweep; choose another directory")
+        if (sweep_dir / "plan.json").is_file():
+            saved = [unit["points"] for unit in read_plan(sweep_dir)]
+    units = plan(sweep, points, workers, saved)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(sweep_dir / "sweep.yaml", text)
     layout = {
@@ -53,6 +58,20 @@ def prepare_sweep(sweep: SweepConfig, sweep_dir: Path) -> tuple[list[Unit], list
     }
     atomic_write_text(sweep_dir / "plan.json", json.dumps(layout, indent=1))
     return units, [Job(sweep_dir / "runs" / u.id, tuple(p.config for p in u.points)) for u in units]
+
+
+def read_plan(sweep_dir: Path) -> list[dict]:
+    """The units of a sweep directory's plan.json ({"unit": id, "points": [index, ...]} each)."""
+    path = sweep_dir / "plan.json"
+    if not path.is_file():
+        raise IclLabError(f"not a sweep directory (no plan.json): {sweep_dir}")
+    try:
+        units = json.loads(path.read_text())["units"]
+        if all(isinstance(u["unit"], str) and all(isinstance(i, int) for i in u["points"]) for u in units):
+            return units
+    except (ValueError, KeyError, TypeError):
+        pass
+    raise IclLabError(f"{path} is corrupt (not a sweep plan); delete it and rerun with the same --workers")
 
 
 def finish_sweep(sweep_dir: Path, units: list[Unit], outcomes: list[tuple[str, str]]) -> pa.Table:
@@ -105,10 +124,7 @@ def read_results(sweep_dir: Path) -> pa.Table:
 
 def sweep_status(sweep_dir: Path) -> tuple[Counter, list[tuple[str, int, str]]]:
     """(counts by status, [(unit, points, status)]) read from the run directories."""
-    plan_path = sweep_dir / "plan.json"
-    if not plan_path.is_file():
-        raise IclLabError(f"not a sweep directory (no plan.json): {sweep_dir}")
-    units = json.loads(plan_path.read_text())["units"]
+    units = read_plan(sweep_dir)
     rows = []
     for unit in units:
         path = sweep_dir / "runs" / unit["unit"]
