@@ -88,7 +88,7 @@ def ensembles(
         if key is not None and key not in decided:
             on_cpu = not config.training.device.startswith("cuda")
             decided[key] = setting == "always" or not on_cpu or forward_mflop(config) <= PACK_CPU_MFLOP
-            if setting == "auto" and on_cpu:
+            if decided[key] and setting == "auto" and on_cpu:
                 spread.add(key)
         groups.setdefault(key if key is not None and decided[key] else f"alone {i}", []).append(i)
     packed_on_cpu = sum(len(members) for key, members in groups.items() if key in spread)
