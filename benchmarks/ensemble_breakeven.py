@@ -6,8 +6,8 @@ auto` reads). Timed in interleaved turns, medians of --repeats.
 Sets sweeps/packing.py's PACK_CPU_MFLOP: a sweep on a CPU packs where the ensemble wins in both
 modes. Pin it to one core:
 
-    taskset -c 1 python benchmarks/ensemble_breakeven.py [--configs singh gd ...] [--members 8]
-        [--compile on off]
+    taskset -c 1 python benchmarks/ensemble_breakeven.py [--configs singh gd ...] [--members 8 ...]
+        [--compile on off] [--results NAME]
 
 A config may carry overrides after colons (induction:training.batch_size=8), to fill in sizes
 between the bundled ones.
@@ -43,7 +43,7 @@ def per_config(spec: str, members: int, compile: str, steps: int, repeats: int) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--configs", nargs="+", default=CONFIGS)
-    parser.add_argument("--members", type=int, default=8)
+    parser.add_argument("--members", type=int, nargs="+", default=[8], help="ensemble sizes to time")
     parser.add_argument("--compile", nargs="+", default=["off", "on"], choices=["off", "on"])
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=5)
@@ -54,20 +54,22 @@ def main() -> None:
     rows = []
     for config in args.configs:
         name, *overrides = config.split(":")
-        row = {"config": config, "forward_mflop": forward_mflop(load_config(name, overrides))}
-        for mode in args.compile:
-            row[f"compile_{mode}"] = per_config(config, args.members, mode, args.steps, args.repeats)
-        rows.append(row)
-        print(
-            f"{config:18} {row['forward_mflop']:8.1f} MFLOP forward  "
-            + "  ".join(
-                f"compile {mode}: single {r['single_ms']:7.2f} ms, ensemble {r['ensemble_ms']:8.2f} ms, "
-                f"x{r['speedup_per_member']:.2f}"
-                for mode, r in ((m, row[f"compile_{m}"]) for m in args.compile)
-            ),
-            flush=True,
-        )
-    out = write_results(args.results, {"device": "cpu, one thread", "members": args.members, "configs": rows})
+        flops = forward_mflop(load_config(name, overrides))
+        for members in args.members:
+            row = {"config": config, "members": members, "forward_mflop": flops}
+            for mode in args.compile:
+                row[f"compile_{mode}"] = per_config(config, members, mode, args.steps, args.repeats)
+            rows.append(row)
+            print(
+                f"{config:18} {flops:8.1f} MFLOP forward, {members:2} members  "
+                + "  ".join(
+                    f"compile {mode}: single {r['single_ms']:7.2f} ms, ensemble {r['ensemble_ms']:8.2f} ms, "
+                    f"x{r['speedup_per_member']:.2f}"
+                    for mode, r in ((m, row[f"compile_{m}"]) for m in args.compile)
+                ),
+                flush=True,
+            )
+    out = write_results(args.results, {"device": "cpu, one thread", "configs": rows})
     print(f"wrote {out}")
 
 
