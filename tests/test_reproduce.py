@@ -111,6 +111,12 @@ def test_auto_packing_on_a_cpu_spreads_over_the_workers_and_is_kept_on_a_rerun(t
         IclLabError, match=r"ensembles.json is corrupt; delete it and rerun with the same --workers"
     ):
         run_configs(configs, tmp_path, workers=1, progress=False, ensemble="auto")
+    names = [c.name for c in configs]
+    (tmp_path / "ensembles.json").write_text(
+        json.dumps({"names": names, "setting": "auto", "runs": [[0, 1]]})
+    )
+    with pytest.raises(IclLabError, match=r"ensembles.json is corrupt"):
+        run_configs(configs, tmp_path, workers=1, progress=False, ensemble="auto")
 
 
 @REPRODUCTIONS.register("tiny-test")

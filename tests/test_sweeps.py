@@ -166,6 +166,9 @@ def test_a_rerun_keeps_the_plan_whatever_the_worker_count(tmp_path: Path) -> Non
     (tmp_path / "s" / "plan.json").write_text('{"units": [{"unit": "u000"}]}')
     with pytest.raises(IclLabError, match=r"plan.json is corrupt \(not a sweep plan\); delete it"):
         prepare_sweep(config, tmp_path / "s", 2)
+    (tmp_path / "s" / "plan.json").write_text('{"units": [{"unit": "u000", "points": [0, 1]}]}')
+    with pytest.raises(ConfigError, match=r"plan\.json does not group this sweep's points"):
+        prepare_sweep(config, tmp_path / "s", 2)
 
 
 def test_local_sweep_results_and_rerun(tmp_path: Path) -> None:

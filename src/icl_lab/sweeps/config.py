@@ -23,7 +23,7 @@ from icl_lab.experiment import (
 )
 from icl_lab.seeding import generator
 from icl_lab.store.metrics_table import TRAIN_SPLIT
-from icl_lab.sweeps.packing import Setting, ensembles
+from icl_lab.sweeps.packing import Setting, ensembles, is_grouping
 
 MAX_ENSEMBLE = 16  # members trained as one vmapped ensemble at most, unless a sweep says otherwise
 
@@ -239,11 +239,11 @@ def plan(
     """Work units in order of their first point: points packed into ensembles as the sweep's
     ensemble setting and the worker count say (sweeps/packing.py), or as an earlier plan grouped
     them (`saved`: the point indices of each unit), so a rerun finds the same run directories."""
-    groups = saved or ensembles([p.config for p in points], sweep.ensemble, workers, sweep.max_ensemble)
-    if sorted(i for group in groups for i in group) != list(range(len(points))):
+    if saved is not None and not is_grouping(saved, len(points)):
         raise ConfigError(
             "the sweep's plan.json does not group this sweep's points; choose another directory"
         )
+    groups = saved or ensembles([p.config for p in points], sweep.ensemble, workers, sweep.max_ensemble)
     return [Unit(f"u{i:03d}", tuple(points[j] for j in group)) for i, group in enumerate(groups)]
 
 

@@ -30,7 +30,7 @@ from icl_lab.experiment import ExperimentConfig
 from icl_lab.files import atomic_write_text
 from icl_lab.sae.config import SAERunConfig
 from icl_lab.sweeps.config import MAX_ENSEMBLE
-from icl_lab.sweeps.packing import Setting, ensembles
+from icl_lab.sweeps.packing import Setting, ensembles, is_grouping
 
 Executor = Literal["local", "ray"]
 
@@ -295,10 +295,14 @@ def _grouping(configs: list, runs_dir: Path, setting: Setting, workers: int) -> 
     if path.is_file():
         try:
             saved = json.loads(path.read_text())
-            if saved["names"] == names and saved["setting"] == setting:
-                return [list(group) for group in saved["runs"]]
+            same = saved["names"] == names and saved["setting"] == setting  # else: other configs
+            valid = is_grouping(saved["runs"], len(configs))
         except (ValueError, KeyError, TypeError):
-            raise IclLabError(f"{path} is corrupt; delete it and rerun with the same --workers") from None
+            same, valid = True, False
+        if same and not valid:
+            raise IclLabError(f"{path} is corrupt; delete it and rerun with the same --workers")
+        if same:
+            return saved["runs"]
     groups = ensembles(configs, setting, workers, MAX_ENSEMBLE)
     runs_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps({"names": names, "setting": setting, "runs": groups}))

@@ -92,10 +92,17 @@ def ensembles(
                 spread.add(key)
         groups.setdefault(key if key is not None and decided[key] else f"alone {i}", []).append(i)
     packed_on_cpu = sum(len(members) for key, members in groups.items() if key in spread)
-    cpu_size = min(max_ensemble, math.ceil(packed_on_cpu / max(workers, 1)) or 1)
+    cpu_size = min(max_ensemble, math.ceil(packed_on_cpu / workers))
     runs = [
         run
         for key, members in groups.items()
         for run in _split(members, cpu_size if key in spread else max_ensemble)
     ]
     return sorted(runs)
+
+
+def is_grouping(groups: object, n: int) -> bool:
+    """Whether `groups` (read back from a saved plan) puts each of n configs in exactly one run."""
+    if not isinstance(groups, list) or not all(isinstance(group, list) for group in groups):
+        return False
+    return sorted(i for group in groups for i in group) == list(range(n))
