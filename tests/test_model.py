@@ -5,9 +5,11 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from icl_lab.models import ModelIO, transformer
-from icl_lab.models.hooks import HookPoint
+from icl_lab.models.folded_attention import attend
+from icl_lab.models.hooks import HookPoint, takes_suffix
 from icl_lab.models.transformer import Transformer, TransformerConfig, rotate, sinusoidal
 
 B, T, V = 3, 10, 12
@@ -136,11 +138,10 @@ def test_readout_model_computes_its_last_block_at_the_readout_positions_only(
 ) -> None:
     """Unhooked, a readout model's last block computes only the positions from the first readout
     position on (Transformer.last_block_first); logits and gradients must be those of every position's pass,
-    which any hook on the last block restores, for each attention path."""
+    which any hook on the last block restores, for each attention path (the explicit one forced by
+    a hook on the pattern that reads the suffix, as a clamp's does)."""
     io = ModelIO(n_ctx=T, d_out=5, d_vocab=V, target_positions=tuple(positions))
     model = make(io, positional="rope", d_head=2, d_mlp=8, readout={"positions": positions, "hidden": [6]})
-    for block in model.blocks:
-        block.attn.fused = path == "fused"
     if path == "tiny":  # T * d_head * T = 200 and 128 x 3 heads: tiny, unless the thresholds say not
         assert transformer.tiny_heads(128 * 3, T, 2)
     else:
@@ -159,8 +160,10 @@ def test_readout_model_computes_its_last_block_at_the_readout_positions_only(
         weights = torch.linspace(-1, 1, logits.numel()).view(logits.shape)
         return logits, torch.autograd.grad((logits * weights).sum(), list(model.parameters()))
 
-    logits, grads = run([])
-    reference, reference_grads = run([("blocks.1.hook_resid_post", lambda x, hook: None)])
+    reads_pattern = ("blocks.1.attn.hook_pattern", takes_suffix(lambda x, hook: None))
+    pattern = [reads_pattern] if path == "explicit" else []
+    logits, grads = run(pattern)
+    reference, reference_grads = run([*pattern, ("blocks.1.hook_resid_post", lambda x, hook: None)])
     assert firsts == [min(p % T for p in positions), 0]
     assert logits.shape == (128, len(positions), 5)
     assert torch.allclose(logits, reference, atol=1e-5)
@@ -267,3 +270,67 @@ def test_run_with_hooks_replaces_and_detaches() -> None:
     with pytest.raises(KeyError):
         model.run_with_hooks(tokens, fwd_hooks=[("blocks.9.hook_nope", lambda x, h: x)])
     assert all(not h.fns for h in model.hook_dict.values())
+
+
+@pytest.mark.filterwarnings("error:There is a performance drop")  # vmap looping over the kernel
+@pytest.mark.parametrize("compiled", [False, True])
+@pytest.mark.parametrize("positions", [None, [2, 5, -1]])
+def test_vmapped_members_share_one_fused_attention_call(
+    compiled: bool, positions: list[int] | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under vmap, an ensemble's attention is one fused-kernel call for every member
+    (folded_attention.attend). Each member's logits and gradients (torch.func.grad over vmap, as
+    the compiled step takes them) must be those it has alone, with the mask of a readout model's
+    last block too."""
+    monkeypatch.setattr(transformer, "SMALL_EAGER", 0)  # no tiny heads: the fused kernel's path
+    monkeypatch.setattr(transformer, "SMALL_MATMUL", 0)
+    io = ModelIO(n_ctx=T, d_out=5, d_vocab=V, target_positions=tuple(positions or range(T)))
+    model = make(io, positional="rope", readout={"positions": positions} if positions else {})
+    members = []
+    for seed in range(3):
+        model.reset_parameters(torch.Generator().manual_seed(seed))
+        members.append({n: p.detach().clone() for n, p in model.named_parameters()})
+    stacked = {n: torch.stack([m[n] for m in members]) for n in members[0]}
+    tokens = torch.randint(V, (3, B, T), generator=torch.Generator().manual_seed(3))  # a batch each
+    weights = torch.linspace(-1, 1, B * len(positions or range(T)) * 5).view(B, -1, 5)
+
+    def loss(params: dict[str, torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
+        return (torch.func.functional_call(model, params, (tokens,)) * weights).sum()
+
+    calls = []
+    monkeypatch.setattr(transformer, "attend", lambda *a, **k: calls.append(1) or attend(*a, **k))
+    model.batched(True)
+    gradients = torch.func.grad(lambda p, t: torch.func.vmap(loss)(p, t).sum())
+    together = (torch.compile(gradients) if compiled else gradients)(stacked, tokens)
+    calls.clear()
+    losses = torch.func.vmap(loss)(stacked, tokens)
+    assert len(calls) == 2  # one call per layer for all three members
+    model.batched(False)
+    for m, params in enumerate(members):
+        alone = torch.func.grad_and_value(loss)(params, tokens[m])
+        assert torch.allclose(losses[m], alone[1], atol=1e-5)
+        for name, grad in alone[0].items():
+            assert torch.allclose(together[name][m], grad, atol=1e-5 * float(grad.abs().max())), name
+
+
+def test_folded_attention_batches_any_argument() -> None:
+    """attend under vmap, with keys shared by every member and a mask of each member's own, equals
+    the kernel called member by member, gradients included."""
+    M, H, P, e = 4, 2, 3, 5
+    g = torch.Generator().manual_seed(0)
+    q, v = (torch.randn(M, B, H, P if x == "q" else T, e, generator=g, requires_grad=True) for x in "qv")
+    k = torch.randn(B, H, T, e, generator=g, requires_grad=True)
+    mask = torch.rand(M, P, T, generator=g) < 0.7
+    mask[..., 0] = True  # every query sees a key
+    folded = torch.func.vmap(attend, in_dims=(0, None, 0, 0, None, None))(q, k, v, mask, False, 0.5)
+    looped = torch.stack(
+        [F.scaled_dot_product_attention(q[m], k, v[m], attn_mask=mask[m], scale=0.5) for m in range(M)]
+    )
+    assert torch.allclose(folded, looped, atol=1e-6)
+    weights = torch.randn(folded.shape, generator=g)
+    for a, b in zip(
+        torch.autograd.grad((folded * weights).sum(), (q, k, v)),
+        torch.autograd.grad((looped * weights).sum(), (q, k, v)),
+        strict=True,
+    ):
+        assert torch.allclose(a, b, atol=1e-5)

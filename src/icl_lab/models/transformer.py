@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from icl_lab.config import ModelConfig, StrictModel
 from icl_lab.models.base import MODELS, Model, ModelIO
+from icl_lab.models.folded_attention import attend
 from icl_lab.models.hooks import HookPoint
 from icl_lab.models.ngram_layer import NgramLayerConfig, insert_ngram_layers, ngram_modules
 
@@ -134,7 +135,7 @@ class Attention(nn.Module):
             self.b_V = nn.Parameter(torch.zeros(H, e))
             self.b_O = nn.Parameter(torch.zeros(d)) if cfg.output_projection else None
         self.bias = cfg.bias
-        self.fused = True  # scaled_dot_product_attention when no hook reads the pattern
+        self.vmapped = False  # under vmap the fused kernel runs as folded_attention.attend
         self.scale = 1 / math.sqrt(e) if cfg.attn_scale else 1.0
         self.register_buffer("future", torch.ones(n_ctx, n_ctx).triu(1).bool(), persistent=False)
         self.rope = cfg.positional == "rope"
@@ -178,7 +179,7 @@ class Attention(nn.Module):
         future = self.future[rows, :T]  # (P, T): the keys each query may not see
         if tiny_heads(B * H, T, e):
             z = self.tiny_attention(q, k, v, future)
-        elif not self.fused or self.hook_attn_scores.fns or self.hook_pattern.fns:
+        elif self.hook_attn_scores.fns or self.hook_pattern.fns:
             # in place: each (B, H, T, T) copy saved is 134 MB in text_lm's evaluation (128 x 4 x 256^2)
             scores = (q.transpose(1, 2) @ k.permute(0, 2, 3, 1)).mul_(self.scale)  # (B, H, P, T)
             scores = self.hook_attn_scores(scores.masked_fill_(future, float("-inf")))
@@ -187,15 +188,10 @@ class Attention(nn.Module):
         else:  # nobody looks at the pattern: the fused kernel computes the same thing faster
             # is_causal aligns the mask's corner top-left; the last position alone sees every key
             mask = None if first in (0, T - 1) else ~future
-            z = F.scaled_dot_product_attention(
-                q.transpose(1, 2),
-                k.transpose(1, 2),
-                v.transpose(1, 2),
-                attn_mask=mask,
-                is_causal=first == 0,
-                scale=self.scale,
-            ).transpose(1, 2)
-        z = self.hook_z(z).reshape(B, q.shape[1], H * e)  # the hook sees (B, P, H, e)
+            fused = attend if self.vmapped else F.scaled_dot_product_attention
+            q, k, v = (x.transpose(1, 2) for x in (q, k, v))  # (B, H, P or T, e)
+            z = fused(q, k, v, attn_mask=mask, is_causal=first == 0, scale=self.scale).transpose(1, 2)
+        z = self.hook_z(z).reshape(B, z.shape[1], H * e)  # the hook sees (B, P, H, e)
         if not self.output_projection:
             return z
         return F.linear(z, self.W_O.reshape(H * e, d).T, self.b_O if self.bias else None)
@@ -382,9 +378,8 @@ class Transformer(Model):
         self.reset_parameters()
 
     def batched(self, vmapped: bool) -> None:
-        # the fused attention kernel has no vmap batching rule (vmap would loop over members)
         for block in self.blocks:
-            block.attn.fused = not vmapped
+            block.attn.vmapped = vmapped
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         """Weights as `init` says; readout MLP layers He-initialised (N(0, 2/fan_in)); biases 0,
