@@ -250,7 +250,7 @@ def test_a_job_after_a_failed_one_fails_without_running(tmp_path: Path) -> None:
 
     plan = (("a", ()), ("b", (0,)), ("c", ()))
     jobs = [Job(tmp_path / name, (tiny_config(),), after) for name, after in plan]
-    schedule = Schedule(jobs)
+    schedule = Schedule(jobs, [0, 1, 2])
     assert schedule.take() == (0, None)
     assert schedule.take() == (2, None), "b waits for a; c need not"
     assert schedule.take() is None

@@ -156,6 +156,33 @@ def test_forward_flops_are_counted_at_the_training_batch_size() -> None:
         assert forward_mflop(config) == pytest.approx(2 * batch * multiply_adds / 1e6)
 
 
+def test_the_largest_jobs_are_handed_out_first(tmp_path: Path) -> None:
+    """Estimated work is three forward passes per member-step: a wider model, a longer run and a
+    larger ensemble each count; equal jobs keep their order, and a job waits for the one it needs."""
+    from icl_lab.sweeps.execute import Job, Schedule, largest_first
+
+    short = tiny_config(training={"length": {"steps": 10}})
+    longer = tiny_config(training={"length": {"steps": 30}})
+    wide = tiny_config(model={"d_model": 32}, training={"length": {"steps": 10}})
+    jobs = [Job(tmp_path / str(i), c) for i, c in enumerate([(short,), (longer,), (short, short), (wide,)])]
+    forward: dict[str, float] = {}
+    work = [packing.training_mflop(job.configs, forward) for job in jobs]
+    assert len(forward) == 3, "one forward count per shape"
+    one = forward_mflop(short)
+    assert work[:3] == [pytest.approx(3 * one * n) for n in (10, 30, 20)]
+    assert work[3] == pytest.approx(3 * forward_mflop(wide) * 10) and forward_mflop(wide) > one
+    order = largest_first(jobs, workers=2)
+    assert order == sorted(range(4), key=lambda i: -work[i])
+    assert largest_first(jobs, workers=1) == [0, 1, 2, 3], "one worker: nothing to balance"
+    assert largest_first(jobs[:2], workers=2) == [0, 1], "no more jobs than workers"
+    assert largest_first([*jobs[:2], *jobs[:2]], workers=2) == [1, 3, 0, 2], "equal jobs keep their order"
+    after = [Job(tmp_path / "a", (short,)), Job(tmp_path / "b", (longer,), after=(0,))]
+    schedule = Schedule(after, [1, 0])
+    assert schedule.take() == (0, None) and schedule.take() is None, "the larger job waits for its input"
+    schedule.done(0, "complete")
+    assert schedule.take() == (1, None)
+
+
 def test_a_rerun_keeps_the_plan_whatever_the_worker_count(tmp_path: Path) -> None:
     config = sweep(tmp_path, seeds=[0, 1, 2])
     units, _ = prepare_sweep(config, tmp_path / "s", 1)

@@ -3,8 +3,9 @@ unit's model) in processes or on a Ray cluster.
 
 A unit whose run is complete is skipped, one whose run was interrupted resumes from its last
 checkpoint, and one that fails is recorded as failed (its run's manifest holds the error) while
-the others carry on. A unit starts once the units it comes after have completed (one after a failed
-unit fails without running). Workers use one torch thread each.
+the others carry on. Units go out largest first by estimated work, so that no long one starts last
+while the other workers idle; a unit starts once the units it comes after have completed (one after
+a failed unit fails without running). Workers use one torch thread each.
 """
 
 import contextlib
@@ -30,7 +31,7 @@ from icl_lab.experiment import ExperimentConfig
 from icl_lab.files import atomic_write_text
 from icl_lab.sae.config import SAERunConfig
 from icl_lab.sweeps.config import MAX_ENSEMBLE
-from icl_lab.sweeps.packing import Setting, ensembles, is_grouping
+from icl_lab.sweeps.packing import Setting, ensembles, is_grouping, training_mflop
 
 Executor = Literal["local", "ray"]
 
@@ -108,11 +109,23 @@ def run_job(path: str, configs_yaml: list[str], kind: str = "model") -> tuple[st
     return "complete", ""
 
 
-class Schedule:
-    """Jobs in order, each handed out once the jobs it comes after have completed."""
+def largest_first(jobs: list[Job], workers: int) -> list[int]:
+    """The jobs' indices by estimated work (packing.training_mflop), largest first and in the given
+    order among equals: a long job handed out last keeps one worker busy while the others idle. In
+    the given order where that cannot happen (one worker, or no more jobs than workers)."""
+    if workers < 2 or len(jobs) <= workers:
+        return list(range(len(jobs)))
+    forward: dict[str, float] = {}
+    work = [training_mflop(job.configs, forward) if job.kind == "model" else 0.0 for job in jobs]
+    return sorted(range(len(jobs)), key=lambda i: -work[i])
 
-    def __init__(self, jobs: list[Job]) -> None:
-        self.jobs, self.waiting = jobs, list(range(len(jobs)))
+
+class Schedule:
+    """Jobs in the order given (a list of indices), each handed out once the jobs it comes after
+    have completed."""
+
+    def __init__(self, jobs: list[Job], order: list[int]) -> None:
+        self.jobs, self.waiting = jobs, list(order)
         self.status: dict[int, str] = {}
 
     def done(self, index: int, status: str) -> None:
@@ -151,7 +164,7 @@ def process_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
 def _local(jobs: list[Job], workers: int) -> Iterator[tuple[int, tuple[str, str]]]:
     """Jobs in a pool of processes, handed out one per free worker (so none waits queued inside
     the pool); a run whose worker is stopped is marked interrupted and resumes later."""
-    schedule = Schedule(jobs)
+    schedule = Schedule(jobs, largest_first(jobs, workers))
     running: dict[Future, int] = {}
 
     def fill() -> Iterator[tuple[int, tuple[str, str]]]:
@@ -186,7 +199,7 @@ def _ray(jobs: list[Job], workers: int, address: str | None) -> Iterator[tuple[i
         options = {"address": address} if address else {"num_cpus": workers, "include_dashboard": False}
         ray.init(ignore_reinit_error=True, log_to_driver=False, **options)
     task = ray.remote(num_cpus=1)(run_job)
-    schedule, pending = Schedule(jobs), {}
+    schedule, pending = Schedule(jobs, largest_first(jobs, workers)), {}
     while True:
         while (ready := schedule.take()) is not None:  # Ray queues what the cluster cannot run yet
             index, settled = ready

@@ -23,7 +23,7 @@ from typing import Literal
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from icl_lab.experiment import ExperimentConfig, build_model, build_task, ensemble_key
+from icl_lab.experiment import ExperimentConfig, build_model, build_task, ensemble_key, total_steps
 from icl_lab.seeding import generator
 
 Setting = Literal["auto", "always", "none"]
@@ -66,6 +66,15 @@ def forward_mflop(config: ExperimentConfig) -> float:
     with torch.no_grad(), flop_counter() as counter:
         model(batch.inputs)
     return counter.get_total_flops() / 1e6
+
+
+def training_mflop(configs: Sequence[ExperimentConfig], forward: dict[str, float]) -> float:
+    """Rough MFLOP of training a run of these members: three forward passes per member-step, the
+    forward's MFLOP kept in `forward` by ensemble_key (one count for configs of one shape)."""
+    key = ensemble_key(configs[0])
+    if key not in forward:
+        forward[key] = forward_mflop(configs[0])
+    return 3 * forward[key] * total_steps(configs[0]) * len(configs)
 
 
 def _split(members: list[int], size: int) -> list[list[int]]:
