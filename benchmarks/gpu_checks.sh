@@ -31,7 +31,8 @@ run)
   python3 -c "import torch; print('torch', torch.__version__)" | tee -a "$out/gpu.txt"
   # every test that needs CUDA (the CUDA-graph one included); the rest ran on the CPU already
   python3 -m pytest -p no:cacheprovider -o addopts="" -q -x -k "cuda" \
-    tests/test_compiled.py tests/test_trainer.py tests/test_reproduce.py tests/test_sae_run.py 2>&1 | tee "$out/gpu_tests.txt"
+    tests/test_compiled.py tests/test_trainer.py tests/test_reproduce.py tests/test_sae_run.py \
+    tests/test_model.py 2>&1 | tee "$out/gpu_tests.txt"
   python3 benchmarks/train_throughput.py --device cuda --steps 100 --repeats 3 | tee "$out/train_throughput.txt"
   python3 benchmarks/sweep_throughput.py --device cuda --parts a --members 64 --configs singh |
     tee "$out/sweep_throughput.txt"

@@ -275,8 +275,12 @@ def test_run_with_hooks_replaces_and_detaches() -> None:
 @pytest.mark.filterwarnings("error:There is a performance drop")  # vmap looping over the kernel
 @pytest.mark.parametrize("compiled", [False, True])
 @pytest.mark.parametrize("positions", [None, [2, 5, -1]])
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))],
+)
 def test_vmapped_members_share_one_fused_attention_call(
-    compiled: bool, positions: list[int] | None, monkeypatch: pytest.MonkeyPatch
+    compiled: bool, positions: list[int] | None, device: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Under vmap, an ensemble's attention is one fused-kernel call for every member
     (folded_attention.attend). Each member's logits and gradients (torch.func.grad over vmap, as
@@ -289,10 +293,11 @@ def test_vmapped_members_share_one_fused_attention_call(
     members = []
     for seed in range(3):
         model.reset_parameters(torch.Generator().manual_seed(seed))
-        members.append({n: p.detach().clone() for n, p in model.named_parameters()})
+        members.append({n: p.detach().to(device, copy=True) for n, p in model.named_parameters()})
+    model.to(device)
     stacked = {n: torch.stack([m[n] for m in members]) for n in members[0]}
-    tokens = torch.randint(V, (3, B, T), generator=torch.Generator().manual_seed(3))  # a batch each
-    weights = torch.linspace(-1, 1, B * len(positions or range(T)) * 5).view(B, -1, 5)
+    tokens = torch.randint(V, (3, B, T), generator=torch.Generator().manual_seed(3)).to(device)  # one each
+    weights = torch.linspace(-1, 1, B * len(positions or range(T)) * 5, device=device).view(B, -1, 5)
 
     def loss(params: dict[str, torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
         return (torch.func.functional_call(model, params, (tokens,)) * weights).sum()
