@@ -40,7 +40,7 @@ def members() -> list:
     ]
 
 
-@pytest.mark.filterwarnings("ignore:There is a performance drop")
+@pytest.mark.filterwarnings("error:There is a performance drop")
 def test_each_member_equals_its_single_run(tmp_path: Path) -> None:
     configs = members()
     ensemble = train(configs, str(tmp_path / "ensemble"), progress=False)
