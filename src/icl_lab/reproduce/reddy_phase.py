@@ -47,7 +47,7 @@ class ReddyPhase(SweepReproduction):
     """Phase diagrams of in-context vs in-weights learning, checked against Reddy and Chan."""
 
     title = "Reddy 2024 and Chan et al. 2022: phase diagrams of in-context vs in-weights learning"
-    quick_budget = "33 minutes on 2 CPU cores (three seeds, 72 runs, measured on 2026-12-02)"
+    quick_budget = "25 minutes on 2 CPU cores (three seeds, 72 runs, measured on 2026-12-03)"
 
     def sweeps(self, quick: bool) -> dict[str, SweepConfig]:
         paper = [
