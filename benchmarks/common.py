@@ -39,6 +39,18 @@ def interleaved(
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def kernel_seconds(step: Callable[[], object], n: int, kernels: tuple[str, ...]) -> float:
+    """Seconds per call of step spent inside the named ATen kernels (their self time under
+    torch.profiler): the floor any step calling the same kernels on the same shapes stays above."""
+    from torch.profiler import profile
+
+    step()
+    with profile() as prof:
+        for _ in range(n):
+            step()
+    return sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in kernels) / 1e6 / n
+
+
 def started_trainer(config: str, overrides: list[str], seeds: int = 1) -> tuple["Trainer", float]:
     """An icl-lab trainer of a bundled config (an ensemble of `seeds` members), and the seconds its
     first step took (the compile, with training.compile=on)."""
