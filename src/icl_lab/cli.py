@@ -398,9 +398,9 @@ def reproduce_(
     device: Annotated[
         str,
         typer.Option(
-            help="Device the models train on (cpu, cuda, cuda:N). On a GPU, runs that differ only in "
-            "seed or data settings train as one vmapped ensemble; SAEs train on the CPU. Resume a "
-            "directory on the device kind it started on."
+            help="Device the models and SAEs train on (cpu, cuda, cuda:N). Runs that differ only in "
+            "seed or data settings train as one vmapped ensemble (on a CPU only tiny models). A "
+            "reproduction made of sweeps resumes on the device kind it started on."
         ),
     ] = "cpu",
     quiet: Quiet = False,
