@@ -5,7 +5,7 @@ optimiser and budget, on seeds 0, 1 and 2 (each seed draws its own languages, pr
 initialisation); the in-context n-gram baselines are scored on the same test prompts, and, in each
 seed's languages, on the default generator against the paper's numbers. Each claim is judged on
 each seed and holds when it holds for most. Quick mode: 2-layer models of width 64 on 128-token
-prompts for 2,000 steps, 73 minutes on 2 cores (measured 2026-12-01). Full mode: the default
+prompts for 2,000 steps, 50 minutes on 2 cores (measured 2026-12-03). Full mode: the default
 generator's 1,024-token prompts, 4 layers of width 128 and 20,000 steps: for a GPU or a cluster.
 """
 
@@ -37,7 +37,7 @@ PAPER_NGRAM = {2: (0.810, 0.344), 3: (0.926, 0.274), 4: (0.941, 0.288)}  # (accu
 
 
 def architectures(d_model: int, n_layers: int) -> dict[str, dict]:
-    """Model sections of every compared architecture, the slowest first (so they start first)."""
+    """Model sections of every compared architecture, in the order of the claims' table."""
     transformer = {
         "name": "transformer",
         "n_layers": n_layers,
@@ -99,7 +99,7 @@ class ICLL(Reproduction):
     """Which architectures learn regular languages in context, against the in-context n-gram models."""
 
     title = "Akyürek et al. 2024: in-context language learning (RegBench) across architectures"
-    quick_budget = "73 minutes on 2 CPU cores (measured 2026-12-01)"
+    quick_budget = "50 minutes on 2 CPU cores (measured 2026-12-03)"
     seeds = SEEDS
 
     def experiments(self, quick: bool) -> dict[str, ExperimentConfig]:
