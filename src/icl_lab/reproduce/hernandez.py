@@ -8,7 +8,7 @@ and a ladder of unique-data models of several widths to measure damage in model 
 text is Python's standard library as bytes (the bundled sweeps hernandez.yaml and
 hernandez_mlp.yaml: 256-byte windows, batch 32, Adam 1e-3 with a cosine schedule; code repeats
 identifiers, so induction heads pay early). E = 1 is unique data: a bank read once is as unique as
-the rest. Quick mode (about 58 minutes on 2 cores), three seeds of each: Olsson's unique-data
+the rest. Quick mode (about 52 minutes on 2 cores), three seeds of each: Olsson's unique-data
 model 128 wide for 4,000 steps (32.8 M tokens), and 9 models of 1,000 steps (8.2 M tokens each): a
 ladder of unique models 16, 32 and 64 wide, E from 1 to 3,000 at width 32, and a 32-wide model with
 MLPs at E = 1 and 100. Full mode (a GPU): 3,000 steps, E over every width from 16 to 256 and for two
@@ -188,7 +188,7 @@ class Hernandez(SweepReproduction):
     """Repeated data against a ladder of unique-data models; induction heads on real text."""
 
     title = "Hernandez et al. 2022 (repeated data) and Olsson et al. 2022 (induction heads in text models)"
-    quick_budget = "58 minutes on 2 CPU cores (measured)"
+    quick_budget = "52 minutes on 2 CPU cores (measured 2026-12-03)"
 
     def sweeps(self, quick: bool) -> dict[str, SweepConfig]:
         sweeps = {name: load_sweep(name) for name in ("hernandez", "hernandez_mlp")}
