@@ -39,16 +39,44 @@ def interleaved(
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def kernel_seconds(step: Callable[[], object], n: int, kernels: tuple[str, ...]) -> float:
-    """Seconds per call of step spent inside the named ATen kernels (their self time under
-    torch.profiler): the floor any step calling the same kernels on the same shapes stays above."""
+# Matrix products and the fused attention kernel: a compiled step calls these as they are and fuses
+# only what lies between them.
+KERNELS = (
+    "aten::mm",
+    "aten::addmm",
+    "aten::bmm",
+    "aten::_scaled_dot_product_flash_attention_for_cpu",
+    "aten::_scaled_dot_product_flash_attention_for_cpu_backward",
+)
+
+
+def kernel_seconds(step: Callable[[], object], n: int) -> float:
+    """Seconds per call of step spent inside KERNELS (their self time under torch.profiler)."""
     from torch.profiler import profile
 
     step()
     with profile() as prof:
         for _ in range(n):
             step()
-    return sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in kernels) / 1e6 / n
+    return sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in KERNELS) / 1e6 / n
+
+
+def kernel_ceiling(
+    plain: Callable[[], object], compiled: Callable[[], object], plain_s: float, n: int
+) -> dict:
+    """On a CPU: the kernel time of a plain and a compiled step, and the most the compiled one can gain
+    over the plain step's plain_s seconds while it calls its kernels (printed and returned)."""
+    times = {"plain PyTorch": kernel_seconds(plain, n), "icl-lab compiled": kernel_seconds(compiled, n)}
+    ceiling = plain_s / times["icl-lab compiled"]
+    print(
+        f"matrix-product and attention kernels: {times['plain PyTorch'] * 1e3:.2f} ms of a plain step, "
+        f"{times['icl-lab compiled'] * 1e3:.2f} ms of a compiled icl-lab step, which can thus be at most "
+        f"{ceiling:.2f}x the plain step"
+    )
+    return {
+        "kernel_ms_per_step": {k: t * 1e3 for k, t in times.items()},
+        "compiled_ceiling_vs_plain": ceiling,
+    }
 
 
 def started_trainer(config: str, overrides: list[str], seeds: int = 1) -> tuple["Trainer", float]:
