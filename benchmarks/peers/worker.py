@@ -2,8 +2,9 @@
 
 Standard library only, so the authors' drivers can import it under their own (JAX) interpreter.
 Protocol, one JSON object per line on the worker's original stdout: after setup and one first step
-{"setup_s", "first_step_s", "versions"}; then, for each line "N" read from stdin, {"s_per_step"} for
-N more steps. Everything else the worker or its libraries print goes to stderr.
+{"setup_s", "first_step_s", "versions"} and whatever the worker's `measure` adds; then, for each
+line "N" read from stdin, {"s_per_step"} for N more steps. Everything else the worker or its
+libraries print goes to stderr.
 """
 
 import json
@@ -23,9 +24,15 @@ def protocol_channel() -> TextIO:
 
 
 def serve(
-    channel: TextIO, step: Callable[[], None], sync: Callable[[], None], setup_s: float, versions: dict
+    channel: TextIO,
+    step: Callable[[], None],
+    sync: Callable[[], None],
+    setup_s: float,
+    versions: dict,
+    measure: Callable[[], dict] | None = None,
 ) -> None:
-    """Time one first step (compilation included), then answer "N" requests until stdin closes."""
+    """Time one first step (compilation included), add what `measure` reports after it, then answer
+    "N" requests until stdin closes."""
 
     def reply(record: dict) -> None:
         channel.write(json.dumps(record) + "\n")
@@ -34,7 +41,8 @@ def serve(
     start = time.perf_counter()
     step()
     sync()
-    reply({"setup_s": setup_s, "first_step_s": time.perf_counter() - start, "versions": versions})
+    first = {"setup_s": setup_s, "first_step_s": time.perf_counter() - start, "versions": versions}
+    reply({**first, **(measure() if measure else {})})
     for line in sys.stdin:
         n = int(line)
         start = time.perf_counter()
