@@ -182,7 +182,8 @@ def _no_moved_rows(main: dict[str, Decomposition]) -> str:
 class Kissane(Reproduction):
     title = "Kissane et al. 2024: sparse autoencoders on attention outputs"
     quick_budget = (
-        "61 minutes on 2 CPU cores (measured alone; 159 while other reproductions and tests shared the cores)"
+        "45 minutes on 2 CPU cores (measured alone on 2026-12-03; 159 while other reproductions and tests "
+        "shared the cores)"
     )
     scored_tokens = SCORED_TOKENS
     seeds = SEEDS
