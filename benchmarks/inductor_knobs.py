@@ -52,9 +52,9 @@ def main() -> None:
     ways = {"defaults": [], " ".join(knobs): knobs}
     turns: dict[str, list[tuple[float, float]]] = {name: [] for name in ways}
     for _ in range(args.alternations):
-        for name, knobs in ways.items():
+        for name, patch in ways.items():
             results = ctx.Queue()
-            process = ctx.Process(target=contender, args=(knobs, args.config, args.steps, args.core, results))
+            process = ctx.Process(target=contender, args=(patch, args.config, args.steps, args.core, results))
             process.start()
             turns[name].append(results.get())
             process.join()
@@ -68,8 +68,7 @@ def main() -> None:
         for name, measured in turns.items()
     }
     for name, row in rows.items():
-        row["speed_vs_defaults"] = rows["defaults"]["ms_per_step"] / row["ms_per_step"]
-        speed = row["speed_vs_defaults"]
+        row["speed_vs_defaults"] = speed = rows["defaults"]["ms_per_step"] / row["ms_per_step"]
         print(f"{name}: median {row['ms_per_step']:.3f} ms/step, {speed:.3f}x the defaults")
     out = write_results(
         f"inductor_knobs_{args.config}",

@@ -142,9 +142,9 @@ def main() -> None:
     print(f"active clamp overhead: {overhead:+.1%}")
     check_share = check_s / median["icl-lab"]
     print(f"divergence check: {check_s * 1e6:.1f} us per step = {check_share:.2%} of an icl-lab step")
-    kernel_floor = {}
+    kernels = {}
     if device.type == "cpu":  # the profiler's CPU self time is a kernel's time only on a CPU
-        kernel_floor = kernel_ceiling(plain_step, compiled.train_step, median["plain PyTorch"], args.steps)
+        kernels = kernel_ceiling(plain_step, compiled.train_step, median["plain PyTorch"], args.steps)
     device_name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu (1 thread)"
     out = write_results(
         f"train_throughput_{device.type}",
@@ -161,7 +161,7 @@ def main() -> None:
             "clamp_overhead": overhead,
             **compile_seconds,
             "divergence_check_share_of_step": check_share,
-            **kernel_floor,
+            **kernels,
         },
     )
     print(f"wrote {out}")
