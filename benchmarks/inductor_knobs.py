@@ -1,78 +1,72 @@
-"""TorchInductor settings on a bundled config's compiled training step, one core: each setting in a
-fresh process with a cold cache, turns alternated, the medians and their ratio to the defaults.
+"""TorchInductor settings on a bundled config's compiled training step, one thread: TorchInductor's
+defaults, icl-lab's (training/compiled.py's CPU_INDUCTOR_OPTIONS) and, with --set, icl-lab's plus
+more. Each contender is a trainer of its own in this process, compiled with a cold cache; their
+steps are timed in turns (median of repeats) and compared with the defaults.
 
-A setting is NAME=VALUE of torch._inductor.config (e.g. realize_reads_threshold=1); "defaults" sets
-nothing. These are leads for training.compile's options, not what icl-lab sets.
+A setting is NAME=VALUE of torch._inductor.config (e.g. realize_reads_threshold=1), passed as the
+compile's options as the trainer passes its own. The contenders' compiled steps are entries of one
+dynamo cache (the step's code object); dynamo moves the entry a call finds to the front, so only a
+turn's first step checks the others' guards. Pin the process with taskset: pinned from inside,
+after torch had started, Singh's steps took 1.6x as long.
 
-    python benchmarks/inductor_knobs.py [--config singh] [--set realize_reads_threshold=1 ...]
-        [--alternations 4] [--steps 200] [--core 1]
+    taskset -c 1 python benchmarks/inductor_knobs.py [--config singh] [--set NAME=VALUE ...]
+        [--steps 200] [--repeats 9]
 """
 
 import argparse
 import ast
-import multiprocessing as mp
 import os
-import statistics
 import tempfile
 
-from common import write_results
+os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp()  # cold: the compile time counts
 
+import torch
 
-def contender(knobs: list[str], config: str, steps: int, core: int, results) -> None:
-    """Compile config's step under knobs in this fresh process and report (compile s, median s/step)."""
-    os.sched_setaffinity(0, {core})
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp()  # cold: the compile time counts
-    import torch
-    import torch._inductor.config as inductor
-
-    from common import started_trainer, time_steps
-
-    torch.set_num_threads(1)
-    for knob in knobs:
-        name, value = knob.split("=", 1)
-        setattr(inductor, name, ast.literal_eval(value))
-    overrides = ["checkpointing.every=null", "training.compile=on", "training.threads=1"]
-    trainer, first_s = started_trainer(config, overrides)
-    time_steps(trainer.train_step, 30)
-    results.put((first_s, statistics.median(time_steps(trainer.train_step, steps) for _ in range(7))))
+from common import interleaved, started_trainer, write_results
+from icl_lab.training import compiled
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default="singh")
     parser.add_argument(
-        "--set", dest="knobs", action="append", metavar="NAME=VALUE", help="default realize_reads_threshold=1"
+        "--set", dest="knobs", action="append", default=[], metavar="NAME=VALUE", help="on top of icl-lab's"
     )
-    parser.add_argument("--alternations", type=int, default=4)
     parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--core", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=9)
     args = parser.parse_args()
-    ctx = mp.get_context("spawn")
-    knobs = args.knobs or ["realize_reads_threshold=1"]
-    ways = {"defaults": [], " ".join(knobs): knobs}
-    turns: dict[str, list[tuple[float, float]]] = {name: [] for name in ways}
-    for _ in range(args.alternations):
-        for name, patch in ways.items():
-            results = ctx.Queue()
-            process = ctx.Process(target=contender, args=(patch, args.config, args.steps, args.core, results))
-            process.start()
-            turns[name].append(results.get())
-            process.join()
-            print(f"{name}: compile {turns[name][-1][0]:.1f} s, {turns[name][-1][1] * 1e3:.3f} ms/step")
+    torch.set_num_threads(1)
+    ours = compiled.CPU_INDUCTOR_OPTIONS
+    ways: dict[str, dict[str, object]] = {"defaults": {}, f"icl-lab {ours}": ours}
+    if args.knobs:
+        more = {name: ast.literal_eval(value) for name, value in (knob.split("=", 1) for knob in args.knobs)}
+        ways[f"icl-lab + {more}"] = {**ours, **more}
+    torch.compile(torch.neg)(torch.ones(1))  # the compiler's one-time start-up, charged to no contender
+    overrides = ["checkpointing.every=null", "training.compile=on", "training.threads=1"]
+    steps, compile_s = {}, {}
+    for name, options in ways.items():
+        compiled.CPU_INDUCTOR_OPTIONS = options  # what the trainer's compile_settings passes
+        trainer, compile_s[name] = started_trainer(args.config, overrides)
+        steps[name] = trainer.train_step
+        print(f"{name}: compiled in {compile_s[name]:.1f} s", flush=True)
+    median = interleaved(steps, args.steps, args.repeats)
     rows = {
         name: {
-            "compile_s": statistics.median(t[0] for t in measured),
-            "ms_per_step": statistics.median(t[1] for t in measured) * 1e3,
-            "ms_per_step_turns": [t[1] * 1e3 for t in measured],
+            "compile_s": compile_s[name],
+            "ms_per_step": median[name] * 1e3,
+            "speed_vs_defaults": median["defaults"] / median[name],
         }
-        for name, measured in turns.items()
+        for name in ways
     }
     for name, row in rows.items():
-        row["speed_vs_defaults"] = speed = rows["defaults"]["ms_per_step"] / row["ms_per_step"]
-        print(f"{name}: median {row['ms_per_step']:.3f} ms/step, {speed:.3f}x the defaults")
+        print(f"{name}: {row['ms_per_step']:.3f} ms/step, {row['speed_vs_defaults']:.3f}x the defaults")
     out = write_results(
         f"inductor_knobs_{args.config}",
-        {"config": args.config, "device": f"cpu core {args.core}, one thread", "rows": rows},
+        {
+            "config": args.config,
+            "device": f"cpu cores {sorted(os.sched_getaffinity(0))}, one thread",
+            "rows": rows,
+        },
     )
     print(f"wrote {out}")
 

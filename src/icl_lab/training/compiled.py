@@ -66,6 +66,24 @@ def should_compile(
     return compiler_missing(device) is None and member_steps >= from_steps
 
 
+CPU_INDUCTOR_OPTIONS: dict[str, object] = {"realize_reads_threshold": 1}
+"""TorchInductor settings of a compiled step on the CPU. realize_reads_threshold=1 computes a buffer
+that several kernels read once, where the default recomputes it inside each reader while it has
+fewer than 4 reads (in Singh's step, presumably the transposed q/k/v gradients that its Adam update
+gathers element by element). Singh's step 1.08x faster, its results changed at rounding level; the
+induction, Reddy, function-class and GD steps within 2% of the defaults, and Reddy's and the
+function-class steps (Adam and SGD, single and packed) bit-identical to them
+(benchmarks/inductor_knobs.py, 2026-12-04)."""
+
+
+def compile_settings(device: torch.device, cuda_graphs: bool) -> dict[str, object]:
+    """torch.compile's mode or options for a training step (it takes one or the other): CUDA graphs
+    by reduce-overhead, CPU_INDUCTOR_OPTIONS on the CPU, Inductor's defaults on a GPU (unmeasured)."""
+    if cuda_graphs:
+        return {"mode": "reduce-overhead"}
+    return {"options": dict(CPU_INDUCTOR_OPTIONS)} if device.type == "cpu" else {}
+
+
 def graph_break_reason(error: Exception) -> str:
     """One line from dynamo's graph-break error: what it could not trace, and the last line of
     code it was tracing (the user's, where the break is in a user's component)."""

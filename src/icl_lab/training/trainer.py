@@ -45,6 +45,7 @@ from icl_lab.store.train_state import TrainState
 from icl_lab.tasks import Batch, Task
 from icl_lab.training.compiled import (
     KERNEL_MEMBER_STEPS,
+    compile_settings,
     compiled_kernels,
     graph_break_reason,
     should_compile,
@@ -162,9 +163,9 @@ class Trainer:
         self._losses = over_members(self._member_loss, M)
         self.compile_s: float | None = None  # time the first compiled step took
         if self.compiled:
-            mode = "reduce-overhead" if self.cuda_graphs else None  # reduce-overhead: CUDA graphs
+            settings = compile_settings(self.device, self.cuda_graphs)
             # fullgraph: a graph break fails the trace, and the run trains eager (_train_eager_from_here)
-            self._whole_step = torch.compile(self._whole_step, dynamic=False, mode=mode, fullgraph=True)
+            self._whole_step = torch.compile(self._whole_step, dynamic=False, fullgraph=True, **settings)
             self._lr = torch.zeros((), device=self.device)  # a tensor: a new rate must not recompile
 
     # set-up ----------------------------------------------------------------------------
