@@ -9,8 +9,8 @@ dynamo cache (the step's code object); dynamo moves the entry a call finds to th
 turn's first step checks the others' guards. Pin the process with taskset: pinned from inside,
 after torch had started, Singh's steps took 1.6x as long.
 
-    taskset -c 1 python benchmarks/inductor_knobs.py [--config singh] [--set NAME=VALUE ...]
-        [--steps 200] [--repeats 9]
+    taskset -c 1 python benchmarks/inductor_knobs.py [--config singh] [--members 1]
+        [--set NAME=VALUE ...] [--steps 200] [--repeats 9]
 """
 
 import argparse
@@ -32,6 +32,7 @@ def main() -> None:
     parser.add_argument(
         "--set", dest="knobs", action="append", default=[], metavar="NAME=VALUE", help="on top of icl-lab's"
     )
+    parser.add_argument("--members", type=int, default=1, help="seeds packed as one ensemble")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=9)
     args = parser.parse_args()
@@ -46,7 +47,7 @@ def main() -> None:
     steps, compile_s = {}, {}
     for name, options in ways.items():
         compiled.CPU_INDUCTOR_OPTIONS = options  # what the trainer's compile_settings passes
-        trainer, compile_s[name] = started_trainer(args.config, overrides)
+        trainer, compile_s[name] = started_trainer(args.config, overrides, args.members)
         steps[name] = trainer.train_step
         print(f"{name}: compiled in {compile_s[name]:.1f} s", flush=True)
     median = interleaved(steps, args.steps, args.repeats)
@@ -61,9 +62,10 @@ def main() -> None:
     for name, row in rows.items():
         print(f"{name}: {row['ms_per_step']:.3f} ms/step, {row['speed_vs_defaults']:.3f}x the defaults")
     out = write_results(
-        f"inductor_knobs_{args.config}",
+        f"inductor_knobs_{args.config}" + (f"_x{args.members}" if args.members > 1 else ""),
         {
             "config": args.config,
+            "members": args.members,
             "device": f"cpu cores {sorted(os.sched_getaffinity(0))}, one thread",
             "rows": rows,
         },

@@ -76,7 +76,7 @@ class Singh(Reproduction):
     """Each claim of SPEC section 2 that our runs can test."""
 
     title = "Singh et al. 2024: what needs to go right for an induction head"
-    quick_budget = "32 minutes on 2 CPU cores (measured 2026-12-03)"
+    quick_budget = "18 minutes on 2 CPU cores (measured 2026-12-04)"
 
     def experiments(self, quick: bool) -> dict[str, ExperimentConfig]:
         long, short = (600_000, 300_000) if quick else (900_000, 450_000)
