@@ -1,8 +1,9 @@
 """A seed sweep of Singh's model on a 2-core CPU, three ways: the seeds as single eager runs one after
 another (one core), as one compiled ensemble using both cores' threads, and as one compiled ensemble
 per core (two processes, each pinned to its core with half the seeds: what a sweep with
-`ensemble: auto` and 2 local workers runs on a CPU). Runs per hour at the
-config's full length, the compile included (a cold inductor cache per contender).
+`ensemble: auto` and 2 local workers runs on a CPU), the last again with the inductor cache it
+just filled (a sweep run a second time). Runs per hour at the config's full length, the compile
+included (a cold inductor cache per contender unless its name says warm).
 
 Each contender needs the whole machine, so they run one after another (not interleaved), in fresh
 processes, `--repeats` times in turn; the medians are reported.
@@ -37,10 +38,12 @@ def worker(cores: set[int], members: int, compile: str, steps: int, barrier, res
     results.put((first_s, time_steps(trainer.train_step, steps)))
 
 
-def contender(workers: list[tuple[set[int], int, str]], steps: int) -> tuple[float, float]:
-    """(slowest first step, slowest seconds per step) of workers run at the same time."""
+def contender(workers: list[tuple[set[int], int, str]], steps: int, warm: bool) -> tuple[float, float]:
+    """(slowest first step, slowest seconds per step) of workers run at the same time, with the
+    inductor cache the previous contender left (warm) or an empty one shared by these workers."""
     ctx = mp.get_context("spawn")
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp()  # cold, shared by this contender
+    if not warm:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp()
     barrier, results = ctx.Barrier(len(workers)), ctx.Queue()
     processes = [ctx.Process(target=worker, args=(*w, steps, barrier, results)) for w in workers]
     for p in processes:
@@ -60,15 +63,17 @@ def main() -> None:
     from icl_lab.experiment import load_config, total_steps
 
     half = args.seeds // 2
+    per_core = [({0}, half, "on"), ({1}, half, "on")]
     ways = {
         "single eager runs, one after another": [({0}, 1, "off")],
         f"one compiled ensemble of {args.seeds}, 2 threads": [({0, 1}, args.seeds, "on")],
-        f"two compiled ensembles of {half}, one per core": [({0}, half, "on"), ({1}, half, "on")],
+        f"two compiled ensembles of {half}, one per core": per_core,
+        f"two compiled ensembles of {half}, one per core, inductor cache warm": per_core,
     }
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in ways}
     for _ in range(args.repeats):
         for name, workers in ways.items():
-            times[name].append(contender(workers, args.steps))
+            times[name].append(contender(workers, args.steps, warm="warm" in name))
     length = total_steps(load_config(CONFIG))
     rows = {}
     for name, measured in times.items():
