@@ -17,19 +17,19 @@ demo: $(STAMP)
 	$(BIN)/icl-lab demo
 
 test: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
 	$(BIN)/pytest
 
 test-slow: $(STAMP)
 	$(BIN)/pytest -m slow
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
 
 format: $(STAMP)
-	$(BIN)/ruff format src tests benchmarks
-	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format src tests benchmarks examples
+	$(BIN)/ruff check --fix src tests benchmarks examples
 
 notebooks: $(STAMP)  # executes the examples in build/notebooks, renders them to docs/notebooks
 	rm -rf build/notebooks && mkdir -p build/notebooks && cp examples/*.ipynb build/notebooks/
