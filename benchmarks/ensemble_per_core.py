@@ -3,7 +3,8 @@ another (one core), as one compiled ensemble using both cores' threads, and as o
 per core (two processes, each pinned to its core with half the seeds: what a sweep with
 `ensemble: auto` and 2 local workers runs on a CPU), the last again with the inductor cache it
 just filled (a sweep run a second time). Runs per hour at the config's full length, the compile
-included (a cold inductor cache per contender unless its name says warm).
+included (a cold inductor cache per contender but the warm one, which follows the cold run of the
+same workers).
 
 Each contender needs the whole machine, so they run one after another (not interleaved), in fresh
 processes, `--repeats` times in turn; the medians are reported.
@@ -64,22 +65,23 @@ def main() -> None:
 
     half = args.seeds // 2
     per_core = [({0}, half, "on"), ({1}, half, "on")]
+    # name: (workers, warm); the warm contender comes right after the cold one it reuses the cache of
     ways = {
-        "single eager runs, one after another": [({0}, 1, "off")],
-        f"one compiled ensemble of {args.seeds}, 2 threads": [({0, 1}, args.seeds, "on")],
-        f"two compiled ensembles of {half}, one per core": per_core,
-        f"two compiled ensembles of {half}, one per core, inductor cache warm": per_core,
+        "single eager runs, one after another": ([({0}, 1, "off")], False),
+        f"one compiled ensemble of {args.seeds}, 2 threads": ([({0, 1}, args.seeds, "on")], False),
+        f"two compiled ensembles of {half}, one per core": (per_core, False),
+        f"two compiled ensembles of {half}, one per core, inductor cache warm": (per_core, True),
     }
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in ways}
     for _ in range(args.repeats):
-        for name, workers in ways.items():
-            times[name].append(contender(workers, args.steps, warm="warm" in name))
+        for name, (workers, warm) in ways.items():
+            times[name].append(contender(workers, args.steps, warm))
     length = total_steps(load_config(CONFIG))
     rows = {}
     for name, measured in times.items():
         first_s = statistics.median(m[0] for m in measured)
         step_s = statistics.median(m[1] for m in measured)
-        at_once = sum(members for _, members, _ in ways[name])  # seeds one launch trains
+        at_once = sum(members for _, members, _ in ways[name][0])  # seeds one launch trains
         hours = (args.seeds / at_once) * (first_s + length * step_s) / 3600
         rows[name] = {
             "first_step_s": first_s,

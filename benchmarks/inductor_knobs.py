@@ -1,7 +1,9 @@
 """TorchInductor settings on a bundled config's compiled training step, one thread: TorchInductor's
 defaults, icl-lab's (training/compiled.py's CPU_INDUCTOR_OPTIONS) and, with --set, icl-lab's plus
-more. Each contender is a trainer of its own in this process, compiled with a cold cache; their
-steps are timed in turns (median of repeats) and compared with the defaults.
+more. Each contender is a trainer of its own in this process; their steps are timed in turns
+(median of repeats) and compared with the defaults. The inductor cache starts empty, but later
+contenders reuse the kernels earlier ones built (in the process and on disk), so compile times do
+not compare across contenders.
 
 A setting is NAME=VALUE of torch._inductor.config (e.g. realize_reads_threshold=1), passed as the
 compile's options as the trainer passes its own. The contenders' compiled steps are entries of one
@@ -17,8 +19,9 @@ import argparse
 import ast
 import os
 import tempfile
+from unittest import mock
 
-os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp()  # cold: the compile time counts
+os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp()  # no kernels from earlier runs
 
 import torch
 
@@ -37,7 +40,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=9)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    ours = compiled.CPU_INDUCTOR_OPTIONS
+    ours = dict(compiled.CPU_INDUCTOR_OPTIONS)
     ways: dict[str, dict[str, object]] = {"defaults": {}, f"icl-lab {ours}": ours}
     if args.knobs:
         more = {name: ast.literal_eval(value) for name, value in (knob.split("=", 1) for knob in args.knobs)}
@@ -46,8 +49,8 @@ def main() -> None:
     overrides = ["checkpointing.every=null", "training.compile=on", "training.threads=1"]
     steps, compile_s = {}, {}
     for name, options in ways.items():
-        compiled.CPU_INDUCTOR_OPTIONS = options  # what the trainer's compile_settings passes
-        trainer, compile_s[name] = started_trainer(args.config, overrides, args.members)
+        with mock.patch.object(compiled, "CPU_INDUCTOR_OPTIONS", options):  # what compile_settings passes
+            trainer, compile_s[name] = started_trainer(args.config, overrides, args.members)
         steps[name] = trainer.train_step
         print(f"{name}: compiled in {compile_s[name]:.1f} s", flush=True)
     median = interleaved(steps, args.steps, args.repeats)

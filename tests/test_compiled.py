@@ -19,7 +19,9 @@ from icl_lab.training import compiled
 from icl_lab.training import trainer as trainer_module
 from icl_lab.training.compiled import (
     AUTO_MEMBER_STEPS,
+    CPU_INDUCTOR_OPTIONS,
     KERNEL_MEMBER_STEPS,
+    compile_settings,
     should_compile,
 )
 from icl_lab.training.trainer import Trainer, resume, train
@@ -221,6 +223,15 @@ def test_auto_compiles_only_runs_that_repay_compiling() -> None:
     assert not should_compile("auto", AUTO_MEMBER_STEPS - 1, "cpu")
     assert should_compile("auto", AUTO_MEMBER_STEPS, "cpu")
     assert not should_compile("off", 10**9, "cpu") and should_compile("on", 1, "cpu")
+
+
+def test_compile_settings_give_the_cpu_its_options_a_gpu_the_defaults_and_graphs_their_mode() -> None:
+    cpu = compile_settings(torch.device("cpu"), cuda_graphs=False)
+    assert cpu == {"options": {"realize_reads_threshold": 1}}
+    cpu["options"]["realize_reads_threshold"] = 4  # a copy: the module's setting stays as it was
+    assert CPU_INDUCTOR_OPTIONS == {"realize_reads_threshold": 1}
+    assert compile_settings(torch.device("cuda"), cuda_graphs=False) == {}
+    assert compile_settings(torch.device("cuda"), cuda_graphs=True) == {"mode": "reduce-overhead"}
 
 
 def test_the_trainer_allows_compiled_kernels_unless_compile_is_off(

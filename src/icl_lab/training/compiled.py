@@ -67,15 +67,16 @@ def should_compile(
 
 
 CPU_INDUCTOR_OPTIONS: dict[str, object] = {"realize_reads_threshold": 1}
-"""TorchInductor settings of a compiled step on the CPU. realize_reads_threshold=1 computes a buffer
-that several kernels read once, where the default recomputes it inside each reader while it has
-fewer than 4 reads (in Singh's step, presumably the transposed q/k/v gradients that its Adam update
-gathers element by element). Singh's step 1.04-1.08x faster and an 8-member Singh ensemble's 1.22x,
-their results changed at rounding level; the induction, Reddy, function-class and GD steps
-0.94-1.02x the defaults over three runs (function classes 0.94-0.99x), and Reddy's and the
-function-class steps (Adam and SGD, single and packed) bit-identical to them. cpp_wrapper (a C++ in
-place of a Python wrapper around the kernels) measured 0.96-1.05x on top of this and is not used
-(benchmarks/inductor_knobs.py, 2026-12-04)."""
+"""TorchInductor settings of a compiled step on the CPU. realize_reads_threshold=1 computes once, into
+memory, an elementwise buffer that several kernels use as soon as it reads more than one input
+buffer, where the default recomputes it inside each user unless it reads more than four (in Singh's
+step, presumably the transposed q/k/v gradients that its Adam update gathers element by element).
+Against Inductor's defaults (benchmarks/inductor_knobs.py, runs of 2026-12-04; each results file
+keeps its config's latest): Singh's step 1.04-1.08x, an 8-member Singh ensemble's 1.22x, results
+changed at rounding level; the induction, Reddy, function-class and GD steps 0.94-1.02x (the 0.94 a
+function-class run whose file a rerun at 0.98x replaced), Reddy's and the function-class steps
+(Adam and SGD, single and packed) bit-identical. cpp_wrapper (C++ in place of Python wrapper code
+around the kernels) measured 0.97-1.05x on top of this and is not used."""
 
 
 def compile_settings(device: torch.device, cuda_graphs: bool) -> dict[str, object]:
