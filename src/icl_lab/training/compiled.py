@@ -72,7 +72,7 @@ memory, an elementwise buffer that several kernels use as soon as it reads more 
 buffer, where the default recomputes it inside each user unless it reads more than four (in Singh's
 step, presumably the transposed q/k/v gradients that its Adam update gathers element by element).
 Against Inductor's defaults (benchmarks/inductor_knobs.py, runs of 2026-12-04; each results file
-keeps its config's latest): Singh's step 1.04-1.08x, an 8-member Singh ensemble's 1.22x, results
+keeps its config's latest): Singh's step 1.04-1.14x, an 8-member Singh ensemble's 1.22x, results
 changed at rounding level; the induction, Reddy, function-class and GD steps 0.94-1.02x (the 0.94 a
 function-class run whose file a rerun at 0.98x replaced), Reddy's and the function-class steps
 (Adam and SGD, single and packed) bit-identical. cpp_wrapper (C++ in place of Python wrapper code
