@@ -37,6 +37,10 @@ run)
   python3 benchmarks/sweep_throughput.py --device cuda --parts a --members 64 --configs singh |
     tee "$out/sweep_throughput.txt"
   cp benchmarks/results/train_throughput_cuda.json benchmarks/results/sweep_throughput_cuda.json "$out/"
+  # last, cheapest first: each reproduction's line is printed as it finishes, so a cut-off run keeps them
+  python3 benchmarks/full_mode_estimate.py --device cuda --steps 20 \
+    singh gd reddy kissane reddy-phase hernandez function-classes icll | tee "$out/full_mode_estimate.txt"
+  cp benchmarks/results/full_mode_estimate_cuda.json "$out/"
   ;;
 *)
   echo "usage: bash benchmarks/gpu_checks.sh wheels|run" >&2
