@@ -3,6 +3,7 @@
 #
 #   here:   bash benchmarks/gpu_checks.sh wheels   # what the device image lacks, as cp312 wheels in .whl/
 #   there:  bash benchmarks/gpu_checks.sh run      # via the device tool, carrying .whl
+#           bash benchmarks/gpu_checks.sh estimate # the full modes' GPU hours, in a second call
 #
 # The device image has Python 3.12 with its own CUDA build of torch and most of our dependencies;
 # icl-lab runs there from src/ on PYTHONPATH (nothing is installed), on that torch.
@@ -12,6 +13,12 @@ cd "$(dirname "$0")/.."
 # name==version of each package the image lacks (and what they need that it lacks too)
 MISSING=(pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5
   automata-lib==9.2.0 cached-method==0.1.0 frozendict==2.5.1)
+
+setup() {  # on the device: the missing packages, icl-lab from src/, and where results go
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH="/tmp/site:$PWD/src:$PWD/tests" PYTHONUNBUFFERED=1
+  out="${OUT:-benchmarks/results}"
+}
 
 case "${1:-}" in
 wheels)
@@ -24,9 +31,7 @@ wheels)
   ls .whl
   ;;
 run)
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH="/tmp/site:$PWD/src:$PWD/tests" PYTHONUNBUFFERED=1
-  out="${OUT:-benchmarks/results}"
+  setup
   nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$out/gpu.txt"
   python3 -c "import torch; print('torch', torch.__version__)" | tee -a "$out/gpu.txt"
   # every test that needs CUDA (the CUDA-graph one included); the rest ran on the CPU already
@@ -37,13 +42,16 @@ run)
   python3 benchmarks/sweep_throughput.py --device cuda --parts a --members 64 --configs singh |
     tee "$out/sweep_throughput.txt"
   cp benchmarks/results/train_throughput_cuda.json benchmarks/results/sweep_throughput_cuda.json "$out/"
-  # last, cheapest first: each reproduction's line is printed as it finishes, so a cut-off run keeps them
+  ;;
+estimate)
+  setup
+  # cheapest first: each reproduction's line is printed as it finishes, so a cut-off run keeps them
   python3 benchmarks/full_mode_estimate.py --device cuda --steps 20 \
     singh gd reddy kissane reddy-phase hernandez function-classes icll | tee "$out/full_mode_estimate.txt"
   cp benchmarks/results/full_mode_estimate_cuda.json "$out/"
   ;;
 *)
-  echo "usage: bash benchmarks/gpu_checks.sh wheels|run" >&2
+  echo "usage: bash benchmarks/gpu_checks.sh wheels|run|estimate" >&2
   exit 2
   ;;
 esac
