@@ -3,23 +3,23 @@ trains, timed for a short prefix on this machine and extrapolated to its whole l
 
 On the CPU (the default), every model run is timed as a single run on one thread; runs that differ
 only in seed, name, learning rate or length share one timing. With `--device cuda` (or `--packed`),
-the runs are packed into ensembles as `icl-lab reproduce` packs them on one worker (`ensemble: auto`,
-up to 16 members), and each distinct ensemble (its members' shape and count) is timed as one trainer
-on the device. Eager (training.compile off, so the figures are upper bounds for runs that `auto`
-compiles) unless `--compile`, which keeps each config's own setting and counts its compile in the
-first step. Per timing, set-up and first step are set apart, then `--steps` training steps and one
-evaluation of all splits are timed. Evaluation is timed on at most `--eval-sequences` sequences per
-split and scaled linearly to the config's eval.batch_size (its cost is one forward pass per batch;
-icll's 500 prompts of 1,024 tokens would hold every attention pattern at once). The estimate of a
-run = first step + steps x seconds per step + evaluations x seconds per evaluation. An SAE run
-(Kissane's) is timed on a one-step model of its source's config (the weights do not change the
-cost): filling its activation buffer, `--steps` SAE steps and one evaluation. Checkpoint writes are
-left out. Totals are CPU hours on one thread (with W worker processes the wall time is about total /
-W), or hours on one GPU running the ensembles one after another. These are extrapolations, not
-measurements of whole runs. This shared machine's speed drifts (a 1024^3 matmul on one thread has
-measured 64-140 GFLOP/s on different days), so each entry records that matmul's GFLOP/s, measured
-before and after it, beside its hours. Each invocation updates the named reproductions' entries and
-keeps the others.
+the runs are packed into ensembles as `icl-lab reproduce` packs them on one worker (a sweep's by its
+own `ensemble` settings, the others by `auto`; up to 16 members), and each distinct ensemble (its
+members' shape and count) is timed as one trainer on the device. Eager (training.compile off, so the
+figures are upper bounds for runs that `auto` compiles) unless `--compile`, which keeps each
+config's own setting and counts its compile in the first step. Per timing, set-up and first step are
+set apart, then `--steps` training steps and one evaluation of all splits are timed. Evaluation is
+timed on at most `--eval-sequences` sequences per split and scaled linearly to the config's
+eval.batch_size (its cost is one forward pass per batch; icll's 500 prompts of 1,024 tokens would
+hold every attention pattern at once). The estimate of a run = first step + steps x seconds per step
++ evaluations x seconds per evaluation. An SAE run (Kissane's) is timed on a one-step model of its
+source's config (the weights do not change the cost): filling its activation buffer, `--steps` SAE
+steps and one evaluation. Checkpoint writes are left out. Totals are CPU hours on one thread (with W
+worker processes the wall time is about total / W), or hours on one GPU running the ensembles one
+after another. These are extrapolations, not measurements of whole runs. This shared machine's speed
+drifts (a 1024^3 matmul on one thread has measured 64-140 GFLOP/s on different days), so each entry
+records that matmul's GFLOP/s, measured before and after it, beside its hours. Each invocation
+updates the named reproductions' entries and keeps the others.
 
     taskset -c 1 .venv/bin/python benchmarks/full_mode_estimate.py [NAME ...] [--steps 30]
     python benchmarks/full_mode_estimate.py --device cuda [--compile] [NAME ...]   (on a GPU)
