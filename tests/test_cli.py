@@ -60,6 +60,10 @@ def test_bad_config_is_one_clear_line_exit_2_and_nothing_written(
 def test_missing_and_malformed_config_files(cli, tmp_path: Path) -> None:
     code, _, err = cli("train", tmp_path / "absent.yaml")
     assert code == 2 and "config file not found" in err
+    code, _, err = cli("train", "inductoin")  # a bare name: the bundled ones are listed
+    assert code == 2 and "nor a bundled config: function_classes, gd, icll, induction," in err
+    code, _, err = cli("train", tmp_path)
+    assert code == 2 and err.strip() == f"error: config path is a directory, not a YAML file: {tmp_path}"
     broken = tmp_path / "broken.yaml"
     broken.write_text("task: [unclosed\n")
     code, _, err = cli("train", broken)
@@ -145,9 +149,16 @@ def test_list_runs_shows_status(cli, finished_run: Run) -> None:
     assert code == 0 and "complete" in out
 
 
-def test_bad_cli_argument_exits_2(cli) -> None:
-    code, _, _ = cli("list", "everything")
-    assert code == 2
+def test_bad_cli_argument_exits_2_with_one_line(cli) -> None:
+    code, _, err = cli("list", "everything")
+    assert code == 2 and err.strip().splitlines() == [
+        "error: Invalid value for 'what': 'everything' is not one of 'reproductions', 'tasks', "
+        "'models', 'metrics', 'clamps', 'runs', 'experiments' (see 'icl-lab list --help')"
+    ]
+    code, _, err = cli("sweep", "reddy_bk", "--workers", "0")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--workers" in err
+    code, _, err = cli("train", "induction", "--nosuch")
+    assert code == 2 and err.strip() == "error: No such option: --nosuch (see 'icl-lab train --help')"
     code, _, _ = cli("train")
     assert code == 2
 

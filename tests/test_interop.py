@@ -96,7 +96,9 @@ def test_export_command_writes_a_model_transformer_lens_loads(tmp_path: Path, cl
     run = train(tiny_config(), str(tmp_path / "runs"), progress=False)
     code, _, err = cli("export", run.path, tmp_path / "tl")
     assert code == 0, err
-    tl = load_hooked_transformer(tmp_path / "tl")
+    tl = load_hooked_transformer(str(tmp_path / "tl"))  # a path as a string, as typed at a prompt
+    with pytest.raises(ExportError, match=r"runs holds no TransformerLens export \(tl_config.json and"):
+        load_hooked_transformer(tmp_path / "runs")
     tokens = torch.randint(0, 16, (2, 16), generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(tl(tokens), run.model()(tokens), atol=1e-5, rtol=1e-4)
     code, _, err = cli("export", run.path, tmp_path / "tl2", "--checkpoint", "5")

@@ -340,3 +340,26 @@ def test_sigterm_to_a_sweep_stops_its_workers_and_leaves_runs_resumable(tmp_path
     files = sorted(runs.rglob("*"))
     time.sleep(2)
     assert sorted(runs.rglob("*")) == files, "no worker goes on writing"
+
+
+@pytest.mark.filterwarnings("error")
+def test_a_figure_of_a_metric_no_point_has_says_so_without_warnings() -> None:
+    from icl_lab.report.sweep import curve, heatmap
+    from icl_lab.sweeps.config import CurveSpec, HeatmapSpec
+
+    nan = float("nan")  # e.g. no run made the transition
+    table = pa.table(
+        {
+            "seed": [0, 0],
+            "status": ["complete"] * 2,
+            "steps": [10, 10],
+            "a": [1, 2],
+            "b": [3, 4],
+            "t": [nan, nan],
+        }
+    )
+    for figure in (
+        curve(table, CurveSpec(x="a", by="b", metric="t"), 32),
+        heatmap(table, HeatmapSpec(x="a", y="b", metric="t"), 32),
+    ):
+        assert [t.get_text() for t in figure.axes[0].texts] == ["no complete point has a value of t"]

@@ -5,6 +5,7 @@ exits with code 2.
 """
 
 import itertools
+import re
 import signal
 from enum import StrEnum
 from pathlib import Path
@@ -203,10 +204,10 @@ def list_(
         table.add_column(what.value)
         table.add_column("description")
         entries = {
-            Listable.tasks: [(n, _first_line(c.__doc__)) for n, c in TASKS.items()],
-            Listable.models: [(n, _first_line(c.__doc__)) for n, c in MODELS.items()],
+            Listable.tasks: [(n, _summary(c.__doc__)) for n, c in TASKS.items()],
+            Listable.models: [(n, _summary(c.__doc__)) for n, c in MODELS.items()],
             Listable.metrics: [(n, m.description) for n, m in METRICS.items()],
-            Listable.clamps: [(n, _first_line(c.__doc__)) for n, c in CLAMPS.items()],
+            Listable.clamps: [(n, _summary(c.__doc__)) for n, c in CLAMPS.items()],
             Listable.reproductions: [
                 (n, f"{r.title} (--quick: {r.quick_budget})") for n, r in REPRODUCTIONS.items()
             ],
@@ -224,8 +225,10 @@ def _header(path: Path) -> str:
     return " ".join(header)
 
 
-def _first_line(text: str | None) -> str:
-    return (text or "").strip().splitlines()[0] if text else ""
+def _summary(text: str | None) -> str:
+    """A docstring's first sentence on one line."""
+    paragraph = " ".join((text or "").strip().split("\n\n")[0].split())
+    return re.split(r"(?<=[\w)\]]\.)\s+(?=[A-Z])", paragraph, maxsplit=1)[0]
 
 
 @app.command()
@@ -504,9 +507,13 @@ def main() -> None:
             raise
         after = f"; continue with: icl-lab resume {stop.run_path}" if stop.run_path else ""
         _fail(f"interrupted ({stop.signal_name}){after}", 143 if stop.signal_name == "SIGTERM" else 130)
-    except typer.exceptions.TyperException as e:  # click's errors: a bad argument or option
-        e.show()
-        raise SystemExit(e.exit_code) from None
+    except typer.exceptions.TyperException as e:  # the parser's errors: a bad argument or option
+        message, ctx = e.format_message(), getattr(e, "ctx", None)
+        if ctx is None or "\n" in message:  # no command to point at, or the help text itself
+            e.show()
+            raise SystemExit(e.exit_code) from None
+        message = message.replace("Value error, ", "").rstrip(".")  # pydantic's prefix of a refused value
+        _fail(f"error: {message} (see '{ctx.command_path} --help')", e.exit_code)
     except Exception as e:
         if DEBUG:
             raise

@@ -241,9 +241,15 @@ def resolve_config_path(path: str | Path) -> Path:
     candidate = Path(path)
     if candidate.is_file():
         return candidate
+    if candidate.is_dir():
+        raise ConfigError(f"config path is a directory, not a YAML file: {path}")
+    bare = candidate.suffix in ("", ".yaml") and candidate.parent == Path()
     bundled = BUNDLED_CONFIGS / f"{candidate.stem}.yaml"
-    if candidate.suffix in ("", ".yaml") and candidate.parent == Path() and bundled.is_file():
+    if bare and bundled.is_file():
         return bundled
+    if bare:
+        names = ", ".join(sorted(p.stem for p in BUNDLED_CONFIGS.glob("*.yaml")))
+        raise ConfigError(f"config file not found: {path} (nor a bundled config: {names})")
     raise ConfigError(f"config file not found: {path}")
 
 

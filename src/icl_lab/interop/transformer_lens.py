@@ -85,8 +85,9 @@ def tl_state_dict(model: Transformer) -> dict[str, Tensor]:
     return state
 
 
-def export_transformer_lens(model: Model, directory: Path, model_name: str = "icl-lab") -> Path:
+def export_transformer_lens(model: Model, directory: str | Path, model_name: str = "icl-lab") -> Path:
     """Write tl_config.json and tl_weights.safetensors into directory (created); returns it."""
+    directory = Path(directory)
     config = tl_config(model, model_name)
     tensors = {k: v.contiguous() for k, v in tl_state_dict(model).items()}
     directory.mkdir(parents=True, exist_ok=True)
@@ -116,7 +117,10 @@ def to_hooked_transformer(model: Model, model_name: str = "icl-lab") -> Any:
     return hooked_transformer(tl_config(model, model_name), tl_state_dict(model))
 
 
-def load_hooked_transformer(directory: Path) -> Any:
+def load_hooked_transformer(directory: str | Path) -> Any:
     """A HookedTransformer from what export_transformer_lens wrote."""
+    directory = Path(directory)
+    if not (directory / CONFIG).is_file() or not (directory / WEIGHTS).is_file():
+        raise ExportError(f"{directory} holds no TransformerLens export ({CONFIG} and {WEIGHTS})")
     config = json.loads((directory / CONFIG).read_text())
     return hooked_transformer(config, load_file(str(directory / WEIGHTS)))

@@ -47,9 +47,19 @@ def _when(table: pa.Table, batch_size: int) -> str:
     return f"at step {steps[0]:,} ({steps[0] * batch_size:,} sequences)"
 
 
+def _no_values(metric: str) -> Figure:
+    """A figure that says no complete point has a value of `metric` (e.g. no run made the transition)."""
+    fig, ax = plt.subplots(figsize=(6.5, 1.5), constrained_layout=True)
+    ax.text(0.5, 0.5, f"no complete point has a value of {metric}", ha="center", va="center")
+    ax.set_axis_off()
+    return fig
+
+
 def heatmap(table: pa.Table, spec: HeatmapSpec, batch_size: int) -> Figure:
     """Mean over seeds of a metric on a grid of two swept fields; cells annotated mean +- std."""
     groups = _groups(table, [spec.y, spec.x], spec.metric)
+    if not groups:
+        return _no_values(spec.metric)
     xs = sorted({k[1] for k in groups}, key=_order)
     ys = sorted({k[0] for k in groups}, key=_order)
     mean = np.full((len(ys), len(xs)), np.nan)
@@ -84,6 +94,8 @@ def curve(table: pa.Table, spec: CurveSpec, batch_size: int) -> Figure:
     step-valued column is shown in steps with sequences on a second axis."""
     keys = [spec.x] + ([spec.by] if spec.by else [])
     groups = _groups(table, keys, spec.metric)
+    if not groups:
+        return _no_values(spec.metric)
     fig, ax = plt.subplots(figsize=(6.5, 4), constrained_layout=True)
     for line in sorted({k[1:] for k in groups}, key=lambda k: tuple(map(_order, k))):
         xs = sorted((k[0] for k in groups if k[1:] == line), key=_order)

@@ -103,7 +103,7 @@ class RunDirectory:
             raise RunStoreError(f"run manifest is not valid JSON: {path / 'manifest.json'}") from None
         if not isinstance(manifest, dict) or manifest.get("format") != cls.FORMAT:
             found = manifest.get("format") if isinstance(manifest, dict) else None
-            raise RunStoreError(f"{path} is not a {cls.FORMAT} directory (its manifest says {found!r})")
+            raise RunStoreError(f"{path} is not an {cls.FORMAT} directory (its manifest says {found!r})")
         if not (path / "config.yaml").is_file():
             raise RunStoreError(f"run has no config.yaml: {path}")
         return manifest
