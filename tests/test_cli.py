@@ -144,6 +144,18 @@ def test_list(cli, what: str, expected: str) -> None:
     assert code == 0 and expected in out
 
 
+def test_list_describes_each_component_by_its_docstrings_first_sentence() -> None:
+    from icl_lab.cli import _summary
+
+    assert _summary("Repeats; meta holds the period and\n    the end (0 if none).\n\n    More.") == (
+        "Repeats; meta holds the period and the end (0 if none)."
+    )
+    assert _summary("w = softmax(x_q . x_j) per label. With 'ideal' it has two.") == (
+        "w = softmax(x_q . x_j) per label."
+    )
+    assert _summary(None) == ""
+
+
 def test_list_runs_shows_status(cli, finished_run: Run) -> None:
     code, out, _ = cli("list", "runs", "--runs-dir", finished_run.path.parent)
     assert code == 0 and "complete" in out
