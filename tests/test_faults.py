@@ -601,3 +601,11 @@ def test_an_unexpected_error_is_one_line_unless_debug(
     one_line(err, "internal error: ZeroDivisionError: a bug (run again with --debug for the traceback)")
     with pytest.raises(ZeroDivisionError):
         cli("--debug", "train", config_file(tmp_path), "--runs-dir", tmp_path / "runs")
+
+
+def test_report_on_a_run_without_evaluations_says_so(tmp_path: Path, cli) -> None:
+    run = trained(tmp_path)
+    run.metrics_path.unlink()
+    code, _, err = cli("report", run.path)
+    assert code == 2
+    one_line(err, f"run {run.path} has no evaluations of member 0 to summarise")

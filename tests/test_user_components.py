@@ -13,6 +13,8 @@ from torch import Tensor
 
 from conftest import tiny_config
 from icl_lab.config import TaskConfig
+from icl_lab.errors import ComponentError
+from icl_lab.experiment import ExperimentConfig
 from icl_lab.interventions import CLAMPS, Clamp
 from icl_lab.interventions.base import ClampContext
 from icl_lab.metrics import METRICS, EvalContext, metric
@@ -20,6 +22,7 @@ from icl_lab.models import ModelIO
 from icl_lab.registry import Registry
 from icl_lab.store.run import Run
 from icl_lab.tasks import TASKS, Batch, Task
+from icl_lab.training.trainer import train
 
 
 class CountingConfig(TaskConfig):
@@ -99,8 +102,11 @@ MODULE = '''
 from typing import Literal
 import torch
 from icl_lab.config import TaskConfig
+from icl_lab.errors import ComponentError
+from icl_lab.experiment import ExperimentConfig
 from icl_lab.models import ModelIO
 from icl_lab.tasks import TASKS, Batch, Task
+from icl_lab.training.trainer import train
 
 
 class ConstantConfig(TaskConfig):
@@ -166,3 +172,95 @@ def test_redefining_a_component_replaces_it_but_a_clash_is_refused() -> None:
     with pytest.raises(ValueError, match="already registered by"):
         registry.register("w")(Registry)
     assert "test_start_accuracy" in METRICS
+
+
+class ShortConfig(CountingConfig):
+    """Counting, with training batches of half the size asked for."""
+
+    name: Literal["test_short_batches"] = "test_short_batches"
+
+
+@TASKS.register("test_short_batches")
+class ShortBatches(CountingTask):
+    """Counting that draws half the training sequences asked for (a user's bug)."""
+
+    Config = ShortConfig
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
+        return super().sample(batch_size // 2 if batch_size == 8 else batch_size, generator)
+
+
+class BrokenConfig(CountingConfig):
+    """Counting whose sampler raises."""
+
+    name: Literal["test_broken_sampler"] = "test_broken_sampler"
+
+
+@TASKS.register("test_broken_sampler")
+class BrokenSampler(CountingTask):
+    """A task whose sampler raises (a user's bug), first when the trainer draws its eval batches."""
+
+    Config = BrokenConfig
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
+        raise ValueError("bug in my sampler")
+
+
+@metric("test_per_token")
+def per_token(ctx: EvalContext) -> dict[str, Tensor]:
+    """A per-token value, which the metrics table cannot hold."""
+    return {"per_token": ctx.output_logits[..., 0]}
+
+
+@metric("test_loss_again")
+def loss_again(ctx: EvalContext) -> dict[str, Tensor]:
+    """A value under the name of the built-in loss."""
+    return {"loss": torch.tensor(123.0)}
+
+
+@metric("test_not_a_dict")
+def not_a_dict(ctx: EvalContext) -> Tensor:
+    return torch.tensor(1.0)
+
+
+def counting(task: str, **sections: object) -> ExperimentConfig:
+    """A tiny model on a counting task registered here."""
+    return tiny_config(task={"name": task, "modulus": 7, "seq_len": 12}, **sections)
+
+
+def test_a_task_that_draws_the_wrong_batch_size_stops_the_run_marked_failed(tmp_path: Path) -> None:
+    with pytest.raises(
+        ComponentError, match=r"task 'test_short_batches' sampled 4 sequences .* for a batch of 8"
+    ):
+        train(counting("test_short_batches"), str(tmp_path), progress=False)
+    (run_dir,) = tmp_path.iterdir()
+    assert Run.open(run_dir).status == "failed"
+
+
+def test_a_task_that_fails_before_training_leaves_its_run_failed_not_running(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="bug in my sampler"):
+        train(counting("test_broken_sampler"), str(tmp_path), progress=False)
+    (run_dir,) = tmp_path.iterdir()
+    run = Run.open(run_dir)
+    assert run.status == "failed" and run.manifest["error"] == "ValueError: bug in my sampler"
+
+
+@pytest.mark.parametrize(
+    "metrics, message",
+    [
+        (
+            ["test_per_token"],
+            r"'per_token' of shape \(16, 12\): a value must be 0-d or per head, "
+            r"\(n_layers, n_heads\) = \(2, 2\)",
+        ),
+        (
+            ["loss", "test_loss_again"],
+            "metric 'test_loss_again' returns 'loss', which an earlier metric returned",
+        ),
+        (["test_not_a_dict"], "metric 'test_not_a_dict' must return a dict of tensors, not Tensor"),
+    ],
+)
+def test_a_metric_whose_values_the_table_cannot_hold_is_refused(tmp_path: Path, metrics, message) -> None:
+    with pytest.raises(ComponentError, match=message):
+        train(counting("test_counting", eval={"metrics": metrics}), str(tmp_path), progress=False)
+    assert METRICS.get("test_not_a_dict").description == ""  # no docstring: registered all the same

@@ -42,5 +42,9 @@ class Interrupted(BaseException):
         self.run_path: object = None
 
 
+class ComponentError(IclLabError):
+    """A task or metric (a user's, typically) that returns what icl-lab cannot use."""
+
+
 class ExportError(IclLabError):
     """A model or SAE that the target library's format cannot express, or that library missing."""

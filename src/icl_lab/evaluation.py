@@ -3,6 +3,7 @@
 import torch
 from torch import Tensor
 
+from icl_lab.errors import ComponentError
 from icl_lab.experiment import ExperimentConfig
 from icl_lab.interventions.base import Clamp, clamped_forward
 from icl_lab.metrics import METRICS, EvalContext
@@ -65,5 +66,21 @@ def evaluate(
     ctx = EvalContext(model, task, batch, logits, cache)
     values: dict[str, Tensor] = {}
     for name in metrics:
-        values.update(METRICS.get(name).fn(ctx))
+        values.update(_checked(name, METRICS.get(name).fn(ctx), values, (model.n_layers, model.n_heads)))
     return values
+
+
+def _checked(name: str, produced: object, earlier: dict[str, Tensor], heads: tuple[int, int]) -> dict:
+    """A metric's values, or ComponentError naming what the metrics table cannot take: not a dict
+    of tensors, a value neither 0-d nor (n_layers, n_heads), a key another metric gave already."""
+    if not isinstance(produced, dict) or not all(isinstance(v, Tensor) for v in produced.values()):
+        raise ComponentError(f"metric {name!r} must return a dict of tensors, not {type(produced).__name__}")
+    for key, value in produced.items():
+        if key in earlier:
+            raise ComponentError(f"metric {name!r} returns {key!r}, which an earlier metric returned")
+        if value.dim() != 0 and tuple(value.shape) != heads:
+            raise ComponentError(
+                f"metric {name!r} returns {key!r} of shape {tuple(value.shape)}: a value must be 0-d "
+                f"or per head, (n_layers, n_heads) = {heads}"
+            )
+    return produced

@@ -4,6 +4,7 @@ import math
 from dataclasses import dataclass
 
 from icl_lab.analysis.transitions import Transition, detect_transitions, main_transition
+from icl_lab.errors import RunStoreError
 from icl_lab.store.run import Run
 from icl_lab.tasks import TASKS
 
@@ -30,6 +31,8 @@ def summarise(run: Run, member: int | None = None) -> RunSummary:
         steps, values = run.summary_curve(metric, split, how, member)
     transitions = detect_transitions(steps, values)
     rows = [row for row in run.metrics.to_pylist() if row["member"] == member]
+    if not rows:  # failed before its first evaluation, or its metrics.parquet is gone
+        raise RunStoreError(f"run {run.path} has no evaluations of member {member} to summarise")
     last = max(row["step"] for row in rows)
     final: dict[str, dict[str, float]] = {}
     for row in rows:

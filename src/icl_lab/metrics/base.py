@@ -116,7 +116,7 @@ def metric(
     else), so that a config asking for it on a model or task without them is refused up front."""
 
     def add(fn: Callable[[EvalContext], dict[str, Tensor]]) -> Callable:
-        description = (fn.__doc__ or "").strip().splitlines()[0]
+        description = (fn.__doc__ or "").strip().split("\n")[0]
         METRICS.register(name)(Metric(fn, hooks, description, meta, tokens, classes, requires))
         return fn
 

@@ -31,7 +31,7 @@ from torch import Tensor
 from torch.func import functional_call, vmap
 
 from icl_lab.config import check_trainable_here
-from icl_lab.errors import DivergenceError, Interrupted, RunStoreError
+from icl_lab.errors import ComponentError, DivergenceError, Interrupted, RunStoreError
 from icl_lab.evaluation import metric_names
 from icl_lab.experiment import ExperimentConfig, build_model, build_task, check_ensemble, total_steps
 from icl_lab.interventions import Clamp
@@ -98,6 +98,19 @@ def clamped_loss(
 def _only_member(x: Any) -> Any:
     # squeeze, not x[0]: its backward is a view, where indexing's backward fills a zero tensor
     return {k: _only_member(v) for k, v in x.items()} if isinstance(x, dict) else x.squeeze(0)
+
+
+def _whole(batch: object, size: int, task: Task) -> Batch:
+    """A task's training batch, or ComponentError unless it is a Batch of `size` sequences (a user's
+    task may draw too few, and the data counts would be wrong)."""
+    if not isinstance(batch, Batch):
+        raise ComponentError(f"task {task.config.name!r} sampled a {type(batch).__name__}, not a Batch")
+    if len(batch.inputs) != size or len(batch.targets) != size:
+        raise ComponentError(
+            f"task {task.config.name!r} sampled {len(batch.inputs)} sequences "
+            f"({len(batch.targets)} targets) for a batch of {size}"
+        )
+    return batch
 
 
 def _with_kernels(method: Callable[..., None]) -> Callable[..., None]:
@@ -202,7 +215,7 @@ class Trainer:
         state = self.state
         batch = Batch.stack(
             [
-                task.training_sample(self.batch_size, g, state.step)
+                _whole(task.training_sample(self.batch_size, g, state.step), self.batch_size, task)
                 for task, g in zip(self.tasks, state.data_generators, strict=True)
             ]
         )
@@ -514,7 +527,13 @@ def train(
     for member in members:  # be unreadable, a feature file malformed): errors leave no run behind
         build_task(member, device=member.training.device)
     run = Run.create(members, runs_dir, run_id)
-    return Trainer(run, progress).fit()
+    try:
+        trainer = Trainer(run, progress)
+    except Exception as e:  # e.g. a task whose evaluation batches cannot be drawn: not left "running"
+        run.record(status="failed", error=f"{type(e).__name__}: {e}")
+        run.release()
+        raise
+    return trainer.fit()
 
 
 def resume(run: Run, progress: bool = True, on_step: Callable[[int | None], None] = lambda step: None) -> Run:
