@@ -368,7 +368,7 @@ def test_a_signal_at_a_random_moment_marks_the_run_interrupted_and_resume_is_ide
         assert run.status == "complete"
         return
     assert proc.returncode == code, err
-    one_line(err, "interrupted", f"icl-lab resume {run.path}")
+    one_line(err, "interrupted", f"icl-lab resume {run.path} (from step {max(run.checkpoint_steps):,}, its")
     assert run.status == "interrupted" and run.manifest["interrupted_at"] >= 0
     done = icl("resume", run.path, "-q")
     assert done.returncode == 0, done.stderr

@@ -489,6 +489,17 @@ def _fail(message: str, code: int) -> NoReturn:
     raise SystemExit(code)
 
 
+def _from(path: object) -> str:
+    """Where `resume` of the run at `path` picks up: its latest checkpoint (progress since is lost)."""
+    from icl_lab.store.run import Run
+
+    try:
+        steps = Run.open(path).checkpoint_steps
+    except (IclLabError, OSError):
+        return ""
+    return f" (from step {max(steps):,}, its latest checkpoint)" if steps else " (from the start)"
+
+
 def main() -> None:
     """Entry point: every failure is one line on stderr (the traceback only with --debug). User
     errors (IclLabError, and files the system cannot read or write) exit with code 2, an
@@ -505,7 +516,9 @@ def main() -> None:
     except Interrupted as stop:
         if DEBUG:
             raise
-        after = f"; continue with: icl-lab resume {stop.run_path}" if stop.run_path else ""
+        after = (
+            f"; continue with: icl-lab resume {stop.run_path}{_from(stop.run_path)}" if stop.run_path else ""
+        )
         _fail(f"interrupted ({stop.signal_name}){after}", 143 if stop.signal_name == "SIGTERM" else 130)
     except typer.exceptions.TyperException as e:  # the parser's errors: a bad argument or option
         message, ctx = e.format_message(), getattr(e, "ctx", None)
