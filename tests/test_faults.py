@@ -106,6 +106,13 @@ def test_a_read_only_runs_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         Run.create(tiny_config(), tmp_path / "runs")
 
 
+def test_a_runs_directory_that_is_a_file(tmp_path: Path, cli) -> None:
+    (tmp_path / "afile").write_text("")
+    code, _, err = cli("train", config_file(tmp_path), "--runs-dir", tmp_path / "afile", "-q")
+    assert code == 2
+    one_line(err, f"the runs directory is a file, not a directory: {tmp_path / 'afile'}")
+
+
 def test_a_disk_that_fills_up_mid_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The first checkpoints fit, a later one does not: one line, the run is not complete, the
     checkpoints written before are intact and no temporary file is left."""

@@ -67,6 +67,8 @@ class RunDirectory:
         if path.exists():
             raise RunStoreError(f"run directory already exists: {path}")
         staging = runs / f".{run_id}.{secrets.token_hex(4)}.staging"
+        if runs.exists() and not runs.is_dir():
+            raise RunStoreError(f"the runs directory is a file, not a directory: {runs}")
         try:
             runs.mkdir(parents=True, exist_ok=True)
             staging.mkdir()
