@@ -613,6 +613,29 @@ def test_an_unexpected_error_is_one_line_unless_debug(
 def test_report_on_a_run_without_evaluations_says_so(tmp_path: Path, cli) -> None:
     run = trained(tmp_path)
     run.metrics_path.unlink()
+    interrupt(run)  # as if it had stopped before its first evaluation
     code, _, err = cli("report", run.path)
     assert code == 2
     one_line(err, f"run {run.path} has no evaluations of member 0 to summarise")
+
+
+@pytest.mark.parametrize("damage", ["metrics cut short", "metrics gone", "final checkpoint gone"])
+def test_a_complete_run_missing_its_end_is_refused_by_report_and_resume(
+    tmp_path: Path, damage: str, cli
+) -> None:
+    run = trained(tmp_path)  # 12 steps, evaluated every 4, checkpointed every 4
+    if damage == "metrics cut short":
+        table = pq.read_table(run.metrics_path)
+        pq.write_table(table.filter(pc.less(table["step"], 8)), run.metrics_path)
+        expected = "member 0's metrics end at step 4, not 12: its metrics.parquet is damaged"
+    elif damage == "metrics gone":
+        run.metrics_path.unlink()
+        expected = "member 0's metrics are gone, not 12"
+    else:
+        for path in run.checkpoint_dir.glob("*12*"):
+            path.unlink()
+        expected = "its final checkpoint (step 12) is gone"
+    for command in ("report", "resume"):
+        code, _, err = cli(command, run.path)
+        assert code == 2
+        one_line(err, f"run {run.id} is marked complete, but", expected)

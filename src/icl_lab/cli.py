@@ -81,6 +81,7 @@ def resume(
     handle = Run.open(run)
     status = handle.status
     if status == "complete":
+        handle.check_whole()
         console.print(f"run {handle.id} is already complete")
         return
     if status == "diverged":

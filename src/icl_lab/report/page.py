@@ -24,6 +24,7 @@ def write_report(run: Run, out_dir: Path | None = None) -> Path:
     """Write report/training.png, progress.png (if the task has progress measures), the task's own
     figures (Task.report_figures), attention.png (if the model has attention patterns) and
     report/report.html; return the page."""
+    run.check_whole()
     out = out_dir or run.path / "report"
     out.mkdir(parents=True, exist_ok=True)
     summary = summarise(run)

@@ -143,6 +143,26 @@ class Run(RunDirectory):
             return xs, values
         return xs, getattr(np, summary)(np.stack(list(heads.values())), axis=0)
 
+    def check_whole(self) -> None:
+        """RunStoreError if the run is marked complete but its final evaluation of a member or its
+        final checkpoint is gone (a damaged copy): what it reports would be an earlier state's."""
+        if self.status != "complete":
+            return
+        last = self.manifest.get("total_steps")
+        table = self.metrics
+        for member in range(len(self.configs)):
+            steps = table.filter(pc.equal(table["member"], member))["step"].to_pylist()
+            if last not in steps:
+                ends = f"end at step {max(steps):,}" if steps else "are gone"
+                raise RunStoreError(
+                    f"run {self.id} is marked complete, but member {member}'s metrics {ends}, not "
+                    f"{last:,}: its metrics.parquet is damaged; train it again"
+                )
+        if last not in self.checkpoint_steps:
+            raise RunStoreError(
+                f"run {self.id} is marked complete, but its final checkpoint (step {last:,}) is gone"
+            )
+
     def units_at(self, step: float) -> tuple[int, int]:
         """(sequences, tokens) seen by the end of a training step."""
         sequences = round(step * self.config.training.batch_size)
