@@ -635,7 +635,7 @@ def test_a_complete_run_missing_its_end_is_refused_by_report_and_resume(
         for path in run.checkpoint_dir.glob("*12*"):
             path.unlink()
         expected = "its final checkpoint (step 12) is gone"
-    for command in ("report", "resume"):
+    for command in ("report", "resume", "eval"):
         code, _, err = cli(command, run.path)
         assert code == 2
         one_line(err, f"run {run.id} is marked complete, but", expected)

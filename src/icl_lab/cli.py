@@ -121,6 +121,8 @@ def eval_(
     from icl_lab.store.run import Run
 
     handle = Run.open(run)
+    if checkpoint is None:  # "the latest" must be the end of a complete run
+        handle.check_whole()
     model = handle.model(checkpoint, member)
     step = checkpoint if checkpoint is not None else handle.checkpoint_steps[-1]
     config = handle.member_config(member)
