@@ -533,7 +533,7 @@ def test_a_sweep_with_a_failed_point_exits_non_zero_and_names_it(tmp_path: Path,
     path = sweep_file(tmp_path, base, axes=[{"grid": {"task.fail": [False, True]}}])
     code, out, err = cli("sweep", path, "--runs-dir", tmp_path / "runs", "-q", "--workers", "2")
     assert code == 2
-    one_line(err, "1 of 2 sweep points did not complete: 1")
+    one_line(err, "1 of 2 sweep points did not complete: point 1 (see above)")
     assert "point 1 failed: RuntimeError: the data source broke" in out
     statuses = [r.status for r in list_runs(tmp_path / "runs" / "faulty" / "runs")]
     assert sorted(statuses) == ["complete", "failed"]
@@ -554,7 +554,7 @@ def test_a_sweep_leaves_a_unit_that_another_live_process_trains(tmp_path: Path, 
     finally:
         holder.release()
     assert code == 2
-    one_line(err, "1 of 2 sweep points did not complete: 1")
+    one_line(err, "1 of 2 sweep points did not complete: point 1 (see above)")
     assert "point 1 running: being trained by pid" in out
     assert tree(unit.path) == before
 
@@ -635,7 +635,7 @@ def test_a_complete_run_missing_its_end_is_refused_by_report_and_resume(
         for path in run.checkpoint_dir.glob("*12*"):
             path.unlink()
         expected = "its final checkpoint (step 12) is gone"
-    for command in ("report", "resume", "eval"):
+    for command in ("report", "resume", "eval", "dissect"):
         code, _, err = cli(command, run.path)
         assert code == 2
         one_line(err, f"run {run.id} is marked complete, but", expected)

@@ -285,6 +285,7 @@ def dissect(
 
     settings = [*(set_ or []), *([f"causal.steps={budget}"] if budget else []), f"causal.enabled={causal}"]
     handle, config = Run.open(run), dissect_config(settings)
+    handle.check_whole()
     if config.causal.enabled:  # before the LLC's minutes, not after
         variants_device(handle, config.member, config.causal)
     columns = (
@@ -368,7 +369,8 @@ def sweep(
     unfinished = [str(row["point"]) for row in results.to_pylist() if row["status"] != "complete"]
     if unfinished:
         raise IclLabError(
-            f"{len(unfinished)} of {len(statuses)} sweep points did not complete: {', '.join(unfinished)}"
+            f"{len(unfinished)} of {len(statuses)} sweep points did not complete: "
+            f"point{'s' if len(unfinished) > 1 else ''} {', '.join(unfinished)} (see above)"
         )
 
 
