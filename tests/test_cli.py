@@ -145,15 +145,15 @@ def test_list(cli, what: str, expected: str) -> None:
 
 
 def test_list_describes_each_component_by_its_docstrings_first_sentence() -> None:
-    from icl_lab.cli import _summary
+    from icl_lab.registry import summary
 
-    assert _summary("Repeats; meta holds the period and\n    the end (0 if none).\n\n    More.") == (
+    assert summary("Repeats; meta holds the period and\n    the end (0 if none).\n\n    More.") == (
         "Repeats; meta holds the period and the end (0 if none)."
     )
-    assert _summary("w = softmax(x_q . x_j) per label. With 'ideal' it has two.") == (
+    assert summary("w = softmax(x_q . x_j) per label. With 'ideal' it has two.") == (
         "w = softmax(x_q . x_j) per label."
     )
-    assert _summary(None) == ""
+    assert summary(None) == ""
 
 
 def test_list_runs_shows_status(cli, finished_run: Run) -> None:

@@ -102,11 +102,8 @@ MODULE = '''
 from typing import Literal
 import torch
 from icl_lab.config import TaskConfig
-from icl_lab.errors import ComponentError
-from icl_lab.experiment import ExperimentConfig
 from icl_lab.models import ModelIO
 from icl_lab.tasks import TASKS, Batch, Task
-from icl_lab.training.trainer import train
 
 
 class ConstantConfig(TaskConfig):
@@ -174,36 +171,24 @@ def test_redefining_a_component_replaces_it_but_a_clash_is_refused() -> None:
     assert "test_start_accuracy" in METRICS
 
 
-class ShortConfig(CountingConfig):
-    """Counting, with training batches of half the size asked for."""
+class BuggyConfig(CountingConfig):
+    """Counting with a user's bug in its sampler."""
 
-    name: Literal["test_short_batches"] = "test_short_batches"
+    name: Literal["test_buggy_counting"] = "test_buggy_counting"
+    bug: Literal["short", "raise"] = "short"
 
 
-@TASKS.register("test_short_batches")
-class ShortBatches(CountingTask):
-    """Counting that draws half the training sequences asked for (a user's bug)."""
+@TASKS.register("test_buggy_counting")
+class BuggyCounting(CountingTask):
+    """Counting whose sampler draws half the training sequences asked for (`short`) or raises, first
+    when the trainer draws its eval batches (`raise`)."""
 
-    Config = ShortConfig
+    Config = BuggyConfig
 
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
+        if self.config.bug == "raise":
+            raise ValueError("bug in my sampler")
         return super().sample(batch_size // 2 if batch_size == 8 else batch_size, generator)
-
-
-class BrokenConfig(CountingConfig):
-    """Counting whose sampler raises."""
-
-    name: Literal["test_broken_sampler"] = "test_broken_sampler"
-
-
-@TASKS.register("test_broken_sampler")
-class BrokenSampler(CountingTask):
-    """A task whose sampler raises (a user's bug), first when the trainer draws its eval batches."""
-
-    Config = BrokenConfig
-
-    def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
-        raise ValueError("bug in my sampler")
 
 
 @metric("test_per_token")
@@ -223,23 +208,24 @@ def not_a_dict(ctx: EvalContext) -> Tensor:
     return torch.tensor(1.0)
 
 
-def counting(task: str, **sections: object) -> ExperimentConfig:
-    """A tiny model on a counting task registered here."""
-    return tiny_config(task={"name": task, "modulus": 7, "seq_len": 12}, **sections)
+def counting(name: str, bug: str | None = None, **sections: object) -> ExperimentConfig:
+    """A tiny model on a counting task registered here (a buggy one's bug named)."""
+    task = {"name": name, "modulus": 7, "seq_len": 12, **({"bug": bug} if bug else {})}
+    return tiny_config(task=task, **sections)
 
 
 def test_a_task_that_draws_the_wrong_batch_size_stops_the_run_marked_failed(tmp_path: Path) -> None:
     with pytest.raises(
-        ComponentError, match=r"task 'test_short_batches' sampled 4 sequences .* for a batch of 8"
+        ComponentError, match=r"task 'test_buggy_counting' sampled 4 sequences .* for a batch of 8"
     ):
-        train(counting("test_short_batches"), str(tmp_path), progress=False)
+        train(counting("test_buggy_counting"), str(tmp_path), progress=False)
     (run_dir,) = tmp_path.iterdir()
     assert Run.open(run_dir).status == "failed"
 
 
 def test_a_task_that_fails_before_training_leaves_its_run_failed_not_running(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="bug in my sampler"):
-        train(counting("test_broken_sampler"), str(tmp_path), progress=False)
+        train(counting("test_buggy_counting", bug="raise"), str(tmp_path), progress=False)
     (run_dir,) = tmp_path.iterdir()
     run = Run.open(run_dir)
     assert run.status == "failed" and run.manifest["error"] == "ValueError: bug in my sampler"

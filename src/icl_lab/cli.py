@@ -5,7 +5,6 @@ exits with code 2.
 """
 
 import itertools
-import re
 import signal
 from enum import StrEnum
 from pathlib import Path
@@ -185,6 +184,7 @@ def list_(
     from icl_lab.interventions import CLAMPS
     from icl_lab.metrics import METRICS
     from icl_lab.models import MODELS
+    from icl_lab.registry import summary
     from icl_lab.reproduce import REPRODUCTIONS
     from icl_lab.sae.run import SAERun
     from icl_lab.store.run import Run, list_runs
@@ -207,10 +207,10 @@ def list_(
         table.add_column(what.value)
         table.add_column("description")
         entries = {
-            Listable.tasks: [(n, _summary(c.__doc__)) for n, c in TASKS.items()],
-            Listable.models: [(n, _summary(c.__doc__)) for n, c in MODELS.items()],
+            Listable.tasks: [(n, summary(c.__doc__)) for n, c in TASKS.items()],
+            Listable.models: [(n, summary(c.__doc__)) for n, c in MODELS.items()],
             Listable.metrics: [(n, m.description) for n, m in METRICS.items()],
-            Listable.clamps: [(n, _summary(c.__doc__)) for n, c in CLAMPS.items()],
+            Listable.clamps: [(n, summary(c.__doc__)) for n, c in CLAMPS.items()],
             Listable.reproductions: [
                 (n, f"{r.title} (--quick: {r.quick_budget})") for n, r in REPRODUCTIONS.items()
             ],
@@ -226,12 +226,6 @@ def _header(path: Path) -> str:
     lines = path.read_text().splitlines()
     header = [line.lstrip("# ") for line in itertools.takewhile(lambda line: line.startswith("#"), lines)]
     return " ".join(header)
-
-
-def _summary(text: str | None) -> str:
-    """A docstring's first sentence on one line."""
-    paragraph = " ".join((text or "").strip().split("\n\n")[0].split())
-    return re.split(r"(?<=[\w)\]]\.)\s+(?=[A-Z])", paragraph, maxsplit=1)[0]
 
 
 @app.command()

@@ -9,6 +9,7 @@ import hashlib
 import importlib
 import importlib.util
 import pkgutil
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,12 @@ from typing import Generic, TypeVar
 from icl_lab.errors import ConfigError
 
 T = TypeVar("T")
+
+
+def summary(doc: str | None) -> str:
+    """A component's docstring's first sentence on one line (how `icl-lab list` describes it)."""
+    paragraph = " ".join((doc or "").strip().split("\n\n")[0].split())
+    return re.split(r"(?<=[\w)\]]\.)\s+(?=[A-Z])", paragraph, maxsplit=1)[0]
 
 
 def _origin(obj: object) -> tuple[str, str]:

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from icl_lab.config import TaskConfig
 from icl_lab.models.base import Model
-from icl_lab.registry import Registry
+from icl_lab.registry import Registry, summary
 from icl_lab.tasks.base import Batch, Task
 
 
@@ -111,12 +111,12 @@ def metric(
     classes: bool = False,
     requires: Requirement | None = None,
 ) -> Callable[[Callable], Callable]:
-    """Register a metric function under `name`; its docstring's first line describes it. Say what
+    """Register a metric function under `name`; its docstring's first sentence describes it. Say what
     it reads (hooks, meta keys, token ids, class targets; `requires` raises ValueError for anything
     else), so that a config asking for it on a model or task without them is refused up front."""
 
     def add(fn: Callable[[EvalContext], dict[str, Tensor]]) -> Callable:
-        description = (fn.__doc__ or "").strip().split("\n")[0]
+        description = summary(fn.__doc__)
         METRICS.register(name)(Metric(fn, hooks, description, meta, tokens, classes, requires))
         return fn
 

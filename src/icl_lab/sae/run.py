@@ -286,7 +286,7 @@ class SAETrainer:
         except DivergenceError:
             raise
         except Exception as e:
-            run.record(status="failed", error=f"{type(e).__name__}: {e}")
+            run.record_failure(e)
             raise
         finally:
             run.release()

@@ -133,6 +133,10 @@ class RunDirectory:
         self.manifest.update(fields)
         atomic_write_text(self.path / "manifest.json", json.dumps(self.manifest, indent=1))
 
+    def record_failure(self, error: Exception) -> None:
+        """Mark the run failed with the error that stopped it (see record)."""
+        self.record(status="failed", error=f"{type(error).__name__}: {error}")
+
     def record(self, **fields: Any) -> None:
         """Mark the manifest, if the disk still lets us (a full or read-only disk may be why we stop)."""
         with contextlib.suppress(IclLabError):

@@ -478,7 +478,7 @@ class Trainer:
         except DivergenceError:
             raise
         except Exception as e:
-            self.run.record(status="failed", error=f"{type(e).__name__}: {e}")
+            self.run.record_failure(e)
             raise
         finally:
             self.run.release()
@@ -530,7 +530,7 @@ def train(
     try:
         trainer = Trainer(run, progress)
     except Exception as e:  # e.g. a task whose evaluation batches cannot be drawn: not left "running"
-        run.record(status="failed", error=f"{type(e).__name__}: {e}")
+        run.record_failure(e)
         run.release()
         raise
     return trainer.fit()
