@@ -602,12 +602,24 @@ def test_an_unexpected_error_is_one_line_unless_debug(
     def broken(*args: object, **kwargs: object) -> None:
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(trainer, "train", broken)
+    namespace: dict[str, object] = {}  # the same bug as if it were icl-lab's own code
+    exec(
+        compile("def broken(*a, **k):\n    raise ZeroDivisionError('a bug')", trainer.__file__, "exec"),
+        namespace,
+    )
+    monkeypatch.setattr(trainer, "train", namespace["broken"])
     code, _, err = cli("train", config_file(tmp_path), "--runs-dir", tmp_path / "runs")
     assert code == 1
     one_line(err, "internal error: ZeroDivisionError: a bug (run again with --debug for the traceback)")
     with pytest.raises(ZeroDivisionError):
         cli("--debug", "train", config_file(tmp_path), "--runs-dir", tmp_path / "runs")
+    monkeypatch.setattr(trainer, "train", broken)  # code of a user's (a test file counts as one)
+    code, _, err = cli("train", config_file(tmp_path), "--runs-dir", tmp_path / "runs")
+    line = broken.__code__.co_firstlineno + 1
+    assert code == 2
+    one_line(
+        err, f"error in {broken.__qualname__} ({__file__}:{line}): ZeroDivisionError: a bug (--debug shows"
+    )
 
 
 def test_report_on_a_run_without_evaluations_says_so(tmp_path: Path, cli) -> None:

@@ -5,6 +5,8 @@ import re
 import pytest
 
 from conftest import CHROMIUM, TINY_BURSTY, TINY_READOUT_MODEL, render_in_chromium, tiny_config
+from icl_lab.analysis.summary import summarise
+from icl_lab.evaluation import key_metric
 from icl_lab.report.page import write_report
 from icl_lab.store.run import Run
 from icl_lab.training.trainer import train
@@ -42,6 +44,18 @@ def test_a_reduced_model_run_gets_its_report(tmp_path) -> None:
     assert run.layers_heads == (2, 1)
     text = write_report(run).read_text()
     assert text.count('src="data:image/png;base64,') == 3, "training, progress measures, attention"
+
+
+def test_a_run_that_skips_its_tasks_key_split_follows_the_loss_of_its_first_split(tmp_path) -> None:
+    short = {"length": {"steps": 4}}
+    config = tiny_config(
+        task=TINY_BURSTY, model=TINY_READOUT_MODEL, training=short, eval={"splits": ["iw", "train"]}
+    )
+    assert key_metric(config) == ("iw", "loss", "mean")
+    assert key_metric(tiny_config(task=TINY_BURSTY, model=TINY_READOUT_MODEL)) == ("ic", "accuracy", "mean")
+    run = train(config, str(tmp_path), progress=False)
+    assert summarise(run).key == "iw loss"
+    assert "Attention patterns" in write_report(run).read_text()
 
 
 def test_report_lists_clamps_and_when_they_were_active(tmp_path) -> None:

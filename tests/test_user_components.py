@@ -1,6 +1,8 @@
 """Components a researcher defines in a notebook, a script or a module their config imports: a
 task, metric and clamp kind registered after icl-lab is imported train from YAML and Python alike."""
 
+import hashlib
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +15,7 @@ from torch import Tensor
 
 from conftest import tiny_config
 from icl_lab.config import TaskConfig
-from icl_lab.errors import ComponentError
+from icl_lab.errors import ComponentError, ConfigError, RunStoreError
 from icl_lab.experiment import ExperimentConfig
 from icl_lab.interventions import CLAMPS, Clamp
 from icl_lab.interventions.base import ClampContext
@@ -21,8 +23,9 @@ from icl_lab.metrics import METRICS, EvalContext, metric
 from icl_lab.models import ModelIO
 from icl_lab.registry import Registry
 from icl_lab.store.run import Run
+from icl_lab.sweeps.execute import run_job
 from icl_lab.tasks import TASKS, Batch, Task
-from icl_lab.training.trainer import train
+from icl_lab.training.trainer import resume, train
 
 
 class CountingConfig(TaskConfig):
@@ -126,31 +129,85 @@ class ConstantTask(Task):
 '''
 
 
-def test_a_config_imports_its_own_module_from_the_command_line(tmp_path: Path) -> None:
-    (tmp_path / "configs").mkdir()
-    (tmp_path / "configs" / "my_tasks.py").write_text(MODULE)
+MORE = """
+from typing import Literal
+from my_helpers import FOUR
+from my_tasks import ConstantConfig, ConstantTask
+from icl_lab.tasks import TASKS, Batch
+
+
+class FoursConfig(ConstantConfig):
+    name: Literal["constant_fours"] = "constant_fours"
+
+
+@TASKS.register("constant_fours")
+class FoursTask(ConstantTask):
+    \"\"\"Every token is 4 (a task of a second module, built on the first and a helper beside them).\"\"\"
+
+    Config = FoursConfig
+
+    def sample(self, batch_size, generator):
+        batch = super().sample(batch_size, generator)
+        return Batch(batch.inputs + FOUR - 3, batch.targets + FOUR - 3, batch.loss_mask)
+"""
+
+
+def test_a_config_imports_its_own_modules_from_the_command_line(tmp_path: Path) -> None:
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / "my_tasks.py").write_text(MODULE)
+    (configs / "more_tasks.py").write_text(MORE)
+    (configs / "my_helpers.py").write_text("FOUR = 4\n")
     data = tiny_config().model_dump(mode="json", by_alias=True)
-    data |= {"imports": ["my_tasks.py"], "task": {"name": "constant_tokens"}}
-    (tmp_path / "configs" / "run.yaml").write_text(yaml.safe_dump(data))
+    data |= {"imports": ["my_tasks.py", "more_tasks.py"], "task": {"name": "constant_fours"}}
+    (configs / "run.yaml").write_text(yaml.safe_dump(data))
     icl_lab = Path(sys.executable).with_name("icl-lab")
-    done = subprocess.run(
-        [icl_lab, "train", "configs/run.yaml", "-q", "--runs-dir", "runs"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 0, done.stderr
+
+    def run(*args: object) -> subprocess.CompletedProcess:
+        return subprocess.run([icl_lab, *map(str, args)], cwd=tmp_path, capture_output=True, text=True)
+
+    done = run("train", "configs/run.yaml", "-q", "--runs-dir", "runs")
+    assert done.returncode == 0, done.stderr  # one module imported by the other is imported once
     (run_dir,) = (tmp_path / "runs").iterdir()
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-    module = tmp_path / "configs" / "my_tasks.py"
-    assert saved["imports"] == [str(module)], "found beside the config, stored absolute: reopens anywhere"
-    _, loss = Run.open(run_dir).curve("loss", "train")
+    assert saved["imports"] == [str(configs / "my_tasks.py"), str(configs / "more_tasks.py")], (
+        "found beside the config, stored absolute: reopens anywhere"
+    )
+    stored = Run.open(run_dir)
+    assert stored.manifest["sources"] == {
+        str(configs / name): hashlib.sha256((configs / name).read_bytes()).hexdigest()
+        for name in ("my_tasks.py", "more_tasks.py")
+    }
+    _, loss = stored.curve("loss", "train")
     assert loss[-1] < loss[0], "a constant sequence is learned"
+    (configs / "my_tasks.py").rename(tmp_path / "moved.py")
+    done = run("list", "runs", "--runs-dir", "runs")
+    assert done.returncode == 0 and "unreadable" in done.stdout
+    assert f"{Path('runs') / run_dir.name}: imports: file not found: {configs / 'my_tasks.py'}" in done.stdout
     data["imports"] = ["missing_module.py"]
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(data))
-    done = subprocess.run([icl_lab, "train", "bad.yaml"], cwd=tmp_path, capture_output=True, text=True)
+    done = run("train", "bad.yaml")
     assert done.returncode == 2 and done.stderr.strip().count("\n") == 0
     assert f"imports: file not found: {tmp_path / 'missing_module.py'}" in done.stderr
+
+
+def test_a_run_refuses_to_continue_once_the_code_it_imports_has_changed(tmp_path: Path) -> None:
+    module = tmp_path / "edited_tasks.py"
+    module.write_text(MODULE.replace("constant_tokens", "test_edited_constant"))
+    config = tiny_config(imports=[str(module)], task={"name": "test_edited_constant"})
+    run = train(config, str(tmp_path / "runs"), progress=False)
+    run.check_sources()
+    original = module.read_text()
+    module.write_text(original + "# an edit\n")
+    changed = f"run {run.id} was trained with another version of {module}: restore the file"
+    with pytest.raises(RunStoreError, match=re.escape(changed)):
+        resume(Run.open(run.path), progress=False)
+    assert run_job(str(run.path), [config.to_yaml()]) == (
+        "failed",
+        f"RunStoreError: {changed} as it was to continue the run, or train a new run",
+    )
+    module.write_text(original)
+    Run.open(run.path).check_sources()
 
 
 def test_redefining_a_component_replaces_it_but_a_clash_is_refused() -> None:
@@ -175,20 +232,31 @@ class BuggyConfig(CountingConfig):
     """Counting with a user's bug in its sampler."""
 
     name: Literal["test_buggy_counting"] = "test_buggy_counting"
-    bug: Literal["short", "raise"] = "short"
+    bug: Literal["short", "raise", "out_of_vocab", "cut"] = "short"
 
 
 @TASKS.register("test_buggy_counting")
 class BuggyCounting(CountingTask):
-    """Counting whose sampler draws half the training sequences asked for (`short`) or raises, first
-    when the trainer draws its eval batches (`raise`)."""
+    """Counting whose sampler draws half the training sequences asked for (`short`), raises first
+    when the trainer draws its eval batches (`raise`), draws tokens beyond the vocabulary
+    (`out_of_vocab`) or sequences a token shorter than its io says (`cut`)."""
 
     Config = BuggyConfig
 
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
-        if self.config.bug == "raise":
+        bug = self.config.bug
+        if bug == "raise":
             raise ValueError("bug in my sampler")
-        return super().sample(batch_size // 2 if batch_size == 8 else batch_size, generator)
+        batch = super().sample(
+            batch_size // 2 if batch_size == 8 and bug == "short" else batch_size, generator
+        )
+        if bug == "out_of_vocab":
+            return Batch(batch.inputs + 1, batch.targets, batch.loss_mask, batch.meta)
+        return (
+            Batch(batch.inputs[:, :-1], batch.targets[:, :-1], batch.loss_mask[:, :-1])
+            if bug == "cut"
+            else batch
+        )
 
 
 @metric("test_per_token")
@@ -214,6 +282,30 @@ def counting(name: str, bug: str | None = None, **sections: object) -> Experimen
     return tiny_config(task=task, **sections)
 
 
+class KeyOffConfig(CountingConfig):
+    """Counting whose key metric is declared on a split it does not have."""
+
+    name: Literal["test_key_off"] = "test_key_off"
+
+
+@TASKS.register("test_key_off")
+class KeyOff(CountingTask):
+    """Counting following the loss of a split `val` that it does not have."""
+
+    Config = KeyOffConfig
+    key_metric = ("val", "loss", "mean")
+
+
+def test_a_task_whose_key_metric_names_a_split_it_lacks_is_refused() -> None:
+    with pytest.raises(
+        ConfigError,
+        match=re.escape(
+            "task: test_key_off's key_metric ('val', 'loss', 'mean') must name one of its splits ['train']"
+        ),
+    ):
+        counting("test_key_off")
+
+
 def test_a_task_that_draws_the_wrong_batch_size_stops_the_run_marked_failed(tmp_path: Path) -> None:
     with pytest.raises(
         ComponentError, match=r"task 'test_buggy_counting' sampled 4 sequences .* for a batch of 8"
@@ -221,6 +313,35 @@ def test_a_task_that_draws_the_wrong_batch_size_stops_the_run_marked_failed(tmp_
         train(counting("test_buggy_counting"), str(tmp_path), progress=False)
     (run_dir,) = tmp_path.iterdir()
     assert Run.open(run_dir).status == "failed"
+
+
+@pytest.mark.parametrize(
+    "bug, message",
+    [
+        ("out_of_vocab", "task 'test_buggy_counting' sampled token ids from 1 to 7, outside 0..6"),
+        (
+            "cut",
+            r"task 'test_buggy_counting' sampled inputs, targets and loss mask of shapes \(16, 11\), "
+            r"\(16, 11\), \(16, 11\); its io asks for \(16, 12\), \(16, 12\) and \(16, 12\)",
+        ),
+    ],
+)
+def test_a_task_whose_batches_break_its_io_is_named_before_training(tmp_path: Path, bug, message) -> None:
+    with pytest.raises(ComponentError, match=message):
+        train(counting("test_buggy_counting", bug=bug), str(tmp_path), progress=False)
+    (run_dir,) = tmp_path.iterdir()
+    assert Run.open(run_dir).status == "failed"
+
+
+def test_a_task_error_names_the_line_of_the_users_code_that_raised_it(cli, tmp_path: Path) -> None:
+    data = counting("test_buggy_counting", bug="raise").model_dump(mode="json", by_alias=True)
+    (tmp_path / "buggy.yaml").write_text(yaml.safe_dump(data))
+    code, _, err = cli("train", tmp_path / "buggy.yaml", "--runs-dir", tmp_path / "runs")
+    raising = next(
+        i for i, line in enumerate(Path(__file__).read_text().splitlines(), 1) if "bug in my" in line
+    )
+    assert code == 2 and err.strip().count("\n") == 0
+    assert f"error in BuggyCounting.sample ({__file__}:{raising}): ValueError: bug in my sampler" in err
 
 
 def test_a_task_that_fails_before_training_leaves_its_run_failed_not_running(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from icl_lab.cli_options import Device, Quiet, resume_on
-from icl_lab.errors import IclLabError, Interrupted
+from icl_lab.errors import IclLabError, Interrupted, user_frame
 from icl_lab.sae_cli import app as sae_app
 
 app = typer.Typer(
@@ -190,11 +190,12 @@ def list_(
     from icl_lab.store.run import Run, list_runs
     from icl_lab.tasks import TASKS
 
-    table = Table(show_header=True)
+    table, notes = Table(show_header=True), []
     if what is Listable.runs:
         for column in ("run", "kind", "status", "step", "created"):
             table.add_column(column)
-        for r in list_runs(runs_dir, kinds=(Run, SAERun)):
+        unreadable: dict[Path, str] = {}
+        for r in list_runs(runs_dir, kinds=(Run, SAERun), unreadable=unreadable):
             total = r.manifest.get("total_steps", "?")
             table.add_row(
                 str(r.path),
@@ -203,6 +204,9 @@ def list_(
                 f"{r.manifest.get('last_checkpoint', 0)}/{total}",
                 r.manifest["created"],
             )
+        for path, why in unreadable.items():
+            table.add_row(str(path), "?", "unreadable (below)", "", "")
+            notes.append(f"{path}: {why}")
     else:
         table.add_column(what.value)
         table.add_column("description")
@@ -219,6 +223,8 @@ def list_(
         for name, text in entries:
             table.add_row(name, text)
     console.print(table)
+    for note in notes:
+        console.print(note, highlight=False, soft_wrap=True, markup=False)
 
 
 def _header(path: Path) -> str:
@@ -533,6 +539,8 @@ def main() -> None:
             _fail(f"error: {e}", 2)
         if isinstance(e, OSError):
             _fail(f"error: {e.filename or 'a file'}: {e.strerror or e}", 2)
+        if where := user_frame(e):  # a user's component raised it: theirs to fix
+            _fail(f"error in {where}: {type(e).__name__}: {e} (--debug shows the traceback)", 2)
         _fail(f"internal error: {type(e).__name__}: {e} (run again with --debug for the traceback)", 1)
     finally:
         for sig, handler in previous.items():

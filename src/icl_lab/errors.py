@@ -4,6 +4,30 @@ A short list, one class per kind of fault a user can act on; `cli.main` maps eve
 on stderr and exit code 2 (`--debug` shows the traceback instead).
 """
 
+import sysconfig
+from pathlib import Path
+
+# where icl-lab, Python's library and installed packages live: code outside them is a user's own
+_LIBRARY_DIRS = tuple(
+    {str(Path(sysconfig.get_path(key)).resolve()) for key in ("stdlib", "platstdlib", "purelib", "platlib")}
+    | {str(Path(__file__).resolve().parent)}
+)
+
+
+def user_frame(error: BaseException) -> str | None:
+    """Where a user's own code (a component a config imports, a script) raised `error`: its
+    deepest frame outside icl-lab, Python's library and installed packages, as 'name (file:line)';
+    None if the error did not pass through such code."""
+    found, tb = None, error.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if not code.co_filename.startswith("<") and not str(Path(code.co_filename).resolve()).startswith(
+            _LIBRARY_DIRS
+        ):
+            found = f"{code.co_qualname} ({code.co_filename}:{tb.tb_lineno})"
+        tb = tb.tb_next
+    return found
+
 
 class IclLabError(Exception):
     """An error the user can fix (bad config, missing file, corrupt checkpoint)."""

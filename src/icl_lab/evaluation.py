@@ -22,13 +22,27 @@ def metric_names(config: ExperimentConfig, model: Model) -> list[str]:
     return [name for name in task.default_metrics if METRICS.get(name).applies(model, task, config.task)]
 
 
+def split_names(config: ExperimentConfig) -> list[str]:
+    """The splits a run evaluates: the config's list, else all of its task's."""
+    return config.eval.splits or TASKS.get(config.task.name).all_split_names(config.task)
+
+
+def key_metric(config: ExperimentConfig) -> tuple[str, str, str]:
+    """(split, metric, summary over heads) of the curve a run's progress line and report follow:
+    its task's key metric, or the loss on its first split when the run does not evaluate the
+    task's key split."""
+    split, metric, how = TASKS.get(config.task.name).key_metric
+    splits = split_names(config)
+    return (split, metric, how) if split in splits else (splits[0], "loss", "mean")
+
+
 def eval_batches(config: ExperimentConfig, task: Task, device: torch.device) -> dict[str, Batch]:
     """The fixed evaluation batch of every split; it depends only on the config's seed and the
     split name."""
     samplers = task.all_eval_splits()
     return {
         split: samplers[split](config.eval.batch_size, generator(config.seed, "eval", split, device=device))
-        for split in config.eval.splits or type(task).all_split_names(config.task)
+        for split in split_names(config)
     }
 
 

@@ -76,14 +76,21 @@ def import_submodules(package_name: str) -> None:
 
 def import_user_module(spec: str) -> None:
     """Import a module of user components: a dotted module name, or a path to a .py file
-    (relative to the working directory). ConfigError if it cannot be found or fails to import."""
+    (relative to the working directory). A file's folder goes on sys.path, as a script's does, so
+    that it can import its neighbours; it is imported under its own name unless another module has
+    that name (then under a name made from its path). ConfigError if it cannot be found or fails to
+    import."""
     if spec.endswith(".py"):
         path = Path(spec).resolve()
-        name = f"icl_lab_user_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
-        if name in sys.modules:
-            return
         if not path.is_file():
             raise ConfigError(f"imports: file not found: {spec}")
+        if str(path.parent) not in sys.path:
+            sys.path.insert(0, str(path.parent))
+        name = path.stem
+        if name in sys.modules and getattr(sys.modules[name], "__file__", None) != str(path):
+            name = f"icl_lab_user_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
+        if name in sys.modules:
+            return
         module_spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(module_spec)  # type: ignore[arg-type]
         sys.modules[name] = module
@@ -99,3 +106,15 @@ def import_user_module(spec: str) -> None:
         raise ConfigError(f"imports: cannot import module {spec!r}: {e}") from None
     except Exception as e:
         raise ConfigError(f"imports: module {spec!r} failed to import: {type(e).__name__}: {e}") from None
+
+
+def source_digests(specs: list[str]) -> dict[str, str]:
+    """{import: SHA-256 of its source file} for a config's imports (already imported), so that a
+    run can tell when the code it trained with has changed; modules without a source file (built
+    in, compiled) are left out."""
+    digests = {}
+    for spec in specs:
+        found = spec if spec.endswith(".py") else getattr(importlib.util.find_spec(spec), "origin", None)
+        if found and found.endswith(".py") and Path(found).is_file():
+            digests[spec] = hashlib.sha256(Path(found).read_bytes()).hexdigest()
+    return digests

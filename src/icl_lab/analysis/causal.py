@@ -31,6 +31,7 @@ from icl_lab.analysis.summary import summarise
 from icl_lab.analysis.transitions import Transition, detect_transitions
 from icl_lab.config import DeviceName, StrictModel, check_device
 from icl_lab.errors import ConfigError, IclLabError
+from icl_lab.evaluation import key_metric
 from icl_lab.experiment import ExperimentConfig, ensemble_hash, total_steps, validate_config
 from icl_lab.store.run import Run
 from icl_lab.sweeps.execute import Job, execute
@@ -258,7 +259,7 @@ def run_causal(
     ]
     if failed:
         raise IclLabError("clamped variants failed: " + "; ".join(failed))
-    split = run.eval_data(member)[0].key_metric[0]
+    split = key_metric(run.member_config(member))[0]
     levels = [_levels(run, member, split, tr) for tr in chosen]
     reached = {}
     for v, job in zip(variants, jobs, strict=True):

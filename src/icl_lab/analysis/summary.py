@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 from icl_lab.analysis.transitions import Transition, detect_transitions, main_transition
 from icl_lab.errors import RunStoreError
+from icl_lab.evaluation import key_metric
 from icl_lab.store.run import Run
 from icl_lab.tasks import TASKS
 
@@ -24,7 +25,7 @@ def summarise(run: Run, member: int | None = None) -> RunSummary:
     """Detect transitions in the task's key curve and collect every metric's final value (of the
     given member, default the handle's)."""
     member = run.member if member is None else member
-    split, metric, how = TASKS.get(run.config.task.name).key_metric
+    split, metric, how = key_metric(run.member_config(member))
     steps, values = run.summary_curve(metric, split, how, member)
     if not values.size:  # a model without the key metric's hooks (a mixer has no attention heads)
         metric, how = "loss", "mean"

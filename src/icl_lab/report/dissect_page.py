@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 from icl_lab.analysis.causal import CausalResult
 from icl_lab.analysis.dissect import DissectConfig, Dissection
 from icl_lab.analysis.summary import units_text
+from icl_lab.evaluation import key_metric
 from icl_lab.files import atomic_write_text
 from icl_lab.report.html import figures_html, page, save_png
 from icl_lab.store.metrics_table import TRAIN_SPLIT
@@ -226,7 +227,7 @@ def write_dissect_report(
     )
     seconds = sum(r["seconds"] for r in d.records)
     causal_html = (
-        "" if causal is None else _causal_html(run, causal, images, run.eval_data(member)[0].key_metric[0])
+        "" if causal is None else _causal_html(run, causal, images, key_metric(run.member_config(member))[0])
     )
     body = (
         f"<h1>Dissection of {html.escape(run.id)}</h1><p>{html.escape(run.whose(member))}. "

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from icl_lab.analysis.summary import RunSummary, summarise, units_text
+from icl_lab.evaluation import key_metric
 from icl_lab.experiment import build_model
 from icl_lab.files import atomic_write_text
 from icl_lab.report import figures
@@ -42,7 +43,7 @@ def write_report(run: Run, out_dir: Path | None = None) -> Path:
         )
     images |= task.report_figures(run, out)
     if any(name.endswith("attn.hook_pattern") for name in build_model(run.config, "meta").hook_dict):
-        split = task.key_metric[0]
+        split = key_metric(run.config)[0]
         images["Attention patterns at init, transition and end"] = save_png(
             figures.attention_patterns(run, shown, task, split, batches[split]), out / "attention.png"
         )

@@ -1,5 +1,6 @@
 """A model run's directory: runs/<id>/{config.yaml, manifest.json, metrics.parquet, checkpoints/}."""
 
+import contextlib
 import functools
 from pathlib import Path
 from typing import Any, Literal
@@ -24,6 +25,7 @@ from icl_lab.experiment import (
 from icl_lab.interventions import Clamp
 from icl_lab.interventions.base import active_at
 from icl_lab.models import Model
+from icl_lab.registry import source_digests
 from icl_lab.store.directory import RunDirectory
 from icl_lab.store.train_state import TrainState
 from icl_lab.tasks import TASKS, Batch, Task
@@ -83,7 +85,11 @@ class Run(RunDirectory):
             data = [m.model_dump(mode="json", by_alias=True) for m in members]
             files["members.yaml"] = yaml.safe_dump(data, sort_keys=False)
         path, staging = cls._staging(Path(runs_dir), run_id, files)
-        run = cls(staging, members, cls._new_manifest(run_id, ensemble_hash(members), members=len(members)))
+        sources = source_digests(sorted({spec for m in members for spec in m.imports}))
+        manifest = cls._new_manifest(
+            run_id, ensemble_hash(members), members=len(members), **({"sources": sources} if sources else {})
+        )
+        run = cls(staging, members, manifest)
         run._commit(path)
         return run
 
@@ -142,6 +148,17 @@ class Run(RunDirectory):
         if not heads:
             return xs, values
         return xs, getattr(np, summary)(np.stack(list(heads.values())), axis=0)
+
+    def check_sources(self) -> None:
+        """RunStoreError if a module the configs import has changed since the run started: training
+        on would mix two versions of its code (the config hash covers the config, not the code)."""
+        now = source_digests(list(self.manifest.get("sources", {})))
+        for spec, digest in self.manifest.get("sources", {}).items():
+            if now.get(spec) != digest:
+                raise RunStoreError(
+                    f"run {self.id} was trained with another version of {spec}: restore the file "
+                    "as it was to continue the run, or train a new run"
+                )
 
     def check_whole(self) -> None:
         """RunStoreError if the run is marked complete but its final evaluation of a member or its
@@ -227,15 +244,28 @@ class Run(RunDirectory):
         return model.eval()
 
 
-def list_runs(runs_dir: str | Path = "runs", kinds: tuple[type[RunDirectory], ...] = (Run,)) -> list:
+def list_runs(
+    runs_dir: str | Path = "runs",
+    kinds: tuple[type[RunDirectory], ...] = (Run,),
+    unreadable: dict[Path, str] | None = None,
+) -> list:
     """Every readable run of the given kinds (model runs by default; SAERun for SAE runs) under a
-    directory, oldest first."""
+    directory, oldest first. A directory with a manifest that none of them opens is left out; given
+    `unreadable`, it is put there with why (as the kind its manifest names says, if one does)."""
     runs = []
     for path in sorted(Path(runs_dir).glob("[!.]*/manifest.json")):  # not staging directories
+        reasons = []
         for kind in kinds:
             try:
                 runs.append(kind.open(path.parent))
                 break
-            except IclLabError:  # another kind, or unreadable: skipped, not fatal to listing
-                continue
+            except IclLabError as e:  # another kind, or unreadable: not fatal to listing
+                with contextlib.suppress(IclLabError):
+                    kind.read_manifest(path.parent)
+                    reasons.insert(0, str(e))  # its manifest names this kind: the reason that counts
+                    continue
+                reasons.append(str(e))
+        else:
+            if unreadable is not None:
+                unreadable[path.parent] = reasons[0]
     return runs

@@ -32,7 +32,7 @@ from torch.func import functional_call, vmap
 
 from icl_lab.config import check_trainable_here
 from icl_lab.errors import ComponentError, DivergenceError, Interrupted, RunStoreError
-from icl_lab.evaluation import metric_names
+from icl_lab.evaluation import key_metric, metric_names
 from icl_lab.experiment import ExperimentConfig, build_model, build_task, check_ensemble, total_steps
 from icl_lab.interventions import Clamp
 from icl_lab.interventions.base import clamped_forward
@@ -100,16 +100,37 @@ def _only_member(x: Any) -> Any:
     return {k: _only_member(v) for k, v in x.items()} if isinstance(x, dict) else x.squeeze(0)
 
 
-def _whole(batch: object, size: int, task: Task) -> Batch:
-    """A task's training batch, or ComponentError unless it is a Batch of `size` sequences (a user's
-    task may draw too few, and the data counts would be wrong)."""
+def _whole(batch: object, task: Task, size: int | None, values: bool = False) -> Batch:
+    """A batch a task sampled, or ComponentError unless it is a Batch of `size` sequences (any
+    number if None) shaped as the task's io says, and with `values`, its token ids and target classes
+    in range (a user's task may be wrong so, and train on wrong data counts or fail obscurely)."""
+    name = task.config.name
     if not isinstance(batch, Batch):
-        raise ComponentError(f"task {task.config.name!r} sampled a {type(batch).__name__}, not a Batch")
-    if len(batch.inputs) != size or len(batch.targets) != size:
+        raise ComponentError(f"task {name!r} sampled a {type(batch).__name__}, not a Batch")
+    n = len(batch.inputs)
+    if size is not None and (n != size or len(batch.targets) != size):
         raise ComponentError(
-            f"task {task.config.name!r} sampled {len(batch.inputs)} sequences "
-            f"({len(batch.targets)} targets) for a batch of {size}"
+            f"task {name!r} sampled {n} sequences ({len(batch.targets)} targets) for a batch of {size}"
         )
+    io = type(task).io(task.config)
+    outputs = (n, len(io.target_positions) if io.target_positions else io.n_ctx)
+    inputs = (n, io.n_ctx) if io.d_vocab else (n, io.n_ctx, io.d_input)
+    shapes = [tuple(t.shape) for t in (batch.inputs, batch.targets, batch.loss_mask)]
+    if shapes[0] != inputs or shapes[1][:2] != outputs or shapes[2] != outputs:
+        raise ComponentError(
+            f"task {name!r} sampled inputs, targets and loss mask of shapes {shapes[0]}, {shapes[1]}, "
+            f"{shapes[2]}; its io asks for {inputs}, {outputs} and {outputs}"
+        )
+    if not values:
+        return batch
+    classes = None if batch.targets.is_floating_point() else batch.targets[batch.loss_mask]
+    for what, ids, limit in (
+        ("token ids", batch.inputs if io.d_vocab else None, io.d_vocab),
+        ("target classes", classes, io.d_out),
+    ):
+        if ids is not None and ids.numel() and (ids.min() < 0 or ids.max() >= limit):
+            low, high = ids.min().item(), ids.max().item()
+            raise ComponentError(f"task {name!r} sampled {what} from {low} to {high}, outside 0..{limit - 1}")
     return batch
 
 
@@ -142,6 +163,10 @@ class Trainer:
         torch.set_num_threads(cfg.training.threads)
         data = [run.eval_data(m, self.device) for m in range(len(self.members))]
         self.tasks = [task for task, _ in data]
+        for task, batches in data:
+            for batch in batches.values():
+                _whole(batch, task, None, values=True)
+        self._values_checked = False  # those of the first training batch this trainer draws
         self.tasks[0].save_artifacts(run.path)
         batch_size, tokens = cfg.training.batch_size, self.tasks[0].tokens_per_sequence
         self.batch_size, self.tokens_per_sequence = batch_size, tokens
@@ -168,7 +193,7 @@ class Trainer:
         self.evaluator = evaluator or Evaluator(
             self.tasks, [batches for _, batches in data], metric_names(cfg, self.model), cfg.eval.with_clamps
         )
-        self.logger = logger or MetricsLogger(run.metrics_path, self.tasks[0].key_metric)
+        self.logger = logger or MetricsLogger(run.metrics_path, key_metric(cfg))
         self.restored = False
         self.latest_losses: Tensor | None = None
         self._step_clamps: list[Clamp] = []  # the clamps active in the current step
@@ -213,9 +238,10 @@ class Trainer:
     @_with_kernels
     def train_step(self) -> None:
         state = self.state
+        first, self._values_checked = not self._values_checked, True
         batch = Batch.stack(
             [
-                _whole(task.training_sample(self.batch_size, g, state.step), self.batch_size, task)
+                _whole(task.training_sample(self.batch_size, g, state.step), task, self.batch_size, first)
                 for task, g in zip(self.tasks, state.data_generators, strict=True)
             ]
         )
@@ -541,6 +567,7 @@ def resume(run: Run, progress: bool = True, on_step: Callable[[int | None], None
     from the start if it has no checkpoints); on_step hears where it continues from."""
     for config in run.configs:
         check_trainable_here(config, run.id)
+    run.check_sources()
     run.acquire()  # before anything is read or removed: another process may be training it
     trainer = Trainer(run, progress)
     step = trainer.resume_point()
