@@ -7,6 +7,7 @@ import pytest
 from conftest import CHROMIUM, TINY_BURSTY, TINY_READOUT_MODEL, render_in_chromium, tiny_config
 from icl_lab.analysis.summary import summarise
 from icl_lab.evaluation import key_metric
+from icl_lab.experiment import load_config
 from icl_lab.report.page import write_report
 from icl_lab.store.run import Run
 from icl_lab.training.trainer import train
@@ -53,6 +54,8 @@ def test_a_run_that_skips_its_tasks_key_split_follows_the_loss_of_its_first_spli
     )
     assert key_metric(config) == ("iw", "loss", "mean")
     assert key_metric(tiny_config(task=TINY_BURSTY, model=TINY_READOUT_MODEL)) == ("ic", "accuracy", "mean")
+    no_train_split = load_config("function_classes", ["task.splits=[clean, skewed]"])
+    assert key_metric(no_train_split) == ("clean", "loss", "mean")
     run = train(config, str(tmp_path), progress=False)
     assert summarise(run).key == "iw loss"
     assert "Attention patterns" in write_report(run).read_text()

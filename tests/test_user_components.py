@@ -283,24 +283,24 @@ def counting(name: str, bug: str | None = None, **sections: object) -> Experimen
 
 
 class KeyOffConfig(CountingConfig):
-    """Counting whose key metric is declared on a split it does not have."""
+    """Counting whose key metric summarises heads by a median, which the progress line cannot."""
 
     name: Literal["test_key_off"] = "test_key_off"
 
 
 @TASKS.register("test_key_off")
 class KeyOff(CountingTask):
-    """Counting following the loss of a split `val` that it does not have."""
+    """Counting following the median of a metric over heads."""
 
     Config = KeyOffConfig
-    key_metric = ("val", "loss", "mean")
+    key_metric = ("train", "loss", "median")
 
 
-def test_a_task_whose_key_metric_names_a_split_it_lacks_is_refused() -> None:
+def test_a_task_whose_key_metric_cannot_be_summarised_is_refused() -> None:
     with pytest.raises(
         ConfigError,
         match=re.escape(
-            "task: test_key_off's key_metric ('val', 'loss', 'mean') must name one of its splits ['train']"
+            "task: test_key_off's key_metric ('train', 'loss', 'median') must end in a summary over heads"
         ),
     ):
         counting("test_key_off")

@@ -30,7 +30,7 @@ def split_names(config: ExperimentConfig) -> list[str]:
 def key_metric(config: ExperimentConfig) -> tuple[str, str, str]:
     """(split, metric, summary over heads) of the curve a run's progress line and report follow:
     its task's key metric, or the loss on its first split when the run does not evaluate the
-    task's key split."""
+    task's key split (eval.splits leaves it out, or the task's config has no such split)."""
     split, metric, how = TASKS.get(config.task.name).key_metric
     splits = split_names(config)
     return (split, metric, how) if split in splits else (splits[0], "loss", "mean")
