@@ -147,6 +147,10 @@ def test_report_and_resume_on_a_read_only_disk(tmp_path: Path) -> None:
         done = icl("resume", run.path, "-q")
         assert done.returncode == 2
         one_line(done.stderr, "Read-only file system")
+        for out in (tmp_path / "disk", tmp_path / "disk" / "export"):  # safetensors' write; a new folder
+            done = icl("export", run.path, out)
+            assert done.returncode == 2
+            one_line(done.stderr, "cannot ", "Read-only file system")
         assert tree(run.path) == before
 
 

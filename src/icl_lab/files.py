@@ -1,11 +1,16 @@
 """Atomic file writes (write to a temporary name, fsync, rename: a reader never sees half a file)
 and the cache directory."""
 
+import contextlib
 import hashlib
 import os
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+
+from safetensors import SafetensorError
+from safetensors.torch import save_file
+from torch import Tensor
 
 from icl_lab.errors import StorageError
 
@@ -43,12 +48,35 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         finally:
             os.close(directory)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a read-only disk refuses even to unlink what is not there
+            tmp.unlink(missing_ok=True)
         raise storage_error("write", path, e) from None
 
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def make_dir(path: Path) -> None:
+    """Create a directory and its parents if missing; StorageError if the disk refuses."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise storage_error("create the directory", path, e) from None
+
+
+def save_tensors(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Write tensors as a safetensors file atomically, creating its directory; StorageError if the
+    disk refuses (safetensors reports a failed write, e.g. a full disk, as its own error)."""
+    make_dir(path.parent)
+
+    def write(tmp: Path) -> None:
+        try:
+            save_file(tensors, str(tmp), metadata=metadata)
+        except SafetensorError as e:
+            raise OSError(str(e)) from None
+
+    atomic_write(path, write)
 
 
 def sha256_of(path: Path) -> str:

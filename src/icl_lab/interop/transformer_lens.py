@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 
 from icl_lab.errors import ExportError
-from icl_lab.files import atomic_write, atomic_write_text
+from icl_lab.files import atomic_write_text, save_tensors
 from icl_lab.models import Model
 from icl_lab.models.transformer import Transformer
 
@@ -90,8 +90,7 @@ def export_transformer_lens(model: Model, directory: str | Path, model_name: str
     directory = Path(directory)
     config = tl_config(model, model_name)
     tensors = {k: v.contiguous() for k, v in tl_state_dict(model).items()}
-    directory.mkdir(parents=True, exist_ok=True)
-    atomic_write(directory / WEIGHTS, lambda tmp: save_file(tensors, str(tmp)))
+    save_tensors(directory / WEIGHTS, tensors)
     atomic_write_text(directory / CONFIG, json.dumps(config, indent=1))
     return directory
 

@@ -11,9 +11,8 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
-from icl_lab.files import atomic_write, atomic_write_text
+from icl_lab.files import atomic_write_text, save_tensors
 from icl_lab.sae.base import SAE
 
 ARCHITECTURES = {"relu_l1": "standard", "topk": "topk", "batchtopk": "jumprelu", "jumprelu": "jumprelu"}
@@ -59,8 +58,7 @@ def export_saelens(
             "icl_lab_config": sae.config.model_dump(mode="json"),
         },
     }
-    directory.mkdir(parents=True, exist_ok=True)
     tensors = {name: t.detach().contiguous().float().cpu() for name, t in weights.items()}
-    atomic_write(directory / "sae_weights.safetensors", lambda tmp: save_file(tensors, str(tmp)))
+    save_tensors(directory / "sae_weights.safetensors", tensors)
     atomic_write_text(directory / "cfg.json", json.dumps(cfg, indent=1))
     return directory

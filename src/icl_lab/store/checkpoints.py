@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 
 from icl_lab.errors import CheckpointError
-from icl_lab.files import atomic_write, atomic_write_text, sha256_of
+from icl_lab.files import atomic_write_text, save_tensors, sha256_of
 
 FORMAT = "icl-lab-checkpoint/1"
 _NAME = re.compile(r"^step_(\d{9})\.json$")
@@ -53,17 +53,10 @@ def list_steps(directory: Path) -> list[int]:
 
 def save_checkpoint(directory: Path, step: int, tensors: dict[str, Tensor], info: dict) -> None:
     """Write the tensors, then the sidecar naming their checksum; both atomically."""
-    directory.mkdir(parents=True, exist_ok=True)
     tensor_path, sidecar_path = checkpoint_paths(directory, step)
-    contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-
-    def write(tmp: Path) -> None:
-        try:
-            save_file(contiguous, str(tmp), metadata={"format": FORMAT})
-        except SafetensorError as e:  # safetensors reports a failed write (e.g. a full disk) as its own error
-            raise OSError(str(e)) from None
-
-    atomic_write(tensor_path, write)
+    save_tensors(
+        tensor_path, {k: v.detach().contiguous().cpu() for k, v in tensors.items()}, {"format": FORMAT}
+    )
     sidecar = {
         "format": FORMAT,
         **info,

@@ -23,12 +23,12 @@ from typing import Literal
 import numpy as np
 import torch
 from pydantic import Field, model_validator
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 
 from icl_lab.config import TaskConfig
 from icl_lab.errors import ConfigError
-from icl_lab.files import atomic_write, cache_root
+from icl_lab.files import cache_root, save_tensors
 from icl_lab.models.base import ModelIO
 from icl_lab.seeding import derive_seed, generator
 from icl_lab.tasks.base import TASKS, Batch, Sampler, Task
@@ -222,8 +222,7 @@ class RegBenchTask(Task):
                 f"{split}/states": states.to(torch.int8),
             }
             start += size
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda tmp: save_file(data, str(tmp), metadata={"key": key}))
+        save_tensors(path, data, {"key": key})
         return data
 
     @classmethod
