@@ -110,6 +110,29 @@ def test_every_point_is_validated_before_work(tmp_path: Path) -> None:
         load_sweep(path)
 
 
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"seeds": [0, 1, 0]}, r"seeds: a seed is given twice \(\[0, 1, 0\]\)"),
+        (
+            {"axes": [{"grid": {"task.burstiness": [2, 2]}}]},
+            r'axes.0: the point \{"task.burstiness": 2\} is given twice',
+        ),
+        (
+            {"axes": [{"points": [{"task.noise": 0.1}, {"task.noise": 0.1}]}]},
+            r'axes.0: the point \{"task.noise": 0.1\} is given twice',
+        ),
+        (
+            {"axes": [{"grid": {"task.burstiness": [0, 2]}}, {"zip": {"task.burstiness": [2, 0]}}]},
+            "axes.1: task.burstiness is already swept by axes.0",
+        ),
+    ],
+)
+def test_a_point_or_seed_given_twice_is_refused(tmp_path: Path, fields: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        sweep(tmp_path, **fields)
+
+
 def test_packing_into_ensembles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = sweep(
         tmp_path, axes=[{"grid": {"task.burstiness": [0, 2], "model.d_model": [16, 32]}}], seeds=[0, 1, 2]

@@ -131,6 +131,24 @@ class SweepConfig(StrictModel):
     report: SweepReport = SweepReport()
 
     @model_validator(mode="after")
+    def _no_point_twice(self) -> "SweepConfig":
+        """Each field swept by one axis, each axis's points and each seed distinct: a repeat would
+        train the same run twice and count it as two seeds' worth of spread."""
+        if self.seeds is not None and len(set(self.seeds)) < len(self.seeds):
+            raise ValueError(f"seeds: a seed is given twice ({self.seeds})")
+        owner: dict[str, int] = {}
+        for i, axis in enumerate(self.axes):
+            points = [json.dumps(values, sort_keys=True) for values in axis_values(axis)]
+            if len(set(points)) < len(points):
+                twice = next(p for p in points if points.count(p) > 1)
+                raise ValueError(f"axes.{i}: the point {twice} is given twice")
+            for field in {field for values in axis_values(axis) for field in values}:
+                if field in owner:
+                    raise ValueError(f"axes.{i}: {field} is already swept by axes.{owner[field]}")
+                owner[field] = i
+        return self
+
+    @model_validator(mode="after")
     def _report_reads_swept_fields(self) -> "SweepConfig":
         swept = {"seed", *(field for axis in self.axes for values in axis_values(axis) for field in values)}
         for kind, specs in (("heatmaps", self.report.heatmaps), ("curves", self.report.curves)):
