@@ -22,7 +22,7 @@ import torch
 import yaml
 
 from conftest import tiny_config
-from icl_lab.errors import DivergenceError, StorageError
+from icl_lab.errors import DivergenceError, RunStoreError, StorageError
 from icl_lab.store.run import Run, list_runs
 from icl_lab.training.trainer import train
 from test_trainer import assert_identical_runs, killed_copy
@@ -624,6 +624,21 @@ def test_an_unexpected_error_is_one_line_unless_debug(
     one_line(
         err, f"error in {broken.__qualname__} ({__file__}:{line}): ZeroDivisionError: a bug (--debug shows"
     )
+
+
+def test_curves_of_a_member_head_or_summary_the_run_cannot_have_are_refused(tmp_path: Path) -> None:
+    run = trained(tmp_path)
+    for member in (1, -1):
+        with pytest.raises(RunStoreError, match=f"run {run.id} has no member {member} \\(it has 1\\)"):
+            run.curve("loss", "train", member=member)
+        with pytest.raises(RunStoreError, match=f"has no member {member}"):
+            run.head_curves("prefix_matching", "train", member=member)
+    with pytest.raises(ValueError, match=r"head is named 'layer.head' \(e.g. '1.0'\), not 1"):
+        run.curve("prefix_matching", "train", head=1)
+    with pytest.raises(ValueError, match="use mean, max or min, not 'median'"):
+        run.summary_curve("prefix_matching", "train", "median")
+    assert run.summary_curve("prefix_matching", "train", "max")[1].size == 4
+    assert run.curve("no_such_metric", "train")[1].size == 0, "a metric the run did not log: no values"
 
 
 def test_report_on_a_run_without_evaluations_says_so(tmp_path: Path, cli) -> None:

@@ -110,7 +110,11 @@ class Run(RunDirectory):
 
     # metrics -------------------------------------------------------------------------------
 
-    def _rows(self, metric: str, split: str, member: int) -> pa.Table:
+    def _rows(self, metric: str, split: str, member: int | None) -> pa.Table:
+        """The table's rows of one metric, split and member (RunStoreError if the run has no such
+        member), by step; none if the run logged no such metric on that split."""
+        member = self._member(member)
+        self.member_config(member)
         t = self.metrics
         keep = pc.and_(pc.equal(t["metric"], metric), pc.equal(t["split"], split))
         return t.filter(pc.and_(keep, pc.equal(t["member"], member))).sort_by("step")
@@ -118,17 +122,20 @@ class Run(RunDirectory):
     def curve(
         self, metric: str, split: str, head: str | None = None, member: int | None = None, x: Unit = "steps"
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(x, values) of one metric on one split, for one head or a head-less metric; x in
-        steps, sequences or tokens."""
-        t = self._rows(metric, split, self._member(member))
+        """(x, values) of one metric on one split, for one head ("layer.head", e.g. "1.0") or a
+        head-less metric; x in steps, sequences or tokens. Empty if the run logged no such values."""
+        if head is not None and not isinstance(head, str):
+            raise ValueError(f"head is named 'layer.head' (e.g. '1.0'), not {head!r}")
+        t = self._rows(metric, split, member)
         t = t.filter(pc.is_null(t["head"]) if head is None else pc.equal(t["head"], head))
         return t[_unit(x)].to_numpy(), t["value"].to_numpy()
 
     def head_curves(
         self, metric: str, split: str, member: int | None = None, x: Unit = "steps"
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """(x, {head: values}) of a per-head metric; x in steps, sequences or tokens."""
-        t = self._rows(metric, split, self._member(member))
+        """(x, {head: values}) of a per-head metric; x in steps, sequences or tokens. Empty if the
+        run logged no such values."""
+        t = self._rows(metric, split, member)
         t = t.filter(pc.is_valid(t["head"]))
         heads, xs, values = (
             t["head"].to_numpy(zero_copy_only=False),
@@ -141,6 +148,8 @@ class Run(RunDirectory):
         self, metric: str, split: str, summary: str = "mean", member: int | None = None, x: Unit = "steps"
     ) -> tuple[np.ndarray, np.ndarray]:
         """(x, values) of a metric; a per-head metric is summarised over heads (max/min/mean)."""
+        if summary not in ("mean", "max", "min"):
+            raise ValueError(f"summary over heads: use mean, max or min, not {summary!r}")
         xs, values = self.curve(metric, split, member=member, x=x)
         if values.size:
             return xs, values
