@@ -386,3 +386,23 @@ def test_a_figure_of_a_metric_no_point_has_says_so_without_warnings() -> None:
         heatmap(table, HeatmapSpec(x="a", y="b", metric="t"), 32),
     ):
         assert [t.get_text() for t in figure.axes[0].texts] == ["no complete point has a value of t"]
+
+
+def test_a_heatmap_cell_without_a_value_says_why_and_one_seed_shows_no_spread() -> None:
+    from icl_lab.report.sweep import heatmap
+    from icl_lab.sweeps.config import HeatmapSpec
+
+    table = pa.table(
+        {
+            "seed": [0, 0, 1, 0],
+            "status": ["complete", "diverged", "complete", "complete"],
+            "steps": [10, 10, 10, 10],
+            "a": [1, 2, 1, 2],
+            "b": [3, 3, 3, 4],
+            "t": [0.5, float("nan"), 0.7, 0.25],
+        }
+    )
+    figure = heatmap(table, HeatmapSpec(x="a", y="b", metric="t"), 32)
+    texts = {(t.get_position(), t.get_text()) for t in figure.axes[0].texts}
+    # a=1,b=3: two seeds (mean and spread); a=2,b=3: diverged; a=2,b=4: one seed; a=1,b=4: not swept
+    assert texts == {((0, 0), "0.60\n±0.14"), ((1, 0), "diverged"), ((1, 1), "0.25")}

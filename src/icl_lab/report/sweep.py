@@ -1,6 +1,7 @@
 """The sweep report: phase diagrams (a metric over two swept fields, mean over seeds with its
 spread) and curves (e.g. transition step against a swept field), on one self-contained page."""
 
+import collections
 import html
 import json
 import math
@@ -56,32 +57,34 @@ def _no_values(metric: str) -> Figure:
 
 
 def heatmap(table: pa.Table, spec: HeatmapSpec, batch_size: int) -> Figure:
-    """Mean over seeds of a metric on a grid of two swept fields; cells annotated mean +- std."""
+    """Mean over seeds of a metric on a grid of two swept fields; cells annotated mean +- std (no
+    spread for one seed); a cell whose points have no value says why (diverged, failed, no value),
+    so that a blank cell is one the sweep does not have."""
     groups = _groups(table, [spec.y, spec.x], spec.metric)
     if not groups:
         return _no_values(spec.metric)
-    xs = sorted({k[1] for k in groups}, key=_order)
-    ys = sorted({k[0] for k in groups}, key=_order)
+    statuses: dict[tuple, set[str]] = {}
+    for row in table.to_pylist():
+        if row.get(spec.x) is not None and row.get(spec.y) is not None:
+            statuses.setdefault((row[spec.y], row[spec.x]), set()).add(row["status"])
+    xs = sorted({k[1] for k in statuses}, key=_order)
+    ys = sorted({k[0] for k in statuses}, key=_order)
     mean = np.full((len(ys), len(xs)), np.nan)
     spread = np.full_like(mean, np.nan)
     for (y, x), values in groups.items():
         mean[ys.index(y), xs.index(x)] = values.mean()
-        spread[ys.index(y), xs.index(x)] = values.std(ddof=1) if values.size > 1 else 0.0
+        spread[ys.index(y), xs.index(x)] = values.std(ddof=1) if values.size > 1 else np.nan
     fig, ax = plt.subplots(figsize=(1.3 * len(xs) + 2.5, 1.0 * len(ys) + 1.8), constrained_layout=True)
     image = ax.imshow(mean, origin="lower", cmap="viridis", aspect="auto")
     fig.colorbar(image, ax=ax, label=spec.metric)
-    for i in range(len(ys)):
-        for j in range(len(xs)):
-            if not np.isnan(mean[i, j]):
-                ax.text(
-                    j,
-                    i,
-                    f"{mean[i, j]:.2f}\n±{spread[i, j]:.2f}",
-                    ha="center",
-                    va="center",
-                    fontsize=8,
-                    color="w" if mean[i, j] < np.nanmean(mean) else "k",
-                )
+    for (y, x), status in statuses.items():
+        i, j = ys.index(y), xs.index(x)
+        if np.isnan(mean[i, j]):
+            text, colour = "\n".join(sorted(status - {"complete"})) or "no value", "k"
+        else:
+            text = f"{mean[i, j]:.2f}" + ("" if np.isnan(spread[i, j]) else f"\n±{spread[i, j]:.2f}")
+            colour = "w" if mean[i, j] < np.nanmean(mean) else "k"
+        ax.text(j, i, text, ha="center", va="center", fontsize=8, color=colour)
     ax.set_xticks(range(len(xs)), [str(x) for x in xs])
     ax.set_yticks(range(len(ys)), [str(y) for y in ys])
     title = f"{spec.metric} {_when(table, batch_size)}\nmean ± std over seeds {_seeds(table)}"
@@ -149,10 +152,11 @@ def write_sweep_report(sweep_dir: Path) -> Path:
         "<tr>" + "".join(f"<td>{html.escape(_fmt(row[c]))}</td>" for c in columns) + "</tr>"
         for row in table.to_pylist()
     )
-    done, failed = statuses.count("complete"), statuses.count("failed")
-    summary = (
-        f"{len(layout['points'])} points in {len(layout['units'])} runs; {done} complete, {failed} failed"
+    counts = collections.Counter(statuses)
+    tally = ", ".join(f"{counts.pop(s, 0)} {s}" for s in ("complete", "failed")) + "".join(
+        f", {n} {s}" for s, n in sorted(counts.items())
     )
+    summary = f"{len(layout['points'])} points in {len(layout['units'])} runs; {tally}"
     config_text = html.escape((sweep_dir / "sweep.yaml").read_text())
     body = f"""<h1>sweep {html.escape(sweep.name)}</h1><p>{html.escape(summary)}</p>{figures_html(images)}
 <table><tr>{head}</tr>{body_rows}</table>
