@@ -120,6 +120,14 @@ def test_an_sae_run_trained_on_a_gpu_opens_here_and_resumes_with_device_cpu(
         ({"sae": {"architecture": "topk", "k": 2, "d_in": 24}}, ["sae.d_in: 24", "2 heads x 8 = 16"]),
         ({"sae": {"architecture": "relu_l2"}}, ["sae", "unknown choice 'relu_l2'"]),
         ({"source": {"run": "nowhere"}}, ["not a run directory", "nowhere"]),
+        (
+            {"source": {"layer": 1, "task": {"vocab_size": 128}}},
+            [
+                "source.task: the changed task feeds the model token ids below 128 at 16 positions",
+                "on token ids below 16",
+            ],
+        ),
+        ({"source": {"layer": 1, "task": {"seq_len": 32}}}, ["token ids below 16 at 32 positions"]),
         ({"training": {"steps": 30, "device": "cuda:7"}}, ["training.device", "'cuda:7' requested but"]),
     ],
 )

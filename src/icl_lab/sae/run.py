@@ -17,7 +17,7 @@ from torch import Tensor
 
 from icl_lab.config import check_trainable_here
 from icl_lab.errors import ConfigError, DivergenceError, IclLabError, Interrupted
-from icl_lab.experiment import build_task, validate_config
+from icl_lab.experiment import ExperimentConfig, build_task, validate_config
 from icl_lab.models import Model
 from icl_lab.sae.activations import fill_buffer, hook_z, splice_scores
 from icl_lab.sae.base import SAE, build_sae
@@ -29,7 +29,7 @@ from icl_lab.store.checkpoints import save_checkpoint
 from icl_lab.store.directory import RunDirectory
 from icl_lab.store.metrics_table import TRAIN_SPLIT
 from icl_lab.store.run import Run
-from icl_lab.tasks import Task
+from icl_lab.tasks import TASKS, Task
 from icl_lab.training.metrics_logger import MetricsLogger
 from icl_lab.training.progress import TrainingProgress
 from icl_lab.training.trainer import on_sigterm
@@ -50,6 +50,13 @@ class Source:
     n_heads: int
 
 
+def _inputs(config: ExperimentConfig) -> tuple[int | None, int | None, int, str]:
+    """(vocabulary, input width, positions, in words) of the inputs a config's task gives its model."""
+    io = TASKS.get(config.task.name).io(config.task)
+    what = f"token ids below {io.d_vocab}" if io.d_vocab else f"vectors of width {io.d_input}"
+    return io.d_vocab, io.d_input, io.n_ctx, f"{what} at {io.n_ctx} positions"
+
+
 def open_source(config: SAERunConfig, device: str = "cpu") -> Source:
     """The source model and task of an SAE config, on `device` (training uses the config's, analyses
     the CPU); ConfigError (one line) if the run lacks the hook or its width disagrees with sae.d_in."""
@@ -67,7 +74,12 @@ def open_source(config: SAERunConfig, device: str = "cpu") -> Source:
     if src.task:
         data = member.model_dump(mode="json", by_alias=True)
         data["task"] |= src.task
-        member = validate_config(data, stored=True)
+        trained, member = _inputs(member), validate_config(data, stored=True)
+        if _inputs(member)[:2] != trained[:2] or _inputs(member)[2] > trained[2]:
+            raise ConfigError(
+                f"source.task: the changed task feeds the model {_inputs(member)[3]}, but the model of run "
+                f"{run.id} was trained on {trained[3]}: keep its inputs"
+            )
     task = build_task(member, device=device)
     probe = task.sample(1, generator(config.seed, "sae", "probe", device=device)).inputs
     _, cache = model.run_with_cache(probe, names_filter=name)
