@@ -145,14 +145,19 @@ def test_bad_sae_configs_exit_2_with_one_line_and_write_nothing(
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
-def test_sae_cli_trains_resumes_and_exports(model_run: Path, tmp_path: Path, cli) -> None:
+def test_sae_cli_trains_resumes_and_exports(
+    model_run: Path, tmp_path: Path, cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "sae.yaml"
-    path.write_text(yaml.safe_dump(sae_data(model_run)))
+    monkeypatch.chdir(model_run.parent)  # the model run named relative to where the SAE is trained
+    path.write_text(yaml.safe_dump(sae_data(Path(model_run.name))))
     code, out, err = cli(
         "sae", "train", path, "--runs-dir", tmp_path / "runs", "-q", "--set", "training.steps=20"
     )
     assert code == 0, err
     (run_dir,) = (tmp_path / "runs").iterdir()
+    assert SAERun.open(run_dir).config.source.run == str(model_run.resolve()), "stored absolute"
+    monkeypatch.chdir(tmp_path)  # and found from elsewhere
     code, out, _ = cli("sae", "resume", run_dir)
     assert code == 0 and "already complete" in out
     code, out, err = cli("sae", "export", run_dir, tmp_path / "exported")

@@ -96,8 +96,12 @@ def validate_sae_config(data: object, stored: bool = False) -> SAERunConfig:
 
 def load_sae_config(path: str | Path, overrides: list[str] = ()) -> SAERunConfig:
     """Read an SAE config YAML, apply key.path=value overrides, validate; source.run is found
-    relative to the current directory."""
+    relative to the current directory and stored absolute, so the SAE run reopens from anywhere."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"SAE config file not found: {path}")
-    return validate_sae_config(apply_overrides(read_yaml(path) or {}, list(overrides)))
+    data = apply_overrides(read_yaml(path) or {}, list(overrides))
+    source = data.get("source") if isinstance(data, dict) else None
+    if isinstance(source, dict) and isinstance(source.get("run"), str) and Path(source["run"]).exists():
+        source["run"] = str(Path(source["run"]).resolve())
+    return validate_sae_config(data)
