@@ -329,6 +329,8 @@ def test_sweep_cli_status_and_report(cli, tmp_path: Path) -> None:
     assert code == 2 and "not a sweep directory" in err
     code, _, err = cli("sweep", tmp_path / "missing.yaml")
     assert code == 2 and "sweep file not found" in err
+    code, _, err = cli("sweep", path, tmp_path / "elsewhere")
+    assert code == 2 and f"takes no second argument ({tmp_path / 'elsewhere'})" in err
     table = read_results(tmp_path / "c")
     assert table.filter(pc.equal(table["task.burstiness"], 2)).num_rows == 1
 

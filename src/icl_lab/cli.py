@@ -351,6 +351,10 @@ def sweep(
         console.print(table)
         console.print(", ".join(f"{n} {status}" for status, n in sorted(counts.items())) + " points")
         return
+    if sweep_dir is not None:
+        raise IclLabError(
+            f"sweep {target} takes no second argument ({sweep_dir}): its runs go to --runs-dir/<sweep name>"
+        )
     from icl_lab.report.sweep import write_sweep_report
     from icl_lab.sweeps.config import load_sweep
     from icl_lab.sweeps.run import run_sweep
