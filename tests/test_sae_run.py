@@ -185,6 +185,8 @@ def test_dashboard_lists_every_feature_and_shades_contexts_by_dfa(sae_run: SAERu
     assert "seed</th><td>1" in text and "held-out sequences" in text
     code, _, err = cli("sae", "dashboard", sae_run.path, "--features", "99")
     assert code == 2 and "no feature 99 (the SAE has 32)" in err
+    code, _, err = cli("sae", "dashboard", sae_run.path, "--features", "")
+    assert code == 2 and "--features: give comma-separated integers (got '')" in err
 
 
 def test_dashboard_names_a_top_head_only_for_decoder_rows_that_left_their_initialisation(

@@ -92,7 +92,7 @@ def dashboard(
     from icl_lab.sae.run import SAERun
 
     chosen = None
-    if features:
+    if features is not None:
         try:
             chosen = [int(f) for f in features.split(",")]
         except ValueError:
