@@ -322,7 +322,9 @@ def test_divergence_stops_the_run_with_its_last_finite_state(tmp_path: Path, cli
     )
     code, _, err = cli("train", config, "--runs-dir", tmp_path / "runs", "-q")
     assert code == 2
-    one_line(err, "diverged at step", "non-finite training loss (member 0)", "last finite state")
+    one_line(
+        err, "diverged at step", "non-finite training loss (member 0)", "last parameters that are all finite"
+    )
     (run,) = list_runs(tmp_path / "runs")
     step = run.manifest["diverged_at"]
     assert run.status == "diverged" and run.checkpoint_steps[-1] == step

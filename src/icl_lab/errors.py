@@ -50,7 +50,7 @@ class StorageError(IclLabError):
 
 
 class DivergenceError(IclLabError):
-    """Training produced a non-finite loss; the last finite state is checkpointed."""
+    """Training produced a non-finite loss; the last parameters that are all finite are checkpointed."""
 
 
 class Interrupted(BaseException):

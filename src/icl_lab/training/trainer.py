@@ -387,9 +387,9 @@ class Trainer:
             self._diverged(losses.detach())
 
     def _diverged(self, losses: Tensor) -> None:
-        """Stop on a non-finite loss: checkpoint the last finite state (this step's parameters, or
-        the latest checkpoint if the last update already made them non-finite), mark the run
-        diverged and raise DivergenceError."""
+        """Stop on a non-finite loss: checkpoint the last finite parameters (this step's, whose loss
+        is the non-finite one, or the latest checkpoint if the last update already made them
+        non-finite), mark the run diverged and raise DivergenceError."""
         step = self.state.step
         members = [str(m) for m in torch.nonzero(~torch.isfinite(losses)).flatten().tolist()]
         finite = all(bool(torch.isfinite(p).all()) for p in self.state.params.values())
@@ -398,7 +398,8 @@ class Trainer:
         saved = step if finite else self.run.checkpoint_steps[-1]
         message = (
             f"run {self.run.id} diverged at step {step}: non-finite training loss "
-            f"(member {', '.join(members)}); the last finite state is its checkpoint at step {saved}"
+            f"(member {', '.join(members)}); its last parameters that are all finite (their loss may not "
+            f"be) are its checkpoint at step {saved}"
         )
         self.run.update_manifest(status="diverged", diverged_at=step, error=message)
         raise DivergenceError(message)
