@@ -169,6 +169,11 @@ class Dissection:
     transitions: list[MetricTransition]
 
 
+def usable_estimates(steps: np.ndarray, llc: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """Which LLC estimates the stages are read from: finite ones after initialisation (step 0)."""
+    return (steps > 0) & np.isfinite(llc) & np.isfinite(std)
+
+
 def dissect(
     run: Run, config: DissectConfig, workers: int = 2, progress: Progress = lambda done, total: None
 ) -> Dissection:
@@ -195,7 +200,7 @@ def dissect(
     # the stages start at the first checkpoint after initialisation: between step 0 and it, ln(step + 1)
     # spans a stretch with no estimate (often most of the axis), where a GP would only invent a shape;
     # a diverged estimate (NaN, its problem stated on the page) is left out
-    used = (np.array(steps) > 0) & np.isfinite(llc) & np.isfinite(std)
+    used = usable_estimates(np.array(steps), llc, std)
     found: list[Stage] = []
     smooth_steps, smooth_llc = np.zeros(0), np.zeros(0)
     if used.sum() >= MIN_ESTIMATES:

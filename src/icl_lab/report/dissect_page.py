@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from icl_lab.analysis.causal import CausalResult
-from icl_lab.analysis.dissect import DissectConfig, Dissection
+from icl_lab.analysis.dissect import MIN_ESTIMATES, DissectConfig, Dissection, usable_estimates
 from icl_lab.analysis.summary import units_text
 from icl_lab.evaluation import key_metric
 from icl_lab.files import atomic_write_text
@@ -75,7 +75,7 @@ def timeline(run: Run, d: Dissection, member: int) -> Figure:
         llc_ax.text(
             np.sqrt(max(stage.start, 1) * stage.end), llc_ax.get_ylim()[1], f"S{i + 1}", ha="center", va="top"
         )
-    axes[-1].set_xlabel("step (log scale; bands: LLC stages)")
+    axes[-1].set_xlabel("step (log scale, step 0 drawn at 1; bands: LLC stages)")
     fig.suptitle(f"{run.id}: developmental timeline ({run.whose(member)})", fontsize=10)
     return fig
 
@@ -176,6 +176,15 @@ def _causal_html(run: Run, result: CausalResult, images: dict[str, bytes], split
     )
 
 
+def _too_few(d: Dissection) -> str:
+    """Why no stages: how many usable LLC estimates the curve had, against how many it needs."""
+    usable = int(usable_estimates(d.steps, d.llc, d.llc_std).sum())
+    return (
+        f"reading stages needs {MIN_ESTIMATES} finite LLC estimates after initialisation (step 0), "
+        f"and this dissection has {usable} (see the sanity checks below)."
+    )
+
+
 def write_dissect_report(
     run: Run, d: Dissection, config: DissectConfig, causal: CausalResult | None = None
 ) -> Path:
@@ -212,7 +221,7 @@ def write_dissect_report(
         [
             f"{int(s):,}",
             f"{r['llc']:.4g}",
-            f"{r['llc_std']:.3g}",
+            f"{r['llc_std']:.3g}" if config.llc.chains > 1 else "- (one chain)",
             f"{r['seconds']:.1f}",
             "; ".join(r["problems"]) or "ok",
         ]
@@ -235,7 +244,7 @@ def write_dissect_report(
         f"({seconds / len(d.records):.1f} s per checkpoint).</p>"
         + figures_html(images)
         + "<h2>Stages (from the LLC curve)</h2>"
-        + ("" if d.stages else "<p>None: too few finite LLC estimates (see the sanity checks below).</p>")
+        + ("" if d.stages else f"<p>None: {_too_few(d)}</p>")
         + _rows(["stage", "from", "to", "kind", "smoothed LLC"], stage_rows)
         + causal_html
         + "<h2>Transitions of logged metrics (steps: onset / midpoint / end)</h2>"
