@@ -243,6 +243,19 @@ def test_local_sweep_results_and_rerun(tmp_path: Path) -> None:
     assert counts["complete"] == 4 and [u[0] for u in units] == ["u000", "u001"]
     with pytest.raises(ConfigError, match="holds a different sweep"):
         run_sweep(sweep(tmp_path, seeds=[7]), out, progress=False)
+    (out / "runs" / "u000" / "metrics.parquet").unlink()  # a damaged copy
+    (out / "runs" / "u001" / "manifest.json").write_text("{")
+    counts, units = sweep_status(out)
+    assert counts == {"damaged": 4}
+    assert units[0][2].startswith("damaged: ") and "metrics" in units[0][2]
+    assert (
+        units[1][2] == f"damaged: run manifest is not valid JSON: {out / 'runs' / 'u001' / 'manifest.json'}"
+    )
+    table = run_sweep(config, out, workers=1, progress=False)
+    assert table.column("status").to_pylist() == ["failed"] * 4
+    errors = table.column("error").to_pylist()
+    assert "u000 is marked complete, but member 0's metrics are gone" in errors[0]
+    assert "manifest is not valid JSON" in errors[2]
 
 
 def test_a_point_grafting_from_a_donor_of_another_shape_is_refused_before_any_training(

@@ -85,7 +85,12 @@ def results_table(sweep_dir: Path, units: list[Unit], errors: list[str]) -> pa.T
     rows = []
     for unit, error in zip(units, errors, strict=True):
         path = sweep_dir / "runs" / unit.id
-        run = Run.open(path) if (path / "manifest.json").is_file() else None
+        try:
+            run = Run.open(path) if (path / "manifest.json").is_file() else None
+        except IclLabError as e:  # its job failed on it too, saying the same
+            run, error = None, error or str(e)
+        # a run marked complete whose job failed (its code changed, it is damaged) has no results
+        status = "failed" if run is None or (error and run.status == "complete") else run.status
         for member, point in enumerate(unit.points):
             row = {
                 "point": point.index,
@@ -94,10 +99,10 @@ def results_table(sweep_dir: Path, units: list[Unit], errors: list[str]) -> pa.T
                 "unit": unit.id,
                 "member": member,
                 "run": str(path),
-                "status": run.status if run else "failed",
+                "status": status,
                 "error": error or (run.manifest.get("error", "") if run else ""),
             }
-            if run is not None and run.status == "complete":
+            if status == "complete":
                 summary = summarise(run, member)
                 row["steps"] = summary.final_step
                 for split, values in summary.final.items():
@@ -123,14 +128,21 @@ def read_results(sweep_dir: Path) -> pa.Table:
 
 
 def sweep_status(sweep_dir: Path) -> tuple[Counter, list[tuple[str, int, str]]]:
-    """(counts by status, [(unit, points, status)]) read from the run directories."""
+    """(counts by status, [(unit, points, status)]) read from the run directories; a run that
+    cannot be opened, or is marked complete with its end missing, is "damaged: why"."""
     units = read_plan(sweep_dir)
     rows = []
     for unit in units:
         path = sweep_dir / "runs" / unit["unit"]
-        status = Run.open(path).status if (path / "manifest.json").is_file() else "pending"
+        try:
+            run = Run.open(path) if (path / "manifest.json").is_file() else None
+            if run is not None:
+                run.check_whole()
+            status = run.status if run is not None else "pending"
+        except IclLabError as e:
+            status = f"damaged: {e}"
         rows.append((unit["unit"], len(unit["points"]), status))
     counts = Counter()
     for _, n, status in rows:
-        counts[status] += n
+        counts[status.split(":")[0]] += n
     return counts, rows
