@@ -186,6 +186,28 @@ def test_resume_refuses_when_the_metrics_table_is_gone(tmp_path: Path, cli) -> N
     assert tree(run.path) == before and Run.open(run.path).status == "interrupted"
 
 
+def test_resume_from_a_corrupt_checkpoint_says_how_to_fall_back_to_the_one_before(
+    tmp_path: Path, cli
+) -> None:
+    run = trained(tmp_path)
+    interrupt(run)
+    tensors = run.checkpoint_dir / "step_000000012.safetensors"
+    tensors.write_bytes(tensors.read_bytes()[:100])
+    code, _, err = cli("resume", run.path, "-q")
+    assert code == 2
+    one_line(
+        err,
+        "corrupt or truncated",
+        f"to resume from step 8 instead, delete step_000000012.safetensors and step_000000012.json in "
+        f"{run.checkpoint_dir}",
+    )
+    for path in run.checkpoint_dir.glob("step_000000012.*"):
+        path.unlink()
+    code, _, err = cli("resume", run.path, "-q")
+    assert code == 0, err
+    assert Run.open(run.path).status == "complete"
+
+
 def test_resume_goes_back_to_the_last_checkpoint_whose_history_is_whole(tmp_path: Path, cli) -> None:
     """Rows after step 4 lost (an older table restored): resume continues from checkpoint 4, says
     so, and ends bit-identical to the uninterrupted run."""

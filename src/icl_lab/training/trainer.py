@@ -31,14 +31,14 @@ from torch import Tensor
 from torch.func import functional_call, vmap
 
 from icl_lab.config import check_trainable_here
-from icl_lab.errors import ComponentError, DivergenceError, Interrupted, RunStoreError
+from icl_lab.errors import CheckpointError, ComponentError, DivergenceError, Interrupted, RunStoreError
 from icl_lab.evaluation import key_metric, metric_names
 from icl_lab.experiment import ExperimentConfig, build_model, build_task, check_ensemble, total_steps
 from icl_lab.interventions import Clamp
 from icl_lab.interventions.base import clamped_forward
 from icl_lab.models import Model
 from icl_lab.seeding import generator
-from icl_lab.store.checkpoints import save_checkpoint
+from icl_lab.store.checkpoints import checkpoint_paths, save_checkpoint
 from icl_lab.store.metrics_table import TRAIN_SPLIT
 from icl_lab.store.run import Run
 from icl_lab.store.train_state import TrainState
@@ -444,7 +444,18 @@ class Trainer:
         """Continue from the checkpoint at `step` exactly where it was written; later checkpoints,
         which lie past a gap in the metrics history, are removed (training rewrites them)."""
         self.run.drop_checkpoints_after(step)
-        self.state.load_state_dict(self.run.load_checkpoint(step))
+        try:
+            checkpoint = self.run.load_checkpoint(step)
+        except CheckpointError as e:  # say how to fall back, losing the steps since the one before
+            earlier = [s for s in self.run.checkpoint_steps if s < step]
+            if not earlier:
+                raise
+            where = self.run.checkpoint_dir
+            files = " and ".join(p.name for p in checkpoint_paths(where, step))
+            raise CheckpointError(
+                f"{e}; to resume from step {earlier[-1]:,} instead, delete {files} in {where}"
+            ) from None
+        self.state.load_state_dict(checkpoint)
         self.logger.restore(self.run.metrics, self.state.step)
         self.restored = True
 
@@ -570,9 +581,13 @@ def resume(run: Run, progress: bool = True, on_step: Callable[[int | None], None
         check_trainable_here(config, run.id)
     run.check_sources()
     run.acquire()  # before anything is read or removed: another process may be training it
-    trainer = Trainer(run, progress)
-    step = trainer.resume_point()
-    on_step(step)
-    if step is not None:
-        trainer.restore(step)
+    try:
+        trainer = Trainer(run, progress)
+        step = trainer.resume_point()
+        on_step(step)
+        if step is not None:
+            trainer.restore(step)
+    except BaseException:  # e.g. a corrupt checkpoint: the run stays as it was, free to resume later
+        run.release()
+        raise
     return trainer.fit()
