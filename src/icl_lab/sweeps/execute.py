@@ -9,8 +9,12 @@ a failed unit fails without running). Workers use one torch thread each.
 """
 
 import contextlib
+import ctypes
 import json
 import multiprocessing
+import os
+import signal
+import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -34,6 +38,7 @@ from icl_lab.sweeps.config import MAX_ENSEMBLE
 from icl_lab.sweeps.packing import Setting, ensembles, is_grouping, training_mflop
 
 Executor = Literal["local", "ray"]
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
 
 
 @dataclass(frozen=True)
@@ -149,11 +154,27 @@ class Schedule:
         return None
 
 
+def _stop_with(parent: int) -> None:
+    """A worker's start: on Linux, ask for SIGTERM when its parent dies, even by SIGKILL, so that
+    no worker outlives a killed sweep (it stops as on Ctrl-C, its run marked interrupted)."""
+    if sys.platform != "linux":
+        return
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the parent died before the request
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 @contextlib.contextmanager
 def process_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
     """A pool of spawned worker processes. If the caller stops (Ctrl-C, SIGTERM, an error, or a
-    generator using it is closed), the workers get SIGTERM and no further job starts."""
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    generator using it is closed), the workers get SIGTERM and no further job starts; if it is
+    killed outright (SIGKILL), they get SIGTERM from the kernel (Linux)."""
+    pool = ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_stop_with,
+        initargs=(os.getpid(),),
+    )
     try:
         yield pool
     except BaseException:
