@@ -2,6 +2,7 @@
 
 import os
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,9 @@ import yaml
 
 from conftest import CHROMIUM, render_in_chromium, tiny_config
 from icl_lab.sae.config import validate_sae_config
+from icl_lab.sae.dashboard import write_dashboard
 from icl_lab.sae.run import SAERun, resume_sae, train_sae
+from icl_lab.store.run import Run
 from icl_lab.training.trainer import train
 from test_faults import on_cuda, one_line
 from test_trainer import CUDA, killed_copy, metrics_without_wall_time
@@ -145,6 +148,22 @@ def test_bad_sae_configs_exit_2_with_one_line_and_write_nothing(
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
+def test_an_sae_keeps_reading_the_checkpoint_it_was_trained_on_when_its_model_trains_on(
+    model_run: Path, tmp_path: Path
+) -> None:
+    copy = tmp_path / "model"
+    shutil.copytree(model_run, copy)
+    later = {p: p.read_bytes() for p in (copy / "checkpoints").glob("step_000000012.*")}
+    for path in later:  # the model run as it was at step 8, before it trained on
+        path.unlink()
+    run = train_sae(validate_sae_config(sae_data(copy)), tmp_path / "runs", progress=False)
+    for path, data in later.items():
+        path.write_bytes(data)
+    assert run.manifest["source_step"] == 8 and Run.open(copy).checkpoint_steps[-1] == 12
+    assert SAERun.open(run.path).source().step == 8
+    assert "(step 8, member 0)" in write_dashboard(SAERun.open(run.path), sequences=4).read_text()
+
+
 def test_sae_cli_trains_resumes_and_exports(
     model_run: Path, tmp_path: Path, cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -192,7 +211,6 @@ def test_dashboard_lists_every_feature_and_shades_contexts_by_dfa(sae_run: SAERu
 def test_dashboard_names_a_top_head_only_for_decoder_rows_that_left_their_initialisation(
     sae_run: SAERun,
 ) -> None:
-    from icl_lab.sae.dashboard import write_dashboard
 
     before, after = sae_run.load_checkpoint(0).tensors["param/W_dec"], sae_run.sae().W_dec.detach()
     cosine = (before * after).sum(1) / (before.norm(dim=1) * after.norm(dim=1))

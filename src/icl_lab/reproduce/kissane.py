@@ -48,7 +48,7 @@ from icl_lab.reproduce.base import REPRODUCTIONS, Claim, Reproduction, judged_by
 from icl_lab.reproduce.kissane_figures import frontier_figure, heads_figure, prefix_figure
 from icl_lab.sae.attribution import FAMILIES, all_feature_families, decoder_head_shares, head_polysemanticity
 from icl_lab.sae.config import SAERunConfig, validate_sae_config
-from icl_lab.sae.run import UNMOVED, SAERun, open_source
+from icl_lab.sae.run import UNMOVED, SAERun
 from icl_lab.seeding import generator
 from icl_lab.store.run import Run
 
@@ -133,7 +133,7 @@ def final_eval(run: SAERun) -> dict[str, float]:
 @torch.no_grad()
 def decompose(run: SAERun, label: str, tokens: int = SCORED_TOKENS) -> Decomposition:
     """Families of every feature on `tokens` held-out tokens, and decoder shares by head."""
-    source = open_source(run.config)
+    source = run.source()
     sae = run.sae()
     sequences = max(1, tokens // source.task.tokens_per_sequence)
     inputs = source.task.sample(sequences, generator(run.config.seed, "kissane", "families")).inputs

@@ -32,7 +32,7 @@ from icl_lab.sae.attribution import (
 )
 from icl_lab.sae.base import SAE
 from icl_lab.sae.metrics import SAEQuality, sae_quality
-from icl_lab.sae.run import UNMOVED, SAERun, Source, open_source
+from icl_lab.sae.run import UNMOVED, SAERun, Source
 from icl_lab.seeding import generator
 from icl_lab.store.metrics_table import read_metrics
 from icl_lab.tasks import Batch
@@ -209,10 +209,11 @@ def _summary(run: SAERun, s: Scored, sequences: int) -> str:
     rows = [r for r in table.to_pylist() if r["split"] == "eval"]
     last = max((r["step"] for r in rows), default=None)
     recovered = next((r["value"] for r in rows if r["step"] == last and r["metric"] == "ce_recovered"), None)
-    src = cfg.source
+    src, step = cfg.source, run.manifest.get("source_step", cfg.source.step)
+    at = "latest" if step is None else step
     fields = {
         "SAE run": run.id,
-        "source": f"{src.run} (step {src.step or 'latest'}, member {src.member}), {hook_z(src.layer)}",
+        "source": f"{src.run} (step {at}, member {src.member}), {hook_z(src.layer)}",
         "architecture": f"{cfg.sae.architecture}, d_in {sae.d_in}, d_sae {sae.d_sae}",
         "seed": cfg.seed,
         "scored on": f"{sequences} held-out sequences = {s.acts.shape[0] * s.acts.shape[1]:,} tokens",
@@ -252,7 +253,7 @@ def write_dashboard(
     over the density ranking."""
     cfg = run.config
     sae = run.sae()
-    source = source or open_source(cfg)
+    source = source or run.source()
     layer = cfg.source.layer
     batch = source.task.sample(sequences, generator(cfg.seed, "sae", "dashboard"))
     _, cache = source.model.run_with_cache(batch.inputs, names_filter=hook_z(layer))

@@ -40,9 +40,11 @@ UNMOVED = 0.9  # a decoder row whose cosine to its initialisation is at least th
 
 @dataclass
 class Source:
-    """The model an SAE reads, the task its sequences come from, and the hook's width."""
+    """The model an SAE reads (its run and checkpoint step), the task its sequences come from, and
+    the hook's width."""
 
     run: Run
+    step: int
     model: Model
     task: Task
     hook: str
@@ -57,12 +59,15 @@ def _inputs(config: ExperimentConfig) -> tuple[int | None, int | None, int, str]
     return io.d_vocab, io.d_input, io.n_ctx, f"{what} at {io.n_ctx} positions"
 
 
-def open_source(config: SAERunConfig, device: str = "cpu") -> Source:
+def open_source(config: SAERunConfig, device: str = "cpu", step: int | None = None) -> Source:
     """The source model and task of an SAE config, on `device` (training uses the config's, analyses
-    the CPU); ConfigError (one line) if the run lacks the hook or its width disagrees with sae.d_in."""
+    the CPU), at `step`, else source.step, else the run's latest checkpoint; ConfigError (one line)
+    if the run lacks the hook or its width disagrees with sae.d_in."""
     src = config.source
     run = Run.open(src.run)
-    model = run.model(src.step, src.member).to(device)
+    latest = run.checkpoint_steps[-1] if run.checkpoint_steps else None
+    step = step if step is not None else src.step if src.step is not None else latest
+    model = run.model(step, src.member).to(device)
     name = hook_z(src.layer)
     if name not in model.hook_dict:
         layers = sorted({n.split(".")[1] for n in model.hook_dict if n.endswith("attn.hook_z")})
@@ -90,7 +95,7 @@ def open_source(config: SAERunConfig, device: str = "cpu") -> Source:
             f"sae.d_in: {config.sae.d_in} does not match {name} of run {run.id}, "
             f"which is {n_heads} heads x {d_head} = {d_in} wide"
         )
-    return Source(run, model, task, name, d_in, n_heads)
+    return Source(run, step, model, task, name, d_in, n_heads)
 
 
 class SAERun(RunDirectory):
@@ -110,11 +115,17 @@ class SAERun(RunDirectory):
     def create(
         cls, config: SAERunConfig, runs_dir: str | Path, source: Source, run_id: str | None = None
     ) -> "SAERun":
-        """A new SAE run directory, marked running, recording the source hook's width and context;
-        the id defaults to the config's name and the time."""
+        """A new SAE run directory, marked running, recording the source hook's width and context
+        and the source checkpoint's step (the model run may train on later, and its latest checkpoint
+        move); the id defaults to the config's name and the time."""
         run_id = run_id or cls.new_id(config.name)
         path, staging = cls._staging(Path(runs_dir), run_id, {"config.yaml": config.to_yaml()})
-        shape = {"d_in": source.d_in, "n_heads": source.n_heads, "n_ctx": source.task.tokens_per_sequence}
+        shape = {
+            "d_in": source.d_in,
+            "n_heads": source.n_heads,
+            "n_ctx": source.task.tokens_per_sequence,
+            "source_step": source.step,
+        }
         run = cls(staging, config, cls._new_manifest(run_id, config.hash(), **shape))
         run._commit(path)
         return run
@@ -126,6 +137,11 @@ class SAERun(RunDirectory):
         path = Path(path)
         manifest = cls.read_manifest(path)
         return cls(path, validate_sae_config(read_yaml(path / "config.yaml"), stored=True), manifest)
+
+    def source(self, device: str = "cpu") -> Source:
+        """The source model at the checkpoint this SAE was trained on (SAE runs from before that was
+        recorded: its config's step, else the model run's latest)."""
+        return open_source(self.config, device, self.manifest.get("source_step"))
 
     def sae(self, step: int | None = None) -> SAE:
         """The SAE at a checkpoint (default: the latest), in eval mode."""
@@ -325,7 +341,7 @@ def resume_sae(run: SAERun, progress: bool = True) -> SAERun:
     """Continue an SAE run from its latest checkpoint whose metrics history is whole."""
     check_trainable_here(run.config, run.id)
     run.acquire()
-    trainer = SAETrainer(run, open_source(run.config, run.config.training.device), progress)
+    trainer = SAETrainer(run, run.source(run.config.training.device), progress)
     step = run.resume_point(trainer._expected_history)
     if step is not None:
         trainer.restore(step)
