@@ -17,6 +17,7 @@ from icl_lab.baselines.regression import (
     ridge,
 )
 from icl_lab.experiment import load_config
+from icl_lab.report.figures import training_curves
 from icl_lab.report.page import write_report
 from icl_lab.tasks.function_classes import FunctionClassesConfig, FunctionClassesTask
 from icl_lab.training.trainer import train
@@ -274,3 +275,4 @@ def test_a_runs_report_draws_its_error_curves_against_the_baselines(tmp_path) ->
     report = write_report(run)
     assert (report.parent / "error_curves.png").stat().st_size > 10_000
     assert "Error against in-context examples" in report.read_text()
+    assert training_curves(run, None).axes[0].get_ylabel() == "loss (squared error)", "not nats"

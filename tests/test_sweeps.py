@@ -429,5 +429,12 @@ def test_a_heatmap_cell_without_a_value_says_why_and_one_seed_shows_no_spread() 
     )
     figure = heatmap(table, HeatmapSpec(x="a", y="b", metric="t"), 32)
     texts = {(t.get_position(), t.get_text()) for t in figure.axes[0].texts}
+    loss = heatmap(
+        table.rename_columns([*table.column_names[:-1], "iw/loss"]),
+        HeatmapSpec(x="a", y="b", metric="iw/loss"),
+        32,
+        "squared error",
+    )
+    assert loss.axes[1].get_ylabel() == "iw/loss (squared error)", "the colour bar names the loss's unit"
     # a=1,b=3: two seeds (mean and spread); a=2,b=3: diverged; a=2,b=4: one seed; a=1,b=4: not swept
     assert texts == {((0, 0), "0.60\n±0.14"), ((1, 0), "diverged"), ((1, 1), "0.25")}

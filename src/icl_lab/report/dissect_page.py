@@ -17,6 +17,7 @@ from icl_lab.analysis.dissect import MIN_ESTIMATES, DissectConfig, Dissection, u
 from icl_lab.analysis.summary import units_text
 from icl_lab.evaluation import key_metric
 from icl_lab.files import atomic_write_text
+from icl_lab.report.figures import loss_unit
 from icl_lab.report.html import figures_html, page, save_png
 from icl_lab.store.metrics_table import TRAIN_SPLIT
 from icl_lab.store.run import Run
@@ -40,7 +41,7 @@ def timeline(run: Run, d: Dissection, member: int) -> Figure:
     steps, loss = run.curve("loss", TRAIN_SPLIT, member=member)
     keep = steps > 0
     loss_ax.plot(steps[keep], loss[keep], color="C7", lw=1, label="training batches")
-    loss_ax.set_ylabel("loss (nats)")
+    loss_ax.set_ylabel(f"loss ({loss_unit(run)})")
     llc_ax.errorbar(
         np.maximum(d.steps, 1),
         d.llc,
@@ -96,7 +97,7 @@ def traces(run: Run, d: Dissection, member: int) -> Figure:
         ax.axhline(0, color="k", lw=0.5)
         ax.set_title(f"checkpoint at step {int(d.steps[i]):,}: LLC {record['llc']:.3g}", fontsize=9)
         ax.set_xlabel("SGLD step")
-        ax.set_ylabel("loss - loss at checkpoint (nats)")
+        ax.set_ylabel(f"loss - loss at checkpoint ({loss_unit(run)})")
         ax.grid(alpha=0.3)
     np.atleast_1d(axes)[0].legend(fontsize=7)
     fig.suptitle(f"{run.id}: SGLD loss traces ({run.whose(member)})", fontsize=10)
@@ -119,7 +120,7 @@ def variant_curves(run: Run, result: CausalResult, split: str) -> Figure:
             )
         ax.axvspan(tr.onset, tr.end, color="0.9", zorder=0, label="transition in the run")
         ax.set_xlabel("step")
-        ax.set_ylabel(f"loss on {split} (nats)")
+        ax.set_ylabel(f"loss on {split} ({loss_unit(run)})")
         ax.set_title(f"transition {i + 1}: clamped variants", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from icl_lab.analysis.transitions import Transition
 from icl_lab.store.metrics_table import TRAIN_SPLIT
 from icl_lab.store.run import Run
-from icl_lab.tasks import Batch, Task
+from icl_lab.tasks import TASKS, Batch, Task
 
 SPLIT_COLOURS = {"train": "C0", "ic": "C1", "ic2": "C2", "iw": "C3", "repeated": "C4", TRAIN_SPLIT: "C7"}
 
@@ -36,6 +36,11 @@ def _splits(run: Run) -> list[str]:
     return sorted(set(run.metrics["split"].to_pylist()) - {TRAIN_SPLIT})
 
 
+def loss_unit(run: Run) -> str:
+    """What a run's loss is measured in (its task's loss_unit: nats for cross-entropy)."""
+    return TASKS.get(run.config.task.name).loss_unit
+
+
 def training_curves(run: Run, transition: Transition | None) -> Figure:
     """Loss and accuracy of every split against steps."""
     fig, (loss_ax, acc_ax) = plt.subplots(2, 1, figsize=(8, 6), sharex=True, constrained_layout=True)
@@ -45,7 +50,7 @@ def training_curves(run: Run, transition: Transition | None) -> Figure:
         colour = SPLIT_COLOURS.get(split)
         loss_ax.plot(*run.curve("loss", split), color=colour, label=split)
         acc_ax.plot(*run.curve("accuracy", split), color=colour, label=split)
-    loss_ax.set_ylabel("loss (nats)")
+    loss_ax.set_ylabel(f"loss ({loss_unit(run)})")
     acc_ax.set_ylabel("accuracy")
     acc_ax.set_xlabel("step")
     _time_axis(loss_ax, run, transition, top=True)

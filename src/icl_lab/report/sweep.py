@@ -17,6 +17,7 @@ import yaml
 from matplotlib.figure import Figure
 
 from icl_lab.files import atomic_write_text
+from icl_lab.report.figures import loss_unit
 from icl_lab.report.html import figures_html, page, save_png
 from icl_lab.store.run import Run
 from icl_lab.sweeps.config import CurveSpec, HeatmapSpec, SweepConfig
@@ -56,7 +57,14 @@ def _no_values(metric: str) -> Figure:
     return fig
 
 
-def heatmap(table: pa.Table, spec: HeatmapSpec, batch_size: int) -> Figure:
+def _label(metric: str, loss_unit: str) -> str:
+    """A result column with its unit: transition steps, or the task's loss unit."""
+    if metric.startswith("transition_"):
+        return f"{metric} (steps)"
+    return f"{metric} ({loss_unit})" if metric.endswith("/loss") else metric
+
+
+def heatmap(table: pa.Table, spec: HeatmapSpec, batch_size: int, loss_unit: str = "nats") -> Figure:
     """Mean over seeds of a metric on a grid of two swept fields; cells annotated mean +- std (no
     spread for one seed); a cell whose points have no value says why (diverged, failed, no value),
     so that a blank cell is one the sweep does not have."""
@@ -76,7 +84,7 @@ def heatmap(table: pa.Table, spec: HeatmapSpec, batch_size: int) -> Figure:
         spread[ys.index(y), xs.index(x)] = values.std(ddof=1) if values.size > 1 else np.nan
     fig, ax = plt.subplots(figsize=(1.3 * len(xs) + 2.5, 1.0 * len(ys) + 1.8), constrained_layout=True)
     image = ax.imshow(mean, origin="lower", cmap="viridis", aspect="auto")
-    fig.colorbar(image, ax=ax, label=spec.metric)
+    fig.colorbar(image, ax=ax, label=_label(spec.metric, loss_unit))
     for (y, x), status in statuses.items():
         i, j = ys.index(y), xs.index(x)
         if np.isnan(mean[i, j]):
@@ -92,7 +100,7 @@ def heatmap(table: pa.Table, spec: HeatmapSpec, batch_size: int) -> Figure:
     return fig
 
 
-def curve(table: pa.Table, spec: CurveSpec, batch_size: int) -> Figure:
+def curve(table: pa.Table, spec: CurveSpec, batch_size: int, loss_unit: str = "nats") -> Figure:
     """A result against a swept field (one line per value of `by`), mean and std over seeds; a
     step-valued column is shown in steps with sequences on a second axis."""
     keys = [spec.x] + ([spec.by] if spec.by else [])
@@ -112,8 +120,11 @@ def curve(table: pa.Table, spec: CurveSpec, batch_size: int) -> Figure:
             capsize=3,
             label=label,
         )
-    ylabel = spec.metric + (" (steps)" if spec.metric.startswith("transition_") else "")
-    ax.set(xlabel=spec.x, ylabel=ylabel, title=f"{spec.metric}: mean ± std over seeds {_seeds(table)}")
+    ax.set(
+        xlabel=spec.x,
+        ylabel=_label(spec.metric, loss_unit),
+        title=f"{spec.metric}: mean ± std over seeds {_seeds(table)}",
+    )
     if spec.metric.startswith("transition_"):
         right = ax.secondary_yaxis("right", functions=(lambda s: s * batch_size, lambda q: q / batch_size))
         right.set_ylabel("sequences")
@@ -135,15 +146,17 @@ def write_sweep_report(sweep_dir: Path) -> Path:
     out.mkdir(exist_ok=True)
     layout = json.loads((sweep_dir / "plan.json").read_text())
     runs = [row["run"] for row in table.to_pylist() if row["status"] == "complete"]
-    batch_size = Run.open(runs[0]).units_at(1)[0] if runs else 1  # sequences per step
+    first = Run.open(runs[0]) if runs else None
+    batch_size = first.units_at(1)[0] if first else 1  # sequences per step
+    unit = loss_unit(first) if first else "nats"
     images = {}
     for i, spec in enumerate(sweep.report.heatmaps):
         images[f"{spec.metric} over {spec.y} x {spec.x}"] = save_png(
-            heatmap(table, spec, batch_size), out / f"heatmap_{i}.png"
+            heatmap(table, spec, batch_size, unit), out / f"heatmap_{i}.png"
         )
     for i, spec in enumerate(sweep.report.curves):
         images[f"{spec.metric} against {spec.x}"] = save_png(
-            curve(table, spec, batch_size), out / f"curve_{i}.png"
+            curve(table, spec, batch_size, unit), out / f"curve_{i}.png"
         )
     statuses = table.column("status").to_pylist()
     columns = [c for c in table.column_names if c not in ("run", "error", "unit")]

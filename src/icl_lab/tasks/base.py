@@ -101,6 +101,8 @@ class Task:
     """the keys of every batch's meta (what metrics may read)"""
     target_kind: ClassVar[Literal["classes", "values"]] = "classes"
     """classes: targets are class ids scored by cross-entropy; values: real numbers (regression)"""
+    loss_unit: ClassVar[str] = "nats"
+    """what the loss is measured in, for figure labels (cross-entropy: nats)"""
     key_metric: ClassVar[tuple[str, str, str]] = ("train", "loss", "mean")
     """(split, metric, summary of per-head values: max/min/mean): shown live in the progress bar,
     and the curve whose abrupt transition a report looks for"""

@@ -177,6 +177,7 @@ class FunctionClassesTask(Task):
     Config = FunctionClassesConfig
     config: FunctionClassesConfig
     default_metrics = ("loss",)
+    loss_unit = "squared error"
     meta_keys = ("w", "xs", "ys")
     target_kind = "values"
 

@@ -35,6 +35,7 @@ class LinearRegressionTokensTask(Task):
     Config = LinearRegressionTokensConfig
     config: LinearRegressionTokensConfig
     default_metrics = ("loss",)
+    loss_unit = "half squared error"
     meta_keys = ("w",)
     target_kind = "values"
 
