@@ -171,3 +171,19 @@ def test_diverged_estimates_are_reported_not_smoothed(cli, run):
         in page
     )
     assert "a chain diverged" in page
+
+
+def test_the_page_of_an_unfinished_run_says_it_covers_the_checkpoints_so_far(run, tmp_path) -> None:
+    from icl_lab.report.dissect_page import _unfinished
+
+    assert _unfinished(run) == ""
+    copy = tmp_path / run.id
+    shutil.copytree(run.path, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    (copy / "manifest.json").write_text(json.dumps({**manifest, "status": "interrupted"}))
+    for path in (copy / "checkpoints").glob("step_00000006[0-9].*"):
+        path.unlink()
+    text = _unfinished(Run.open(copy))
+    assert (
+        text == "<p><b>The run is interrupted</b> at step 54 of 60: this covers its checkpoints so far.</p>"
+    )

@@ -177,6 +177,16 @@ def _causal_html(run: Run, result: CausalResult, images: dict[str, bytes], split
     )
 
 
+def _unfinished(run: Run) -> str:
+    """A note that the run is not complete: the dissection covers its checkpoints so far."""
+    if run.status == "complete":
+        return ""
+    last, total = max(run.checkpoint_steps, default=0), run.manifest.get("total_steps")
+    of = f" of {total:,}" if isinstance(total, int) else ""
+    status = html.escape(run.status)
+    return f"<p><b>The run is {status}</b> at step {last:,}{of}: this covers its checkpoints so far.</p>"
+
+
 def _too_few(d: Dissection) -> str:
     """Why no stages: how many usable LLC estimates the curve had, against how many it needs."""
     usable = int(usable_estimates(d.steps, d.llc, d.llc_std).sum())
@@ -243,6 +253,7 @@ def write_dissect_report(
         f"<h1>Dissection of {html.escape(run.id)}</h1><p>{html.escape(run.whose(member))}. "
         f"{html.escape(settings)}. {len(d.records)} checkpoints, {seconds / 60:.1f} CPU-minutes of SGLD "
         f"({seconds / len(d.records):.1f} s per checkpoint).</p>"
+        + _unfinished(run)
         + figures_html(images)
         + "<h2>Stages (from the LLC curve)</h2>"
         + ("" if d.stages else f"<p>None: {_too_few(d)}</p>")
