@@ -354,6 +354,9 @@ def test_divergence_stops_the_run_with_its_last_finite_state(tmp_path: Path, cli
     code, _, err = cli("resume", run.path)
     assert code == 2
     one_line(err, f"diverged at step {step}; resuming would repeat it")
+    code, out, err = cli("export", run.path, tmp_path / "exported")
+    assert code == 0, err
+    assert f"(step {step:,} of a run that is diverged)" in out, "an export says what it holds"
     with pytest.raises(DivergenceError):
         train(
             tiny_config(training={"optimizer": {"name": "sgd", "lr": 1.0e12}}),
