@@ -351,8 +351,9 @@ def test_sweep_cli_status_and_report(cli, tmp_path: Path) -> None:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
 def test_stopping_a_sweep_stops_its_workers_and_leaves_runs_resumable(tmp_path: Path, sig: int) -> None:
     """A signal reaches only the parent (a job scheduler's stop). SIGTERM: it exits 143 with one
-    line; SIGKILL: it cannot say anything, but the kernel hands its workers SIGTERM. Either way the
-    workers stop at once (each run marked interrupted, no queued run started)."""
+    line, its workers marking their runs interrupted; SIGKILL: the kernel kills its workers too
+    (their runs' locks die with them, so the runs read as interrupted). Either way the workers stop
+    at once and no queued run starts."""
     base = base_file(tmp_path, steps=100_000)
     path = tmp_path / "t.yaml"
     path.write_text(yaml.safe_dump({"name": "t", "base": base, "seeds": [0, 1, 2, 3]}))

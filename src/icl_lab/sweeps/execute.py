@@ -155,20 +155,22 @@ class Schedule:
 
 
 def _stop_with(parent: int) -> None:
-    """A worker's start: on Linux, ask for SIGTERM when its parent dies, even by SIGKILL, so that
-    no worker outlives a killed sweep (it stops as on Ctrl-C, its run marked interrupted)."""
+    """A worker's start: on Linux, ask for SIGKILL when its parent dies (even by SIGKILL), so that
+    no worker outlives a killed sweep. Not SIGTERM: a training run takes that as Ctrl-C and
+    returns, and the worker would then wait for work forever. A killed run's lock dies with it, so
+    it reads as interrupted and resumes from its last checkpoint."""
     if sys.platform != "linux":
         return
-    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # the parent died before the request
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @contextlib.contextmanager
 def process_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
     """A pool of spawned worker processes. If the caller stops (Ctrl-C, SIGTERM, an error, or a
     generator using it is closed), the workers get SIGTERM and no further job starts; if it is
-    killed outright (SIGKILL), they get SIGTERM from the kernel (Linux)."""
+    killed outright (SIGKILL), the kernel kills them too (Linux)."""
     pool = ProcessPoolExecutor(
         max_workers=workers,
         mp_context=multiprocessing.get_context("spawn"),
