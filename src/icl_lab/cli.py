@@ -159,8 +159,7 @@ def export(
     from icl_lab.store.run import Run
 
     handle = Run.open(run)
-    model = handle.model(checkpoint, member)
-    export_transformer_lens(model, out, handle.id)
+    export_transformer_lens(handle.model(checkpoint, member), out, handle.id)
     step = checkpoint if checkpoint is not None else handle.checkpoint_steps[-1]
     unfinished = "" if handle.status == "complete" else f" (step {step:,} of a run that is {handle.status})"
     console.print(f"TransformerLens model: {out}{unfinished}")

@@ -161,8 +161,9 @@ class Run(RunDirectory):
     def check_sources(self) -> None:
         """RunStoreError if a module the configs import has changed since the run started: training
         on would mix two versions of its code (the config hash covers the config, not the code)."""
-        now = source_digests(list(self.manifest.get("sources", {})))
-        for spec, digest in self.manifest.get("sources", {}).items():
+        recorded = self.manifest.get("sources", {})
+        now = source_digests(list(recorded))
+        for spec, digest in recorded.items():
             if now.get(spec) != digest:
                 raise RunStoreError(
                     f"run {self.id} was trained with another version of {spec}: restore the file "
