@@ -1,5 +1,6 @@
 """SAE training as a run: YAML config, metrics table, checkpoints, exact resume, one-line errors."""
 
+import json
 import os
 import re
 import shutil
@@ -132,6 +133,7 @@ def test_an_sae_run_trained_on_a_gpu_opens_here_and_resumes_with_device_cpu(
         ),
         ({"source": {"layer": 1, "task": {"seq_len": 32}}}, ["token ids below 16 at 32 positions"]),
         ({"training": {"steps": 30, "device": "cuda:7"}}, ["training.device", "'cuda:7' requested but"]),
+        ({"buffer": {"tokens": 10}}, ["buffer.tokens (10) is fewer than training.batch_size (64)"]),
     ],
 )
 def test_bad_sae_configs_exit_2_with_one_line_and_write_nothing(
@@ -162,6 +164,24 @@ def test_an_sae_keeps_reading_the_checkpoint_it_was_trained_on_when_its_model_tr
     assert run.manifest["source_step"] == 8 and Run.open(copy).checkpoint_steps[-1] == 12
     assert SAERun.open(run.path).source().step == 8
     assert "(step 8, member 0)" in write_dashboard(SAERun.open(run.path), sequences=4).read_text()
+
+
+def test_an_sae_on_an_unfinished_model_run_says_so_and_its_divergence_names_the_source(
+    model_run: Path, tmp_path: Path, cli
+) -> None:
+    cut = killed_copy(Run.open(model_run), tmp_path, last_kept=8)
+    manifest = json.loads((cut / "manifest.json").read_text())
+    (cut / "manifest.json").write_text(json.dumps(manifest | {"interrupted_at": 9}))
+    path = tmp_path / "sae.yaml"
+    path.write_text(yaml.safe_dump(sae_data(cut)))
+    unfinished = f"step 8 of run {cut.name}, which is interrupted at step 9"
+    train = ("sae", "train", path, "--runs-dir", tmp_path / "runs", "-q", "--set")
+    code, out, err = cli(*train, "training.steps=5")
+    assert code == 0, err
+    assert f"note: the SAE reads {unfinished}" in out
+    code, out, err = cli(*train, "training.lr=1e38")
+    assert code == 2
+    one_line(err, "diverged at step", f"non-finite loss (its source is {unfinished})")
 
 
 def test_sae_cli_trains_resumes_and_exports(

@@ -31,9 +31,13 @@ def train(
 ) -> None:
     """Train an SAE on hook_z of a run's checkpoint, as an SAE config describes; writes runs/<id>/."""
     from icl_lab.sae.config import load_sae_config
-    from icl_lab.sae.run import train_sae
+    from icl_lab.sae.run import open_source, train_sae
 
-    run = train_sae(load_sae_config(config, set_ or []), runs_dir, progress=not quiet)
+    settings = load_sae_config(config, set_ or [])
+    source = open_source(settings, settings.training.device)
+    if source.unfinished:
+        console.print(f"note: the SAE reads {source.unfinished}")
+    run = train_sae(settings, runs_dir, progress=not quiet, source=source)
     console.print(f"SAE run complete: {run.path}")
 
 

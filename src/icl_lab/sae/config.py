@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, NonNegativeInt, PositiveInt
+from pydantic import Field, NonNegativeInt, PositiveInt, model_validator
 
 from icl_lab.config import DeviceName, StrictModel, validated
 from icl_lab.errors import ConfigError
@@ -76,6 +76,17 @@ class SAERunConfig(StrictModel):
     training: SAETrainSettings
     eval: SAEEvalConfig = SAEEvalConfig()
     checkpointing: SAECheckpointConfig = SAECheckpointConfig()
+
+    @model_validator(mode="after")
+    def _buffer_holds_a_batch(self) -> "SAERunConfig":
+        # batches are drawn from the buffer with replacement: a smaller buffer repeats activations in
+        # every batch, and the SAE fits those few alone
+        if self.buffer.tokens < self.training.batch_size:
+            raise ValueError(
+                f"buffer.tokens ({self.buffer.tokens:,}) is fewer than training.batch_size "
+                f"({self.training.batch_size:,}): every batch would repeat the same activations"
+            )
+        return self
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

@@ -51,6 +51,17 @@ class Source:
     d_in: int
     n_heads: int
 
+    @property
+    def unfinished(self) -> str:
+        """'' for a complete model run, else what an SAE on it reads, e.g. "step 400 of run X,
+        which diverged at step 437"."""
+        status, manifest = self.run.status, self.run.manifest
+        if status == "complete":
+            return ""
+        at = manifest.get(f"{status}_at")
+        state = f"{status} at step {at:,}" if isinstance(at, int) else status
+        return f"step {self.step:,} of run {self.run.id}, which is {state}"
+
 
 def _inputs(config: ExperimentConfig) -> tuple[int | None, int | None, int, str]:
     """(vocabulary, input width, positions, in words) of the inputs a config's task gives its model."""
@@ -269,6 +280,8 @@ class SAETrainer:
         values = dict(zip(terms, torch.stack(list(terms.values())).tolist(), strict=True))  # one sync
         if not all(map(math.isfinite, values.values())):
             message = f"SAE run {self.run.id} diverged at step {self.fitter.step}: non-finite loss"
+            if self.source.unfinished:
+                message += f" (its source is {self.source.unfinished})"
             self.run.update_manifest(status="diverged", diverged_at=self.fitter.step, error=message)
             raise DivergenceError(message)
         for name, value in values.items():
@@ -329,10 +342,15 @@ class SAETrainer:
 
 
 def train_sae(
-    config: SAERunConfig, runs_dir: str | Path = "runs", progress: bool = True, run_id: str | None = None
+    config: SAERunConfig,
+    runs_dir: str | Path = "runs",
+    progress: bool = True,
+    run_id: str | None = None,
+    source: Source | None = None,
 ) -> SAERun:
-    """Check the source (before anything is written), create the SAE run and train it."""
-    source = open_source(config, config.training.device)
+    """Check the source (before anything is written; `source`: already opened on the config's
+    device), create the SAE run and train it."""
+    source = source or open_source(config, config.training.device)
     run = SAERun.create(config, runs_dir, source, run_id)
     return SAETrainer(run, source, progress).fit(resumed=False)
 
