@@ -95,7 +95,8 @@ def test_a_run_trained_on_a_gpu_dissects_here_with_its_variants_on_the_cpu(cli, 
         "but CUDA is not available on this machine; set causal.device=cpu (or --no-causal)"
     ) in err
     assert not (cut / "dissect").exists()  # refused before the LLC's work
-    code, _, err = cli("dissect", cut, "--quiet", "--no-causal", "--set", "max_checkpoints=3", *QUICK_ARGS)
+    off = ("--set", "causal.enabled=false")  # as --no-causal does (test_diverged_estimates_...)
+    code, _, err = cli("dissect", cut, "--quiet", *off, "--set", "max_checkpoints=3", *QUICK_ARGS)
     assert code == 0, err
     baseline = Variant("baseline", 0, "none", (), {}, "baseline")
     config = variant_config(Run.open(cut), 0, baseline, seed=1, steps=10, device="cpu")

@@ -268,8 +268,12 @@ def dissect(
         ),
     ] = None,
     causal: Annotated[
-        bool, typer.Option(help="Train clamped variants to find what each transition needs.")
-    ] = True,
+        bool | None,
+        typer.Option(
+            "--causal/--no-causal",
+            help="Train clamped variants to find what each transition needs (default: causal.enabled).",
+        ),
+    ] = None,
     workers: Annotated[int, typer.Option(min=1, help="Parallel processes (checkpoints, then variants).")] = 2,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
@@ -285,7 +289,8 @@ def dissect(
     from icl_lab.report.dissect_page import write_dissect_report
     from icl_lab.store.run import Run
 
-    settings = [*(set_ or []), *([f"causal.steps={budget}"] if budget else []), f"causal.enabled={causal}"]
+    flags = {"causal.steps": budget, "causal.enabled": causal}  # given flags win over --set
+    settings = [*(set_ or []), *(f"{key}={value}" for key, value in flags.items() if value is not None)]
     handle, config = Run.open(run), dissect_config(settings)
     handle.check_whole()
     if config.causal.enabled:  # before the LLC's minutes, not after
