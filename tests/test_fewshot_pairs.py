@@ -62,6 +62,17 @@ def test_feature_files_load(tmp_path, suffix: str) -> None:
         save_file({"features": array}, str(path))
     t = task(features=str(path))
     assert np.allclose(t.features.numpy(), array[:150])
+    what, digest = t.data_digest()
+    assert what == f"task.features {path}" and task(features=str(path)).data_digest()[1] == digest
+    assert task().data_digest() is None, "Gaussian features follow from the seed"
+    if suffix == ".npy":  # a run checks this digest (test_text.py: a changed corpus is refused)
+        array[149, 0, 0] += 1
+        np.save(path, array)
+        changed = task(features=str(path)).data_digest()[1]
+        assert changed != digest
+        array[159, 0, 0] += 1  # a class the task does not read
+        np.save(path, array)
+        assert task(features=str(path)).data_digest()[1] == changed
 
 
 def test_bad_feature_files_are_config_errors(tmp_path) -> None:

@@ -152,3 +152,55 @@ def test_a_text_model_trains_and_its_run_keeps_the_tokeniser(tmp_path: Path) -> 
     assert "Greedy samples" in page and page.count("[[ ") == 1 + 3, "the title, then three samples"
     samples = greedy_samples(run, n=2, prompt=8, new=12)
     assert len(samples) == 2 and all(set(c.split()) <= {"to", "be", "or", "not"} for _, c in samples)
+
+
+def _corpus(where: Path) -> Path:
+    rng = np.random.default_rng(2)
+    where.mkdir()
+    for i in range(5):
+        (where / f"doc{i}.txt").write_text(" ".join(rng.choice(["to", "be", "or", "not"], 200)))
+    return where
+
+
+@pytest.mark.parametrize(
+    ("damage", "why"),
+    [
+        (lambda d: (d / "train.u16").write_bytes((d / "train.u16").read_bytes()[:1001]), "do not match"),
+        (lambda d: (d / "test.u16").write_bytes(b"\xff" * (d / "test.u16").stat().st_size), "do not match"),
+        (lambda d: (d / "info.json").write_text("{"), "JSONDecodeError"),
+        (lambda d: (d / "tokenizer.json").unlink(), "No such file"),
+    ],
+)
+def test_a_damaged_token_cache_is_refused_naming_it(tmp_path: Path, damage, why: str) -> None:
+    from icl_lab.errors import StorageError
+    from icl_lab.text.streams import cache_dir
+
+    corpus = str(_corpus(tmp_path / "corpus"))
+    token_streams(corpus, "byte", 0, 0.4, seed=0)
+    (directory,) = cache_dir().iterdir()
+    damage(directory)
+    with pytest.raises(StorageError, match=f"the token cache {directory} is damaged .*{why}.*delete it"):
+        token_streams(corpus, "byte", 0, 0.4, seed=0)
+
+
+def test_a_text_run_refuses_to_go_on_after_its_corpus_changed(tmp_path: Path, cli) -> None:
+    import os
+
+    from icl_lab.store.run import Run
+    from icl_lab.training.trainer import train
+
+    corpus = _corpus(tmp_path / "corpus")
+    config = tiny_config(
+        task={"name": "text_lm", "corpus": str(corpus), "seq_len": 16, "tokenizer": "bpe", "vocab_size": 300},
+        training={"length": {"steps": 8}},
+    )
+    run = train(config, str(tmp_path / "runs"), progress=False)
+    assert set(run.manifest["data"]) == {"0"}
+    for doc in corpus.iterdir():  # touched, not changed: the streams are rebuilt alike
+        os.utime(doc, ns=(1, 1))
+    Run.open(run.path).eval_data()
+    with (corpus / "doc1.txt").open("a") as f:  # doc1 trains or is held out: either way, other data
+        f.write(" not to be")
+    code, _, err = cli("eval", run.path)
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"run {run.id} was trained on other data than task.corpus {corpus} gives now" in err

@@ -97,6 +97,8 @@ def open_source(config: SAERunConfig, device: str = "cpu", step: int | None = No
                 f"{run.id} was trained on {trained[3]}: keep its inputs"
             )
     task = build_task(member, device=device)
+    if not src.task:  # a changed task reads other data by design
+        run.check_data(src.member, task)
     probe = task.sample(1, generator(config.seed, "sae", "probe", device=device)).inputs
     _, cache = model.run_with_cache(probe, names_filter=name)
     n_heads, d_head = cache[name].shape[-2:]

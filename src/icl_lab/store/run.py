@@ -215,8 +215,19 @@ class Run(RunDirectory):
         if key not in self._eval_data:
             config = self.member_config(member)
             task = build_task(config, device=str(device))
+            self.check_data(member, task)
             self._eval_data[key] = task, eval_batches(config, task, torch.device(device))
         return self._eval_data[key]
+
+    def check_data(self, member: int, task: Task) -> None:
+        """RunStoreError if the files a member's task reads hold other data than the run recorded
+        when it started (Task.data_digest): its curves and checkpoints would not be of these data."""
+        found, recorded = task.data_digest(), self.manifest.get("data", {}).get(str(member))
+        if found and recorded and found[1] != recorded:
+            raise RunStoreError(
+                f"run {self.id} was trained on other data than {found[0]} gives now: restore the "
+                "files as they were, or train a new run"
+            )
 
     def clamps_at(self, step: int, member: int | None = None) -> list[Clamp]:
         """The member's clamps that its evaluation at `step` applied (none if eval.with_clamps is off)."""

@@ -187,6 +187,12 @@ class Task:
         """Fixed tensors of this task's world that reduced models may use (see Model.constants)."""
         return {}
 
+    def data_digest(self) -> tuple[str, str] | None:
+        """(the files, e.g. "task.corpus DIR", and a digest of what the task read from them) for a
+        task that reads data from files, so that a run refuses to go on when they change; None
+        for a task whose data follow from its config and seed alone."""
+        return None
+
     def save_artifacts(self, directory: Path) -> None:
         """Write what a run of this task needs to be read later (e.g. a trained tokeniser) into
         the run directory (nothing by default)."""

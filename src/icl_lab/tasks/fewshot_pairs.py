@@ -17,6 +17,7 @@ Tokens are vectors of dim + n_labels: an item or the query is [features, 0], a l
 Splits: train, heldout_pairs, heldout_exemplars, heldout_classes.
 """
 
+import hashlib
 import itertools
 from pathlib import Path
 from typing import Literal
@@ -163,6 +164,12 @@ class FewShotPairsTask(Task):
         order = torch.randperm(len(pairs), generator=g, device=self.device)
         self.train_pairs = pairs[order[c.n_heldout_pairs :]]
         self.heldout_pairs = pairs[order[: c.n_heldout_pairs]]
+
+    def data_digest(self) -> tuple[str, str] | None:
+        if self.config.features == "gaussian":
+            return None
+        used = self.features.cpu().contiguous().numpy()  # the classes the task reads, as float32
+        return f"task.features {self.config.features}", hashlib.sha256(used.tobytes()).hexdigest()
 
     @classmethod
     def io(cls, config: FewShotPairsConfig) -> ModelIO:

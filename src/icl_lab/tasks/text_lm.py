@@ -213,6 +213,9 @@ class TextLMTask(Task):
         text = "\n\n".join(f"{prompt}[[ {continuation} ]]" for prompt, continuation in samples)
         return {"Greedy samples (held-out prompt, then [[ the model's continuation ]])": text}
 
+    def data_digest(self) -> tuple[str, str]:
+        return f"task.corpus {self.config.corpus}", self.streams.info["digest"]
+
     def save_artifacts(self, directory: Path) -> None:
         """The tokeniser, as tokenizer.json, and the corpus split's description, as corpus.json."""
         atomic_write(directory / "tokenizer.json", self.streams.tokenizer.save)

@@ -3,7 +3,9 @@
 The training documents (and, with BPE, the tokeniser trained on them) and the held-out documents
 are each encoded once into one stream, documents joined by the end-of-document id, and kept under
 $ICL_LAB_CACHE/text/<key>/, keyed by the corpus files (names, sizes, modification times), the
-split and the tokeniser settings; later runs map the arrays without reading the text again.
+split and the tokeniser settings; later runs map the arrays without reading the text again. The
+cache records a digest of the tokeniser and both streams, checked whenever it is opened: a damaged
+cache is refused (delete it to rebuild), and a run records the digest of the data it trained on.
 """
 
 import hashlib
@@ -16,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from icl_lab.errors import ConfigError
+from icl_lab.errors import ConfigError, StorageError
 from icl_lab.files import cache_root, storage_error
 from icl_lab.text.corpus import corpus_files, load_corpus
 from icl_lab.text.tokenizers import BPETokenizer, ByteTokenizer, Tokenizer
 
-FORMAT = "text-streams/1"  # bump when encoding changes, so that caches are not reused
+FORMAT = "text-streams/2"  # bump when encoding changes, so that caches are not reused
 
 
 @dataclass
@@ -70,14 +72,30 @@ def token_streams(
     directory = cache_dir() / _key(source, max_documents, tokenizer, vocab_size, test_fraction, seed)
     if not (directory / "info.json").is_file():
         _build(directory, source, tokenizer, vocab_size, test_fraction, seed, max_documents)
-    info = json.loads((directory / "info.json").read_text())
-    loaded: Tokenizer = (
-        ByteTokenizer() if tokenizer == "byte" else BPETokenizer.load(directory / "tokenizer.json")
-    )
-    train, test = (
-        np.memmap(directory / f"{split}.u16", dtype=np.uint16, mode="r") for split in ("train", "test")
-    )
+    try:
+        info = json.loads((directory / "info.json").read_text())
+        if _digest(directory) != info["digest"]:
+            raise ValueError("its files do not match the digest it recorded")
+        loaded: Tokenizer = (
+            ByteTokenizer() if tokenizer == "byte" else BPETokenizer.load(directory / "tokenizer.json")
+        )
+        train, test = (
+            np.memmap(directory / f"{split}.u16", dtype=np.uint16, mode="r") for split in ("train", "test")
+        )
+    except Exception as e:  # the tokenizers library raises plain Exception
+        raise StorageError(
+            f"the token cache {directory} is damaged ({type(e).__name__}: {e}): delete it to rebuild it"
+        ) from None
     return TokenStreams(loaded, train, test, info)
+
+
+def _digest(directory: Path) -> str:
+    """SHA-256 of a cache's tokeniser and token streams: the data a run of them trains on."""
+    digest = hashlib.sha256()
+    for name in ("tokenizer.json", "train.u16", "test.u16"):
+        with (directory / name).open("rb") as f:
+            digest.update(hashlib.file_digest(f, "sha256").digest())
+    return digest.hexdigest()
 
 
 def _build(
@@ -118,6 +136,7 @@ def _build(
             "replaced_bytes": corpus.replaced_bytes,
             "tokenizer_train_s": trained_s,
             "encode_s": time.perf_counter() - started - trained_s,
+            "digest": _digest(tmp),
         }
         (tmp / "info.json").write_text(json.dumps(info, indent=1))
         try:

@@ -167,6 +167,9 @@ class Trainer:
             for batch in batches.values():
                 _whole(batch, task, None, values=True)
         self._values_checked = False  # those of the first training batch this trainer draws
+        digests = {str(m): d[1] for m, task in enumerate(self.tasks) if (d := task.data_digest())}
+        if digests and "data" not in run.manifest:  # eval_data checks them from now on
+            run.update_manifest(data=digests)
         self.tasks[0].save_artifacts(run.path)
         batch_size, tokens = cfg.training.batch_size, self.tasks[0].tokens_per_sequence
         self.batch_size, self.tokens_per_sequence = batch_size, tokens
