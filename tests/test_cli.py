@@ -33,6 +33,10 @@ BAD_CONFIGS = [
         "until (3) must be greater than from (9)",
     ),
     (
+        ["--set", "clamps=[{kind: ablate, heads: ['1.0'], steps: {from: 1000}}]"],
+        "clamps.0: steps.from (1,000) is not before the run's end (step 1,000): the clamp would never act",
+    ),
+    (
         ["--set", "training.length={steps: 5, tokens: 9}"],
         "give exactly one of steps, sequences, tokens",
     ),

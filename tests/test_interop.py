@@ -103,3 +103,26 @@ def test_export_command_writes_a_model_transformer_lens_loads(tmp_path: Path, cl
     torch.testing.assert_close(tl(tokens), run.model()(tokens), atol=1e-5, rtol=1e-4)
     code, _, err = cli("export", run.path, tmp_path / "tl2", "--checkpoint", "5")
     assert code == 2 and "no checkpoint at step 5" in err
+    (tmp_path / "tl" / "tl_config.json").write_text("{")
+    with pytest.raises(ExportError, match=r"tl holds a damaged TransformerLens export \(JSONDecodeError"):
+        load_hooked_transformer(tmp_path / "tl")
+
+
+def test_export_refuses_a_damaged_run_and_notes_clamps_it_cannot_carry(tmp_path: Path, cli) -> None:
+    import shutil
+
+    from icl_lab.training.trainer import train
+
+    clamp = {"kind": "ablate", "heads": ["1.0"], "mode": "zero", "steps": {"from": 0, "until": 8}}
+    run = train(tiny_config(clamps=[clamp]), str(tmp_path / "runs"), progress=False)
+    code, out, err = cli("export", run.path, tmp_path / "tl", "--checkpoint", "4")
+    assert code == 0, err
+    assert "note: the run trains with clamps active at step 4 (ablate); the export holds its weights" in out
+    code, out, err = cli("export", run.path, tmp_path / "tl")
+    assert code == 0 and "note" not in out, "the clamp's window closed at step 8"
+    damaged = Path(shutil.copytree(run.path, tmp_path / "damaged"))
+    for path in (damaged / "checkpoints").glob("step_000000012.*"):
+        path.unlink()
+    code, _, err = cli("export", damaged, tmp_path / "tl3")
+    assert code == 2 and "marked complete, but its final checkpoint (step 12) is gone" in err
+    assert not (tmp_path / "tl3").exists()

@@ -156,13 +156,23 @@ def export(
     """Write a trained transformer for TransformerLens: load it with
     icl_lab.interop.transformer_lens.load_hooked_transformer(OUT)."""
     from icl_lab.interop.transformer_lens import export_transformer_lens
+    from icl_lab.interventions.base import active_at
     from icl_lab.store.run import Run
 
     handle = Run.open(run)
+    if checkpoint is None:
+        handle.check_whole()  # else "the latest" would be an earlier step of a damaged run
     export_transformer_lens(handle.model(checkpoint, member), out, handle.id)
     step = checkpoint if checkpoint is not None else handle.checkpoint_steps[-1]
     unfinished = "" if handle.status == "complete" else f" (step {step:,} of a run that is {handle.status})"
     console.print(f"TransformerLens model: {out}{unfinished}")
+    clamps = active_at(handle.member_config(member).clamps, step)
+    if clamps:
+        kinds = ", ".join(sorted({c.kind for c in clamps}))
+        console.print(
+            f"note: the run trains with clamps active at step {step:,} ({kinds}); the export holds "
+            "its weights alone, and TransformerLens runs them unclamped"
+        )
 
 
 class Listable(StrEnum):

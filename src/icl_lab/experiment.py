@@ -93,6 +93,11 @@ class ExperimentConfig(StrictModel):
         for i, clamp in enumerate(self.clamps):
             try:
                 clamp.check(model)
+                if clamp.steps.start >= (end := total_steps(self)):
+                    raise ValueError(
+                        f"steps.from ({clamp.steps.start:,}) is not before the run's end (step {end:,}): "
+                        "the clamp would never act"
+                    )
                 if clamp.requires_layout and clamp.requires_layout != task_cls.layout:
                     raise ValueError(f"{clamp.kind} needs a task in the {clamp.requires_layout} layout")
                 if not clamp.traceable and self.training.compile == "on":

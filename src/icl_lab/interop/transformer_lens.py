@@ -121,5 +121,12 @@ def load_hooked_transformer(directory: str | Path) -> Any:
     directory = Path(directory)
     if not (directory / CONFIG).is_file() or not (directory / WEIGHTS).is_file():
         raise ExportError(f"{directory} holds no TransformerLens export ({CONFIG} and {WEIGHTS})")
-    config = json.loads((directory / CONFIG).read_text())
-    return hooked_transformer(config, load_file(str(directory / WEIGHTS)))
+    try:
+        config, state = json.loads((directory / CONFIG).read_text()), load_file(str(directory / WEIGHTS))
+        return hooked_transformer(config, state)
+    except ExportError:
+        raise
+    except Exception as e:  # a damaged file: safetensors, json and TransformerLens raise their own
+        raise ExportError(
+            f"{directory} holds a damaged TransformerLens export ({type(e).__name__}: {e}); export it again"
+        ) from None
