@@ -230,6 +230,11 @@ def test_reproduce_all_resumes_after_a_kill_without_retraining_finished_runs(cli
     assert (out / "tiny-test" / "000-a-x2" / "report" / "member-0" / "report.html").is_file()
     with pytest.raises(IclLabError, match="is not a directory of reproduce all"):
         reproduce_all(False, tmp_path, 1, progress=False, resume=out, names=names)
+    (out / "tiny-test" / "claims.json").write_text('{"reproduction": ')  # killed while it was written
+    trained = {p: p.stat().st_mtime_ns for p in (out / "tiny-test").rglob("checkpoints/*")}
+    by_name, _ = reproduce_all(True, tmp_path, 1, progress=False, resume=out, names=names)
+    assert [c.reproduced for c in by_name["tiny-test"]] == [True, False], "judged again"
+    assert {p: p.stat().st_mtime_ns for p in trained} == trained, "from its runs, not retrained"
 
     docs = tmp_path / "docs"
     (docs / "notes").mkdir(parents=True)
@@ -272,6 +277,10 @@ def test_reproduce_all_resumes_after_a_kill_without_retraining_finished_runs(cli
     assert "2 of 3 claims reproduced over 2 reproductions" in again
     kept = json.loads((docs / "claims.json").read_text())
     assert [r["reproduction"] for r in kept["records"]] == sorted(names) and kept["mode"] == "quick"
+    args = ("--quick", "--runs-dir", tmp_path / "two", "--docs", docs / "claims.md", "-q")
+    code, _, err = cli("reproduce", "tiny-test", *args)
+    assert code == 2 and f"--docs: {docs / 'claims.md'} is not a directory" in err, err
+    assert not (tmp_path / "two").exists(), "refused before anything trained"
 
 
 def test_publishing_keeps_modes_apart_and_refuses_a_corrupt_record(tmp_path: Path) -> None:

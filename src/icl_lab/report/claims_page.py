@@ -6,7 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
-from icl_lab.errors import RunStoreError
+from icl_lab.errors import ConfigError, RunStoreError
 from icl_lab.files import atomic_write_text
 from icl_lab.report.html import figures_html, page
 
@@ -147,6 +147,21 @@ def write_claims_page(records: list[dict], out: Path, mode: str) -> None:
     atomic_write_text(out / "claims.html", claims_html(records, mode, out))
 
 
+def published_records(docs: Path, mode: str) -> list[dict]:
+    """The records published to docs in this mode so far; ConfigError if docs is not a directory,
+    RunStoreError if its record is damaged (checked before a reproduction trains, and again when
+    it publishes)."""
+    if docs.exists() and not docs.is_dir():
+        raise ConfigError(f"--docs: {docs} is not a directory")
+    kept = docs / f"{published_name(mode)}.json"
+    try:
+        return json.loads(kept.read_text())["records"] if kept.is_file() else []
+    except (ValueError, KeyError, TypeError) as e:
+        raise RunStoreError(
+            f"{kept} is not a published claims record ({e}); delete it to start afresh"
+        ) from None
+
+
 def publish(judged: list[tuple[dict, Path, str]], mode: str, docs: Path, keep_others: bool) -> None:
     """Publish reproductions, each (claims.json record, its directory, that directory's name for the
     page), to docs: figures copied to DOCS/images/STEM/NAME/ (replaced), records kept in
@@ -154,12 +169,7 @@ def publish(judged: list[tuple[dict, Path, str]], mode: str, docs: Path, keep_ot
     earlier in the same mode keep their sections; without, the page holds these alone."""
     stem = published_name(mode)
     kept = docs / f"{stem}.json"
-    try:
-        earlier = json.loads(kept.read_text())["records"] if keep_others and kept.is_file() else []
-    except (ValueError, KeyError) as e:
-        raise RunStoreError(
-            f"{kept} is not a published claims record ({e}); delete it to start afresh"
-        ) from None
+    earlier = published_records(docs, mode) if keep_others else []
     records = {r["reproduction"]: r for r in earlier}
     if not keep_others:
         shutil.rmtree(docs / "images" / stem, ignore_errors=True)

@@ -14,7 +14,7 @@ from icl_lab.errors import IclLabError
 from icl_lab.experiment import ExperimentConfig
 from icl_lab.files import atomic_write_text
 from icl_lab.registry import Registry
-from icl_lab.report.claims_page import claims_table, publish, write_claims_page
+from icl_lab.report.claims_page import claims_table, publish, published_records, write_claims_page
 from icl_lab.report.sweep import write_sweep_report
 from icl_lab.sae.config import SAERunConfig
 from icl_lab.store.run import Run
@@ -212,6 +212,8 @@ def reproduce(
     were first; a reproduction made of sweeps resumes on the device kind it started on). With `docs`, its
     section of the published page (docs/claims.md) is replaced, the others kept."""
     mode = "quick" if quick else "full"
+    if docs is not None:
+        published_records(docs, mode)  # a bad --docs is refused before the training, not after
     out = _out_dir(runs_dir, f"reproduce-{name}-{mode}-", resume, f"reproduction {name} ({mode} mode)")
     resumed = resume is not None
     claims = _reproduce_in(name, quick, out, workers, progress, resumed, reports=False, device=device)
@@ -261,6 +263,23 @@ def _reproduce_in(
     return claims
 
 
+def _judged(sub: Path, name: str) -> dict | None:
+    """The claims record of a reproduction judged in `sub`, or None if it has none; one that is
+    damaged (a kill while it was written, an edit) is set aside, and the reproduction is judged
+    again from its runs."""
+    path = sub / "claims.json"
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        if record["reproduction"] != name or not isinstance(record["claims"], list):
+            raise ValueError(f"it is not {name}'s")
+        return record
+    except (ValueError, KeyError, TypeError) as e:
+        Console(stderr=True).print(f"{path} is damaged ({type(e).__name__}: {e}): judging {name} again")
+        return None
+
+
 def reproduce_all(
     quick: bool,
     runs_dir: str | Path,
@@ -277,17 +296,21 @@ def reproduce_all(
     the records it is written from). With `resume`: reproductions already judged are kept as they
     are; an interrupted one keeps its finished runs and continues the others."""
     mode = "quick" if quick else "full"
+    if docs is not None:
+        published_records(docs, mode)
     out = _out_dir(runs_dir, f"reproduce-all-{mode}-", resume, f"reproduce all ({mode} mode)")
     records, names = [], names or REPRODUCTIONS.names()
     for i, name in enumerate(names):
         sub = out / name
-        if not (sub / "claims.json").is_file():
+        record = _judged(sub, name)
+        if record is None:
             if progress:
                 Console(stderr=True).print(f"[bold]reproduction {i + 1} of {len(names)}: {name}[/]")
             started = sub.is_dir()
             sub.mkdir(exist_ok=True)
             _reproduce_in(name, quick, sub, workers, progress, resumed=started, reports=True, device=device)
-        records.append(json.loads((sub / "claims.json").read_text()))
+            record = json.loads((sub / "claims.json").read_text())
+        records.append(record)
     write_claims_page(records, out, mode)
     if docs is not None:
         judged = [(r, out / r["reproduction"], f"{out.name}/{r['reproduction']}") for r in records]
