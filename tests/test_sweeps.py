@@ -323,6 +323,26 @@ def test_ray_executor_runs_a_sweep(tmp_path: Path) -> None:
     assert same_table(table, local)
 
 
+@pytest.mark.parametrize(
+    ("address", "message"),
+    [
+        ("127.0.0.1:1", "--address 127.0.0.1:1: no Ray cluster answers there ("),
+        ("ray://127.0.0.1:1", "--address ray://127.0.0.1:1: no Ray cluster answers there ("),
+        ("garbage", "--address garbage: no Ray cluster to join (Invalid address format: garbage)"),
+    ],
+)
+def test_a_ray_address_without_a_cluster_is_one_line_at_once(
+    cli, tmp_path: Path, address: str, message: str
+) -> None:
+    pytest.importorskip("ray", reason="the ray extra is not installed")
+    path = sweep_file(tmp_path, "r", [0])
+    args = ("--runs-dir", tmp_path, "-q", "--executor", "ray", "--address", address)
+    started = time.perf_counter()
+    code, _, err = cli("sweep", path, *args)
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert time.perf_counter() - started < 60
+
+
 def test_sweep_cli_status_and_report(cli, tmp_path: Path) -> None:
     path = sweep_file(tmp_path, "c", [0])
     text = yaml.safe_load(path.read_text())

@@ -13,6 +13,7 @@ import ctypes
 import json
 import multiprocessing
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable, Iterator
@@ -214,16 +215,37 @@ def _local(jobs: list[Job], workers: int) -> Iterator[tuple[int, tuple[str, str]
             yield from fill()
 
 
+def _reachable(address: str, timeout_s: float = 10.0) -> None:
+    """ConfigError unless a Ray address given as [ray://]host:port accepts a connection (ray.init
+    would wait minutes on one that does not); other forms ("auto") are left to Ray."""
+    import socket
+
+    from icl_lab.errors import ConfigError
+
+    found = re.fullmatch(r"(?:ray://)?([^:/]+):(\d+)", address)
+    if found is None:
+        return
+    try:
+        socket.create_connection((found[1], int(found[2])), timeout=timeout_s).close()
+    except OSError as e:
+        raise ConfigError(f"--address {address}: no Ray cluster answers there ({e})") from None
+
+
 def _ray(jobs: list[Job], workers: int, address: str | None) -> Iterator[tuple[int, tuple[str, str]]]:
+    from icl_lab.errors import ConfigError
+
     try:
         import ray
     except ImportError:
-        from icl_lab.errors import ConfigError
-
         raise ConfigError("the ray executor needs Ray: pip install 'icl-lab[ray]'") from None
     if not ray.is_initialized():
         options = {"address": address} if address else {"num_cpus": workers, "include_dashboard": False}
-        ray.init(ignore_reinit_error=True, log_to_driver=False, **options)
+        if address:
+            _reachable(address)
+        try:
+            ray.init(ignore_reinit_error=True, log_to_driver=False, **options)
+        except (ValueError, ConnectionError) as e:
+            raise ConfigError(f"--address {address}: no Ray cluster to join ({e})") from None
     task = ray.remote(num_cpus=1)(run_job)
     schedule, pending = Schedule(jobs, largest_first(jobs, workers)), {}
     while True:
@@ -236,7 +258,12 @@ def _ray(jobs: list[Job], workers: int, address: str | None) -> Iterator[tuple[i
                 pending[task.remote(*jobs[index].arguments())] = index
         if not pending:
             return
-        done, _ = ray.wait(list(pending), num_returns=1)
+        try:
+            done, _ = ray.wait(list(pending), num_returns=1)
+        except SystemError as e:  # a Ctrl-C inside Ray's compiled wait comes out wrapped
+            if isinstance(e.__cause__ or e.__context__, KeyboardInterrupt):
+                raise KeyboardInterrupt from None
+            raise
         for ref in done:
             index, result = pending.pop(ref), ray.get(ref)
             schedule.done(index, result[0])
