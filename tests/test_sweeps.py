@@ -364,6 +364,14 @@ def test_sweep_cli_status_and_report(cli, tmp_path: Path) -> None:
     assert code == 2 and "sweep file not found" in err
     code, _, err = cli("sweep", path, tmp_path / "elsewhere")
     assert code == 2 and f"takes no second argument ({tmp_path / 'elsewhere'})" in err
+    results = tmp_path / "c" / "results.parquet"
+    intact = results.read_bytes()
+    results.write_bytes(intact[:50])
+    code, _, err = cli("report", tmp_path / "c")
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"error: {results} is damaged (" in err and "run the sweep again to rebuild it" in err
+    code, _, err = cli("sweep", path, "--runs-dir", tmp_path, "--quiet", "--set", "seeds=[0]")
+    assert code == 0, err
     table = read_results(tmp_path / "c")
     assert table.filter(pc.equal(table["task.burstiness"], 2)).num_rows == 1
 

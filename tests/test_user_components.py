@@ -344,6 +344,18 @@ def test_a_task_error_names_the_line_of_the_users_code_that_raised_it(cli, tmp_p
     assert f"error in BuggyCounting.sample ({__file__}:{raising}): ValueError: bug in my sampler" in err
 
 
+def test_a_compiled_extension_is_not_taken_for_users_code(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    from icl_lab.errors import user_frame
+
+    (tmp_path / "t.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(Exception) as caught:  # pyarrow's own error, whatever its class
+        pq.read_table(tmp_path / "t.parquet")
+    assert ".pxi" in "".join(str(f.path) for f in caught.traceback), "through pyarrow's Cython"
+    assert user_frame(caught.value).startswith("test_a_compiled_extension_is_not_taken_for_users_code (")
+
+
 def test_a_task_that_fails_before_training_leaves_its_run_failed_not_running(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="bug in my sampler"):
         train(counting("test_buggy_counting", bug="raise"), str(tmp_path), progress=False)

@@ -21,9 +21,9 @@ def user_frame(error: BaseException) -> str | None:
     found, tb = None, error.__traceback__
     while tb is not None:
         code = tb.tb_frame.f_code
-        if not code.co_filename.startswith("<") and not str(Path(code.co_filename).resolve()).startswith(
-            _LIBRARY_DIRS
-        ):
+        path = Path(code.co_filename)
+        # compiled extensions name their sources relative to their build (pyarrow/error.pxi): no file
+        if path.is_file() and not str(path.resolve()).startswith(_LIBRARY_DIRS):
             found = f"{code.co_qualname} ({code.co_filename}:{tb.tb_lineno})"
         tb = tb.tb_next
     return found

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from icl_lab.analysis.summary import summarise
-from icl_lab.errors import ConfigError, IclLabError
+from icl_lab.errors import ConfigError, IclLabError, RunStoreError
 from icl_lab.files import atomic_write, atomic_write_text
 from icl_lab.store.run import Run
 from icl_lab.sweeps.config import TRANSITION_COLUMNS, SweepConfig, Unit, dump_sweep, expand, plan
@@ -124,7 +124,12 @@ def read_results(sweep_dir: Path) -> pa.Table:
     path = sweep_dir / RESULTS
     if not path.is_file():
         raise IclLabError(f"no results table yet in {sweep_dir} (run the sweep first)")
-    return pq.read_table(path)
+    try:
+        return pq.read_table(path)
+    except (pa.ArrowException, OSError) as e:
+        raise RunStoreError(
+            f"{path} is damaged ({e}): run the sweep again to rebuild it from its runs"
+        ) from None
 
 
 def sweep_status(sweep_dir: Path) -> tuple[Counter, list[tuple[str, int, str]]]:
