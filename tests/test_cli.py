@@ -160,9 +160,18 @@ def test_list_describes_each_component_by_its_docstrings_first_sentence() -> Non
     assert summary(None) == ""
 
 
-def test_list_runs_shows_status(cli, finished_run: Run) -> None:
+def test_list_runs_shows_status_and_damage(cli, finished_run: Run, tmp_path: Path) -> None:
     code, out, _ = cli("list", "runs", "--runs-dir", finished_run.path.parent)
     assert code == 0 and "complete" in out
+    damaged = copy_run(finished_run, tmp_path)
+    for path in (damaged / "checkpoints").glob("step_000000012.*"):
+        path.unlink()
+    code, out, _ = cli("list", "runs", "--runs-dir", tmp_path)
+    assert code == 0 and "damaged (below)" in out and "complete" not in out.split("damaged")[0]
+    assert f"{damaged}: run {finished_run.id} is marked complete, but its final checkpoint" in out
+    for where in (tmp_path / "nowhere", damaged / "config.yaml"):
+        code, _, err = cli("list", "runs", "--runs-dir", where)
+        assert code == 2 and f"--runs-dir: {where} is not a directory" in err
 
 
 def test_bad_cli_argument_exits_2_with_one_line(cli) -> None:

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from icl_lab.cli_options import Device, Quiet, resume_on
-from icl_lab.errors import IclLabError, Interrupted, user_frame
+from icl_lab.errors import IclLabError, Interrupted, RunStoreError, user_frame
 from icl_lab.sae_cli import app as sae_app
 
 app = typer.Typer(
@@ -73,7 +73,6 @@ def resume(
     ] = False,
 ) -> None:
     """Continue an interrupted run from its latest checkpoint, bit-identically on the CPU."""
-    from icl_lab.errors import RunStoreError
     from icl_lab.store.run import Run
     from icl_lab.training.trainer import resume as resume_run
 
@@ -204,15 +203,23 @@ def list_(
 
     table, notes = Table(show_header=True), []
     if what is Listable.runs:
+        if not runs_dir.is_dir():
+            raise RunStoreError(f"--runs-dir: {runs_dir} is not a directory (no runs trained there yet?)")
         for column in ("run", "kind", "status", "step", "created"):
             table.add_column(column)
         unreadable: dict[Path, str] = {}
         for r in list_runs(runs_dir, kinds=(Run, SAERun), unreadable=unreadable):
-            total = r.manifest.get("total_steps", "?")
+            total, status = r.manifest.get("total_steps", "?"), r.status
+            try:
+                if isinstance(r, Run):
+                    r.check_whole()
+            except IclLabError as e:
+                status = "damaged (below)"
+                notes.append(f"{r.path}: {e}")
             table.add_row(
                 str(r.path),
                 "SAE" if isinstance(r, SAERun) else "model",
-                r.status,
+                status,
                 f"{r.manifest.get('last_checkpoint', 0)}/{total}",
                 r.manifest["created"],
             )
