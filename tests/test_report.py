@@ -84,3 +84,12 @@ def test_report_renders_in_headless_chromium_without_console_errors(bursty_run: 
     assert 'data-figures="3/3"' in done.stdout, "every figure decoded and drawn"
     console = [line for line in done.stderr.splitlines() if ":CONSOLE" in line]
     assert console == [], console
+
+
+def test_splits_never_share_a_colour() -> None:
+    from icl_lab.report.figures import SPLIT_COLOURS, split_colours
+
+    text = split_colours(["train", "heldout", "repeated", "bank"])  # text_lm's; heldout was train's C0
+    assert text["train"] == SPLIT_COLOURS["train"] and len(set(text.values())) == 4
+    many = split_colours([f"s{i}" for i in range(10)] + ["iw"])
+    assert len(set(many.values())) == 10 and many["iw"] == SPLIT_COLOURS["iw"], "10 colours, then again"

@@ -1,6 +1,8 @@
 """Figures of a run, drawn from its run store: curves against steps (sequences on a second axis),
 the detected transition shaded, attention patterns with token labels. Each names its units and seed."""
 
+import itertools
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -16,6 +18,15 @@ from icl_lab.store.run import Run
 from icl_lab.tasks import TASKS, Batch, Task
 
 SPLIT_COLOURS = {"train": "C0", "ic": "C1", "ic2": "C2", "iw": "C3", "repeated": "C4", TRAIN_SPLIT: "C7"}
+
+
+def split_colours(splits: list[str]) -> dict[str, str]:
+    """A colour per split: the usual one for the splits of SPLIT_COLOURS, and for any other one
+    that none of these splits has (so two splits never share a colour)."""
+    taken = {SPLIT_COLOURS[s] for s in splits if s in SPLIT_COLOURS}
+    free = [c for c in (f"C{i}" for i in range(10)) if c not in SPLIT_COLOURS.values()]
+    others = itertools.cycle(free + [c for c in SPLIT_COLOURS.values() if c not in taken])
+    return {s: SPLIT_COLOURS.get(s) or next(others) for s in splits}
 
 
 def _time_axis(ax: Axes, run: Run, transition: Transition | None, top: bool) -> None:
@@ -46,8 +57,8 @@ def training_curves(run: Run, transition: Transition | None) -> Figure:
     fig, (loss_ax, acc_ax) = plt.subplots(2, 1, figsize=(8, 6), sharex=True, constrained_layout=True)
     steps, loss = run.curve("loss", TRAIN_SPLIT)
     loss_ax.plot(steps, loss, color=SPLIT_COLOURS[TRAIN_SPLIT], lw=1, label="training batches")
-    for split in _splits(run):
-        colour = SPLIT_COLOURS.get(split)
+    splits = _splits(run)
+    for split, colour in split_colours(splits).items():
         loss_ax.plot(*run.curve("loss", split), color=colour, label=split)
         acc_ax.plot(*run.curve("accuracy", split), color=colour, label=split)
     loss_ax.set_ylabel(f"loss ({loss_unit(run)})")
@@ -56,6 +67,8 @@ def training_curves(run: Run, transition: Transition | None) -> Figure:
     _time_axis(loss_ax, run, transition, top=True)
     _time_axis(acc_ax, run, transition, top=False)
     loss_ax.legend(fontsize=8)
+    if any(line.get_xdata().size for line in acc_ax.get_lines()):
+        acc_ax.legend(fontsize=8)
     fig.suptitle(f"{run.id}: loss and accuracy per split ({run.whose()})", fontsize=10)
     return fig
 
