@@ -660,3 +660,21 @@ def test_noise_effect_by_budget_reads_each_runs_curve(tmp_path: Path) -> None:
     )
     assert "Adam 1e-3, 1,500 steps (alpha = 0.0): IC 0.90 0.30" in claim.ours and claim.seeds == (0,)
     assert claim.reproduced == (ic[1] >= ic[0] + 0.05 and iw[1] <= iw[0] - 0.05)
+
+
+@pytest.mark.parametrize("which", ["tiny-test", "all"])
+def test_an_interrupted_reproduction_says_how_to_continue_it(
+    cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, which: str
+) -> None:
+    from icl_lab.errors import Interrupted
+    from icl_lab.reproduce import base
+
+    def stopped(*args: object, **kwargs: object) -> None:
+        raise Interrupted("SIGTERM")
+
+    monkeypatch.setattr(base, "_reproduce_in", stopped)
+    code, _, err = cli("reproduce", which, "--quick", "--runs-dir", tmp_path, "-q")
+    (out,) = tmp_path.glob(f"reproduce-{which}-quick-*")
+    assert code == 143 and err.strip() == (
+        f"interrupted (SIGTERM); continue with: icl-lab reproduce {which} --quick --resume {out}"
+    )

@@ -321,3 +321,21 @@ def test_list_runs_shows_sae_runs_beside_model_runs(sae_run: SAERun, cli) -> Non
     assert code == 0, err
     rows = [line for line in out.splitlines() if "complete" in line]
     assert len(rows) == 2 and any("SAE" in r for r in rows) and any("model" in r for r in rows)
+
+
+def test_an_interrupted_sae_run_says_how_to_continue_it(
+    model_run: Path, tmp_path: Path, cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from icl_lab.errors import Interrupted
+    from icl_lab.sae.run import SAETrainer
+
+    def stopped(self: SAETrainer) -> None:
+        raise Interrupted("SIGINT")
+
+    monkeypatch.setattr(SAETrainer, "train_step", stopped)
+    path = tmp_path / "sae.yaml"
+    path.write_text(yaml.safe_dump(sae_data(model_run)))
+    code, _, err = cli("sae", "train", path, "--runs-dir", tmp_path / "runs", "-q")
+    (run,) = (tmp_path / "runs").iterdir()
+    assert code == 130 and err.strip() == f"interrupted (SIGINT); continue with: icl-lab sae resume {run}"
+    assert SAERun.open(run).status == "interrupted"

@@ -550,7 +550,7 @@ def main() -> None:
         if DEBUG:
             raise
         after = (
-            f"; continue with: icl-lab resume {stop.run_path}{_from(stop.run_path)}" if stop.run_path else ""
+            f"; continue with: {stop.resume} {stop.run_path}{_from(stop.run_path)}" if stop.run_path else ""
         )
         _fail(f"interrupted ({stop.signal_name}){after}", 143 if stop.signal_name == "SIGTERM" else 130)
     except typer.exceptions.TyperException as e:  # the parser's errors: a bad argument or option

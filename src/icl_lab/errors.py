@@ -63,7 +63,8 @@ class Interrupted(BaseException):
     def __init__(self, signal_name: str) -> None:
         super().__init__(signal_name)
         self.signal_name = signal_name
-        self.run_path: object = None
+        self.run_path: object = None  # what stopped: "continue with: {resume} {run_path}"
+        self.resume = "icl-lab resume"
 
 
 class ComponentError(IclLabError):

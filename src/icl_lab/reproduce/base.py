@@ -1,8 +1,10 @@
 """Reproductions: a paper's findings, the experiments that test them, and an honest verdict each."""
 
+import contextlib
 import json
 import statistics
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import ClassVar
@@ -10,7 +12,7 @@ from typing import ClassVar
 import pyarrow as pa
 from rich.console import Console
 
-from icl_lab.errors import IclLabError
+from icl_lab.errors import IclLabError, Interrupted
 from icl_lab.experiment import ExperimentConfig
 from icl_lab.files import atomic_write_text
 from icl_lab.registry import Registry
@@ -216,7 +218,8 @@ def reproduce(
         published_records(docs, mode)  # a bad --docs is refused before the training, not after
     out = _out_dir(runs_dir, f"reproduce-{name}-{mode}-", resume, f"reproduction {name} ({mode} mode)")
     resumed = resume is not None
-    claims = _reproduce_in(name, quick, out, workers, progress, resumed, reports=False, device=device)
+    with _resumable(f"icl-lab reproduce {name}{' --quick' * quick} --resume", out):
+        claims = _reproduce_in(name, quick, out, workers, progress, resumed, reports=False, device=device)
     if docs is not None:
         publish(
             [(json.loads((out / "claims.json").read_text()), out, out.name)], mode, docs, keep_others=True
@@ -263,6 +266,16 @@ def _reproduce_in(
     return claims
 
 
+@contextlib.contextmanager
+def _resumable(command: str, out: Path) -> Iterator[None]:
+    """An interrupt inside says how to continue: `command out` (the command line prints it)."""
+    try:
+        yield
+    except Interrupted as stop:
+        stop.run_path, stop.resume = out, command
+        raise
+
+
 def _judged(sub: Path, name: str) -> dict | None:
     """The claims record of a reproduction judged in `sub`, or None if it has none; one that is
     damaged (a kill while it was written, an edit) is set aside, and the reproduction is judged
@@ -300,17 +313,18 @@ def reproduce_all(
         published_records(docs, mode)
     out = _out_dir(runs_dir, f"reproduce-all-{mode}-", resume, f"reproduce all ({mode} mode)")
     records, names = [], names or REPRODUCTIONS.names()
-    for i, name in enumerate(names):
-        sub = out / name
-        record = _judged(sub, name)
-        if record is None:
-            if progress:
-                Console(stderr=True).print(f"[bold]reproduction {i + 1} of {len(names)}: {name}[/]")
-            started = sub.is_dir()
-            sub.mkdir(exist_ok=True)
-            _reproduce_in(name, quick, sub, workers, progress, resumed=started, reports=True, device=device)
-            record = json.loads((sub / "claims.json").read_text())
-        records.append(record)
+    with _resumable(f"icl-lab reproduce all{' --quick' * quick} --resume", out):
+        for i, name in enumerate(names):
+            sub = out / name
+            record = _judged(sub, name)
+            if record is None:
+                if progress:
+                    Console(stderr=True).print(f"[bold]reproduction {i + 1} of {len(names)}: {name}[/]")
+                started = sub.is_dir()
+                sub.mkdir(exist_ok=True)
+                _reproduce_in(name, quick, sub, workers, progress, started, reports=True, device=device)
+                record = json.loads((sub / "claims.json").read_text())
+            records.append(record)
     write_claims_page(records, out, mode)
     if docs is not None:
         judged = [(r, out / r["reproduction"], f"{out.name}/{r['reproduction']}") for r in records]

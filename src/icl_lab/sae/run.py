@@ -324,7 +324,7 @@ class SAETrainer:
         except (KeyboardInterrupt, Interrupted) as e:
             run.record(status="interrupted", interrupted_at=self.fitter.step)
             if isinstance(e, Interrupted):
-                e.run_path = run.path
+                e.run_path, e.resume = run.path, "icl-lab sae resume"
             raise
         except DivergenceError:
             raise
