@@ -162,6 +162,10 @@ def test_clamps_are_checked_against_the_model_and_the_task() -> None:
             {"kind": "ablate_preserving", "heads": ["1.0"], "preserve": "pattern", "layers": [1]},
             "must come after",
         ),
+        (
+            {"kind": "ablate_preserving", "heads": ["1.0"], "preserve": "v"},
+            "no layer after the ablated heads' layer 1 preserves their v: this would be a plain ablation",
+        ),
         ({"kind": "graft", "hook": "blocks.0.hook_nope", "source": "."}, "no hook point"),
         ({"kind": "graft", "hook": "blocks.0.hook_attn_out", "source": "/nowhere"}, "not a run directory"),
     ]

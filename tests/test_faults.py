@@ -656,7 +656,8 @@ def test_an_unexpected_error_is_one_line_unless_debug(
 def test_curves_of_a_member_head_or_summary_the_run_cannot_have_are_refused(tmp_path: Path) -> None:
     run = trained(tmp_path)
     for member in (1, -1):
-        with pytest.raises(RunStoreError, match=f"run {run.id} has no member {member} \\(it has 1\\)"):
+        only = f"run {run.id} has no member {member} \\(it has only member 0\\)"
+        with pytest.raises(RunStoreError, match=only):
             run.curve("loss", "train", member=member)
         with pytest.raises(RunStoreError, match=f"has no member {member}"):
             run.head_curves("prefix_matching", "train", member=member)

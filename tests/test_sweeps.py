@@ -329,6 +329,7 @@ def test_ray_executor_runs_a_sweep(tmp_path: Path) -> None:
         ("127.0.0.1:1", "--address 127.0.0.1:1: no Ray cluster answers there ("),
         ("ray://127.0.0.1:1", "--address ray://127.0.0.1:1: no Ray cluster answers there ("),
         ("garbage", "--address garbage: no Ray cluster to join (Invalid address format: garbage)"),
+        ("127.0.0.1:1 local", "--address names a Ray cluster: give --executor ray with it"),
     ],
 )
 def test_a_ray_address_without_a_cluster_is_one_line_at_once(
@@ -336,7 +337,8 @@ def test_a_ray_address_without_a_cluster_is_one_line_at_once(
 ) -> None:
     pytest.importorskip("ray", reason="the ray extra is not installed")
     path = sweep_file(tmp_path, "r", [0])
-    args = ("--runs-dir", tmp_path, "-q", "--executor", "ray", "--address", address)
+    address, _, executor = address.partition(" ")
+    args = ("--runs-dir", tmp_path, "-q", "--executor", executor or "ray", "--address", address)
     started = time.perf_counter()
     code, _, err = cli("sweep", path, *args)
     assert code == 2 and err.count("\n") == 1 and message in err, err

@@ -204,3 +204,13 @@ def test_a_text_run_refuses_to_go_on_after_its_corpus_changed(tmp_path: Path, cl
     code, _, err = cli("eval", run.path)
     assert code == 2 and err.count("\n") == 1, err
     assert f"run {run.id} was trained on other data than task.corpus {corpus} gives now" in err
+
+
+def test_a_vocab_size_for_the_byte_tokenizer_is_refused(cli, tmp_path: Path) -> None:
+    config = tiny_config().model_dump(mode="json", by_alias=True)
+    corpus = str(_corpus(tmp_path / "corpus"))
+    config["task"] = {"name": "text_lm", "corpus": corpus, "seq_len": 16, "vocab_size": 5000}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    code, _, err = cli("train", tmp_path / "c.yaml", "--runs-dir", tmp_path / "runs")
+    assert code == 2 and err.count("\n") == 1
+    assert "vocab_size (5000) sizes a BPE vocabulary; the byte tokenizer's is always 257" in err

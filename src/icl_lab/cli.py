@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from icl_lab.cli_options import Device, Quiet, resume_on
-from icl_lab.errors import IclLabError, Interrupted, RunStoreError, user_frame
+from icl_lab.errors import ConfigError, IclLabError, Interrupted, RunStoreError, user_frame
 from icl_lab.sae_cli import app as sae_app
 
 app = typer.Typer(
@@ -383,6 +383,8 @@ def sweep(
     from icl_lab.sweeps.config import load_sweep
     from icl_lab.sweeps.run import run_sweep
 
+    if address is not None and executor.value != "ray":
+        raise ConfigError("--address names a Ray cluster: give --executor ray with it")
     config = load_sweep(target, set_ or [])
     out = runs_dir / config.name
     results = run_sweep(config, out, executor.value, workers, progress=not quiet, address=address)
@@ -444,7 +446,6 @@ def reproduce_(
     """Train a paper's experiments and print each of its claims beside our measurement; 'all' runs
     every reproduction in turn and writes one page of all their claims (claims.md, claims.html)."""
     from icl_lab.config import check_device
-    from icl_lab.errors import ConfigError
     from icl_lab.report.claims_page import published_name
     from icl_lab.reproduce import REPRODUCTIONS, reproduce, reproduce_all
 

@@ -82,6 +82,11 @@ class AblatePreserving(Clamp):
 
     def check(self, model: Model) -> None:
         last = max(parse_heads(self.heads, model))
+        if not self._layers(model):
+            raise ValueError(
+                f"no layer after the ablated heads' layer {last} preserves their {self.preserve}: "
+                "this would be a plain ablation (kind: ablate)"
+            )
         for layer in self._layers(model):
             if not last < layer < model.n_layers:
                 raise ValueError(f"preserving layer {layer} must come after the ablated heads' layer {last}")

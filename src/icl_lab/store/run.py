@@ -201,7 +201,9 @@ class Run(RunDirectory):
         """The config of one ensemble member; RunStoreError if the run has no such member."""
         member = self._member(member)
         if not 0 <= member < len(self.configs):
-            raise RunStoreError(f"run {self.id} has no member {member} (it has {len(self.configs)})")
+            count = len(self.configs)
+            which = "only member 0" if count == 1 else f"members 0 to {count - 1}"
+            raise RunStoreError(f"run {self.id} has no member {member} (it has {which})")
         return self.configs[member]
 
     def eval_data(

@@ -70,6 +70,10 @@ class TextLMConfig(TaskConfig):
         _, files = corpus_files(self.corpus, self.max_documents)  # cheap: lists, reads nothing
         if len(files) < 2:
             raise ValueError(f"corpus {self.corpus} has {len(files)} document(s): too few to hold any out")
+        if self.tokenizer == "byte" and self.vocab_size != type(self).model_fields["vocab_size"].default:
+            raise ValueError(
+                f"vocab_size ({self.vocab_size}) sizes a BPE vocabulary; the byte tokenizer's is always 257"
+            )
         return self
 
     @property
