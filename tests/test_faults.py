@@ -133,6 +133,24 @@ def test_a_disk_that_fills_up_mid_checkpoint(tmp_path: Path, monkeypatch: pytest
         assert not list((tmp_path / "small").rglob("*.tmp"))
 
 
+@pytest.mark.parametrize("size", ["8k", "200k"], ids=["no room for a run", "no room for its checkpoints"])
+def test_runs_stop_starting_once_one_could_not_write(tmp_path: Path, size: str) -> None:
+    from icl_lab.errors import IclLabError
+    from icl_lab.sweeps.execute import run_configs
+
+    configs = [tiny_config(seed=seed) for seed in range(4)]
+    with tmpfs(tmp_path / "small", size) as mounted:
+        if not mounted:
+            pytest.skip("cannot mount a tmpfs here (not root)")
+        with pytest.raises(IclLabError) as caught:
+            run_configs(configs, tmp_path / "small", workers=1, progress=False, ensemble="none")
+        message = str(caught.value)
+        assert message.startswith("4 of 4 runs failed; the first: 000-tiny: StorageError: cannot write")
+        assert "No space left on device" in message and "\n" not in message
+        made = [p.name for p in (tmp_path / "small").iterdir() if p.name != "ensembles.json"]
+        assert made in ([], ["000-tiny"]), "the first run only, and nothing half-made (staging)"
+
+
 def test_report_and_resume_on_a_read_only_disk(tmp_path: Path) -> None:
     with tmpfs(tmp_path / "disk", "8m") as mounted:
         if not mounted:

@@ -74,8 +74,12 @@ class RunDirectory:
             staging.mkdir()
         except OSError as e:
             raise storage_error("create a run directory in", runs, e) from None
-        for name, text in files.items():
-            atomic_write_text(staging / name, text)
+        try:
+            for name, text in files.items():
+                atomic_write_text(staging / name, text)
+        except IclLabError:  # a full disk: nothing half-made is left behind
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         return path, staging
 
     def _commit(self, path: Path) -> None:

@@ -31,7 +31,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from icl_lab.errors import IclLabError, Interrupted
+from icl_lab.errors import IclLabError, Interrupted, StorageError
 from icl_lab.experiment import ExperimentConfig
 from icl_lab.files import atomic_write_text
 from icl_lab.sae.config import SAERunConfig
@@ -136,13 +136,18 @@ class Schedule:
     def __init__(self, jobs: list[Job], order: list[int]) -> None:
         self.jobs, self.waiting = jobs, list(order)
         self.status: dict[int, str] = {}
+        self.halted = ""
 
-    def done(self, index: int, status: str) -> None:
+    def done(self, index: int, status: str, error: str = "") -> None:
         self.status[index] = status
+        if error.startswith(f"{StorageError.__name__}:"):  # a full or read-only disk fails every job
+            self.halted = f"not started: {self.jobs[index].path.name} could not write its files"
 
     def take(self) -> tuple[int, tuple[str, str] | None] | None:
-        """The next job to run (index, None); a job after a failed one, already settled
-        (index, ("failed", why)); or None when nothing is ready now."""
+        """The next job to run (index, None); a job after a failed one, or any once a job could
+        not write, already settled (index, ("failed", why)); or None when nothing is ready now."""
+        if self.halted and self.waiting:
+            return self.waiting.pop(0), ("failed", self.halted)
         for i in self.waiting:
             after = self.jobs[i].after
             blocked = [self.jobs[d].path.name for d in after if self.status.get(d, "complete") != "complete"]
@@ -210,7 +215,7 @@ def _local(jobs: list[Job], workers: int) -> Iterator[tuple[int, tuple[str, str]
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
                 index = running.pop(future)
-                schedule.done(index, future.result()[0])
+                schedule.done(index, *future.result())
                 yield index, future.result()
             yield from fill()
 
@@ -266,7 +271,7 @@ def _ray(jobs: list[Job], workers: int, address: str | None) -> Iterator[tuple[i
             raise
         for ref in done:
             index, result = pending.pop(ref), ray.get(ref)
-            schedule.done(index, result[0])
+            schedule.done(index, *result)
             yield index, result
 
 
@@ -341,12 +346,13 @@ def run_configs(
         jobs.append(Job(Path(runs_dir) / name, members, after))
     results = execute(jobs, "local", workers, progress)
     failed = [
-        f"{job.path.name}: {error}"
+        (error.startswith(("not started", "it needs")), f"{job.path.name}: {error}")
         for job, (status, error) in zip(jobs, results, strict=True)
         if status == "failed"
     ]
     if failed:
-        raise IclLabError("runs failed: " + "; ".join(failed))
+        first = min(failed, key=lambda f: f[0])[1]  # a run's own failure before those it caused
+        raise IclLabError(f"{len(failed)} of {len(jobs)} runs failed; the first: {first}")
     runs = [(SAERun if job.kind == "sae" else Run).open(job.path) for job in jobs]
     return [
         runs[job].view(member) if isinstance(runs[job], Run) else runs[job]
