@@ -323,6 +323,19 @@ def test_a_graft_from_a_donor_of_another_shape_is_refused_up_front(tmp_path: Pat
         err, "clamps.0: graft source's blocks.0.hook_attn_out has shape (1, 16, 32), this model's (1, 16, 16)"
     )
     assert not (tmp_path / "runs").exists()
+    late = f"clamps=[{{kind: graft, hook: blocks.0.hook_attn_out, source: {donor.path}, step: 7}}]"
+    code, _, err = cli("train", config_file(tmp_path), "--set", late, "--runs-dir", tmp_path / "runs")
+    assert code == 2
+    one_line(err, f"clamps.0: graft source {donor.path} has no checkpoint at step 7 (its checkpoints: 0, 4,")
+    other = train(tiny_config(task={"vocab_size": 24}), str(tmp_path / "other"), progress=False)
+    graft = f"clamps=[{{kind: graft, hook: blocks.0.hook_attn_out, source: {other.path}}}]"
+    code, _, err = cli("train", config_file(tmp_path), "--set", graft, "--runs-dir", tmp_path / "runs")
+    assert code == 2
+    one_line(
+        err,
+        f"clamps.0: graft source {other.path} reads other inputs or gives other outputs (token ids below 24 "
+        "at 16 positions, 24 outputs at every position; this model: token ids below 16 at 16 positions",
+    )
 
 
 # configs ------------------------------------------------------------------------------------------

@@ -63,13 +63,20 @@ class Graft(Clamp):
         if self.hook not in model.hook_dict:
             raise ValueError(f"model has no hook point {self.hook!r}")
         try:
-            config = Run.open(self.source).member_config(self.member)
+            run = Run.open(self.source)
+            config = run.member_config(self.member)
         except IclLabError as e:
             raise ValueError(f"graft source: {e}") from None
+        if self.step is not None and self.step not in run.checkpoint_steps:
+            raise ValueError(
+                f"graft source {self.source} has no checkpoint at step {self.step} "
+                f"(its checkpoints: {', '.join(map(str, run.checkpoint_steps)) or 'none'})"
+            )
         donor_model = build_model(config, device="meta")
         if donor_model.io != model.io:
             raise ValueError(
-                f"graft source {self.source} reads other inputs ({donor_model.io} vs {model.io})"
+                f"graft source {self.source} reads other inputs or gives other outputs "
+                f"({donor_model.io}; this model: {model.io})"
             )
         if self.hook not in donor_model.hook_dict:
             raise ValueError(f"graft source {self.source} has no hook point {self.hook!r}")

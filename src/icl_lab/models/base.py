@@ -26,6 +26,16 @@ class ModelIO:
     d_input: int | None = None
     target_positions: tuple[int, ...] | None = None
 
+    @property
+    def inputs(self) -> str:
+        """The inputs in words, e.g. "token ids below 16 at 32 positions"."""
+        what = f"token ids below {self.d_vocab}" if self.d_vocab else f"vectors of width {self.d_input}"
+        return f"{what} at {self.n_ctx} positions"
+
+    def __str__(self) -> str:
+        at = "every position" if self.target_positions is None else f"positions {list(self.target_positions)}"
+        return f"{self.inputs}, {self.d_out} outputs at {at}"
+
 
 class Model(HookedModule):
     """A hookable sequence model: inputs (batch, pos) ids or (batch, pos, d_input) -> logits."""

@@ -66,8 +66,7 @@ class Source:
 def _inputs(config: ExperimentConfig) -> tuple[int | None, int | None, int, str]:
     """(vocabulary, input width, positions, in words) of the inputs a config's task gives its model."""
     io = TASKS.get(config.task.name).io(config.task)
-    what = f"token ids below {io.d_vocab}" if io.d_vocab else f"vectors of width {io.d_input}"
-    return io.d_vocab, io.d_input, io.n_ctx, f"{what} at {io.n_ctx} positions"
+    return io.d_vocab, io.d_input, io.n_ctx, io.inputs
 
 
 def open_source(config: SAERunConfig, device: str = "cpu", step: int | None = None) -> Source:
