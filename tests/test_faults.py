@@ -151,6 +151,15 @@ def test_runs_stop_starting_once_one_could_not_write(tmp_path: Path, size: str) 
         assert made in ([], ["000-tiny"]), "the first run only, and nothing half-made (staging)"
 
 
+def test_a_write_error_says_why_even_without_an_errno() -> None:
+    from icl_lab.files import storage_error
+
+    full = OSError(errno.ENOSPC, "No space left on device")
+    assert str(storage_error("write", Path("/d/f"), full)) == "cannot write /d/f: No space left on device"
+    short = OSError("60622 requested and 32768 written")  # numpy's tofile on a full disk
+    assert str(storage_error("write", Path("/d/f"), short)).endswith("32768 written (is the disk full?)")
+
+
 def test_report_and_resume_on_a_read_only_disk(tmp_path: Path) -> None:
     with tmpfs(tmp_path / "disk", "8m") as mounted:
         if not mounted:

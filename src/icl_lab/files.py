@@ -26,7 +26,9 @@ def cache_root() -> Path:
 
 def storage_error(action: str, path: Path, error: OSError) -> StorageError:
     """One line naming what could not be done to which file, and why (disk full, read-only...)."""
-    return StorageError(f"cannot {action} {path}: {error.strerror or error}")
+    # a short write (numpy's tofile) comes without an errno: say what it most likely was
+    why = error.strerror or (f"{error} (is the disk full?)" if error.errno is None else str(error))
+    return StorageError(f"cannot {action} {path}: {why}")
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
