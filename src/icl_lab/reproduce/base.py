@@ -289,7 +289,8 @@ def _judged(sub: Path, name: str) -> dict | None:
             raise ValueError(f"it is not {name}'s")
         return record
     except (ValueError, KeyError, TypeError) as e:
-        Console(stderr=True).print(f"{path} is damaged ({type(e).__name__}: {e}): judging {name} again")
+        why = f"{path} is damaged ({type(e).__name__}: {e}): judging {name} again"
+        Console(stderr=True).print(why, markup=False, highlight=False, soft_wrap=True)
         return None
 
 
