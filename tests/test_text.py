@@ -1,6 +1,7 @@
 """Real text offline: corpora split by document, tokenisers that round-trip, cached token streams,
 and the text_lm task's windows and diagnostics."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -150,6 +151,12 @@ def test_a_text_model_trains_and_its_run_keeps_the_tokeniser(tmp_path: Path) -> 
     page = write_report(run).read_text()
     assert (run.path / "report" / "loss_by_position.png").stat().st_size > 5_000
     assert "Greedy samples" in page and page.count("[[ ") == 1 + 3, "the title, then three samples"
+    info = json.loads((run.path / "corpus.json").read_text())
+    assert (
+        f"{tmp_path}: 4 training and 1 held-out documents, {info['tokens']['train']:,} and "
+        f"{info['tokens']['test']:,} tokens (bpe, vocabulary {info['vocab_size']}); 0 bytes that were "
+        "not UTF-8 read as U+FFFD"
+    ) in page
     samples = greedy_samples(run, n=2, prompt=8, new=12)
     assert len(samples) == 2 and all(set(c.split()) <= {"to", "be", "or", "not"} for _, c in samples)
 
@@ -214,3 +221,19 @@ def test_a_vocab_size_for_the_byte_tokenizer_is_refused(cli, tmp_path: Path) -> 
     code, _, err = cli("train", tmp_path / "c.yaml", "--runs-dir", tmp_path / "runs")
     assert code == 2 and err.count("\n") == 1
     assert "vocab_size (5000) sizes a BPE vocabulary; the byte tokenizer's is always 257" in err
+
+
+def test_a_sweep_does_not_reuse_a_run_whose_corpus_changed(tmp_path: Path) -> None:
+    from icl_lab.errors import IclLabError
+    from icl_lab.sweeps.execute import run_configs
+
+    corpus = _corpus(tmp_path / "corpus")
+    config = tiny_config(
+        task={"name": "text_lm", "corpus": str(corpus), "seq_len": 16}, training={"length": {"steps": 4}}
+    )
+    (run,) = run_configs([config], tmp_path / "runs", workers=1, progress=False)
+    assert run_configs([config], tmp_path / "runs", workers=1, progress=False)[0].path == run.path
+    with (corpus / "doc2.txt").open("a") as f:
+        f.write(" or not")
+    with pytest.raises(IclLabError, match=f"RunStoreError: run {run.id} was trained on other data than"):
+        run_configs([config], tmp_path / "runs", workers=1, progress=False)

@@ -221,6 +221,12 @@ class Run(RunDirectory):
             self._eval_data[key] = task, eval_batches(config, task, torch.device(device))
         return self._eval_data[key]
 
+    def check_recorded_data(self) -> None:
+        """check_data for every member whose data the run recorded (tasks that read files only: the
+        others are not built), e.g. before a sweep reuses the run."""
+        for member in map(int, self.manifest.get("data", {})):
+            self.check_data(member, build_task(self.member_config(member)))
+
     def check_data(self, member: int, task: Task) -> None:
         """RunStoreError if the files a member's task reads hold other data than the run recorded
         when it started (Task.data_digest): its curves and checkpoints would not be of these data."""

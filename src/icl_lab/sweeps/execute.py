@@ -103,6 +103,7 @@ def run_job(path: str, configs_yaml: list[str], kind: str = "model") -> tuple[st
             if kind == "model":
                 run.check_sources()
                 run.check_whole()
+                run.check_recorded_data()
             if run.status != "complete":  # on the device asked for now, not the one it started on
                 for stored, asked in zip(
                     run.configs if kind == "model" else [run.config], configs, strict=True

@@ -210,12 +210,23 @@ class TextLMTask(Task):
         return {"Held-out loss by token position": save_png(fig, out / "loss_by_position.png")}
 
     def report_texts(self, run: "Run") -> dict[str, str]:
-        """Greedy continuations of held-out passages by the latest model."""
+        """The corpus as the run read it, and greedy continuations of held-out passages by the
+        latest model."""
         from icl_lab.analysis.text import greedy_samples
 
+        info, documents = self.streams.info, self.streams.info["documents"]
+        corpus = (
+            f"{self.config.corpus}: {documents['train']:,} training and {documents['test']:,} "
+            f"held-out documents, {info['tokens']['train']:,} and {info['tokens']['test']:,} tokens "
+            f"({self.config.tokenizer}, vocabulary {info['vocab_size']:,}); "
+            f"{info['replaced_bytes']:,} bytes that were not UTF-8 read as U+FFFD"
+        )
         samples = greedy_samples(run)
         text = "\n\n".join(f"{prompt}[[ {continuation} ]]" for prompt, continuation in samples)
-        return {"Greedy samples (held-out prompt, then [[ the model's continuation ]])": text}
+        return {
+            "Corpus": corpus,
+            "Greedy samples (held-out prompt, then [[ the model's continuation ]])": text,
+        }
 
     def data_digest(self) -> tuple[str, str]:
         return f"task.corpus {self.config.corpus}", self.streams.info["digest"]
