@@ -412,7 +412,8 @@ def test_stopping_a_sweep_stops_its_workers_and_leaves_runs_resumable(tmp_path: 
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
     if sig == signal.SIGTERM:
-        assert proc.returncode == 143 and err.strip() == "interrupted (SIGTERM)", err
+        again = f"icl-lab sweep {path} --runs-dir {tmp_path / 'out'} --executor local --workers 2"
+        assert proc.returncode == 143 and err.strip() == f"interrupted (SIGTERM); continue with: {again}", err
     assert time.time() < deadline, "a worker outlived the sweep"
     statuses = [Run.open(run).status for run in sorted(runs.iterdir())]  # a killed run's lock is free
     assert statuses == ["interrupted", "interrupted"], "the two running runs stopped, no queued one began"

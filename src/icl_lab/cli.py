@@ -5,6 +5,7 @@ exits with code 2.
 """
 
 import itertools
+import shlex
 import signal
 from enum import StrEnum
 from pathlib import Path
@@ -387,7 +388,13 @@ def sweep(
         raise ConfigError("--address names a Ray cluster: give --executor ray with it")
     config = load_sweep(target, set_ or [])
     out = runs_dir / config.name
-    results = run_sweep(config, out, executor.value, workers, progress=not quiet, address=address)
+    try:
+        results = run_sweep(config, out, executor.value, workers, progress=not quiet, address=address)
+    except Interrupted as stop:  # the same command continues it
+        again = ["icl-lab", "sweep", target, *(a for s in set_ or [] for a in ("--set", s))]
+        again += ["--runs-dir", str(runs_dir), "--executor", executor.value, "--workers", str(workers)]
+        stop.continue_with = shlex.join([*again, *(["--address", address] if address else [])])
+        raise
     statuses = results.column("status").to_pylist()
     console.print(
         f"{statuses.count('complete')} of {len(statuses)} points complete; results: {out / 'results.parquet'}"
@@ -551,7 +558,11 @@ def main() -> None:
         if DEBUG:
             raise
         after = (
-            f"; continue with: {stop.resume} {stop.run_path}{_from(stop.run_path)}" if stop.run_path else ""
+            f"; continue with: {stop.continue_with}"
+            if stop.continue_with
+            else f"; continue with: icl-lab resume {stop.run_path}{_from(stop.run_path)}"
+            if stop.run_path
+            else ""
         )
         _fail(f"interrupted ({stop.signal_name}){after}", 143 if stop.signal_name == "SIGTERM" else 130)
     except typer.exceptions.TyperException as e:  # the parser's errors: a bad argument or option

@@ -63,8 +63,8 @@ class Interrupted(BaseException):
     def __init__(self, signal_name: str) -> None:
         super().__init__(signal_name)
         self.signal_name = signal_name
-        self.run_path: object = None  # what stopped: "continue with: {resume} {run_path}"
-        self.resume = "icl-lab resume"
+        self.run_path: object = None  # the model run that stopped: continue with `icl-lab resume` of it
+        self.continue_with: str | None = None  # or this command (an SAE run, a sweep, a reproduction)
 
 
 class ComponentError(IclLabError):

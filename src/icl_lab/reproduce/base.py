@@ -272,7 +272,7 @@ def _resumable(command: str, out: Path) -> Iterator[None]:
     try:
         yield
     except Interrupted as stop:
-        stop.run_path, stop.resume = out, command
+        stop.continue_with = f"{command} {out}"
         raise
 
 

@@ -323,7 +323,7 @@ class SAETrainer:
         except (KeyboardInterrupt, Interrupted) as e:
             run.record(status="interrupted", interrupted_at=self.fitter.step)
             if isinstance(e, Interrupted):
-                e.run_path, e.resume = run.path, "icl-lab sae resume"
+                e.continue_with = f"icl-lab sae resume {run.path}"
             raise
         except DivergenceError:
             raise
