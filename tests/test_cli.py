@@ -231,3 +231,32 @@ def test_runs_stored_before_new_config_fields_keep_their_hashes() -> None:
     assert {name: load_config(name, old_gd if name == "gd" else []).hash() for name in before} == before
     repeated = load_config("induction", ["task.repeat={fraction: 0.5, epochs: 2}"])
     assert repeated.hash() != before["induction"], "a set field still counts"
+
+
+def test_train_notes_what_a_valid_config_does_unexpectedly(cli, tmp_path: Path) -> None:
+    from icl_lab.experiment import config_notes, load_config
+
+    notes = config_notes(
+        load_config(
+            "induction",  # batch 32 of 64 tokens
+            [
+                "training.length={sequences: 100}",
+                "eval.every={tokens: 3000}",
+                "training.schedule={name: cosine, warmup_steps: 50}",
+                "training.optimizer.momentum=0.9",
+            ],
+        )
+    )
+    assert notes == [
+        "training.length: 100 sequences is 4 whole steps of 32 sequences, 128 sequences",
+        "eval.every: 3,000 tokens is 2 whole steps of 2,048 tokens, 4,096 tokens",
+        "training.schedule: the warm-up (50 steps) is not shorter than the run (4 steps): the learning "
+        "rate never reaches 0.001",
+        "training.optimizer.momentum is set but unread by the optimizer chosen",
+    ]
+    assert config_notes(load_config("induction")) == []
+    code, out, err = cli(
+        "train", "induction", "--runs-dir", tmp_path, "-q", "--set", "training.length={sequences: 100}"
+    )
+    assert code == 0, err
+    assert out.startswith("note: training.length: 100 sequences is 4 whole steps of 32 sequences")

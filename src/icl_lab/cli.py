@@ -51,10 +51,12 @@ def train(
     quiet: Quiet = False,
 ) -> None:
     """Train a model as a config describes; writes runs/<id>/."""
-    from icl_lab.experiment import load_config
+    from icl_lab.experiment import config_notes, load_config
     from icl_lab.training.trainer import train as train_run
 
     cfg = load_config(config, _overrides(set_, device))
+    for note in config_notes(cfg):
+        console.print(f"note: {note}", highlight=False)
     run = train_run(cfg, str(runs_dir), progress=not quiet)
     console.print(f"run complete: {run.path}")
 

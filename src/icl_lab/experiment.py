@@ -179,6 +179,46 @@ def total_steps(config: ExperimentConfig) -> int:
     return config.training.length.to_steps(config.training.batch_size, n_ctx)
 
 
+def config_notes(config: ExperimentConfig) -> list[str]:
+    """What a valid config does that its author may not expect: settings its choices leave unread,
+    lengths rounded to whole steps, a warm-up the run never finishes (each a line)."""
+    training, n_ctx = config.training, TASKS.get(config.task.name).io(config.task).n_ctx
+    steps, batch, notes = total_steps(config), training.batch_size, []
+    for name, duration in (
+        ("training.length", training.length),
+        ("eval.every", config.eval.every),
+        ("checkpointing.every", config.checkpointing.every),
+    ):
+        if duration is None or duration.steps is not None:
+            continue
+        unit = "sequences" if duration.sequences is not None else "tokens"
+        per_step = batch if unit == "sequences" else batch * n_ctx
+        asked = getattr(duration, unit)
+        if asked % per_step:
+            whole = duration.to_steps(batch, n_ctx)
+            notes.append(
+                f"{name}: {asked:,} {unit} is {whole:,} whole steps of {per_step:,} {unit}, "
+                f"{whole * per_step:,} {unit}"
+            )
+    schedule, optimizer = training.schedule, training.optimizer
+    if schedule.name != "constant" and schedule.warmup_steps >= steps:
+        notes.append(
+            f"training.schedule: the warm-up ({schedule.warmup_steps:,} steps) is not shorter than the run "
+            f"({steps:,} steps): the learning rate never reaches {optimizer.lr:g}"
+        )
+    unread = {
+        "training.schedule.warmup_steps": schedule.name == "constant" and schedule.warmup_steps,
+        "training.schedule.min_lr_ratio": schedule.name != "cosine" and schedule.min_lr_ratio,
+        "training.optimizer.momentum": optimizer.name != "sgd" and optimizer.momentum,
+    }
+    notes += [
+        f"{field} is set but unread by the {field.split('.')[1]} chosen"
+        for field, set_ in unread.items()
+        if set_
+    ]
+    return notes
+
+
 def build_task(config: ExperimentConfig, seed: int | None = None, device: str = "cpu") -> Task:
     """The task of a config, seeded by the run seed unless another seed is given, and told the
     run's length and batch size (Task.plan: a repeated-data bank is drawn then)."""
