@@ -1,5 +1,6 @@
 """The command line: clear one-line errors with exit code 2, nothing written; eval, list, demo."""
 
+import json
 import shutil
 import subprocess
 import sys
@@ -41,6 +42,7 @@ BAD_CONFIGS = [
         "give exactly one of steps, sequences, tokens",
     ),
     (["--set", "eval.metrics=[wisdom]"], "eval.metrics: unknown metric 'wisdom'"),
+    (["--set", "eval.metrics=[loss, accuracy, loss]"], "eval.metrics: 'loss' is listed twice"),
     (["--set", "eval.splits=[iw]"], "eval.splits: task has no split 'iw'"),
     (["--set", "training.device=cuda:7"], "training.device"),
     (["--set", "oops"], "bad override 'oops'"),
@@ -109,6 +111,18 @@ def test_foreign_checkpoint_is_refused(cli, finished_run: Run, tmp_path: Path) -
         shutil.copy(other.path / "checkpoints" / name, path / "checkpoints" / name)
     code, _, err = cli("eval", path, "--checkpoint", "12")
     assert code == 2 and "belongs to another config" in err
+
+
+def test_resume_of_a_run_whose_config_was_edited_says_so_once(cli, finished_run: Run, tmp_path: Path) -> None:
+    path = copy_run(finished_run, tmp_path)
+    manifest = json.loads((path / "manifest.json").read_text())
+    (path / "manifest.json").write_text(json.dumps(manifest | {"status": "interrupted"}))
+    config = path / "config.yaml"
+    config.write_text(config.read_text().replace("lr: 0.001", "lr: 0.002"))
+    code, _, err = cli("resume", path, "-q")
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"run {finished_run.id}: its config.yaml was changed since the run started (hash " in err
+    assert f"the run's {manifest['config_hash']}): restore it to resume" in err
 
 
 def test_garbage_sidecar_and_missing_step_are_refused(cli, finished_run: Run, tmp_path: Path) -> None:

@@ -70,6 +70,10 @@ def test_report_lists_clamps_and_when_they_were_active(tmp_path) -> None:
     assert "<h2>Clamps</h2>" in text
     assert "<td>ablate</td>" in text and "heads=[&#x27;1.0&#x27;]" in text and "mode=mean" in text
     assert "steps 4 to 8 (32 to 64 sequences)" in text
+    assert "active (training and evaluation)" in text
+    unclamped = tiny_config(**{**config.model_dump(by_alias=True), "eval": {"with_clamps": False}})
+    text = write_report(train(unclamped, str(tmp_path / "u"), progress=False)).read_text()
+    assert "active (training; evaluations ran unclamped)" in text
 
 
 def test_report_command(cli, bursty_run: Run) -> None:

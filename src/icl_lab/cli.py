@@ -81,6 +81,13 @@ def resume(
 
     handle = Run.open(run)
     status = handle.status
+    recorded = handle.manifest.get("config_hash")
+    if recorded and recorded != handle.config_hash:  # every checkpoint would be refused, one by one
+        configs = "members.yaml" if len(handle.configs) > 1 else "config.yaml"
+        raise RunStoreError(
+            f"run {handle.id}: its {configs} was changed since the run started (hash {handle.config_hash}, "
+            f"the run's {recorded}): restore it to resume, or train the changed config as a new run"
+        )
     if status == "complete":
         handle.check_whole()
         console.print(f"run {handle.id} is already complete")
@@ -106,7 +113,12 @@ def resume(
         )
         console.print(f"resuming {handle.id} from {where}{note}", soft_wrap=True)
 
-    resume_run(handle, progress=not quiet, on_step=starting)
+    try:
+        resume_run(handle, progress=not quiet, on_step=starting)
+    except Interrupted as stop:
+        if device is not None:  # the same move again
+            stop.continue_with = shlex.join(["icl-lab", "resume", str(handle.path), "--device", device])
+        raise
     console.print(f"run complete: {handle.path}")
 
 

@@ -116,7 +116,9 @@ class ExperimentConfig(StrictModel):
         for split in self.eval.splits or []:
             if split not in splits:
                 raise ValueError(f"eval.splits: task has no split {split!r} (it has {splits})")
-        for metric in self.eval.metrics or []:
+        for i, metric in enumerate(self.eval.metrics or []):
+            if metric in self.eval.metrics[:i]:
+                raise ValueError(f"eval.metrics: {metric!r} is listed twice")
             if metric not in METRICS:
                 raise ValueError(f"eval.metrics: unknown metric {metric!r} (known: {METRICS.names()})")
             try:

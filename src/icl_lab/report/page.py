@@ -69,7 +69,9 @@ def _clamps_html(run: Run, last_step: int) -> str:
         window = f"steps {start:,} to {until:,} ({sequences})"
         cells = (clamp.kind, ", ".join(f"{k}={v}" for k, v in settings.items()), window)
         rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
-    head = "<tr><th>clamp</th><th>settings</th><th>active (training and evaluation)</th></tr>"
+    unclamped = "training; evaluations ran unclamped"
+    during = "training and evaluation" if run.config.eval.with_clamps else unclamped
+    head = f"<tr><th>clamp</th><th>settings</th><th>active ({during})</th></tr>"
     return f"<h2>Clamps</h2><table>{head}{''.join(rows)}</table>"
 
 
