@@ -99,6 +99,14 @@ def test_resume_with_repetition_is_bit_identical_and_accounting_is_exact(tmp_pat
         ({"fraction": 0.5, "epochs": 2, "bank_size": 3}, "give exactly one of epochs (E) and bank_size (K)"),
         ({"fraction": 0.5}, "give exactly one of epochs (E) and bank_size (K)"),
         ({"fraction": 1.5, "epochs": 2}, "task.repeat.fraction: Input should be less than or equal to 1"),
+        ({"fraction": 0, "epochs": 2}, "task.repeat.fraction: 0.0 of a batch of 8 is no whole sequence"),
+        (
+            {"fraction": 0.5, "epochs": 1000},
+            "task.repeat: epochs 1000 does not fit this run, which draws 48 bank sequences in all (12 "
+            "steps x 4): a bank of 1 to 48 sequences, each seen 1 to 48 times",
+        ),
+        ({"fraction": 0.5, "epochs": 0.5}, "task.repeat: epochs 0.5 does not fit this run"),
+        ({"fraction": 0.5, "bank_size": 49}, "task.repeat: bank_size 49 does not fit this run"),
     ],
 )
 def test_impossible_repetition_settings_are_refused_before_anything_is_written(

@@ -71,12 +71,17 @@ def plan_repetition(
 ) -> RepetitionPlan:
     """The plan of a run; ConfigError for a setting no run can have."""
     per_batch = round(repeat.fraction * batch_size)
-    if repeat.fraction > 0 and per_batch == 0:
+    if per_batch == 0:
         raise ConfigError(
             f"task.repeat.fraction: {repeat.fraction} of a batch of {batch_size} is no whole sequence"
         )
-    if repeat.bank_size is not None:
-        size = repeat.bank_size
-    else:
-        size = max(1, round(steps * per_batch / repeat.epochs)) if per_batch else 1
+    draws = steps * per_batch  # bank sequences the run draws in all
+    size = repeat.bank_size if repeat.bank_size is not None else round(draws / repeat.epochs)
+    if not 1 <= size <= draws:
+        asked = f"bank_size {size:,}" if repeat.bank_size is not None else f"epochs {repeat.epochs:g}"
+        raise ConfigError(
+            f"task.repeat: {asked} does not fit this run, which draws {draws:,} bank sequences in all "
+            f"({steps:,} steps x {per_batch}): a bank of 1 to {draws:,} sequences, each seen "
+            f"1 to {draws:,} times"
+        )
     return RepetitionPlan(per_batch, size, steps, batch_size, tokens_per_sequence, seed)
