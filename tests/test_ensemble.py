@@ -70,8 +70,11 @@ def test_ensemble_resume_is_bit_identical(tmp_path: Path) -> None:
 
 def test_members_of_different_shapes_are_refused(tmp_path: Path) -> None:
     wide = tiny_config(**{**BASE, "model": {**TINY_READOUT_MODEL, "d_model": 32}})
-    with pytest.raises(ConfigError, match="ensemble members may differ only"):
+    with pytest.raises(ConfigError, match=r"ensemble members differ in model\.d_model; they may differ only"):
         train([members()[0], wide], str(tmp_path), progress=False)
+    other_task = tiny_config(**{**BASE, "task": {**BASE["task"], "feature_dim": 16}})
+    with pytest.raises(ConfigError, match="members differ in the task inputs or outputs; they may"):
+        train([members()[0], other_task], str(tmp_path), progress=False)
 
 
 def test_eval_of_every_member_equals_what_the_trainer_logged(cli, tmp_path: Path) -> None:

@@ -159,11 +159,23 @@ def ensemble_key(config: ExperimentConfig) -> str:
     return json.dumps(data, sort_keys=True)
 
 
+def _differing(a: object, b: object, at: str = "") -> str:
+    """The first field (dotted) where two nested dicts of config values differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                return _differing(a.get(key), b.get(key), f"{at}.{key}" if at else key)
+    return at
+
+
 def check_ensemble(configs: list[ExperimentConfig]) -> None:
     """ConfigError unless the configs can train as one ensemble (see ensemble_key)."""
-    if len({ensemble_key(c) for c in configs}) > 1:
+    keys = [json.loads(ensemble_key(c)) for c in configs]
+    if other := next((k for k in keys[1:] if k != keys[0]), None):
+        field = _differing(keys[0], other)
         raise ConfigError(
-            "ensemble members may differ only in seed, clamps, learning rate and task fields that "
+            f"ensemble members differ in {field.replace('task.io', 'the task inputs or outputs')}; "
+            "they may differ only in seed, clamps, learning rate and task fields that "
             "keep the model's inputs and outputs"
         )
 
