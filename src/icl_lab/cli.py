@@ -81,13 +81,6 @@ def resume(
 
     handle = Run.open(run)
     status = handle.status
-    recorded = handle.manifest.get("config_hash")
-    if recorded and recorded != handle.config_hash:  # every checkpoint would be refused, one by one
-        configs = "members.yaml" if len(handle.configs) > 1 else "config.yaml"
-        raise RunStoreError(
-            f"run {handle.id}: its {configs} was changed since the run started (hash {handle.config_hash}, "
-            f"the run's {recorded}): restore it to resume, or train the changed config as a new run"
-        )
     if status == "complete":
         handle.check_whole()
         console.print(f"run {handle.id} is already complete")
@@ -571,13 +564,10 @@ def main() -> None:
     except Interrupted as stop:
         if DEBUG:
             raise
-        after = (
-            f"; continue with: {stop.continue_with}"
-            if stop.continue_with
-            else f"; continue with: icl-lab resume {stop.run_path}{_from(stop.run_path)}"
-            if stop.run_path
-            else ""
+        command = stop.continue_with or (
+            f"icl-lab resume {stop.run_path}{_from(stop.run_path)}" if stop.run_path else None
         )
+        after = f"; continue with: {command}" if command else ""
         _fail(f"interrupted ({stop.signal_name}){after}", 143 if stop.signal_name == "SIGTERM" else 130)
     except typer.exceptions.TyperException as e:  # the parser's errors: a bad argument or option
         message, ctx = e.format_message(), getattr(e, "ctx", None)

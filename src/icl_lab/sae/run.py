@@ -17,7 +17,7 @@ from torch import Tensor
 
 from icl_lab.config import check_trainable_here
 from icl_lab.errors import ConfigError, DivergenceError, IclLabError, Interrupted
-from icl_lab.experiment import ExperimentConfig, build_task, validate_config
+from icl_lab.experiment import build_task, validate_config
 from icl_lab.models import Model
 from icl_lab.sae.activations import fill_buffer, hook_z, splice_scores
 from icl_lab.sae.base import SAE, build_sae
@@ -63,12 +63,6 @@ class Source:
         return f"step {self.step:,} of run {self.run.id}, which is {state}"
 
 
-def _inputs(config: ExperimentConfig) -> tuple[int | None, int | None, int, str]:
-    """(vocabulary, input width, positions, in words) of the inputs a config's task gives its model."""
-    io = TASKS.get(config.task.name).io(config.task)
-    return io.d_vocab, io.d_input, io.n_ctx, io.inputs
-
-
 def open_source(config: SAERunConfig, device: str = "cpu", step: int | None = None) -> Source:
     """The source model and task of an SAE config, on `device` (training uses the config's, analyses
     the CPU), at `step`, else source.step, else the run's latest checkpoint; ConfigError (one line)
@@ -89,11 +83,13 @@ def open_source(config: SAERunConfig, device: str = "cpu", step: int | None = No
     if src.task:
         data = member.model_dump(mode="json", by_alias=True)
         data["task"] |= src.task
-        trained, member = _inputs(member), validate_config(data, stored=True)
-        if _inputs(member)[:2] != trained[:2] or _inputs(member)[2] > trained[2]:
+        trained, member = model.io, validate_config(data, stored=True)
+        changed = TASKS.get(member.task.name).io(member.task)
+        same_kind = (changed.d_vocab, changed.d_input) == (trained.d_vocab, trained.d_input)
+        if not same_kind or changed.n_ctx > trained.n_ctx:
             raise ConfigError(
-                f"source.task: the changed task feeds the model {_inputs(member)[3]}, but the model of run "
-                f"{run.id} was trained on {trained[3]}: keep its inputs"
+                f"source.task: the changed task feeds the model {changed.inputs}, but the model of run "
+                f"{run.id} was trained on {trained.inputs}: keep its inputs"
             )
     task = build_task(member, device=device)
     if not src.task:  # a changed task reads other data by design
@@ -359,6 +355,7 @@ def train_sae(
 def resume_sae(run: SAERun, progress: bool = True) -> SAERun:
     """Continue an SAE run from its latest checkpoint whose metrics history is whole."""
     check_trainable_here(run.config, run.id)
+    run.check_config()
     run.acquire()
     trainer = SAETrainer(run, run.source(run.config.training.device), progress)
     step = run.resume_point(trainer._expected_history)

@@ -218,6 +218,17 @@ class RunDirectory:
             raise CheckpointError(f"run {self.id} has no checkpoint at step {step} (it has {steps})")
         return load_checkpoint(checkpoint_paths(self.checkpoint_dir, step)[1], self.config_hash)
 
+    def check_config(self) -> None:
+        """RunStoreError if the run's config files were edited since it started (the manifest's
+        config hash): each of its checkpoints would then be refused in turn."""
+        recorded = self.manifest.get("config_hash")
+        if recorded and recorded != self.config_hash:
+            name = "members.yaml" if (self.path / "members.yaml").is_file() else "config.yaml"
+            raise RunStoreError(
+                f"run {self.id}: its {name} was changed since the run started (hash {self.config_hash}, "
+                f"the run's {recorded}): restore it to resume, or train the changed config as a new run"
+            )
+
     def resume_point(self, expected_history: Callable[[int], set[int]], members: int = 1) -> int | None:
         """The latest checkpoint from which the run can continue with its history whole: the
         metrics table has every member's evaluations expected_history(step) up to it (None: start

@@ -31,7 +31,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from icl_lab.errors import IclLabError, Interrupted, StorageError
+from icl_lab.errors import ConfigError, IclLabError, Interrupted, StorageError
 from icl_lab.experiment import ExperimentConfig
 from icl_lab.files import atomic_write_text
 from icl_lab.sae.config import SAERunConfig
@@ -226,8 +226,6 @@ def _reachable(address: str, timeout_s: float = 10.0) -> None:
     would wait minutes on one that does not); other forms ("auto") are left to Ray."""
     import socket
 
-    from icl_lab.errors import ConfigError
-
     found = re.fullmatch(r"(?:ray://)?([^:/]+):(\d+)", address)
     if found is None:
         return
@@ -238,8 +236,6 @@ def _reachable(address: str, timeout_s: float = 10.0) -> None:
 
 
 def _ray(jobs: list[Job], workers: int, address: str | None) -> Iterator[tuple[int, tuple[str, str]]]:
-    from icl_lab.errors import ConfigError
-
     try:
         import ray
     except ImportError:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from icl_lab.errors import ConfigError, StorageError
-from icl_lab.files import cache_root, storage_error
+from icl_lab.files import cache_root, sha256_of, storage_error
 from icl_lab.text.corpus import corpus_files, load_corpus
 from icl_lab.text.tokenizers import BPETokenizer, ByteTokenizer, Tokenizer
 
@@ -91,11 +91,8 @@ def token_streams(
 
 def _digest(directory: Path) -> str:
     """SHA-256 of a cache's tokeniser and token streams: the data a run of them trains on."""
-    digest = hashlib.sha256()
-    for name in ("tokenizer.json", "train.u16", "test.u16"):
-        with (directory / name).open("rb") as f:
-            digest.update(hashlib.file_digest(f, "sha256").digest())
-    return digest.hexdigest()
+    files = [sha256_of(directory / name) for name in ("tokenizer.json", "train.u16", "test.u16")]
+    return hashlib.sha256("".join(files).encode()).hexdigest()
 
 
 def _build(

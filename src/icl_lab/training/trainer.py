@@ -582,6 +582,7 @@ def resume(run: Run, progress: bool = True, on_step: Callable[[int | None], None
     from the start if it has no checkpoints); on_step hears where it continues from."""
     for config in run.configs:
         check_trainable_here(config, run.id)
+    run.check_config()
     run.check_sources()
     run.acquire()  # before anything is read or removed: another process may be training it
     try:
