@@ -38,6 +38,7 @@ import torch
 
 from common import RESULTS, time_steps, write_results
 from icl_lab.config import Duration
+from icl_lab.errors import ConfigError
 from icl_lab.experiment import ExperimentConfig, total_steps
 from icl_lab.reproduce import REPRODUCTIONS
 from icl_lab.reproduce.base import SweepReproduction
@@ -209,8 +210,13 @@ def main() -> None:
     record = json.loads(previous.read_text()) if previous.is_file() else {}
     record = {"reproductions": record.get("reproductions", {})}
     unit = "CPU hours on one thread" if args.device == "cpu" else "hours on one GPU"
+    path = None
     for reproduction in args.names or REPRODUCTIONS.names():
-        entry = estimate(reproduction, args.steps, args.eval_sequences, args.device, args.compile, packed)
+        try:
+            entry = estimate(reproduction, args.steps, args.eval_sequences, args.device, args.compile, packed)
+        except ConfigError as e:  # e.g. a corpus this machine holds less of: the others still run
+            print(f"{reproduction:18} cannot run here: {e}", flush=True)
+            continue
         record["reproductions"][reproduction] = entry
         print(
             f"{reproduction:18} {entry['runs']:3} runs ({entry['trainer_runs']} trainer runs, "
@@ -220,7 +226,7 @@ def main() -> None:
             flush=True,
         )
         path = write_results(name, record)  # after each: a long run keeps what it has
-    print(f"results: {path}")
+    print(f"results: {path}" if path else "no results")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from conftest import tiny_config
 from icl_lab.errors import ConfigError
 from icl_lab.experiment import build_task
 from icl_lab.store.run import Run
+from icl_lab.tasks import text_lm
 from icl_lab.training.trainer import resume, train
 from test_trainer import assert_identical_runs, killed_copy
 
@@ -53,7 +54,9 @@ def test_each_bank_sequence_is_drawn_e_times() -> None:
     assert sorted(counts.values()) == [9, 9, 10, 10, 10] and uneven.epochs == 48 / 5
 
 
-def test_text_unique_windows_never_repeat_and_never_come_from_the_bank(tmp_path: Path) -> None:
+def test_text_unique_windows_never_repeat_and_never_come_from_the_bank(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     rng = np.random.default_rng(0)
     for i in range(4):
         (tmp_path / f"doc{i}.txt").write_text("".join(rng.choice(list("abcdefghij"), 2000)))
@@ -76,6 +79,15 @@ def test_text_unique_windows_never_repeat_and_never_come_from_the_bank(tmp_path:
         ConfigError, match=r"needs 480 unique windows of 16 tokens and a bank of 27, but the training split"
     ):
         build_task(config)
+    # python_stdlib's size depends on the Python installed: the refusal says where it was read
+    monkeypatch.setattr(
+        text_lm, "corpus_files", lambda source: (Path("/usr/lib/python3.12"), ["a.py", "b.py"])
+    )
+    task.config = task.config.model_copy(update={"corpus": "python_stdlib"})
+    with pytest.raises(
+        ConfigError, match=r"holds \d+ \(2 files under /usr/lib/python3.12; some Pythons come"
+    ):
+        task.plan(80, 8)
 
 
 def test_resume_with_repetition_is_bit_identical_and_accounting_is_exact(tmp_path: Path) -> None:

@@ -134,7 +134,8 @@ class TrainingConfig(StrictModel):
         False,
         description="on a GPU, replay the compiled step as CUDA graphs (torch.compile's "
         "reduce-overhead mode: one launch for a step's many tiny kernels); needs compile auto or on, "
-        "no effect on a CPU; off by default until measured on a GPU",
+        "no effect on a CPU; off by default until a resume with graphs is checked on a GPU (2.29x "
+        "a plain PyTorch loop on an H200: README)",
     )
     log_every: PositiveInt = Field(10, description="steps between progress-bar updates")
 

@@ -178,6 +178,10 @@ def check_ensemble(configs: list[ExperimentConfig]) -> None:
             "they may differ only in seed, clamps, learning rate and task fields that "
             "keep the model's inputs and outputs"
         )
+    first = configs[0]
+    refusal = MODELS.get(first.model.name).ensemble_refusal(first.model, first.training.device)
+    if len(configs) > 1 and refusal:
+        raise ConfigError(f"{refusal}: train the members as separate runs")
 
 
 def ensemble_hash(configs: list[ExperimentConfig]) -> str:

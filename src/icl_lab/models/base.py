@@ -76,6 +76,11 @@ class Model(HookedModule):
     def batched(self, vmapped: bool) -> None:
         """Told whether it will run under torch.func.vmap (some fused kernels have no batching rule)."""
 
+    @classmethod
+    def ensemble_refusal(cls, cfg: ModelConfig, device: str) -> str | None:
+        """Why members of this model cannot train as one vmapped ensemble on `device`, or None."""
+        return None
+
     def set_constants(self, constants: dict[str, Tensor]) -> None:
         """Store the task constants this model declared, as non-persistent buffers."""
         for name in self.constants:

@@ -92,6 +92,15 @@ class MixerLM(Model):
             if isinstance(block.mixer, Mamba):
                 block.mixer.native = not vmapped
 
+    @classmethod
+    def ensemble_refusal(cls, cfg: MixerLMConfig, device: str) -> str | None:
+        # under vmap on a GPU, nn.LSTM and nn.GRU reach cuDNN's kernel, which cannot take batched
+        # weights (seen on an H200, torch 2.11: "Cannot access data pointer of Tensor that doesn't
+        # have storage"); on a CPU they run as plain tensor operations, which vmap
+        if cfg.mixer in ("lstm", "gru") and device.startswith("cuda"):
+            return f"{cfg.mixer} models do not train as one vmapped ensemble on a GPU (cuDNN's kernel)"
+        return None
+
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         """PyTorch's default fan-in uniform init for weights, each architecture's own for its
         state-space parameters, identity for the n-gram layers' skip map."""

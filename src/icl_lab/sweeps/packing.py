@@ -9,6 +9,9 @@ PACK_CPU_MFLOP, measured by benchmarks/ensemble_breakeven.py (one core, an ensem
 runs one after another), and spreads the packed configs over the workers: ensembles of about
 packed / workers members, one per worker.
 
+A model that cannot train vmapped on its device (Model.ensemble_refusal: LSTM and GRU on a GPU)
+trains alone, whatever the setting.
+
 An ensemble of up to `max_ensemble` members; a group larger than that splits into ensembles of
 sizes differing by one at most. Results of a member equal its single run's within rounding
 (tests/test_ensemble.py), so a grouping, once made, is kept in the run directory's plan and reused
@@ -24,6 +27,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from icl_lab.experiment import ExperimentConfig, build_model, build_task, ensemble_key, total_steps
+from icl_lab.models import MODELS
 from icl_lab.seeding import generator
 
 Setting = Literal["auto", "always", "none"]
@@ -95,8 +99,13 @@ def ensembles(
     for i, config in enumerate(configs):
         key = ensemble_key(config) if isinstance(config, ExperimentConfig) and setting != "none" else None
         if key is not None and key not in decided:
-            on_cpu = not config.training.device.startswith("cuda")
-            decided[key] = setting == "always" or not on_cpu or forward_mflop(config) <= PACK_CPU_MFLOP
+            device = config.training.device
+            on_cpu = not device.startswith("cuda")
+            model = MODELS.get(config.model.name)
+            packable = model.ensemble_refusal(config.model, device) is None
+            decided[key] = packable and (
+                setting == "always" or not on_cpu or forward_mflop(config) <= PACK_CPU_MFLOP
+            )
             if decided[key] and setting == "auto" and on_cpu:
                 spread.add(key)
         groups.setdefault(key if key is not None and decided[key] else f"alone {i}", []).append(i)

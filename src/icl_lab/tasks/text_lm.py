@@ -167,9 +167,13 @@ class TextLMTask(Task):
         bank = plan.bank_size if plan.per_batch else 0
         needed = steps * (batch_size - plan.per_batch)
         if bank + needed > windows:
+            where = ""
+            if self.config.corpus == "python_stdlib":  # its size depends on the Python installed
+                root, files = corpus_files("python_stdlib")
+                where = f" ({len(files):,} files under {root}; some Pythons come without their tests)"
             raise ConfigError(
                 f"task.repeat: the run needs {needed:,} unique windows of {width} tokens and a bank of "
-                f"{bank:,}, but the training split of {self.config.corpus} holds {windows:,}"
+                f"{bank:,}, but the training split of {self.config.corpus} holds {windows:,}{where}"
             )
 
     def make_bank(self, size: int) -> Batch:

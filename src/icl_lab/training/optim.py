@@ -13,12 +13,21 @@ from icl_lab.config import OptimizerConfig, ScheduleConfig
 def build_optimizer(params: list[Tensor], cfg: OptimizerConfig, fused: bool = False) -> torch.optim.Optimizer:
     """SGD (with momentum), Adam or AdamW over the given leaf tensors. `fused`: Adam's and AdamW's
     one-kernel update (the same update up to rounding, in about half the time of the per-tensor
-    one on a CPU), for steps that are not compiled (a compiled step fuses the update itself)."""
+    one on a CPU), for steps that are not compiled (a compiled step fuses the update itself).
+    Unfused on a GPU, Adam is `capturable`: its step counts live there, so that a compiled step
+    (and its CUDA graphs) reads and updates no CPU tensor."""
     if cfg.name == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     optimizer = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
+    capturable = not fused and params[0].is_cuda
     return optimizer(
-        params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay, fused=fused or None
+        params,
+        lr=cfg.lr,
+        betas=cfg.betas,
+        eps=cfg.eps,
+        weight_decay=cfg.weight_decay,
+        fused=fused or None,
+        capturable=capturable,
     )
 
 
@@ -59,8 +68,9 @@ def optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, list[Tensor]]
         if not state:
             # SGD's first step copies the gradient into its buffer: momentum x 0 + gradient is the same
             state.update({name: torch.zeros_like(p) for name in names})
-            if "step" in names:  # as Adam's _init_group makes it without `capturable`: a CPU float
-                state["step"] = torch.tensor(0.0)
+            if "step" in names:  # as Adam's _init_group makes it: on the CPU unless capturable
+                on_device = group["capturable"] or group["fused"]
+                state["step"] = torch.zeros((), device=p.device) if on_device else torch.tensor(0.0)
     return {name: [optimizer.state[p][name] for p in group["params"]] for name in names}
 
 
@@ -105,4 +115,5 @@ def functional_update(
         lr=lr,
         weight_decay=cfg.weight_decay,
         eps=cfg.eps,
+        capturable=not state["step"][0].is_cpu,  # the counts on a GPU: as build_optimizer made them
     )
