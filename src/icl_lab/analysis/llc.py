@@ -30,8 +30,10 @@ from pydantic import Field
 from torch import Tensor
 
 from icl_lab.config import StrictModel
-from icl_lab.experiment import build_model, build_task
+from icl_lab.errors import ConfigError
+from icl_lab.experiment import ExperimentConfig, build_model, build_task
 from icl_lab.interventions.base import active_at
+from icl_lab.models import MODELS
 from icl_lab.seeding import generator
 from icl_lab.store.run import Run
 from icl_lab.tasks import Batch
@@ -56,7 +58,10 @@ class LLCConfig(StrictModel):
     burn_in: int = Field(100, ge=0, description="SGLD steps before the first draw")
     every: int = Field(1, ge=1, description="SGLD steps between draws")
     batch_size: int | None = Field(None, ge=2, description="SGLD minibatch; None: the run's training batch")
-    vmap_chains: bool | None = Field(None, description="chains vmapped as one ensemble; None: on a GPU only")
+    vmap_chains: bool | None = Field(
+        None,
+        description="chains vmapped as one ensemble; None: on a GPU only, where the model runs vmapped (not LSTM or GRU)",
+    )
 
     def inverse_temperature(self, batch_size: int) -> float:
         return self.nbeta if self.nbeta is not None else batch_size / math.log(batch_size)
@@ -160,6 +165,17 @@ def _chain(x: Any, c: int) -> Any:
     return {k: _chain(v, c) for k, v in x.items()} if isinstance(x, dict) else x[c : c + 1]
 
 
+def vmap_chains(config: LLCConfig, member_config: ExperimentConfig, device: str) -> bool:
+    """Whether the chains run vmapped as one ensemble: as `vmap_chains` says, by default on a GPU
+    unless the model cannot run vmapped there; ConfigError if asked where it cannot."""
+    model = member_config.model
+    refusal = MODELS.get(model.name).ensemble_refusal(model, device) if config.chains > 1 else None
+    if config.vmap_chains and refusal:
+        raise ConfigError(f"llc.vmap_chains: {refusal}; set it false to run the chains one by one")
+    default = device != "cpu" and refusal is None
+    return config.chains > 1 and (config.vmap_chains if config.vmap_chains is not None else default)
+
+
 def run_llc(
     run: Run, step: int, config: LLCConfig, member: int | None = None, device: str = "cpu"
 ) -> LLCEstimate:
@@ -176,9 +192,7 @@ def run_llc(
     seed = member_config.seed
     data = [generator(seed, "llc", step, chain, device=device) for chain in range(config.chains)]
     on = torch.ones(config.chains, len(clamps), dtype=torch.bool, device=device)
-    vmapped = config.chains > 1 and (
-        config.vmap_chains if config.vmap_chains is not None else device != "cpu"
-    )
+    vmapped = vmap_chains(config, member_config, device)
     model.batched(vmapped)
 
     def one(params: dict, inputs: Tensor, targets: Tensor, mask: Tensor, meta: dict, flags: Tensor) -> Tensor:
