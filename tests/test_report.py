@@ -2,10 +2,11 @@
 
 import re
 
+import numpy as np
 import pytest
 
 from conftest import CHROMIUM, TINY_BURSTY, TINY_READOUT_MODEL, render_in_chromium, tiny_config
-from icl_lab.analysis.summary import summarise
+from icl_lab.analysis.summary import summarise, summary_lines
 from icl_lab.evaluation import key_metric
 from icl_lab.experiment import load_config
 from icl_lab.report.page import write_report
@@ -59,6 +60,22 @@ def test_a_run_that_skips_its_tasks_key_split_follows_the_loss_of_its_first_spli
     run = train(config, str(tmp_path), progress=False)
     assert summarise(run).key == "iw loss"
     assert "Attention patterns" in write_report(run).read_text()
+
+
+def test_a_run_that_logs_neither_its_key_metric_nor_the_loss_follows_its_training_loss(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tiny_config(training={"length": {"steps": 8}}, eval={"metrics": ["accuracy"]})
+    run = train(config, str(tmp_path), progress=False)
+    summary = summarise(run)
+    assert summary.key == "train_batches loss" and summary.curve_logged
+    assert summary_lines(run)[1].startswith("final accuracy at step 8: train 0.")
+    # evaluated at step 0 alone (killed before its next evaluation): no curve, and the page says so
+    monkeypatch.setattr(Run, "summary_curve", lambda *args: (np.array([], int), np.array([])))
+    summary = summarise(run)
+    assert summary.key == "none: no evaluation after training began" and not summary.curve_logged
+    assert summary_lines(run)[0] == "no transition curve: no evaluation after training began (seed 3)"
+    assert "no curve to detect on" in write_report(run).read_text()
 
 
 def test_report_lists_clamps_and_when_they_were_active(tmp_path) -> None:

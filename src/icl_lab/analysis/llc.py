@@ -60,7 +60,8 @@ class LLCConfig(StrictModel):
     batch_size: int | None = Field(None, ge=2, description="SGLD minibatch; None: the run's training batch")
     vmap_chains: bool | None = Field(
         None,
-        description="chains vmapped as one ensemble; None: on a GPU only, where the model runs vmapped (not LSTM or GRU)",
+        description="chains vmapped as one ensemble; None: on a GPU only, where the model runs "
+        "vmapped (not LSTM or GRU)",
     )
 
     def inverse_temperature(self, batch_size: int) -> float:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from icl_lab.analysis.transitions import Transition, detect_transitions, main_transition
 from icl_lab.errors import RunStoreError
 from icl_lab.evaluation import key_metric
+from icl_lab.store.metrics_table import TRAIN_SPLIT
 from icl_lab.store.run import Run
 from icl_lab.tasks import TASKS
 
@@ -19,6 +20,7 @@ class RunSummary:
     main: Transition | None
     final: dict[str, dict[str, float]]  # split -> metric -> value at the last evaluation
     final_step: int
+    curve_logged: bool = True  # False: no curve to detect transitions on
 
 
 def summarise(run: Run, member: int | None = None) -> RunSummary:
@@ -30,6 +32,9 @@ def summarise(run: Run, member: int | None = None) -> RunSummary:
     if not values.size:  # a model without the key metric's hooks (a mixer has no attention heads)
         metric, how = "loss", "mean"
         steps, values = run.summary_curve(metric, split, how, member)
+    if not values.size:  # eval.metrics leaves the loss out: the training batches' running loss
+        split = TRAIN_SPLIT
+        steps, values = run.summary_curve(metric, split, how, member)
     transitions = detect_transitions(steps, values)
     rows = [row for row in run.metrics.to_pylist() if row["member"] == member]
     if not rows:  # failed before its first evaluation, or its metrics.parquet is gone
@@ -40,7 +45,9 @@ def summarise(run: Run, member: int | None = None) -> RunSummary:
         if row["step"] == last and row["head"] is None:
             final.setdefault(row["split"], {})[row["metric"]] = row["value"]
     key = f"{split} {metric}" + (f" ({how} over heads)" if how != "mean" else "")
-    return RunSummary(key, transitions, main_transition(transitions), final, last)
+    if not values.size:  # evaluated at step 0 alone
+        key = "none: no evaluation after training began"
+    return RunSummary(key, transitions, main_transition(transitions), final, last, bool(values.size))
 
 
 def units_text(run: Run, step: float) -> str:
@@ -54,7 +61,9 @@ def summary_lines(run: Run) -> list[str]:
     summary, task = summarise(run), TASKS.get(run.config.task.name)
     seed = run.config.seed
     tr = summary.main
-    if tr is None:
+    if not summary.curve_logged:
+        first = f"no transition curve: {summary.key.removeprefix('none: ')} (seed {seed})"
+    elif tr is None:
         first = f"no abrupt transition in {summary.key} (seed {seed})"
     else:
         first = (
@@ -64,7 +73,7 @@ def summary_lines(run: Run) -> list[str]:
     finals = [
         f"{split} {values['accuracy']:.2f}" if "accuracy" in values else f"{split} loss {values['loss']:.2f}"
         for split, values in summary.final.items()
-        if "loss" in values and split in task.all_split_names(run.config.task)
+        if {"loss", "accuracy"} & set(values) and split in task.all_split_names(run.config.task)
     ]
     measures = []
     for split, metric, layer in task.progress_measures:
@@ -81,6 +90,6 @@ def summary_lines(run: Run) -> list[str]:
             measures.append(f"{metric} {value:.2f}{where}")
     return [
         first,
-        f"final accuracy at step {summary.final_step:,}: " + ", ".join(finals),
+        f"final accuracy at step {summary.final_step:,}: " + (", ".join(finals) or "neither logged"),
         "progress measures at the end: " + ", ".join(measures),
     ]

@@ -105,7 +105,7 @@ def _html(run: Run, summary: RunSummary, images: dict[str, bytes], task: Task) -
             )
         rows.append(("main transition midpoint", units_text(run, summary.main.midpoint)))
     else:
-        rows.append(("transition", "none detected"))
+        rows.append(("transition", "none detected" if summary.curve_logged else "no curve to detect on"))
     metric_names = sorted({m for values in summary.final.values() for m in values})
     splits = [s for s in summary.final if s != TRAIN_SPLIT] + (
         [TRAIN_SPLIT] if TRAIN_SPLIT in summary.final else []
