@@ -3,6 +3,7 @@
 import itertools
 import math
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import torch
 from conftest import tiny_config
 from icl_lab.analysis import circuits
 from icl_lab.analysis.circuits import clamp, clamp_progress, mean_loss, only_head_kept, speed, wiring_table
+from icl_lab.errors import ConfigError
 from icl_lab.evaluation import evaluate
 from icl_lab.experiment import build_task
 from icl_lab.interventions.ablate import Ablate
@@ -73,6 +75,22 @@ def test_clamp_progress_evaluates_every_checkpoint(run, tmp_path: Path) -> None:
     logged = dict(zip(*run.curve("loss", "train"), strict=True))
     assert plain[-1] == pytest.approx(logged[steps[-1]], rel=1e-5), "the unclamped curve is the logged loss"
     assert curves["match"][1].shape == plain.shape and not np.allclose(curves["match"][1], plain)
+
+
+def test_analyses_of_a_split_the_run_never_evaluated_name_what_it_did(run) -> None:
+    with pytest.raises(
+        ConfigError,
+        match=r"logged no loss on split 'tets' \(it did on: heldout_classes, heldout_exemplars, "
+        r"heldout_pairs, train, train_batches\)",
+    ):
+        speed(run, "tets")
+    assert speed(run, "train", threshold=-1.0) is None, "evaluated, never below: None"
+    only_other = run.eval_data()[0], {}
+    with (
+        mock.patch.object(type(run), "eval_data", lambda self: only_other),
+        pytest.raises(ConfigError, match=r"evaluates no train split \(only \): pass a batch"),
+    ):
+        clamp_progress(run, {})
 
 
 def test_mean_loss_in_chunks_equals_one_pass_and_a_batch_mean_stays_whole(

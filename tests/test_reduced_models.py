@@ -83,6 +83,17 @@ def test_fit_recovers_a_simulated_training_curve() -> None:
     assert fit.rmse < 0.02
     drop = lambda curve: steps[np.argmax(curve < 0.5 * curve[0])]  # noqa: E731
     assert abs(drop(fit.fitted) - drop(truth)) <= 50
+    for bad, given in [
+        ([], "0 steps, 0 losses"),
+        ([0.0], "1 steps, 1 losses"),
+        ([0.0, 0.0], "2 steps, 2 losses"),
+    ]:
+        with pytest.raises(
+            ValueError, match=f"two or more points, the last step positive \\(given {given}\\)"
+        ):
+            fit_nested_logits(np.array(bad), np.ones(len(bad)), 32, 0.25)
+    with pytest.raises(ValueError, match="given 3 steps, 2 losses"):
+        fit_nested_logits(np.arange(3.0), np.ones(2), 32, 0.25)
 
 
 def test_in_weights_paths_add_a_classifier_of_the_query() -> None:

@@ -17,7 +17,7 @@ import torch
 
 from conftest import TINY_BURSTY, TINY_FEWSHOT, TINY_READOUT_MODEL, tiny_config
 from icl_lab.config import Duration, ScheduleConfig
-from icl_lab.errors import RunStoreError
+from icl_lab.errors import ConfigError, RunStoreError
 from icl_lab.experiment import load_config
 from icl_lab.store.checkpoints import checkpoint_paths
 from icl_lab.store.run import Run, list_runs
@@ -270,3 +270,9 @@ def test_tasks_and_clamps_train_on_cuda(tmp_path: Path, task: dict, clamps: list
     run = train(config, str(tmp_path), progress=False)
     assert run.status == "complete"
     assert np.isfinite(run.curve("loss", "train")[1]).all()
+
+
+def test_train_without_a_config_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^train needs a config, or a list of one or more member configs$"):
+        train([], str(tmp_path), progress=False)
+    assert not any(tmp_path.iterdir()), "nothing written"

@@ -3,9 +3,11 @@
 import math
 
 import numpy as np
+import pyarrow.compute as pc
 import torch
 from torch import Tensor
 
+from icl_lab.errors import ConfigError
 from icl_lab.evaluation import evaluate
 from icl_lab.interventions import CLAMPS, Clamp
 from icl_lab.models import Model
@@ -21,6 +23,9 @@ def clamp(**fields: object) -> Clamp:
 def speed(run: Run, split: str = "train", threshold: float = 0.4 * math.log(2)) -> int | None:
     """Singh's speed: the first evaluated step whose loss is below threshold (0.4 ln 2), or None."""
     steps, loss = run.curve("loss", split)
+    if not steps.size:
+        logged = sorted(set(run.metrics.filter(pc.equal(run.metrics["metric"], "loss"))["split"].to_pylist()))
+        raise ConfigError(f"run {run.id} logged no loss on split {split!r} (it did on: {', '.join(logged)})")
     below = np.flatnonzero(loss < threshold)
     return int(steps[below[0]]) if below.size else None
 
@@ -89,6 +94,8 @@ def clamp_progress(
     The run's own training clamps active at a checkpoint stay on in every evaluation (with
     eval.with_clamps), so a run trained with heads ablated is scored with them ablated."""
     task, batches = run.eval_data()
+    if batch is None and "train" not in batches:
+        raise ConfigError(f"run {run.id} evaluates no train split (only {', '.join(batches)}): pass a batch")
     batch = batches["train"] if batch is None else batch
     steps = [s for s in run.checkpoint_steps if last_step is None or s <= last_step]
     curves: dict[str, list[float]] = {"none": [], **{name: [] for name in subcircuits}}

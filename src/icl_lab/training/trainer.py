@@ -31,7 +31,14 @@ from torch import Tensor
 from torch.func import functional_call, vmap
 
 from icl_lab.config import check_trainable_here
-from icl_lab.errors import CheckpointError, ComponentError, DivergenceError, Interrupted, RunStoreError
+from icl_lab.errors import (
+    CheckpointError,
+    ComponentError,
+    ConfigError,
+    DivergenceError,
+    Interrupted,
+    RunStoreError,
+)
 from icl_lab.evaluation import key_metric, metric_names
 from icl_lab.experiment import ExperimentConfig, build_model, build_task, check_ensemble, total_steps
 from icl_lab.interventions import Clamp
@@ -564,6 +571,8 @@ def train(
     """Create a run directory for a validated config (or an ensemble's member configs) and train
     it to completion."""
     members = configs if isinstance(configs, list) else [configs]
+    if not members:
+        raise ConfigError("train needs a config, or a list of one or more member configs")
     check_ensemble(members)  # before anything is written, and so is the tasks' data (a corpus may
     for member in members:  # be unreadable, a feature file malformed): errors leave no run behind
         build_task(member, device=member.training.device)
