@@ -114,3 +114,16 @@ def test_splits_never_share_a_colour() -> None:
     assert text["train"] == SPLIT_COLOURS["train"] and len(set(text.values())) == 4
     many = split_colours([f"s{i}" for i in range(10)] + ["iw"])
     assert len(set(many.values())) == 10 and many["iw"] == SPLIT_COLOURS["iw"], "10 colours, then again"
+
+
+def test_every_progress_measure_a_report_plots_names_its_unit(bursty_run: Run) -> None:
+    from icl_lab.metrics.base import LOSS_UNIT, value_unit
+    from icl_lab.report.figures import measure_label
+    from icl_lab.tasks import TASKS
+
+    plotted = {metric for _, task in TASKS.items() for _, metric, _ in task.progress_measures}
+    assert {m: value_unit(m) for m in plotted if value_unit(m) is None} == {}
+    assert value_unit("copy_loss_drop") == value_unit("icl_score") == value_unit("loss") == LOSS_UNIT
+    assert measure_label(bursty_run, "icl_score") == "icl score (nats)"
+    assert measure_label(bursty_run, "induction_strength") == "induction strength (attention share)"
+    assert measure_label(bursty_run, "my_metric") == "my metric (unit not declared)"

@@ -61,6 +61,9 @@ def attention_mass(patterns: list[Tensor] | Tensor, weights: Tensor) -> Tensor:
 
 Requirement = Callable[[Model, type[Task], TaskConfig], None]
 
+LOSS_UNIT = "loss"
+"""a metric value's unit when it is its task's loss unit (nats for cross-entropy: Task.loss_unit)"""
+
 
 @dataclass(frozen=True)
 class Metric:
@@ -74,6 +77,7 @@ class Metric:
     tokens: bool = False
     classes: bool = False
     requires: Requirement | None = None
+    units: tuple[tuple[str, str], ...] = ()  # (value, unit) of the values it returns
 
     def check(self, model: Model, task: type[Task], config: TaskConfig) -> None:
         """Raise ValueError naming what the model or the task lacks for this metric."""
@@ -110,14 +114,23 @@ def metric(
     tokens: bool = False,
     classes: bool = False,
     requires: Requirement | None = None,
+    units: dict[str, str] | None = None,
 ) -> Callable[[Callable], Callable]:
     """Register a metric function under `name`; its docstring's first sentence describes it. Say what
     it reads (hooks, meta keys, token ids, class targets; `requires` raises ValueError for anything
-    else), so that a config asking for it on a model or task without them is refused up front."""
+    else), so that a config asking for it on a model or task without them is refused up front, and
+    the unit of each value it returns (LOSS_UNIT: its task's loss unit), which figures name."""
 
     def add(fn: Callable[[EvalContext], dict[str, Tensor]]) -> Callable:
         description = summary(fn.__doc__)
-        METRICS.register(name)(Metric(fn, hooks, description, meta, tokens, classes, requires))
+        declared = tuple((units or {}).items())
+        METRICS.register(name)(Metric(fn, hooks, description, meta, tokens, classes, requires, declared))
         return fn
 
     return add
+
+
+def value_unit(value: str) -> str | None:
+    """The unit a registered metric declares for a value it returns (LOSS_UNIT: the task's loss
+    unit), or None where none does."""
+    return next((unit for _, m in METRICS.items() for name, unit in m.units if name == value), None)

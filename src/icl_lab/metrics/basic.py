@@ -2,17 +2,17 @@
 
 from torch import Tensor
 
-from icl_lab.metrics.base import EvalContext, metric
+from icl_lab.metrics.base import LOSS_UNIT, EvalContext, metric
 from icl_lab.tasks.base import masked_mean
 
 
-@metric("loss")
+@metric("loss", units={"loss": LOSS_UNIT})
 def loss(ctx: EvalContext) -> dict[str, Tensor]:
     """Mean loss over target positions (cross-entropy in nats; the task's own loss for regression)."""
     return {"loss": masked_mean(ctx.token_loss, ctx.batch.loss_mask)}
 
 
-@metric("accuracy", classes=True)
+@metric("accuracy", classes=True, units={"accuracy": "fraction"})
 def accuracy(ctx: EvalContext) -> dict[str, Tensor]:
     """Share of target positions where the arg-max prediction is the target."""
     hits = ctx.output_logits.argmax(-1) == ctx.batch.targets

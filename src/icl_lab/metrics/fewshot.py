@@ -12,7 +12,12 @@ from icl_lab.metrics.base import EvalContext, metric
 from icl_lab.tasks.fewshot_layout import META, correct_labels, matching_items, n_pairs
 
 
-@metric("context_label_accuracy", meta=("context_labels",), classes=True)
+@metric(
+    "context_label_accuracy",
+    meta=("context_labels",),
+    classes=True,
+    units={"context_label_accuracy": "fraction"},
+)
 def context_label_accuracy(ctx: EvalContext) -> dict[str, Tensor]:
     """Share of queries whose predicted label is one of the labels in the context (CLA)."""
     predicted = ctx.output_logits[:, -1].argmax(-1)  # (B,)
@@ -33,7 +38,9 @@ def _label_logits(ctx: EvalContext) -> tuple[Tensor, Tensor]:
     return logits, present
 
 
-@metric("in_context_accuracy", meta=("context_labels",), classes=True)
+@metric(
+    "in_context_accuracy", meta=("context_labels",), classes=True, units={"in_context_accuracy": "fraction"}
+)
 def in_context_accuracy(ctx: EvalContext) -> dict[str, Tensor]:
     """Accuracy of the arg-max over the labels present in the context only."""
     logits, present = _label_logits(ctx)
@@ -41,14 +48,32 @@ def in_context_accuracy(ctx: EvalContext) -> dict[str, Tensor]:
     return {"in_context_accuracy": (choice == ctx.batch.targets[:, -1]).float().mean()}
 
 
-@metric("in_context_probability", meta=("context_labels",), classes=True)
+@metric(
+    "in_context_probability",
+    meta=("context_labels",),
+    classes=True,
+    units={"in_context_probability": "probability"},
+)
 def in_context_probability(ctx: EvalContext) -> dict[str, Tensor]:
     """Total predicted probability of the labels present in the context."""
     logits, present = _label_logits(ctx)
     return {"in_context_probability": (logits.softmax(-1) * present).sum(-1).mean()}
 
 
-@metric("fewshot_attention", hooks=("attn.hook_pattern",), meta=META)
+@metric(
+    "fewshot_attention",
+    hooks=("attn.hook_pattern",),
+    meta=META,
+    units=dict.fromkeys(
+        [
+            "item_label_association",
+            "target_label_attention",
+            "target_item_label_attention",
+            "induction_strength",
+        ],
+        "attention share",
+    ),
+)
 def fewshot_attention(ctx: EvalContext) -> dict[str, Tensor]:
     """Per head: item-label association, target-label attention, target item-label attention and
     induction strength.

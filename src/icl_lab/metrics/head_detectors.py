@@ -49,7 +49,14 @@ def detector_score(patterns: list[Tensor] | Tensor, detections: Tensor) -> Tenso
     return (mass / total[..., None]).mean(1)
 
 
-@metric("head_detectors", hooks=("attn.hook_pattern",), tokens=True)
+@metric(
+    "head_detectors",
+    hooks=("attn.hook_pattern",),
+    tokens=True,
+    units=dict.fromkeys(
+        [f"{kind}_score" for kind in ("previous_token", "duplicate_token", "induction")], "attention share"
+    ),
+)
 def head_detectors(ctx: EvalContext) -> dict[str, Tensor]:
     """Per head: previous-token, duplicate-token and induction scores (TransformerLens definitions)."""
     tokens = ctx.batch.inputs
@@ -103,7 +110,11 @@ def _has_ov_circuit(model: Model, task: type[Task], config: TaskConfig) -> None:
     ov_weights(model)
 
 
-@metric("copying_eigenvalues", requires=_has_ov_circuit)
+@metric(
+    "copying_eigenvalues",
+    requires=_has_ov_circuit,
+    units={"copying_eigenvalue_score": "eigenvalue ratio, -1 to 1"},
+)
 def copying_eigenvalues(ctx: EvalContext) -> dict[str, Tensor]:
     """Per head: positive-eigenvalue share of W_U W_OV W_E (Olsson; ignores LayerNorm and MLPs)."""
     return {"copying_eigenvalue_score": ov_copying_score(*ov_weights(ctx.model))}

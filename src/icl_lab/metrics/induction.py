@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from icl_lab.config import TaskConfig
-from icl_lab.metrics.base import EvalContext, attention_mass, metric
+from icl_lab.metrics.base import LOSS_UNIT, EvalContext, attention_mass, metric
 from icl_lab.models.base import Model
 from icl_lab.tasks.base import Task, masked_mean
 
@@ -29,7 +29,11 @@ def _positions(ctx: EvalContext) -> tuple[Tensor, Tensor, Tensor]:
     return pos, ctx.batch.meta["period"][:, None], ctx.batch.meta["repeat_end"][:, None]
 
 
-@metric("icl_score", requires=_every_position)
+@metric(
+    "icl_score",
+    requires=_every_position,
+    units=dict.fromkeys(["icl_score", "loss_early_token", "loss_late_token"], LOSS_UNIT),
+)
 def icl_score(ctx: EvalContext) -> dict[str, Tensor]:
     """Loss at the late token minus loss at the early token (500 and 50 of 512, scaled to the context).
 
@@ -47,7 +51,11 @@ def icl_score(ctx: EvalContext) -> dict[str, Tensor]:
     return {"icl_score": loss_late - loss_early, "loss_early_token": loss_early, "loss_late_token": loss_late}
 
 
-@metric("copying", meta=REPEAT_META)
+@metric(
+    "copying",
+    meta=REPEAT_META,
+    units=dict.fromkeys(["copy_loss_first", "copy_loss_repeat", "copy_loss_drop"], LOSS_UNIT),
+)
 def copying(ctx: EvalContext) -> dict[str, Tensor]:
     """Loss on predicting the repeated copies (from the second token of the second copy on) vs the
     first copy; the drop (first - repeat, nats) measures copying."""
@@ -64,7 +72,12 @@ def copying(ctx: EvalContext) -> dict[str, Tensor]:
     }
 
 
-@metric("prefix_matching", hooks=("attn.hook_pattern",), meta=REPEAT_META)
+@metric(
+    "prefix_matching",
+    hooks=("attn.hook_pattern",),
+    meta=REPEAT_META,
+    units={"prefix_matching": "attention share"},
+)
 def prefix_matching(ctx: EvalContext) -> dict[str, Tensor]:
     """Per head: attention from each token of a later copy to the tokens that followed its earlier
     occurrences (Olsson's prefix matching), averaged over those tokens. Range [0, 1]; a perfect

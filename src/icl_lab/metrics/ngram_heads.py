@@ -8,7 +8,12 @@ from icl_lab.metrics.base import EvalContext, metric
 from icl_lab.models.ngram_layer import ngram_targets
 
 
-@metric("ngram_heads", hooks=("attn.hook_pattern",), tokens=True)
+@metric(
+    "ngram_heads",
+    hooks=("attn.hook_pattern",),
+    tokens=True,
+    units=dict.fromkeys([f"ngram_head_score_{n}" for n in (1, 2, 3)], "attention share"),
+)
 def ngram_heads(ctx: EvalContext) -> dict[str, Tensor]:
     """Per head, for n = 1, 2, 3: attention mass on the positions that follow earlier occurrences
     of the current n-gram, averaged over positions where there is one. Range [0, 1].

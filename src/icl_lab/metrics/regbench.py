@@ -10,7 +10,7 @@ from icl_lab.metrics.base import EvalContext, metric
 from icl_lab.tasks.base import masked_mean
 
 
-@metric("validity_accuracy", meta=("valid",), classes=True)
+@metric("validity_accuracy", meta=("valid",), classes=True, units={"validity_accuracy": "fraction"})
 def validity_accuracy(ctx: EvalContext) -> dict[str, Tensor]:
     """Share of positions where the arg-max prediction is a symbol the DFA allows next."""
     valid = ctx.batch.meta["valid"]
@@ -18,7 +18,7 @@ def validity_accuracy(ctx: EvalContext) -> dict[str, Tensor]:
     return {"validity_accuracy": masked_mean(valid.gather(-1, choice)[..., 0].float(), ctx.batch.loss_mask)}
 
 
-@metric("tvd", meta=("valid",), classes=True)
+@metric("tvd", meta=("valid",), classes=True, units={"tvd": "probability"})
 def tvd(ctx: EvalContext) -> dict[str, Tensor]:
     """Total variation distance, 0.5 * L1, between the predicted next-token distribution and the
     DFA's (uniform over the allowed symbols). Range [0, 1]."""

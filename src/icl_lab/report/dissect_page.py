@@ -17,7 +17,7 @@ from icl_lab.analysis.dissect import MIN_ESTIMATES, DissectConfig, Dissection, u
 from icl_lab.analysis.summary import units_text
 from icl_lab.evaluation import key_metric
 from icl_lab.files import atomic_write_text
-from icl_lab.report.figures import loss_unit
+from icl_lab.report.figures import loss_unit, measure_label
 from icl_lab.report.html import figures_html, page, save_png
 from icl_lab.store.metrics_table import TRAIN_SPLIT
 from icl_lab.store.run import Run
@@ -52,7 +52,7 @@ def timeline(run: Run, d: Dissection, member: int) -> Figure:
         label="LLC (± sd over chains)",
     )
     llc_ax.plot(np.maximum(d.smooth_steps, 1), d.smooth_llc, color="C3", label="GP smoothed")
-    llc_ax.set_ylabel("LLC")
+    llc_ax.set_ylabel("LLC (dimensionless)")
     for ax, (split, metric, layer) in zip(measure_axes, measures, strict=True):
         if layer is None:
             ax.plot(*run.curve(metric, split, member=member), color="k", label=metric)
@@ -62,7 +62,7 @@ def timeline(run: Run, d: Dissection, member: int) -> Figure:
             for head, values in heads.items():
                 if head.startswith(f"{layer}."):
                     ax.plot(np.maximum(xs, 1), values, label=f"head {head}")
-        ax.set_ylabel(metric.replace("_", " "), fontsize=8)
+        ax.set_ylabel(measure_label(run, metric), fontsize=8)
         ax.set_title(
             f"{metric} ({split})" + ("" if layer is None else f", layer {layer}"), fontsize=9, loc="left"
         )

@@ -13,6 +13,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from icl_lab.analysis.transitions import Transition
+from icl_lab.metrics.base import LOSS_UNIT, value_unit
 from icl_lab.store.metrics_table import TRAIN_SPLIT
 from icl_lab.store.run import Run
 from icl_lab.tasks import TASKS, Batch, Task
@@ -52,6 +53,13 @@ def loss_unit(run: Run) -> str:
     return TASKS.get(run.config.task.name).loss_unit
 
 
+def measure_label(run: Run, value: str) -> str:
+    """An axis label for a metric value: its name and the unit its metric declares."""
+    unit = value_unit(value)
+    unit = loss_unit(run) if unit == LOSS_UNIT else unit or "unit not declared"
+    return f"{value.replace('_', ' ')} ({unit})"
+
+
 def training_curves(run: Run, transition: Transition | None) -> Figure:
     """Loss and accuracy of every split against steps."""
     fig, (loss_ax, acc_ax) = plt.subplots(2, 1, figsize=(8, 6), sharex=True, constrained_layout=True)
@@ -62,7 +70,7 @@ def training_curves(run: Run, transition: Transition | None) -> Figure:
         loss_ax.plot(*run.curve("loss", split), color=colour, label=split)
         acc_ax.plot(*run.curve("accuracy", split), color=colour, label=split)
     loss_ax.set_ylabel(f"loss ({loss_unit(run)})")
-    acc_ax.set_ylabel("accuracy")
+    acc_ax.set_ylabel("accuracy (fraction)")
     acc_ax.set_xlabel("step")
     _time_axis(loss_ax, run, transition, top=True)
     _time_axis(acc_ax, run, transition, top=False)
@@ -91,7 +99,7 @@ def progress_measures(
                 if head.startswith(f"{layer}."):
                     ax.plot(steps, values, label=f"head {head}")
             ax.set_title(f"{metric}, layer {layer} heads ({split})", fontsize=9, loc="left")
-        ax.set_ylabel(metric.replace("_", " "), fontsize=8)
+        ax.set_ylabel(measure_label(run, metric), fontsize=8)
         _time_axis(ax, run, transition, top=i == 0)
         ax.legend(fontsize=7, ncol=4, loc="best")
     np.atleast_1d(axes)[-1].set_xlabel("step")
