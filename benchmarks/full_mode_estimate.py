@@ -8,18 +8,21 @@ own `ensemble` settings, the others by `auto`; up to 16 members), and each disti
 members' shape and count) is timed as one trainer on the device. Eager (training.compile off, so the
 figures are upper bounds for runs that `auto` compiles) unless `--compile`, which keeps each
 config's own setting and counts its compile in the first step. Per timing, set-up and first step are
-set apart, then `--steps` training steps and one evaluation of all splits are timed. Evaluation is
-timed on at most `--eval-sequences` sequences per split and scaled linearly to the config's
-eval.batch_size (its cost is one forward pass per batch; icll's 500 prompts of 1,024 tokens would
-hold every attention pattern at once). The estimate of a run = first step + steps x seconds per step
-+ evaluations x seconds per evaluation. An SAE run (Kissane's) is timed on a one-step model of its
-source's config (the weights do not change the cost): filling its activation buffer, `--steps` SAE
-steps and one evaluation. Checkpoint writes are left out. Totals are CPU hours on one thread (with W
-worker processes the wall time is about total / W), or hours on one GPU running the ensembles one
-after another. These are extrapolations, not measurements of whole runs. This shared machine's speed
-drifts (a 1024^3 matmul on one thread has measured 64-140 GFLOP/s on different days), so each entry
-records that matmul's GFLOP/s, measured before and after it, beside its hours. Each invocation
-updates the named reproductions' entries and keeps the others.
+set apart, then `--steps` training steps and one evaluation of all splits are timed. On the CPU
+evaluation is timed on at most `--eval-sequences` (64) sequences per split and scaled linearly to
+the config's eval.batch_size (its cost is one forward pass per batch; icll's 500 prompts of 1,024
+tokens would hold every attention pattern at once); on a GPU, whose cost is far from linear in the
+batch, on the whole batch unless `--eval-sequences` is given (the H200 estimates of 2026-12-04
+scaled 64 sequences, overstating reddy-phase's evaluations, 1.5 of its 4.4 hours). The estimate of a
+run = first step + steps x seconds per step + evaluations x seconds per evaluation. An SAE run
+(Kissane's) is timed on a one-step model of its source's config (the weights do not change the
+cost): filling its activation buffer, `--steps` SAE steps and one evaluation. Checkpoint writes are
+left out. Totals are CPU hours on one thread (with W worker processes the wall time is about total /
+W), or hours on one GPU running the ensembles one after another. These are extrapolations, not
+measurements of whole runs. This shared machine's speed drifts (a 1024^3 matmul on one thread has
+measured 64-140 GFLOP/s on different days), so each entry records that matmul's GFLOP/s, measured
+before and after it, beside its hours. Each invocation updates the named reproductions' entries and
+keeps the others.
 
     taskset -c 1 .venv/bin/python benchmarks/full_mode_estimate.py [NAME ...] [--steps 30]
     python benchmarks/full_mode_estimate.py --device cuda [--compile] [NAME ...]   (on a GPU)
@@ -193,7 +196,10 @@ def main() -> None:
     parser.add_argument("names", nargs="*", help="reproductions (default: all)")
     parser.add_argument("--steps", type=int, default=30, help="timed training steps per distinct config")
     parser.add_argument(
-        "--eval-sequences", type=int, default=64, help="sequences per split an evaluation is timed on"
+        "--eval-sequences",
+        type=int,
+        default=None,
+        help="sequences per split an evaluation is timed on (default: 64 on the CPU, all on a GPU)",
     )
     parser.add_argument("--device", default="cpu", help="cpu (single runs, one thread) or cuda (ensembles)")
     parser.add_argument("--compile", action="store_true", help="each config's training.compile, not eager")
@@ -202,6 +208,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     packed = args.packed or args.device != "cpu"
+    eval_sequences = args.eval_sequences or (64 if args.device == "cpu" else 1 << 62)
     if args.device == "cpu":
         torch.set_num_threads(1)
     name = "full_mode_estimate" + ("" if args.device == "cpu" else "_cuda")
@@ -213,7 +220,7 @@ def main() -> None:
     path = None
     for reproduction in args.names or REPRODUCTIONS.names():
         try:
-            entry = estimate(reproduction, args.steps, args.eval_sequences, args.device, args.compile, packed)
+            entry = estimate(reproduction, args.steps, eval_sequences, args.device, args.compile, packed)
         except ConfigError as e:  # e.g. a corpus this machine holds less of: the others still run
             print(f"{reproduction:18} cannot run here: {e}", flush=True)
             continue
