@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from conftest import tiny_config
 from icl_lab.errors import ConfigError, DivergenceError
@@ -165,6 +166,20 @@ def test_a_compiled_run_agrees_with_eager_and_resumes_bit_identically(tmp_path: 
     final, again = run.load_checkpoint(12), resumed.load_checkpoint(12)
     for key, value in final.tensors.items():
         assert torch.equal(again.tensors[key], value), key
+    how = {"compiled_kernels": True, "cuda_graphs": False, "device": "cpu"}
+    on, off = {"compiled": True, **how}, {"compiled": False, **how}
+    assert resumed.manifest["segments"] == [{"from_step": 0, **on}, {"from_step": 4, **on}]
+    # compile is outside the config hash: a resume may turn it off, and the manifest says from when
+    cut = killed_copy(run, tmp_path / "off", last_kept=8)
+    edited = yaml.safe_load((cut / "config.yaml").read_text())
+    edited["training"]["compile"] = "off"
+    (cut / "config.yaml").write_text(yaml.safe_dump(edited))
+    resumed = resume(Run.open(cut), progress=False)
+    assert resumed.manifest["compiled"] is False
+    assert resumed.manifest["segments"] == [
+        {"from_step": 0, **on},
+        {"from_step": 8, **off, "compiled_kernels": False},
+    ]
 
 
 @pytest.mark.parametrize("mode", ["off", "on"])

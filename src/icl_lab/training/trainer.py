@@ -335,7 +335,8 @@ class Trainer:
             stacklevel=2,
         )
         self.compiled = self.cuda_graphs = False
-        self.run.update_manifest(compiled=False, cuda_graphs=False, compile_refused=reason)
+        self.run.update_manifest(compile_refused=reason)
+        self._record_how_it_trains()
         return self._eager_step(args)
 
     def _whole_step(
@@ -471,6 +472,18 @@ class Trainer:
 
     # the loop --------------------------------------------------------------------------
 
+    def _record_how_it_trains(self) -> None:
+        """The manifest's compiled, compiled_kernels, cuda_graphs and device, as from this step on;
+        `segments` keeps each stretch's, since a resume may change them (--device, training.compile)."""
+        how = {
+            "compiled": self.compiled,
+            "compiled_kernels": self.kernels,
+            "cuda_graphs": self.cuda_graphs,
+            "device": str(self.device),
+        }
+        segments = [s for s in self.run.manifest.get("segments", []) if s["from_step"] < self.state.step]
+        self.run.update_manifest(**how, segments=[*segments, {"from_step": self.state.step, **how}])
+
     def fit(self) -> Run:
         """Train to the configured length; evaluate at step 0, every eval interval and at the end.
         Holds the run's lock throughout; SIGTERM stops it like Ctrl-C (marked interrupted)."""
@@ -478,13 +491,8 @@ class Trainer:
         log_every = self.run.config.training.log_every
         state = self.state
         self.run.acquire()
-        self.run.update_manifest(
-            status="running",
-            total_steps=self.total_steps,
-            compiled=self.compiled,
-            compiled_kernels=self.kernels,
-            cuda_graphs=self.cuda_graphs,
-        )
+        self.run.update_manifest(status="running", total_steps=self.total_steps)
+        self._record_how_it_trains()
         plan = self.tasks[0].repetition
         if plan is not None:
             self.run.update_manifest(
