@@ -237,3 +237,35 @@ def test_a_sweep_does_not_reuse_a_run_whose_corpus_changed(tmp_path: Path) -> No
         f.write(" or not")
     with pytest.raises(IclLabError, match=f"RunStoreError: run {run.id} was trained on other data than"):
         run_configs([config], tmp_path / "runs", workers=1, progress=False)
+
+
+def test_ensemble_members_on_other_corpora_keep_their_own_tokenisers_and_repetition(tmp_path: Path) -> None:
+    """Members may differ in corpus (same vocabulary size) and in repetition: the run keeps each
+    member's tokeniser where it differs from member 0's, and each member's repetition plan."""
+    from icl_lab.training.trainer import train
+
+    def member(corpus: Path, repeat: dict | None) -> object:
+        task = {
+            "name": "text_lm",
+            "corpus": str(corpus),
+            "seq_len": 16,
+            "tokenizer": "bpe",
+            "vocab_size": 300,
+        }
+        return tiny_config(task={**task, "repeat": repeat}, training={"length": {"steps": 8}})
+
+    first, other = _corpus(tmp_path / "first"), tmp_path / "other"
+    other.mkdir()
+    for i in range(5):
+        (other / f"doc{i}.txt").write_text(" ".join(["one two three four"] * 60 + [str(i)]))
+    repeat = {"fraction": 0.5, "epochs": 4}
+    run = train([member(first, None), member(first, repeat), member(other, None)], str(tmp_path / "r"), False)
+    assert (run.path / "tokenizer.json").is_file() and (
+        run.path / "members" / "2" / "tokenizer.json"
+    ).is_file()
+    assert not (run.path / "members" / "1").exists(), "member 1 reads member 0's data"
+    mine = [BPETokenizer.load(p / "tokenizer.json") for p in (run.path, run.path / "members" / "2")]
+    first_tokens, other_tokens = (len(t.encode_batch(["one two three four"])[0]) for t in mine)
+    assert other_tokens < first_tokens, "member 2's tokeniser learned its own corpus's words"
+    plans = run.manifest["repetition"]
+    assert plans[0] is None and plans[2] is None and plans[1]["epochs"] == 4

@@ -195,7 +195,8 @@ class Task:
 
     def save_artifacts(self, directory: Path) -> None:
         """Write what a run of this task needs to be read later (e.g. a trained tokeniser) into
-        the run directory (nothing by default)."""
+        the run directory, or members/M in it for an ensemble member that reads other data than
+        member 0 (nothing by default)."""
 
     def report_figures(self, run: "Run", out: Path) -> dict[str, bytes]:
         """Figures of this task's own a run report shows, {title: PNG bytes}, written into out

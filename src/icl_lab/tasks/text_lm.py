@@ -237,5 +237,6 @@ class TextLMTask(Task):
 
     def save_artifacts(self, directory: Path) -> None:
         """The tokeniser, as tokenizer.json, and the corpus split's description, as corpus.json."""
+        directory.mkdir(parents=True, exist_ok=True)
         atomic_write(directory / "tokenizer.json", self.streams.tokenizer.save)
         atomic_write_text(directory / "corpus.json", json.dumps(self.streams.info, indent=1))

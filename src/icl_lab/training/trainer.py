@@ -69,6 +69,19 @@ from icl_lab.training.optim import (
 from icl_lab.training.progress import TrainingProgress
 
 
+def _repetition(task: Task) -> dict[str, float] | None:
+    """What a task's repetition plan makes of the run, for the manifest (None: no repetition)."""
+    plan = task.repetition
+    if plan is None:
+        return None
+    return {
+        "bank_sequences_per_batch": plan.per_batch,
+        "bank_size": plan.bank_size,
+        "epochs": plan.epochs,
+        "repeated_share": plan.per_batch / plan.batch_size,
+    }
+
+
 def over_members(fn: Callable[..., Tensor], n_members: int) -> Callable[..., Tensor]:
     """fn over the leading member axis of every argument: vmap for an ensemble, a plain call
     (no batching overhead) for a single member."""
@@ -177,7 +190,9 @@ class Trainer:
         digests = {str(m): d[1] for m, task in enumerate(self.tasks) if (d := task.data_digest())}
         if digests and "data" not in run.manifest:  # eval_data checks them from now on
             run.update_manifest(data=digests)
-        self.tasks[0].save_artifacts(run.path)
+        for m, task in enumerate(self.tasks):  # a member reading other data keeps its own
+            if m == 0 or task.data_digest() != self.tasks[0].data_digest():
+                task.save_artifacts(run.path / "members" / str(m) if m else run.path)
         batch_size, tokens = cfg.training.batch_size, self.tasks[0].tokens_per_sequence
         self.batch_size, self.tokens_per_sequence = batch_size, tokens
         self.total_steps = total_steps(cfg)
@@ -493,16 +508,9 @@ class Trainer:
         self.run.acquire()
         self.run.update_manifest(status="running", total_steps=self.total_steps)
         self._record_how_it_trains()
-        plan = self.tasks[0].repetition
-        if plan is not None:
-            self.run.update_manifest(
-                repetition={
-                    "bank_sequences_per_batch": plan.per_batch,
-                    "bank_size": plan.bank_size,
-                    "epochs": plan.epochs,
-                    "repeated_share": plan.per_batch / plan.batch_size,
-                }
-            )
+        plans = [_repetition(task) for task in self.tasks]  # members may repeat differently
+        if any(plans):
+            self.run.update_manifest(repetition=plans[0] if len(plans) == 1 else plans)
         try:
             with (
                 on_sigterm(),
