@@ -127,3 +127,15 @@ def test_every_progress_measure_a_report_plots_names_its_unit(bursty_run: Run) -
     assert measure_label(bursty_run, "icl_score") == "icl score (nats)"
     assert measure_label(bursty_run, "induction_strength") == "induction strength (attention share)"
     assert measure_label(bursty_run, "my_metric") == "my metric (unit not declared)"
+
+
+def test_report_member_writes_that_members_report_beside_member_0s(cli, tmp_path) -> None:
+    members = [tiny_config(seed=seed, training={"length": {"steps": 4}}) for seed in (3, 7)]
+    run = train(members, str(tmp_path), progress=False)
+    code, out, _ = cli("report", run.path, "--member", "1")
+    assert code == 0 and (run.path / "report" / "member1" / "report.html").is_file(), out
+    page = (run.path / "report" / "member1" / "report.html").read_text()
+    assert "<tr><th>seed</th><td>7</td></tr><tr><th>member</th><td>1 of 2</td></tr>" in page
+    assert not (run.path / "report" / "report.html").exists(), "member 0's report is not written"
+    code, _, err = cli("report", run.path, "--member", "2")
+    assert code == 2 and err.strip().endswith(f"run {run.id} has no member 2 (it has members 0 to 1)")

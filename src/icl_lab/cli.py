@@ -264,9 +264,14 @@ def _header(path: Path) -> str:
 @app.command()
 def report(
     target: Annotated[Path, typer.Argument(help="Run or sweep directory.")],
+    member: Annotated[
+        int, typer.Option(help="Ensemble member (its report goes to report/member<M>/ for M > 0).")
+    ] = 0,
 ) -> None:
     """Write report.html (self-contained) and PNG figures into TARGET/report/."""
     if (target / "sweep.yaml").is_file():
+        if member:
+            raise ConfigError("--member reports one member of an ensemble run, not a sweep")
         from icl_lab.report.sweep import write_sweep_report
 
         console.print(f"report: {write_sweep_report(target)}")
@@ -274,7 +279,7 @@ def report(
     from icl_lab.report.page import write_report
     from icl_lab.store.run import Run
 
-    console.print(f"report: {write_report(Run.open(target))}")
+    console.print(f"report: {write_report(Run.open(target).view(member))}")
 
 
 @app.command()

@@ -24,9 +24,9 @@ def _nearest(steps: list[int], target: float) -> int:
 def write_report(run: Run, out_dir: Path | None = None) -> Path:
     """Write report/training.png, progress.png (if the task has progress measures), the task's own
     figures (Task.report_figures), attention.png (if the model has attention patterns) and
-    report/report.html; return the page."""
+    report/report.html (report/member<M>/ for a handle on member M > 0); return the page."""
     run.check_whole()
-    out = out_dir or run.path / "report"
+    out = out_dir or run.path / "report" / (f"member{run.member}" if run.member else "")
     out.mkdir(parents=True, exist_ok=True)
     summary = summarise(run)
     checkpoints = run.checkpoint_steps
@@ -87,6 +87,7 @@ def _html(run: Run, summary: RunSummary, images: dict[str, bytes], task: Task) -
         ("run", run.id),
         ("status", run.status),
         ("seed", str(cfg.seed)),
+        *([("member", f"{run.member} of {len(run.configs)}")] if len(run.configs) > 1 else []),
         ("trained", units_text(run, summary.final_step)),
         (
             "batch size",
