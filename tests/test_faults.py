@@ -480,10 +480,11 @@ def test_two_resumes_of_one_run_at_once(tmp_path: Path) -> None:
     assert run.status == "running"
     second = icl("resume", run.path, "-q")
     assert second.returncode == 2
-    one_line(second.stderr, f"run {run.id} is marked running (pid {first.pid}")
+    on_this_host = f"run {run.id} is being trained by pid {first.pid} on this host: wait for it, or stop it"
+    one_line(second.stderr, on_this_host)  # its lock is held: --force cannot help, and is not offered
     forced = icl("resume", run.path, "-q", "--force")
     assert forced.returncode == 2
-    one_line(forced.stderr, f"run {run.id} is being trained by another process")
+    one_line(forced.stderr, on_this_host)
     first.send_signal(signal.SIGTERM)
     assert first.wait(timeout=60) == 143
     assert Run.open(run.path).status == "interrupted"

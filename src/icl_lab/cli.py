@@ -7,6 +7,7 @@ exits with code 2.
 import itertools
 import shlex
 import signal
+import socket
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -89,6 +90,11 @@ def resume(
         raise RunStoreError(
             f"run {handle.id} diverged at step {handle.manifest.get('diverged_at')}; resuming would "
             "repeat it: train a changed config (e.g. a smaller learning rate) afresh"
+        )
+    if status == "running" and handle.manifest.get("host") == socket.gethostname():
+        raise RunStoreError(  # its lock is held: the process lives
+            f"run {handle.id} is being trained by pid {handle.manifest.get('pid')} on this host: "
+            "wait for it, or stop it (it can be resumed then)"
         )
     if status == "running" and not force:
         where = f"pid {handle.manifest.get('pid')} on host {handle.manifest.get('host')}"
