@@ -43,6 +43,9 @@ def timed(fn: object) -> float:
 def ensemble_vs_sequential(name: str, n: int, steps: int, device: str) -> dict:
     runs = Path(tempfile.mkdtemp())
     members = configs(name, n, steps, device)
+    # the device's start-up (a GPU's context, its libraries' first calls) before either is timed: on
+    # an H200 on 2026-12-04 the ensemble, timed first without this, paid it (5.83x for 64 Singh seeds)
+    train(configs(name, 2, 2, device), str(runs), progress=False)
     together = timed(lambda: train(members, str(runs), progress=False))
     alone = timed(lambda: [train(c, str(runs), progress=False) for c in members])
     row = {
