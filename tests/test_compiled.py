@@ -336,3 +336,14 @@ def test_cuda_graphs_train_a_clamped_ensemble_as_the_compiled_step_does(tmp_path
         params[graphs] = {k: v.detach() for k, v in trainer.state.params.items()}
     assert_agree(params[False], params[True], initial)
     torch.testing.assert_close(losses[True], losses[False], rtol=1e-3, atol=1e-4)
+
+
+@CUDA
+def test_a_run_with_cuda_graphs_resumes_bit_identically_on_cuda(tmp_path: Path) -> None:
+    training = {**ADAM, "device": "cuda", "compile": "on", "cuda_graphs": True, "length": {"steps": 12}}
+    run = train(tiny_config(training=training, model=TRANSFORMER), str(tmp_path / "whole"), progress=False)
+    assert run.manifest["segments"][0]["cuda_graphs"] is True
+    resumed = resume(Run.open(killed_copy(run, tmp_path, last_kept=4)), progress=False)
+    final, again = run.load_checkpoint(12), resumed.load_checkpoint(12)
+    for key, value in final.tensors.items():
+        assert torch.equal(again.tensors[key], value), key
