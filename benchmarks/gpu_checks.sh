@@ -4,7 +4,7 @@
 # of under 600 s brings back whatever finished.
 #
 #   here:   bash benchmarks/gpu_checks.sh wheels   # what the device image lacks, as cp312 wheels in .whl/
-#   there:  bash benchmarks/gpu_checks.sh all      # via the device tool, carrying .whl (about 540 s)
+#   there:  bash benchmarks/gpu_checks.sh all      # via the device tool, carrying .whl (about 570 s)
 #           bash benchmarks/gpu_checks.sh run      # the tests and throughput benchmarks alone
 #           bash benchmarks/gpu_checks.sh estimate # the full modes' GPU hours alone
 #
@@ -38,17 +38,17 @@ run() {
   nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$out/gpu.txt"
   python3 -c "import torch; print('torch', torch.__version__)" | tee -a "$out/gpu.txt"
   # every test that needs CUDA (the CUDA-graph one included); the rest ran on the CPU already
-  section 150 gpu_tests.txt python3 -m pytest -p no:cacheprovider -o addopts="" -q --durations=5 -k "cuda" \
+  section 200 gpu_tests.txt python3 -m pytest -p no:cacheprovider -o addopts="" -q --durations=5 -k "cuda" \
     tests/test_compiled.py tests/test_trainer.py tests/test_reproduce.py tests/test_sae_run.py tests/test_model.py
   section 110 train_throughput.txt python3 benchmarks/train_throughput.py --device cuda --steps 100 --repeats 3
-  section 120 sweep_throughput.txt python3 benchmarks/sweep_throughput.py --device cuda --parts a --members 64 \
+  section 100 sweep_throughput.txt python3 benchmarks/sweep_throughput.py --device cuda --parts a --members 64 \
     --steps 100 --configs singh
   cp benchmarks/results/train_throughput_cuda.json benchmarks/results/sweep_throughput_cuda.json "$out/" 2>/dev/null || true
 }
 
 estimate() {
   # cheapest first: each reproduction's line is printed as it finishes, so a cut-off run keeps them
-  section "${1:-170}" full_mode_estimate.txt python3 benchmarks/full_mode_estimate.py --device cuda --steps 20 \
+  section "${1:-150}" full_mode_estimate.txt python3 benchmarks/full_mode_estimate.py --device cuda --steps 20 \
     singh gd reddy kissane reddy-phase hernandez function-classes icll
   cp benchmarks/results/full_mode_estimate_cuda.json "$out/" 2>/dev/null || true
 }
