@@ -38,7 +38,7 @@ run() {
   nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$out/gpu.txt"
   python3 -c "import torch; print('torch', torch.__version__)" | tee -a "$out/gpu.txt"
   # every test that needs CUDA (the CUDA-graph one included); the rest ran on the CPU already
-  section 200 gpu_tests.txt python3 -m pytest -p no:cacheprovider -o addopts="" -q --durations=5 -k "cuda" \
+  section 200 gpu_tests.txt python3 -m pytest -p no:cacheprovider -o addopts="" -v -rf --tb=short --durations=5 -k "cuda" \
     tests/test_compiled.py tests/test_trainer.py tests/test_reproduce.py tests/test_sae_run.py tests/test_model.py
   section 110 train_throughput.txt python3 benchmarks/train_throughput.py --device cuda --steps 100 --repeats 3
   section 100 sweep_throughput.txt python3 benchmarks/sweep_throughput.py --device cuda --parts a --members 64 \
