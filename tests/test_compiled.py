@@ -347,3 +347,33 @@ def test_a_run_with_cuda_graphs_resumes_bit_identically_on_cuda(tmp_path: Path) 
     final, again = run.load_checkpoint(12), resumed.load_checkpoint(12)
     for key, value in final.tensors.items():
         assert torch.equal(again.tensors[key], value), key
+
+
+def test_an_optimiser_keeps_how_it_steps_when_restored_from_another_kind_of_run() -> None:
+    """A GPU run compiled with an unfused Adam saves capturable: True; resumed on the CPU (or eager,
+    fused), the optimiser must keep its own flags, or its first step() fails (capturable on a CPU)."""
+    from types import SimpleNamespace
+
+    from icl_lab.store.train_state import load_optimizer, optimizer_tensors
+    from icl_lab.training.optim import build_optimizer
+
+    cfg = tiny_config(training=ADAM).training.optimizer
+    weights = torch.nn.Parameter(torch.randn(4, 3))
+    trained = build_optimizer([weights], cfg)
+    weights.grad = torch.randn(4, 3)
+    trained.step()
+    tensors, groups = optimizer_tensors(trained)
+    groups = [{**g, "capturable": True, "fused": None} for g in groups]  # as a GPU's compiled run saves
+    checkpoint = SimpleNamespace(
+        info={"param_groups": groups},
+        group=lambda prefix: {k.removeprefix("optim/"): v.clone() for k, v in tensors.items()},
+    )
+    for fused in (False, True):
+        again = build_optimizer([weights], cfg, fused=fused)
+        load_optimizer(again, checkpoint, torch.device("cpu"))
+        assert again.param_groups[0]["capturable"] is False and again.param_groups[0]["fused"] == (
+            fused or None
+        )
+        assert again.state[weights]["step"].item() == 1.0
+        again.step()  # was: "If capturable=True, params and state_steps must be on supported devices"
+        assert again.state[weights]["step"].item() == 2.0

@@ -69,10 +69,21 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tenso
     return tensors, state["param_groups"]
 
 
+HOW_IT_STEPS = ("capturable", "fused", "foreach", "differentiable")
+"""param-group flags that say how an optimiser computes its update, not what it has learnt"""
+
+
 def load_optimizer(optimizer: torch.optim.Optimizer, checkpoint: Checkpoint, device: torch.device) -> None:
-    """Restore an optimiser from what optimizer_tensors wrote (param groups in info["param_groups"])."""
-    state: dict[str, Any] = {"state": {}, "param_groups": checkpoint.info["param_groups"]}
+    """Restore an optimiser from what optimizer_tensors wrote (param groups in info["param_groups"]).
+    The optimiser keeps its own HOW_IT_STEPS flags: a run trained compiled on a GPU (Adam capturable)
+    may resume eager or on the CPU. Adam's step counts are left for torch to place: on the
+    parameters' device when the optimiser is capturable or fused, else on the CPU."""
+    groups = [
+        {**saved, **{key: live[key] for key in HOW_IT_STEPS if key in live}}
+        for saved, live in zip(checkpoint.info["param_groups"], optimizer.param_groups, strict=True)
+    ]
+    state: dict[str, Any] = {"state": {}, "param_groups": groups}
     for key, value in checkpoint.group("optim").items():
         index, name = key.split("/")
-        state["state"].setdefault(int(index), {})[name] = value.to(device)
+        state["state"].setdefault(int(index), {})[name] = value if name == "step" else value.to(device)
     optimizer.load_state_dict(state)
