@@ -208,6 +208,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     packed = args.packed or args.device != "cpu"
+    if args.eval_sequences is not None and args.eval_sequences < 1:
+        parser.error("--eval-sequences must be at least 1")
     eval_sequences = args.eval_sequences or (64 if args.device == "cpu" else 1 << 62)
     if args.device == "cpu":
         torch.set_num_threads(1)
@@ -221,8 +223,8 @@ def main() -> None:
     for reproduction in args.names or REPRODUCTIONS.names():
         try:
             entry = estimate(reproduction, args.steps, eval_sequences, args.device, args.compile, packed)
-        except ConfigError as e:  # e.g. a corpus this machine holds less of: the others still run
-            print(f"{reproduction:18} cannot run here: {e}", flush=True)
+        except (ConfigError, torch.OutOfMemoryError) as e:  # a corpus this machine holds less of, a
+            print(f"{reproduction:18} cannot run here: {e}", flush=True)  # GPU's memory: the others run
             continue
         record["reproductions"][reproduction] = entry
         print(

@@ -47,6 +47,7 @@ run() {
 }
 
 estimate() {
+  rm -f benchmarks/results/full_mode_estimate_cuda.json # else entries not timed now come back as if they were
   # cheapest first: each reproduction's line is printed as it finishes, so a cut-off run keeps them
   section "${1:-150}" full_mode_estimate.txt python3 benchmarks/full_mode_estimate.py --device cuda --steps 20 \
     singh gd reddy kissane reddy-phase hernandez function-classes icll

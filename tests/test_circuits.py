@@ -88,7 +88,7 @@ def test_analyses_of_a_split_the_run_never_evaluated_name_what_it_did(run) -> No
     only_other = run.eval_data()[0], {}
     with (
         mock.patch.object(type(run), "eval_data", lambda self: only_other),
-        pytest.raises(ConfigError, match=r"evaluates no train split \(only \): pass a batch"),
+        pytest.raises(ConfigError, match=r"evaluates no train split \(its splits: none\): pass a batch"),
     ):
         clamp_progress(run, {})
 

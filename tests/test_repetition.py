@@ -81,7 +81,7 @@ def test_text_unique_windows_never_repeat_and_never_come_from_the_bank(
         build_task(config)
     # python_stdlib's size depends on the Python installed: the refusal says where it was read
     monkeypatch.setattr(
-        text_lm, "corpus_files", lambda source: (Path("/usr/lib/python3.12"), ["a.py", "b.py"])
+        text_lm, "corpus_files", lambda source, most: (Path("/usr/lib/python3.12"), ["a.py", "b.py"])
     )
     task.config = task.config.model_copy(update={"corpus": "python_stdlib"})
     with pytest.raises(

@@ -71,10 +71,10 @@ def test_a_run_that_logs_neither_its_key_metric_nor_the_loss_follows_its_trainin
     assert summary.key == "train_batches loss" and summary.curve_logged
     assert summary_lines(run)[1].startswith("final accuracy at step 8: train 0.")
     # evaluated at step 0 alone (killed before its next evaluation): no curve, and the page says so
-    monkeypatch.setattr(Run, "summary_curve", lambda *args: (np.array([], int), np.array([])))
+    monkeypatch.setattr(Run, "summary_curve", lambda *args: (np.array([0]), np.array([2.5])))
     summary = summarise(run)
-    assert summary.key == "none: no evaluation after training began" and not summary.curve_logged
-    assert summary_lines(run)[0] == "no transition curve: no evaluation after training began (seed 3)"
+    assert summary.key == "none: fewer than two evaluations" and not summary.curve_logged
+    assert summary_lines(run)[0] == "no transition curve: fewer than two evaluations (seed 3)"
     assert "no curve to detect on" in write_report(run).read_text()
 
 
@@ -139,3 +139,19 @@ def test_report_member_writes_that_members_report_beside_member_0s(cli, tmp_path
     assert not (run.path / "report" / "report.html").exists(), "member 0's report is not written"
     code, _, err = cli("report", run.path, "--member", "2")
     assert code == 2 and err.strip().endswith(f"run {run.id} has no member 2 (it has members 0 to 1)")
+
+
+def test_report_member_of_a_sweep_is_refused(cli, tmp_path) -> None:
+    (tmp_path / "sweep.yaml").write_text("name: s\n")
+    code, _, err = cli("report", tmp_path, "--member", "0")
+    assert code == 2 and err.strip() == "error: --member reports one member of an ensemble run, not a sweep"
+
+
+def test_a_value_declared_in_two_units_is_refused_when_registered() -> None:
+    from icl_lab.metrics import METRICS, metric
+
+    with pytest.raises(
+        ValueError, match=r"^metric loss_in_bits: loss in 'bits', but metric loss gives it in 'loss'$"
+    ):
+        metric("loss_in_bits", units={"loss": "bits"})(lambda ctx: {})
+    assert "loss_in_bits" not in METRICS

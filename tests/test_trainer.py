@@ -276,3 +276,14 @@ def test_train_without_a_config_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"^train needs a config, or a list of one or more member configs$"):
         train([], str(tmp_path), progress=False)
     assert not any(tmp_path.iterdir()), "nothing written"
+
+
+def test_a_run_from_before_segments_keeps_its_first_stretch_when_resumed(tmp_path: Path) -> None:
+    run = train(tiny_config(), str(tmp_path), progress=False)
+    cut = killed_copy(run, tmp_path / "cut", last_kept=4)
+    manifest = json.loads((cut / "manifest.json").read_text())
+    del manifest["segments"], manifest["device"]  # as runs made before segments were recorded
+    (cut / "manifest.json").write_text(json.dumps(manifest))
+    resumed = resume(Run.open(cut), progress=False)
+    how = {"compiled": False, "compiled_kernels": False, "cuda_graphs": False}
+    assert resumed.manifest["segments"] == [{"from_step": 0, **how}, {"from_step": 4, **how, "device": "cpu"}]

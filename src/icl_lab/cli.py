@@ -271,12 +271,13 @@ def _header(path: Path) -> str:
 def report(
     target: Annotated[Path, typer.Argument(help="Run or sweep directory.")],
     member: Annotated[
-        int, typer.Option(help="Ensemble member (its report goes to report/member<M>/ for M > 0).")
-    ] = 0,
+        int | None,
+        typer.Option(help="Ensemble member (default 0; its report goes to report/member<M>/ for M > 0)."),
+    ] = None,
 ) -> None:
     """Write report.html (self-contained) and PNG figures into TARGET/report/."""
     if (target / "sweep.yaml").is_file():
-        if member:
+        if member is not None:
             raise ConfigError("--member reports one member of an ensemble run, not a sweep")
         from icl_lab.report.sweep import write_sweep_report
 
@@ -285,7 +286,7 @@ def report(
     from icl_lab.report.page import write_report
     from icl_lab.store.run import Run
 
-    console.print(f"report: {write_report(Run.open(target).view(member))}")
+    console.print(f"report: {write_report(Run.open(target).view(member or 0))}")
 
 
 @app.command()

@@ -181,7 +181,7 @@ def check_ensemble(configs: list[ExperimentConfig]) -> None:
     first = configs[0]
     refusal = MODELS.get(first.model.name).ensemble_refusal(first.model, first.training.device)
     if len(configs) > 1 and refusal:
-        raise ConfigError(f"{refusal}: train the members as separate runs")
+        raise ConfigError(f"{refusal}: train (or resume) the members as separate runs, or on the CPU")
 
 
 def ensemble_hash(configs: list[ExperimentConfig]) -> str:

@@ -21,11 +21,13 @@ def clamp(**fields: object) -> Clamp:
 
 
 def speed(run: Run, split: str = "train", threshold: float = 0.4 * math.log(2)) -> int | None:
-    """Singh's speed: the first evaluated step whose loss is below threshold (0.4 ln 2), or None."""
+    """Singh's speed: the first evaluated step whose loss on `split` is below threshold (0.4 ln 2),
+    or None if none is; ConfigError if the run logged no loss on that split."""
     steps, loss = run.curve("loss", split)
     if not steps.size:
         logged = sorted(set(run.metrics.filter(pc.equal(run.metrics["metric"], "loss"))["split"].to_pylist()))
-        raise ConfigError(f"run {run.id} logged no loss on split {split!r} (it did on: {', '.join(logged)})")
+        where = f"it did on: {', '.join(logged)}" if logged else "nor on any other"
+        raise ConfigError(f"run {run.id} logged no loss on split {split!r} ({where})")
     below = np.flatnonzero(loss < threshold)
     return int(steps[below[0]]) if below.size else None
 
@@ -95,7 +97,8 @@ def clamp_progress(
     eval.with_clamps), so a run trained with heads ablated is scored with them ablated."""
     task, batches = run.eval_data()
     if batch is None and "train" not in batches:
-        raise ConfigError(f"run {run.id} evaluates no train split (only {', '.join(batches)}): pass a batch")
+        splits = ", ".join(batches) or "none"
+        raise ConfigError(f"run {run.id} evaluates no train split (its splits: {splits}): pass a batch")
     batch = batches["train"] if batch is None else batch
     steps = [s for s in run.checkpoint_steps if last_step is None or s <= last_step]
     curves: dict[str, list[float]] = {"none": [], **{name: [] for name in subcircuits}}

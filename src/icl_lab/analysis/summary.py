@@ -20,7 +20,7 @@ class RunSummary:
     main: Transition | None
     final: dict[str, dict[str, float]]  # split -> metric -> value at the last evaluation
     final_step: int
-    curve_logged: bool = True  # False: no curve to detect transitions on
+    curve_logged: bool = True  # False: no curve (two or more points) to detect transitions on
 
 
 def summarise(run: Run, member: int | None = None) -> RunSummary:
@@ -45,9 +45,9 @@ def summarise(run: Run, member: int | None = None) -> RunSummary:
         if row["step"] == last and row["head"] is None:
             final.setdefault(row["split"], {})[row["metric"]] = row["value"]
     key = f"{split} {metric}" + (f" ({how} over heads)" if how != "mean" else "")
-    if not values.size:  # evaluated at step 0 alone
-        key = "none: no evaluation after training began"
-    return RunSummary(key, transitions, main_transition(transitions), final, last, bool(values.size))
+    if values.size < 2:  # e.g. killed before its second evaluation: nothing to follow
+        key = "none: fewer than two evaluations"
+    return RunSummary(key, transitions, main_transition(transitions), final, last, values.size >= 2)
 
 
 def units_text(run: Run, step: float) -> str:

@@ -124,6 +124,13 @@ def metric(
     def add(fn: Callable[[EvalContext], dict[str, Tensor]]) -> Callable:
         description = summary(fn.__doc__)
         declared = tuple((units or {}).items())
+        for value, unit in declared:  # a value's unit is one, whichever metric computes it
+            for other, known in METRICS.items():
+                clash = next((u for v, u in known.units if v == value and u != unit), None)
+                if other != name and clash is not None:
+                    raise ValueError(
+                        f"metric {name}: {value} in {unit!r}, but metric {other} gives it in {clash!r}"
+                    )
         METRICS.register(name)(Metric(fn, hooks, description, meta, tokens, classes, requires, declared))
         return fn
 

@@ -101,7 +101,8 @@ def progress_measures(
             ax.set_title(f"{metric}, layer {layer} heads ({split})", fontsize=9, loc="left")
         ax.set_ylabel(measure_label(run, metric), fontsize=8)
         _time_axis(ax, run, transition, top=i == 0)
-        ax.legend(fontsize=7, ncol=4, loc="best")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, ncol=4, loc="best")
     np.atleast_1d(axes)[-1].set_xlabel("step")
     fig.suptitle(f"{run.id}: progress measures ({run.whose()})", fontsize=10)
     return fig

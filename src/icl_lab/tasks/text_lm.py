@@ -169,7 +169,7 @@ class TextLMTask(Task):
         if bank + needed > windows:
             where = ""
             if self.config.corpus == "python_stdlib":  # its size depends on the Python installed
-                root, files = corpus_files("python_stdlib")
+                root, files = corpus_files("python_stdlib", self.config.max_documents)
                 where = f" ({len(files):,} files under {root}; some Pythons come without their tests)"
             raise ConfigError(
                 f"task.repeat: the run needs {needed:,} unique windows of {width} tokens and a bank of "

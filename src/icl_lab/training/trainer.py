@@ -191,7 +191,7 @@ class Trainer:
         if digests and "data" not in run.manifest:  # eval_data checks them from now on
             run.update_manifest(data=digests)
         for m, task in enumerate(self.tasks):  # a member reading other data keeps its own
-            if m == 0 or task.data_digest() != self.tasks[0].data_digest():
+            if m == 0 or digests.get(str(m)) != digests.get("0"):
                 task.save_artifacts(run.path / "members" / str(m) if m else run.path)
         batch_size, tokens = cfg.training.batch_size, self.tasks[0].tokens_per_sequence
         self.batch_size, self.tokens_per_sequence = batch_size, tokens
@@ -350,8 +350,7 @@ class Trainer:
             stacklevel=2,
         )
         self.compiled = self.cuda_graphs = False
-        self.run.update_manifest(compile_refused=reason)
-        self._record_how_it_trains()
+        self._record_how_it_trains(compile_refused=reason)
         return self._eager_step(args)
 
     def _whole_step(
@@ -487,16 +486,24 @@ class Trainer:
 
     # the loop --------------------------------------------------------------------------
 
-    def _record_how_it_trains(self) -> None:
-        """The manifest's compiled, compiled_kernels, cuda_graphs and device, as from this step on;
-        `segments` keeps each stretch's, since a resume may change them (--device, training.compile)."""
+    def _record_how_it_trains(self, compile_refused: str | None = None) -> None:
+        """The manifest's compiled, compiled_kernels, cuda_graphs, device and compile_refused, as
+        from this step on; `segments` keeps each stretch's, since a resume may change them (--device,
+        training.compile). A run from before segments gets its first from the manifest's fields."""
+        manifest = self.run.manifest
         how = {
             "compiled": self.compiled,
             "compiled_kernels": self.kernels,
             "cuda_graphs": self.cuda_graphs,
             "device": str(self.device),
+            **({"compile_refused": compile_refused} if compile_refused else {}),
         }
-        segments = [s for s in self.run.manifest.get("segments", []) if s["from_step"] < self.state.step]
+        earlier = manifest.get("segments")
+        if earlier is None and "compiled" in manifest:  # its device was not recorded
+            keys = ("compiled", "compiled_kernels", "cuda_graphs", "compile_refused")
+            earlier = [{"from_step": 0, **{k: manifest[k] for k in keys if k in manifest}}]
+        segments = [s for s in earlier or [] if s["from_step"] < self.state.step]
+        manifest.pop("compile_refused", None)  # an earlier stretch's, kept in its segment
         self.run.update_manifest(**how, segments=[*segments, {"from_step": self.state.step, **how}])
 
     def fit(self) -> Run:
