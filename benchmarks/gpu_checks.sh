@@ -7,6 +7,8 @@
 #   there:  bash benchmarks/gpu_checks.sh all      # via the device tool, carrying .whl (about 570 s)
 #           bash benchmarks/gpu_checks.sh run      # the tests and throughput benchmarks alone
 #           bash benchmarks/gpu_checks.sh estimate # the full modes' GPU hours alone
+#           bash benchmarks/gpu_checks.sh full gd   # full modes (of about 6 GPU minutes: gd) and their
+#                                                    # published claims, as full_docs.tar.gz (--docs)
 #
 # The device image has Python 3.12 with its own CUDA build of torch and most of our dependencies;
 # icl-lab runs there from src/ on PYTHONPATH (nothing is installed), on that torch.
@@ -64,11 +66,19 @@ wheels)
   done
   ls .whl
   ;;
+full)
+  setup
+  shift
+  for name in "$@"; do
+    section 480 "full_$name.txt" python3 -m icl_lab reproduce "$name" --device cuda --runs-dir /tmp/runs --docs /tmp/docs -q
+  done
+  tar -czf "$out/full_docs.tar.gz" -C /tmp docs # claims-full.md and its images, more than $OUT takes as files
+  ;;
 run) setup && run ;;
 estimate) setup && estimate 540 ;;
 all) setup && { run; estimate; } ;;
 *)
-  echo "usage: bash benchmarks/gpu_checks.sh wheels|all|run|estimate" >&2
+  echo "usage: bash benchmarks/gpu_checks.sh wheels|all|run|estimate|full NAME..." >&2
   exit 2
   ;;
 esac

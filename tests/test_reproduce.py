@@ -281,11 +281,17 @@ def test_reproduce_all_resumes_after_a_kill_without_retraining_finished_runs(cli
     code, _, err = cli("reproduce", "tiny-test", *args)
     assert code == 2 and f"--docs: {docs / 'claims.md'} is not a directory" in err, err
     assert not (tmp_path / "two").exists(), "refused before anything trained"
+    blocked = docs / "claims.md" / "new"
+    args = ("--quick", "--runs-dir", tmp_path / "three", "--docs", blocked, "-q")
+    code, _, err = cli("reproduce", "tiny-test", *args)
+    assert code == 2 and f"--docs: cannot make {blocked}: Not a directory" in err, err
+    assert not (tmp_path / "three").exists(), "refused before anything trained"
 
 
 def test_publishing_keeps_modes_apart_and_refuses_a_corrupt_record(tmp_path: Path) -> None:
-    from icl_lab.report.claims_page import publish
+    from icl_lab.report.claims_page import publish, published_records
 
+    assert published_records(tmp_path / "new" / "docs", "full") == [] and (tmp_path / "new" / "docs").is_dir()
     claim = {"finding": "f", "paper": "p", "ours": "o", "reproduced": True, "seeds": [0]}
     record = {"reproduction": "a", "title": "A", "quick": False, "wall_s": 60.0, "resumed": False}
     publish([({**record, "claims": [claim], "figures": []}, tmp_path, "dir-a")], "full", tmp_path, True)

@@ -148,11 +148,15 @@ def write_claims_page(records: list[dict], out: Path, mode: str) -> None:
 
 
 def published_records(docs: Path, mode: str) -> list[dict]:
-    """The records published to docs in this mode so far; ConfigError if docs is not a directory,
-    RunStoreError if its record is damaged (checked before a reproduction trains, and again when
-    it publishes)."""
+    """The records published to docs in this mode so far; docs is made if it does not exist;
+    ConfigError if it is not a directory or cannot be made, RunStoreError if its record is damaged
+    (checked before a reproduction trains, and again when it publishes)."""
     if docs.exists() and not docs.is_dir():
         raise ConfigError(f"--docs: {docs} is not a directory")
+    try:
+        docs.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--docs: cannot make {docs}: {e.strerror or e}") from None
     kept = docs / f"{published_name(mode)}.json"
     try:
         return json.loads(kept.read_text())["records"] if kept.is_file() else []
