@@ -188,3 +188,24 @@ def test_the_page_of_an_unfinished_run_says_it_covers_the_checkpoints_so_far(run
     assert (
         text == "<p><b>The run is interrupted</b> at step 54 of 60: this covers its checkpoints so far.</p>"
     )
+
+
+def test_a_run_without_checkpoints_or_an_lstm_with_vmapped_chains_is_refused_up_front(
+    cli, run, tmp_path
+) -> None:
+    copy = tmp_path / run.id
+    shutil.copytree(run.path, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    (copy / "manifest.json").write_text(json.dumps({**manifest, "status": "interrupted"}))
+    shutil.rmtree(copy / "checkpoints")
+    (copy / "checkpoints").mkdir()
+    code, _, err = cli("dissect", copy, "--quiet", "--no-causal")
+    assert (
+        code == 2
+        and err.strip() == f"error: run {run.id} has no checkpoints to dissect (it stopped before its first)"
+    )
+    lstm = tiny_config(model={"name": "mixer_lm", "mixer": "lstm", "n_layers": 1, "d_model": 16})
+    trained = train(lstm, str(tmp_path / "lstm"), progress=False)
+    code, _, err = cli("dissect", trained.path, "--quiet", "--no-causal", "--set", "llc.vmap_chains=true")
+    assert code == 2 and "llc.vmap_chains: lstm models do not train as one vmapped ensemble" in err, err
+    assert not (trained.path / "dissect").exists(), "refused before anything was written"

@@ -150,16 +150,16 @@ def test_vmapped_chains_equal_chains_run_one_after_another(tmp_path):
     assert np.allclose(estimates[0].per_chain, estimates[1].per_chain, rtol=1e-3, atol=1e-3)
 
 
-def test_chains_of_lstm_and_gru_models_never_vmap_on_a_gpu() -> None:
-    """cuDNN's recurrent kernel cannot run vmapped: on a GPU such chains run one by one by default,
-    and asking for vmapped ones is refused; other models' chains vmap there by default."""
+def test_chains_of_lstm_and_gru_models_never_vmap() -> None:
+    """torch's LSTM and GRU have no vmap rule: such chains run one by one by default, even on a GPU,
+    and asking for vmapped ones is refused; other models' chains vmap on a GPU by default."""
     lstm = tiny_config(model={"name": "mixer_lm", "mixer": "lstm", "n_layers": 1, "d_model": 16})
     assert not vmap_chains(LLCConfig(chains=3), lstm, "cuda")
-    assert vmap_chains(LLCConfig(chains=3, vmap_chains=True), lstm, "cpu")
-    with pytest.raises(
-        ConfigError, match=r"^llc\.vmap_chains: lstm models do not train as one vmapped ensemble"
-    ):
-        vmap_chains(LLCConfig(chains=3, vmap_chains=True), lstm, "cuda")
+    for device in ("cpu", "cuda"):
+        with pytest.raises(
+            ConfigError, match=r"^llc\.vmap_chains: lstm models do not train as one vmapped ensemble"
+        ):
+            vmap_chains(LLCConfig(chains=3, vmap_chains=True), lstm, device)
     assert not vmap_chains(LLCConfig(chains=1, vmap_chains=True), lstm, "cuda"), "one chain: nothing to vmap"
     assert vmap_chains(LLCConfig(chains=3), tiny_config(), "cuda")
     assert not vmap_chains(LLCConfig(chains=3), tiny_config(), "cpu")

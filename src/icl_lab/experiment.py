@@ -179,9 +179,9 @@ def check_ensemble(configs: list[ExperimentConfig]) -> None:
             "keep the model's inputs and outputs"
         )
     first = configs[0]
-    refusal = MODELS.get(first.model.name).ensemble_refusal(first.model, first.training.device)
+    refusal = MODELS.get(first.model.name).ensemble_refusal(first.model)
     if len(configs) > 1 and refusal:
-        raise ConfigError(f"{refusal}: train (or resume) the members as separate runs, or on the CPU")
+        raise ConfigError(f"{refusal}: train the members as separate runs")
 
 
 def ensemble_hash(configs: list[ExperimentConfig]) -> str:

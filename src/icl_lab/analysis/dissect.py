@@ -23,10 +23,11 @@ import torch
 from pydantic import Field
 
 from icl_lab.analysis.causal import CausalConfig, CausalResult, run_causal
-from icl_lab.analysis.llc import LLCConfig, LLCEstimate, run_llc
+from icl_lab.analysis.llc import LLCConfig, LLCEstimate, run_llc, vmap_chains
 from icl_lab.analysis.stages import Stage, smooth, stages
 from icl_lab.analysis.transitions import Transition, detect_transitions
 from icl_lab.config import StrictModel, validated
+from icl_lab.errors import RunStoreError
 from icl_lab.experiment import apply_overrides
 from icl_lab.files import atomic_write_text
 from icl_lab.store.run import Run
@@ -180,7 +181,10 @@ def dissect(
     """Estimate the LLC at the run's checkpoints (those not yet estimated with these settings),
     then find stages and put every metric's transitions beside them; everything is written to
     RUN/dissect/."""
-    run.member_config(config.member)  # RunStoreError for a member the run lacks
+    member_config = run.member_config(config.member)  # RunStoreError for a member the run lacks
+    if not run.checkpoint_steps:
+        raise RunStoreError(f"run {run.id} has no checkpoints to dissect (it stopped before its first)")
+    vmap_chains(config.llc, member_config, "cpu")  # a model whose chains cannot vmap: refused here
     out = run.path / "dissect"
     (out / "llc").mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.json", json.dumps(config.model_dump(mode="json"), indent=1))

@@ -60,8 +60,8 @@ class LLCConfig(StrictModel):
     batch_size: int | None = Field(None, ge=2, description="SGLD minibatch; None: the run's training batch")
     vmap_chains: bool | None = Field(
         None,
-        description="chains vmapped as one ensemble; None: on a GPU only, where the model runs "
-        "vmapped (not LSTM or GRU)",
+        description="chains vmapped as one ensemble; None: on a GPU only, and never for a model "
+        "that cannot run vmapped (LSTM, GRU)",
     )
 
     def inverse_temperature(self, batch_size: int) -> float:
@@ -168,9 +168,9 @@ def _chain(x: Any, c: int) -> Any:
 
 def vmap_chains(config: LLCConfig, member_config: ExperimentConfig, device: str) -> bool:
     """Whether the chains run vmapped as one ensemble: as `vmap_chains` says, by default on a GPU
-    unless the model cannot run vmapped there; ConfigError if asked where it cannot."""
+    unless the model cannot run vmapped (LSTM, GRU); ConfigError if asked for such a model."""
     model = member_config.model
-    refusal = MODELS.get(model.name).ensemble_refusal(model, device) if config.chains > 1 else None
+    refusal = MODELS.get(model.name).ensemble_refusal(model) if config.chains > 1 else None
     if config.vmap_chains and refusal:
         raise ConfigError(f"llc.vmap_chains: {refusal}; set it false to run the chains one by one")
     default = device != "cpu" and refusal is None

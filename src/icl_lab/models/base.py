@@ -77,8 +77,8 @@ class Model(HookedModule):
         """Told whether it will run under torch.func.vmap (some fused kernels have no batching rule)."""
 
     @classmethod
-    def ensemble_refusal(cls, cfg: ModelConfig, device: str) -> str | None:
-        """Why members of this model cannot train as one vmapped ensemble on `device`, or None."""
+    def ensemble_refusal(cls, cfg: ModelConfig) -> str | None:
+        """Why members of this model cannot train as one vmapped ensemble, or None."""
         return None
 
     def set_constants(self, constants: dict[str, Tensor]) -> None:

@@ -93,12 +93,12 @@ class MixerLM(Model):
                 block.mixer.native = not vmapped
 
     @classmethod
-    def ensemble_refusal(cls, cfg: MixerLMConfig, device: str) -> str | None:
-        # under vmap on a GPU, nn.LSTM and nn.GRU reach cuDNN's kernel, which cannot take batched
-        # weights (seen on an H200, torch 2.11: "Cannot access data pointer of Tensor that doesn't
-        # have storage"); on a CPU they run as plain tensor operations, which vmap
-        if cfg.mixer in ("lstm", "gru") and device.startswith("cuda"):
-            return f"{cfg.mixer} models do not train as one vmapped ensemble on a GPU (cuDNN's kernel)"
+    def ensemble_refusal(cls, cfg: MixerLMConfig) -> str | None:
+        # torch's LSTM and GRU have no vmap rule: "Batching rule not implemented for aten::lstm.input"
+        # on a CPU (torch 2.13); on a GPU cuDNN's kernel cannot take batched weights (an H200, torch
+        # 2.11: "Cannot access data pointer of Tensor that doesn't have storage")
+        if cfg.mixer in ("lstm", "gru"):
+            return f"{cfg.mixer} models do not train as one vmapped ensemble (torch's has no vmap rule)"
         return None
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:

@@ -9,8 +9,8 @@ PACK_CPU_MFLOP, measured by benchmarks/ensemble_breakeven.py (one core, an ensem
 runs one after another), and spreads the packed configs over the workers: ensembles of about
 packed / workers members, one per worker.
 
-A model that cannot train vmapped on its device (Model.ensemble_refusal: LSTM and GRU on a GPU)
-trains alone, whatever the setting.
+A model that cannot train vmapped (Model.ensemble_refusal: LSTM and GRU) trains alone, whatever
+the setting.
 
 An ensemble of up to `max_ensemble` members; a group larger than that splits into ensembles of
 sizes differing by one at most. Results of a member equal its single run's within rounding
@@ -99,10 +99,8 @@ def ensembles(
     for i, config in enumerate(configs):
         key = ensemble_key(config) if isinstance(config, ExperimentConfig) and setting != "none" else None
         if key is not None and key not in decided:
-            device = config.training.device
-            on_cpu = not device.startswith("cuda")
-            model = MODELS.get(config.model.name)
-            packable = model.ensemble_refusal(config.model, device) is None
+            on_cpu = not config.training.device.startswith("cuda")
+            packable = MODELS.get(config.model.name).ensemble_refusal(config.model) is None
             decided[key] = packable and (
                 setting == "always" or not on_cpu or forward_mflop(config) <= PACK_CPU_MFLOP
             )
