@@ -111,3 +111,31 @@ def _printed_metrics(out: str) -> dict[str, dict[str, float]]:
             except ValueError:
                 continue
     return found
+
+
+def test_an_ensembles_config_files_are_checked_like_a_single_runs(tmp_path: Path) -> None:
+    """config.yaml is member 0's copy, outside members.yaml's hash: an edit to it is refused on
+    resume, and an ensemble without its members.yaml is not read as a one-member run."""
+    import json
+    import shutil
+
+    import yaml
+
+    from icl_lab.errors import RunStoreError
+
+    members = [tiny_config(seed=seed, training={"length": {"steps": 4}}) for seed in (3, 4)]
+    run = train(members, str(tmp_path), progress=False)
+    cut = tmp_path / "cut"
+    shutil.copytree(run.path, cut)
+    manifest = json.loads((cut / "manifest.json").read_text())
+    (cut / "manifest.json").write_text(json.dumps({**manifest, "status": "interrupted"}))
+    edited = yaml.safe_load((cut / "config.yaml").read_text())
+    edited["training"]["optimizer"]["lr"] = 0.5
+    (cut / "config.yaml").write_text(yaml.safe_dump(edited))
+    with pytest.raises(
+        RunStoreError, match=r"its config.yaml \(member 0's config\) was changed since the run started"
+    ):
+        resume(Run.open(cut), progress=False)
+    (cut / "members.yaml").unlink()
+    with pytest.raises(RunStoreError, match=r"its members.yaml is missing \(the run has 2 members;"):
+        Run.open(cut)

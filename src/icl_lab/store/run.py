@@ -100,6 +100,11 @@ class Run(RunDirectory):
         manifest = cls.read_manifest(path)
         if (path / "members.yaml").is_file():
             configs = [validate_config(data, stored=True) for data in read_yaml(path / "members.yaml")]
+        elif manifest.get("members", 1) > 1:
+            raise RunStoreError(
+                f"run {path}: its members.yaml is missing (the run has {manifest['members']} members; "
+                "config.yaml holds member 0's only)"
+            )
         else:
             configs = [validate_config(read_yaml(path / "config.yaml"), stored=True)]
         return cls(path, configs, manifest)
@@ -107,6 +112,18 @@ class Run(RunDirectory):
     @property
     def config_hash(self) -> str:
         return ensemble_hash(self.configs)
+
+    def check_config(self) -> None:
+        """As RunDirectory's, and for an ensemble also its config.yaml, member 0's copy, which the
+        hash of members.yaml does not cover."""
+        super().check_config()
+        if len(self.configs) > 1:
+            copy = validate_config(read_yaml(self.path / "config.yaml"), stored=True)
+            if ensemble_hash([copy]) != ensemble_hash(self.configs[:1]):
+                raise RunStoreError(
+                    f"run {self.id}: its config.yaml (member 0's config) was changed since the run "
+                    "started; the ensemble trains from members.yaml: restore config.yaml to resume"
+                )
 
     # metrics -------------------------------------------------------------------------------
 
