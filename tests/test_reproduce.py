@@ -690,3 +690,10 @@ def test_an_interrupted_reproduction_says_how_to_continue_it(
     assert code == 143 and err.strip() == (
         f"interrupted (SIGTERM); continue with: icl-lab reproduce {which} --quick --resume {out}"
     )
+    docs = tmp_path / "my docs"  # --docs is carried (quoted), or the continued run would not publish
+    code, _, err = cli("reproduce", which, "--quick", "--runs-dir", tmp_path / "two", "--docs", docs, "-q")
+    (out,) = (tmp_path / "two").glob(f"reproduce-{which}-quick-*")
+    assert code == 143 and err.strip() == (
+        f"interrupted (SIGTERM); continue with: icl-lab reproduce {which} --quick --docs '{docs}' "
+        f"--resume {out}"
+    )

@@ -2,6 +2,7 @@
 
 import contextlib
 import json
+import shlex
 import statistics
 import time
 from collections.abc import Iterator
@@ -218,7 +219,7 @@ def reproduce(
         published_records(docs, mode)  # a bad --docs is refused before the training, not after
     out = _out_dir(runs_dir, f"reproduce-{name}-{mode}-", resume, f"reproduction {name} ({mode} mode)")
     resumed = resume is not None
-    with _resumable(f"icl-lab reproduce {name}{' --quick' * quick} --resume", out):
+    with _resumable(name, quick, device, docs, out):
         claims = _reproduce_in(name, quick, out, workers, progress, resumed, reports=False, device=device)
     if docs is not None:
         publish(
@@ -267,12 +268,15 @@ def _reproduce_in(
 
 
 @contextlib.contextmanager
-def _resumable(command: str, out: Path) -> Iterator[None]:
-    """An interrupt inside says how to continue: `command out` (the command line prints it)."""
+def _resumable(name: str, quick: bool, device: str, docs: Path | None, out: Path) -> Iterator[None]:
+    """An interrupt inside says how to continue reproduction `name` (or all) in `out`, with the
+    options that change what it does (the command line prints it)."""
     try:
         yield
     except Interrupted as stop:
-        stop.continue_with = f"{command} {out}"
+        options = [" --quick"] * quick + [f" --device {device}"] * (device != "cpu")
+        options += [f" --docs {shlex.quote(str(docs))}"] * (docs is not None)
+        stop.continue_with = f"icl-lab reproduce {name}{''.join(options)} --resume {shlex.quote(str(out))}"
         raise
 
 
@@ -314,7 +318,7 @@ def reproduce_all(
         published_records(docs, mode)
     out = _out_dir(runs_dir, f"reproduce-all-{mode}-", resume, f"reproduce all ({mode} mode)")
     records, names = [], names or REPRODUCTIONS.names()
-    with _resumable(f"icl-lab reproduce all{' --quick' * quick} --resume", out):
+    with _resumable("all", quick, device, docs, out):
         for i, name in enumerate(names):
             sub = out / name
             record = _judged(sub, name)
