@@ -155,3 +155,20 @@ def test_a_value_declared_in_two_units_is_refused_when_registered() -> None:
     ):
         metric("loss_in_bits", units={"loss": "bits"})(lambda ctx: {})
     assert "loss_in_bits" not in METRICS
+
+
+def test_the_training_figure_draws_only_what_the_run_logged(tmp_path) -> None:
+    from icl_lab.report import figures
+
+    def panels(metrics: list[str]) -> dict[str, list[str]]:
+        config = tiny_config(training={"length": {"steps": 4}}, eval={"metrics": metrics})
+        run = train(config, str(tmp_path / metrics[0]), progress=False)
+        fig = figures.training_curves(run, None)
+        return {ax.get_ylabel(): ax.get_legend_handles_labels()[1] for ax in fig.axes if ax.get_ylabel()}
+
+    only_loss = panels(["loss"])
+    assert list(only_loss) == ["loss (nats)"], "no empty accuracy panel"
+    assert only_loss["loss (nats)"][0] == "training batches" and "train" in only_loss["loss (nats)"]
+    only_accuracy = panels(["accuracy"])
+    assert only_accuracy["loss (nats)"] == ["training batches"], "no legend entry for a split without a loss"
+    assert "train" in only_accuracy["accuracy (fraction)"]

@@ -60,24 +60,35 @@ def measure_label(run: Run, value: str) -> str:
     return f"{value.replace('_', ' ')} ({unit})"
 
 
+def _lone(steps: np.ndarray) -> str | None:
+    """A marker for a curve of one point, which a line alone would not show."""
+    return "o" if steps.size == 1 else None
+
+
 def training_curves(run: Run, transition: Transition | None) -> Figure:
-    """Loss and accuracy of every split against steps."""
-    fig, (loss_ax, acc_ax) = plt.subplots(2, 1, figsize=(8, 6), sharex=True, constrained_layout=True)
-    steps, loss = run.curve("loss", TRAIN_SPLIT)
-    loss_ax.plot(steps, loss, color=SPLIT_COLOURS[TRAIN_SPLIT], lw=1, label="training batches")
-    splits = _splits(run)
-    for split, colour in split_colours(splits).items():
-        loss_ax.plot(*run.curve("loss", split), color=colour, label=split)
-        acc_ax.plot(*run.curve("accuracy", split), color=colour, label=split)
-    loss_ax.set_ylabel(f"loss ({loss_unit(run)})")
-    acc_ax.set_ylabel("accuracy (fraction)")
-    acc_ax.set_xlabel("step")
-    _time_axis(loss_ax, run, transition, top=True)
-    _time_axis(acc_ax, run, transition, top=False)
-    loss_ax.legend(fontsize=8)
-    if any(line.get_xdata().size for line in acc_ax.get_lines()):
-        acc_ax.legend(fontsize=8)
-    fig.suptitle(f"{run.id}: loss and accuracy per split ({run.whose()})", fontsize=10)
+    """Loss and accuracy of every split against steps: the curves the run logged (a single point
+    marked), the accuracy panel only if it logged any accuracy."""
+    colours = {TRAIN_SPLIT: SPLIT_COLOURS[TRAIN_SPLIT], **split_colours(_splits(run))}
+    curves = {
+        metric: [(split, c) for split in colours if (c := run.curve(metric, split))[0].size]
+        for metric in ("loss", "accuracy")
+    }
+    panels = [m for m in ("loss", "accuracy") if curves[m] or m == "loss"]
+    fig, axes = plt.subplots(
+        len(panels), 1, figsize=(8, 3 * len(panels)), sharex=True, constrained_layout=True, squeeze=False
+    )
+    for i, (ax, metric) in enumerate(zip(axes[:, 0], panels, strict=True)):
+        for split, (steps, values) in curves[metric]:
+            label = "training batches" if split == TRAIN_SPLIT else split
+            width = 1 if split == TRAIN_SPLIT else 1.5
+            ax.plot(steps, values, color=colours[split], lw=width, marker=_lone(steps), label=label)
+        ax.set_ylabel(f"loss ({loss_unit(run)})" if metric == "loss" else "accuracy (fraction)")
+        _time_axis(ax, run, transition, top=i == 0)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    axes[-1, 0].set_xlabel("step")
+    what = " and accuracy" if "accuracy" in panels else ""
+    fig.suptitle(f"{run.id}: loss{what} per split ({run.whose()})", fontsize=10)
     return fig
 
 
@@ -90,14 +101,15 @@ def progress_measures(
     )
     for i, (ax, (split, metric, layer)) in enumerate(zip(np.atleast_1d(axes), measures, strict=True)):
         if layer is None:
-            ax.plot(*run.curve(metric, split), color="k", label=metric)
+            steps, values = run.curve(metric, split)
+            ax.plot(steps, values, color="k", label=metric, marker=_lone(steps))
             ax.set_title(f"{metric} ({split})", fontsize=9, loc="left")
         else:
             layer = layer % run.layers_heads[0]
             steps, heads = run.head_curves(metric, split)
             for head, values in heads.items():
                 if head.startswith(f"{layer}."):
-                    ax.plot(steps, values, label=f"head {head}")
+                    ax.plot(steps, values, label=f"head {head}", marker=_lone(steps))
             ax.set_title(f"{metric}, layer {layer} heads ({split})", fontsize=9, loc="left")
         ax.set_ylabel(measure_label(run, metric), fontsize=8)
         _time_axis(ax, run, transition, top=i == 0)
