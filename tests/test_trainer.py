@@ -287,3 +287,10 @@ def test_a_run_from_before_segments_keeps_its_first_stretch_when_resumed(tmp_pat
     resumed = resume(Run.open(cut), progress=False)
     how = {"compiled": False, "compiled_kernels": False, "cuda_graphs": False}
     assert resumed.manifest["segments"] == [{"from_step": 0, **how}, {"from_step": 4, **how, "device": "cpu"}]
+
+
+@pytest.mark.parametrize("field", ["metrics", "splits"])
+def test_an_empty_list_of_metrics_or_splits_is_refused(field: str) -> None:
+    """null means the task's defaults; an empty list must not silently mean them too."""
+    with pytest.raises(ConfigError, match=rf"eval\.{field}: List should have at least 1 item"):
+        tiny_config(eval={field: []})

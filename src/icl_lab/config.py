@@ -184,8 +184,8 @@ class EvalConfig(StrictModel):
 
     every: Duration = Duration(steps=100)
     batch_size: PositiveInt = 256
-    splits: list[str] | None = None
-    metrics: list[str] | None = None
+    splits: list[str] | None = Field(None, min_length=1, description="null: every split of the task")
+    metrics: list[str] | None = Field(None, min_length=1, description="null: the task's default metrics")
     with_clamps: bool = True
 
 
