@@ -94,6 +94,19 @@ def test_fit_recovers_a_simulated_training_curve() -> None:
             fit_nested_logits(np.array(bad), np.ones(len(bad)), 32, 0.25)
     with pytest.raises(ValueError, match="given 3 steps, 2 losses"):
         fit_nested_logits(np.arange(3.0), np.ones(2), 32, 0.25)
+    with pytest.raises(ValueError, match="given 2 steps, 2 losses"):
+        fit_nested_logits(np.ones((1, 2)), np.ones((1, 2)), 32, 0.25)
+    bad = {
+        "steps must increase": (steps[::-1], noisy, 32, 0.25),
+        "losses must be finite": (steps, noisy * np.inf, 32, 0.25),
+    }
+    bad |= {
+        "n_labels must be at least 2": (steps, noisy, 0, 0.25),
+        "q must be a probability": (steps, noisy, 32, 2.0),
+    }
+    for what, args in bad.items():
+        with pytest.raises(ValueError, match=f"^fit_nested_logits: {what}"):
+            fit_nested_logits(*args)
 
 
 def test_in_weights_paths_add_a_classifier_of_the_query() -> None:

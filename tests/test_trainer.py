@@ -273,8 +273,17 @@ def test_tasks_and_clamps_train_on_cuda(tmp_path: Path, task: dict, clamps: list
 
 
 def test_train_without_a_config_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"^train needs a config, or a list of one or more member configs$"):
-        train([], str(tmp_path), progress=False)
+    for given, got in (
+        ([], "nothing"),
+        ((), "nothing"),
+        (None, "NoneType"),
+        ([tiny_config(), "x"], "ExperimentConfig, str"),
+    ):
+        with pytest.raises(
+            ConfigError,
+            match=rf"^train needs a config, or a list of one or more member configs \(got {got}\)$",
+        ):
+            train(given, str(tmp_path), progress=False)
     assert not any(tmp_path.iterdir()), "nothing written"
 
 

@@ -72,11 +72,19 @@ def fit_nested_logits(
 ) -> NestedLogitsFit:
     """Grid search over initial logits (z1, z2 = z3; default -8 to 1) and the time scale eta."""
     steps, losses = np.asarray(steps, float), np.asarray(losses, float)
-    if steps.size < 2 or steps.shape != losses.shape or steps[-1] <= 0:
+    if steps.ndim != 1 or steps.size < 2 or steps.shape != losses.shape or steps[-1] <= 0:
         raise ValueError(
             "fit_nested_logits needs steps and losses of one length, two or more points, the last "
             f"step positive (given {steps.size} steps, {losses.size} losses)"
         )
+    problems = {
+        "steps must increase": not (np.diff(steps) > 0).all(),
+        "losses must be finite": not np.isfinite(losses).all(),
+        "n_labels must be at least 2": n_labels < 2,
+        "q must be a probability, 0 to 1": not 0 <= q <= 1,
+    }
+    if wrong := [what for what, bad in problems.items() if bad]:
+        raise ValueError(f"fit_nested_logits: {'; '.join(wrong)}")
     starts = np.linspace(-8.0, 1.0, 19) if starts is None else starts
     a, b = np.meshgrid(starts, starts, indexing="ij")
     z0 = np.stack([a.ravel(), b.ravel(), b.ravel()], 1)

@@ -593,9 +593,10 @@ def train(
 ) -> Run:
     """Create a run directory for a validated config (or an ensemble's member configs) and train
     it to completion."""
-    members = configs if isinstance(configs, list) else [configs]
-    if not members:
-        raise ConfigError("train needs a config, or a list of one or more member configs")
+    members = list(configs) if isinstance(configs, list | tuple) else [configs]
+    if not members or not all(isinstance(m, ExperimentConfig) for m in members):
+        got = ", ".join(sorted({type(m).__name__ for m in members})) or "nothing"
+        raise ConfigError(f"train needs a config, or a list of one or more member configs (got {got})")
     check_ensemble(members)  # before anything is written, and so is the tasks' data (a corpus may
     for member in members:  # be unreadable, a feature file malformed): errors leave no run behind
         build_task(member, device=member.training.device)
