@@ -75,6 +75,9 @@ def test_members_of_different_shapes_are_refused(tmp_path: Path) -> None:
     other_task = tiny_config(**{**BASE, "task": {**BASE["task"], "feature_dim": 16}})
     with pytest.raises(ConfigError, match="members differ in the task inputs or outputs; they may"):
         train([members()[0], other_task], str(tmp_path), progress=False)
+    text = tiny_config(task={"name": "text_lm", "corpus": "shakespeare"})  # its defaults differ too
+    with pytest.raises(ConfigError, match=r"ensemble members differ in task\.name; they may differ only"):
+        train([tiny_config(), text], str(tmp_path), progress=False)
 
 
 def test_eval_of_every_member_equals_what_the_trainer_logged(cli, tmp_path: Path) -> None:

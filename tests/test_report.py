@@ -1,5 +1,6 @@
 """The run report: figures, a self-contained page, and the page rendered in headless Chromium."""
 
+import html
 import re
 
 import numpy as np
@@ -136,6 +137,7 @@ def test_report_member_writes_that_members_report_beside_member_0s(cli, tmp_path
     assert code == 0 and (run.path / "report" / "member1" / "report.html").is_file(), out
     page = (run.path / "report" / "member1" / "report.html").read_text()
     assert "<tr><th>seed</th><td>7</td></tr><tr><th>member</th><td>1 of 2</td></tr>" in page
+    assert f"<title>icl-lab report: {run.id} member 1</title>" in page
     assert not (run.path / "report" / "report.html").exists(), "member 0's report is not written"
     code, _, err = cli("report", run.path, "--member", "2")
     assert code == 2 and err.strip().endswith(f"run {run.id} has no member 2 (it has members 0 to 1)")
@@ -172,3 +174,16 @@ def test_the_training_figure_draws_only_what_the_run_logged(tmp_path) -> None:
     only_accuracy = panels(["accuracy"])
     assert only_accuracy["loss (nats)"] == ["training batches"], "no legend entry for a split without a loss"
     assert "train" in only_accuracy["accuracy (fraction)"]
+
+
+def test_the_report_of_a_diverged_run_shows_why_it_stopped(tmp_path) -> None:
+    from icl_lab.errors import DivergenceError
+
+    config = tiny_config(training={"length": {"steps": 8}, "optimizer": {"lr": 1e12}})
+    with pytest.raises(DivergenceError):
+        train(config, str(tmp_path), progress=False)
+    (path,) = tmp_path.iterdir()
+    run = Run.open(path)
+    assert run.status == "diverged"
+    page = write_report(run).read_text()
+    assert f"<tr><th>error</th><td>{html.escape(run.manifest['error'])}</td></tr>" in page

@@ -496,3 +496,12 @@ def test_a_heatmap_cell_without_a_value_says_why_and_one_seed_shows_no_spread() 
     assert loss.axes[1].get_ylabel() == "iw/loss (squared error)", "the colour bar names the loss's unit"
     # a=1,b=3: two seeds (mean and spread); a=2,b=3: diverged; a=2,b=4: one seed; a=1,b=4: not swept
     assert texts == {((0, 0), "0.60\n±0.14"), ((1, 0), "diverged"), ((1, 1), "0.25")}
+
+
+def test_a_sweep_file_given_to_train_says_to_run_it_as_a_sweep(cli, tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"name": "s", "base": "induction", "seeds": [0, 1]}))
+    code, _, err = cli("train", path)
+    assert code == 2 and err.strip() == (
+        f"error: {path} is a sweep (it names a base config): run it with `icl-lab sweep {path}`"
+    )

@@ -292,8 +292,9 @@ def test_a_run_from_before_segments_keeps_its_first_stretch_when_resumed(tmp_pat
     cut = killed_copy(run, tmp_path / "cut", last_kept=4)
     manifest = json.loads((cut / "manifest.json").read_text())
     del manifest["segments"], manifest["device"]  # as runs made before segments were recorded
-    (cut / "manifest.json").write_text(json.dumps(manifest))
+    (cut / "manifest.json").write_text(json.dumps({**manifest, "interrupted_at": 5}))
     resumed = resume(Run.open(cut), progress=False)
+    assert "interrupted_at" not in resumed.manifest, "complete now: the interruption is history"
     how = {"compiled": False, "compiled_kernels": False, "cuda_graphs": False}
     assert resumed.manifest["segments"] == [{"from_step": 0, **how}, {"from_step": 4, **how, "device": "cpu"}]
 

@@ -160,9 +160,10 @@ def ensemble_key(config: ExperimentConfig) -> str:
 
 
 def _differing(a: object, b: object, at: str = "") -> str:
-    """The first field (dotted) where two nested dicts of config values differ."""
+    """The first field (dotted) where two nested dicts of config values differ, the task's and the
+    model's before the others (members of two tasks differ in their settings' defaults too)."""
     if isinstance(a, dict) and isinstance(b, dict):
-        for key in sorted(set(a) | set(b)):
+        for key in sorted(set(a) | set(b), key=lambda k: (k not in ("task", "model"), k != "name", k)):
             if a.get(key) != b.get(key):
                 return _differing(a.get(key), b.get(key), f"{at}.{key}" if at else key)
     return at
@@ -345,7 +346,10 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig
     """Read a YAML config (or a bundled config's name), apply overrides, validate. Its `imports`
     that are .py files are found relative to the config file."""
     path = resolve_config_path(path)
-    data = apply_overrides(read_yaml(path) or {}, list(overrides))
+    raw = read_yaml(path) or {}
+    if isinstance(raw, dict) and "base" in raw:  # no experiment config has one
+        raise ConfigError(f"{path} is a sweep (it names a base config): run it with `icl-lab sweep {path}`")
+    data = apply_overrides(raw, list(overrides))
     if isinstance(data, dict) and isinstance(data.get("imports"), list):
         data["imports"] = [
             str(path.parent / i) if isinstance(i, str) and i.endswith(".py") else i for i in data["imports"]

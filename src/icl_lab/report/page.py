@@ -86,6 +86,11 @@ def _html(run: Run, summary: RunSummary, images: dict[str, bytes], task: Task) -
     rows = [
         ("run", run.id),
         ("status", run.status),
+        *(
+            [("error", str(run.manifest["error"]))]
+            if run.status in ("failed", "diverged") and "error" in run.manifest
+            else []
+        ),
         ("seed", str(cfg.seed)),
         *([("member", f"{run.member} of {len(run.configs)}")] if len(run.configs) > 1 else []),
         ("trained", units_text(run, summary.final_step)),
@@ -128,4 +133,5 @@ def _html(run: Run, summary: RunSummary, images: dict[str, bytes], task: Task) -
 {figures_html(images)}
 {_texts_html(task.report_texts(run))}
 <details><summary>config.yaml</summary><pre>{html.escape(cfg.to_yaml())}</pre></details>"""
-    return page(f"icl-lab report: {run.id}", body)
+    member = f" member {run.member}" if len(run.configs) > 1 else ""
+    return page(f"icl-lab report: {run.id}{member}", body)
