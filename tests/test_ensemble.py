@@ -139,6 +139,13 @@ def test_an_ensembles_config_files_are_checked_like_a_single_runs(tmp_path: Path
         RunStoreError, match=r"its config.yaml \(member 0's config\) was changed since the run started"
     ):
         resume(Run.open(cut), progress=False)
+    for garbage, why in (
+        ("42\n", "it is not a list of member configs"),
+        ("- 42\n", "the config must be a mapping"),
+    ):
+        (cut / "members.yaml").write_text(garbage)
+        with pytest.raises(RunStoreError, match=rf"run {cut}: its members.yaml cannot be read \(.*{why}"):
+            Run.open(cut)
     (cut / "members.yaml").unlink()
     with pytest.raises(RunStoreError, match=r"its members.yaml is missing \(the run has 2 members;"):
         Run.open(cut)

@@ -12,7 +12,7 @@ import torch
 import yaml
 from torch import Tensor
 
-from icl_lab.errors import CheckpointError, IclLabError, RunStoreError
+from icl_lab.errors import CheckpointError, ConfigError, IclLabError, RunStoreError
 from icl_lab.evaluation import eval_batches
 from icl_lab.experiment import (
     ExperimentConfig,
@@ -98,15 +98,20 @@ class Run(RunDirectory):
         """Open an existing run directory; RunStoreError if it is not one."""
         path = Path(path)
         manifest = cls.read_manifest(path)
-        if (path / "members.yaml").is_file():
-            configs = [validate_config(data, stored=True) for data in read_yaml(path / "members.yaml")]
-        elif manifest.get("members", 1) > 1:
+        members = path / "members.yaml"
+        if not members.is_file() and manifest.get("members", 1) > 1:
             raise RunStoreError(
                 f"run {path}: its members.yaml is missing (the run has {manifest['members']} members; "
                 "config.yaml holds member 0's only)"
             )
-        else:
-            configs = [validate_config(read_yaml(path / "config.yaml"), stored=True)]
+        source = members if members.is_file() else path / "config.yaml"
+        try:
+            data = read_yaml(source)
+            if source == members and not isinstance(data, list):
+                raise ConfigError("it is not a list of member configs")
+            configs = [validate_config(d, stored=True) for d in (data if source == members else [data])]
+        except ConfigError as e:
+            raise RunStoreError(f"run {path}: its {source.name} cannot be read ({e})") from None
         return cls(path, configs, manifest)
 
     @property
