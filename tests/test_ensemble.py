@@ -141,7 +141,7 @@ def test_an_ensembles_config_files_are_checked_like_a_single_runs(tmp_path: Path
         resume(Run.open(cut), progress=False)
     for garbage, why in (
         ("42\n", "it is not a list of member configs"),
-        ("- 42\n", "the config must be a mapping"),
+        ("- 42\n", "it is not a list of member configs"),
     ):
         (cut / "members.yaml").write_text(garbage)
         with pytest.raises(RunStoreError, match=rf"run {cut}: its members.yaml cannot be read \(.*{why}"):

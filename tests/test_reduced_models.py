@@ -96,8 +96,9 @@ def test_fit_recovers_a_simulated_training_curve() -> None:
         fit_nested_logits(np.arange(3.0), np.ones(2), 32, 0.25)
     with pytest.raises(ValueError, match="given 2 steps, 2 losses"):
         fit_nested_logits(np.ones((1, 2)), np.ones((1, 2)), 32, 0.25)
+    swapped = np.r_[steps[1], steps[0], steps[2:]]
     bad = {
-        "steps must increase": (steps[::-1], noisy, 32, 0.25),
+        "steps must increase": (swapped, noisy, 32, 0.25),
         "losses must be finite": (steps, noisy * np.inf, 32, 0.25),
     }
     bad |= {

@@ -107,12 +107,14 @@ class Run(RunDirectory):
         source = members if members.is_file() else path / "config.yaml"
         try:
             data = read_yaml(source)
-            if source == members and not isinstance(data, list):
-                raise ConfigError("it is not a list of member configs")
-            configs = [validate_config(d, stored=True) for d in (data if source == members else [data])]
+            entries = data if source == members else [data]
+            if not isinstance(entries, list) or not all(isinstance(d, dict) for d in entries):
+                raise ConfigError(
+                    "it is not a list of member configs" if source == members else "not a mapping"
+                )
         except ConfigError as e:
             raise RunStoreError(f"run {path}: its {source.name} cannot be read ({e})") from None
-        return cls(path, configs, manifest)
+        return cls(path, [validate_config(d, stored=True) for d in entries], manifest)
 
     @property
     def config_hash(self) -> str:
