@@ -67,6 +67,7 @@ wheels)
   ls .whl
   ;;
 full)
+  [ $# -ge 2 ] || { echo "usage: bash benchmarks/gpu_checks.sh full NAME..." >&2; exit 2; }
   setup
   shift
   for name in "$@"; do

@@ -89,10 +89,13 @@ def test_an_sae_trains_on_cuda_and_resumes_there(model_run: Path, tmp_path: Path
 def test_an_sae_run_resumes_bit_identically(model_run: Path, tmp_path: Path) -> None:
     config = validate_sae_config(sae_data(model_run))  # resampling at step 15 lies after the cut
     reference = train_sae(config, tmp_path / "a", progress=False)
-    cut = SAERun.open(killed_copy(reference, tmp_path, last_kept=10))
+    cut_path = killed_copy(reference, tmp_path, last_kept=10)
+    manifest = json.loads((cut_path / "manifest.json").read_text())
+    (cut_path / "manifest.json").write_text(json.dumps(manifest | {"interrupted_at": 12}))
+    cut = SAERun.open(cut_path)
     assert cut.status == "interrupted"
     resumed = resume_sae(cut, progress=False)
-    assert resumed.status == "complete"
+    assert resumed.status == "complete" and "interrupted_at" not in resumed.manifest
     a, b = reference.load_checkpoint(30), resumed.load_checkpoint(30)
     assert a.tensors.keys() == b.tensors.keys()
     assert all(torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors)
