@@ -315,7 +315,6 @@ class SAETrainer:
             missing = sorted(self._expected_history(self.total_steps) - set(self.logger.rows.columns["step"]))
             if missing:
                 raise IclLabError(f"SAE run {run.id}: metrics are missing at steps {missing[:5]}")
-            run.manifest.pop("interrupted_at", None)  # an earlier stretch's
             run.update_manifest(status="complete", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         except (KeyboardInterrupt, Interrupted) as e:
             run.record(status="interrupted", interrupted_at=self.fitter.step)

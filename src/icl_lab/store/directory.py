@@ -134,6 +134,8 @@ class RunDirectory:
     def update_manifest(self, **fields: Any) -> None:
         if fields.get("status") == "running":
             fields |= {"pid": os.getpid(), "host": socket.gethostname()}
+        if fields.get("status") == "complete":  # an interruption before is history now
+            self.manifest.pop("interrupted_at", None)
         self.manifest.update(fields)
         atomic_write_text(self.path / "manifest.json", json.dumps(self.manifest, indent=1))
 

@@ -164,7 +164,7 @@ class TextLMTask(Task):
         self.window_order = torch.randperm(windows, generator=generator(self.seed, "repeat", "windows"))
         super().plan(steps, batch_size)
         plan = self.repetition
-        bank = plan.bank_size if plan.per_batch else 0
+        bank = plan.bank_size
         needed = steps * (batch_size - plan.per_batch)
         if bank + needed > windows:
             where = ""
@@ -183,7 +183,7 @@ class TextLMTask(Task):
         if self.repetition is None:
             return self.sample(batch_size, generator)
         plan = self.repetition
-        first = (plan.bank_size if plan.per_batch else 0) + step * batch_size
+        first = plan.bank_size + step * batch_size
         return self._window_batch(self.window_order[first : first + batch_size])
 
     def _window_batch(self, indices: torch.Tensor) -> Batch:

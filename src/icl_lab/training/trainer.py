@@ -540,7 +540,6 @@ class Trainer:
             self._check_history()
             compiled = {"compile_s": round(self.compile_s, 2)} if self.compile_s is not None else {}
             finished = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-            self.run.manifest.pop("interrupted_at", None)  # an earlier stretch's
             self.run.update_manifest(status="complete", finished=finished, **compiled)
         except (KeyboardInterrupt, Interrupted) as e:
             self.run.record(status="interrupted", interrupted_at=state.step)
