@@ -202,6 +202,31 @@ def test_bad_cli_argument_exits_2_with_one_line(cli) -> None:
     assert code == 2
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("reproduce", "gd", "--quick", "--docs", ""),
+        ("reproduce", "gd", "--quick", "--resume", " "),
+        ("train", "induction", "--runs-dir", ""),
+        ("sae", "train", "sae.yaml", "--runs-dir", ""),
+    ],
+)
+def test_an_empty_directory_option_is_refused_not_the_current_one(cli, args: tuple[str, ...]) -> None:
+    code, _, err = cli(*args)
+    assert code == 2 and err.startswith(f"error: Invalid value for '{args[-2]}': is empty: give a directory")
+
+
+def test_an_empty_device_is_refused_not_taken_as_the_default() -> None:
+    from icl_lab.cli_options import resume_on
+    from icl_lab.errors import ConfigError
+    from icl_lab.experiment import load_config
+
+    cfg = load_config("induction")
+    with pytest.raises(ConfigError, match="--device: unknown device ''"):
+        resume_on([cfg], "")
+    assert cfg.training.device == "cpu"
+
+
 def test_demo_smoke_through_the_installed_entry_point(tmp_path: Path) -> None:
     """The console script end to end: a short demo writes a run, its report and a summary."""
     script = Path(sys.executable).parent / "icl-lab"

@@ -3,6 +3,7 @@
 import contextlib
 import dataclasses
 import itertools
+import json
 import math
 import os
 import signal
@@ -21,6 +22,7 @@ from icl_lab.errors import ConfigError, IclLabError
 from icl_lab.store.run import Run
 from icl_lab.sweeps import packing
 from icl_lab.sweeps.config import SweepConfig, expand, load_sweep, plan
+from icl_lab.sweeps.execute import run_configs
 from icl_lab.sweeps.packing import forward_mflop
 from icl_lab.sweeps.run import prepare_sweep, read_results, run_sweep, sweep_status
 from icl_lab.tasks.base import TASKS
@@ -190,6 +192,13 @@ def test_lstm_and_gru_models_train_alone_whatever_the_ensemble_setting(tmp_path:
         check_ensemble(configs(mixer)[:1])  # one member: a single run
     assert ensembles(configs("mamba", "cuda"), "auto", 1, 16) == [[0, 1, 2]]
     check_ensemble(configs("mamba"))
+    lstms, saved = configs("lstm"), tmp_path / "older" / "ensembles.json"
+    saved.parent.mkdir()  # a plan an older icl-lab saved with ensemble: always, kept for reruns
+    names = [c.name for c in lstms]
+    saved.write_text(json.dumps({"names": names, "setting": "always", "runs": [[0, 1], [2]]}))
+    with pytest.raises(IclLabError, match=f"^{saved} packs runs that cannot train together \\(lstm models"):
+        run_configs(lstms, saved.parent, workers=1, progress=False, ensemble="always")
+    assert sorted(p.name for p in saved.parent.iterdir()) == ["ensembles.json"], "refused before training"
 
 
 def test_forward_flops_are_counted_at_the_training_batch_size() -> None:

@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from icl_lab.cli_options import Device, Quiet, resume_on
+from icl_lab.cli_options import Device, Quiet, RunsDir, given_path, resume_on
 from icl_lab.errors import ConfigError, IclLabError, Interrupted, RunStoreError, user_frame
 from icl_lab.sae_cli import app as sae_app
 
@@ -36,11 +36,10 @@ SetOption = Annotated[
     list[str] | None,
     typer.Option("--set", "-s", help="Override a config field: key.path=value (repeatable)."),
 ]
-RunsDir = Annotated[Path, typer.Option(help="Directory holding run directories.")]
 
 
 def _overrides(overrides: list[str] | None, device: str | None) -> list[str]:
-    return [*(overrides or []), *([f"training.device={device}"] if device else [])]
+    return [*(overrides or []), *([f"training.device={device}"] if device is not None else [])]
 
 
 @app.command()
@@ -447,16 +446,18 @@ def reproduce_(
     resume: Annotated[
         Path | None,
         typer.Option(
+            parser=given_path,
             help="An earlier reproduce-NAME-MODE-* directory: keep its finished runs, continue the "
-            "interrupted ones, judge the claims again (with 'all': reproductions already judged are kept)."
+            "interrupted ones, judge the claims again (with 'all': reproductions already judged are kept).",
         ),
     ] = None,
     docs: Annotated[
         Path | None,
         typer.Option(
+            parser=given_path,
             help="Also publish the claims to DOCS/claims.md (full mode: DOCS/claims-full.md), figures "
             "copied to DOCS/images/claims/NAME/ and DOCS/notes/NAME.md linked where it exists (the "
-            "repository's page: --docs docs). One reproduction replaces its own section only."
+            "repository's page: --docs docs). One reproduction replaces its own section only.",
         ),
     ] = None,
     device: Annotated[

@@ -1,11 +1,21 @@
 """Options shared by `icl-lab` commands and its `sae` subcommands."""
 
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+
+def given_path(value: str | Path) -> Path:
+    """A path option's value; an empty one is refused (Path('') would quietly mean the current directory)."""
+    if isinstance(value, str) and not value.strip():
+        raise typer.BadParameter("is empty: give a directory")
+    return Path(value)
+
+
 Device = Annotated[str | None, typer.Option(help="Device to train on, e.g. cpu or cuda.")]
+RunsDir = Annotated[Path, typer.Option(parser=given_path, help="Directory holding run directories.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 
 
@@ -15,7 +25,7 @@ def resume_on(configs: Iterable[Any], device: str | None) -> None:
     from icl_lab.config import check_device
     from icl_lab.errors import ConfigError
 
-    if not device:
+    if device is None:
         return
     try:
         check_device(device)

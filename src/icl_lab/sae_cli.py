@@ -6,7 +6,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from icl_lab.cli_options import Device, Quiet, resume_on
+from icl_lab.cli_options import Device, Quiet, RunsDir, resume_on
 from icl_lab.errors import RunStoreError
 
 app = typer.Typer(
@@ -26,7 +26,7 @@ def train(
         list[str] | None,
         typer.Option("--set", "-s", help="Override a config field: key.path=value (repeatable)."),
     ] = None,
-    runs_dir: Annotated[Path, typer.Option(help="Directory holding run directories.")] = Path("runs"),
+    runs_dir: RunsDir = Path("runs"),
     quiet: Quiet = False,
 ) -> None:
     """Train an SAE on hook_z of a run's checkpoint, as an SAE config describes; writes runs/<id>/."""

@@ -32,7 +32,7 @@ from rich.progress import (
 )
 
 from icl_lab.errors import ConfigError, IclLabError, Interrupted, StorageError
-from icl_lab.experiment import ExperimentConfig
+from icl_lab.experiment import ExperimentConfig, check_ensemble
 from icl_lab.files import atomic_write_text
 from icl_lab.sae.config import SAERunConfig
 from icl_lab.sweeps.config import MAX_ENSEMBLE
@@ -357,6 +357,20 @@ def run_configs(
     ]
 
 
+def _check_saved_groups(path: Path, groups: list[list]) -> None:
+    """IclLabError naming the plan if a saved group cannot train as one ensemble (one an older
+    icl-lab packed, such as LSTM runs, which fail at their first step)."""
+    for group in (g for g in groups if len(g) > 1):
+        if not all(isinstance(c, ExperimentConfig) for c in group):
+            raise IclLabError(f"{path} packs runs that are not model runs; delete it and rerun")
+        try:
+            check_ensemble(group)
+        except ConfigError as e:
+            raise IclLabError(
+                f"{path} packs runs that cannot train together ({e}); delete it and rerun"
+            ) from None
+
+
 def _grouping(configs: list, runs_dir: Path, setting: Setting, workers: int) -> list[list[int]]:
     """The configs' indices grouped into runs: as runs_dir/ensembles.json recorded them for the same
     configs (by name), else packed now (and recorded)."""
@@ -371,6 +385,7 @@ def _grouping(configs: list, runs_dir: Path, setting: Setting, workers: int) -> 
         if same and not valid:
             raise IclLabError(f"{path} is corrupt; delete it and rerun with the same --workers")
         if same:
+            _check_saved_groups(path, [[configs[i] for i in group] for group in saved["runs"]])
             return saved["runs"]
     groups = ensembles(configs, setting, workers, MAX_ENSEMBLE)
     runs_dir.mkdir(parents=True, exist_ok=True)
