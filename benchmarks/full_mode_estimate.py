@@ -7,7 +7,8 @@ the runs are packed into ensembles as `icl-lab reproduce` packs them on one work
 own `ensemble` settings, the others by `auto`; up to 16 members), and each distinct ensemble (its
 members' shape and count) is timed as one trainer on the device. Eager (training.compile off, so the
 figures are upper bounds for runs that `auto` compiles) unless `--compile`, which keeps each
-config's own setting and counts its compile in the first step. Per timing, set-up and first step are
+config's own setting and counts its compile in the first step, or `--cuda-graphs` (on a GPU), which
+compiles every config with training.cuda_graphs on. Per timing, set-up and first step are
 set apart, then `--steps` training steps and one evaluation of all splits are timed. On the CPU
 evaluation is timed on at most `--eval-sequences` (64) sequences per split and scaled linearly to
 the config's eval.batch_size (its cost is one forward pass per batch; icll's 500 prompts of 1,024
@@ -25,7 +26,7 @@ before and after it, beside its hours. Each invocation updates the named reprodu
 keeps the others.
 
     taskset -c 1 .venv/bin/python benchmarks/full_mode_estimate.py [NAME ...] [--steps 30]
-    python benchmarks/full_mode_estimate.py --device cuda [--compile] [NAME ...]   (on a GPU)
+    python benchmarks/full_mode_estimate.py --device cuda [--compile | --cuda-graphs] [NAME ...]   (on a GPU)
     taskset -c 1 .venv/bin/python benchmarks/full_mode_estimate.py --packed [NAME ...]
 """
 
@@ -102,23 +103,24 @@ def _steps_and_eval(
 
 
 def time_config(
-    members: list[ExperimentConfig], steps: int, eval_sequences: int, compiled: bool = False
+    members: list[ExperimentConfig], steps: int, eval_sequences: int, compiled: str = "off"
 ) -> dict[str, float]:
     """Seconds of the first step, of each later step (mean of `steps`) and of one evaluation
     (timed on at most eval_sequences sequences per split, scaled to eval.batch_size) of the members
-    trained as one run (an ensemble if several); eager unless `compiled`."""
+    trained as one run (an ensemble if several); `compiled`: off (eager), own (the config's
+    training.compile) or graphs (compiled with CUDA graphs)."""
     from icl_lab.store.run import Run
     from icl_lab.training.trainer import Trainer
 
     config = members[0]
     timed = min(config.eval.batch_size, eval_sequences)
     eval_update = {"eval": config.eval.model_copy(update={"batch_size": timed})}
-    timed_members = [
-        (m if compiled else _with(m, compile="off")).model_copy(update=eval_update) for m in members
-    ]
+    settings = {"off": {"compile": "off"}, "own": {}, "graphs": {"compile": "on", "cuda_graphs": True}}
+    timed_members = [_with(m, **settings[compiled]).model_copy(update=eval_update) for m in members]
     start = time.perf_counter()
     trainer = Trainer(Run.create(timed_members, Path(tempfile.mkdtemp())), progress=False)
-    trainer.train_step()
+    for _ in range(3 if compiled == "graphs" else 1):  # graphs: warm-up and recording, then replays
+        trainer.train_step()
     times = _steps_and_eval(start, trainer.train_step, trainer.evaluate_all, steps)
     times["eval_s"] *= config.eval.batch_size / timed
     return {**times, "members": len(members), "eval_sequences_timed": timed}
@@ -145,7 +147,7 @@ def estimate(
     steps: int,
     eval_sequences: int,
     device: str = "cpu",
-    compiled: bool = False,
+    compiled: str = "off",
     packed: bool = False,
 ) -> dict:
     """One reproduction's full mode on `device`, its runs packed into ensembles if `packed`: runs,
@@ -203,18 +205,24 @@ def main() -> None:
     )
     parser.add_argument("--device", default="cpu", help="cpu (single runs, one thread) or cuda (ensembles)")
     parser.add_argument("--compile", action="store_true", help="each config's training.compile, not eager")
+    parser.add_argument("--cuda-graphs", action="store_true", help="compiled with CUDA graphs (a GPU only)")
     parser.add_argument(
         "--packed", action="store_true", help="runs packed as reproduce packs them (GPU: always)"
     )
     args = parser.parse_args()
     packed = args.packed or args.device != "cpu"
+    if args.cuda_graphs and (args.compile or args.device == "cpu"):
+        parser.error("--cuda-graphs needs a GPU (--device cuda) and stands instead of --compile")
+    compiled = "graphs" if args.cuda_graphs else "own" if args.compile else "off"
     if args.eval_sequences is not None and args.eval_sequences < 1:
         parser.error("--eval-sequences must be at least 1")
     eval_sequences = args.eval_sequences or (64 if args.device == "cpu" else 1 << 62)
     if args.device == "cpu":
         torch.set_num_threads(1)
     name = "full_mode_estimate" + ("" if args.device == "cpu" else "_cuda")
-    name += ("_packed" if packed and args.device == "cpu" else "") + ("_compiled" if args.compile else "")
+    name += ("_packed" if packed and args.device == "cpu" else "") + {"off": "", "own": "_compiled"}.get(
+        compiled, "_cuda_graphs"
+    )
     previous = RESULTS / f"{name}.json"
     record = json.loads(previous.read_text()) if previous.is_file() else {}
     record = {"reproductions": record.get("reproductions", {})}
@@ -222,7 +230,7 @@ def main() -> None:
     path = None
     for reproduction in args.names or REPRODUCTIONS.names():
         try:
-            entry = estimate(reproduction, args.steps, eval_sequences, args.device, args.compile, packed)
+            entry = estimate(reproduction, args.steps, eval_sequences, args.device, compiled, packed)
         except (ConfigError, torch.OutOfMemoryError) as e:  # a corpus this machine holds less of, a
             print(f"{reproduction:18} cannot run here: {e}", flush=True)  # GPU's memory: the others run
             continue

@@ -7,6 +7,8 @@
 #   there:  bash benchmarks/gpu_checks.sh all      # via the device tool, carrying .whl (about 570 s)
 #           bash benchmarks/gpu_checks.sh run      # the tests and throughput benchmarks alone
 #           bash benchmarks/gpu_checks.sh estimate # the full modes' GPU hours alone
+#           bash benchmarks/gpu_checks.sh graphs NAME... # their GPU hours compiled with CUDA graphs
+#                                                    # (function-classes reddy-phase: over 2 h eager)
 #           bash benchmarks/gpu_checks.sh full gd   # full modes (of about 6 GPU minutes: gd) and their
 #                                                    # published claims, as full_docs.tar.gz (--docs)
 #
@@ -56,6 +58,12 @@ estimate() {
   cp benchmarks/results/full_mode_estimate_cuda.json "$out/" 2>/dev/null || true
 }
 
+graphs() {  # graphs NAME...: each compile (with capture) counts in its estimate
+  section 540 full_mode_estimate_graphs.txt python3 benchmarks/full_mode_estimate.py --device cuda --steps 20 \
+    --cuda-graphs "$@"
+  cp benchmarks/results/full_mode_estimate_cuda_cuda_graphs.json "$out/" 2>/dev/null || true
+}
+
 case "${1:-}" in
 wheels)
   grep -qsx '/.whl/' .git/info/exclude || echo '/.whl/' >>.git/info/exclude
@@ -75,11 +83,17 @@ full)
   done
   tar -czf "$out/full_docs.tar.gz" -C /tmp docs # claims-full.md and its images, more than $OUT takes as files
   ;;
+graphs)
+  [ $# -ge 2 ] || { echo "usage: bash benchmarks/gpu_checks.sh graphs NAME..." >&2; exit 2; }
+  setup
+  shift
+  graphs "$@"
+  ;;
 run) setup && run ;;
 estimate) setup && estimate 540 ;;
 all) setup && { run; estimate; } ;;
 *)
-  echo "usage: bash benchmarks/gpu_checks.sh wheels|all|run|estimate|full NAME..." >&2
+  echo "usage: bash benchmarks/gpu_checks.sh wheels|all|run|estimate|graphs NAME...|full NAME..." >&2
   exit 2
   ;;
 esac
