@@ -6,6 +6,10 @@ just filled (a sweep run a second time). Runs per hour at the config's full leng
 included (a cold inductor cache per contender but the warm one, which follows the cold run of the
 same workers).
 
+Beside them, the arithmetic floor: the FLOPs of one member's training step (counted on an eager
+step) at the in-process 1024^3 matmul rate of one core, and the most any per-core ensemble could
+then gain over the sequential runs (both cores, compile excluded).
+
 Each contender needs the whole machine, so they run one after another (not interleaved), in fresh
 processes, `--repeats` times in turn; the medians are reported.
 
@@ -37,6 +41,22 @@ def worker(cores: set[int], members: int, compile: str, steps: int, barrier, res
     time_steps(trainer.train_step, 10)
     barrier.wait()
     results.put((first_s, time_steps(trainer.train_step, steps)))
+
+
+def floor(results) -> None:
+    """One member's training-step MFLOP (counted on an eager step) and the matmul GFLOP/s, on core 0."""
+    os.sched_setaffinity(0, {0})
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from common import started_trainer
+    from train_throughput import matmul_gflops
+
+    torch.set_num_threads(1)
+    trainer, _ = started_trainer(CONFIG, ["checkpointing.every=null", "training.compile=off"])
+    with FlopCounterMode(display=False) as counter:
+        trainer.train_step()
+    results.put((counter.get_total_flops() / 1e6, matmul_gflops()))
 
 
 def contender(workers: list[tuple[set[int], int, str]], steps: int, warm: bool) -> tuple[float, float]:
@@ -89,6 +109,25 @@ def main() -> None:
             "step_ms_per_repeat": [m[1] * 1e3 for m in measured],
             "runs_per_hour": args.seeds / hours,
         }
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    counting = ctx.Process(target=floor, args=(results,))
+    counting.start()
+    mflop, gflops = results.get()
+    counting.join()
+    sequential_ms = rows["single eager runs, one after another"]["step_ms"]
+    floor_ms = mflop / gflops  # one member-step at the matmul rate
+    ceiling = 2 * sequential_ms / floor_ms
+    arithmetic = {
+        "member_step_mflop": mflop,
+        "matmul_gflops_one_core": gflops,
+        "member_step_floor_ms": floor_ms,
+        "ceiling_vs_sequential_two_cores": ceiling,
+    }
+    print(
+        f"arithmetic floor: {mflop:.1f} MFLOP a member-step at {gflops:.0f} GFLOP/s = {floor_ms:.2f} ms; "
+        f"two cores at that rate, compile excluded: at most x{ceiling:.2f}"
+    )
     base = rows["single eager runs, one after another"]["runs_per_hour"]
     for name, row in rows.items():
         row["speed_vs_sequential"] = row["runs_per_hour"] / base
@@ -97,6 +136,7 @@ def main() -> None:
             f"{row['runs_per_hour']:6.1f} runs/hour, x{row['speed_vs_sequential']:.2f}"
         )
     record = {"config": CONFIG, "seeds": args.seeds, "length_steps": length, "steps_timed": args.steps}
+    record["arithmetic"] = arithmetic
     print(f"wrote {write_results('ensemble_per_core', {**record, 'rows': rows})}")
 
 
