@@ -8,7 +8,7 @@ import torch
 
 from conftest import tiny_config
 from icl_lab.errors import ExportError
-from icl_lab.experiment import build_model
+from icl_lab.experiment import build_model, load_config
 from icl_lab.interop.transformer_lens import export_transformer_lens, load_hooked_transformer, tl_config
 from test_sae import sae_of
 
@@ -58,6 +58,9 @@ def test_what_transformer_lens_cannot_express_is_refused_by_name() -> None:
         tl_config(random_model(norm="post"))
     with pytest.raises(ExportError, match="n-gram layers"):
         tl_config(random_model(ngram_layers=[{"after": 0, "n": 2}]))
+    singh = build_model(load_config("singh"))  # a readout without an MLP, on vector inputs
+    with pytest.raises(ExportError, match=r"a readout \(logits at chosen positions only\), vector inputs$"):
+        tl_config(singh)
 
 
 @pytest.mark.parametrize("architecture", ["relu_l1", "topk", "batchtopk", "jumprelu"])
@@ -80,8 +83,13 @@ def test_saelens_loads_our_sae_and_encodes_hook_z_to_our_features(architecture: 
         sae.train()
         sae.encode(other_cache["blocks.1.attn.hook_z"].flatten(2).flatten(0, 1) * scale)
     sae.eval()
-    export_saelens(sae, tmp_path / "sae", "blocks.1.attn.hook_z", "tiny", 16, scale)
+    source = {"run": "runs/tiny", "step": 12, "member": 1}
+    export_saelens(sae, tmp_path / "sae", "blocks.1.attn.hook_z", "tiny", 16, scale, source)
     loaded = sae_lens.SAE.load_from_disk(str(tmp_path / "sae"), device="cpu")
+    metadata = loaded.cfg.metadata  # read as SAELens 6 metadata, not rebuilt as a pre-6.0 config's
+    assert (metadata.hook_name, metadata.model_name) == ("blocks.1.attn.hook_z", "tiny")
+    assert metadata.context_size == 16
+    assert metadata.prepend_bos is False and metadata.icl_lab_source == source
     theirs = loaded.encode(z)  # (B, T, d_sae)
     ours = sae.encode(z.flatten(2) * scale)
     torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-4)

@@ -205,6 +205,11 @@ def test_sae_cli_trains_resumes_and_exports(
     code, out, err = cli("sae", "export", run_dir, tmp_path / "exported")
     assert code == 0, err
     assert {p.name for p in (tmp_path / "exported").iterdir()} == {"cfg.json", "sae_weights.safetensors"}
+    step = Run.open(model_run).checkpoint_steps[-1]  # the latest: the SAE's source names none
+    source = json.loads((tmp_path / "exported" / "cfg.json").read_text())["metadata"]["icl_lab_source"]
+    assert source == {"run": str(model_run.resolve()), "step": step, "member": 0}
+    pair = f"icl-lab export {model_run.resolve()} TL_OUT --checkpoint {step}"
+    assert f"the TransformerLens model it matches: {pair}" in " ".join(out.split())
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
 """`icl-lab sae ...`: train and resume SAE runs, write their dashboards, export an SAE for SAELens."""
 
+import shlex
 from pathlib import Path
 from typing import Annotated
 
@@ -76,8 +77,18 @@ def export(
     source = handle.config.source
     model_run = Path(source.run).name
     hook, context = f"blocks.{source.layer}.attn.hook_z", handle.manifest["n_ctx"]
-    export_saelens(handle.sae(step), out, hook, model_run, context, handle.scale)
+    read = {"run": source.run, "step": handle.manifest.get("source_step"), "member": source.member}
+    export_saelens(handle.sae(step), out, hook, model_run, context, handle.scale, read)
     console.print(f"SAELens SAE: {out}")
+    at = f" at step {read['step']:,}" if read["step"] is not None else ""
+    pair = ["icl-lab", "export", source.run, "TL_OUT"]
+    pair += ["--checkpoint", str(read["step"])] if read["step"] is not None else []
+    pair += ["--member", str(source.member)] if source.member else []
+    console.print(  # another checkpoint's or member's activations would silently be the wrong ones
+        f"it reads {hook} of {model_run}{at}{f', member {source.member}' if source.member else ''}; "
+        f"the TransformerLens model it matches: {shlex.join(pair)}",
+        highlight=False,
+    )
 
 
 @app.command()

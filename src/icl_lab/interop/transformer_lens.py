@@ -2,10 +2,11 @@
 dict in TL's names and layouts (ours already follow them), written as `tl_config.json` and
 `tl_weights.safetensors`, and loaded where TransformerLens is installed.
 
-What TL cannot express is refused with ExportError: post-LayerNorm, n-gram layers, readout MLPs,
-vector inputs, no output projection, or a final LayerNorm that disagrees with the blocks'. Learned
-positions are TL's "standard"; sinusoidal codes and no positions are "standard" with W_pos fixed to
-those codes or to zero; RoPE is TL's rotary (rotate-half pairs) over the whole head.
+What TL cannot express is refused with ExportError: post-LayerNorm, n-gram layers, readouts (logits
+at chosen positions only, with or without an MLP), vector inputs, no output projection, or a final
+LayerNorm that disagrees with the blocks'. Learned positions are TL's "standard"; sinusoidal codes
+and no positions are "standard" with W_pos fixed to those codes or to zero; RoPE is TL's rotary
+(rotate-half pairs) over the whole head.
 """
 
 import json
@@ -35,7 +36,7 @@ def tl_config(model: Model, model_name: str = "icl-lab") -> dict[str, Any]:
         "post-LayerNorm blocks": cfg.norm == "post",
         "a final LayerNorm that differs from the blocks'": cfg.final_norm not in (None, cfg.norm == "pre"),
         "n-gram layers": bool(cfg.ngram_layers),
-        "a readout MLP": cfg.readout is not None,
+        "a readout (logits at chosen positions only)": cfg.readout is not None,
         "vector inputs": io.d_vocab is None,
         "heads without an output projection": not cfg.output_projection,
     }

@@ -5,6 +5,11 @@ relu_l1 is SAELens's "standard" architecture and topk its "topk"; jumprelu and b
 inference rule is a global threshold) are its "jumprelu", with a threshold per feature. An input
 scale (expected-norm normalisation) is folded into the weights, so the exported SAE reads raw
 hook_z: W_enc x scale, W_dec / scale, b_dec / scale.
+
+The metadata names the SAELens version whose format this is (without it SAELens reads the file as
+a pre-6.0 config and drops the metadata: hook_name, context_size and prepend_bos among them) and
+the model run, checkpoint step and ensemble member the SAE reads, which its TransformerLens export
+must match (`icl-lab export RUN OUT --checkpoint STEP --member M`).
 """
 
 import json
@@ -16,13 +21,22 @@ from icl_lab.files import atomic_write_text, save_tensors
 from icl_lab.sae.base import SAE
 
 ARCHITECTURES = {"relu_l1": "standard", "topk": "topk", "batchtopk": "jumprelu", "jumprelu": "jumprelu"}
+SAELENS_FORMAT = "6.54.0"
+"""the SAELens version whose on-disk format export_saelens writes (the interop extra pins 6.54.x)"""
 
 
 @torch.no_grad()
 def export_saelens(
-    sae: SAE, directory: Path, hook_name: str, model_name: str, context_size: int, scale: float = 1.0
+    sae: SAE,
+    directory: Path,
+    hook_name: str,
+    model_name: str,
+    context_size: int,
+    scale: float = 1.0,
+    source: dict[str, object] | None = None,
 ) -> Path:
-    """Write the SAE into directory (created) in SAELens's format; returns the directory."""
+    """Write the SAE into directory (created) in SAELens's format, `source` (the model run, step
+    and member it reads) in its metadata; returns the directory."""
     architecture = sae.config.architecture
     if architecture not in ARCHITECTURES:
         raise ValueError(f"no SAELens architecture for {architecture!r} (known: {', '.join(ARCHITECTURES)})")
@@ -50,12 +64,14 @@ def export_saelens(
         "reshape_activations": "hook_z",
         **extra,
         "metadata": {
+            "sae_lens_version": SAELENS_FORMAT,
             "hook_name": hook_name,
             "model_name": model_name,
             "context_size": context_size,
             "prepend_bos": False,
             "icl_lab_architecture": architecture,
             "icl_lab_config": sae.config.model_dump(mode="json"),
+            "icl_lab_source": source or {},
         },
     }
     tensors = {name: t.detach().contiguous().float().cpu() for name, t in weights.items()}
