@@ -115,6 +115,7 @@ class ICLL(Reproduction):
                     "task.seq_len=1024",
                     "training.batch_size=32",
                     "training.length.steps=20000",
+                    "training.schedule.warmup_steps=2000",  # a tenth of training, as the authors'
                     "eval.every.steps=1000",
                     "eval.batch_size=500",
                 ],
