@@ -719,7 +719,9 @@ def test_report_on_a_run_without_evaluations_says_so(tmp_path: Path, cli) -> Non
     one_line(err, f"run {run.path} has no evaluations of member 0 to summarise")
 
 
-@pytest.mark.parametrize("damage", ["metrics cut short", "metrics gone", "final checkpoint gone"])
+@pytest.mark.parametrize(
+    "damage", ["metrics cut short", "metrics gone", "final checkpoint gone", "final tensors gone"]
+)
 def test_a_complete_run_missing_its_end_is_refused_by_report_and_resume(
     tmp_path: Path, damage: str, cli
 ) -> None:
@@ -731,11 +733,130 @@ def test_a_complete_run_missing_its_end_is_refused_by_report_and_resume(
     elif damage == "metrics gone":
         run.metrics_path.unlink()
         expected = "member 0's metrics are gone, not 12"
-    else:
-        for path in run.checkpoint_dir.glob("*12*"):
+    else:  # the tensors alone: the sidecar that lists the checkpoint stays
+        for path in run.checkpoint_dir.glob("*12.safetensors" if "tensors" in damage else "*12*"):
             path.unlink()
         expected = "its final checkpoint (step 12) is gone"
     for command in ("report", "resume", "eval", "dissect"):
         code, _, err = cli(command, run.path)
         assert code == 2
         one_line(err, f"run {run.id} is marked complete, but", expected)
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        ({"members": "two"}, "run manifest is damaged (members: 'two')"),
+        ({"members": 0}, "run manifest is damaged (members: 0)"),
+        ({"total_steps": None}, "run manifest is damaged (total_steps: None)"),
+        ({"status": 5}, "run manifest is damaged (status: 5)"),
+        (b"\xff\xfe", "run manifest is not valid JSON"),
+    ],
+)
+def test_a_manifest_of_damaged_fields_or_bytes_is_refused_and_listed(
+    tmp_path: Path, cli, damage: dict | bytes, expected: str
+) -> None:
+    run = trained(tmp_path)
+    trained(tmp_path, seed=5)
+    manifest = run.path / "manifest.json"
+    if isinstance(damage, bytes):
+        manifest.write_bytes(damage)
+    else:
+        manifest.write_text(json.dumps({**json.loads(manifest.read_text()), **damage}))
+    for command in ("resume", "eval", "report"):
+        code, _, err = cli(command, run.path)
+        assert code == 2
+        one_line(err, expected)
+    code, out, err = cli("list", "runs", "--runs-dir", tmp_path / "runs")
+    assert code == 0, err
+    assert "│ complete " in out and "unreadable (below)" in out, "one damaged run hides no other"
+    assert f"{run.path}: {expected}" in " ".join(out.split())
+
+
+def test_files_that_are_not_utf8_text_are_refused_naming_them(tmp_path: Path, cli) -> None:
+    run = trained(tmp_path)
+    (run.path / "config.yaml").write_bytes(b"\xff\xfe garbage")
+    code, _, err = cli("eval", run.path)
+    assert code == 2
+    one_line(err, f"config file {run.path / 'config.yaml'} is not UTF-8 text")
+    from icl_lab.analysis.dissect import _settings_of
+
+    estimate = tmp_path / "step_000000004.json"
+    for text in (b'{"llc": ', b"", b"\xff", b"[1]"):
+        estimate.write_bytes(text)
+        assert _settings_of(estimate) is None, "a damaged LLC estimate is estimated again"
+
+
+def test_a_sidecar_lacking_a_field_is_a_damaged_checkpoint(tmp_path: Path, cli) -> None:
+    run = trained(tmp_path)
+    cut = killed_copy(run, tmp_path / "cut", 8)
+    sidecar = cut / "checkpoints" / "step_000000008.json"
+    info = json.loads(sidecar.read_text())
+    del info["param_groups"]
+    sidecar.write_text(json.dumps(info))
+    code, _, err = cli("resume", cut)
+    assert code == 2
+    one_line(err, f"checkpoint sidecar {sidecar} is damaged: it lacks 'param_groups'")
+
+
+def test_resume_of_a_complete_run_checks_its_config_and_device(tmp_path: Path, cli) -> None:
+    run = trained(tmp_path)
+    code, _, err = cli("resume", run.path, "--device", "tpu")
+    assert code == 2
+    one_line(err, "--device: unknown device 'tpu'")
+    config = run.path / "config.yaml"
+    config.write_text(config.read_text().replace("d_model: 16", "d_model: 8"))
+    code, _, err = cli("resume", run.path)
+    assert code == 2
+    one_line(err, "its config.yaml was changed since the run started")
+
+
+def test_an_export_into_the_run_itself_or_nowhere_is_refused(tmp_path: Path, cli) -> None:
+    run = trained(tmp_path)
+    code, _, err = cli("export", run.path, run.path)
+    assert code == 2
+    one_line(err, f"OUT is the run directory itself ({run.path})")
+    code, _, err = cli("export", run.path, "")
+    assert code == 2
+    one_line(err, "Invalid value for 'out': is empty: give a directory")
+    assert not list(run.path.glob("tl_*")) and not Path("tl_config.json").exists()
+
+
+def test_disk_errors_of_safetensors_and_figures_name_their_cause_and_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import matplotlib.pyplot as plt
+    from safetensors import SafetensorError
+
+    import icl_lab.files
+    from icl_lab.report.html import save_png
+
+    def refused(*args: object, **kwargs: object) -> None:
+        raise SafetensorError("Error while serializing: I/O error: Permission denied (os error 13)")
+
+    monkeypatch.setattr(icl_lab.files, "save_file", refused)
+    with pytest.raises(StorageError, match=r": Permission denied$"):  # no "(is the disk full?)" guess
+        icl_lab.files.save_tensors(tmp_path / "t.safetensors", {"x": torch.zeros(1)})
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")  # the image library names no file
+
+    fig = plt.figure()
+    monkeypatch.setattr(fig, "savefig", full)
+    with pytest.raises(StorageError, match=f"^cannot write {tmp_path / 'f.png'}: No space left on device$"):
+        save_png(fig, tmp_path / "f.png")
+    assert not plt.fignum_exists(fig.number), "closed all the same"
+
+
+def test_an_interrupted_dissect_says_to_run_it_again(tmp_path: Path, cli, monkeypatch) -> None:
+    from icl_lab.errors import Interrupted
+
+    run = trained(tmp_path)
+
+    def stopped(*args: object, **kwargs: object) -> None:
+        raise Interrupted("SIGTERM")
+
+    monkeypatch.setattr("icl_lab.analysis.dissect.dissect", stopped)
+    code, _, err = cli("dissect", run.path, "--no-causal", "-q")
+    assert code == 143
+    one_line(err, f"interrupted (SIGTERM); continue with: icl-lab dissect {run.path} --no-causal -q")

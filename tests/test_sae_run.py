@@ -347,3 +347,18 @@ def test_an_interrupted_sae_run_says_how_to_continue_it(
     (run,) = (tmp_path / "runs").iterdir()
     assert code == 130 and err.strip() == f"interrupted (SIGINT); continue with: icl-lab sae resume {run}"
     assert SAERun.open(run).status == "interrupted"
+
+
+@pytest.mark.parametrize("gone", ["json", "safetensors"])
+def test_a_complete_sae_run_missing_its_final_checkpoint_is_refused(
+    sae_run: SAERun, tmp_path: Path, cli, gone: str
+) -> None:
+    """Not its step-20 SAE exported or shown as if it were the finished one."""
+    damaged = Path(shutil.copytree(sae_run.path, tmp_path / sae_run.id))
+    (damaged / "checkpoints" / f"step_000000030.{gone}").unlink()
+    expected = f"run {sae_run.id} is marked complete, but its final checkpoint (step 30) is gone"
+    for command in (("export", damaged, tmp_path / "out"), ("resume", damaged), ("dashboard", damaged)):
+        code, _, err = cli("sae", *command)
+        assert code == 2
+        one_line(err, expected)
+    assert not (tmp_path / "out").exists()

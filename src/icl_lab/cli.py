@@ -8,6 +8,7 @@ import itertools
 import shlex
 import signal
 import socket
+import sys
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -17,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from icl_lab.cli_options import Device, Quiet, RunsDir, given_path, resume_on
+from icl_lab.cli_options import Device, Quiet, RunsDir, export_directory, given_path, resume_on
 from icl_lab.errors import ConfigError, IclLabError, Interrupted, RunStoreError, user_frame
 from icl_lab.sae_cli import app as sae_app
 
@@ -81,8 +82,10 @@ def resume(
 
     handle = Run.open(run)
     status = handle.status
-    if status == "complete":
+    if status == "complete":  # checked as a resume would be: the files, the config, the device
         handle.check_whole()
+        handle.check_config()
+        resume_on(handle.configs, device)
         console.print(f"run {handle.id} is already complete")
         return
     if status == "diverged":
@@ -161,7 +164,10 @@ def _metrics_table(title: str, values: dict[str, torch.Tensor]) -> Table:
 @app.command()
 def export(
     run: Annotated[Path, typer.Argument(help="Run directory.")],
-    out: Annotated[Path, typer.Argument(help="Directory to write (tl_config.json, tl_weights.safetensors).")],
+    out: Annotated[
+        Path,
+        typer.Argument(parser=given_path, help="Directory to write (tl_config.json, tl_weights.safetensors)"),
+    ],
     checkpoint: Annotated[int | None, typer.Option(help="Step of the checkpoint (default: latest).")] = None,
     member: Annotated[int, typer.Option(help="Ensemble member.")] = 0,
 ) -> None:
@@ -174,7 +180,7 @@ def export(
     handle = Run.open(run)
     if checkpoint is None:
         handle.check_whole()  # else "the latest" would be an earlier step of a damaged run
-    export_transformer_lens(handle.model(checkpoint, member), out, handle.id)
+    export_transformer_lens(handle.model(checkpoint, member), export_directory(out, run), handle.id)
     step = checkpoint if checkpoint is not None else handle.checkpoint_steps[-1]
     unfinished = "" if handle.status == "complete" else f" (step {step:,} of a run that is {handle.status})"
     console.print(f"TransformerLens model: {out}{unfinished}")
@@ -338,13 +344,18 @@ def dissect(
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=err_console, disable=quiet) as bar:
-        task = bar.add_task("llc", total=None)
-        result = dissect_run(
-            handle, config, workers, lambda done, total: bar.update(task, completed=done, total=total)
-        )
-    console.print(f"{len(result.stages)} stages, {len(result.transitions)} metric transitions")
-    effects = dissect_causal(handle, config, workers, progress=not quiet) if config.causal.enabled else None
+    try:
+        with Progress(*columns, console=err_console, disable=quiet) as bar:
+            task = bar.add_task("llc", total=None)
+            result = dissect_run(
+                handle, config, workers, lambda done, total: bar.update(task, completed=done, total=total)
+            )
+        console.print(f"{len(result.stages)} stages, {len(result.transitions)} metric transitions")
+        causal_on = config.causal.enabled
+        effects = dissect_causal(handle, config, workers, progress=not quiet) if causal_on else None
+    except Interrupted as stop:  # the same command continues it, keeping the work done
+        stop.continue_with = shlex.join(["icl-lab", *sys.argv[1:]])
+        raise
     for e in effects.effects if effects else []:
         console.print(f"transition {e.variant.transition + 1}, {e.variant.name}: {e.effect} ({e.verdict})")
     console.print(f"report: {write_dissect_report(handle, result, config, effects)}")

@@ -14,6 +14,15 @@ def given_path(value: str | Path) -> Path:
     return Path(value)
 
 
+def export_directory(out: Path, run: Path) -> Path:
+    """An export's OUT directory; ConfigError if it is the run directory itself."""
+    from icl_lab.errors import ConfigError
+
+    if out.resolve() == run.resolve():
+        raise ConfigError(f"OUT is the run directory itself ({run}): choose another directory")
+    return out
+
+
 Device = Annotated[str | None, typer.Option(help="Device to train on, e.g. cpu or cuda.")]
 RunsDir = Annotated[Path, typer.Option(parser=given_path, help="Directory holding run directories.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]

@@ -340,6 +340,8 @@ def read_yaml(path: Path) -> Any:
         raise ConfigError(f"config file {path} is not valid YAML{where}") from None
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text") from None
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:

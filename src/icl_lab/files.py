@@ -4,6 +4,7 @@ and the cache directory."""
 import contextlib
 import hashlib
 import os
+import re
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -75,8 +76,10 @@ def save_tensors(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str
     def write(tmp: Path) -> None:
         try:
             save_file(tensors, str(tmp), metadata=metadata)
-        except SafetensorError as e:
-            raise OSError(str(e)) from None
+        except SafetensorError as e:  # its message ends "(os error N)" when the system refused
+            found = re.search(r"\(os error (\d+)\)", str(e))
+            code = int(found.group(1)) if found else None
+            raise (OSError(code, os.strerror(code)) if code else OSError(str(e))) from None
 
     atomic_write(path, write)
 

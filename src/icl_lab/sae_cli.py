@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from icl_lab.cli_options import Device, Quiet, RunsDir, resume_on
+from icl_lab.cli_options import Device, Quiet, RunsDir, export_directory, given_path, resume_on
 from icl_lab.errors import RunStoreError
 
 app = typer.Typer(
@@ -48,7 +48,10 @@ def resume(run: SAERunDir, device: Device = None, quiet: Quiet = False) -> None:
     from icl_lab.sae.run import SAERun, resume_sae
 
     handle = SAERun.open(run)
-    if handle.status == "complete":
+    if handle.status == "complete":  # checked as a resume would be: the files, the config, the device
+        handle.check_final_checkpoint()
+        handle.check_config()
+        resume_on([handle.config], device)
         console.print(f"SAE run {handle.id} is already complete")
         return
     if handle.status == "running":
@@ -66,7 +69,9 @@ def resume(run: SAERunDir, device: Device = None, quiet: Quiet = False) -> None:
 @app.command()
 def export(
     run: SAERunDir,
-    out: Annotated[Path, typer.Argument(help="Directory to write (cfg.json, sae_weights.safetensors).")],
+    out: Annotated[
+        Path, typer.Argument(parser=given_path, help="Directory to write (cfg.json, sae_weights.safetensors)")
+    ],
     step: Annotated[int | None, typer.Option(help="Checkpoint step (default: the latest).")] = None,
 ) -> None:
     """Write the SAE in SAELens's on-disk format (load with sae_lens.SAE.load_from_disk)."""
@@ -78,7 +83,7 @@ def export(
     model_run = Path(source.run).name
     hook, context = f"blocks.{source.layer}.attn.hook_z", handle.manifest["n_ctx"]
     read = {"run": source.run, "step": handle.manifest.get("source_step"), "member": source.member}
-    export_saelens(handle.sae(step), out, hook, model_run, context, handle.scale, read)
+    export_saelens(handle.sae(step), export_directory(out, run), hook, model_run, context, handle.scale, read)
     console.print(f"SAELens SAE: {out}")
     at = f" at step {read['step']:,}" if read["step"] is not None else ""
     pair = ["icl-lab", "export", source.run, "TL_OUT"]

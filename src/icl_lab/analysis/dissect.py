@@ -175,6 +175,15 @@ def usable_estimates(steps: np.ndarray, llc: np.ndarray, std: np.ndarray) -> np.
     return (steps > 0) & np.isfinite(llc) & np.isfinite(std)
 
 
+def _settings_of(estimate: Path) -> object:
+    """The settings an earlier LLC estimate file records (None if it is missing or damaged: it is
+    estimated again)."""
+    try:
+        return json.loads(estimate.read_text()).get("settings")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def dissect(
     run: Run, config: DissectConfig, workers: int = 2, progress: Progress = lambda done, total: None
 ) -> Dissection:
@@ -191,9 +200,7 @@ def dissect(
     settings = config.model_dump(mode="json", include={"member", "llc"})  # what an estimate depends on
     steps = chosen_checkpoints(run.checkpoint_steps, config.max_checkpoints)
     files = {step: out / "llc" / f"step_{step:09d}.json" for step in steps}
-    done = {
-        s for s, f in files.items() if f.is_file() and json.loads(f.read_text()).get("settings") == settings
-    }
+    done = {s for s, f in files.items() if _settings_of(f) == settings}
     todo = [(str(run.path), s, settings, str(files[s])) for s in steps if s not in done]
     progress(len(done), len(steps))
     for finished, _ in enumerate(_in_pool(todo, max(1, min(workers, len(todo) or 1))), start=len(done) + 1):

@@ -7,6 +7,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
+from icl_lab.files import storage_error
+
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1150px; color: #222; }
 table { border-collapse: collapse; margin: 1em 0; }
@@ -26,9 +28,14 @@ window.addEventListener("load", () => {
 
 
 def save_png(fig: Figure, path: Path) -> bytes:
-    """Write a figure as PNG, close it, and return the bytes."""
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    """Write a figure as PNG, close it, and return the bytes; StorageError naming the file if the
+    disk refuses (the image library's error names none)."""
+    try:
+        fig.savefig(path, dpi=110)
+    except OSError as e:
+        raise storage_error("write", path, e) from None
+    finally:
+        plt.close(fig)
     return path.read_bytes()
 
 

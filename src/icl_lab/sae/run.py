@@ -152,7 +152,10 @@ class SAERun(RunDirectory):
         return open_source(self.config, device, self.manifest.get("source_step"))
 
     def sae(self, step: int | None = None) -> SAE:
-        """The SAE at a checkpoint (default: the latest), in eval mode."""
+        """The SAE at a checkpoint (default: the latest; RunStoreError if the run is marked complete
+        but its final checkpoint is gone), in eval mode."""
+        if step is None:
+            self.check_final_checkpoint()
         sae = build_sae(self.config.sae, self.manifest["d_in"], self.config.seed)
         sae.load_state_dict(self.load_checkpoint(step).group("param"))
         return sae.eval()

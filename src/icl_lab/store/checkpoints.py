@@ -22,6 +22,17 @@ FORMAT = "icl-lab-checkpoint/1"
 _NAME = re.compile(r"^step_(\d{9})\.json$")
 
 
+class SidecarInfo(dict):
+    """A sidecar's fields: one that is missing makes the sidecar damaged (CheckpointError naming it)."""
+
+    def __init__(self, fields: dict[str, Any], path: Path) -> None:
+        super().__init__(fields)
+        self.path = path
+
+    def __missing__(self, key: str) -> Any:
+        raise CheckpointError(f"checkpoint sidecar {self.path} is damaged: it lacks {key!r}")
+
+
 @dataclass
 class Checkpoint:
     """Tensors and sidecar information of one checkpoint."""
@@ -97,4 +108,4 @@ def load_checkpoint(sidecar_path: Path, config_hash: str | None = None) -> Check
         tensors = load_file(str(tensor_path))
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"checkpoint {tensor_path} cannot be read: {e}") from None
-    return Checkpoint(tensors, info)
+    return Checkpoint(tensors, SidecarInfo(info, sidecar_path))

@@ -25,6 +25,15 @@ from icl_lab.store.checkpoints import Checkpoint, checkpoint_paths, list_steps, 
 from icl_lab.store.metrics_table import read_metrics
 
 LOCK = ".lock"  # held (flock) by the process training the run
+MANIFEST_TYPES: dict[str, type | tuple[type, ...]] = {
+    "status": str,
+    "total_steps": int,
+    "members": int,
+    "source_step": (int, type(None)),
+    "d_in": int,
+    "n_ctx": int,
+}
+"""fields whose type a manifest's reader checks (where present): a damaged value is refused on opening"""
 
 
 class RunDirectory:
@@ -105,11 +114,18 @@ class RunDirectory:
             raise RunStoreError(f"not a run directory (no manifest.json): {path}")
         try:
             manifest = json.loads((path / "manifest.json").read_text())
-        except json.JSONDecodeError:
+        except ValueError:  # not JSON, or not UTF-8 text
             raise RunStoreError(f"run manifest is not valid JSON: {path / 'manifest.json'}") from None
-        if not isinstance(manifest, dict) or manifest.get("format") != cls.FORMAT:
-            found = manifest.get("format") if isinstance(manifest, dict) else None
+        if not isinstance(manifest, dict):
+            raise RunStoreError(f"run manifest is not a JSON object: {path / 'manifest.json'}")
+        if manifest.get("format") != cls.FORMAT:
+            found = manifest.get("format")
             raise RunStoreError(f"{path} is not an {cls.FORMAT} directory (its manifest says {found!r})")
+        for field, kinds in MANIFEST_TYPES.items():
+            value = manifest.get(field)
+            wrong = isinstance(value, bool) or not isinstance(value, kinds)
+            if field in manifest and (wrong or (field == "members" and value < 1)):
+                raise RunStoreError(f"run manifest is damaged ({field}: {value!r}): {path / 'manifest.json'}")
         if not (path / "config.yaml").is_file():
             raise RunStoreError(f"run has no config.yaml: {path}")
         return manifest
@@ -219,6 +235,16 @@ class RunDirectory:
         elif step not in steps:
             raise CheckpointError(f"run {self.id} has no checkpoint at step {step} (it has {steps})")
         return load_checkpoint(checkpoint_paths(self.checkpoint_dir, step)[1], self.config_hash)
+
+    def check_final_checkpoint(self) -> None:
+        """RunStoreError if the run is marked complete but its final checkpoint (tensors or sidecar)
+        is gone: its latest checkpoint would be an earlier state's."""
+        if self.status != "complete":
+            return
+        last = self.manifest.get("total_steps")
+        if last is None or not all(p.is_file() for p in checkpoint_paths(self.checkpoint_dir, last)):
+            at = f" (step {last:,})" if last is not None else ""
+            raise RunStoreError(f"run {self.id} is marked complete, but its final checkpoint{at} is gone")
 
     def check_config(self) -> None:
         """RunStoreError if the run's config files were edited since it started (the manifest's

@@ -199,7 +199,8 @@ class Run(RunDirectory):
         final checkpoint is gone (a damaged copy): what it reports would be an earlier state's."""
         if self.status != "complete":
             return
-        last = self.manifest.get("total_steps")
+        self.check_final_checkpoint()
+        last = self.manifest["total_steps"]
         table = self.metrics
         for member in range(len(self.configs)):
             steps = table.filter(pc.equal(table["member"], member))["step"].to_pylist()
@@ -209,10 +210,6 @@ class Run(RunDirectory):
                     f"run {self.id} is marked complete, but member {member}'s metrics {ends}, not "
                     f"{last:,}: its metrics.parquet is damaged; train it again"
                 )
-        if last not in self.checkpoint_steps:
-            raise RunStoreError(
-                f"run {self.id} is marked complete, but its final checkpoint (step {last:,}) is gone"
-            )
 
     def units_at(self, step: float) -> tuple[int, int]:
         """(sequences, tokens) seen by the end of a training step."""

@@ -45,7 +45,11 @@ def prepare_sweep(sweep: SweepConfig, sweep_dir: Path, workers: int) -> tuple[li
     text = dump_sweep(sweep)
     saved = None
     if (sweep_dir / "sweep.yaml").is_file():
-        if (sweep_dir / "sweep.yaml").read_text() != text:
+        try:
+            saved_text = (sweep_dir / "sweep.yaml").read_text()
+        except UnicodeDecodeError:
+            raise IclLabError(f"{sweep_dir / 'sweep.yaml'} is damaged (not UTF-8 text)") from None
+        if saved_text != text:
             raise ConfigError(f"{sweep_dir} holds a different sweep; choose another directory")
         if (sweep_dir / "plan.json").is_file():
             saved = [unit["points"] for unit in read_plan(sweep_dir)]
