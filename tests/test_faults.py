@@ -184,13 +184,24 @@ def test_report_and_resume_on_a_read_only_disk(tmp_path: Path) -> None:
 # the metrics table -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("damage", ["garbage", "truncated mid-row"])
+@pytest.mark.parametrize("damage", ["garbage", "truncated mid-row", "column dropped", "column retyped"])
 def test_a_corrupt_metrics_table_is_refused_by_resume_and_report(tmp_path: Path, damage: str, cli) -> None:
     run = trained(tmp_path)
     interrupt(run)
     table = run.metrics_path
     data = table.read_bytes()
-    table.write_bytes(b"not parquet at all" if damage == "garbage" else data[: len(data) // 2])
+    expected = f"metrics table {table} is corrupt or unreadable"
+    if damage in ("garbage", "truncated mid-row"):
+        table.write_bytes(b"not parquet at all" if damage == "garbage" else data[: len(data) // 2])
+    else:  # valid Parquet, read under the run's schema it would give nulls or cast strings silently
+        rows = pq.read_table(table)
+        if damage == "column dropped":
+            rows = rows.drop(["metric"])
+        else:
+            at = rows.schema.get_field_index("value")
+            rows = rows.set_column(at, "value", pc.cast(rows["value"], "string"))
+        pq.write_table(rows, table)
+        expected = f"metrics table {table} is damaged (column {'metric' if 'dropped' in damage else 'value'}"
     before = tree(run.path)
     for command in (["resume", run.path], ["report", run.path], ["eval", run.path]):
         code, _, err = cli(*command)
@@ -198,7 +209,7 @@ def test_a_corrupt_metrics_table_is_refused_by_resume_and_report(tmp_path: Path,
             assert code == 0, err
             continue
         assert code == 2
-        one_line(err, f"metrics table {table} is corrupt or unreadable")
+        one_line(err, expected)
     assert tree(run.path) == before
 
 

@@ -52,6 +52,13 @@ def read_metrics(path: Path) -> pa.Table:
     if not path.is_file():
         return SCHEMA.empty_table()
     try:
-        return pq.read_table(path, schema=SCHEMA)
+        found = pq.read_schema(path)
+        table = pq.read_table(path, schema=SCHEMA)
     except (pa.ArrowException, OSError) as e:
         raise RunStoreError(f"metrics table {path} is corrupt or unreadable ({type(e).__name__})") from None
+    # read under SCHEMA, a missing column would come back as nulls and a wrong type cast silently
+    kept = {f.name: f.type for f in found}
+    wrong = [f.name for f in SCHEMA if kept.get(f.name) != f.type]
+    if wrong:
+        raise RunStoreError(f"metrics table {path} is damaged (column {', '.join(wrong)} missing or retyped)")
+    return table
