@@ -216,7 +216,7 @@ def test_an_empty_directory_option_is_refused_not_the_current_one(cli, args: tup
     assert code == 2 and err.startswith(f"error: Invalid value for '{args[-2]}': is empty: give a directory")
 
 
-def test_an_empty_device_is_refused_not_taken_as_the_default() -> None:
+def test_an_empty_device_is_refused_not_taken_as_the_default(cli) -> None:
     from icl_lab.cli_options import resume_on
     from icl_lab.errors import ConfigError
     from icl_lab.experiment import load_config
@@ -225,6 +225,8 @@ def test_an_empty_device_is_refused_not_taken_as_the_default() -> None:
     with pytest.raises(ConfigError, match="--device: unknown device ''"):
         resume_on([cfg], "")
     assert cfg.training.device == "cpu"
+    code, _, err = cli("train", "induction", "--device", "")
+    assert code == 2 and err.startswith("error: --device: unknown device ''")
 
 
 def test_demo_smoke_through_the_installed_entry_point(tmp_path: Path) -> None:

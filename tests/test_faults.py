@@ -761,6 +761,8 @@ def test_a_complete_run_missing_its_end_is_refused_by_report_and_resume(
         ({"members": 0}, "run manifest is damaged (members: 0)"),
         ({"total_steps": None}, "run manifest is damaged (total_steps: None)"),
         ({"status": 5}, "run manifest is damaged (status: 5)"),
+        ({"created": 5}, "run manifest is damaged (created: 5)"),
+        ({"created": ...}, "run manifest is damaged (no created)"),
         (b"\xff\xfe", "run manifest is not valid JSON"),
     ],
 )
@@ -773,7 +775,8 @@ def test_a_manifest_of_damaged_fields_or_bytes_is_refused_and_listed(
     if isinstance(damage, bytes):
         manifest.write_bytes(damage)
     else:
-        manifest.write_text(json.dumps({**json.loads(manifest.read_text()), **damage}))
+        fields = {**json.loads(manifest.read_text()), **damage}
+        manifest.write_text(json.dumps({k: v for k, v in fields.items() if v is not ...}))  # ...: deleted
     for command in ("resume", "eval", "report"):
         code, _, err = cli(command, run.path)
         assert code == 2
@@ -791,9 +794,15 @@ def test_files_that_are_not_utf8_text_are_refused_naming_them(tmp_path: Path, cl
     assert code == 2
     one_line(err, f"config file {run.path / 'config.yaml'} is not UTF-8 text")
     from icl_lab.analysis.dissect import _settings_of
+    from icl_lab.report.sweep import write_sweep_report
+
+    (tmp_path / "sweep").mkdir()
+    (tmp_path / "sweep" / "sweep.yaml").write_bytes(b"\xff\xfe")
+    with pytest.raises(RunStoreError, match=r"sweep.yaml is damaged \(not UTF-8 text\)$"):
+        write_sweep_report(tmp_path / "sweep")
 
     estimate = tmp_path / "step_000000004.json"
-    for text in (b'{"llc": ', b"", b"\xff", b"[1]"):
+    for text in (b'{"llc": ', b"", b"\xff", b"[1]", b'{"settings": {}}'):
         estimate.write_bytes(text)
         assert _settings_of(estimate) is None, "a damaged LLC estimate is estimated again"
 
@@ -807,7 +816,7 @@ def test_a_sidecar_lacking_a_field_is_a_damaged_checkpoint(tmp_path: Path, cli) 
     sidecar.write_text(json.dumps(info))
     code, _, err = cli("resume", cut)
     assert code == 2
-    one_line(err, f"checkpoint sidecar {sidecar} is damaged: it lacks 'param_groups'")
+    one_line(err, f"checkpoint sidecar {sidecar} is damaged: it lacks 'param_groups'; to resume from step 4")
 
 
 def test_resume_of_a_complete_run_checks_its_config_and_device(tmp_path: Path, cli) -> None:

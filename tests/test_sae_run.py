@@ -362,3 +362,5 @@ def test_a_complete_sae_run_missing_its_final_checkpoint_is_refused(
         assert code == 2
         one_line(err, expected)
     assert not (tmp_path / "out").exists()
+    code, out, _ = cli("list", "runs", "--runs-dir", tmp_path)
+    assert code == 0 and "damaged (below)" in out and expected in " ".join(out.split())

@@ -40,6 +40,8 @@ SetOption = Annotated[
 
 
 def _overrides(overrides: list[str] | None, device: str | None) -> list[str]:
+    if device is not None and not device.strip():  # as an override it would read as null
+        raise ConfigError("--device: unknown device '' (use cpu, cuda or cuda:N)")
     return [*(overrides or []), *([f"training.device={device}"] if device is not None else [])]
 
 
@@ -232,6 +234,8 @@ def list_(
             try:
                 if isinstance(r, Run):
                     r.check_whole()
+                else:
+                    r.check_final_checkpoint()
             except IclLabError as e:
                 status = "damaged (below)"
                 notes.append(f"{r.path}: {e}")

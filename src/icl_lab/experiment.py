@@ -171,18 +171,24 @@ def _differing(a: object, b: object, at: str = "") -> str:
 
 def check_ensemble(configs: list[ExperimentConfig]) -> None:
     """ConfigError unless the configs can train as one ensemble (see ensemble_key)."""
+    if problem := ensemble_problem(configs):
+        reason, advice = problem
+        raise ConfigError(f"{reason}{advice}")
+
+
+def ensemble_problem(configs: list[ExperimentConfig]) -> tuple[str, str] | None:
+    """Why the configs cannot train as one ensemble, and the advice that follows it (None if they can)."""
     keys = [json.loads(ensemble_key(c)) for c in configs]
     if other := next((k for k in keys[1:] if k != keys[0]), None):
         field = _differing(keys[0], other)
-        raise ConfigError(
-            f"ensemble members differ in {field.replace('task.io', 'the task inputs or outputs')}; "
-            "they may differ only in seed, clamps, learning rate and task fields that "
-            "keep the model's inputs and outputs"
+        return (
+            f"ensemble members differ in {field.replace('task.io', 'the task inputs or outputs')}",
+            "; they may differ only in seed, clamps, learning rate and task fields that keep the "
+            "model's inputs and outputs",
         )
     first = configs[0]
     refusal = MODELS.get(first.model.name).ensemble_refusal(first.model)
-    if len(configs) > 1 and refusal:
-        raise ConfigError(f"{refusal}: train the members as separate runs")
+    return (refusal, ": train the members as separate runs") if len(configs) > 1 and refusal else None
 
 
 def ensemble_hash(configs: list[ExperimentConfig]) -> str:

@@ -13,7 +13,7 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 from torch import Tensor
 
-from icl_lab.errors import StorageError
+from icl_lab.errors import RunStoreError, StorageError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -30,6 +30,14 @@ def storage_error(action: str, path: Path, error: OSError) -> StorageError:
     # a short write (numpy's tofile) comes without an errno: say what it most likely was
     why = error.strerror or (f"{error} (is the disk full?)" if error.errno is None else str(error))
     return StorageError(f"cannot {action} {path}: {why}")
+
+
+def read_text(path: Path) -> str:
+    """A text file's contents; RunStoreError naming it if its bytes are not UTF-8 text (a damaged file)."""
+    try:
+        return path.read_text()
+    except UnicodeDecodeError:
+        raise RunStoreError(f"{path} is damaged (not UTF-8 text)") from None
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:

@@ -82,7 +82,8 @@ def export(
     source = handle.config.source
     model_run = Path(source.run).name
     hook, context = f"blocks.{source.layer}.attn.hook_z", handle.manifest["n_ctx"]
-    read = {"run": source.run, "step": handle.manifest.get("source_step"), "member": source.member}
+    step_read = handle.manifest.get("source_step", source.step)  # older runs: their config's
+    read = {"run": source.run, "step": step_read, "member": source.member}
     export_saelens(handle.sae(step), export_directory(out, run), hook, model_run, context, handle.scale, read)
     console.print(f"SAELens SAE: {out}")
     at = f" at step {read['step']:,}" if read["step"] is not None else ""

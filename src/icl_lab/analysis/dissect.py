@@ -179,8 +179,9 @@ def _settings_of(estimate: Path) -> object:
     """The settings an earlier LLC estimate file records (None if it is missing or damaged: it is
     estimated again)."""
     try:
-        return json.loads(estimate.read_text()).get("settings")
-    except (OSError, ValueError, AttributeError):
+        record = json.loads(estimate.read_text())
+        return record["settings"] if {"llc", "llc_std"} <= record.keys() else None
+    except (OSError, ValueError, AttributeError, KeyError):
         return None
 
 

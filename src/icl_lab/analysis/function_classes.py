@@ -26,6 +26,7 @@ from icl_lab.baselines.regression import (
     windowed_least_squares,
 )
 from icl_lab.models.base import Model
+from icl_lab.report.html import save_png
 from icl_lab.seeding import generator
 from icl_lab.store.run import Run
 from icl_lab.tasks.base import Batch
@@ -123,8 +124,7 @@ def plot_curves(panels: dict[str, dict[str, ErrorCurve]], title: str, path: Path
         ax.set_title(panel, fontsize=9)
     axes[0, 0].legend(fontsize=8)
     fig.suptitle(title, fontsize=9)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_png(fig, path)
     return path
 
 

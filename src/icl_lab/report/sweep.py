@@ -16,7 +16,8 @@ import pyarrow as pa
 import yaml
 from matplotlib.figure import Figure
 
-from icl_lab.files import atomic_write_text
+from icl_lab.errors import RunStoreError
+from icl_lab.files import atomic_write_text, read_text
 from icl_lab.report.figures import loss_unit
 from icl_lab.report.html import figures_html, page, save_png
 from icl_lab.store.run import Run
@@ -140,11 +141,16 @@ def _order(value: object) -> tuple:
 
 def write_sweep_report(sweep_dir: Path) -> Path:
     """report/ with a PNG per heatmap and curve of the sweep config, and report.html."""
-    sweep = SweepConfig.model_validate(yaml.safe_load((sweep_dir / "sweep.yaml").read_text()))
+    config_text = read_text(sweep_dir / "sweep.yaml")
+    try:
+        sweep = SweepConfig.model_validate(yaml.safe_load(config_text))
+        layout = json.loads(read_text(sweep_dir / "plan.json"))
+        n_points, n_units = len(layout["points"]), len(layout["units"])
+    except (yaml.YAMLError, ValueError, KeyError, TypeError):  # a ValidationError is a ValueError
+        raise RunStoreError(f"{sweep_dir} holds a damaged sweep.yaml or plan.json") from None
     table = read_results(sweep_dir)
     out = sweep_dir / "report"
     out.mkdir(exist_ok=True)
-    layout = json.loads((sweep_dir / "plan.json").read_text())
     runs = [row["run"] for row in table.to_pylist() if row["status"] == "complete"]
     first = Run.open(runs[0]) if runs else None
     batch_size = first.units_at(1)[0] if first else 1  # sequences per step
@@ -169,8 +175,8 @@ def write_sweep_report(sweep_dir: Path) -> Path:
     tally = ", ".join(f"{counts.pop(s, 0)} {s}" for s in ("complete", "failed")) + "".join(
         f", {n} {s}" for s, n in sorted(counts.items())
     )
-    summary = f"{len(layout['points'])} points in {len(layout['units'])} runs; {tally}"
-    config_text = html.escape((sweep_dir / "sweep.yaml").read_text())
+    summary = f"{n_points} points in {n_units} runs; {tally}"
+    config_text = html.escape(config_text)
     body = f"""<h1>sweep {html.escape(sweep.name)}</h1><p>{html.escape(summary)}</p>{figures_html(images)}
 <table><tr>{head}</tr>{body_rows}</table>
 <details><summary>sweep.yaml</summary><pre>{config_text}</pre></details>"""

@@ -25,6 +25,7 @@ from icl_lab.baselines.ngram import ngram_metrics
 from icl_lab.experiment import ExperimentConfig, load_config
 from icl_lab.metrics.base import EvalContext
 from icl_lab.metrics.ngram_heads import ngram_heads
+from icl_lab.report.html import save_png
 from icl_lab.reproduce.base import REPRODUCTIONS, TOLERANCE, Claim, Reproduction, judged_by_seed, mean_sd
 from icl_lab.seeding import generator
 from icl_lab.store.run import Run
@@ -282,6 +283,5 @@ class ICLL(Reproduction):
         )
         fig.tight_layout()
         path = out / "icll_architectures.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        save_png(fig, path)
         return [path]

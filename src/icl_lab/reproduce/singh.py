@@ -37,6 +37,7 @@ import numpy as np
 
 from icl_lab.analysis.circuits import clamp, clamp_progress, only_head_kept, speed, wiring_table
 from icl_lab.experiment import ExperimentConfig, load_config, validate_config
+from icl_lab.report.html import save_png
 from icl_lab.reproduce.base import REPRODUCTIONS, Claim, Reproduction, judged_by_seed, mean_spread, numbers
 from icl_lab.store.run import Run
 
@@ -212,8 +213,7 @@ class Singh(Reproduction):
             )
             ax.legend(fontsize=8)
         path = out / "singh.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        save_png(fig, path)
         return [path]
 
 

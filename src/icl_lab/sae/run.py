@@ -110,6 +110,7 @@ class SAERun(RunDirectory):
     """Handle on an SAE run's directory: its config, metrics, checkpoints and trained SAE."""
 
     FORMAT = FORMAT
+    REQUIRED = ("created", "d_in", "n_ctx")
 
     def __init__(self, path: Path, config: SAERunConfig, manifest: dict[str, Any]) -> None:
         super().__init__(path, manifest)

@@ -26,6 +26,7 @@ from icl_lab.store.metrics_table import read_metrics
 
 LOCK = ".lock"  # held (flock) by the process training the run
 MANIFEST_TYPES: dict[str, type | tuple[type, ...]] = {
+    "created": str,
     "status": str,
     "total_steps": int,
     "members": int,
@@ -41,6 +42,7 @@ class RunDirectory:
     their manifest FORMAT and what their config is."""
 
     FORMAT: ClassVar[str]
+    REQUIRED: ClassVar[tuple[str, ...]] = ("created",)  # manifest fields every run of the kind has
 
     def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
         self.path, self.manifest = path, manifest
@@ -121,6 +123,9 @@ class RunDirectory:
         if manifest.get("format") != cls.FORMAT:
             found = manifest.get("format")
             raise RunStoreError(f"{path} is not an {cls.FORMAT} directory (its manifest says {found!r})")
+        if missing := [field for field in cls.REQUIRED if field not in manifest]:
+            lacks = ", ".join(missing)
+            raise RunStoreError(f"run manifest is damaged (no {lacks}): {path / 'manifest.json'}")
         for field, kinds in MANIFEST_TYPES.items():
             value = manifest.get(field)
             wrong = isinstance(value, bool) or not isinstance(value, kinds)

@@ -32,7 +32,7 @@ from rich.progress import (
 )
 
 from icl_lab.errors import ConfigError, IclLabError, Interrupted, StorageError
-from icl_lab.experiment import ExperimentConfig, check_ensemble
+from icl_lab.experiment import ExperimentConfig, ensemble_problem
 from icl_lab.files import atomic_write_text
 from icl_lab.sae.config import SAERunConfig
 from icl_lab.sweeps.config import MAX_ENSEMBLE
@@ -104,6 +104,8 @@ def run_job(path: str, configs_yaml: list[str], kind: str = "model") -> tuple[st
                 run.check_sources()
                 run.check_whole()
                 run.check_recorded_data()
+            else:
+                run.check_final_checkpoint()
             if run.status != "complete":  # on the device asked for now, not the one it started on
                 for stored, asked in zip(
                     run.configs if kind == "model" else [run.config], configs, strict=True
@@ -363,12 +365,9 @@ def _check_saved_groups(path: Path, groups: list[list]) -> None:
     for group in (g for g in groups if len(g) > 1):
         if not all(isinstance(c, ExperimentConfig) for c in group):
             raise IclLabError(f"{path} packs runs that are not model runs; delete it and rerun")
-        try:
-            check_ensemble(group)
-        except ConfigError as e:
-            raise IclLabError(
-                f"{path} packs runs that cannot train together ({e}); delete it and rerun"
-            ) from None
+        if problem := ensemble_problem(group):
+            reason = problem[0]
+            raise IclLabError(f"{path} packs runs that cannot train together ({reason}); delete it and rerun")
 
 
 def _grouping(configs: list, runs_dir: Path, setting: Setting, workers: int) -> list[list[int]]:

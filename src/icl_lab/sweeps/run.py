@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 
 from icl_lab.analysis.summary import summarise
 from icl_lab.errors import ConfigError, IclLabError, RunStoreError
-from icl_lab.files import atomic_write, atomic_write_text
+from icl_lab.files import atomic_write, atomic_write_text, read_text
 from icl_lab.store.run import Run
 from icl_lab.sweeps.config import TRANSITION_COLUMNS, SweepConfig, Unit, dump_sweep, expand, plan
 from icl_lab.sweeps.execute import Executor, Job, execute
@@ -45,11 +45,7 @@ def prepare_sweep(sweep: SweepConfig, sweep_dir: Path, workers: int) -> tuple[li
     text = dump_sweep(sweep)
     saved = None
     if (sweep_dir / "sweep.yaml").is_file():
-        try:
-            saved_text = (sweep_dir / "sweep.yaml").read_text()
-        except UnicodeDecodeError:
-            raise IclLabError(f"{sweep_dir / 'sweep.yaml'} is damaged (not UTF-8 text)") from None
-        if saved_text != text:
+        if read_text(sweep_dir / "sweep.yaml") != text:
             raise ConfigError(f"{sweep_dir} holds a different sweep; choose another directory")
         if (sweep_dir / "plan.json").is_file():
             saved = [unit["points"] for unit in read_plan(sweep_dir)]

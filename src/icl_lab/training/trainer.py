@@ -471,6 +471,7 @@ class Trainer:
         self.run.drop_checkpoints_after(step)
         try:
             checkpoint = self.run.load_checkpoint(step)
+            self.state.load_state_dict(checkpoint)  # a sidecar lacking a field fails here
         except CheckpointError as e:  # say how to fall back, losing the steps since the one before
             earlier = [s for s in self.run.checkpoint_steps if s < step]
             if not earlier:
@@ -480,7 +481,6 @@ class Trainer:
             raise CheckpointError(
                 f"{e}; to resume from step {earlier[-1]:,} instead, delete {files} in {where}"
             ) from None
-        self.state.load_state_dict(checkpoint)
         self.logger.restore(self.run.metrics, self.state.step)
         self.restored = True
 
