@@ -146,6 +146,10 @@ def test_an_ensembles_config_files_are_checked_like_a_single_runs(tmp_path: Path
         (cut / "members.yaml").write_text(garbage)
         with pytest.raises(RunStoreError, match=rf"run {cut}: its members.yaml cannot be read \(.*{why}"):
             Run.open(cut)
+    one = yaml.safe_load((run.path / "members.yaml").read_text())[:1]  # cut short: one of two
+    (cut / "members.yaml").write_text(yaml.safe_dump(one))
+    with pytest.raises(RunStoreError, match=r"members.yaml holds 1 member config\(s\), its manifest says 2"):
+        Run.open(cut)
     (cut / "members.yaml").unlink()
     with pytest.raises(RunStoreError, match=r"its members.yaml is missing \(the run has 2 members;"):
         Run.open(cut)

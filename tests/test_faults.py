@@ -652,6 +652,10 @@ def test_a_sweep_directory_edited_between_runs(tmp_path: Path, cli) -> None:
     assert code == 2
     one_line(err, "holds a different sweep; choose another directory")
     assert tree(sweep_dir) == before
+    (sweep_dir / "plan.json").write_text(json.dumps({"points": [], "units": []}))
+    code, _, err = cli("sweep", "status", sweep_dir)
+    assert code == 2
+    one_line(err, "plan.json is corrupt (not a sweep plan)")
     (sweep_dir / "plan.json").unlink()
     code, _, err = cli("sweep", "status", sweep_dir)
     assert code == 2

@@ -364,3 +364,13 @@ def test_a_complete_sae_run_missing_its_final_checkpoint_is_refused(
     assert not (tmp_path / "out").exists()
     code, out, _ = cli("list", "runs", "--runs-dir", tmp_path)
     assert code == 0 and "damaged (below)" in out and expected in " ".join(out.split())
+
+
+def test_sae_export_of_an_sae_whose_model_run_is_gone_says_so(tmp_path: Path, cli) -> None:
+    model = train(tiny_config(), str(tmp_path / "model"), progress=False).path
+    sae = train_sae(validate_sae_config(sae_data(model)), tmp_path / "sae", progress=False)
+    shutil.rmtree(model)
+    code, out, err = cli("sae", "export", sae.path, tmp_path / "out")
+    assert code == 0, err
+    said = " ".join(out.split())
+    assert f"that model run is gone ({model}), so no TransformerLens model matches it" in said

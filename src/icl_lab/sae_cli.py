@@ -90,11 +90,13 @@ def export(
     pair = ["icl-lab", "export", source.run, "TL_OUT"]
     pair += ["--checkpoint", str(read["step"])] if read["step"] is not None else []
     pair += ["--member", str(source.member)] if source.member else []
-    console.print(  # another checkpoint's or member's activations would silently be the wrong ones
-        f"it reads {hook} of {model_run}{at}{f', member {source.member}' if source.member else ''}; "
-        f"the TransformerLens model it matches: {shlex.join(pair)}",
-        highlight=False,
+    reads = f"it reads {hook} of {model_run}{at}{f', member {source.member}' if source.member else ''}"
+    matches = (  # another checkpoint's or member's activations would silently be the wrong ones
+        f"the TransformerLens model it matches: {shlex.join(pair)}"
+        if Path(source.run).is_dir()
+        else f"that model run is gone ({source.run}), so no TransformerLens model matches it"
     )
+    console.print(f"{reads}; {matches}", highlight=False)
 
 
 @app.command()

@@ -114,6 +114,11 @@ class Run(RunDirectory):
                 )
         except ConfigError as e:
             raise RunStoreError(f"run {path}: its {source.name} cannot be read ({e})") from None
+        if "members" in manifest and len(entries) != manifest["members"]:
+            raise RunStoreError(
+                f"run {path}: its {source.name} holds {len(entries)} member config(s), its manifest says "
+                f"{manifest['members']}: the file is damaged"
+            )
         return cls(path, [validate_config(d, stored=True) for d in entries], manifest)
 
     @property

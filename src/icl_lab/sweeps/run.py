@@ -67,7 +67,8 @@ def read_plan(sweep_dir: Path) -> list[dict]:
         raise IclLabError(f"not a sweep directory (no plan.json): {sweep_dir}")
     try:
         units = json.loads(path.read_text())["units"]
-        if all(isinstance(u["unit"], str) and all(isinstance(i, int) for i in u["points"]) for u in units):
+        shaped = (isinstance(u["unit"], str) and all(isinstance(i, int) for i in u["points"]) for u in units)
+        if units and all(shaped):  # a sweep has at least one point, so one unit
             return units
     except (ValueError, KeyError, TypeError):
         pass
