@@ -304,3 +304,14 @@ def test_an_empty_list_of_metrics_or_splits_is_refused(field: str) -> None:
     """null means the task's defaults; an empty list must not silently mean them too."""
     with pytest.raises(ConfigError, match=rf"eval\.{field}: List should have at least 1 item"):
         tiny_config(eval={field: []})
+
+
+def test_the_evaluation_steps_a_metrics_table_must_hold() -> None:
+    """Step 0, every `every`-th, and the last step whether or not it is a multiple (one rule for
+    model and SAE runs: what resume and completion check the table against)."""
+    from icl_lab.store.directory import evaluation_steps
+
+    assert evaluation_steps(4, 10, 10) == {0, 4, 8, 10}
+    assert evaluation_steps(4, 9, 10) == {0, 4, 8}, "an interrupted run's step 9 is no evaluation"
+    assert evaluation_steps(5, 10, 10) == {0, 5, 10}
+    assert evaluation_steps(100, 30, 30) == {0, 30}

@@ -26,7 +26,7 @@ from icl_lab.sae.fit import Fitter
 from icl_lab.sae.metrics import sae_quality
 from icl_lab.seeding import generator
 from icl_lab.store.checkpoints import save_checkpoint
-from icl_lab.store.directory import RunDirectory
+from icl_lab.store.directory import RunDirectory, evaluation_steps
 from icl_lab.store.metrics_table import TRAIN_SPLIT
 from icl_lab.store.run import Run
 from icl_lab.tasks import TASKS, Task
@@ -217,8 +217,7 @@ class SAETrainer:
         return self.run.config.training.steps
 
     def _expected_history(self, upto: int) -> set[int]:
-        every = self.run.config.eval.every
-        return {0, *range(every, upto + 1, every)} | ({upto} if upto == self.total_steps else set())
+        return evaluation_steps(self.run.config.eval.every, upto, self.total_steps)
 
     def _units(self) -> dict[str, Any]:
         seen = self.fitter.step * self.run.config.training.batch_size

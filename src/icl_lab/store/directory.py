@@ -37,6 +37,12 @@ MANIFEST_TYPES: dict[str, type | tuple[type, ...]] = {
 """fields whose type a manifest's reader checks (where present): a damaged value is refused on opening"""
 
 
+def evaluation_steps(every: int, upto: int, total: int) -> set[int]:
+    """The steps a run evaluated at once trained to step `upto` of `total`: 0, every `every`-th,
+    and the last (what its metrics table must hold)."""
+    return {0, *range(every, upto + 1, every)} | ({upto} if upto == total else set())
+
+
 class RunDirectory:
     """Handle on a run directory: manifest, lock, metrics table and checkpoints. Subclasses name
     their manifest FORMAT and what their config is."""

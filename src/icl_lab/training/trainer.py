@@ -46,6 +46,7 @@ from icl_lab.interventions.base import clamped_forward
 from icl_lab.models import Model
 from icl_lab.seeding import generator
 from icl_lab.store.checkpoints import checkpoint_paths, save_checkpoint
+from icl_lab.store.directory import evaluation_steps
 from icl_lab.store.metrics_table import TRAIN_SPLIT
 from icl_lab.store.run import Run
 from icl_lab.store.train_state import TrainState
@@ -431,8 +432,7 @@ class Trainer:
 
     def _expected_history(self, upto: int) -> set[int]:
         """The evaluation steps a run's metrics table holds once trained to step `upto`."""
-        steps = {0, *range(self.eval_every, upto + 1, self.eval_every)}
-        return steps | ({upto} if upto == self.total_steps else set())
+        return evaluation_steps(self.eval_every, upto, self.total_steps)
 
     def _check_history(self) -> None:
         """RunStoreError unless every member's metrics table has every evaluation step: a run is
