@@ -232,10 +232,7 @@ def list_(
         for r in list_runs(runs_dir, kinds=(Run, SAERun), unreadable=unreadable):
             total, status = r.manifest.get("total_steps", "?"), r.status
             try:
-                if isinstance(r, Run):
-                    r.check_whole()
-                else:
-                    r.check_final_checkpoint()
+                r.check_whole()
             except IclLabError as e:
                 status = "damaged (below)"
                 notes.append(f"{r.path}: {e}")

@@ -49,7 +49,7 @@ def resume(run: SAERunDir, device: Device = None, quiet: Quiet = False) -> None:
 
     handle = SAERun.open(run)
     if handle.status == "complete":  # checked as a resume would be: the files, the config, the device
-        handle.check_final_checkpoint()
+        handle.check_whole()
         handle.check_config()
         resume_on([handle.config], device)
         console.print(f"SAE run {handle.id} is already complete")

@@ -156,7 +156,7 @@ class SAERun(RunDirectory):
         """The SAE at a checkpoint (default: the latest; RunStoreError if the run is marked complete
         but its final checkpoint is gone), in eval mode."""
         if step is None:
-            self.check_final_checkpoint()
+            self.check_whole()
         sae = build_sae(self.config.sae, self.manifest["d_in"], self.config.seed)
         sae.load_state_dict(self.load_checkpoint(step).group("param"))
         return sae.eval()

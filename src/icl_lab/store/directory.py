@@ -247,9 +247,9 @@ class RunDirectory:
             raise CheckpointError(f"run {self.id} has no checkpoint at step {step} (it has {steps})")
         return load_checkpoint(checkpoint_paths(self.checkpoint_dir, step)[1], self.config_hash)
 
-    def check_final_checkpoint(self) -> None:
+    def check_whole(self) -> None:
         """RunStoreError if the run is marked complete but its final checkpoint (tensors or sidecar)
-        is gone: its latest checkpoint would be an earlier state's."""
+        is gone: its latest checkpoint would be an earlier state's (kinds of run add their checks)."""
         if self.status != "complete":
             return
         last = self.manifest.get("total_steps")

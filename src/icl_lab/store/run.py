@@ -204,7 +204,7 @@ class Run(RunDirectory):
         final checkpoint is gone (a damaged copy): what it reports would be an earlier state's."""
         if self.status != "complete":
             return
-        self.check_final_checkpoint()
+        super().check_whole()
         last = self.manifest["total_steps"]
         table = self.metrics
         for member in range(len(self.configs)):

@@ -100,12 +100,10 @@ def run_job(path: str, configs_yaml: list[str], kind: str = "model") -> tuple[st
                     f"{run_dir} holds a run of other configs (hash {run.config_hash}, asked for "
                     f"{wanted}); move it away or choose another directory"
                 )
+            run.check_whole()
             if kind == "model":
                 run.check_sources()
-                run.check_whole()
                 run.check_recorded_data()
-            else:
-                run.check_final_checkpoint()
             if run.status != "complete":  # on the device asked for now, not the one it started on
                 for stored, asked in zip(
                     run.configs if kind == "model" else [run.config], configs, strict=True
