@@ -9,7 +9,7 @@ import torch
 from conftest import TINY_FEWSHOT, TINY_READOUT_MODEL, tiny_config
 from icl_lab.errors import ConfigError
 from icl_lab.store.run import Run
-from icl_lab.training.trainer import resume, train
+from icl_lab.training.trainer import Trainer, resume, train
 
 BASE = {
     "task": TINY_FEWSHOT,
@@ -57,6 +57,19 @@ def test_each_member_equals_its_single_run(tmp_path: Path) -> None:
         assert torch.allclose(
             ensemble.model(member=i).blocks[1].attn.W_Q, alone.model().blocks[1].attn.W_Q, atol=1e-4
         )
+
+
+def test_members_sampled_together_equal_their_single_runs(tmp_path: Path) -> None:
+    """Members of one task's shape draw their batches together (FewShotPairsTask.members_sampler)."""
+    configs = [tiny_config(**BASE, seed=seed) for seed in (1, 2)]
+    ensemble = Run.create(configs, tmp_path / "ensemble")
+    trainer = Trainer(ensemble, progress=False)
+    assert trainer._sample_members is not None
+    trainer.fit()
+    for i, config in enumerate(configs):
+        alone = train(config, str(tmp_path / f"alone{i}"), progress=False)
+        for name, value in alone.parameters().items():
+            assert torch.allclose(ensemble.parameters()[name][i], value[0], atol=1e-4), (i, name)
 
 
 def test_ensemble_resume_is_bit_identical(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from pydantic import ValidationError
 from safetensors.numpy import save_file
 
 from icl_lab.errors import ConfigError
+from icl_lab.tasks.base import Batch
 from icl_lab.tasks.fewshot_pairs import FewShotPairsConfig, FewShotPairsTask
 
 
@@ -48,6 +49,36 @@ def test_heldout_splits() -> None:
     stored = t.features[exemplars.meta["item_classes"][:, 0]]  # (n, exemplars, dim)
     which = (stored == item[:, None]).all(-1).float().argmax(1)
     assert (which >= 1).all(), "held-out exemplars only"
+
+
+def test_members_drawn_together_are_each_members_own_batches() -> None:
+    tasks = [task(), FewShotPairsTask(task().config, seed=1), FewShotPairsTask(task().config, seed=2)]
+    features = [t.features.clone() for t in tasks]
+    sample = FewShotPairsTask.members_sampler(tasks)
+    alone = [torch.Generator().manual_seed(7 + m) for m in range(3)]
+    together = [torch.Generator().manual_seed(7 + m) for m in range(3)]
+    for step in range(3):
+        expected = Batch.stack([t.training_sample(64, g, step) for t, g in zip(tasks, alone, strict=True)])
+        batch = sample(64, together, step)
+        for got, want in zip(
+            [batch.inputs, batch.targets, batch.loss_mask, *batch.meta.values()],
+            [expected.inputs, expected.targets, expected.loss_mask, *expected.meta.values()],
+            strict=True,
+        ):
+            assert torch.equal(got, want) and got.stride() == want.stride()
+    same_streams = zip(alone, together, strict=True)
+    assert all(torch.equal(a.get_state(), b.get_state()) for a, b in same_streams)
+    assert not torch.equal(batch.inputs[0], batch.inputs[1]), "each member its own world"
+    assert all(torch.equal(t.features, f) for t, f in zip(tasks, features, strict=True)), "views of the same"
+    assert tasks[1].tokens.data_ptr() == tasks[0].tokens.data_ptr() + tasks[0].tokens.nbytes
+
+    class Own(FewShotPairsTask):
+        """A user's subclass, which may sample otherwise."""
+
+    assert Own.members_sampler([Own(task().config, 0), Own(task().config, 1)]) is None
+    assert FewShotPairsTask.members_sampler([task(), task(n_train_classes=40)]) is None
+    repeated = task(repeat={"fraction": 0.5, "bank_size": 10})
+    assert FewShotPairsTask.members_sampler([repeated, repeated]) is None
 
 
 @pytest.mark.parametrize("suffix", [".npy", ".npz", ".safetensors"])

@@ -77,6 +77,8 @@ class Batch:
 
 
 Sampler = Callable[[int, torch.Generator], Batch]
+MembersSampler = Callable[[int, list[torch.Generator], int], Batch]
+"""(batch_size, one generator per member, step) -> the members' training batches, stacked"""
 
 
 def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
@@ -150,6 +152,13 @@ class Task:
             return self.unique_sample(batch_size, generator, step)
         banked = self.bank.select(plan.bank_indices(step).to(self.bank.inputs.device))
         return Batch.cat([banked, self.unique_sample(batch_size - plan.per_batch, generator, step)])
+
+    @classmethod
+    def members_sampler(cls, tasks: list["Task"]) -> MembersSampler | None:
+        """For an ensemble's tasks (one per member, all of this class): a sampler of all members'
+        training batches at once, equal to each task's training_sample with its own generator but
+        faster; None (the default) where the class offers none or these tasks cannot share one."""
+        return None
 
     @classmethod
     def split_names(cls, config: TaskConfig) -> list[str]:

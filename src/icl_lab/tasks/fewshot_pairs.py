@@ -33,7 +33,7 @@ from icl_lab.errors import ConfigError
 from icl_lab.models.base import ModelIO
 from icl_lab.seeding import generator
 from icl_lab.tasks import fewshot_layout
-from icl_lab.tasks.base import TASKS, Batch, Sampler, Task
+from icl_lab.tasks.base import TASKS, Batch, MembersSampler, Sampler, Task
 
 FEATURE_SUFFIXES = (".npy", ".npz", ".safetensors", ".h5", ".hdf5")
 
@@ -157,13 +157,16 @@ class FewShotPairsTask(Task):
             )
         # every token a sequence can hold, one row each: exemplar e of class k at row k * exemplars + e,
         # then the labels' one-hots; a batch is one gather from it
-        shape = self.features.shape
-        self.tokens = torch.block_diag(self.features.flatten(0, 1), torch.eye(c.n_labels, device=self.device))
-        self.features = self.tokens[: shape[0] * shape[1], : shape[2]].view(shape)  # not kept twice
+        self._hold(torch.block_diag(self.features.flatten(0, 1), torch.eye(c.n_labels, device=self.device)))
         pairs = torch.tensor(list(itertools.combinations(range(c.n_labels), 2)), device=self.device)
         order = torch.randperm(len(pairs), generator=g, device=self.device)
         self.train_pairs = pairs[order[c.n_heldout_pairs :]]
         self.heldout_pairs = pairs[order[: c.n_heldout_pairs]]
+
+    def _hold(self, tokens: Tensor) -> None:
+        """Keep `tokens` as the token table and the features as a view of its rows (not kept twice)."""
+        shape = self.features.shape
+        self.tokens, self.features = tokens, tokens[: shape[0] * shape[1], : shape[2]].view(shape)
 
     def data_digest(self) -> tuple[str, str] | None:
         if self.config.features == "gaussian":
@@ -209,6 +212,25 @@ class FewShotPairsTask(Task):
             f"q:c{int(batch.meta['query_class'][index])}",
         ]
 
+    @classmethod
+    def members_sampler(cls, tasks: list[Task]) -> MembersSampler | None:
+        """Each member's random draws as sample() makes them, then the sequences built once for all."""
+        alike = {(t.tokens.shape, t.config.n_train_classes, len(t.train_pairs), t.device) for t in tasks}
+        if cls is not FewShotPairsTask or len(alike) != 1 or any(t.config.repeat for t in tasks):
+            return None  # a subclass may sample otherwise; repetition mixes in banked sequences
+        tokens = torch.stack([t.tokens for t in tasks])  # (M, rows, dim); each task keeps a view
+        for task, own in zip(tasks, tokens, strict=True):
+            task._hold(own)
+        pools = torch.stack([t.train_pairs for t in tasks])  # (M, pairs, 2)
+
+        def sample(n: int, generators: list[torch.Generator], step: int) -> Batch:
+            each = zip(tasks, generators, strict=True)
+            draws = [t._draw(n, g, "train", pools.shape[1], "train") for t, g in each]
+            stacked = [torch.stack(d) for d in zip(*draws, strict=True)]  # each (M, n, ...)
+            return tasks[0]._build(stacked, "train", pools, tokens)
+
+        return sample
+
     def _sample(
         self,
         n: int,
@@ -217,25 +239,53 @@ class FewShotPairsTask(Task):
         pairs: Literal["train", "heldout"] = "train",
         exemplars: Literal["train", "heldout"] = "train",
     ) -> Batch:
-        c, dev = self.config, g.device
-        first, count = (
-            (0, c.n_train_classes) if classes == "train" else (c.n_train_classes, c.n_heldout_classes)
-        )
-        query = torch.randint(count, (n,), generator=g, device=dev)
-        distractor = (query + torch.randint(1, count, (n,), generator=g, device=dev)) % count
         pool = self.train_pairs if pairs == "train" else self.heldout_pairs
-        pair = pool[torch.randint(len(pool), (n,), generator=g, device=dev)]  # (n, 2)
-        swap = torch.rand(n, generator=g, device=dev) < 0.5  # which label the query's class gets
-        query_label = torch.where(swap, pair[:, 1], pair[:, 0])
-        other_label = torch.where(swap, pair[:, 0], pair[:, 1])
-        query_first = torch.rand(n, generator=g, device=dev) < 0.5
-        n_exemplars = self.features.shape[1]
-        picks = (
-            torch.randint(1, n_exemplars, (n, 3), generator=g, device=dev)
+        return self._build(self._draw(n, g, classes, len(pool), exemplars), classes, pool, self.tokens)
+
+    def _classes(self, classes: Literal["train", "heldout"]) -> tuple[int, int]:
+        """(first class, number of classes) of a split's classes."""
+        c = self.config
+        return (0, c.n_train_classes) if classes == "train" else (c.n_train_classes, c.n_heldout_classes)
+
+    def _draw(
+        self,
+        n: int,
+        g: torch.Generator,
+        classes: Literal["train", "heldout"],
+        n_pairs: int,
+        exemplars: Literal["train", "heldout"],
+    ) -> list[Tensor]:
+        """The random numbers behind n sequences, in the order the task has always drawn them: the
+        query's class, the distractor's offset from it, the label pair (of n_pairs), which label
+        the query's class gets, which item comes first, and the exemplar picks."""
+        dev, count = g.device, self._classes(classes)[1]
+        return [
+            torch.randint(count, (n,), generator=g, device=dev),
+            torch.randint(1, count, (n,), generator=g, device=dev),
+            torch.randint(n_pairs, (n,), generator=g, device=dev),
+            torch.rand(n, generator=g, device=dev),
+            torch.rand(n, generator=g, device=dev),
+            torch.randint(1, self.features.shape[1], (n, 3), generator=g, device=dev)
             if exemplars == "heldout"
-            else torch.zeros(n, 3, dtype=torch.long, device=dev)
+            else torch.zeros(n, 3, dtype=torch.long, device=dev),
+        ]
+
+    def _build(
+        self, draws: list[Tensor], classes: Literal["train", "heldout"], pool: Tensor, tokens: Tensor
+    ) -> Batch:
+        """Sequences from _draw's numbers, of shape (n,) or, stacked over members, (M, n), with
+        label pairs from pool ((pairs, 2) or (M, pairs, 2)) and tokens from tokens ((rows, dim)
+        or (M, rows, dim))."""
+        query, offset, pair_index, swap, query_first, picks = draws
+        first, count = self._classes(classes)
+        distractor = (query + offset) % count
+        pair = pool.gather(-2, pair_index[..., None].expand(*pair_index.shape, 2))  # (..., n, 2)
+        swap = swap < 0.5  # which label the query's class gets
+        query_label = torch.where(swap, pair[..., 1], pair[..., 0])
+        other_label = torch.where(swap, pair[..., 0], pair[..., 1])
+        return self._assemble(
+            first + query, first + distractor, query_label, other_label, query_first < 0.5, picks, tokens
         )
-        return self._assemble(first + query, first + distractor, query_label, other_label, query_first, picks)
 
     def enumerated_train(self) -> Batch:
         """Every distinct training sequence once (Singh et al.'s full training set, 78,400 at the
@@ -259,7 +309,7 @@ class FewShotPairsTask(Task):
         query_label = torch.where(swap, labels[:, 1], labels[:, 0])
         other_label = torch.where(swap, labels[:, 0], labels[:, 1])
         picks = torch.zeros(len(query), 3, dtype=torch.long, device=dev)
-        return self._assemble(query, distractor, query_label, other_label, query_first, picks)
+        return self._assemble(query, distractor, query_label, other_label, query_first, picks, self.tokens)
 
     def _assemble(
         self,
@@ -269,28 +319,31 @@ class FewShotPairsTask(Task):
         other_label: Tensor,
         query_first: Tensor,
         picks: Tensor,
+        tokens: Tensor,
     ) -> Batch:
-        """Sequences from their (n,) classes, labels and order and (n, 3) exemplar picks (the two
-        items', the query's)."""
-        n = len(query)
+        """Sequences from their classes, labels and order, each (n,) or (M, n), and (..., 3) exemplar
+        picks (the two items', the query's), read from tokens ((rows, dim), or one table per member,
+        (M, rows, dim))."""
+        first = query_first[..., None]
         item_classes = torch.where(
-            query_first[:, None], torch.stack([query, distractor], 1), torch.stack([distractor, query], 1)
+            first, torch.stack([query, distractor], -1), torch.stack([distractor, query], -1)
         )
         context_labels = torch.where(
-            query_first[:, None],
-            torch.stack([query_label, other_label], 1),
-            torch.stack([other_label, query_label], 1),
+            first, torch.stack([query_label, other_label], -1), torch.stack([other_label, query_label], -1)
         )
         classes, exemplars = self.features.shape[:2]
-        item_rows = item_classes * exemplars + picks[:, :2]  # (n, 2)
-        label_rows = classes * exemplars + context_labels  # (n, 2)
-        query_row = query[:, None] * exemplars + picks[:, 2:]  # (n, 1)
-        rows = torch.cat([torch.stack([item_rows, label_rows], 2).flatten(1), query_row], 1)  # (n, 5)
-        inputs = F.embedding(rows, self.tokens)  # (n, 5, dim + n_labels): a gather, faster than indexing
+        item_rows = item_classes * exemplars + picks[..., :2]  # (..., 2)
+        label_rows = classes * exemplars + context_labels  # (..., 2)
+        query_row = query[..., None] * exemplars + picks[..., 2:]  # (..., 1)
+        rows = torch.cat([torch.stack([item_rows, label_rows], -1).flatten(-2), query_row], -1)  # (..., 5)
+        if tokens.dim() == 3:  # the members' tables end to end: offset each member's rows
+            rows = rows + (torch.arange(len(tokens), device=rows.device) * tokens.shape[1])[:, None, None]
+            tokens = tokens.flatten(0, 1)
+        inputs = F.embedding(rows, tokens)  # (..., 5, dim + n_labels): a gather, faster than indexing
         return Batch(
             inputs=inputs,
-            targets=query_label[:, None],
-            loss_mask=torch.ones(n, 1, dtype=torch.bool, device=query.device),
+            targets=query_label[..., None],
+            loss_mask=torch.ones(*query.shape, 1, dtype=torch.bool, device=query.device),
             meta={
                 "item_classes": item_classes,
                 "query_class": query,

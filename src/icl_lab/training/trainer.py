@@ -194,6 +194,9 @@ class Trainer:
         for m, task in enumerate(self.tasks):  # a member reading other data keeps its own
             if m == 0 or digests.get(str(m)) != digests.get("0"):
                 task.save_artifacts(run.path / "members" / str(m) if m else run.path)
+        # a task class may draw all members' batches at once (the same batches, faster)
+        packed = len(self.tasks) > 1 and len({type(task) for task in self.tasks}) == 1
+        self._sample_members = type(self.tasks[0]).members_sampler(self.tasks) if packed else None
         batch_size, tokens = cfg.training.batch_size, self.tasks[0].tokens_per_sequence
         self.batch_size, self.tokens_per_sequence = batch_size, tokens
         self.total_steps = total_steps(cfg)
@@ -265,12 +268,15 @@ class Trainer:
     def train_step(self) -> None:
         state = self.state
         first, self._values_checked = not self._values_checked, True
-        batch = Batch.stack(
-            [
-                _whole(task.training_sample(self.batch_size, g, state.step), task, self.batch_size, first)
-                for task, g in zip(self.tasks, state.data_generators, strict=True)
-            ]
-        )
+        if self._sample_members is not None:
+            batch = self._sample_members(self.batch_size, state.data_generators, state.step)
+        else:
+            batch = Batch.stack(
+                [
+                    _whole(task.training_sample(self.batch_size, g, state.step), task, self.batch_size, first)
+                    for task, g in zip(self.tasks, state.data_generators, strict=True)
+                ]
+            )
         self._step_clamps, on = self._active_clamps()
         if self.cuda_graphs:  # a new step: the graphs may overwrite the outputs of the last one
             torch.compiler.cudagraph_mark_step_begin()
