@@ -735,7 +735,8 @@ def test_report_on_a_run_without_evaluations_says_so(tmp_path: Path, cli) -> Non
 
 
 @pytest.mark.parametrize(
-    "damage", ["metrics cut short", "metrics gone", "final checkpoint gone", "final tensors gone"]
+    "damage",
+    ["metrics cut short", "an evaluation gone", "metrics gone", "final checkpoint gone", "final tensors"],
 )
 def test_a_complete_run_missing_its_end_is_refused_by_report_and_resume(
     tmp_path: Path, damage: str, cli
@@ -744,12 +745,16 @@ def test_a_complete_run_missing_its_end_is_refused_by_report_and_resume(
     if damage == "metrics cut short":
         table = pq.read_table(run.metrics_path)
         pq.write_table(table.filter(pc.less(table["step"], 8)), run.metrics_path)
-        expected = "member 0's metrics end at step 4, not 12: its metrics.parquet is damaged"
+        expected = "member 0's metrics lack its evaluations at steps 8, 12: its metrics.parquet is damaged"
+    elif damage == "an evaluation gone":  # its curves would have a hole
+        table = pq.read_table(run.metrics_path)
+        pq.write_table(table.filter(pc.not_equal(table["step"], 4)), run.metrics_path)
+        expected = "member 0's metrics lack its evaluations at steps 4: its metrics.parquet is damaged"
     elif damage == "metrics gone":
         run.metrics_path.unlink()
-        expected = "member 0's metrics are gone, not 12"
+        expected = "member 0's metrics are gone: its metrics.parquet is damaged"
     else:  # the tensors alone: the sidecar that lists the checkpoint stays
-        for path in run.checkpoint_dir.glob("*12.safetensors" if "tensors" in damage else "*12*"):
+        for path in run.checkpoint_dir.glob("*12.safetensors" if damage == "final tensors" else "*12*"):
             path.unlink()
         expected = "its final checkpoint (step 12) is gone"
     for command in ("report", "resume", "eval", "dissect"):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
@@ -349,14 +350,23 @@ def test_an_interrupted_sae_run_says_how_to_continue_it(
     assert SAERun.open(run).status == "interrupted"
 
 
-@pytest.mark.parametrize("gone", ["json", "safetensors"])
-def test_a_complete_sae_run_missing_its_final_checkpoint_is_refused(
+@pytest.mark.parametrize("gone", ["json", "safetensors", "an evaluation"])
+def test_a_complete_sae_run_missing_its_final_checkpoint_or_an_evaluation_is_refused(
     sae_run: SAERun, tmp_path: Path, cli, gone: str
 ) -> None:
-    """Not its step-20 SAE exported or shown as if it were the finished one."""
+    """Not its step-20 SAE exported or shown as if it were the finished one, nor curves with holes."""
     damaged = Path(shutil.copytree(sae_run.path, tmp_path / sae_run.id))
-    (damaged / "checkpoints" / f"step_000000030.{gone}").unlink()
     expected = f"run {sae_run.id} is marked complete, but its final checkpoint (step 30) is gone"
+    if gone == "an evaluation":
+        table = pq.read_table(damaged / "metrics.parquet")
+        step = sorted(set(table["step"].to_pylist()))[1]
+        pq.write_table(table.filter(pc.not_equal(table["step"], step)), damaged / "metrics.parquet")
+        expected = (
+            f"run {sae_run.id} is marked complete, but member 0's metrics lack its evaluations at steps "
+            f"{step}: its metrics.parquet is damaged"
+        )
+    else:
+        (damaged / "checkpoints" / f"step_000000030.{gone}").unlink()
     for command in (("export", damaged, tmp_path / "out"), ("resume", damaged), ("dashboard", damaged)):
         code, _, err = cli("sae", *command)
         assert code == 2

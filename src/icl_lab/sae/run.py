@@ -147,6 +147,9 @@ class SAERun(RunDirectory):
         manifest = cls.read_manifest(path)
         return cls(path, validate_sae_config(read_yaml(path / "config.yaml"), stored=True), manifest)
 
+    def evaluation_schedule(self) -> tuple[int, int]:
+        return 1, self.config.eval.every
+
     def source(self, device: str = "cpu") -> Source:
         """The source model at the checkpoint this SAE was trained on (SAE runs from before that was
         recorded: its config's step, else the model run's latest)."""

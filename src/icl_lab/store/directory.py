@@ -247,15 +247,32 @@ class RunDirectory:
             raise CheckpointError(f"run {self.id} has no checkpoint at step {step} (it has {steps})")
         return load_checkpoint(checkpoint_paths(self.checkpoint_dir, step)[1], self.config_hash)
 
+    def evaluation_schedule(self) -> tuple[int, int]:  # pragma: no cover - interface
+        """(members, steps between evaluations): whose evaluations the metrics table holds, and when."""
+        raise NotImplementedError
+
     def check_whole(self) -> None:
         """RunStoreError if the run is marked complete but its final checkpoint (tensors or sidecar)
-        is gone: its latest checkpoint would be an earlier state's (kinds of run add their checks)."""
+        or any evaluation of a member is gone (a damaged copy): what it reports would be an earlier
+        state's, or its curves would have holes."""
         if self.status != "complete":
             return
         last = self.manifest.get("total_steps")
         if last is None or not all(p.is_file() for p in checkpoint_paths(self.checkpoint_dir, last)):
             at = f" (step {last:,})" if last is not None else ""
             raise RunStoreError(f"run {self.id} is marked complete, but its final checkpoint{at} is gone")
+        members, every = self.evaluation_schedule()
+        table = self.metrics
+        for member in range(members):
+            have = set(table.filter(pc.equal(table["member"], member))["step"].to_pylist())
+            missing = sorted(evaluation_steps(every, last, last) - have)
+            if missing:
+                shown = ", ".join(f"{step:,}" for step in missing[:5]) + (" ..." if len(missing) > 5 else "")
+                lack = f"lack its evaluations at steps {shown}" if have else "are gone"
+                raise RunStoreError(
+                    f"run {self.id} is marked complete, but member {member}'s metrics {lack}: its "
+                    f"{self.metrics_path.name} is damaged; train it again"
+                )
 
     def check_config(self) -> None:
         """RunStoreError if the run's config files were edited since it started (the manifest's

@@ -199,27 +199,18 @@ class Run(RunDirectory):
                     "as it was to continue the run, or train a new run"
                 )
 
-    def check_whole(self) -> None:
-        """RunStoreError if the run is marked complete but its final evaluation of a member or its
-        final checkpoint is gone (a damaged copy): what it reports would be an earlier state's."""
-        if self.status != "complete":
-            return
-        super().check_whole()
-        last = self.manifest["total_steps"]
-        table = self.metrics
-        for member in range(len(self.configs)):
-            steps = table.filter(pc.equal(table["member"], member))["step"].to_pylist()
-            if last not in steps:
-                ends = f"end at step {max(steps):,}" if steps else "are gone"
-                raise RunStoreError(
-                    f"run {self.id} is marked complete, but member {member}'s metrics {ends}, not "
-                    f"{last:,}: its metrics.parquet is damaged; train it again"
-                )
+    @property
+    def tokens_per_sequence(self) -> int:
+        return TASKS.get(self.config.task.name).io(self.config.task).n_ctx
 
     def units_at(self, step: float) -> tuple[int, int]:
         """(sequences, tokens) seen by the end of a training step."""
         sequences = round(step * self.config.training.batch_size)
-        return sequences, sequences * TASKS.get(self.config.task.name).io(self.config.task).n_ctx
+        return sequences, sequences * self.tokens_per_sequence
+
+    def evaluation_schedule(self) -> tuple[int, int]:
+        cfg = self.config
+        return len(self.configs), cfg.eval.every.to_steps(cfg.training.batch_size, self.tokens_per_sequence)
 
     # a member's task and evaluation ---------------------------------------------------------
 
