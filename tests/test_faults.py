@@ -816,16 +816,25 @@ def test_files_that_are_not_utf8_text_are_refused_naming_them(tmp_path: Path, cl
         assert _settings_of(estimate) is None, "a damaged LLC estimate is estimated again"
 
 
-def test_a_sidecar_lacking_a_field_is_a_damaged_checkpoint(tmp_path: Path, cli) -> None:
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        ({"loss_count": 9}, "its fields do not match their checksum"),  # would restore silently
+        ({"fields_sha256": ..., "param_groups": ...}, "it lacks 'param_groups'"),  # an older sidecar
+        ({"fields_sha256": ..., "step": 12}, "its fields do not match its file name's step"),
+    ],
+)
+def test_a_damaged_sidecar_is_a_damaged_checkpoint(tmp_path: Path, cli, damage: dict, expected: str) -> None:
     run = trained(tmp_path)
     cut = killed_copy(run, tmp_path / "cut", 8)
     sidecar = cut / "checkpoints" / "step_000000008.json"
     info = json.loads(sidecar.read_text())
-    del info["param_groups"]
+    assert info["loss_count"] != 9
+    info = {k: damage.get(k, v) for k, v in info.items() if damage.get(k) is not ...}
     sidecar.write_text(json.dumps(info))
     code, _, err = cli("resume", cut)
     assert code == 2
-    one_line(err, f"checkpoint sidecar {sidecar} is damaged: it lacks 'param_groups'; to resume from step 4")
+    one_line(err, f"checkpoint sidecar {sidecar} is damaged: {expected}; to resume from step 4")
 
 
 def test_resume_of_a_complete_run_checks_its_config_and_device(tmp_path: Path, cli) -> None:

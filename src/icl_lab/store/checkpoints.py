@@ -1,10 +1,12 @@
 """Checkpoints: a safetensors file of tensors plus a JSON sidecar, verified on load.
 
 The tensors file holds parameters (with the member axis first), optimiser state and RNG states;
-the sidecar holds the step, units, config hash, the tensors file's SHA-256 and non-tensor state.
-The sidecar is renamed into place last, so a checkpoint without one never counts.
+the sidecar holds the step, units, config hash, the tensors file's SHA-256 and non-tensor state,
+and the SHA-256 of its own other fields (`fields_sha256`; sidecars written before 2026-12-04 lack
+it). The sidecar is renamed into place last, so a checkpoint without one never counts.
 """
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -75,7 +77,14 @@ def save_checkpoint(directory: Path, step: int, tensors: dict[str, Tensor], info
         "file": tensor_path.name,
         "sha256": sha256_of(tensor_path),
     }
+    sidecar["fields_sha256"] = fields_digest(sidecar)
     atomic_write_text(sidecar_path, json.dumps(sidecar, indent=1))
+
+
+def fields_digest(fields: dict[str, Any]) -> str:
+    """SHA-256 of a sidecar's fields as canonical JSON (a damaged value, e.g. a changed loss count,
+    would otherwise restore silently: the tensors' checksum does not cover the sidecar)."""
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
 def load_checkpoint(sidecar_path: Path, config_hash: str | None = None) -> Checkpoint:
@@ -91,6 +100,15 @@ def load_checkpoint(sidecar_path: Path, config_hash: str | None = None) -> Check
     if info.get("file") != sidecar_path.with_suffix(".safetensors").name:
         raise CheckpointError(
             f"checkpoint sidecar {sidecar_path} names another tensors file: {info.get('file')!r}"
+        )
+    recorded = info.pop("fields_sha256", None)
+    named = _NAME.match(sidecar_path.name)
+    if (recorded is not None and recorded != fields_digest(info)) or (
+        named and info.get("step") != int(named.group(1))
+    ):
+        raise CheckpointError(
+            f"checkpoint sidecar {sidecar_path} is damaged: its fields do not match "
+            + ("their checksum" if recorded is not None else "its file name's step")
         )
     tensor_path = sidecar_path.with_suffix(".safetensors")
     if not tensor_path.is_file():
