@@ -47,7 +47,8 @@ def architectures(d_model: int, n_layers: int) -> dict[str, dict]:
         "norm": "pre",
     }
     mixer = {"name": "mixer_lm", "n_layers": n_layers, "d_model": d_model}
-    models = {m: {**mixer, "mixer": m} for m in ("mamba", "gla", "retention", "linear_attention", "s4d")}
+    models = {m: {**mixer, "mixer": m} for m in ("mamba", "gla", "retention", "linear_attention")}
+    models["s4d"] = {**mixer, "mixer": "s4d", "d_state": 64}  # the authors' (configs/model/layer/s4d.yaml)
     models |= {
         "linear_attention+ngram": {**mixer, "mixer": "linear_attention", "ngram_layers": HYBRID_LAYERS},
         "transformer (RoPE)": {**transformer, "positional": "rope"},
