@@ -77,6 +77,8 @@ def test_members_drawn_together_are_each_members_own_batches() -> None:
 
     assert Own.members_sampler([Own(task().config, 0), Own(task().config, 1)]) is None
     assert FewShotPairsTask.members_sampler([task(), task(n_train_classes=40)]) is None
+    rows_alike = [task(n_train_classes=20, n_heldout_classes=60), task(n_train_classes=20, n_exemplars=8)]
+    assert FewShotPairsTask.members_sampler(rows_alike) is None, "80 classes x 4 exemplars, 40 x 8"
     repeated = task(repeat={"fraction": 0.5, "bank_size": 10})
     assert FewShotPairsTask.members_sampler([repeated, repeated]) is None
 

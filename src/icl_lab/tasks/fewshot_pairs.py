@@ -215,8 +215,10 @@ class FewShotPairsTask(Task):
     @classmethod
     def members_sampler(cls, tasks: list[Task]) -> MembersSampler | None:
         """Each member's random draws as sample() makes them, then the sequences built once for all."""
-        alike = {(t.tokens.shape, t.config.n_train_classes, len(t.train_pairs), t.device) for t in tasks}
-        if cls is not FewShotPairsTask or len(alike) != 1 or any(t.config.repeat for t in tasks):
+        shapes = {
+            (t.features.shape, t.tokens.shape, t.config.n_train_classes, len(t.train_pairs)) for t in tasks
+        }
+        if cls is not FewShotPairsTask or len(shapes) != 1 or any(t.config.repeat for t in tasks):
             return None  # a subclass may sample otherwise; repetition mixes in banked sequences
         tokens = torch.stack([t.tokens for t in tasks])  # (M, rows, dim); each task keeps a view
         for task, own in zip(tasks, tokens, strict=True):
