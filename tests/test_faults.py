@@ -23,6 +23,7 @@ import yaml
 
 from conftest import tiny_config
 from icl_lab.errors import DivergenceError, RunStoreError, StorageError
+from icl_lab.store.checkpoints import load_checkpoint, save_checkpoint
 from icl_lab.store.run import Run, list_runs
 from icl_lab.training.trainer import train
 from test_trainer import assert_identical_runs, killed_copy
@@ -814,6 +815,14 @@ def test_files_that_are_not_utf8_text_are_refused_naming_them(tmp_path: Path, cl
     for text in (b'{"llc": ', b"", b"\xff", b"[1]", b'{"settings": {}}'):
         estimate.write_bytes(text)
         assert _settings_of(estimate) is None, "a damaged LLC estimate is estimated again"
+
+
+def test_a_sidecars_checksum_is_of_its_fields_as_read_back(tmp_path: Path) -> None:
+    """JSON turns int keys into strings, which sort otherwise: the digest is of what is read."""
+    info = {"by_member": {2: 1.0 / 3, 10: None}, "name": "ß", "flags": [True, -0.0]}
+    save_checkpoint(tmp_path, 8, {"x": torch.zeros(2)}, info)
+    loaded = load_checkpoint(tmp_path / "step_000000008.json")
+    assert loaded.info["by_member"] == {"2": 1.0 / 3, "10": None} and loaded.step == 8
 
 
 @pytest.mark.parametrize(

@@ -25,6 +25,7 @@ from icl_lab.registry import Registry
 from icl_lab.store.run import Run
 from icl_lab.sweeps.execute import run_job
 from icl_lab.tasks import TASKS, Batch, Task
+from icl_lab.tasks.base import MembersSampler
 from icl_lab.training.trainer import resume, train
 
 
@@ -107,6 +108,7 @@ import torch
 from icl_lab.config import TaskConfig
 from icl_lab.models import ModelIO
 from icl_lab.tasks import TASKS, Batch, Task
+from icl_lab.tasks.base import MembersSampler
 
 
 class ConstantConfig(TaskConfig):
@@ -232,16 +234,32 @@ class BuggyConfig(CountingConfig):
     """Counting with a user's bug in its sampler."""
 
     name: Literal["test_buggy_counting"] = "test_buggy_counting"
-    bug: Literal["short", "raise", "out_of_vocab", "cut"] = "short"
+    bug: Literal["short", "raise", "out_of_vocab", "cut", "members_short", "members_out_of_vocab"] = "short"
 
 
 @TASKS.register("test_buggy_counting")
 class BuggyCounting(CountingTask):
     """Counting whose sampler draws half the training sequences asked for (`short`), raises first
     when the trainer draws its eval batches (`raise`), draws tokens beyond the vocabulary
-    (`out_of_vocab`) or sequences a token shorter than its io says (`cut`)."""
+    (`out_of_vocab`) or sequences a token shorter than its io says (`cut`); or whose sampler of all
+    members' batches at once draws one member too few (`members_short`) or tokens beyond the
+    vocabulary (`members_out_of_vocab`)."""
 
     Config = BuggyConfig
+
+    @classmethod
+    def members_sampler(cls, tasks: list[Task]) -> MembersSampler | None:
+        bug = tasks[0].config.bug
+        if not bug.startswith("members"):
+            return None
+
+        def sample(n: int, generators: list[torch.Generator], step: int) -> Batch:
+            batch = Batch.stack([t.sample(n, g) for t, g in zip(tasks, generators, strict=True)])
+            if bug == "members_short":
+                return Batch.stack([batch.member(m) for m in range(len(tasks) - 1)])
+            return Batch(batch.inputs + 1, batch.targets, batch.loss_mask, batch.meta)
+
+        return sample
 
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
         bug = self.config.bug
@@ -329,6 +347,21 @@ def test_a_task_that_draws_the_wrong_batch_size_stops_the_run_marked_failed(tmp_
 def test_a_task_whose_batches_break_its_io_is_named_before_training(tmp_path: Path, bug, message) -> None:
     with pytest.raises(ComponentError, match=message):
         train(counting("test_buggy_counting", bug=bug), str(tmp_path), progress=False)
+    (run_dir,) = tmp_path.iterdir()
+    assert Run.open(run_dir).status == "failed"
+
+
+@pytest.mark.parametrize(
+    "bug, message",
+    [
+        ("members_short", "task 'test_buggy_counting' drew 1 members' batches for 2"),
+        ("members_out_of_vocab", "task 'test_buggy_counting' sampled token ids from 1 to 7, outside 0..6"),
+    ],
+)
+def test_a_task_sampling_all_members_at_once_is_checked_like_one_member(tmp_path: Path, bug, message) -> None:
+    members = [counting("test_buggy_counting", bug=bug, seed=seed) for seed in (0, 1)]
+    with pytest.raises(ComponentError, match=message):
+        train(members, str(tmp_path), progress=False)
     (run_dir,) = tmp_path.iterdir()
     assert Run.open(run_dir).status == "failed"
 

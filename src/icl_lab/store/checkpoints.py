@@ -77,7 +77,7 @@ def save_checkpoint(directory: Path, step: int, tensors: dict[str, Tensor], info
         "file": tensor_path.name,
         "sha256": sha256_of(tensor_path),
     }
-    sidecar["fields_sha256"] = fields_digest(sidecar)
+    sidecar["fields_sha256"] = fields_digest(json.loads(json.dumps(sidecar)))  # as it will be read
     atomic_write_text(sidecar_path, json.dumps(sidecar, indent=1))
 
 
@@ -101,15 +101,15 @@ def load_checkpoint(sidecar_path: Path, config_hash: str | None = None) -> Check
         raise CheckpointError(
             f"checkpoint sidecar {sidecar_path} names another tensors file: {info.get('file')!r}"
         )
-    recorded = info.pop("fields_sha256", None)
-    named = _NAME.match(sidecar_path.name)
-    if (recorded is not None and recorded != fields_digest(info)) or (
-        named and info.get("step") != int(named.group(1))
+    recorded, named = info.pop("fields_sha256", None), _NAME.match(sidecar_path.name)
+    for wrong, what in (
+        (recorded is not None and recorded != fields_digest(info), "their checksum"),
+        (named and "step" in info and info["step"] != int(named.group(1)), "its file name's step"),
     ):
-        raise CheckpointError(
-            f"checkpoint sidecar {sidecar_path} is damaged: its fields do not match "
-            + ("their checksum" if recorded is not None else "its file name's step")
-        )
+        if wrong:
+            raise CheckpointError(
+                f"checkpoint sidecar {sidecar_path} is damaged: its fields do not match {what}"
+            )
     tensor_path = sidecar_path.with_suffix(".safetensors")
     if not tensor_path.is_file():
         raise CheckpointError(f"checkpoint tensors file missing: {tensor_path}")

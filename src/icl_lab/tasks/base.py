@@ -41,6 +41,12 @@ class Batch:
             {k: v[index] for k, v in self.meta.items()},
         )
 
+    def member(self, m: int) -> "Batch":
+        """Member m's batch of a stacked one (views)."""
+        return Batch(
+            self.inputs[m], self.targets[m], self.loss_mask[m], {k: v[m] for k, v in self.meta.items()}
+        )
+
     @staticmethod
     def cat(batches: list["Batch"]) -> "Batch":
         """Batches joined along the sequence axis."""

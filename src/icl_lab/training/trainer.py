@@ -270,6 +270,13 @@ class Trainer:
         first, self._values_checked = not self._values_checked, True
         if self._sample_members is not None:
             batch = self._sample_members(self.batch_size, state.data_generators, state.step)
+            if first:  # a task class's own sampler: each member's batch checked once, as below
+                drew = len(batch.inputs) if isinstance(batch, Batch) else type(batch).__name__
+                if drew != len(self.tasks):
+                    name = self.tasks[0].config.name
+                    raise ComponentError(f"task {name!r} drew {drew} members' batches for {len(self.tasks)}")
+                for m, task in enumerate(self.tasks):
+                    _whole(batch.member(m), task, self.batch_size, values=True)
         else:
             batch = Batch.stack(
                 [
