@@ -270,8 +270,12 @@ def test_runs_stored_before_new_config_fields_keep_their_hashes() -> None:
     # gd's bundled config now takes the authors' init and optimiser: its old settings, set back
     old_gd = ["model.init=normal", "training.grad_clip=null", "training.optimizer.betas=[0.9, 0.999]"]
     assert {name: load_config(name, old_gd if name == "gd" else []).hash() for name in before} == before
-    repeated = load_config("induction", ["task.repeat={fraction: 0.5, epochs: 2}"])
-    assert repeated.hash() != before["induction"], "a set field still counts"
+    for later in (
+        "task.repeat={fraction: 0.5, epochs: 2}",
+        "model.embed_dropout=0.1",
+        "model.attn_dropout=0.1",
+    ):
+        assert load_config("induction", [later]).hash() != before["induction"], "a set field still counts"
 
 
 def test_train_notes_what_a_valid_config_does_unexpectedly(cli, tmp_path: Path) -> None:

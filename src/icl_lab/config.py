@@ -225,6 +225,12 @@ class ModelConfig(StrictModel):
     def check_io(self, io: "ModelIO") -> None:  # noqa: F821 - ModelIO imports this module
         """Raise ValueError if this model cannot serve a task with these inputs and targets."""
 
+    @property
+    def drops_out(self) -> bool:
+        """Whether training draws dropout masks: a field named *_dropout above 0 (the trainer then
+        seeds them from the run seed and step, and such a model does not pack into ensembles)."""
+        return any(name.endswith("_dropout") and value > 0 for name, value in self)
+
 
 def format_validation_error(error: Exception) -> str:
     """One line naming the failing field, from a pydantic ValidationError."""

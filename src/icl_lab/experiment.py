@@ -143,6 +143,9 @@ class ExperimentConfig(StrictModel):
             del data["task"]["repeat"]
         if data["model"]["name"] == "linear_self_attention" and data["model"]["init"] == "normal":
             del data["model"]["init"], data["model"]["init_scale"]
+        for key in ("embed_dropout", "attn_dropout"):  # dropout (2026-12-04), when 0
+            if data["model"].get(key) == 0:
+                del data["model"][key]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -187,8 +190,17 @@ def ensemble_problem(configs: list[ExperimentConfig]) -> tuple[str, str] | None:
             "model's inputs and outputs",
         )
     first = configs[0]
-    refusal = MODELS.get(first.model.name).ensemble_refusal(first.model)
+    refusal = ensemble_refusal(first)
     return (refusal, ": train the members as separate runs") if len(configs) > 1 and refusal else None
+
+
+def ensemble_refusal(config: ExperimentConfig) -> str | None:
+    """Why members of this config's model cannot train as one vmapped ensemble, or None."""
+    if config.model.drops_out:
+        return (
+            "models with dropout do not train as one ensemble (vmap draws all members' masks from one stream)"
+        )
+    return MODELS.get(config.model.name).ensemble_refusal(config.model)
 
 
 def ensemble_hash(configs: list[ExperimentConfig]) -> str:
@@ -264,7 +276,7 @@ def build_model(
     io = TASKS.get(config.task.name).io(config.task)
     cls = MODELS.get(config.model.name)
     with torch.device(device):
-        model = cls(config.model, io)
+        model = cls(config.model, io).eval()  # the trainer switches it to training for its steps
     if cls.constants and str(device) != "meta":
         constants = (task or build_task(config, device=str(device))).model_constants()
         model.set_constants({k: v.to(device) for k, v in constants.items()})

@@ -31,6 +31,7 @@ class MixerLMConfig(ModelConfig):
     mlp: bool = True
     chunk: PositiveInt = Field(32, description="chunk length of linear attention, retention and GLA")
     ngram_layers: list[NgramLayerConfig] = Field(default_factory=list)
+    embed_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the embedded tokens, in training")
 
     def check_io(self, io: ModelIO) -> None:
         if io.d_vocab is None or io.target_positions is not None:
@@ -140,6 +141,8 @@ class MixerLM(Model):
 
     def forward(self, tokens: Tensor) -> Tensor:
         x = self.hook_embed(self.embed(tokens))
+        if self.training and self.cfg.embed_dropout:
+            x = torch.nn.functional.dropout(x, self.cfg.embed_dropout)
         x = insert_ngram_layers(self.ngram, self.cfg.ngram_layers, -1, x, tokens)
         for i, block in enumerate(self.blocks):
             x = insert_ngram_layers(self.ngram, self.cfg.ngram_layers, i, block(x), tokens)

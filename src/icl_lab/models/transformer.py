@@ -56,6 +56,8 @@ class TransformerConfig(ModelConfig):
         "(Equinox's and PyTorch Linear's default). Readout hidden layers are He-initialised",
     )
     init_std: float = Field(0.02, gt=0)
+    embed_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the embedded inputs, in training")
+    attn_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on attention patterns, in training")
 
     @model_validator(mode="after")
     def _head_size(self) -> "TransformerConfig":
@@ -135,6 +137,7 @@ class Attention(nn.Module):
             self.b_V = nn.Parameter(torch.zeros(H, e))
             self.b_O = nn.Parameter(torch.zeros(d)) if cfg.output_projection else None
         self.bias = cfg.bias
+        self.dropout = cfg.attn_dropout
         self.vmapped = False  # under vmap the fused kernel runs as folded_attention.attend
         self.scale = 1 / math.sqrt(e) if cfg.attn_scale else 1.0
         self.register_buffer("future", torch.ones(n_ctx, n_ctx).triu(1).bool(), persistent=False)
@@ -183,18 +186,24 @@ class Attention(nn.Module):
             # in place: each (B, H, T, T) copy saved is 134 MB in text_lm's evaluation (128 x 4 x 256^2)
             scores = (q.transpose(1, 2) @ k.permute(0, 2, 3, 1)).mul_(self.scale)  # (B, H, P, T)
             scores = self.hook_attn_scores(scores.masked_fill_(future, float("-inf")))
-            pattern = self.hook_pattern(scores.softmax(dim=-1))
+            pattern = self._drop(self.hook_pattern(scores.softmax(dim=-1)))
             z = (pattern @ v.transpose(1, 2)).transpose(1, 2)  # (B, P, H, e)
         else:  # nobody looks at the pattern: the fused kernel computes the same thing faster
             # is_causal aligns the mask's corner top-left; the last position alone sees every key
             mask = None if first in (0, T - 1) else ~future
             fused = attend if self.vmapped else F.scaled_dot_product_attention
             q, k, v = (x.transpose(1, 2) for x in (q, k, v))  # (B, H, P or T, e)
-            z = fused(q, k, v, attn_mask=mask, is_causal=first == 0, scale=self.scale).transpose(1, 2)
+            # dropout in training only (a model with dropout is never vmapped: attend takes none)
+            drop = {"dropout_p": self.dropout} if self.training and self.dropout else {}
+            z = fused(q, k, v, attn_mask=mask, is_causal=first == 0, scale=self.scale, **drop).transpose(1, 2)
         z = self.hook_z(z).reshape(B, z.shape[1], H * e)  # the hook sees (B, P, H, e)
         if not self.output_projection:
             return z
         return F.linear(z, self.W_O.reshape(H * e, d).T, self.b_O if self.bias else None)
+
+    def _drop(self, pattern: Tensor) -> Tensor:
+        """The pattern with attention dropout while training (after its hook, as TransformerLens)."""
+        return F.dropout(pattern, self.dropout) if self.training and self.dropout else pattern
 
     def tiny_attention(self, q: Tensor, k: Tensor, v: Tensor, future: Tensor) -> Tensor:
         """Attention of tiny heads as broadcast products: q (B, P, H, e) and k, v (B, T, H, e), with
@@ -217,7 +226,7 @@ class Attention(nn.Module):
 
         scores = (q[:, None] * k[None]).sum(2) * self.scale  # (P query, T key, H, B)
         scores = hooked(scores.masked_fill(future[:, :, None, None], float("-inf")), self.hook_attn_scores)
-        pattern = hooked(scores.softmax(dim=1), self.hook_pattern)
+        pattern = self._drop(hooked(scores.softmax(dim=1), self.hook_pattern))
         z = (pattern[:, :, None] * v[None]).sum(1)  # (P, e, H, B)
         if z.requires_grad and not torch.compiler.is_compiling():
             # z's gradient arrives laid out (B, T, H, e); the products' backward runs 7x faster on
@@ -427,6 +436,8 @@ class Transformer(Model):
         if self.cfg.positional in ("learned", "sinusoidal"):
             codes = self.pos_embed.W_pos if self.cfg.positional == "learned" else self.pos_codes
             x = x + self.hook_pos_embed(codes[: x.shape[1]].expand_as(x))
+        if self.training and self.cfg.embed_dropout:
+            x = F.dropout(x, self.cfg.embed_dropout)
         x = insert_ngram_layers(self.ngram, self.cfg.ngram_layers, -1, x, inputs)
         *blocks, last = self.blocks
         for i, block in enumerate(blocks):

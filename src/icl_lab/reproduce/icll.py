@@ -39,14 +39,18 @@ PAPER_NGRAM = {2: (0.810, 0.344), 3: (0.926, 0.274), 4: (0.941, 0.288)}  # (accu
 
 def architectures(d_model: int, n_layers: int) -> dict[str, dict]:
     """Model sections of every compared architecture, in the order of the claims' table."""
+    # the authors' dropout: 0.1 on the embeddings of every architecture, and on the transformer's
+    # attention patterns (berlino/seq_icl configs/experiment/dfa/*.yaml: embed_dropout, attn_cfg.dropout)
     transformer = {
         "name": "transformer",
         "n_layers": n_layers,
         "n_heads": 4,
         "d_model": d_model,
         "norm": "pre",
+        "embed_dropout": 0.1,
+        "attn_dropout": 0.1,
     }
-    mixer = {"name": "mixer_lm", "n_layers": n_layers, "d_model": d_model}
+    mixer = {"name": "mixer_lm", "n_layers": n_layers, "d_model": d_model, "embed_dropout": 0.1}
     models = {m: {**mixer, "mixer": m} for m in ("mamba", "gla", "retention", "linear_attention")}
     models["s4d"] = {**mixer, "mixer": "s4d", "d_state": 64}  # the authors' (configs/model/layer/s4d.yaml)
     models |= {

@@ -9,8 +9,8 @@ PACK_CPU_MFLOP, measured by benchmarks/ensemble_breakeven.py (one core, an ensem
 runs one after another), and spreads the packed configs over the workers: ensembles of about
 packed / workers members, one per worker.
 
-A model that cannot train vmapped (Model.ensemble_refusal: LSTM and GRU) trains alone, whatever
-the setting.
+A model that cannot train vmapped (experiment.ensemble_refusal: LSTM and GRU, and any with
+dropout) trains alone, whatever the setting.
 
 An ensemble of up to `max_ensemble` members; a group larger than that splits into ensembles of
 sizes differing by one at most. Results of a member equal its single run's within rounding
@@ -26,8 +26,14 @@ from typing import Literal
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from icl_lab.experiment import ExperimentConfig, build_model, build_task, ensemble_key, total_steps
-from icl_lab.models import MODELS
+from icl_lab.experiment import (
+    ExperimentConfig,
+    build_model,
+    build_task,
+    ensemble_key,
+    ensemble_refusal,
+    total_steps,
+)
 from icl_lab.seeding import generator
 
 Setting = Literal["auto", "always", "none"]
@@ -100,7 +106,7 @@ def ensembles(
         key = ensemble_key(config) if isinstance(config, ExperimentConfig) and setting != "none" else None
         if key is not None and key not in decided:
             on_cpu = not config.training.device.startswith("cuda")
-            packable = MODELS.get(config.model.name).ensemble_refusal(config.model) is None
+            packable = ensemble_refusal(config) is None
             decided[key] = packable and (
                 setting == "always" or not on_cpu or forward_mflop(config) <= PACK_CPU_MFLOP
             )

@@ -44,7 +44,7 @@ from icl_lab.experiment import ExperimentConfig, build_model, build_task, check_
 from icl_lab.interventions import Clamp
 from icl_lab.interventions.base import clamped_forward
 from icl_lab.models import Model
-from icl_lab.seeding import generator
+from icl_lab.seeding import derive_seed, generator
 from icl_lab.store.checkpoints import checkpoint_paths, save_checkpoint
 from icl_lab.store.directory import evaluation_steps
 from icl_lab.store.metrics_table import TRAIN_SPLIT
@@ -206,7 +206,8 @@ class Trainer:
         self.compiled = traceable and should_compile(setting, member_steps, device)
         self.kernels = should_compile(setting, member_steps, device, KERNEL_MEMBER_STEPS)
         self.cuda_graphs = self.compiled and cfg.training.cuda_graphs and self.device.type == "cuda"
-        self.model = build_model(cfg, self.device, self.tasks[0])
+        self.model = build_model(cfg, self.device, self.tasks[0])  # in eval mode: train_step switches
+        self.dropout = cfg.model.drops_out
         self.model.batched(M > 1)
         self.eval_every = cfg.eval.every.to_steps(batch_size, tokens)
         every = cfg.checkpointing.every
@@ -300,7 +301,10 @@ class Trainer:
         before = None if same else [p.detach().clone() for p in state.params.values()]
         args = (batch.inputs, batch.targets, batch.loss_mask, batch.meta, on)
         state.optimizer.param_groups[0]["lr"] = lr  # what a checkpoint records
-        losses = self._compiled_step(lr, args) if self.compiled else self._eager_step(args)
+        if not self.model.training:  # evaluate_all switched it to eval mode
+            self.model.train()
+        with self._dropout_masks():
+            losses = self._compiled_step(lr, args) if self.compiled else self._eager_step(args)
         if before is not None:
             weight = torch.tensor(lrs, device=self.device)
             with torch.no_grad():
@@ -313,6 +317,18 @@ class Trainer:
         state.loss_sum += self.latest_losses
         state.loss_count += 1
         state.step += 1
+
+    @contextlib.contextmanager
+    def _dropout_masks(self) -> Iterator[None]:
+        """With dropout, the step's masks drawn from a stream of the run seed and the step (a resumed
+        run draws the same ones), the global generator left as it was; without, nothing."""
+        if not self.dropout:
+            yield
+            return
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []  # and the CPU's
+        with torch.random.fork_rng(devices=devices, device_type="cuda"):
+            torch.manual_seed(derive_seed(self.members[0].seed, "dropout", self.state.step))
+            yield
 
     def _member_loss(
         self, params: dict, inputs: Tensor, targets: Tensor, mask: Tensor, meta: dict, on: Tensor
@@ -400,6 +416,7 @@ class Trainer:
         the last evaluation, and write the metrics table."""
         state, units = self.state, self._units()
         clamps, on = self._active_clamps()
+        self.model.eval()  # no dropout; the next train_step switches back
         for m in range(len(self.members)):
             for name, p in self.model.named_parameters():  # the template model takes member m's
                 p.copy_(state.params[name][m])
