@@ -69,6 +69,11 @@ def test_models_with_dropout_do_not_pack_into_ensembles() -> None:
     assert ensembles(plain, "always", workers=1, max_ensemble=16) == [[0, 1]]
 
 
+def test_cuda_graphs_do_not_take_dropout() -> None:
+    with pytest.raises(ConfigError, match="a model with dropout reseeds its masks every step"):
+        tiny_config(model=DROPPING, training={"cuda_graphs": True, "length": {"steps": 12}})
+
+
 def test_mixer_models_take_embedding_dropout() -> None:
     config = tiny_config(
         task={"name": "induction", "vocab_size": 16, "seq_len": 16, "min_prefix": 2, "n_copies": None},

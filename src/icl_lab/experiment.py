@@ -89,6 +89,11 @@ class ExperimentConfig(StrictModel):
             self.model.check_io(io)
         except ValueError as e:
             raise ValueError(f"model: {e}") from None
+        if self.model.drops_out and self.training.cuda_graphs:
+            raise ValueError(
+                "training.cuda_graphs: a model with dropout reseeds its masks every step, which replayed "
+                "graphs do not; set cuda_graphs false"
+            )
         model = build_model(self, device="meta")
         for i, clamp in enumerate(self.clamps):
             try:
