@@ -209,3 +209,24 @@ def test_a_run_without_checkpoints_or_an_lstm_with_vmapped_chains_is_refused_up_
     code, _, err = cli("dissect", trained.path, "--quiet", "--no-causal", "--set", "llc.vmap_chains=true")
     assert code == 2 and "llc.vmap_chains: lstm models do not train as one vmapped ensemble" in err, err
     assert not (trained.path / "dissect").exists(), "refused before anything was written"
+
+
+def test_variants_of_a_model_that_cannot_pack_train_one_run_per_seed(tmp_path, monkeypatch) -> None:
+    """A model with dropout (or an LSTM) does not train as an ensemble: each variant's seeds train
+    as separate runs, each read as its seed's curve."""
+    from icl_lab.analysis import causal
+    from icl_lab.analysis.transitions import Transition
+
+    run = train(tiny_config(model={"embed_dropout": 0.1}), str(tmp_path / "runs"), progress=False)
+    ablate = Variant("t0-ablate", 0, "any", ("1.0",), {"kind": "ablate", "heads": ["1.0"]}, "ablation")
+    baseline = Variant("baseline", -1, "", (), {}, "baseline")
+    monkeypatch.setattr(
+        causal, "plan", lambda *args: ([Transition(2, 4, 6, 2.8, 2.7)], [baseline, ablate], 8)
+    )
+    config = causal.CausalConfig(seeds=[0, 1])
+    result = causal.run_causal(run, 0, config, tmp_path / "variants", workers=1, progress=False)
+    assert sorted(result.runs) == ["baseline s0", "baseline s1", "t0-ablate s0", "t0-ablate s1"]
+    for name, path in result.runs.items():
+        trained = Run.open(path)
+        assert trained.status == "complete" and [c.seed for c in trained.configs] == [int(name[-1])]
+    assert [e.variant.name for e in result.effects] == ["t0-ablate"]

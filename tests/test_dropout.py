@@ -94,3 +94,17 @@ def test_a_compiled_dropout_run_resumes_bit_identically(tmp_path: Path) -> None:
     full = train(config, str(tmp_path / "a"), progress=False)
     cut = killed_copy(full, tmp_path / "b", last_kept=8)
     assert_identical_runs(full, resume(Run.open(cut), progress=False))
+
+
+def test_a_graft_donor_loaded_mid_step_moves_no_mask(tmp_path: Path) -> None:
+    """The donor loads inside the first step a process trains (grafts load lazily): a resumed
+    process loads it at another step than the fresh run did."""
+    from icl_lab.interventions import graft
+
+    donor = train(tiny_config(name="donor"), str(tmp_path / "donor"), progress=False)
+    clamps = [{"kind": "graft", "hook": "blocks.0.hook_attn_out", "source": str(donor.path)}]
+    graft.donor.cache_clear()
+    full = train(tiny_config(model=DROPPING, clamps=clamps), str(tmp_path / "full"), progress=False)
+    cut = killed_copy(full, tmp_path / "cut", last_kept=8)
+    graft.donor.cache_clear()  # as a new process
+    assert_identical_runs(full, resume(Run.open(cut), progress=False))

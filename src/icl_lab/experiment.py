@@ -203,7 +203,7 @@ def ensemble_refusal(config: ExperimentConfig) -> str | None:
     """Why members of this config's model cannot train as one vmapped ensemble, or None."""
     if config.model.drops_out:
         return (
-            "models with dropout do not train as one ensemble (vmap draws all members' masks from one stream)"
+            "models with dropout do not train as one ensemble (vmapped members cannot draw their own masks)"
         )
     return MODELS.get(config.model.name).ensemble_refusal(config.model)
 
@@ -280,7 +280,10 @@ def build_model(
     """
     io = TASKS.get(config.task.name).io(config.task)
     cls = MODELS.get(config.model.name)
-    with torch.device(device):
+    where = torch.device(device)
+    # the initial draws leave the caller's generator alone: a model built inside a training step (a
+    # graft's donor) must not move that step's dropout masks
+    with torch.random.fork_rng(devices=[where.index or 0] if where.type == "cuda" else []), where:
         model = cls(config.model, io).eval()  # the trainer switches it to training for its steps
     if cls.constants and str(device) != "meta":
         constants = (task or build_task(config, device=str(device))).model_constants()

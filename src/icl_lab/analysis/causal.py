@@ -32,7 +32,7 @@ from icl_lab.analysis.transitions import Transition, detect_transitions
 from icl_lab.config import DeviceName, StrictModel, check_device
 from icl_lab.errors import ConfigError, IclLabError
 from icl_lab.evaluation import key_metric
-from icl_lab.experiment import ExperimentConfig, ensemble_hash, total_steps, validate_config
+from icl_lab.experiment import ExperimentConfig, ensemble_hash, ensemble_refusal, total_steps, validate_config
 from icl_lab.store.run import Run
 from icl_lab.sweeps.execute import Job, execute
 
@@ -248,30 +248,34 @@ def run_causal(
     if len(variants) == 1:  # no transition, or no head moved with one: nothing to clamp
         return CausalResult(chosen, [], steps, {})
     members = [[variant_config(run, member, v, s, steps, device) for s in config.seeds] for v in variants]
+    # a variant's seeds train as one ensemble, or one run each where the model cannot (LSTM, dropout);
     # the directory names the configs' hash: other steps or seeds never reuse a finished variant
-    jobs = [
-        Job(out / f"{v.name}-{ensemble_hash(m)[:8]}", tuple(m))
-        for v, m in zip(variants, members, strict=True)
-    ]
-    results = execute(jobs, "local", workers, progress)
+    alone = ensemble_refusal(members[0][0]) is not None
+    jobs: dict[str, Job] = {}
+    owner: dict[str, Variant] = {}
+    for v, m in zip(variants, members, strict=True):
+        seeds = zip(config.seeds, m, strict=True)
+        for name, group in ({f"{v.name} s{s}": [c] for s, c in seeds} if alone else {v.name: m}).items():
+            jobs[name], owner[name] = Job(out / f"{v.name}-{ensemble_hash(group)[:8]}", tuple(group)), v
+    results = execute(list(jobs.values()), "local", workers, progress)
     failed = [
-        f"{j.path.name}: {e}" for j, (status, e) in zip(jobs, results, strict=True) if status != "complete"
+        f"{j.path.name}: {e}"
+        for j, (status, e) in zip(jobs.values(), results, strict=True)
+        if status != "complete"
     ]
     if failed:
         raise IclLabError("clamped variants failed: " + "; ".join(failed))
     split = key_metric(run.member_config(member))[0]
     levels = [_levels(run, member, split, tr) for tr in chosen]
     reached = {}
-    for v, job in zip(variants, jobs, strict=True):
-        trained = Run.open(job.path)
-        curves = [trained.curve("loss", split, member=m) for m in range(len(config.seeds))]
+    for v in variants:
+        trained = [Run.open(job.path) for name, job in jobs.items() if owner[name] is v]
+        curves = [r.curve("loss", split, member=m) for r in trained for m in range(len(r.configs))]
         reached[v.name] = [[halfway_step(s, y, *lv) for s, y in curves] for lv in levels]
     effects = [
         judge(v, reached[v.name][v.transition], reached["baseline"][v.transition]) for v in variants[1:]
     ]
-    return CausalResult(
-        chosen, effects, steps, {v.name: job.path for v, job in zip(variants, jobs, strict=True)}
-    )
+    return CausalResult(chosen, effects, steps, {name: job.path for name, job in jobs.items()})
 
 
 def _levels(run: Run, member: int, split: str, tr: Transition) -> tuple[float, float]:

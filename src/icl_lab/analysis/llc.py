@@ -186,7 +186,10 @@ def run_llc(
     member = run.member if member is None else member
     member_config = run.member_config(member)
     task = build_task(member_config, device=device)  # its sampler only: no evaluation batches
-    model = build_model(member_config, device, task)
+    model = build_model(member_config, device, task)  # eval mode: no dropout in the chains' loss
+    for module in model.modules():  # but cuDNN differentiates RNNs in training mode only (dropout 0)
+        if isinstance(module, torch.nn.RNNBase):
+            module.train()
     center = {k: v[member].to(device) for k, v in run.parameters(step).items()}
     clamps = active_at(member_config.clamps, step)
     batch_size = config.batch_size or member_config.training.batch_size

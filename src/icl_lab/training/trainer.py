@@ -325,9 +325,13 @@ class Trainer:
         if not self.dropout:
             yield
             return
-        devices = [self.device.index or 0] if self.device.type == "cuda" else []  # and the CPU's
-        with torch.random.fork_rng(devices=devices, device_type="cuda"):
-            torch.manual_seed(derive_seed(self.members[0].seed, "dropout", self.state.step))
+        cuda = self.device.type == "cuda"
+        index = (
+            self.device.index if self.device.index is not None else torch.cuda.current_device() if cuda else 0
+        )
+        seed = derive_seed(self.members[0].seed, "dropout", self.state.step)
+        with torch.random.fork_rng(devices=[index] if cuda else [], device_type="cuda"):  # and the CPU's
+            (torch.cuda.default_generators[index] if cuda else torch.default_generator).manual_seed(seed)
             yield
 
     def _member_loss(
