@@ -137,7 +137,8 @@ class ExperimentConfig(StrictModel):
 
     def hash(self) -> str:
         """Fingerprint of everything that determines the run's numbers (device, threads,
-        compilation and CUDA graphs excluded: they change results only within rounding)."""
+        compilation and CUDA graphs excluded: they change results only within rounding, but for a
+        model with dropout, whose compiled steps draw other masks than eager ones)."""
         data = self.model_dump(mode="json", by_alias=True)
         for key in ("device", "threads", "log_every", "compile", "cuda_graphs"):
             del data["training"][key]
