@@ -222,10 +222,11 @@ def test_a_compiled_step_compiles_once_whatever_its_learning_rate_schedule(tmp_p
 
 
 def test_a_one_member_batch_has_the_same_strides_whatever_slice_it_came_from() -> None:
-    """RegBench's batches are slices of prompts buffers whose width varies from batch to batch; a
+    """RegBench's resampled prompts are slices of buffers whose width varies from batch to batch; a
     compiled step guards on its inputs' strides, and recompiled at every step before
     Batch.stack made the single member's view contiguous."""
-    config = load_config("icll", ["task.n_train_dfas=20", "task.n_val_dfas=2", "task.n_test_dfas=2"])
+    sizes = ["task.n_train_dfas=20", "task.n_val_dfas=2", "task.n_test_dfas=2"]
+    config = load_config("icll", [*sizes, "task.prompts=resample"])
     task, g = build_task(config), torch.Generator().manual_seed(0)
     batches = [task.training_sample(8, g, step) for step in range(4)]
     assert len({b.inputs.stride() for b in batches}) > 1, "the slices' strides differ"
