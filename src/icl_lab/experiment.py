@@ -23,6 +23,7 @@ from icl_lab.interventions import CLAMPS, Clamp
 from icl_lab.metrics import METRICS
 from icl_lab.models import MODELS, Model
 from icl_lab.registry import Registry, import_user_module
+from icl_lab.seeding import forked_generators
 from icl_lab.tasks import TASKS, Task
 from icl_lab.yaml_text import load_yaml
 
@@ -149,9 +150,8 @@ class ExperimentConfig(StrictModel):
             del data["task"]["repeat"]
         if data["model"]["name"] == "linear_self_attention" and data["model"]["init"] == "normal":
             del data["model"]["init"], data["model"]["init_scale"]
-        for key in ("embed_dropout", "attn_dropout"):  # dropout (2026-12-04), when 0
-            if data["model"].get(key) == 0:
-                del data["model"][key]
+        for key in [k for k, v in data["model"].items() if k.endswith("_dropout") and v == 0]:
+            del data["model"][key]  # dropout (2026-12-04), when 0
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -281,10 +281,9 @@ def build_model(
     """
     io = TASKS.get(config.task.name).io(config.task)
     cls = MODELS.get(config.model.name)
-    where = torch.device(device)
     # the initial draws leave the caller's generator alone: a model built inside a training step (a
     # graft's donor) must not move that step's dropout masks
-    with torch.random.fork_rng(devices=[where.index or 0] if where.type == "cuda" else []), where:
+    with forked_generators(device), torch.device(device):
         model = cls(config.model, io).eval()  # the trainer switches it to training for its steps
     if cls.constants and str(device) != "meta":
         constants = (task or build_task(config, device=str(device))).model_constants()

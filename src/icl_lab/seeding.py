@@ -1,6 +1,8 @@
 """Deterministic seed derivation: every random stream comes from the run seed and a purpose."""
 
+import contextlib
 import hashlib
+from collections.abc import Iterator
 
 import torch
 
@@ -16,3 +18,17 @@ def generator(seed: int, *purpose: object, device: str | torch.device = "cpu") -
     g = torch.Generator(device=device)
     g.manual_seed(derive_seed(seed, *purpose))
     return g
+
+
+@contextlib.contextmanager
+def forked_generators(device: str | torch.device) -> Iterator[torch.Generator]:
+    """Within the block, draws from the CPU's and `device`'s default generators leave them as the
+    caller had them; yields `device`'s default generator (the one its random functions use)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        with torch.random.fork_rng(devices=[]):
+            yield torch.default_generator
+        return
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    with torch.random.fork_rng(devices=[index], device_type="cuda"):
+        yield torch.cuda.default_generators[index]

@@ -44,7 +44,7 @@ from icl_lab.experiment import ExperimentConfig, build_model, build_task, check_
 from icl_lab.interventions import Clamp
 from icl_lab.interventions.base import clamped_forward
 from icl_lab.models import Model
-from icl_lab.seeding import derive_seed, generator
+from icl_lab.seeding import derive_seed, forked_generators, generator
 from icl_lab.store.checkpoints import checkpoint_paths, save_checkpoint
 from icl_lab.store.directory import evaluation_steps
 from icl_lab.store.metrics_table import TRAIN_SPLIT
@@ -209,7 +209,7 @@ class Trainer:
         self.model = build_model(cfg, self.device, self.tasks[0])  # in eval mode: train_step switches
         self.dropout = cfg.model.drops_out
         self.model.batched(M > 1)
-        self.eval_every = cfg.eval.every.to_steps(batch_size, tokens)
+        self.eval_every = run.evaluation_schedule()[1]  # what check_whole expects of the metrics
         every = cfg.checkpointing.every
         self.checkpoint_every = every.to_steps(batch_size, tokens) if every else None
         params = self._init_params()
@@ -325,13 +325,8 @@ class Trainer:
         if not self.dropout:
             yield
             return
-        cuda = self.device.type == "cuda"
-        index = (
-            self.device.index if self.device.index is not None else torch.cuda.current_device() if cuda else 0
-        )
-        seed = derive_seed(self.members[0].seed, "dropout", self.state.step)
-        with torch.random.fork_rng(devices=[index] if cuda else [], device_type="cuda"):  # and the CPU's
-            (torch.cuda.default_generators[index] if cuda else torch.default_generator).manual_seed(seed)
+        with forked_generators(self.device) as masks:
+            masks.manual_seed(derive_seed(self.members[0].seed, "dropout", self.state.step))
             yield
 
     def _member_loss(
