@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import tiny_config
+from conftest import TINY_FEWSHOT, TINY_READOUT_MODEL, tiny_config
 from icl_lab.errors import ConfigError, DivergenceError
 from icl_lab.experiment import ExperimentConfig, build_task, load_config, validate_config
 from icl_lab.models import native_mamba, recurrence
@@ -75,6 +75,17 @@ def trained_params(members: list[ExperimentConfig], mode: str, tmp_path: Path) -
             ],
             2,
             id="clamped-ensemble",
+        ),
+        # Singh's task: members' batches drawn together, read in from their tables' rows
+        pytest.param(
+            [
+                tiny_config(
+                    task=TINY_FEWSHOT, model={**TINY_READOUT_MODEL, **TRANSFORMER}, training=ADAM, seed=s
+                )
+                for s in (0, 1)
+            ],
+            None,
+            id="table-rows-ensemble",
         ),
     ],
 )

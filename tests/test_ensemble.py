@@ -1,5 +1,6 @@
 """Vmapped ensembles: each member trains exactly as it would alone."""
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -7,8 +8,11 @@ import pytest
 import torch
 
 from conftest import TINY_FEWSHOT, TINY_READOUT_MODEL, tiny_config
-from icl_lab.errors import ConfigError
+from icl_lab.errors import ComponentError, ConfigError
+from icl_lab.models.transformer import Transformer
 from icl_lab.store.run import Run
+from icl_lab.tasks import Batch
+from icl_lab.tasks.fewshot_pairs import FewShotPairsTask
 from icl_lab.training.trainer import Trainer, resume, train
 
 BASE = {
@@ -70,6 +74,44 @@ def test_members_sampled_together_equal_their_single_runs(tmp_path: Path) -> Non
         alone = train(config, str(tmp_path / f"alone{i}"), progress=False)
         for name, value in alone.parameters().items():
             assert torch.allclose(ensemble.parameters()[name][i], value[0], atol=1e-4), (i, name)
+
+
+def test_training_reads_in_the_table_rows_a_task_names_and_refuses_rows_that_are_not_its_inputs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Singh's training batches reach the model as its table's rows (Batch.table), whose read-in
+    projects 15 rows instead of 320 tokens; the same training as from every token, within rounding."""
+    config = tiny_config(**BASE)
+    calls = []
+    forward = Transformer.forward
+
+    def spy(self: Transformer, inputs: torch.Tensor, **table_rows: torch.Tensor) -> torch.Tensor:
+        calls.append(sorted(table_rows))
+        return forward(self, inputs, **table_rows)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Transformer, "forward", spy)
+        trainer = Trainer(Run.create(config, tmp_path / "spied"), progress=False)
+        calls.clear()
+        trainer.train_step()
+    assert calls == [["rows", "table"]]
+    tabled = train(config, str(tmp_path / "tabled"), progress=False).parameters()
+    with monkeypatch.context() as patched:
+        patched.setattr(Batch, "table_rows", lambda self: {})
+        every_token = train(config, str(tmp_path / "every"), progress=False).parameters()
+    for name, value in every_token.items():
+        torch.testing.assert_close(tabled[name], value, rtol=1e-4, atol=1e-5)
+
+    sample = FewShotPairsTask.sample
+
+    def shifted(self: FewShotPairsTask, n: int, g: torch.Generator) -> Batch:
+        batch = sample(self, n, g)
+        return dataclasses.replace(batch, rows=batch.rows.roll(1, 0))  # another sequence's rows
+
+    monkeypatch.setattr(FewShotPairsTask, "sample", shifted)
+    wrong = r"task 'fewshot_pairs' sampled inputs that are not its table's rows \(Batch.table at Batch.rows\)"
+    with pytest.raises(ComponentError, match=wrong):
+        train(config, str(tmp_path / "wrong"), progress=False)
 
 
 def test_ensemble_resume_is_bit_identical(tmp_path: Path) -> None:

@@ -61,8 +61,15 @@ def test_members_drawn_together_are_each_members_own_batches() -> None:
         expected = Batch.stack([t.training_sample(64, g, step) for t, g in zip(tasks, alone, strict=True)])
         batch = sample(64, together, step)
         for got, want in zip(
-            [batch.inputs, batch.targets, batch.loss_mask, *batch.meta.values()],
-            [expected.inputs, expected.targets, expected.loss_mask, *expected.meta.values()],
+            [batch.inputs, batch.targets, batch.loss_mask, *batch.meta.values(), batch.table, batch.rows],
+            [
+                expected.inputs,
+                expected.targets,
+                expected.loss_mask,
+                *expected.meta.values(),
+                expected.table,
+                expected.rows,
+            ],
             strict=True,
         ):
             assert torch.equal(got, want) and got.stride() == want.stride()
@@ -81,6 +88,46 @@ def test_members_drawn_together_are_each_members_own_batches() -> None:
     assert FewShotPairsTask.members_sampler(rows_alike) is None, "80 classes x 4 exemplars, 40 x 8"
     repeated = task(repeat={"fraction": 0.5, "bank_size": 10})
     assert FewShotPairsTask.members_sampler([repeated, repeated]) is None
+
+
+def test_training_batches_name_the_few_rows_their_inputs_are_read_from() -> None:
+    """Exemplar 0 of each training class and the labels: the table a read-in can project instead."""
+    t = task(repeat={"fraction": 0.5, "bank_size": 10})
+    g = torch.Generator().manual_seed(2)
+    batches = {name: s(300, g) for name, s in t.eval_splits().items()} | {
+        "repeated": t.training_sample(300, g, 3)
+    }
+    for name, batch in batches.items():
+        if name in ("heldout_exemplars", "heldout_classes"):
+            assert batch.table is None and batch.rows is None, name
+            continue
+        assert batch.table.shape == (50 + 5, 16 + 5) and batch.rows.shape == (300, 5), name
+        assert torch.equal(batch.table[batch.rows], batch.inputs), name
+    assert len(batches["train"].rows.unique()) == 55, "every row in use"
+    cut = Batch.cat([batches["train"].select(torch.arange(3)), batches["heldout_classes"]])
+    assert cut.table is None and cut.rows is None, "tables of one batch only"
+
+
+def test_a_read_in_of_table_rows_equals_the_read_in_of_every_token() -> None:
+    from conftest import TINY_READOUT_MODEL
+    from icl_lab.models.transformer import Transformer, TransformerConfig
+
+    t = task()
+    batch = t.sample(64, torch.Generator().manual_seed(0))
+    for bias in (False, True):
+        model = Transformer(TransformerConfig(**TINY_READOUT_MODEL, bias=bias), t.io(t.config))
+        assert model.takes_table
+        if bias:
+            torch.nn.init.normal_(model.embed.b_E)
+        outputs = []
+        for kwargs in ({}, batch.table_rows()):
+            model.zero_grad()
+            logits = model(batch.inputs, **kwargs)
+            logits.square().sum().backward()
+            outputs.append((logits, model.embed.W_E.grad.clone()))
+        (plain, plain_grad), (tabled, tabled_grad) = outputs
+        torch.testing.assert_close(tabled, plain, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(tabled_grad, plain_grad, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("suffix", [".npy", ".npz", ".safetensors"])

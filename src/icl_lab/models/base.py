@@ -46,16 +46,22 @@ class Model(HookedModule):
     io: ModelIO
     n_layers: int
     n_heads: int
+    takes_table: bool = False
+    """whether forward also takes vector inputs as table and rows (Batch.table)"""
 
     def forward(self, inputs: Tensor) -> Tensor:  # pragma: no cover - interface
         raise NotImplementedError
 
     def __call__(
-        self, inputs: Tensor, return_type: Literal["logits", "loss", "both"] = "logits"
+        self,
+        inputs: Tensor,
+        return_type: Literal["logits", "loss", "both"] = "logits",
+        **table_rows: Tensor,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """The logits, or as TransformerLens' return_type asks, the mean next-token cross-entropy
-        (logits at position t scored against token t + 1) or (logits, loss)."""
-        logits = super().__call__(inputs)
+        (logits at position t scored against token t + 1) or (logits, loss). table_rows: the
+        table and rows of Batch.table_rows(), for a model that takes_table."""
+        logits = super().__call__(inputs, **table_rows)
         if return_type == "logits":
             return logits
         if (

@@ -382,6 +382,7 @@ class Transformer(Model):
         self.unembed.W_U = nn.Parameter(torch.empty(widths[-1], io.d_out))
         self.unembed.b_U = nn.Parameter(torch.zeros(io.d_out)) if out_bias else None
         self.hook_logits = HookPoint()
+        self.takes_table = io.d_vocab is None and cfg.read_in
         self.setup_hooks()
         self.last_block_hooks = [m for m in self.blocks[-1].modules() if isinstance(m, HookPoint)]
         self.reset_parameters()
@@ -424,10 +425,21 @@ class Transformer(Model):
             return 0
         return min(p % T for p in self.readout_positions)
 
-    def forward(self, inputs: Tensor) -> Tensor:
-        """inputs: (B, T) token ids or (B, T, d_input) vectors -> logits (B, T or P, d_out)."""
+    def forward(self, inputs: Tensor, table: Tensor | None = None, rows: Tensor | None = None) -> Tensor:
+        """inputs: (B, T) token ids or (B, T, d_input) vectors -> logits (B, T or P, d_out). Vector
+        inputs may come with the table (N, d_input) and (B, T) rows they are read from
+        (Batch.table): the read-in then projects the N rows rather than the B * T tokens."""
         if self.io.d_vocab is not None:
             x = F.embedding(inputs, self.embed.W_E)
+        elif self.cfg.read_in and table is not None:
+            # a one-hot product, not a gather: its backward is a matrix product too, deterministic
+            # where a compiled scatter-add on several threads is not
+            picks = (rows[..., None] == torch.arange(len(table), device=rows.device)).to(
+                table.dtype
+            )  # (B, T, N)
+            x = picks @ (table @ self.embed.W_E)  # (B, T, d_model)
+            if self.embed.b_E is not None:
+                x = x + self.embed.b_E
         elif self.cfg.read_in:
             x = F.linear(inputs, self.embed.W_E.T, self.embed.b_E)
         else:

@@ -24,61 +24,77 @@ class Batch:
     """One batch of sequences; every tensor's first axis is the sequence (or, stacked, the member).
 
     targets and loss_mask have one entry per output position (every position, or the task's
-    target positions); meta holds what metrics need (e.g. the period of a repeat).
+    target positions); meta holds what metrics need (e.g. the period of a repeat). A task whose
+    vector inputs are rows of a small table may say so: inputs == table[rows] (per member when
+    stacked), and a linear read-in then projects the table's rows, not every token.
     """
 
     inputs: Tensor
     targets: Tensor
     loss_mask: Tensor
     meta: dict[str, Tensor] = field(default_factory=dict)
+    table: Tensor | None = None
+    """(rows, d_input), or (M, rows, d_input) stacked: the distinct input vectors, or None"""
+    rows: Tensor | None = None
+    """(B, T) ids into table, or (M, B, T) stacked"""
+
+    def _with(self, fn: Callable[[Tensor], Tensor], table: Tensor | None) -> "Batch":
+        """fn of every per-sequence tensor, with this table."""
+        return Batch(
+            fn(self.inputs),
+            fn(self.targets),
+            fn(self.loss_mask),
+            {k: fn(v) for k, v in self.meta.items()},
+            table,
+            None if table is None else fn(self.rows),
+        )
 
     def select(self, index: Tensor) -> "Batch":
         """The sequences at `index` (a 1-D tensor), in that order."""
-        return Batch(
-            self.inputs[index],
-            self.targets[index],
-            self.loss_mask[index],
-            {k: v[index] for k, v in self.meta.items()},
-        )
+        return self._with(lambda t: t[index], self.table)
 
     def member(self, m: int) -> "Batch":
         """Member m's batch of a stacked one (views)."""
-        return Batch(
-            self.inputs[m], self.targets[m], self.loss_mask[m], {k: v[m] for k, v in self.meta.items()}
-        )
+        return self._with(lambda t: t[m], None if self.table is None else self.table[m])
+
+    def to(self, device: torch.device | str) -> "Batch":
+        return self._with(lambda t: t.to(device), None if self.table is None else self.table.to(device))
+
+    def table_rows(self) -> dict[str, Tensor]:
+        """The model's keyword arguments that say inputs == table[rows], or none."""
+        return {} if self.table is None else {"table": self.table, "rows": self.rows}
 
     @staticmethod
     def cat(batches: list["Batch"]) -> "Batch":
-        """Batches joined along the sequence axis."""
+        """Batches joined along the sequence axis (rows of a table kept if all share it)."""
+        shared = all(b.table is batches[0].table for b in batches)
         return Batch(
             torch.cat([b.inputs for b in batches]),
             torch.cat([b.targets for b in batches]),
             torch.cat([b.loss_mask for b in batches]),
             {k: torch.cat([b.meta[k] for b in batches]) for k in batches[0].meta},
-        )
-
-    def to(self, device: torch.device | str) -> "Batch":
-        return Batch(
-            self.inputs.to(device),
-            self.targets.to(device),
-            self.loss_mask.to(device),
-            {k: v.to(device) for k, v in self.meta.items()},
+            batches[0].table if shared else None,
+            torch.cat([b.rows for b in batches]) if shared and batches[0].table is not None else None,
         )
 
     @staticmethod
     def stack(batches: list["Batch"]) -> "Batch":
         """Stack per-member batches along a new leading member axis (a view of a single contiguous
         batch: a compiled step specialises on strides, and a slice's would change from batch to
-        batch)."""
+        batch); tables only if every member has one of one shape."""
 
         def stack(tensors: list[Tensor]) -> Tensor:
             return tensors[0].contiguous()[None] if len(tensors) == 1 else torch.stack(tensors)
 
+        tables = [b.table for b in batches]
+        tabled = all(t is not None for t in tables) and len({t.shape for t in tables}) == 1
         return Batch(
             stack([b.inputs for b in batches]),
             stack([b.targets for b in batches]),
             stack([b.loss_mask for b in batches]),
             {k: stack([b.meta[k] for b in batches]) for k in batches[0].meta},
+            stack(tables) if tabled else None,
+            stack([b.rows for b in batches]) if tabled else None,
         )
 
 

@@ -158,6 +158,13 @@ class FewShotPairsTask(Task):
         # every token a sequence can hold, one row each: exemplar e of class k at row k * exemplars + e,
         # then the labels' one-hots; a batch is one gather from it
         self._hold(torch.block_diag(self.features.flatten(0, 1), torch.eye(c.n_labels, device=self.device)))
+        # training sequences read exemplar 0 of a training class or a label: n_train_classes +
+        # n_labels distinct vectors, the table of training batches (Batch.table), class k its row k
+        classes, exemplars = self.features.shape[:2]
+        train_rows = torch.cat(
+            [torch.arange(c.n_train_classes) * exemplars, classes * exemplars + torch.arange(c.n_labels)]
+        )
+        self.train_table = self.tokens[train_rows.to(self.device)]
         pairs = torch.tensor(list(itertools.combinations(range(c.n_labels), 2)), device=self.device)
         order = torch.randperm(len(pairs), generator=g, device=self.device)
         self.train_pairs = pairs[order[c.n_heldout_pairs :]]
@@ -224,12 +231,13 @@ class FewShotPairsTask(Task):
         for task, own in zip(tasks, tokens, strict=True):
             task._hold(own)
         pools = torch.stack([t.train_pairs for t in tasks])  # (M, pairs, 2)
+        tables = torch.stack([t.train_table for t in tasks])  # (M, train rows, dim)
 
         def sample(n: int, generators: list[torch.Generator], step: int) -> Batch:
             each = zip(tasks, generators, strict=True)
             draws = [t._draw(n, g, "train", pools.shape[1], "train") for t, g in each]
             stacked = [torch.stack(d) for d in zip(*draws, strict=True)]  # each (M, n, ...)
-            return tasks[0]._build(stacked, "train", pools, tokens)
+            return tasks[0]._build(stacked, "train", pools, tokens, tables)
 
         return sample
 
@@ -242,7 +250,8 @@ class FewShotPairsTask(Task):
         exemplars: Literal["train", "heldout"] = "train",
     ) -> Batch:
         pool = self.train_pairs if pairs == "train" else self.heldout_pairs
-        return self._build(self._draw(n, g, classes, len(pool), exemplars), classes, pool, self.tokens)
+        table = self.train_table if classes == exemplars == "train" else None
+        return self._build(self._draw(n, g, classes, len(pool), exemplars), classes, pool, self.tokens, table)
 
     def _classes(self, classes: Literal["train", "heldout"]) -> tuple[int, int]:
         """(first class, number of classes) of a split's classes."""
@@ -273,11 +282,17 @@ class FewShotPairsTask(Task):
         ]
 
     def _build(
-        self, draws: list[Tensor], classes: Literal["train", "heldout"], pool: Tensor, tokens: Tensor
+        self,
+        draws: list[Tensor],
+        classes: Literal["train", "heldout"],
+        pool: Tensor,
+        tokens: Tensor,
+        table: Tensor | None = None,
     ) -> Batch:
         """Sequences from _draw's numbers, of shape (n,) or, stacked over members, (M, n), with
-        label pairs from pool ((pairs, 2) or (M, pairs, 2)) and tokens from tokens ((rows, dim)
-        or (M, rows, dim))."""
+        label pairs from pool ((pairs, 2) or (M, pairs, 2)), tokens from tokens ((rows, dim)
+        or (M, rows, dim)) and, for training sequences, their rows of train_table (or the members'
+        stacked)."""
         query, offset, pair_index, swap, query_first, picks = draws
         first, count = self._classes(classes)
         distractor = (query + offset) % count
@@ -286,7 +301,14 @@ class FewShotPairsTask(Task):
         query_label = torch.where(swap, pair[..., 1], pair[..., 0])
         other_label = torch.where(swap, pair[..., 0], pair[..., 1])
         return self._assemble(
-            first + query, first + distractor, query_label, other_label, query_first < 0.5, picks, tokens
+            first + query,
+            first + distractor,
+            query_label,
+            other_label,
+            query_first < 0.5,
+            picks,
+            tokens,
+            table,
         )
 
     def enumerated_train(self) -> Batch:
@@ -322,10 +344,11 @@ class FewShotPairsTask(Task):
         query_first: Tensor,
         picks: Tensor,
         tokens: Tensor,
+        table: Tensor | None = None,
     ) -> Batch:
         """Sequences from their classes, labels and order, each (n,) or (M, n), and (..., 3) exemplar
         picks (the two items', the query's), read from tokens ((rows, dim), or one table per member,
-        (M, rows, dim))."""
+        (M, rows, dim)); with a training table, their rows of it too."""
         first = query_first[..., None]
         item_classes = torch.where(
             first, torch.stack([query, distractor], -1), torch.stack([distractor, query], -1)
@@ -342,6 +365,9 @@ class FewShotPairsTask(Task):
             rows = rows + (torch.arange(len(tokens), device=rows.device) * tokens.shape[1])[:, None, None]
             tokens = tokens.flatten(0, 1)
         inputs = F.embedding(rows, tokens)  # (..., 5, dim + n_labels): a gather, faster than indexing
+        if table is not None:
+            labels = self.config.n_train_classes + context_labels  # (..., 2)
+            rows = torch.cat([torch.stack([item_classes, labels], -1).flatten(-2), query[..., None]], -1)
         return Batch(
             inputs=inputs,
             targets=query_label[..., None],
@@ -352,4 +378,6 @@ class FewShotPairsTask(Task):
                 "context_labels": context_labels,
                 "query_label": query_label,
             },
+            table=table,
+            rows=None if table is None else rows,
         )

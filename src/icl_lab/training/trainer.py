@@ -27,6 +27,7 @@ from typing import Any
 
 import pyarrow.compute as pc
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call, vmap
 
@@ -105,13 +106,17 @@ def clamped_loss(
     mask: Tensor,
     meta: dict[str, Tensor],
     on: Tensor,
+    table_rows: dict[str, Tensor] | None = None,
 ) -> Tensor:
     """The task's loss of the model with these parameters on one batch, with the clamps (gated by
-    the flags `on`, shape (n_clamps,)) applied: one member's training loss, or one SGLD chain's."""
+    the flags `on`, shape (n_clamps,)) applied: one member's training loss, or one SGLD chain's.
+    table_rows: the batch's (Batch.table_rows) for a model that takes_table."""
+    if any(c.needs_reference for c in clamps):  # the reference pass doubles inputs, not rows
+        table_rows = None
 
     def forward(inputs: Tensor, hooks: list) -> Tensor:
         with model.hooks(hooks):
-            return functional_call(model, params, (inputs,))
+            return functional_call(model, params, (inputs,), table_rows or {})
 
     return task.loss(clamped_forward(forward, model, clamps, on, meta, inputs), targets, mask)
 
@@ -152,7 +157,21 @@ def _whole(batch: object, task: Task, size: int | None, values: bool = False) ->
         if ids is not None and ids.numel() and (ids.min() < 0 or ids.max() >= limit):
             low, high = ids.min().item(), ids.max().item()
             raise ComponentError(f"task {name!r} sampled {what} from {low} to {high}, outside 0..{limit - 1}")
+    if batch.table is not None and not _reads_table(batch):
+        raise ComponentError(
+            f"task {name!r} sampled inputs that are not its table's rows (Batch.table at Batch.rows)"
+        )
     return batch
+
+
+def _reads_table(batch: Batch) -> bool:
+    """Whether batch.inputs are batch.table's rows at batch.rows, as Batch promises a model."""
+    table, rows = batch.table, batch.rows
+    if rows is None or rows.dtype != torch.long or rows.shape != batch.inputs.shape[:-1] or table.dim() != 2:
+        return False
+    if rows.numel() and (rows.min() < 0 or rows.max() >= len(table)):
+        return False
+    return torch.equal(F.embedding(rows, table), batch.inputs)
 
 
 def _with_kernels(method: Callable[..., None]) -> Callable[..., None]:
@@ -299,7 +318,8 @@ class Trainer:
         same = len(set(lrs)) == 1
         lr = lrs[0] if same else 1.0
         before = None if same else [p.detach().clone() for p in state.params.values()]
-        args = (batch.inputs, batch.targets, batch.loss_mask, batch.meta, on)
+        table_rows = batch.table_rows() if self.model.takes_table else {}
+        args = (batch.inputs, batch.targets, batch.loss_mask, batch.meta, on, table_rows)
         state.optimizer.param_groups[0]["lr"] = lr  # what a checkpoint records
         if not self.model.training:  # evaluate_all switched it to eval mode
             self.model.train()
@@ -330,11 +350,18 @@ class Trainer:
             yield
 
     def _member_loss(
-        self, params: dict, inputs: Tensor, targets: Tensor, mask: Tensor, meta: dict, on: Tensor
+        self,
+        params: dict,
+        inputs: Tensor,
+        targets: Tensor,
+        mask: Tensor,
+        meta: dict,
+        on: Tensor,
+        table_rows: dict[str, Tensor],
     ) -> Tensor:
         """One member's training loss on its batch, with the step's clamps (flags `on`) applied."""
         return clamped_loss(
-            self.model, self.tasks[0], self._step_clamps, params, inputs, targets, mask, meta, on
+            self.model, self.tasks[0], self._step_clamps, params, inputs, targets, mask, meta, on, table_rows
         )
 
     def _eager_step(self, args: tuple) -> Tensor:
