@@ -36,7 +36,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     trainers = {}
-    for name, model in architectures(64, 2).items():
+    for name, model in architectures(quick=True).items():
         if args.only and name not in [*args.only, BASELINE]:
             continue
         overrides = [

@@ -505,6 +505,30 @@ def test_icll_reproduction_runs_every_architecture_and_judges(tmp_path: Path, mo
     assert (out / "icll_architectures.png").stat().st_size > 10_000
 
 
+def test_icll_full_mode_builds_each_architecture_at_the_authors_size() -> None:
+    from icl_lab.experiment import build_model
+
+    configs = {
+        key.removesuffix(" s0"): c
+        for key, c in ICLL().experiments(quick=False).items()
+        if key.endswith(" s0")
+    }
+    models = {name: build_model(config) for name, config in configs.items()}
+    widths = {
+        name: (
+            len(m.blocks),
+            m.embed.weight.shape[-1] if hasattr(m.embed, "weight") else m.embed.W_E.shape[-1],
+        )
+        for name, m in models.items()
+    }
+    assert all(m.cfg.embed_dropout == 0.1 for m in models.values())
+    assert widths["transformer (learned)"] == (8, 128) and configs["transformer (learned)"].model.n_heads == 2
+    assert widths["transformer (RoPE)"] == (2, 128) and configs["transformer (RoPE)"].model.attn_dropout == 0
+    assert widths["lstm"] == widths["lstm+ngram"] == (2, 32) and not hasattr(models["lstm"].blocks[0], "mlp")
+    assert widths["mamba"] == widths["gla"] == (4, 128) and widths["retention"] == (2, 32)
+    assert widths["linear_attention+ngram"] == widths["linear_attention"] == (8, 128)
+
+
 @REPRODUCTIONS.register("hernandez-tiny-test")
 class TinyHernandez(Hernandez):
     """Hernandez's sweeps cut to a few steps of 32-byte windows of a small local corpus."""
