@@ -831,6 +831,9 @@ def test_a_sidecars_checksum_is_of_its_fields_as_read_back(tmp_path: Path) -> No
         ({"loss_count": 9}, "its fields do not match their checksum"),  # would restore silently
         ({"fields_sha256": ..., "param_groups": ...}, "it lacks 'param_groups'"),  # an older sidecar
         ({"fields_sha256": ..., "step": 12}, "its fields do not match its file name's step"),
+        ({"fields_sha256": ..., "loss_count": "8"}, "its 'loss_count' is '8'"),  # older: no checksum
+        ({"fields_sha256": ..., "wall_s": -1.5}, "its 'wall_s' is -1.5"),
+        ({"fields_sha256": ..., "param_groups": [None]}, "its 'param_groups' is [None]"),
     ],
 )
 def test_a_damaged_sidecar_is_a_damaged_checkpoint(tmp_path: Path, cli, damage: dict, expected: str) -> None:

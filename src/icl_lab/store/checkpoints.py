@@ -9,6 +9,7 @@ it). The sidecar is renamed into place last, so a checkpoint without one never c
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,21 @@ class Checkpoint:
         """Tensors under 'prefix/', keyed by the rest of their name."""
         start = f"{prefix}/"
         return {k[len(start) :]: v for k, v in self.tensors.items() if k.startswith(start)}
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+_FIELD_CHECKS: dict[str, Callable[[Any], bool]] = {
+    "step": _count,
+    "members": _count,
+    "loss_count": _count,
+    "count": _count,
+    "wall_s": lambda v: isinstance(v, int | float) and not isinstance(v, bool) and v >= 0,
+    "param_groups": lambda v: isinstance(v, list) and all(isinstance(g, dict) for g in v),
+}
+"""what the sidecar fields a resume restores must be"""
 
 
 def checkpoint_paths(directory: Path, step: int) -> tuple[Path, Path]:
@@ -109,6 +125,11 @@ def load_checkpoint(sidecar_path: Path, config_hash: str | None = None) -> Check
         if wrong:
             raise CheckpointError(
                 f"checkpoint sidecar {sidecar_path} is damaged: its fields do not match {what}"
+            )
+    for key, fits in _FIELD_CHECKS.items():  # an older sidecar has no checksum of its fields
+        if key in info and not fits(info[key]):
+            raise CheckpointError(
+                f"checkpoint sidecar {sidecar_path} is damaged: its {key!r} is {info[key]!r}"
             )
     tensor_path = sidecar_path.with_suffix(".safetensors")
     if not tensor_path.is_file():
