@@ -103,15 +103,16 @@ def test_training_reads_in_the_table_rows_a_task_names_and_refuses_rows_that_are
         torch.testing.assert_close(tabled[name], value, rtol=1e-4, atol=1e-5)
 
     sample = FewShotPairsTask.sample
-
-    def shifted(self: FewShotPairsTask, n: int, g: torch.Generator) -> Batch:
-        batch = sample(self, n, g)
-        return dataclasses.replace(batch, rows=batch.rows.roll(1, 0))  # another sequence's rows
-
-    monkeypatch.setattr(FewShotPairsTask, "sample", shifted)
     wrong = r"task 'fewshot_pairs' sampled inputs that are not its table's rows \(Batch.table at Batch.rows\)"
-    with pytest.raises(ComponentError, match=wrong):
-        train(config, str(tmp_path / "wrong"), progress=False)
+    for damage in (lambda rows: rows.roll(1, 0), lambda rows: None):  # another sequence's rows, none
+
+        def damaged(self: FewShotPairsTask, n: int, g: torch.Generator, damage=damage) -> Batch:
+            batch = sample(self, n, g)
+            return dataclasses.replace(batch, rows=damage(batch.rows))
+
+        monkeypatch.setattr(FewShotPairsTask, "sample", damaged)
+        with pytest.raises(ComponentError, match=wrong):
+            train(config, str(tmp_path / "wrong"), progress=False)
 
 
 def test_ensemble_resume_is_bit_identical(tmp_path: Path) -> None:

@@ -1,5 +1,7 @@
 """Singh's few-shot label-pair task: sequence structure, splits, user feature files."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -106,6 +108,9 @@ def test_training_batches_name_the_few_rows_their_inputs_are_read_from() -> None
     assert len(batches["train"].rows.unique()) == 55, "every row in use"
     cut = Batch.cat([batches["train"].select(torch.arange(3)), batches["heldout_classes"]])
     assert cut.table is None and cut.rows is None, "tables of one batch only"
+    unnamed = dataclasses.replace(batches["train"], rows=None)  # a user's task may forget its rows
+    assert unnamed.select(torch.arange(3)).rows is None, "left for the trainer's check to name"
+    assert Batch.cat([unnamed, unnamed]).table is None and Batch.stack([unnamed, unnamed]).table is None
 
 
 def test_a_read_in_of_table_rows_equals_the_read_in_of_every_token() -> None:

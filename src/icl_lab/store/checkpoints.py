@@ -62,6 +62,10 @@ _FIELD_CHECKS: dict[str, Callable[[Any], bool]] = {
     "members": _count,
     "loss_count": _count,
     "count": _count,
+    "warmup_from": _count,
+    "resamplings": _count,
+    "seen": _count,
+    "sum_names": lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v),
     "wall_s": lambda v: isinstance(v, int | float) and not isinstance(v, bool) and v >= 0,
     "param_groups": lambda v: isinstance(v, list) and all(isinstance(g, dict) for g in v),
 }

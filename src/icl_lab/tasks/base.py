@@ -46,7 +46,7 @@ class Batch:
             fn(self.loss_mask),
             {k: fn(v) for k, v in self.meta.items()},
             table,
-            None if table is None else fn(self.rows),
+            None if table is None or self.rows is None else fn(self.rows),  # no rows: _whole refuses it
         )
 
     def select(self, index: Tensor) -> "Batch":
@@ -67,7 +67,7 @@ class Batch:
     @staticmethod
     def cat(batches: list["Batch"]) -> "Batch":
         """Batches joined along the sequence axis (rows of a table kept if all share it)."""
-        shared = all(b.table is batches[0].table for b in batches)
+        shared = all(b.table is batches[0].table and b.rows is not None for b in batches)
         return Batch(
             torch.cat([b.inputs for b in batches]),
             torch.cat([b.targets for b in batches]),
@@ -87,7 +87,10 @@ class Batch:
             return tensors[0].contiguous()[None] if len(tensors) == 1 else torch.stack(tensors)
 
         tables = [b.table for b in batches]
-        tabled = all(t is not None for t in tables) and len({t.shape for t in tables}) == 1
+        tabled = (
+            all(b.table is not None and b.rows is not None for b in batches)
+            and len({t.shape for t in tables}) == 1
+        )
         return Batch(
             stack([b.inputs for b in batches]),
             stack([b.targets for b in batches]),
