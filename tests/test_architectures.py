@@ -12,7 +12,7 @@ from icl_lab.experiment import build_model, validate_config
 from icl_lab.metrics.base import EvalContext
 from icl_lab.metrics.ngram_heads import ngram_heads
 from icl_lab.models import native_mamba, recurrence
-from icl_lab.models.mixers import Mamba
+from icl_lab.models.mixers import LinearAttention, Mamba
 from icl_lab.models.ngram_layer import NgramLayer, ngram_targets
 from icl_lab.models.recurrence import (
     linear_recurrence,
@@ -37,6 +37,16 @@ MODELS = {
     **{
         m: {"name": "mixer_lm", "mixer": m, "n_layers": 2, "d_model": 32, "n_heads": 2, "chunk": 8}
         for m in MIXERS
+    },
+    "linear_attention_unnormalised": {  # the linear transformer of Akyurek et al.'s code
+        "name": "mixer_lm",
+        "mixer": "linear_attention",
+        "feature_map": "none",
+        "positional": "learned",
+        "n_layers": 2,
+        "d_model": 32,
+        "n_heads": 2,
+        "chunk": 8,
     },
     "lstm_ngram": {
         "name": "mixer_lm",
@@ -286,6 +296,26 @@ def test_ngram_head_score_of_a_hand_built_head() -> None:
     targets = ngram_targets(tokens, 1)
     share = (targets.sum(-1) / torch.arange(1, 41))[one].mean()
     assert scores["ngram_head_score_1"][0, 1].item() == pytest.approx(share.item(), abs=1e-5)
+
+
+def test_unnormalised_linear_attention_is_the_masked_product_of_raw_scores() -> None:
+    """y_t = sum over s <= t of (q_t . k_s / sqrt(e)) v_s per head, computed chunked."""
+    torch.manual_seed(0)
+    attention = LinearAttention("linear_attention", 8, 2, chunk=3, feature_map="none")
+    x = torch.randn(2, 7, 8)
+    q, k, v = (t.view(2, 7, 2, 4).transpose(1, 2) for t in attention.qkv(x).chunk(3, -1))  # (B, H, T, e)
+    scores = (q @ k.transpose(-1, -2) / 2.0).tril()  # (B, H, T, T), 2 = sqrt(e)
+    expected = attention.out((scores @ v).transpose(1, 2).reshape(2, 7, 8))
+    torch.testing.assert_close(attention(x), expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(Exception, match="feature_map applies to linear_attention only"):
+        validate_config(
+            {
+                "name": "x",
+                "task": TASK,
+                "model": {**MODELS["gla"], "feature_map": "none"},
+                "training": {"length": {"steps": 1}},
+            }
+        )
 
 
 def test_s4d_convolution_equals_its_recurrence() -> None:

@@ -152,6 +152,9 @@ class ExperimentConfig(StrictModel):
             del data["model"]["init"], data["model"]["init_scale"]
         for key in [k for k, v in data["model"].items() if k.endswith("_dropout") and v == 0]:
             del data["model"][key]  # dropout (2026-12-04), when 0
+        for key, default in (("feature_map", "elu"), ("positional", "none")):  # mixer_lm's (2026-12-05)
+            if data["model"]["name"] == "mixer_lm" and data["model"][key] == default:
+                del data["model"][key]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -30,12 +30,21 @@ class MixerLMConfig(ModelConfig):
     expand: PositiveInt = Field(2, description="Mamba's inner width, in multiples of d_model")
     mlp: bool = True
     chunk: PositiveInt = Field(32, description="chunk length of linear attention, retention and GLA")
+    feature_map: Literal["elu", "none"] = Field(
+        "elu",
+        description="linear attention's: elu + 1 on queries and keys, normalised by the keys' sum "
+        "(Katharopoulos et al.); none: scaled scores q.k / sqrt(d_head), unnormalised (the linear "
+        "transformer of Akyuerek et al.'s code)",
+    )
+    positional: Literal["none", "learned"] = Field("none", description="learned position embeddings")
     ngram_layers: list[NgramLayerConfig] = Field(default_factory=list)
     embed_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the embedded tokens, in training")
 
     def check_io(self, io: ModelIO) -> None:
         if io.d_vocab is None or io.target_positions is not None:
             raise ValueError("mixer_lm reads token ids and predicts every position")
+        if self.feature_map != "elu" and self.mixer != "linear_attention":
+            raise ValueError("feature_map applies to linear_attention only")
         if self.mixer in ("linear_attention", "retention", "gla") and self.d_model % self.n_heads:
             raise ValueError(f"d_model ({self.d_model}) is not divisible by n_heads ({self.n_heads})")
         for layer in self.ngram_layers:
@@ -55,7 +64,7 @@ class MixerBlock(nn.Module):
         elif cfg.mixer == "s4d":
             self.mixer = S4D(d, cfg.d_state)
         else:
-            self.mixer = LinearAttention(cfg.mixer, d, cfg.n_heads, cfg.chunk)
+            self.mixer = LinearAttention(cfg.mixer, d, cfg.n_heads, cfg.chunk, cfg.feature_map)
         if cfg.mlp:
             self.ln2 = nn.LayerNorm(d)
             self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
@@ -80,6 +89,8 @@ class MixerLM(Model):
         self.n_layers, self.n_heads = cfg.n_layers, cfg.n_heads
         self.embed = nn.Embedding(io.d_vocab, cfg.d_model)
         self.hook_embed = HookPoint()
+        if cfg.positional == "learned":
+            self.pos_embed = nn.Embedding(io.n_ctx, cfg.d_model)
         self.blocks = nn.ModuleList([MixerBlock(cfg) for _ in range(cfg.n_layers)])
         self.ngram = ngram_modules(cfg.ngram_layers, cfg.d_model)
         self.ln_final = nn.LayerNorm(cfg.d_model)
@@ -131,7 +142,7 @@ class MixerLM(Model):
                     p.copy_(torch.eye(p.shape[0]))
                 elif leaf == "C":
                     p.normal_(0.0, 1.0, generator=generator)
-                elif name.startswith(("embed.", "unembed.weight")):
+                elif name.startswith(("embed.", "pos_embed.", "unembed.weight")):
                     p.normal_(0.0, 0.02, generator=generator)
                 elif p.dim() == 1:
                     p.zero_()
@@ -141,6 +152,8 @@ class MixerLM(Model):
 
     def forward(self, tokens: Tensor) -> Tensor:
         x = self.hook_embed(self.embed(tokens))
+        if self.cfg.positional == "learned":
+            x = x + self.pos_embed.weight[: tokens.shape[1]]
         if self.training and self.cfg.embed_dropout:
             x = torch.nn.functional.dropout(x, self.cfg.embed_dropout)
         x = insert_ngram_layers(self.ngram, self.cfg.ngram_layers, -1, x, tokens)

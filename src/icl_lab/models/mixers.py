@@ -39,9 +39,9 @@ def _heads(x: Tensor, n: int) -> Tensor:
 class LinearAttention(nn.Module):
     """Causal linear attention, or retention / gated linear attention with decays."""
 
-    def __init__(self, kind: str, d: int, heads: int, chunk: int) -> None:
+    def __init__(self, kind: str, d: int, heads: int, chunk: int, feature_map: str = "elu") -> None:
         super().__init__()
-        self.kind, self.heads, self.chunk = kind, heads, chunk
+        self.kind, self.heads, self.chunk, self.feature_map = kind, heads, chunk, feature_map
         self.qkv = nn.Linear(d, 3 * d, bias=False)
         self.out = nn.Linear(d, d, bias=False)
         if kind != "linear_attention":
@@ -56,12 +56,14 @@ class LinearAttention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         B, T, d = x.shape
         q, k, v = (_heads(t, self.heads) for t in self.qkv(x).chunk(3, -1))  # (B, T, H, e)
+        no_decay = torch.zeros(1, 1, 1, 1, device=x.device)
+        if self.kind == "linear_attention" and self.feature_map == "none":  # sum_s<=t (q_t . k_s) v_s
+            y = linear_recurrence(q / math.sqrt(q.shape[-1]), k, v, no_decay, self.chunk)
+            return self.out(y.reshape(B, T, d))
         if self.kind == "linear_attention":
             q, k = F.elu(q) + 1, F.elu(k) + 1
             ones = torch.ones_like(v[..., :1])
-            both = linear_recurrence(
-                q, k, torch.cat([v, ones], -1), torch.zeros(1, 1, 1, 1, device=x.device), self.chunk
-            )
+            both = linear_recurrence(q, k, torch.cat([v, ones], -1), no_decay, self.chunk)
             return self.out((both[..., :-1] / both[..., -1:].clamp(min=1e-6)).reshape(B, T, d))
         q = q / math.sqrt(q.shape[-1])
         decay = (

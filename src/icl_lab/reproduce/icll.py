@@ -71,6 +71,9 @@ def architectures(quick: bool) -> dict[str, dict]:
     transformer = {"name": "transformer", "norm": "pre", "embed_dropout": 0.1}
     models = {m: {**mixer, "mixer": m, **sizes[m]} for m in ("mamba", "gla", "retention", "linear_attention")}
     models["s4d"] = {**mixer, "mixer": "s4d", "d_state": 64, **sizes["s4d"]}  # configs/model/layer/s4d.yaml
+    # their linear transformer: the transformer's attention with raw scaled scores, no feature map or
+    # normalisation, and learned positions (simple_lm.py SelfAttention, linear_transformer.yaml)
+    models["linear_attention"] |= {"feature_map": "none", "positional": "learned"}
     models |= {
         "linear_attention+ngram": {**models["linear_attention"], "ngram_layers": HYBRID_LAYERS},
         "transformer (RoPE)": {**transformer, "positional": "rope", **sizes["transformer (RoPE)"]},
