@@ -79,7 +79,7 @@ class MixerBlock(nn.Module):
 
 @MODELS.register("mixer_lm")
 class MixerLM(Model):
-    """Embedding -> mixer blocks (+ n-gram layers) -> LayerNorm -> unembedding."""
+    """Embedding (+ learned positions) -> mixer blocks (+ n-gram layers) -> LayerNorm -> unembedding."""
 
     Config = MixerLMConfig
 

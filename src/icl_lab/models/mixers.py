@@ -56,11 +56,11 @@ class LinearAttention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         B, T, d = x.shape
         q, k, v = (_heads(t, self.heads) for t in self.qkv(x).chunk(3, -1))  # (B, T, H, e)
-        no_decay = torch.zeros(1, 1, 1, 1, device=x.device)
-        if self.kind == "linear_attention" and self.feature_map == "none":  # sum_s<=t (q_t . k_s) v_s
-            y = linear_recurrence(q / math.sqrt(q.shape[-1]), k, v, no_decay, self.chunk)
-            return self.out(y.reshape(B, T, d))
         if self.kind == "linear_attention":
+            no_decay = torch.zeros(1, 1, 1, 1, device=x.device)
+            if self.feature_map == "none":  # y_t = sum over s <= t of (q_t . k_s / sqrt(e)) v_s
+                y = linear_recurrence(q / math.sqrt(q.shape[-1]), k, v, no_decay, self.chunk)
+                return self.out(y.reshape(B, T, d))
             q, k = F.elu(q) + 1, F.elu(k) + 1
             ones = torch.ones_like(v[..., :1])
             both = linear_recurrence(q, k, torch.cat([v, ones], -1), no_decay, self.chunk)
