@@ -276,6 +276,15 @@ def test_runs_stored_before_new_config_fields_keep_their_hashes() -> None:
         "model.attn_dropout=0.1",
     ):
         assert load_config("induction", [later]).hash() != before["induction"], "a set field still counts"
+    # icll's Mamba, seed 0, as its run stored on 2026-12-04 hashed it (before feature_map and positional)
+    from icl_lab.reproduce.icll import ICLL
+
+    mamba = ICLL().experiments(quick=True)["mamba s0"]
+    assert mamba.hash() == "7e5eed6debef8f3d"
+    linear = mamba.model_copy(update={"model": mamba.model.model_copy(update={"mixer": "linear_attention"})})
+    for later in ({"positional": "learned"}, {"feature_map": "none"}):
+        changed = linear.model_copy(update={"model": linear.model.model_copy(update=later)})
+        assert changed.hash() != linear.hash(), "a set field still counts"
 
 
 def test_train_notes_what_a_valid_config_does_unexpectedly(cli, tmp_path: Path) -> None:

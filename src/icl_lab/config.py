@@ -1,7 +1,7 @@
 """Building blocks of experiment configs: strict pydantic bases, durations in steps/sequences/tokens."""
 
 import math
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, ClassVar, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -221,6 +221,9 @@ class ModelConfig(StrictModel):
     """Base of every model's config; `name` selects the registered model."""
 
     name: str
+    later_fields: ClassVar[tuple[str, ...]] = ()
+    """fields added after runs were first stored: in the config hash only when set off their default,
+    so older runs keep their hashes"""
 
     def check_io(self, io: "ModelIO") -> None:  # noqa: F821 - ModelIO imports this module
         """Raise ValueError if this model cannot serve a task with these inputs and targets."""

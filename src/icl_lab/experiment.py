@@ -150,10 +150,9 @@ class ExperimentConfig(StrictModel):
             del data["task"]["repeat"]
         if data["model"]["name"] == "linear_self_attention" and data["model"]["init"] == "normal":
             del data["model"]["init"], data["model"]["init_scale"]
-        for key in [k for k, v in data["model"].items() if k.endswith("_dropout") and v == 0]:
-            del data["model"][key]  # dropout (2026-12-04), when 0
-        for key, default in (("feature_map", "elu"), ("positional", "none")):  # mixer_lm's (2026-12-05)
-            if data["model"]["name"] == "mixer_lm" and data["model"][key] == default:
+        fields = type(self.model).model_fields
+        for key in type(self.model).later_fields:
+            if getattr(self.model, key) == fields[key].default:
                 del data["model"][key]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 

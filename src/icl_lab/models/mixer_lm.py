@@ -22,6 +22,7 @@ class MixerLMConfig(ModelConfig):
     """A non-attention language model."""
 
     name: Literal["mixer_lm"] = "mixer_lm"
+    later_fields = ("embed_dropout", "feature_map", "positional")  # 2026-12-04, 2026-12-05
     mixer: Mixer
     n_layers: PositiveInt = 2
     d_model: PositiveInt = 64

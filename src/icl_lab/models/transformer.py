@@ -33,6 +33,7 @@ class TransformerConfig(ModelConfig):
     """Shape and variant of the transformer; input/output sizes come from the task."""
 
     name: Literal["transformer"] = "transformer"
+    later_fields = ("embed_dropout", "attn_dropout")  # 2026-12-04
     n_layers: PositiveInt = 2
     n_heads: PositiveInt = 4
     d_model: PositiveInt = 64

@@ -67,14 +67,15 @@ class Batch:
     @staticmethod
     def cat(batches: list["Batch"]) -> "Batch":
         """Batches joined along the sequence axis (rows of a table kept if all share it)."""
-        shared = all(b.table is batches[0].table and b.rows is not None for b in batches)
+        table = batches[0].table
+        shared = table is not None and all(b.table is table and b.rows is not None for b in batches)
         return Batch(
             torch.cat([b.inputs for b in batches]),
             torch.cat([b.targets for b in batches]),
             torch.cat([b.loss_mask for b in batches]),
             {k: torch.cat([b.meta[k] for b in batches]) for k in batches[0].meta},
-            batches[0].table if shared else None,
-            torch.cat([b.rows for b in batches]) if shared and batches[0].table is not None else None,
+            table if shared else None,
+            torch.cat([b.rows for b in batches]) if shared else None,
         )
 
     @staticmethod

@@ -161,10 +161,10 @@ class FewShotPairsTask(Task):
         # training sequences read exemplar 0 of a training class or a label: n_train_classes +
         # n_labels distinct vectors, the table of training batches (Batch.table), class k its row k
         classes, exemplars = self.features.shape[:2]
-        train_rows = torch.cat(
-            [torch.arange(c.n_train_classes) * exemplars, classes * exemplars + torch.arange(c.n_labels)]
-        )
-        self.train_table = self.tokens[train_rows.to(self.device)]
+        labels = classes * exemplars + torch.arange(c.n_labels, device=self.device)
+        self.train_table = self.tokens[
+            torch.cat([torch.arange(c.n_train_classes, device=self.device) * exemplars, labels])
+        ]
         pairs = torch.tensor(list(itertools.combinations(range(c.n_labels), 2)), device=self.device)
         order = torch.randperm(len(pairs), generator=g, device=self.device)
         self.train_pairs = pairs[order[c.n_heldout_pairs :]]
