@@ -12,6 +12,7 @@ from icl_lab.experiment import build_model, validate_config
 from icl_lab.metrics.base import EvalContext
 from icl_lab.metrics.ngram_heads import ngram_heads
 from icl_lab.models import native_mamba, recurrence
+from icl_lab.models.base import ModelIO
 from icl_lab.models.mixers import LinearAttention, Mamba
 from icl_lab.models.ngram_layer import NgramLayer, ngram_targets
 from icl_lab.models.recurrence import (
@@ -27,6 +28,14 @@ TASK = {"name": "regbench", "n_train_dfas": 20, "n_val_dfas": 5, "n_test_dfas": 
 MIXERS = ["lstm", "gru", "linear_attention", "retention", "gla", "mamba", "s4d"]
 MODELS = {
     "transformer": {"name": "transformer", "n_layers": 2, "n_heads": 2, "d_model": 32},
+    "transformer_tied": {  # GPT-2's init, tied unembedding: Akyurek et al.'s transformer
+        "name": "transformer",
+        "n_layers": 2,
+        "n_heads": 2,
+        "d_model": 32,
+        "init": "gpt2",
+        "tie_unembed": True,
+    },
     "transformer_rope": {
         "name": "transformer",
         "n_layers": 2,
@@ -43,10 +52,22 @@ MODELS = {
         "mixer": "linear_attention",
         "feature_map": "none",
         "positional": "learned",
+        "init": "gpt2",
+        "tie_unembed": True,
         "n_layers": 2,
         "d_model": 32,
         "n_heads": 2,
         "chunk": 8,
+    },
+    "mamba_bare": {  # Akyurek et al.'s lm_simple_noffn: the mixer alone, tied N(0, 1) embeddings
+        "name": "mixer_lm",
+        "mixer": "mamba",
+        "layout": "bare",
+        "mlp": False,
+        "tie_unembed": True,
+        "embed_std": 1.0,
+        "n_layers": 1,
+        "d_model": 32,
     },
     "lstm_ngram": {
         "name": "mixer_lm",
@@ -316,6 +337,65 @@ def test_unnormalised_linear_attention_is_the_masked_product_of_raw_scores() -> 
                 "training": {"length": {"steps": 1}},
             }
         )
+
+
+def test_gpt2_init_tied_unembedding_and_bare_layout() -> None:
+    """GPT-2's scheme: linear weights N(0, 0.02), the residual branches' output projections N(0,
+    0.02 / sqrt(2 n_layers)); a tied model's logits are the final state times the embedding's
+    transpose, with no unembedding of its own; a bare model is the mixer alone."""
+    model = build_model(
+        validate_config(
+            {
+                "name": "x",
+                "task": TASK,
+                "model": {
+                    **MODELS["retention"],
+                    "d_model": 128,
+                    "n_layers": 8,
+                    "init": "gpt2",
+                    "tie_unembed": True,
+                },
+                "training": {"length": {"steps": 1}},
+            }
+        ),
+        "cpu",
+    )
+    block = model.blocks[3]
+    out_std = 0.02 / 4  # sqrt(2 x 8 layers)
+    for weight, std in [
+        (block.mixer.qkv.weight, 0.02),
+        (block.mixer.gate.weight, 0.02),
+        (block.mlp[0].weight, 0.02),
+        (block.mixer.out.weight, out_std),
+        (block.mlp[2].weight, out_std),
+    ]:
+        assert weight.mean().abs() < 3 * std / weight.numel() ** 0.5
+        assert weight.std().item() == pytest.approx(std, rel=0.05)
+    assert block.mlp[0].bias.abs().max() == 0
+    assert not hasattr(model, "unembed")
+    tokens = torch.randint(0, 20, (2, 9))
+    final = {}
+    model.ln_final.register_forward_hook(lambda module, args, out: final.setdefault("h", out))
+    torch.testing.assert_close(model(tokens), final["h"] @ model.embed.weight.T)
+    with pytest.raises(ValueError, match=r"tie_unembed needs as many outputs \(3\) as tokens \(20\)"):
+        model.cfg.check_io(ModelIO(n_ctx=9, d_out=3, d_vocab=20))
+    transformer = model_for("transformer_tied")
+    for weight, std in [
+        (transformer.blocks[1].attn.W_Q, 0.02),
+        (transformer.blocks[1].mlp.W_in, 0.02),
+        (transformer.blocks[1].attn.W_O, 0.01),  # sqrt(2 x 2 layers)
+        (transformer.blocks[1].mlp.W_out, 0.01),
+    ]:
+        assert weight.std().item() == pytest.approx(std, rel=0.1)
+    assert transformer.unembed.W_U.data_ptr() == transformer.embed.W_E.data_ptr()
+    assert "unembed.W_U" not in dict(transformer.named_parameters())
+    bare = model_for("mamba_bare")
+    assert not [name for name, _ in bare.named_parameters() if "ln" in name]
+    assert bare.embed.weight.std().item() == pytest.approx(1.0, rel=0.05)
+    expected = bare.blocks[0].mixer(bare.embed(tokens)) @ bare.embed.weight.T
+    torch.testing.assert_close(bare(tokens), expected)
+    default = model_for("retention")  # PyTorch's fan-in uniform: U(+-1/sqrt(32))
+    assert default.blocks[0].mixer.qkv.weight.abs().max().item() == pytest.approx(32**-0.5, rel=0.02)
 
 
 def test_s4d_convolution_equals_its_recurrence() -> None:

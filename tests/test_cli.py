@@ -276,13 +276,30 @@ def test_runs_stored_before_new_config_fields_keep_their_hashes() -> None:
         "model.attn_dropout=0.1",
     ):
         assert load_config("induction", [later]).hash() != before["induction"], "a set field still counts"
-    # icll's Mamba, seed 0, as its run stored on 2026-12-04 hashed it (before feature_map and positional)
+    # icll's Mamba, seed 0, as its run stored on 2026-12-04 hashed it (before feature_map, positional,
+    # init, tie_unembed, layout and embed_std)
     from icl_lab.reproduce.icll import ICLL
 
     mamba = ICLL().experiments(quick=True)["mamba s0"]
+    stored = {
+        "name": "mixer_lm",
+        "mixer": "mamba",
+        "n_layers": 2,
+        "d_model": 64,
+        "n_heads": 4,
+        "embed_dropout": 0.1,
+    }
+    mamba = mamba.model_copy(update={"model": type(mamba.model).model_validate(stored)})
     assert mamba.hash() == "7e5eed6debef8f3d"
     linear = mamba.model_copy(update={"model": mamba.model.model_copy(update={"mixer": "linear_attention"})})
-    for later in ({"positional": "learned"}, {"feature_map": "none"}):
+    for later in (
+        {"positional": "learned"},
+        {"feature_map": "none"},
+        {"init": "gpt2"},
+        {"tie_unembed": True},
+        {"layout": "bare", "mlp": False},
+        {"embed_std": 1.0},
+    ):
         changed = linear.model_copy(update={"model": linear.model.model_copy(update=later)})
         assert changed.hash() != linear.hash(), "a set field still counts"
 

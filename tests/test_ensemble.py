@@ -209,3 +209,19 @@ def test_an_ensembles_config_files_are_checked_like_a_single_runs(tmp_path: Path
     (cut / "members.yaml").unlink()
     with pytest.raises(RunStoreError, match=r"its members.yaml is missing \(the run has 2 members;"):
         Run.open(cut)
+
+
+def test_tied_unembeddings_train_as_one_ensemble_as_they_would_alone(tmp_path: Path) -> None:
+    """W_U = W_E^T reads each member's own embedding under vmap."""
+    # no biases: b_K's gradient is rounding noise (softmax ignores it), which Adam scales up
+    tied = {"tie_unembed": True, "init": "gpt2", "attn_only": False, "bias": False}
+    configs = [
+        tiny_config(model=tied, seed=s, training={"length": {"steps": 12}, "optimizer": {"lr": 0.01}})
+        for s in (1, 2)
+    ]
+    stacked = train(configs, str(tmp_path / "ensemble"), progress=False).parameters()
+    assert "unembed.W_U" not in stacked
+    for i, config in enumerate(configs):
+        alone = train(config, str(tmp_path / f"alone{i}"), progress=False).parameters()
+        for name, value in alone.items():
+            assert torch.allclose(stacked[name][i], value[0], atol=1e-5), (i, name)

@@ -19,6 +19,7 @@ VARIANTS = {
     "attn-only, learned positions, LN": {"attn_only": True},
     "rope, no LN, no biases": {"positional": "rope", "norm": "none", "bias": False},
     "MLP gelu, sinusoidal": {"attn_only": False, "positional": "sinusoidal", "d_mlp": 24},
+    "MLP gelu, tied unembedding": {"attn_only": False, "tie_unembed": True, "init": "gpt2"},
     "MLP relu, no positions, unscaled": {
         "attn_only": False,
         "act_fn": "relu",

@@ -521,11 +521,17 @@ def test_icll_full_mode_builds_each_architecture_at_the_authors_size() -> None:
         )
         for name, m in models.items()
     }
-    assert all(m.cfg.embed_dropout == 0.1 for m in models.values())
+    bare = {"mamba", "lstm", "lstm+ngram", "gru"}  # lm_simple_noffn: one mixer, no dropout in effect
+    assert all(m.cfg.embed_dropout == (0 if name in bare else 0.1) for name, m in models.items())
+    assert all(
+        m.cfg.tie_unembed and not hasattr(getattr(m, "unembed", None), "weight") for m in models.values()
+    )
+    assert all(m.cfg.init == "gpt2" for name, m in models.items() if name not in bare)
     assert widths["transformer (learned)"] == (8, 128) and configs["transformer (learned)"].model.n_heads == 2
     assert widths["transformer (RoPE)"] == (2, 128) and configs["transformer (RoPE)"].model.attn_dropout == 0
-    assert widths["lstm"] == widths["lstm+ngram"] == (2, 32) and not hasattr(models["lstm"].blocks[0], "mlp")
-    assert widths["mamba"] == widths["gla"] == (4, 128) and widths["retention"] == (2, 32)
+    assert widths["lstm"] == widths["lstm+ngram"] == (1, 32) and not hasattr(models["lstm"].blocks[0], "mlp")
+    assert widths["mamba"] == (1, 128) and not hasattr(models["mamba"].blocks[0], "ln1")
+    assert widths["gla"] == (4, 128) and widths["retention"] == (2, 32)
     assert widths["linear_attention+ngram"] == widths["linear_attention"] == (8, 128)
 
 

@@ -82,6 +82,7 @@ def tl_state_dict(model: Transformer) -> dict[str, Tensor]:
     for layer in range(cfg.n_layers):
         for name, shape in zeros.items():
             state.setdefault(f"blocks.{layer}.{name}", torch.zeros(shape))
+    state.setdefault("unembed.W_U", model.unembed.W_U.detach().clone())  # tied: W_E^T
     state.setdefault("unembed.b_U", torch.zeros(model.io.d_out))
     return state
 

@@ -1,6 +1,7 @@
 """Language models whose sequence mixer is not attention: LSTM, GRU, linear attention, retention,
 gated linear attention, Mamba, S4D. Token embedding -> blocks (pre-LN mixer, then pre-LN MLP, both
-residual) with optional hard-wired n-gram layers between them -> final LN -> unembedding."""
+residual; or, bare, the mixer alone) with optional hard-wired n-gram layers between them -> final LN
+(not when bare) -> unembedding."""
 
 import math
 from typing import Literal
@@ -22,7 +23,16 @@ class MixerLMConfig(ModelConfig):
     """A non-attention language model."""
 
     name: Literal["mixer_lm"] = "mixer_lm"
-    later_fields = ("embed_dropout", "feature_map", "positional")  # 2026-12-04, 2026-12-05
+    # 2026-12-04, 2026-12-05
+    later_fields = (
+        "embed_dropout",
+        "feature_map",
+        "positional",
+        "init",
+        "tie_unembed",
+        "layout",
+        "embed_std",
+    )
     mixer: Mixer
     n_layers: PositiveInt = 2
     d_model: PositiveInt = 64
@@ -30,6 +40,11 @@ class MixerLMConfig(ModelConfig):
     d_state: PositiveInt = Field(16, description="state size per channel of Mamba and S4D")
     expand: PositiveInt = Field(2, description="Mamba's inner width, in multiples of d_model")
     mlp: bool = True
+    layout: Literal["pre_norm", "bare"] = Field(
+        "pre_norm",
+        description="pre_norm: blocks x + mixer(LN(x)) then x + MLP(LN(x)), a final LayerNorm; bare: "
+        "blocks x = mixer(x), no norms, residuals or MLPs (Akyuerek et al.'s lm_simple_noffn)",
+    )
     chunk: PositiveInt = Field(32, description="chunk length of linear attention, retention and GLA")
     feature_map: Literal["elu", "none"] = Field(
         "elu",
@@ -40,10 +55,22 @@ class MixerLMConfig(ModelConfig):
     positional: Literal["none", "learned"] = Field("none", description="learned position embeddings")
     ngram_layers: list[NgramLayerConfig] = Field(default_factory=list)
     embed_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the embedded tokens, in training")
+    init: Literal["fan_in", "gpt2"] = Field(
+        "fan_in",
+        description="linear layers' weights: fan_in: U(+-1/sqrt(fan_in)) (PyTorch's default); gpt2: N(0, "
+        "0.02), and N(0, 0.02 / sqrt(2 n_layers)) for the mixers' and MLPs' output projections (GPT-2's "
+        "scheme). Either way embeddings N(0, 0.02), biases 0, state-space parameters their own",
+    )
+    tie_unembed: bool = Field(False, description="unembed with the token embedding's transpose, no bias")
+    embed_std: float = Field(0.02, gt=0, description="the token embedding's standard deviation at init")
 
     def check_io(self, io: ModelIO) -> None:
         if io.d_vocab is None or io.target_positions is not None:
             raise ValueError("mixer_lm reads token ids and predicts every position")
+        if self.layout == "bare" and self.mlp:
+            raise ValueError("layout bare has no MLPs: set mlp false")
+        if self.tie_unembed and io.d_out != io.d_vocab:
+            raise ValueError(f"tie_unembed needs as many outputs ({io.d_out}) as tokens ({io.d_vocab})")
         if self.feature_map != "elu" and self.mixer != "linear_attention":
             raise ValueError("feature_map applies to linear_attention only")
         if self.mixer in ("linear_attention", "retention", "gla") and self.d_model % self.n_heads:
@@ -57,7 +84,9 @@ class MixerBlock(nn.Module):
     def __init__(self, cfg: MixerLMConfig) -> None:
         super().__init__()
         d = cfg.d_model
-        self.ln1 = nn.LayerNorm(d)
+        self.bare = cfg.layout == "bare"
+        if not self.bare:
+            self.ln1 = nn.LayerNorm(d)
         if cfg.mixer in ("lstm", "gru"):
             self.mixer: nn.Module = Recurrent(cfg.mixer, d)
         elif cfg.mixer == "mamba":
@@ -72,6 +101,8 @@ class MixerBlock(nn.Module):
         self.hook_resid_post = HookPoint()
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.bare:
+            return self.hook_resid_post(self.mixer(x))
         x = x + self.mixer(self.ln1(x))
         if hasattr(self, "mlp"):
             x = x + self.mlp(self.ln2(x))
@@ -94,8 +125,9 @@ class MixerLM(Model):
             self.pos_embed = nn.Embedding(io.n_ctx, cfg.d_model)
         self.blocks = nn.ModuleList([MixerBlock(cfg) for _ in range(cfg.n_layers)])
         self.ngram = ngram_modules(cfg.ngram_layers, cfg.d_model)
-        self.ln_final = nn.LayerNorm(cfg.d_model)
-        self.unembed = nn.Linear(cfg.d_model, io.d_out)
+        self.ln_final = nn.LayerNorm(cfg.d_model) if cfg.layout == "pre_norm" else nn.Identity()
+        if not cfg.tie_unembed:
+            self.unembed = nn.Linear(cfg.d_model, io.d_out)
         self.hook_logits = HookPoint()
         self.setup_hooks()
         self.reset_parameters()
@@ -115,8 +147,9 @@ class MixerLM(Model):
         return None
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        """PyTorch's default fan-in uniform init for weights, each architecture's own for its
-        state-space parameters, identity for the n-gram layers' skip map."""
+        """Linear weights as `init` says, each architecture's own init for its state-space
+        parameters, identity for the n-gram layers' skip map."""
+        out_std = 0.02 / math.sqrt(2 * self.cfg.n_layers)
         for name, p in self.named_parameters():
             leaf = name.rsplit(".", 1)[-1]
             with torch.no_grad():
@@ -143,10 +176,23 @@ class MixerLM(Model):
                     p.copy_(torch.eye(p.shape[0]))
                 elif leaf == "C":
                     p.normal_(0.0, 1.0, generator=generator)
-                elif name.startswith(("embed.", "pos_embed.", "unembed.weight")):
+                elif name == "embed.weight":
+                    p.normal_(0.0, self.cfg.embed_std, generator=generator)
+                elif name.startswith(("pos_embed.", "unembed.weight")):
                     p.normal_(0.0, 0.02, generator=generator)
                 elif p.dim() == 1:
                     p.zero_()
+                elif (
+                    self.cfg.init == "gpt2"
+                    and isinstance(owner, nn.Linear)
+                    and name.startswith("blocks.")
+                    and not name.endswith("dt_proj.weight")
+                ):
+                    # the output projections of the residual branches: the mixers' and the MLPs'
+                    residual_out = name.endswith(
+                        ("mixer.out.weight", "mixer.out_proj.weight", "mlp.2.weight")
+                    )
+                    p.normal_(0.0, out_std if residual_out else 0.02, generator=generator)
                 else:
                     bound = 1 / math.sqrt(p.shape[1] * (p[0, 0].numel() if p.dim() > 2 else 1))
                     p.uniform_(-bound, bound, generator=generator)
@@ -160,4 +206,5 @@ class MixerLM(Model):
         x = insert_ngram_layers(self.ngram, self.cfg.ngram_layers, -1, x, tokens)
         for i, block in enumerate(self.blocks):
             x = insert_ngram_layers(self.ngram, self.cfg.ngram_layers, i, block(x), tokens)
-        return self.hook_logits(self.unembed(self.ln_final(x)))
+        x = self.ln_final(x)
+        return self.hook_logits(x @ self.embed.weight.T if self.cfg.tie_unembed else self.unembed(x))

@@ -33,7 +33,7 @@ class TransformerConfig(ModelConfig):
     """Shape and variant of the transformer; input/output sizes come from the task."""
 
     name: Literal["transformer"] = "transformer"
-    later_fields = ("embed_dropout", "attn_dropout")  # 2026-12-04
+    later_fields = ("embed_dropout", "attn_dropout", "tie_unembed")  # 2026-12-04, 2026-12-05
     n_layers: PositiveInt = 2
     n_heads: PositiveInt = 4
     d_model: PositiveInt = 64
@@ -51,14 +51,17 @@ class TransformerConfig(ModelConfig):
     output_projection: bool = Field(True, description="W_O (False: heads' outputs are concatenated)")
     readout: ReadoutConfig | None = None
     ngram_layers: list[NgramLayerConfig] = Field(default_factory=list, description="hard-wired n-gram layers")
-    init: Literal["normal", "fan_in", "uniform_fan_in"] = Field(
+    init: Literal["normal", "gpt2", "fan_in", "uniform_fan_in"] = Field(
         "normal",
-        description="normal: N(0, init_std); fan_in: N(0, 1/fan_in); uniform_fan_in: U(+-1/sqrt(fan_in)) "
-        "(Equinox's and PyTorch Linear's default). Readout hidden layers are He-initialised",
+        description="normal: N(0, init_std); gpt2: normal but W_O and W_out (the residual branches' "
+        "outputs) N(0, init_std / sqrt(2 n_layers)); fan_in: N(0, 1/fan_in); uniform_fan_in: "
+        "U(+-1/sqrt(fan_in)) (Equinox's and PyTorch Linear's default). Readout hidden layers are "
+        "He-initialised",
     )
     init_std: float = Field(0.02, gt=0)
     embed_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the embedded inputs, in training")
     attn_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on attention patterns, in training")
+    tie_unembed: bool = Field(False, description="unembed with W_E's transpose (W_U = W_E^T), no bias")
 
     @model_validator(mode="after")
     def _head_size(self) -> "TransformerConfig":
@@ -88,6 +91,8 @@ class TransformerConfig(ModelConfig):
             raise ValueError(
                 f"read_in false needs vector inputs of d_model ({self.d_model}) dims, got {io.d_input}"
             )
+        if self.tie_unembed and (self.readout or io.d_vocab is None or io.d_out != io.d_vocab):
+            raise ValueError("tie_unembed needs token inputs, as many outputs as tokens and no readout")
         if self.readout is None:
             return
         for p in self.readout.positions:
@@ -332,6 +337,20 @@ class Block(nn.Module):
         return self.hook_resid_post(x)
 
 
+class TiedUnembed(nn.Module):
+    """The unembedding of tied weights: W_U = W_E^T of the embedding it is given, no bias."""
+
+    b_U = None  # noqa: N815 (TransformerLens's name)
+
+    def __init__(self, embed: nn.Module) -> None:
+        super().__init__()
+        object.__setattr__(self, "embed", embed)  # not a submodule: W_E stays the embedding's parameter
+
+    @property
+    def W_U(self) -> Tensor:  # noqa: N802 (TransformerLens's name)
+        return self.embed.W_E.T  # (d_model, d_vocab)
+
+
 def fan_in(name: str, p: Tensor) -> int:
     """Input dimension of a TransformerLens-layout weight (W_O reads H * d_head inputs)."""
     return p.shape[0] * p.shape[1] if name.endswith("W_O") else p.shape[-2]
@@ -379,9 +398,12 @@ class Transformer(Model):
         widths = [d, *(cfg.readout.hidden if cfg.readout else [])]
         out_bias = cfg.readout.bias if cfg.readout else cfg.bias
         self.readout = nn.ModuleList([nn.Linear(a, b, bias=out_bias) for a, b in itertools.pairwise(widths)])
-        self.unembed = nn.Module()
-        self.unembed.W_U = nn.Parameter(torch.empty(widths[-1], io.d_out))
-        self.unembed.b_U = nn.Parameter(torch.zeros(io.d_out)) if out_bias else None
+        if cfg.tie_unembed:
+            self.unembed: nn.Module = TiedUnembed(self.embed)
+        else:
+            self.unembed = nn.Module()
+            self.unembed.W_U = nn.Parameter(torch.empty(widths[-1], io.d_out))
+            self.unembed.b_U = nn.Parameter(torch.zeros(io.d_out)) if out_bias else None
         self.hook_logits = HookPoint()
         self.takes_table = io.d_vocab is None and cfg.read_in
         self.setup_hooks()
@@ -407,7 +429,9 @@ class Transformer(Model):
                 bound = 1 / math.sqrt(fan_in(name, p))
                 nn.init.uniform_(p, -bound, bound, generator=generator)
             elif name.split(".")[-1].startswith("W_"):
-                std = self.cfg.init_std if self.cfg.init == "normal" else 1 / math.sqrt(fan_in(name, p))
+                std = 1 / math.sqrt(fan_in(name, p)) if self.cfg.init == "fan_in" else self.cfg.init_std
+                if self.cfg.init == "gpt2" and name.endswith(("W_O", "W_out")):
+                    std /= math.sqrt(2 * self.cfg.n_layers)
                 nn.init.normal_(p, 0.0, std, generator=generator)
             elif name.endswith(".w"):
                 nn.init.ones_(p)

@@ -39,9 +39,9 @@ PAPER_NGRAM = {2: (0.810, 0.344), 3: (0.926, 0.274), 4: (0.941, 0.288)}  # (accu
 
 
 # Each architecture's size in the authors' configs (berlino/seq_icl configs/experiment/dfa/*.yaml at
-# 9b9223d: n_layer, d_model, attention heads; lm_simple_noffn has no MLP; the sizes behind the paper's
-# Table 1, picked by sweeps, are not in the repository), used in full mode; quick mode gives every
-# architecture 2 layers of width 64 and 4 heads.
+# 9b9223d: n_layer, d_model, attention heads; the sizes behind the paper's Table 1, picked by sweeps,
+# are not in the repository), used in full mode; quick mode gives every architecture width 64 and 4
+# heads, and 2 blocks but where theirs has one.
 AUTHORS_SIZES = {
     "transformer (learned)": {"n_layers": 8, "d_model": 128, "n_heads": 2},  # transformer.yaml
     "transformer (RoPE)": {
@@ -52,10 +52,12 @@ AUTHORS_SIZES = {
     "linear_attention": {"n_layers": 8, "d_model": 128, "n_heads": 2},  # linear_transformer.yaml
     "retention": {"n_layers": 2, "d_model": 32, "n_heads": 8},  # retnet.yaml
     "gla": {"n_layers": 4, "d_model": 128, "n_heads": 1},  # gla.yaml
-    "mamba": {"n_layers": 4, "d_model": 128, "mlp": False},  # mamba.yaml
     "s4d": {"n_layers": 2, "d_model": 128},  # s4d.yaml
-    "lstm": {"n_layers": 2, "d_model": 32, "mlp": False},  # lstm.yaml
-    "gru": {"n_layers": 2, "d_model": 32, "mlp": False},  # none of theirs: the LSTM's
+    # lm_simple_noffn (mamba.yaml: 4 layers, lstm.yaml: 2) feeds every layer the embeddings and the
+    # last one's output to the head (simple_lm.py l.588-591): one layer computes the logits
+    "mamba": {"n_layers": 1, "d_model": 128},
+    "lstm": {"n_layers": 1, "d_model": 32},
+    "gru": {"n_layers": 1, "d_model": 32},  # none of theirs: the LSTM's
 }
 QUICK_SIZE = {"n_layers": 2, "d_model": 64, "n_heads": 4}
 
@@ -63,19 +65,34 @@ QUICK_SIZE = {"n_layers": 2, "d_model": 64, "n_heads": 4}
 def architectures(quick: bool) -> dict[str, dict]:
     """Model sections of every compared architecture, in the order of the claims' table; a hybrid
     has its base's size."""
-    sizes = dict.fromkeys(AUTHORS_SIZES, QUICK_SIZE) if quick else AUTHORS_SIZES
-    # the authors' dropout: 0.1 on the embeddings of every architecture, and on the attention
-    # patterns of the transformer with learned positions (attn_cfg.dropout in configs/experiment/dfa/
-    # *.yaml; their RoPE transformer's attention, layer/mha-rope.yaml, has none)
-    mixer = {"name": "mixer_lm", "embed_dropout": 0.1}
-    transformer = {"name": "transformer", "norm": "pre", "embed_dropout": 0.1}
-    models = {m: {**mixer, "mixer": m, **sizes[m]} for m in ("mamba", "gla", "retention", "linear_attention")}
+    sizes = AUTHORS_SIZES
+    if quick:  # one size for all, but one block where theirs has one
+        sizes = {a: {**QUICK_SIZE, "n_layers": min(s["n_layers"], 2)} for a, s in AUTHORS_SIZES.items()}
+    # every architecture as the authors' code builds it (src/models/sequence/simple_lm.py): lm_simple
+    # for the transformers, linear transformer, RetNet, GLA and S4D: pre-norm blocks with MLPs, dropout
+    # 0.1 on the embeddings (experiment/dfa/*.yaml), GPT-2's init (_init_weights l.415-444) and the
+    # unembedding tied to the token embedding (l.537-538); and lm_simple_noffn for Mamba and LSTM: the
+    # mixer alone on the embeddings (PyTorch's N(0, 1), no _init_weights), no norms, residuals or MLP,
+    # tied, and no dropout (its dropped embeddings are not used, l.583-590)
+    tied = {"name": "mixer_lm", "tie_unembed": True}
+    mixer = {**tied, "embed_dropout": 0.1, "init": "gpt2"}
+    bare = {**tied, "layout": "bare", "mlp": False, "embed_std": 1.0}
+    transformer = {
+        "name": "transformer",
+        "norm": "pre",
+        "embed_dropout": 0.1,
+        "init": "gpt2",
+        "tie_unembed": True,
+    }
+    models = {"mamba": {**bare, "mixer": "mamba", **sizes["mamba"]}}
+    models |= {m: {**mixer, "mixer": m, **sizes[m]} for m in ("gla", "retention", "linear_attention")}
     models["s4d"] = {**mixer, "mixer": "s4d", "d_state": 64, **sizes["s4d"]}  # configs/model/layer/s4d.yaml
     # their linear transformer: the transformer's attention with raw scaled scores, no feature map or
     # normalisation, and learned positions (simple_lm.py SelfAttention, linear_transformer.yaml)
     models["linear_attention"] |= {"feature_map": "none", "positional": "learned"}
     models |= {
         "linear_attention+ngram": {**models["linear_attention"], "ngram_layers": HYBRID_LAYERS},
+        # their RoPE transformer's attention has no dropout (layer/mha-rope.yaml)
         "transformer (RoPE)": {**transformer, "positional": "rope", **sizes["transformer (RoPE)"]},
         "transformer (learned)": {
             **transformer,
@@ -83,9 +100,9 @@ def architectures(quick: bool) -> dict[str, dict]:
             "attn_dropout": 0.1,
             **sizes["transformer (learned)"],
         },
-        "gru": {**mixer, "mixer": "gru", **sizes["gru"]},
-        "lstm+ngram": {**mixer, "mixer": "lstm", "ngram_layers": HYBRID_LAYERS, **sizes["lstm"]},
-        "lstm": {**mixer, "mixer": "lstm", **sizes["lstm"]},
+        "gru": {**bare, "mixer": "gru", **sizes["gru"]},
+        "lstm+ngram": {**bare, "mixer": "lstm", "ngram_layers": HYBRID_LAYERS, **sizes["lstm"]},
+        "lstm": {**bare, "mixer": "lstm", **sizes["lstm"]},
     }
     return models
 
