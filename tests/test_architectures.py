@@ -59,6 +59,17 @@ MODELS = {
         "n_heads": 2,
         "chunk": 8,
     },
+    "retention_retnet": {  # RetNet's retention, as Akyurek et al.'s code runs it
+        "name": "mixer_lm",
+        "mixer": "retention",
+        "rotary": True,
+        "value_factor": 2,
+        "mixer_bias": True,
+        "n_layers": 2,
+        "d_model": 32,
+        "n_heads": 2,
+        "chunk": 8,
+    },
     "mamba_bare": {  # Akyurek et al.'s lm_simple_noffn: the mixer alone, tied N(0, 1) embeddings
         "name": "mixer_lm",
         "mixer": "mamba",
@@ -66,6 +77,13 @@ MODELS = {
         "mlp": False,
         "tie_unembed": True,
         "embed_std": 1.0,
+        "n_layers": 1,
+        "d_model": 32,
+    },
+    "lstm_keras": {
+        "name": "mixer_lm",
+        "mixer": "lstm",
+        "recurrent_init": "keras",
         "n_layers": 1,
         "d_model": 32,
     },
@@ -396,6 +414,63 @@ def test_gpt2_init_tied_unembedding_and_bare_layout() -> None:
     torch.testing.assert_close(bare(tokens), expected)
     default = model_for("retention")  # PyTorch's fan-in uniform: U(+-1/sqrt(32))
     assert default.blocks[0].mixer.qkv.weight.abs().max().item() == pytest.approx(32**-0.5, rel=0.02)
+
+
+def test_keras_init_of_an_lstm() -> None:
+    """Glorot-uniform input weights, orthonormal columns in the recurrent weights, biases 0 but the
+    forget gate's 1 (rows 32..63 of bias_ih: PyTorch's gate order i, f, g, o)."""
+    lstm = model_for("lstm_keras").blocks[0].mixer.rnn
+    assert lstm.weight_ih_l0.abs().max().item() == pytest.approx((6 / (32 + 128)) ** 0.5, rel=0.02)
+    torch.testing.assert_close(lstm.weight_hh_l0.T @ lstm.weight_hh_l0, torch.eye(32), atol=1e-5, rtol=0)
+    assert lstm.bias_ih_l0[32:64].eq(1).all() and lstm.bias_ih_l0.sum() == 32 and lstm.bias_hh_l0.eq(0).all()
+    with pytest.raises(Exception, match="recurrent_init applies to lstm and gru only"):
+        validate_config(
+            {
+                "name": "x",
+                "task": TASK,
+                "model": {**MODELS["s4d"], "recurrent_init": "keras"},
+                "training": {"length": {"steps": 1}},
+            }
+        )
+
+
+def test_retnet_retention_is_the_decayed_product_of_rotated_queries_and_keys() -> None:
+    """RetNet's retention, parallel form: y_n = sum over m <= n of gamma^(n - m) (R_n q_n . R_m k_m
+    / sqrt(e)) v_m per head, R_n rotating the pairs (i, i + e/2) by n theta_i, theta_i =
+    10000^-(i / (e/2 - 1)); then group norm and the swish gate, with values and gate twice the width."""
+    torch.manual_seed(0)
+    B, T, d, H, e = 2, 11, 16, 2, 8
+    attention = LinearAttention("retention", d, H, chunk=4, rotary=True, value_factor=2, bias=True)
+    with torch.no_grad():
+        for p in attention.parameters():
+            p.normal_(0, 0.3)
+    x = torch.randn(B, T, d)
+    q, k, v = attention.qkv(x).split([d, d, 2 * d], -1)
+    q, k, v = q.view(B, T, H, e), k.view(B, T, H, e), v.view(B, T, H, 2 * e)
+    theta = torch.tensor([10000.0 ** -(i / 3) for i in range(4)])
+    c, s = (torch.arange(T)[:, None] * theta).cos(), (torch.arange(T)[:, None] * theta).sin()  # (T, e/2)
+
+    def rotated(z: torch.Tensor) -> torch.Tensor:
+        a, b = z[..., :4], z[..., 4:]
+        return torch.cat([a * c[:, None] - b * s[:, None], a * s[:, None] + b * c[:, None]], -1)
+
+    gamma = 1 - 2.0 ** (-5.0 - torch.arange(H, dtype=torch.float))  # (H,)
+    n = torch.arange(T)
+    decay = gamma[:, None, None] ** (n[:, None] - n[None, :]).clamp(min=0) * (n[:, None] >= n[None, :])
+    scores = torch.einsum("bnhe,bmhe->bhnm", rotated(q), rotated(k)) / math.sqrt(e) * decay  # (B, H, T, T)
+    y = torch.einsum("bhnm,bmhf->bnhf", scores, v).reshape(B * T, 2 * d)
+    y = attention.norm(y).view(B, T, 2 * d) * torch.nn.functional.silu(attention.gate(x))
+    torch.testing.assert_close(attention(x), attention.out(y), rtol=1e-4, atol=1e-5)
+    assert attention.out.bias is not None and attention.gate.weight.shape == (2 * d, d)
+    with pytest.raises(Exception, match="rotary, value_factor and mixer_bias apply to linear_attention"):
+        validate_config(
+            {
+                "name": "x",
+                "task": TASK,
+                "model": {**MODELS["s4d"], "rotary": True},
+                "training": {"length": {"steps": 1}},
+            }
+        )
 
 
 def test_s4d_convolution_equals_its_recurrence() -> None:

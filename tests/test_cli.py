@@ -276,8 +276,8 @@ def test_runs_stored_before_new_config_fields_keep_their_hashes() -> None:
         "model.attn_dropout=0.1",
     ):
         assert load_config("induction", [later]).hash() != before["induction"], "a set field still counts"
-    # icll's Mamba, seed 0, as its run stored on 2026-12-04 hashed it (before feature_map, positional,
-    # init, tie_unembed, layout and embed_std)
+    # icll's Mamba, seed 0, as its run stored on 2026-12-04 hashed it (before the mixer_lm fields of
+    # 2026-12-05: feature_map, positional, init, tie_unembed, layout, embed_std and the rest)
     from icl_lab.reproduce.icll import ICLL
 
     mamba = ICLL().experiments(quick=True)["mamba s0"]
@@ -299,6 +299,10 @@ def test_runs_stored_before_new_config_fields_keep_their_hashes() -> None:
         {"tie_unembed": True},
         {"layout": "bare", "mlp": False},
         {"embed_std": 1.0},
+        {"rotary": True},
+        {"value_factor": 2},
+        {"mixer_bias": True},
+        {"recurrent_init": "keras"},
     ):
         changed = linear.model_copy(update={"model": linear.model.model_copy(update=later)})
         assert changed.hash() != linear.hash(), "a set field still counts"

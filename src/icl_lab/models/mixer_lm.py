@@ -32,6 +32,10 @@ class MixerLMConfig(ModelConfig):
         "tie_unembed",
         "layout",
         "embed_std",
+        "rotary",
+        "value_factor",
+        "mixer_bias",
+        "recurrent_init",
     )
     mixer: Mixer
     n_layers: PositiveInt = 2
@@ -53,6 +57,15 @@ class MixerLMConfig(ModelConfig):
         "transformer of Akyuerek et al.'s code)",
     )
     positional: Literal["none", "learned"] = Field("none", description="learned position embeddings")
+    rotary: bool = Field(
+        False,
+        description="rotate queries and keys of linear attention, retention and GLA by position "
+        "(RetNet's angles, 10000^-linspace(0, 1, d_head / 2))",
+    )
+    value_factor: PositiveInt = Field(
+        1, description="their values' and gate's width, in multiples of d_model"
+    )
+    mixer_bias: bool = Field(False, description="biases on their query, key, value, gate and output maps")
     ngram_layers: list[NgramLayerConfig] = Field(default_factory=list)
     embed_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the embedded tokens, in training")
     init: Literal["fan_in", "gpt2"] = Field(
@@ -60,6 +73,11 @@ class MixerLMConfig(ModelConfig):
         description="linear layers' weights: fan_in: U(+-1/sqrt(fan_in)) (PyTorch's default); gpt2: N(0, "
         "0.02), and N(0, 0.02 / sqrt(2 n_layers)) for the mixers' and MLPs' output projections (GPT-2's "
         "scheme). Either way embeddings N(0, 0.02), biases 0, state-space parameters their own",
+    )
+    recurrent_init: Literal["pytorch", "keras"] = Field(
+        "pytorch",
+        description="LSTM and GRU weights: pytorch: U(+-1/sqrt(d_model)); keras: Glorot-uniform input "
+        "weights, orthogonal recurrent weights, biases 0 but the LSTM's forget gate's 1",
     )
     tie_unembed: bool = Field(False, description="unembed with the token embedding's transpose, no bias")
     embed_std: float = Field(0.02, gt=0, description="the token embedding's standard deviation at init")
@@ -73,6 +91,17 @@ class MixerLMConfig(ModelConfig):
             raise ValueError(f"tie_unembed needs as many outputs ({io.d_out}) as tokens ({io.d_vocab})")
         if self.feature_map != "elu" and self.mixer != "linear_attention":
             raise ValueError("feature_map applies to linear_attention only")
+        if self.recurrent_init != "pytorch" and self.mixer not in ("lstm", "gru"):
+            raise ValueError("recurrent_init applies to lstm and gru only")
+        attention_like = self.mixer in ("linear_attention", "retention", "gla")
+        if (self.rotary or self.value_factor != 1 or self.mixer_bias) and not attention_like:
+            raise ValueError(
+                "rotary, value_factor and mixer_bias apply to linear_attention, retention and gla"
+            )
+        if self.rotary and self.d_model // self.n_heads % 2:
+            raise ValueError(
+                f"rotary needs an even head width (d_model / n_heads = {self.d_model // self.n_heads})"
+            )
         if self.mixer in ("linear_attention", "retention", "gla") and self.d_model % self.n_heads:
             raise ValueError(f"d_model ({self.d_model}) is not divisible by n_heads ({self.n_heads})")
         for layer in self.ngram_layers:
@@ -94,7 +123,16 @@ class MixerBlock(nn.Module):
         elif cfg.mixer == "s4d":
             self.mixer = S4D(d, cfg.d_state)
         else:
-            self.mixer = LinearAttention(cfg.mixer, d, cfg.n_heads, cfg.chunk, cfg.feature_map)
+            self.mixer = LinearAttention(
+                cfg.mixer,
+                d,
+                cfg.n_heads,
+                cfg.chunk,
+                cfg.feature_map,
+                cfg.rotary,
+                cfg.value_factor,
+                cfg.mixer_bias,
+            )
         if cfg.mlp:
             self.ln2 = nn.LayerNorm(d)
             self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
@@ -107,6 +145,20 @@ class MixerBlock(nn.Module):
         if hasattr(self, "mlp"):
             x = x + self.mlp(self.ln2(x))
         return self.hook_resid_post(x)
+
+
+def keras_init(leaf: str, p: Tensor, lstm: bool, generator: torch.Generator | None) -> None:
+    """Keras's init of one LSTM or GRU parameter: Glorot-uniform input weights, orthogonal
+    recurrent weights (the gates' stacked (gates x d, d) matrix), zero biases but 1 on the LSTM's
+    forget gate (rows d..2d of bias_ih: PyTorch orders its gates i, f, g, o)."""
+    if leaf.startswith("weight_ih"):
+        nn.init.xavier_uniform_(p, generator=generator)
+    elif leaf.startswith("weight_hh"):
+        nn.init.orthogonal_(p, generator=generator)
+    else:
+        p.zero_()
+        if lstm and leaf.startswith("bias_ih"):
+            p[p.shape[0] // 4 : p.shape[0] // 2] = 1.0
 
 
 @MODELS.register("mixer_lm")
@@ -170,6 +222,8 @@ class MixerLM(Model):
                         .exp()
                     )
                     p.copy_(dt + torch.log(-torch.expm1(-dt)))
+                elif self.cfg.recurrent_init == "keras" and isinstance(owner, nn.RNNBase):
+                    keras_init(leaf, p, isinstance(owner, nn.LSTM), generator)
                 elif leaf == "D" or (leaf == "weight" and isinstance(owner, nn.LayerNorm | nn.GroupNorm)):
                     p.fill_(1.0)
                 elif name.endswith("keep.weight"):

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from icl_lab.models import native_mamba
 from icl_lab.models.recurrence import linear_recurrence, selective_scan
+from icl_lab.models.transformer import rotate
 
 
 class Recurrent(nn.Module):
@@ -37,42 +38,62 @@ def _heads(x: Tensor, n: int) -> Tensor:
 
 
 class LinearAttention(nn.Module):
-    """Causal linear attention, or retention / gated linear attention with decays."""
+    """Causal linear attention, or retention / gated linear attention with decays; optionally with
+    rotary queries and keys (RetNet's angles), values and gate `value_factor` times the width, and
+    biases on the projections."""
 
-    def __init__(self, kind: str, d: int, heads: int, chunk: int, feature_map: str = "elu") -> None:
+    def __init__(
+        self,
+        kind: str,
+        d: int,
+        heads: int,
+        chunk: int,
+        feature_map: str = "elu",
+        rotary: bool = False,
+        value_factor: int = 1,
+        bias: bool = False,
+    ) -> None:
         super().__init__()
         self.kind, self.heads, self.chunk, self.feature_map = kind, heads, chunk, feature_map
-        self.qkv = nn.Linear(d, 3 * d, bias=False)
-        self.out = nn.Linear(d, d, bias=False)
+        self.rotary, dv = rotary, value_factor * d
+        self.qkv = nn.Linear(d, 2 * d + dv, bias=bias)
+        self.out = nn.Linear(dv, d, bias=bias)
         if kind != "linear_attention":
-            self.gate = nn.Linear(d, d, bias=False)
-            self.norm = nn.GroupNorm(heads, d)
+            self.gate = nn.Linear(d, dv, bias=bias)
+            self.norm = nn.GroupNorm(heads, dv)
         if kind == "retention":
             gamma = 1 - 2.0 ** (-5.0 - torch.arange(heads, dtype=torch.float))
             self.register_buffer("log_gamma", gamma.log()[None, None, :, None], persistent=False)
         if kind == "gla":
             self.decay = nn.Sequential(nn.Linear(d, 16, bias=False), nn.Linear(16, d))
+        if rotary:  # RetNet's angles, 10000^-linspace(0, 1, e / 2), on rotate-half pairs
+            e = d // heads
+            self.register_buffer("freq", 10000.0 ** -torch.linspace(0, 1, e // 2).repeat(2), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         B, T, d = x.shape
-        q, k, v = (_heads(t, self.heads) for t in self.qkv(x).chunk(3, -1))  # (B, T, H, e)
+        q, k, v = (_heads(t, self.heads) for t in self.qkv(x).split([d, d, self.out.in_features], -1))
+        # q, k (B, T, H, e); v (B, T, H, value_factor e)
+        if self.rotary:
+            angle = torch.arange(T, device=x.device, dtype=x.dtype)[:, None, None] * self.freq  # (T, 1, e)
+            q, k = rotate(q, angle.cos(), angle.sin()), rotate(k, angle.cos(), angle.sin())
         if self.kind == "linear_attention":
             no_decay = torch.zeros(1, 1, 1, 1, device=x.device)
             if self.feature_map == "none":  # y_t = sum over s <= t of (q_t . k_s / sqrt(e)) v_s
                 y = linear_recurrence(q / math.sqrt(q.shape[-1]), k, v, no_decay, self.chunk)
-                return self.out(y.reshape(B, T, d))
+                return self.out(y.reshape(B, T, -1))
             q, k = F.elu(q) + 1, F.elu(k) + 1
             ones = torch.ones_like(v[..., :1])
             both = linear_recurrence(q, k, torch.cat([v, ones], -1), no_decay, self.chunk)
-            return self.out((both[..., :-1] / both[..., -1:].clamp(min=1e-6)).reshape(B, T, d))
+            return self.out((both[..., :-1] / both[..., -1:].clamp(min=1e-6)).reshape(B, T, -1))
         q = q / math.sqrt(q.shape[-1])
         decay = (
             self.log_gamma
             if self.kind == "retention"
             else _heads(F.logsigmoid(self.decay(x)) / 16, self.heads)
         )
-        y = linear_recurrence(q, k, v, decay, self.chunk).reshape(B * T, d)
-        y = self.norm(y).view(B, T, d)  # group norm per position (over a head's channels only)
+        y = linear_recurrence(q, k, v, decay, self.chunk).reshape(B * T, -1)
+        y = self.norm(y).view(B, T, -1)  # group norm per position (over a head's channels only)
         return self.out(y * F.silu(self.gate(x)))
 
 

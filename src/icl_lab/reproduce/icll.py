@@ -77,6 +77,7 @@ def architectures(quick: bool) -> dict[str, dict]:
     tied = {"name": "mixer_lm", "tie_unembed": True}
     mixer = {**tied, "embed_dropout": 0.1, "init": "gpt2"}
     bare = {**tied, "layout": "bare", "mlp": False, "embed_std": 1.0}
+    recurrent = {**bare, "recurrent_init": "keras"}  # their LSTMLayer's _reinitialize (rnn/lstm.py)
     transformer = {
         "name": "transformer",
         "norm": "pre",
@@ -86,10 +87,14 @@ def architectures(quick: bool) -> dict[str, dict]:
     }
     models = {"mamba": {**bare, "mixer": "mamba", **sizes["mamba"]}}
     models |= {m: {**mixer, "mixer": m, **sizes[m]} for m in ("gla", "retention", "linear_attention")}
+    # RetNet's MultiScaleRetention (rnn/retention.py): rotary queries and keys, values and gate twice
+    # the width, biases on every map
+    models["retention"] |= {"rotary": True, "value_factor": 2, "mixer_bias": True}
     models["s4d"] = {**mixer, "mixer": "s4d", "d_state": 64, **sizes["s4d"]}  # configs/model/layer/s4d.yaml
     # their linear transformer: the transformer's attention with raw scaled scores, no feature map or
-    # normalisation, and learned positions (simple_lm.py SelfAttention, linear_transformer.yaml)
-    models["linear_attention"] |= {"feature_map": "none", "positional": "learned"}
+    # normalisation, biases on its maps (MHA l.106, l.146), learned positions (simple_lm.py SelfAttention,
+    # linear_transformer.yaml)
+    models["linear_attention"] |= {"feature_map": "none", "positional": "learned", "mixer_bias": True}
     models |= {
         "linear_attention+ngram": {**models["linear_attention"], "ngram_layers": HYBRID_LAYERS},
         # their RoPE transformer's attention has no dropout (layer/mha-rope.yaml)
@@ -100,9 +105,9 @@ def architectures(quick: bool) -> dict[str, dict]:
             "attn_dropout": 0.1,
             **sizes["transformer (learned)"],
         },
-        "gru": {**bare, "mixer": "gru", **sizes["gru"]},
-        "lstm+ngram": {**bare, "mixer": "lstm", "ngram_layers": HYBRID_LAYERS, **sizes["lstm"]},
-        "lstm": {**bare, "mixer": "lstm", **sizes["lstm"]},
+        "gru": {**recurrent, "mixer": "gru", **sizes["gru"]},
+        "lstm+ngram": {**recurrent, "mixer": "lstm", "ngram_layers": HYBRID_LAYERS, **sizes["lstm"]},
+        "lstm": {**recurrent, "mixer": "lstm", **sizes["lstm"]},
     }
     return models
 
