@@ -62,9 +62,7 @@ MODELS = {
     "retention_retnet": {  # RetNet's retention, as Akyurek et al.'s code runs it
         "name": "mixer_lm",
         "mixer": "retention",
-        "rotary": True,
-        "value_factor": 2,
-        "mixer_bias": True,
+        "retnet": True,
         "n_layers": 2,
         "d_model": 32,
         "n_heads": 2,
@@ -412,6 +410,24 @@ def test_gpt2_init_tied_unembedding_and_bare_layout() -> None:
     assert bare.embed.weight.std().item() == pytest.approx(1.0, rel=0.05)
     expected = bare.blocks[0].mixer(bare.embed(tokens)) @ bare.embed.weight.T
     torch.testing.assert_close(bare(tokens), expected)
+
+    # S4D's output map keeps 0.02 (Akyurek et al.'s name for it escapes GPT-2's rescaling); the
+    # n-gram layers' read maps take 0.02 too; Mamba's conv bias is PyTorch's U(+-1/sqrt(4)) either way
+    def built(name: str, **fields: object) -> torch.nn.Module:
+        config = {
+            "name": "x",
+            "task": TASK,
+            "model": {**MODELS[name], **fields},
+            "training": {"length": {"steps": 1}},
+        }
+        return build_model(validate_config(config), "cpu")
+
+    s4d = built("s4d", init="gpt2", d_model=128)
+    assert s4d.blocks[1].mixer.out.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    hybrid = built("lstm_ngram", init="gpt2", d_model=128)
+    assert hybrid.ngram[1].read.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    conv_bias = built("mamba", d_model=128).blocks[0].mixer.conv.bias
+    assert conv_bias.abs().max() <= 0.5 and conv_bias.std().item() == pytest.approx(0.5 / 3**0.5, rel=0.1)
     default = model_for("retention")  # PyTorch's fan-in uniform: U(+-1/sqrt(32))
     assert default.blocks[0].mixer.qkv.weight.abs().max().item() == pytest.approx(32**-0.5, rel=0.02)
 
@@ -434,16 +450,19 @@ def test_keras_init_of_an_lstm() -> None:
         )
 
 
-def test_retnet_retention_is_the_decayed_product_of_rotated_queries_and_keys() -> None:
-    """RetNet's retention, parallel form: y_n = sum over m <= n of gamma^(n - m) (R_n q_n . R_m k_m
-    / sqrt(e)) v_m per head, R_n rotating the pairs (i, i + e/2) by n theta_i, theta_i =
-    10000^-(i / (e/2 - 1)); then group norm and the swish gate, with values and gate twice the width."""
+@pytest.mark.parametrize("scale", [0.02, 0.3])  # 0.02: the per-head norm's eps matters
+def test_retnet_retention_is_its_parallel_form(scale: float) -> None:
+    """RetNet's retention as its parallel form computes it: scores R_n q_n . R_m k_m / sqrt(e) times
+    the decay mask gamma^(n - m) (m <= n) whose rows are divided by the root of their sum; each score
+    row divided by max(|its sum|, 1); times the values (twice the width); a per-head LayerNorm
+    without gain or bias; the swish gate. R_n rotates the pairs (i, i + e/2) by n theta_i, theta_i =
+    10000^-(i / (e/2 - 1))."""
     torch.manual_seed(0)
     B, T, d, H, e = 2, 11, 16, 2, 8
-    attention = LinearAttention("retention", d, H, chunk=4, rotary=True, value_factor=2, bias=True)
+    attention = LinearAttention("retention", d, H, chunk=4, retnet=True)
     with torch.no_grad():
         for p in attention.parameters():
-            p.normal_(0, 0.3)
+            p.normal_(0, scale)
     x = torch.randn(B, T, d)
     q, k, v = attention.qkv(x).split([d, d, 2 * d], -1)
     q, k, v = q.view(B, T, H, e), k.view(B, T, H, e), v.view(B, T, H, 2 * e)
@@ -456,21 +475,28 @@ def test_retnet_retention_is_the_decayed_product_of_rotated_queries_and_keys() -
 
     gamma = 1 - 2.0 ** (-5.0 - torch.arange(H, dtype=torch.float))  # (H,)
     n = torch.arange(T)
-    decay = gamma[:, None, None] ** (n[:, None] - n[None, :]).clamp(min=0) * (n[:, None] >= n[None, :])
-    scores = torch.einsum("bnhe,bmhe->bhnm", rotated(q), rotated(k)) / math.sqrt(e) * decay  # (B, H, T, T)
-    y = torch.einsum("bhnm,bmhf->bnhf", scores, v).reshape(B * T, 2 * d)
-    y = attention.norm(y).view(B, T, 2 * d) * torch.nn.functional.silu(attention.gate(x))
-    torch.testing.assert_close(attention(x), attention.out(y), rtol=1e-4, atol=1e-5)
+    mask = gamma[:, None, None] ** (n[:, None] - n[None, :]).clamp(min=0) * (n[:, None] >= n[None, :])
+    mask = mask / mask.sum(-1, keepdim=True).sqrt()  # (H, T, T)
+    scores = torch.einsum("bnhe,bmhe->bhnm", rotated(q), rotated(k)) / math.sqrt(e) * mask  # (B, H, T, T)
+    scores = scores / scores.sum(-1, keepdim=True).abs().clamp(min=1)
+    y = torch.einsum("bhnm,bmhf->bnhf", scores, v)  # (B, T, H, 2e)
+    y = torch.nn.functional.layer_norm(y, (2 * e,)).reshape(B, T, 2 * d)
+    expected = attention.out(y * torch.nn.functional.silu(attention.gate(x)))
+    torch.testing.assert_close(attention(x), expected, rtol=1e-4, atol=1e-5)
     assert attention.out.bias is not None and attention.gate.weight.shape == (2 * d, d)
-    with pytest.raises(Exception, match="rotary, value_factor and mixer_bias apply to linear_attention"):
-        validate_config(
-            {
-                "name": "x",
-                "task": TASK,
-                "model": {**MODELS["s4d"], "rotary": True},
-                "training": {"length": {"steps": 1}},
-            }
-        )
+    for field, mixer, message in [
+        ("mixer_bias", "s4d", "mixer_bias applies to linear_attention, retention and gla only"),
+        ("retnet", "gla", "retnet applies to retention only"),
+    ]:
+        with pytest.raises(Exception, match=message):
+            validate_config(
+                {
+                    "name": "x",
+                    "task": TASK,
+                    "model": {**MODELS[mixer], field: True},
+                    "training": {"length": {"steps": 1}},
+                }
+            )
 
 
 def test_s4d_convolution_equals_its_recurrence() -> None:

@@ -299,8 +299,7 @@ def test_runs_stored_before_new_config_fields_keep_their_hashes() -> None:
         {"tie_unembed": True},
         {"layout": "bare", "mlp": False},
         {"embed_std": 1.0},
-        {"rotary": True},
-        {"value_factor": 2},
+        {"retnet": True},
         {"mixer_bias": True},
         {"recurrent_init": "keras"},
     ):

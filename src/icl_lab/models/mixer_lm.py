@@ -32,8 +32,7 @@ class MixerLMConfig(ModelConfig):
         "tie_unembed",
         "layout",
         "embed_std",
-        "rotary",
-        "value_factor",
+        "retnet",
         "mixer_bias",
         "recurrent_init",
     )
@@ -57,22 +56,24 @@ class MixerLMConfig(ModelConfig):
         "transformer of Akyuerek et al.'s code)",
     )
     positional: Literal["none", "learned"] = Field("none", description="learned position embeddings")
-    rotary: bool = Field(
+    retnet: bool = Field(
         False,
-        description="rotate queries and keys of linear attention, retention and GLA by position "
-        "(RetNet's angles, 10000^-linspace(0, 1, d_head / 2))",
+        description="retention as RetNet's (rotary queries and keys, values and gate twice the width, "
+        "biases, RetNet's normalisations and per-head LayerNorm)",
     )
-    value_factor: PositiveInt = Field(
-        1, description="their values' and gate's width, in multiples of d_model"
+    mixer_bias: bool = Field(
+        False,
+        description="biases on the query, key, value, gate and output maps of linear attention, "
+        "retention and GLA",
     )
-    mixer_bias: bool = Field(False, description="biases on their query, key, value, gate and output maps")
     ngram_layers: list[NgramLayerConfig] = Field(default_factory=list)
     embed_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the embedded tokens, in training")
     init: Literal["fan_in", "gpt2"] = Field(
         "fan_in",
         description="linear layers' weights: fan_in: U(+-1/sqrt(fan_in)) (PyTorch's default); gpt2: N(0, "
-        "0.02), and N(0, 0.02 / sqrt(2 n_layers)) for the mixers' and MLPs' output projections (GPT-2's "
-        "scheme). Either way embeddings N(0, 0.02), biases 0, state-space parameters their own",
+        "0.02), and N(0, 0.02 / sqrt(2 n_layers)) for the output maps of the MLPs and of every mixer but "
+        "S4D (GPT-2's scheme as Akyuerek et al.'s code applies it). Either way positions N(0, 0.02), "
+        "biases 0, state-space parameters their own",
     )
     recurrent_init: Literal["pytorch", "keras"] = Field(
         "pytorch",
@@ -93,14 +94,13 @@ class MixerLMConfig(ModelConfig):
             raise ValueError("feature_map applies to linear_attention only")
         if self.recurrent_init != "pytorch" and self.mixer not in ("lstm", "gru"):
             raise ValueError("recurrent_init applies to lstm and gru only")
-        attention_like = self.mixer in ("linear_attention", "retention", "gla")
-        if (self.rotary or self.value_factor != 1 or self.mixer_bias) and not attention_like:
+        if self.mixer_bias and self.mixer not in ("linear_attention", "retention", "gla"):
+            raise ValueError("mixer_bias applies to linear_attention, retention and gla only")
+        if self.retnet and self.mixer != "retention":
+            raise ValueError("retnet applies to retention only")
+        if self.retnet and self.d_model // self.n_heads % 2:
             raise ValueError(
-                "rotary, value_factor and mixer_bias apply to linear_attention, retention and gla"
-            )
-        if self.rotary and self.d_model // self.n_heads % 2:
-            raise ValueError(
-                f"rotary needs an even head width (d_model / n_heads = {self.d_model // self.n_heads})"
+                f"retnet rotates pairs: d_model / n_heads ({self.d_model // self.n_heads}) must be even"
             )
         if self.mixer in ("linear_attention", "retention", "gla") and self.d_model % self.n_heads:
             raise ValueError(f"d_model ({self.d_model}) is not divisible by n_heads ({self.n_heads})")
@@ -129,9 +129,8 @@ class MixerBlock(nn.Module):
                 cfg.n_heads,
                 cfg.chunk,
                 cfg.feature_map,
-                cfg.rotary,
-                cfg.value_factor,
                 cfg.mixer_bias,
+                cfg.retnet,
             )
         if cfg.mlp:
             self.ln2 = nn.LayerNorm(d)
@@ -234,19 +233,23 @@ class MixerLM(Model):
                     p.normal_(0.0, self.cfg.embed_std, generator=generator)
                 elif name.startswith(("pos_embed.", "unembed.weight")):
                     p.normal_(0.0, 0.02, generator=generator)
+                elif leaf == "bias" and isinstance(owner, nn.Conv1d):  # PyTorch's default, as mamba-ssm's
+                    bound = 1 / math.sqrt(owner.weight[0].numel())
+                    p.uniform_(-bound, bound, generator=generator)
                 elif p.dim() == 1:
                     p.zero_()
                 elif (
                     self.cfg.init == "gpt2"
                     and isinstance(owner, nn.Linear)
-                    and name.startswith("blocks.")
                     and not name.endswith("dt_proj.weight")
                 ):
-                    # the output projections of the residual branches: the mixers' and the MLPs'
-                    residual_out = name.endswith(
-                        ("mixer.out.weight", "mixer.out_proj.weight", "mlp.2.weight")
+                    # the residual branches' output maps are scaled down; S4D's is not, as in Akyurek
+                    # et al.'s code, where its name (output_linear) escapes the rescaling
+                    mixer = self.get_submodule(name.rsplit(".", 2)[0])
+                    scaled = name.endswith(("mixer.out_proj.weight", "mlp.2.weight")) or (
+                        name.endswith("mixer.out.weight") and isinstance(mixer, LinearAttention)
                     )
-                    p.normal_(0.0, out_std if residual_out else 0.02, generator=generator)
+                    p.normal_(0.0, out_std if scaled else 0.02, generator=generator)
                 else:
                     bound = 1 / math.sqrt(p.shape[1] * (p[0, 0].numel() if p.dim() > 2 else 1))
                     p.uniform_(-bound, bound, generator=generator)

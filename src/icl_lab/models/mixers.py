@@ -38,9 +38,11 @@ def _heads(x: Tensor, n: int) -> Tensor:
 
 
 class LinearAttention(nn.Module):
-    """Causal linear attention, or retention / gated linear attention with decays; optionally with
-    rotary queries and keys (RetNet's angles), values and gate `value_factor` times the width, and
-    biases on the projections."""
+    """Causal linear attention, or retention / gated linear attention with decays. `retnet` makes
+    retention RetNet's MultiScaleRetention (Sun et al. 2023, as Akyurek et al.'s code runs it):
+    queries and keys rotated by position, values and gate twice the width, biases on every map, the
+    decay mask's rows scaled by 1 / sqrt(their sum), the scores' rows divided by max(|their sum|, 1),
+    and a per-head LayerNorm without gain or bias (that undoes both scalings but for its eps)."""
 
     def __init__(
         self,
@@ -49,34 +51,37 @@ class LinearAttention(nn.Module):
         heads: int,
         chunk: int,
         feature_map: str = "elu",
-        rotary: bool = False,
-        value_factor: int = 1,
         bias: bool = False,
+        retnet: bool = False,
     ) -> None:
         super().__init__()
-        self.kind, self.heads, self.chunk, self.feature_map = kind, heads, chunk, feature_map
-        self.rotary, dv = rotary, value_factor * d
+        self.kind, self.heads, self.chunk, self.feature_map, self.retnet = (
+            kind,
+            heads,
+            chunk,
+            feature_map,
+            retnet,
+        )
+        dv, bias = (2 * d, True) if retnet else (d, bias)
         self.qkv = nn.Linear(d, 2 * d + dv, bias=bias)
         self.out = nn.Linear(dv, d, bias=bias)
         if kind != "linear_attention":
             self.gate = nn.Linear(d, dv, bias=bias)
-            self.norm = nn.GroupNorm(heads, dv)
+            if not retnet:
+                self.norm = nn.GroupNorm(heads, dv)
         if kind == "retention":
             gamma = 1 - 2.0 ** (-5.0 - torch.arange(heads, dtype=torch.float))
             self.register_buffer("log_gamma", gamma.log()[None, None, :, None], persistent=False)
         if kind == "gla":
             self.decay = nn.Sequential(nn.Linear(d, 16, bias=False), nn.Linear(16, d))
-        if rotary:  # RetNet's angles, 10000^-linspace(0, 1, e / 2), on rotate-half pairs
+        if retnet:  # RetNet's angles, 10000^-linspace(0, 1, e / 2), on rotate-half pairs
             e = d // heads
             self.register_buffer("freq", 10000.0 ** -torch.linspace(0, 1, e // 2).repeat(2), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         B, T, d = x.shape
         q, k, v = (_heads(t, self.heads) for t in self.qkv(x).split([d, d, self.out.in_features], -1))
-        # q, k (B, T, H, e); v (B, T, H, value_factor e)
-        if self.rotary:
-            angle = torch.arange(T, device=x.device, dtype=x.dtype)[:, None, None] * self.freq  # (T, 1, e)
-            q, k = rotate(q, angle.cos(), angle.sin()), rotate(k, angle.cos(), angle.sin())
+        # q, k (B, T, H, e); v (B, T, H, e or 2e)
         if self.kind == "linear_attention":
             no_decay = torch.zeros(1, 1, 1, 1, device=x.device)
             if self.feature_map == "none":  # y_t = sum over s <= t of (q_t . k_s / sqrt(e)) v_s
@@ -87,14 +92,24 @@ class LinearAttention(nn.Module):
             both = linear_recurrence(q, k, torch.cat([v, ones], -1), no_decay, self.chunk)
             return self.out((both[..., :-1] / both[..., -1:].clamp(min=1e-6)).reshape(B, T, -1))
         q = q / math.sqrt(q.shape[-1])
-        decay = (
-            self.log_gamma
-            if self.kind == "retention"
-            else _heads(F.logsigmoid(self.decay(x)) / 16, self.heads)
-        )
-        y = linear_recurrence(q, k, v, decay, self.chunk).reshape(B * T, -1)
-        y = self.norm(y).view(B, T, -1)  # group norm per position (over a head's channels only)
-        return self.out(y * F.silu(self.gate(x)))
+        if self.kind == "gla":
+            y = linear_recurrence(q, k, v, _heads(F.logsigmoid(self.decay(x)) / 16, self.heads), self.chunk)
+        elif not self.retnet:
+            y = linear_recurrence(q, k, v, self.log_gamma, self.chunk)
+        else:
+            angle = torch.arange(T, device=x.device, dtype=x.dtype)[:, None, None] * self.freq  # (T, 1, e)
+            q, k = rotate(q, angle.cos(), angle.sin()), rotate(k, angle.cos(), angle.sin())
+            ones = torch.ones_like(v[..., :1])
+            both = linear_recurrence(q, k, torch.cat([v, ones], -1), self.log_gamma, self.chunk)
+            # the decay mask's row t sums to (1 - gamma^(t+1)) / (1 - gamma): (1, T, H, 1)
+            gamma = self.log_gamma.exp()
+            steps = torch.arange(1, T + 1, device=x.device, dtype=x.dtype)[None, :, None, None]
+            row = ((1 - gamma**steps) / (1 - gamma)).rsqrt()
+            y = both[..., :-1] * row / (both[..., -1:].detach() * row).abs().clamp(min=1)
+            y = F.layer_norm(y, y.shape[-1:])  # per head, no gain or bias
+        if not self.retnet:
+            y = self.norm(y.reshape(B * T, -1))  # group norm per position (over a head's channels only)
+        return self.out(y.reshape(B, T, -1) * F.silu(self.gate(x)))
 
 
 class Mamba(nn.Module):
