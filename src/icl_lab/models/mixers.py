@@ -55,13 +55,8 @@ class LinearAttention(nn.Module):
         retnet: bool = False,
     ) -> None:
         super().__init__()
-        self.kind, self.heads, self.chunk, self.feature_map, self.retnet = (
-            kind,
-            heads,
-            chunk,
-            feature_map,
-            retnet,
-        )
+        self.kind, self.heads, self.chunk = kind, heads, chunk
+        self.feature_map, self.retnet = feature_map, retnet
         dv, bias = (2 * d, True) if retnet else (d, bias)
         self.qkv = nn.Linear(d, 2 * d + dv, bias=bias)
         self.out = nn.Linear(dv, d, bias=bias)
