@@ -385,7 +385,7 @@ def test_gpt2_init_tied_unembedding_and_bare_layout() -> None:
         (block.mixer.out.weight, out_std),
         (block.mlp[2].weight, out_std),
     ]:
-        assert weight.mean().abs() < 3 * std / weight.numel() ** 0.5
+        assert weight.mean().abs() < 5 * std / weight.numel() ** 0.5  # 5 standard errors
         assert weight.std().item() == pytest.approx(std, rel=0.05)
     assert block.mlp[0].bias.abs().max() == 0
     assert not hasattr(model, "unembed")
@@ -407,7 +407,6 @@ def test_gpt2_init_tied_unembedding_and_bare_layout() -> None:
     assert "unembed.W_U" not in dict(transformer.named_parameters())
     bare = model_for("mamba_bare")
     assert not [name for name, _ in bare.named_parameters() if "ln" in name]
-    assert bare.embed.weight.std().item() == pytest.approx(1.0, rel=0.05)
     expected = bare.blocks[0].mixer(bare.embed(tokens)) @ bare.embed.weight.T
     torch.testing.assert_close(bare(tokens), expected)
 
@@ -426,7 +425,9 @@ def test_gpt2_init_tied_unembedding_and_bare_layout() -> None:
     assert s4d.blocks[1].mixer.out.weight.std().item() == pytest.approx(0.02, rel=0.05)
     hybrid = built("lstm_ngram", init="gpt2", d_model=128)
     assert hybrid.ngram[1].read.weight.std().item() == pytest.approx(0.02, rel=0.05)
-    conv_bias = built("mamba", d_model=128).blocks[0].mixer.conv.bias
+    wide = built("mamba_bare", d_model=512).embed.weight  # (tokens, 512): enough values for 5%
+    assert wide.std().item() == pytest.approx(1.0, rel=0.05)
+    conv_bias = built("mamba", d_model=256).blocks[0].mixer.conv.bias
     assert conv_bias.abs().max() <= 0.5 and conv_bias.std().item() == pytest.approx(0.5 / 3**0.5, rel=0.1)
     default = model_for("retention")  # PyTorch's fan-in uniform: U(+-1/sqrt(32))
     assert default.blocks[0].mixer.qkv.weight.abs().max().item() == pytest.approx(32**-0.5, rel=0.02)
