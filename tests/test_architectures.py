@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from icl_lab.experiment import build_model, validate_config
+from icl_lab.experiment import ExperimentConfig, build_model, validate_config
 from icl_lab.metrics.base import EvalContext
 from icl_lab.metrics.ngram_heads import ngram_heads
 from icl_lab.models import native_mamba, recurrence
@@ -107,11 +107,14 @@ def _cache(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ICL_LAB_CACHE", str(tmp_path / "cache"))
 
 
-def model_for(name: str) -> torch.nn.Module:
-    config = validate_config(
-        {"name": name, "task": TASK, "model": MODELS[name], "training": {"length": {"steps": 1}}}
-    )
-    return build_model(config, "cpu")
+def config_of(name: str, **fields: object) -> ExperimentConfig:
+    """A one-step RegBench config of MODELS[name], with model fields overridden."""
+    model = {**MODELS[name], **fields}
+    return validate_config({"name": name, "task": TASK, "model": model, "training": {"length": {"steps": 1}}})
+
+
+def model_for(name: str, **fields: object) -> torch.nn.Module:
+    return build_model(config_of(name, **fields), "cpu")
 
 
 @pytest.mark.parametrize("chunk", [1, 4, 7])
@@ -345,37 +348,14 @@ def test_unnormalised_linear_attention_is_the_masked_product_of_raw_scores() -> 
     expected = attention.out((scores @ v).transpose(1, 2).reshape(2, 7, 8))
     torch.testing.assert_close(attention(x), expected, rtol=1e-5, atol=1e-6)
     with pytest.raises(Exception, match="feature_map applies to linear_attention only"):
-        validate_config(
-            {
-                "name": "x",
-                "task": TASK,
-                "model": {**MODELS["gla"], "feature_map": "none"},
-                "training": {"length": {"steps": 1}},
-            }
-        )
+        config_of("gla", feature_map="none")
 
 
 def test_gpt2_init_tied_unembedding_and_bare_layout() -> None:
     """GPT-2's scheme: linear weights N(0, 0.02), the residual branches' output projections N(0,
     0.02 / sqrt(2 n_layers)); a tied model's logits are the final state times the embedding's
     transpose, with no unembedding of its own; a bare model is the mixer alone."""
-    model = build_model(
-        validate_config(
-            {
-                "name": "x",
-                "task": TASK,
-                "model": {
-                    **MODELS["retention"],
-                    "d_model": 128,
-                    "n_layers": 8,
-                    "init": "gpt2",
-                    "tie_unembed": True,
-                },
-                "training": {"length": {"steps": 1}},
-            }
-        ),
-        "cpu",
-    )
+    model = model_for("retention", d_model=128, n_layers=8, init="gpt2", tie_unembed=True)
     block = model.blocks[3]
     out_std = 0.02 / 4  # sqrt(2 x 8 layers)
     for weight, std in [
@@ -412,22 +392,13 @@ def test_gpt2_init_tied_unembedding_and_bare_layout() -> None:
 
     # S4D's output map keeps 0.02 (Akyurek et al.'s name for it escapes GPT-2's rescaling); the
     # n-gram layers' read maps take 0.02 too; Mamba's conv bias is PyTorch's U(+-1/sqrt(4)) either way
-    def built(name: str, **fields: object) -> torch.nn.Module:
-        config = {
-            "name": "x",
-            "task": TASK,
-            "model": {**MODELS[name], **fields},
-            "training": {"length": {"steps": 1}},
-        }
-        return build_model(validate_config(config), "cpu")
-
-    s4d = built("s4d", init="gpt2", d_model=128)
+    s4d = model_for("s4d", init="gpt2", d_model=128)
     assert s4d.blocks[1].mixer.out.weight.std().item() == pytest.approx(0.02, rel=0.05)
-    hybrid = built("lstm_ngram", init="gpt2", d_model=128)
+    hybrid = model_for("lstm_ngram", init="gpt2", d_model=128)
     assert hybrid.ngram[1].read.weight.std().item() == pytest.approx(0.02, rel=0.05)
-    wide = built("mamba_bare", d_model=512).embed.weight  # (tokens, 512): enough values for 5%
+    wide = model_for("mamba_bare", d_model=512).embed.weight  # (tokens, 512): enough values for 5%
     assert wide.std().item() == pytest.approx(1.0, rel=0.05)
-    conv_bias = built("mamba", d_model=256).blocks[0].mixer.conv.bias
+    conv_bias = model_for("mamba", d_model=256).blocks[0].mixer.conv.bias
     assert conv_bias.abs().max() <= 0.5 and conv_bias.std().item() == pytest.approx(0.5 / 3**0.5, rel=0.1)
     default = model_for("retention")  # PyTorch's fan-in uniform: U(+-1/sqrt(32))
     assert default.blocks[0].mixer.qkv.weight.abs().max().item() == pytest.approx(32**-0.5, rel=0.02)
@@ -441,14 +412,7 @@ def test_keras_init_of_an_lstm() -> None:
     torch.testing.assert_close(lstm.weight_hh_l0.T @ lstm.weight_hh_l0, torch.eye(32), atol=1e-5, rtol=0)
     assert lstm.bias_ih_l0[32:64].eq(1).all() and lstm.bias_ih_l0.sum() == 32 and lstm.bias_hh_l0.eq(0).all()
     with pytest.raises(Exception, match="recurrent_init applies to lstm and gru only"):
-        validate_config(
-            {
-                "name": "x",
-                "task": TASK,
-                "model": {**MODELS["s4d"], "recurrent_init": "keras"},
-                "training": {"length": {"steps": 1}},
-            }
-        )
+        config_of("s4d", recurrent_init="keras")
 
 
 @pytest.mark.parametrize("scale", [0.02, 0.3])  # 0.02: the per-head norm's eps matters
@@ -490,14 +454,7 @@ def test_retnet_retention_is_its_parallel_form(scale: float) -> None:
         ("retnet", "gla", "retnet applies to retention only"),
     ]:
         with pytest.raises(Exception, match=message):
-            validate_config(
-                {
-                    "name": "x",
-                    "task": TASK,
-                    "model": {**MODELS[mixer], field: True},
-                    "training": {"length": {"steps": 1}},
-                }
-            )
+            config_of(mixer, **{field: True})
 
 
 def test_s4d_convolution_equals_its_recurrence() -> None:

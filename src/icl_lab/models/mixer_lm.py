@@ -17,6 +17,7 @@ from icl_lab.models.mixers import S4D, LinearAttention, Mamba, Recurrent
 from icl_lab.models.ngram_layer import NgramLayerConfig, insert_ngram_layers, ngram_modules
 
 Mixer = Literal["lstm", "gru", "linear_attention", "retention", "gla", "mamba", "s4d"]
+ATTENTION_LIKE = ("linear_attention", "retention", "gla")  # the mixers with heads: LinearAttention
 
 
 class MixerLMConfig(ModelConfig):
@@ -94,7 +95,7 @@ class MixerLMConfig(ModelConfig):
             raise ValueError("feature_map applies to linear_attention only")
         if self.recurrent_init != "pytorch" and self.mixer not in ("lstm", "gru"):
             raise ValueError("recurrent_init applies to lstm and gru only")
-        if self.mixer_bias and self.mixer not in ("linear_attention", "retention", "gla"):
+        if self.mixer_bias and self.mixer not in ATTENTION_LIKE:
             raise ValueError("mixer_bias applies to linear_attention, retention and gla only")
         if self.retnet and self.mixer != "retention":
             raise ValueError("retnet applies to retention only")
@@ -102,7 +103,7 @@ class MixerLMConfig(ModelConfig):
             raise ValueError(
                 f"retnet rotates pairs: d_model / n_heads ({self.d_model // self.n_heads}) must be even"
             )
-        if self.mixer in ("linear_attention", "retention", "gla") and self.d_model % self.n_heads:
+        if self.mixer in ATTENTION_LIKE and self.d_model % self.n_heads:
             raise ValueError(f"d_model ({self.d_model}) is not divisible by n_heads ({self.n_heads})")
         for layer in self.ngram_layers:
             if layer.after >= self.n_layers:

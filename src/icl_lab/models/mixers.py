@@ -37,6 +37,13 @@ def _heads(x: Tensor, n: int) -> Tensor:
     return x.view(*x.shape[:2], n, -1)
 
 
+def weighted_sums(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, chunk: int) -> tuple[Tensor, Tensor]:
+    """The linear recurrence over v (B, T, H, V) and over ones: each output and the sum of the
+    weights it took its values with, (B, T, H, V) and (B, T, H, 1)."""
+    both = linear_recurrence(q, k, torch.cat([v, torch.ones_like(v[..., :1])], -1), log_decay, chunk)
+    return both[..., :-1], both[..., -1:]
+
+
 class LinearAttention(nn.Module):
     """Causal linear attention, or retention / gated linear attention with decays. `retnet` makes
     retention RetNet's MultiScaleRetention (Sun et al. 2023, as Akyurek et al.'s code runs it):
@@ -82,10 +89,8 @@ class LinearAttention(nn.Module):
             if self.feature_map == "none":  # y_t = sum over s <= t of (q_t . k_s / sqrt(e)) v_s
                 y = linear_recurrence(q / math.sqrt(q.shape[-1]), k, v, no_decay, self.chunk)
                 return self.out(y.reshape(B, T, -1))
-            q, k = F.elu(q) + 1, F.elu(k) + 1
-            ones = torch.ones_like(v[..., :1])
-            both = linear_recurrence(q, k, torch.cat([v, ones], -1), no_decay, self.chunk)
-            return self.out((both[..., :-1] / both[..., -1:].clamp(min=1e-6)).reshape(B, T, -1))
+            y, sums = weighted_sums(F.elu(q) + 1, F.elu(k) + 1, v, no_decay, self.chunk)
+            return self.out((y / sums.clamp(min=1e-6)).reshape(B, T, -1))
         q = q / math.sqrt(q.shape[-1])
         if self.kind == "gla":
             y = linear_recurrence(q, k, v, _heads(F.logsigmoid(self.decay(x)) / 16, self.heads), self.chunk)
@@ -93,14 +98,13 @@ class LinearAttention(nn.Module):
             y = linear_recurrence(q, k, v, self.log_gamma, self.chunk)
         else:
             angle = torch.arange(T, device=x.device, dtype=x.dtype)[:, None, None] * self.freq  # (T, 1, e)
-            q, k = rotate(q, angle.cos(), angle.sin()), rotate(k, angle.cos(), angle.sin())
-            ones = torch.ones_like(v[..., :1])
-            both = linear_recurrence(q, k, torch.cat([v, ones], -1), self.log_gamma, self.chunk)
+            cos, sin = angle.cos(), angle.sin()
+            y, sums = weighted_sums(rotate(q, cos, sin), rotate(k, cos, sin), v, self.log_gamma, self.chunk)
             # the decay mask's row t sums to (1 - gamma^(t+1)) / (1 - gamma): (1, T, H, 1)
             gamma = self.log_gamma.exp()
             steps = torch.arange(1, T + 1, device=x.device, dtype=x.dtype)[None, :, None, None]
             row = ((1 - gamma**steps) / (1 - gamma)).rsqrt()
-            y = both[..., :-1] * row / (both[..., -1:].detach() * row).abs().clamp(min=1)
+            y = y * row / (sums.detach() * row).abs().clamp(min=1)
             y = F.layer_norm(y, y.shape[-1:])  # per head, no gain or bias
         if not self.retnet:
             y = self.norm(y.reshape(B * T, -1))  # group norm per position (over a head's channels only)
