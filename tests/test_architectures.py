@@ -68,6 +68,27 @@ MODELS = {
         "n_heads": 2,
         "chunk": 8,
     },
+    "gla_yang": {  # Yang et al.'s GLA, as Akyurek et al.'s code runs it
+        "name": "mixer_lm",
+        "mixer": "gla",
+        "gla_yang": True,
+        "n_layers": 2,
+        "d_model": 32,
+        "n_heads": 2,
+        "chunk": 8,
+    },
+    "s4d_inv": {"name": "mixer_lm", "mixer": "s4d", "s4d_init": "inv", "n_layers": 2, "d_model": 32},
+    "linear_attention_dropout": {  # dropout on the scores (in training only)
+        "name": "mixer_lm",
+        "mixer": "linear_attention",
+        "feature_map": "none",
+        "attn_dropout": 0.1,
+        "act_fn": "gelu_new",
+        "n_layers": 2,
+        "d_model": 32,
+        "n_heads": 2,
+        "chunk": 8,
+    },
     "mamba_bare": {  # Akyurek et al.'s lm_simple_noffn: the mixer alone, tied N(0, 1) embeddings
         "name": "mixer_lm",
         "mixer": "mamba",
@@ -469,3 +490,81 @@ def test_s4d_convolution_equals_its_recurrence() -> None:
     y = diagonal_loop(dtA, gain * x[..., None], layer.C)
     expected = layer.out(torch.nn.functional.gelu(y + layer.D * x))
     assert torch.allclose(layer(x), expected, atol=1e-4)
+
+
+def test_gla_yang_is_its_recurrence() -> None:
+    """Yang et al.'s GLA: queries and keys of width d/2 (e = d / 2H per head), keys scaled by
+    1 / sqrt(d / H), decays logsigmoid(x W1 W2 + b) / 16 per key channel, the recurrence over the
+    values, a per-head LayerNorm without gain or bias, the swish gate (with a bias), out."""
+    torch.manual_seed(0)
+    B, T, d, H = 2, 13, 16, 2
+    attention = model_for("gla_yang", d_model=d, n_heads=H).blocks[0].mixer
+    with torch.no_grad():
+        for p in attention.parameters():
+            p.normal_(0, 0.3)
+    x = torch.randn(B, T, d)
+    q, k, v = attention.qkv(x).split([8, 8, 16], -1)
+    q, k, v = q.view(B, T, H, 4), k.view(B, T, H, 4) / math.sqrt(d / H), v.view(B, T, H, 8)
+    log_decay = torch.nn.functional.logsigmoid(attention.decay(x)).view(B, T, H, 4) / 16
+    y = sequential_recurrence(q, k, v, log_decay)  # (B, T, H, 8)
+    y = torch.nn.functional.layer_norm(y, (8,)).reshape(B, T, d)
+    expected = attention.out(y * torch.nn.functional.silu(attention.gate(x)))
+    torch.testing.assert_close(attention(x), expected, rtol=1e-4, atol=1e-5)
+    assert attention.gate.bias is not None and attention.qkv.bias is None and attention.out.bias is None
+    assert attention.decay[1].bias is not None and not hasattr(attention, "norm")
+    with pytest.raises(Exception, match="gla_yang applies to gla only"):
+        config_of("retention", gla_yang=True)
+    with pytest.raises(Exception, match=r"gla_yang splits half of d_model \(12\) into n_heads \(4\) keys"):
+        config_of("gla_yang", d_model=12, n_heads=4)
+
+
+def test_linear_attention_drops_its_scores_in_training_only() -> None:
+    """In training, y_t = sum over s <= t of dropout(q_t . k_s / sqrt(e)) v_s, the masks drawn from
+    the global generator as F.dropout draws them; in eval the scores are all kept."""
+    torch.manual_seed(0)
+    model = model_for("linear_attention_dropout")
+    attention = model.blocks[0].mixer
+    x = torch.randn(2, 11, 32)
+    q, k, v = (t.view(2, 11, 2, 16).transpose(1, 2) for t in attention.qkv(x).chunk(3, -1))  # (B, H, T, e)
+    scores = (q @ k.transpose(-1, -2) / 4.0).tril()  # (B, H, T, T), 4 = sqrt(e)
+    kept = attention.out((scores @ v).transpose(1, 2).reshape(2, 11, 32))
+    torch.testing.assert_close(attention(x), kept, rtol=1e-5, atol=1e-5)
+    model.train()
+    torch.manual_seed(7)
+    dropped = attention(x)
+    torch.manual_seed(7)
+    masked = torch.nn.functional.dropout(scores, 0.1)
+    torch.testing.assert_close(dropped, attention.out((masked @ v).transpose(1, 2).reshape(2, 11, 32)))
+    assert not torch.allclose(dropped, kept, atol=1e-3)
+    assert model.blocks[0].mlp[1].approximate == "tanh"
+    with pytest.raises(
+        Exception, match="attn_dropout applies to linear_attention with feature_map none only"
+    ):
+        config_of("linear_attention", attn_dropout=0.1)
+
+
+def test_s4d_inv_is_its_complex_recurrence_and_starts_where_its_code_does() -> None:
+    """S4D-Inv: h_t = exp(dt A) h_{t-1} + (exp(dt A) - 1) / A x_t over d_state / 2 complex modes,
+    y_t = 2 Re(C h_t) + D x_t, then GELU and the output map; at init Re(A) = -(1/2 + 1e-4), Im(A_n) =
+    (N / pi) (N / (2n + 1) - 1) shared by every channel, D ~ N(0, 1), step sizes in [0.001, 0.1]."""
+    torch.manual_seed(0)
+    layer = model_for("s4d_inv", d_model=512).blocks[0].mixer
+    N = 16
+    assert layer.A_log.shape == layer.A_imag.shape == (1, N // 2) and layer.C.shape == (512, N // 2, 2)
+    torch.testing.assert_close(-layer.A_log.exp(), torch.full((1, 8), -0.5001))
+    n = torch.arange(8)
+    torch.testing.assert_close(layer.A_imag[0], N / math.pi * (N / (2 * n + 1.0) - 1))
+    assert layer.D.std().item() == pytest.approx(1.0, rel=0.1) and layer.D.mean().abs() < 5 / 512**0.5
+    assert math.log(1e-3) <= layer.log_dt.min() and layer.log_dt.max() <= math.log(1e-1)
+    layer = model_for("s4d_inv").blocks[0].mixer
+    with torch.no_grad():
+        layer.log_dt.uniform_(-3, -1)
+    x = torch.randn(2, 40, 32)
+    A = torch.complex(-layer.A_log.exp(), layer.A_imag).to(torch.complex128)  # (1, N/2)
+    dtA = layer.log_dt.exp().double()[:, None] * A  # (d, N/2)
+    C = torch.complex(layer.C[..., 0], layer.C[..., 1]).to(torch.complex128)
+    y = 2 * diagonal_loop(dtA, (dtA.exp() - 1) / A * x.double()[..., None], C).real
+    expected = layer.out(torch.nn.functional.gelu(y.float() + layer.D * x))
+    torch.testing.assert_close(layer(x), expected, rtol=1e-4, atol=1e-4)
+    with pytest.raises(Exception, match="s4d_init applies to s4d only"):
+        config_of("mamba", s4d_init="inv")

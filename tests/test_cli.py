@@ -302,6 +302,10 @@ def test_runs_stored_before_new_config_fields_keep_their_hashes() -> None:
         {"retnet": True},
         {"mixer_bias": True},
         {"recurrent_init": "keras"},
+        {"gla_yang": True},
+        {"attn_dropout": 0.1},
+        {"s4d_init": "inv"},
+        {"act_fn": "gelu_new"},
     ):
         changed = linear.model_copy(update={"model": linear.model.model_copy(update=later)})
         assert changed.hash() != linear.hash(), "a set field still counts"

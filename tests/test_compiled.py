@@ -40,6 +40,10 @@ MIXER = {
     "chunk": 8,
 }
 MAMBA = {"name": "mixer_lm", "mixer": "mamba", "n_layers": 1, "d_model": 16}
+# complex modes (computed in complex arithmetic), and parameters without weight decay (a second
+# param group eager, a second functional update compiled)
+S4D_INV = {"name": "mixer_lm", "mixer": "s4d", "s4d_init": "inv", "d_state": 8, "n_layers": 1, "d_model": 16}
+ADAMW = {**ADAM, "optimizer": {"name": "adamw", "lr": 0.01, "weight_decay": 0.5}}
 # no biases: the key bias's gradient is zero up to rounding (softmax ignores a shift common to a
 # query's scores), and Adam would blow that rounding noise up into full-size steps
 TRANSFORMER = {"bias": False}
@@ -68,6 +72,9 @@ def trained_params(members: list[ExperimentConfig], mode: str, tmp_path: Path) -
         pytest.param([tiny_config(training=SGD, model=MIXER)], None, id="mixer"),
         # compiled: the native kernels inside the compiled step; eager: torch's scan and conv
         pytest.param([tiny_config(training=SGD, model=MAMBA)], None, id="mamba-native-kernels"),
+        pytest.param(
+            [tiny_config(training=ADAMW, model=S4D_INV, seed=s) for s in (0, 1)], None, id="s4d-inv-ensemble"
+        ),
         pytest.param(
             [
                 tiny_config(training=ADAM, model=TRANSFORMER, seed=s, clamps=[c])

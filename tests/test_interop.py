@@ -19,7 +19,12 @@ VARIANTS = {
     "attn-only, learned positions, LN": {"attn_only": True},
     "rope, no LN, no biases": {"positional": "rope", "norm": "none", "bias": False},
     "MLP gelu, sinusoidal": {"attn_only": False, "positional": "sinusoidal", "d_mlp": 24},
-    "MLP gelu, tied unembedding": {"attn_only": False, "tie_unembed": True, "init": "gpt2"},
+    "MLP gelu_new (tanh), tied unembedding": {
+        "attn_only": False,
+        "tie_unembed": True,
+        "init": "gpt2",
+        "act_fn": "gelu_new",
+    },
     "MLP relu, no positions, unscaled": {
         "attn_only": False,
         "act_fn": "relu",
@@ -48,6 +53,9 @@ def test_transformer_lens_gives_our_logits_and_hook_z(variant: str, tmp_path: Pa
     our_logits, our_cache = ours.run_with_cache(tokens)
     tl_logits, tl_cache = tl.run_with_cache(tokens)
     torch.testing.assert_close(tl_logits, our_logits, atol=1e-5, rtol=1e-4)
+    if not ours.cfg.attn_only:  # where the activations differ by more than the logits show (gelu's forms)
+        x = torch.linspace(-4, 4, 81)
+        torch.testing.assert_close(tl.blocks[0].mlp.act_fn(x), ours.blocks[0].mlp.act(x), atol=1e-6, rtol=0)
     for layer in range(2):
         for hook in ("attn.hook_z", "attn.hook_pattern", "hook_resid_post"):
             name = f"blocks.{layer}.{hook}"

@@ -16,13 +16,19 @@ import pytest
 import torch
 
 from conftest import TINY_BURSTY, TINY_FEWSHOT, TINY_READOUT_MODEL, tiny_config
-from icl_lab.config import Duration, ScheduleConfig
-from icl_lab.errors import ConfigError, RunStoreError
+from icl_lab.config import Duration, OptimizerConfig, ScheduleConfig
+from icl_lab.errors import ComponentError, ConfigError, RunStoreError
 from icl_lab.experiment import load_config
 from icl_lab.store.checkpoints import checkpoint_paths
 from icl_lab.store.run import Run, list_runs
-from icl_lab.training.optim import clip_grad_norm_per_member, lr_at
-from icl_lab.training.trainer import resume, train
+from icl_lab.training.optim import (
+    build_optimizer,
+    clip_grad_norm_per_member,
+    functional_update,
+    lr_at,
+    optimizer_state,
+)
+from icl_lab.training.trainer import Trainer, resume, train
 
 
 def final_params(run: Run) -> dict[str, torch.Tensor]:
@@ -205,6 +211,59 @@ def test_gradient_clipping_per_member_matches_torch_for_each_member() -> None:
         assert norms[m].item() == pytest.approx(expected_norm.item(), rel=1e-5)
         for p, t in zip(params, tensors, strict=True):
             assert torch.allclose(p.grad[m], t.grad, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["adamw", "sgd"])
+@pytest.mark.parametrize("how", ["step", "functional"])
+def test_weight_decay_leaves_the_undecayed_parameters_alone(name: str, how: str) -> None:
+    """With zero gradients an update is the weight decay alone: AdamW's p (1 - lr wd), SGD's p - lr
+    wd p; a parameter flagged undecayed stays where it is, by step() (its own param group) and by
+    functional_update (the compiled step's) alike, whichever order the flags come in."""
+    cfg = OptimizerConfig(name=name, lr=0.1, weight_decay=0.5)
+    kept, decayed = torch.ones(2, requires_grad=True), torch.ones(3, requires_grad=True)
+    params, undecayed = [kept, decayed], [True, False]
+    optimizer = build_optimizer(params, cfg, undecayed=undecayed)
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.5, 0.0]
+    assert optimizer.param_groups[1]["params"] == [kept]
+    if how == "step":
+        for p in params:
+            p.grad = torch.zeros_like(p)
+        optimizer.step()
+    else:
+        state = optimizer_state(optimizer, params)
+        grads = [torch.zeros_like(p) for p in params]
+        functional_update(cfg, [p.detach() for p in params], grads, state, 0.1, undecayed)
+    assert torch.equal(kept.detach(), torch.ones(2))
+    assert torch.allclose(decayed.detach(), torch.full((3,), 0.95))
+
+
+def test_a_model_s_undecayed_parameters_form_the_optimiser_s_second_group(tmp_path: Path) -> None:
+    """S4D-Inv's step sizes and modes (Gu et al.'s code trains them without weight decay); a model
+    naming a parameter it does not have is refused."""
+    model = {
+        "name": "mixer_lm",
+        "mixer": "s4d",
+        "s4d_init": "inv",
+        "d_state": 8,
+        "n_layers": 1,
+        "d_model": 16,
+    }
+    adamw = {"name": "adamw", "lr": 0.01, "weight_decay": 0.1}
+    config = tiny_config(model=model, training={"optimizer": adamw, "length": {"steps": 1}})
+    trainer = Trainer(Run.create([config], tmp_path / "run"), progress=False)
+    exempt = {"blocks.0.mixer.log_dt", "blocks.0.mixer.A_log", "blocks.0.mixer.A_imag"}
+    assert trainer.model.no_weight_decay() == exempt
+    second = trainer.state.optimizer.param_groups[1]
+    assert second["weight_decay"] == 0.0
+    assert {id(p) for p in second["params"]} == {id(trainer.state.params[n]) for n in exempt}
+    real = tiny_config(model={**model, "s4d_init": "real"}, training={"optimizer": adamw})
+    assert (
+        len(Trainer(Run.create([real], tmp_path / "real"), progress=False).state.optimizer.param_groups) == 1
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(type(trainer.model), "no_weight_decay", lambda self: {"blocks.0.mixer.nothing"})
+        with pytest.raises(ComponentError, match=r"exempts no parameter named 'blocks\.0\.mixer\.nothing'"):
+            Trainer(Run.create([config], tmp_path / "other"), progress=False)
 
 
 def test_schedules_follow_their_formulas() -> None:

@@ -54,7 +54,7 @@ def tl_config(model: Model, model_name: str = "icl-lab") -> dict[str, Any]:
         "d_vocab": io.d_vocab,
         "d_vocab_out": io.d_out,
         "attn_only": cfg.attn_only,
-        "act_fn": None if cfg.attn_only else cfg.act_fn,  # ours is exact (erf) GELU, TL's "gelu"
+        "act_fn": None if cfg.attn_only else cfg.act_fn,  # TL's names: gelu exact (erf), gelu_new tanh
         "normalization_type": "LN" if cfg.norm == "pre" else None,
         "eps": 1e-5,
         "positional_embedding_type": "rotary" if cfg.positional == "rope" else "standard",

@@ -82,6 +82,16 @@ class Model(HookedModule):
     def batched(self, vmapped: bool) -> None:
         """Told whether it will run under torch.func.vmap (some fused kernels have no batching rule)."""
 
+    def no_weight_decay(self) -> set[str]:
+        """Names of the parameters the optimiser's weight decay leaves alone (its submodules' own
+        no_weight_decay, prefixed by where they sit)."""
+        return {
+            f"{prefix}.{name}" if prefix else name
+            for prefix, module in self.named_modules()
+            if module is not self and hasattr(module, "no_weight_decay")
+            for name in module.no_weight_decay()
+        }
+
     @classmethod
     def ensemble_refusal(cls, cfg: ModelConfig) -> str | None:
         """Why members of this model cannot train as one vmapped ensemble, or None."""

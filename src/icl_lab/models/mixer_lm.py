@@ -36,6 +36,10 @@ class MixerLMConfig(ModelConfig):
         "retnet",
         "mixer_bias",
         "recurrent_init",
+        "gla_yang",
+        "attn_dropout",
+        "s4d_init",
+        "act_fn",
     )
     mixer: Mixer
     n_layers: PositiveInt = 2
@@ -66,6 +70,24 @@ class MixerLMConfig(ModelConfig):
         False,
         description="biases on the query, key, value, gate and output maps of linear attention, "
         "retention and GLA",
+    )
+    gla_yang: bool = Field(
+        False,
+        description="GLA as Yang et al.'s layer (as Akyuerek et al.'s code runs it): queries and keys "
+        "half the width, keys scaled by 1/sqrt(d_model / n_heads), biases on the output gate and the "
+        "decay map's second layer only, a per-head LayerNorm without gain or bias",
+    )
+    attn_dropout: float = Field(
+        0.0, ge=0, lt=1, description="dropout on unnormalised linear attention's scores, in training"
+    )
+    s4d_init: Literal["real", "inv"] = Field(
+        "real",
+        description="S4D's state space: real: S4D-Real (A_n = -(n + 1/2), B = 1, D = 1); inv: S4D-Inv "
+        "as Gu et al.'s code (d_state / 2 complex modes shared by the channels, random B folded into "
+        "C, D ~ N(0, 1), no weight decay on step sizes and modes)",
+    )
+    act_fn: Literal["gelu", "gelu_new"] = Field(
+        "gelu", description="the MLPs' activation: gelu exact (erf), gelu_new its tanh approximation"
     )
     ngram_layers: list[NgramLayerConfig] = Field(default_factory=list)
     embed_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the embedded tokens, in training")
@@ -99,6 +121,16 @@ class MixerLMConfig(ModelConfig):
             raise ValueError("mixer_bias applies to linear_attention, retention and gla only")
         if self.retnet and self.mixer != "retention":
             raise ValueError("retnet applies to retention only")
+        if self.gla_yang and self.mixer != "gla":
+            raise ValueError("gla_yang applies to gla only")
+        if self.gla_yang and self.d_model % (2 * self.n_heads):
+            raise ValueError(
+                f"gla_yang splits half of d_model ({self.d_model}) into n_heads ({self.n_heads}) keys"
+            )
+        if self.attn_dropout and (self.mixer, self.feature_map) != ("linear_attention", "none"):
+            raise ValueError("attn_dropout applies to linear_attention with feature_map none only")
+        if self.s4d_init != "real" and self.mixer != "s4d":
+            raise ValueError("s4d_init applies to s4d only")
         if self.retnet and self.d_model // self.n_heads % 2:
             raise ValueError(
                 f"retnet rotates pairs: d_model / n_heads ({self.d_model // self.n_heads}) must be even"
@@ -122,7 +154,7 @@ class MixerBlock(nn.Module):
         elif cfg.mixer == "mamba":
             self.mixer = Mamba(d, cfg.d_state, cfg.expand)
         elif cfg.mixer == "s4d":
-            self.mixer = S4D(d, cfg.d_state)
+            self.mixer = S4D(d, cfg.d_state, inverse=cfg.s4d_init == "inv")
         else:
             self.mixer = LinearAttention(
                 cfg.mixer,
@@ -132,10 +164,13 @@ class MixerBlock(nn.Module):
                 cfg.feature_map,
                 cfg.mixer_bias,
                 cfg.retnet,
+                cfg.gla_yang,
+                cfg.attn_dropout,
             )
         if cfg.mlp:
             self.ln2 = nn.LayerNorm(d)
-            self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+            gelu = nn.GELU("tanh" if cfg.act_fn == "gelu_new" else "none")
+            self.mlp = nn.Sequential(nn.Linear(d, 4 * d), gelu, nn.Linear(4 * d, d))
         self.hook_resid_post = HookPoint()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -206,15 +241,13 @@ class MixerLM(Model):
             leaf = name.rsplit(".", 1)[-1]
             with torch.no_grad():
                 owner = self.get_submodule(name.rsplit(".", 1)[0])
-                if leaf == "A_log":  # Mamba: A_n = -(n + 1); S4D-Real: A_n = -(n + 1/2)
-                    start = 0.5 if isinstance(owner, S4D) else 1.0
+                if isinstance(owner, S4D):  # its own, drawn in its order at its first parameter
+                    if leaf == "log_dt":
+                        owner.reset_parameters(generator)
+                elif leaf == "A_log":  # Mamba: A_n = -(n + 1)
                     p.copy_(
-                        torch.log(start + torch.arange(p.shape[1], dtype=p.dtype, device=p.device)).expand_as(
-                            p
-                        )
+                        torch.log(1 + torch.arange(p.shape[1], dtype=p.dtype, device=p.device)).expand_as(p)
                     )
-                elif leaf == "log_dt":
-                    p.uniform_(math.log(1e-3), math.log(1e-1), generator=generator)
                 elif name.endswith("dt_proj.bias"):  # softplus(bias) log-uniform in [0.001, 0.1]
                     dt = (
                         torch.empty_like(p)
@@ -228,8 +261,6 @@ class MixerLM(Model):
                     p.fill_(1.0)
                 elif name.endswith("keep.weight"):
                     p.copy_(torch.eye(p.shape[0]))
-                elif leaf == "C":
-                    p.normal_(0.0, 1.0, generator=generator)
                 elif name == "embed.weight":
                     p.normal_(0.0, self.cfg.embed_std, generator=generator)
                 elif name.startswith(("pos_embed.", "unembed.weight")):

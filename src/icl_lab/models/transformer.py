@@ -5,6 +5,7 @@ d_model; ...), and so do hook names and activation layouts (hook_z: batch, pos, 
 hook_pattern: batch, head, query, key). Read top to bottom: norm -> attention -> MLP -> block -> model.
 """
 
+import functools
 import itertools
 import math
 from typing import Literal
@@ -40,7 +41,9 @@ class TransformerConfig(ModelConfig):
     d_head: PositiveInt | None = Field(None, description="default: d_model // n_heads")
     attn_only: bool = False
     d_mlp: PositiveInt | None = Field(None, description="default: 4 * d_model")
-    act_fn: Literal["relu", "gelu"] = "gelu"
+    act_fn: Literal["relu", "gelu", "gelu_new"] = Field(
+        "gelu", description="the MLPs' activation: gelu exact (erf), gelu_new its tanh approximation"
+    )
     norm: Literal["none", "pre", "post"] = "pre"
     final_norm: bool | None = Field(None, description="LayerNorm before the output; default: norm == pre")
     positional: Literal["learned", "sinusoidal", "rope", "none"] = "learned"
@@ -289,7 +292,11 @@ class MLP(nn.Module):
         self.W_out = nn.Parameter(torch.empty(d_mlp, cfg.d_model))
         self.b_in = nn.Parameter(torch.zeros(d_mlp)) if cfg.bias else None
         self.b_out = nn.Parameter(torch.zeros(cfg.d_model)) if cfg.bias else None
-        self.act = F.relu if cfg.act_fn == "relu" else F.gelu
+        self.act = {
+            "relu": F.relu,
+            "gelu": F.gelu,
+            "gelu_new": functools.partial(F.gelu, approximate="tanh"),
+        }[cfg.act_fn]
         self.hook_pre, self.hook_post = HookPoint(), HookPoint()
 
     def forward(self, x: Tensor) -> Tensor:

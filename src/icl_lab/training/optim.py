@@ -10,18 +10,27 @@ from torch.optim.sgd import sgd
 from icl_lab.config import OptimizerConfig, ScheduleConfig
 
 
-def build_optimizer(params: list[Tensor], cfg: OptimizerConfig, fused: bool = False) -> torch.optim.Optimizer:
+def build_optimizer(
+    params: list[Tensor], cfg: OptimizerConfig, fused: bool = False, undecayed: list[bool] | None = None
+) -> torch.optim.Optimizer:
     """SGD (with momentum), Adam or AdamW over the given leaf tensors. `fused`: Adam's and AdamW's
     one-kernel update (the same update up to rounding, in about half the time of the per-tensor
     one on a CPU), for steps that are not compiled (a compiled step fuses the update itself).
     Unfused on a GPU, Adam is `capturable`: its step counts live there, so that a compiled step
-    (and its CUDA graphs) reads and updates no CPU tensor."""
+    (and its CUDA graphs) reads and updates no CPU tensor. `undecayed` flags the parameters that
+    take no weight decay: a second param group, after the first."""
+    groups: list = params
+    if undecayed and any(undecayed):
+        groups = [
+            {"params": [p for p, u in zip(params, undecayed, strict=True) if not u]},
+            {"params": [p for p, u in zip(params, undecayed, strict=True) if u], "weight_decay": 0.0},
+        ]
     if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     optimizer = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
     capturable = not fused and params[0].is_cuda
     return optimizer(
-        params,
+        groups,
         lr=cfg.lr,
         betas=cfg.betas,
         eps=cfg.eps,
@@ -54,16 +63,17 @@ def clip_grad_norm_per_member(grads: list[Tensor], max_norm: float) -> Tensor:
     return norms
 
 
-def optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, list[Tensor]]:
-    """The optimiser's per-parameter state tensors by name (Adam: step, exp_avg, exp_avg_sq; SGD with
-    momentum: momentum_buffer), created as its first step() creates them where it has none yet."""
-    group = optimizer.param_groups[0]
+def optimizer_state(optimizer: torch.optim.Optimizer, params: list[Tensor]) -> dict[str, list[Tensor]]:
+    """The optimiser's state tensors of `params` (in that order) by name (Adam: step, exp_avg,
+    exp_avg_sq; SGD with momentum: momentum_buffer), created as its first step() creates them where
+    it has none yet."""
+    group = optimizer.param_groups[0]  # the groups differ in weight decay only
     names = (
         ["momentum_buffer"] if isinstance(optimizer, torch.optim.SGD) else ["step", "exp_avg", "exp_avg_sq"]
     )
     if isinstance(optimizer, torch.optim.SGD) and not group["momentum"]:
         return {}
-    for p in group["params"]:
+    for p in params:
         state = optimizer.state[p]
         if not state:
             # SGD's first step copies the gradient into its buffer: momentum x 0 + gradient is the same
@@ -71,7 +81,7 @@ def optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, list[Tensor]]
             if "step" in names:  # as Adam's _init_group makes it: on the CPU unless capturable
                 on_device = group["capturable"] or group["fused"]
                 state["step"] = torch.zeros((), device=p.device) if on_device else torch.tensor(0.0)
-    return {name: [optimizer.state[p][name] for p in group["params"]] for name in names}
+    return {name: [optimizer.state[p][name] for p in params] for name in names}
 
 
 def functional_update(
@@ -80,11 +90,31 @@ def functional_update(
     grads: list[Tensor],
     state: dict[str, list[Tensor]],
     lr: Tensor | float,
+    undecayed: list[bool] | None = None,
 ) -> None:
-    """The update the step() of build_optimizer(params, cfg) makes at rate `lr`, in place on `params`
-    and `state` (optimizer_state's lists or copies of them), through torch.optim's own functional
-    kernels: traceable into one graph with the gradients (step() breaks a compiled graph twice).
-    It reads the config, not the optimiser, whose learning rate a compiled graph would guard on."""
+    """The update the step() of build_optimizer(params, cfg, undecayed=undecayed) makes at rate
+    `lr`, in place on `params` and `state` (optimizer_state's lists or copies of them), through
+    torch.optim's own functional kernels: traceable into one graph with the gradients (step()
+    breaks a compiled graph twice). It reads the config, not the optimiser, whose learning rate a
+    compiled graph would guard on."""
+    undecayed = undecayed or [False] * len(params)
+    for skip in (False, True):
+        picked = [i for i, u in enumerate(undecayed) if u == skip]
+        if picked:
+            subset = {name: [tensors[i] for i in picked] for name, tensors in state.items()}
+            weight_decay = 0.0 if skip else cfg.weight_decay
+            _update([params[i] for i in picked], [grads[i] for i in picked], subset, cfg, lr, weight_decay)
+
+
+def _update(
+    params: list[Tensor],
+    grads: list[Tensor],
+    state: dict[str, list[Tensor]],
+    cfg: OptimizerConfig,
+    lr: Tensor | float,
+    weight_decay: float,
+) -> None:
+    """One param group's update by torch.optim's functional kernel (functional_update's)."""
     if cfg.name == "sgd":
         momentum = {"momentum": cfg.momentum, "dampening": 0.0, "nesterov": False}  # SGD's defaults
         buffers = state.get("momentum_buffer", [None] * len(params))
@@ -92,7 +122,7 @@ def functional_update(
             params,
             grads,
             buffers,
-            weight_decay=cfg.weight_decay,
+            weight_decay=weight_decay,
             lr=lr,
             maximize=False,
             foreach=False,
@@ -113,7 +143,7 @@ def functional_update(
         beta1=cfg.betas[0],
         beta2=cfg.betas[1],
         lr=lr,
-        weight_decay=cfg.weight_decay,
+        weight_decay=weight_decay,
         eps=cfg.eps,
         capturable=not state["step"][0].is_cpu,  # the counts on a GPU: as build_optimizer made them
     )

@@ -232,9 +232,19 @@ class Trainer:
         every = cfg.checkpointing.every
         self.checkpoint_every = every.to_steps(batch_size, tokens) if every else None
         params = self._init_params()
+        exempt = self.model.no_weight_decay()
+        if unknown := sorted(exempt - set(params)):
+            raise ComponentError(
+                f"model {cfg.model.name!r} exempts no parameter named {unknown[0]!r} from weight decay"
+            )
+        self.undecayed = [name in exempt for name in params]
+        settings = cfg.training.optimizer
+        optimizer = build_optimizer(
+            list(params.values()), settings, fused=not self.compiled, undecayed=self.undecayed
+        )
         self.state = TrainState(
             params,
-            build_optimizer(list(params.values()), cfg.training.optimizer, fused=not self.compiled),
+            optimizer,
             [generator(m.seed, "data", device=self.device) for m in self.members],
             torch.zeros(len(self.members), device=self.device),
         )
@@ -320,7 +330,8 @@ class Trainer:
         before = None if same else [p.detach().clone() for p in state.params.values()]
         table_rows = batch.table_rows() if self.model.takes_table else {}
         args = (batch.inputs, batch.targets, batch.loss_mask, batch.meta, on, table_rows)
-        state.optimizer.param_groups[0]["lr"] = lr  # what a checkpoint records
+        for group in state.optimizer.param_groups:
+            group["lr"] = lr  # what a checkpoint records
         if not self.model.training:  # evaluate_all switched it to eval mode
             self.model.train()
         with self._dropout_masks():
@@ -384,7 +395,7 @@ class Trainer:
         loss is not finite."""
         self._lr.fill_(lr)  # in place: the graph reads the rate as a tensor input
         params = {k: p.detach() for k, p in self.state.params.items()}
-        state = optimizer_state(self.state.optimizer)
+        state = optimizer_state(self.state.optimizer, list(self.state.params.values()))
         if self.cuda_graphs:  # updated in place by the replayed graph: fixed addresses, not copies
             for t in [*params.values(), *itertools.chain(*state.values())]:
                 torch._dynamo.mark_static_address(t, guard=False)  # new views each step: no id guard
@@ -427,7 +438,7 @@ class Trainer:
         olds = [list(params.values()), *state.values()]
         news = [[t.clone() for t in ts] for ts in olds]  # compiled, the copies cost nothing
         settings, updated = self.run.config.training.optimizer, dict(zip(state, news[1:], strict=True))
-        functional_update(settings, news[0], list(grads.values()), updated, lr)
+        functional_update(settings, news[0], list(grads.values()), updated, lr, self.undecayed)
         finite = torch.isfinite(losses).all()
         for old, new in zip(itertools.chain(*olds), itertools.chain(*news), strict=True):
             old.copy_(torch.where(finite.to(old.device), new, old))
