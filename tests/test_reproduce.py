@@ -533,6 +533,12 @@ def test_icll_full_mode_builds_each_architecture_at_the_authors_size() -> None:
     assert widths["mamba"] == (1, 128) and not hasattr(models["mamba"].blocks[0], "ln1")
     assert widths["gla"] == (4, 128) and widths["retention"] == (2, 32)
     assert widths["linear_attention+ngram"] == widths["linear_attention"] == (8, 128)
+    assert all(m.cfg.act_fn == "gelu_new" for name, m in models.items() if name not in bare)
+    assert configs["gla"].model.gla_yang and configs["retention"].model.retnet
+    assert configs["linear_attention"].model.attn_dropout == 0.1
+    assert models["s4d"].no_weight_decay() == {
+        f"blocks.{i}.mixer.{p}" for i in (0, 1) for p in ("log_dt", "A_log", "A_imag")
+    }
 
 
 @REPRODUCTIONS.register("hernandez-tiny-test")

@@ -74,9 +74,10 @@ def architectures(quick: bool) -> dict[str, dict]:
     # 0.1 on the embeddings (experiment/dfa/*.yaml), GPT-2's init (_init_weights l.415-444) and the
     # unembedding tied to the token embedding (l.537-538); and lm_simple_noffn for Mamba and LSTM: the
     # mixer alone on the embeddings (PyTorch's N(0, 1), no _init_weights), no norms, residuals or MLP,
-    # tied, and no dropout (its dropped embeddings are not used, l.583-590)
+    # tied, and no dropout (its dropped embeddings are not used, l.583-590); the MLPs' GELU is tanh's
+    # approximation (Mlp, l.388)
     tied = {"name": "mixer_lm", "tie_unembed": True}
-    mixer = {**tied, "embed_dropout": 0.1, "init": "gpt2"}
+    mixer = {**tied, "embed_dropout": 0.1, "init": "gpt2", "act_fn": "gelu_new"}
     bare = {**tied, "layout": "bare", "mlp": False, "embed_std": 1.0}
     recurrent = {**bare, "recurrent_init": "keras"}  # their LSTMLayer's _reinitialize (rnn/lstm.py)
     transformer = {
@@ -85,15 +86,24 @@ def architectures(quick: bool) -> dict[str, dict]:
         "embed_dropout": 0.1,
         "init": "gpt2",
         "tie_unembed": True,
+        "act_fn": "gelu_new",
     }
     models = {"mamba": {**bare, "mixer": "mamba", **sizes["mamba"]}}
     models |= {m: {**mixer, "mixer": m, **sizes[m]} for m in ("gla", "retention", "linear_attention")}
     models["retention"] |= {"retnet": True}  # RetNet's MultiScaleRetention (rnn/retention.py)
-    models["s4d"] = {**mixer, "mixer": "s4d", "d_state": 64, **sizes["s4d"]}  # configs/model/layer/s4d.yaml
+    models["gla"] |= {"gla_yang": True}  # Yang et al.'s GatedLinearAttention (rnn/gla.py)
+    # S4D-Inv with 32 complex modes, its own init (ssm/s4d.py) and no weight decay on its step sizes and
+    # modes (l.127-131, train.py configure_optimizers); configs/model/layer/s4d.yaml
+    models["s4d"] = {**mixer, "mixer": "s4d", "d_state": 64, "s4d_init": "inv", **sizes["s4d"]}
     # their linear transformer: the transformer's attention with raw scaled scores, no feature map or
-    # normalisation, biases on its maps (MHA l.106, l.146), learned positions (simple_lm.py SelfAttention,
-    # linear_transformer.yaml)
-    models["linear_attention"] |= {"feature_map": "none", "positional": "learned", "mixer_bias": True}
+    # normalisation, dropout 0.1 on those scores, biases on its maps (MHA l.106, l.146), learned
+    # positions (simple_lm.py SelfAttention, linear_transformer.yaml)
+    models["linear_attention"] |= {
+        "feature_map": "none",
+        "positional": "learned",
+        "mixer_bias": True,
+        "attn_dropout": 0.1,
+    }
     models |= {
         "linear_attention+ngram": {**models["linear_attention"], "ngram_layers": HYBRID_LAYERS},
         # their RoPE transformer's attention has no dropout (layer/mha-rope.yaml)
