@@ -512,6 +512,14 @@ def test_gla_yang_is_its_recurrence() -> None:
     torch.testing.assert_close(attention(x), expected, rtol=1e-4, atol=1e-5)
     assert attention.gate.bias is not None and attention.qkv.bias is None and attention.out.bias is None
     assert attention.decay[1].bias is not None and not hasattr(attention, "norm")
+    with torch.no_grad():  # gates far enough below 0 that their log-decays, -4 a step, are clamped at -3
+        attention.decay[1].bias.fill_(-64.0)
+    log_decay = torch.nn.functional.logsigmoid(attention.decay(x)).view(B, T, H, 4) / 16
+    assert log_decay.max() < -3.5
+    y = sequential_recurrence(q, k, v, log_decay.clamp(min=-3))
+    y = torch.nn.functional.layer_norm(y, (8,)).reshape(B, T, d)
+    expected = attention.out(y * torch.nn.functional.silu(attention.gate(x)))
+    torch.testing.assert_close(attention(x), expected, rtol=1e-4, atol=1e-5)
     with pytest.raises(Exception, match="gla_yang applies to gla only"):
         config_of("retention", gla_yang=True)
     with pytest.raises(Exception, match=r"gla_yang splits half of d_model \(12\) into n_heads \(4\) keys"):
@@ -555,6 +563,10 @@ def test_s4d_inv_is_its_complex_recurrence_and_starts_where_its_code_does() -> N
     n = torch.arange(8)
     torch.testing.assert_close(layer.A_imag[0], N / math.pi * (N / (2 * n + 1.0) - 1))
     assert layer.D.std().item() == pytest.approx(1.0, rel=0.1) and layer.D.mean().abs() < 5 / 512**0.5
+    # C = C0 B with C0 unit complex normal and B scaled so that 2 sum_n |B_n / w_n|^2 = 1 (w_n with
+    # real part -1/2): over 512 channels, 2 sum_n mean |C_n|^2 / |w_n|^2 is that sum
+    w2 = 0.25 + layer.A_imag[0] ** 2
+    assert (2 * (layer.C.square().sum(-1).mean(0) / w2).sum()).item() == pytest.approx(1.0, rel=0.1)
     assert math.log(1e-3) <= layer.log_dt.min() and layer.log_dt.max() <= math.log(1e-1)
     layer = model_for("s4d_inv").blocks[0].mixer
     with torch.no_grad():

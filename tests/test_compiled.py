@@ -40,8 +40,8 @@ MIXER = {
     "chunk": 8,
 }
 MAMBA = {"name": "mixer_lm", "mixer": "mamba", "n_layers": 1, "d_model": 16}
-# complex modes (computed in complex arithmetic), and parameters without weight decay (a second
-# param group eager, a second functional update compiled)
+# complex modes (as pairs of reals), and parameters without weight decay (a second param group
+# eager, a second functional update compiled), in members at different learning rates
 S4D_INV = {"name": "mixer_lm", "mixer": "s4d", "s4d_init": "inv", "d_state": 8, "n_layers": 1, "d_model": 16}
 ADAMW = {**ADAM, "optimizer": {"name": "adamw", "lr": 0.01, "weight_decay": 0.5}}
 # no biases: the key bias's gradient is zero up to rounding (softmax ignores a shift common to a
@@ -73,7 +73,14 @@ def trained_params(members: list[ExperimentConfig], mode: str, tmp_path: Path) -
         # compiled: the native kernels inside the compiled step; eager: torch's scan and conv
         pytest.param([tiny_config(training=SGD, model=MAMBA)], None, id="mamba-native-kernels"),
         pytest.param(
-            [tiny_config(training=ADAMW, model=S4D_INV, seed=s) for s in (0, 1)], None, id="s4d-inv-ensemble"
+            [
+                tiny_config(
+                    training={**ADAMW, "optimizer": {**ADAMW["optimizer"], "lr": lr}}, model=S4D_INV, seed=s
+                )
+                for s, lr in ((0, 0.01), (1, 0.02))
+            ],
+            None,
+            id="s4d-inv-ensemble",
         ),
         pytest.param(
             [

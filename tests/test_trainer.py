@@ -124,9 +124,28 @@ def test_run_creation_interrupted_leaves_no_run_behind(tmp_path: Path, monkeypat
     assert not list(tmp_path.glob(".u002.*")), "the staging directory is removed"
 
 
-@pytest.mark.parametrize("last_kept", [4, 0, None])
-def test_resume_from_a_checkpoint_is_bit_identical(tmp_path: Path, last_kept: int | None) -> None:
-    full = train(tiny_config(), str(tmp_path / "a"), progress=False)
+S4D_INV_ADAMW = {  # an optimiser of two param groups (S4D-Inv's undecayed step sizes and modes)
+    "model": {
+        "name": "mixer_lm",
+        "mixer": "s4d",
+        "s4d_init": "inv",
+        "d_state": 8,
+        "n_layers": 1,
+        "d_model": 16,
+    },
+    "training": {"optimizer": {"name": "adamw", "lr": 0.01, "weight_decay": 0.5}, "length": {"steps": 12}},
+}
+
+
+@pytest.mark.parametrize(
+    ("last_kept", "sections"),
+    [(4, {}), (0, {}), (None, {}), (4, S4D_INV_ADAMW)],
+    ids=["4", "0", "none", "4-two-groups"],
+)
+def test_resume_from_a_checkpoint_is_bit_identical(
+    tmp_path: Path, last_kept: int | None, sections: dict
+) -> None:
+    full = train(tiny_config(**sections), str(tmp_path / "a"), progress=False)
     cut = killed_copy(full, tmp_path / "b", last_kept)
     assert_identical_runs(full, resume(Run.open(cut), progress=False))
 

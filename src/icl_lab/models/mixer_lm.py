@@ -75,7 +75,8 @@ class MixerLMConfig(ModelConfig):
         False,
         description="GLA as Yang et al.'s layer (as Akyuerek et al.'s code runs it): queries and keys "
         "half the width, keys scaled by 1/sqrt(d_model / n_heads), biases on the output gate and the "
-        "decay map's second layer only, a per-head LayerNorm without gain or bias",
+        "decay map's second layer only, a per-head LayerNorm without gain or bias, log-decays clamped "
+        "at -3 a step (set chunk <= 26 so that the recurrence's own clamp, -80 / chunk, is lower)",
     )
     attn_dropout: float = Field(
         0.0, ge=0, lt=1, description="dropout on unnormalised linear attention's scores, in training"

@@ -52,7 +52,7 @@ class LinearAttention(nn.Module):
     and a per-head LayerNorm without gain or bias (that undoes both scalings but for its eps).
     `gla_yang` makes GLA Yang et al.'s layer as that code runs it: queries and keys half the width,
     keys scaled by 1 / sqrt(d / heads), biases on the output gate and on the decay map's second
-    layer only, and the same per-head LayerNorm. `attn_dropout` drops unnormalised linear
+    layer only, log-decays clamped at -3 a step, and the same per-head LayerNorm. `attn_dropout` drops unnormalised linear
     attention's scores in training (as the linear transformer of that code does)."""
 
     def __init__(
@@ -69,7 +69,12 @@ class LinearAttention(nn.Module):
     ) -> None:
         super().__init__()
         self.kind, self.heads, self.chunk = kind, heads, chunk
-        self.feature_map, self.retnet, self.attn_dropout = feature_map, retnet, attn_dropout
+        self.feature_map, self.retnet, self.gla_yang, self.attn_dropout = (
+            feature_map,
+            retnet,
+            gla_yang,
+            attn_dropout,
+        )
         dv, bias = (2 * d, True) if retnet else (d, bias)
         self.dk = d // 2 if gla_yang else d  # the queries' and keys' width
         self.scale = math.sqrt(d // heads if gla_yang else self.dk // heads)  # scores' divisor
@@ -105,7 +110,10 @@ class LinearAttention(nn.Module):
             return self.out((y / sums.clamp(min=1e-6)).reshape(B, T, -1))
         q = q / self.scale
         if self.kind == "gla":
-            y = linear_recurrence(q, k, v, _heads(F.logsigmoid(self.decay(x)) / 16, self.heads), self.chunk)
+            log_decay = F.logsigmoid(self.decay(x)) / 16
+            if self.gla_yang:  # as their kernels: no less than -3 a step (not below -80 / chunk either)
+                log_decay = log_decay.clamp(min=-3.0)
+            y = linear_recurrence(q, k, v, _heads(log_decay, self.heads), self.chunk)
         elif not self.retnet:
             y = linear_recurrence(q, k, v, self.log_gamma, self.chunk)
         else:
@@ -189,7 +197,7 @@ class S4D(nn.Module):
         N = 2 * len(n)
         self.A_log.fill_(math.log(0.5 + 1e-4))  # as theirs: log(-Re(w) + 1e-4)
         self.A_imag.copy_(N / math.pi * (N / (1 + 2 * n) - 1))
-        w = torch.complex(-self.A_log.exp(), self.A_imag)[0]  # (N/2,)
+        w = torch.complex(torch.full_like(n, -0.5), self.A_imag[0])  # (N/2,), before theirs adds 1e-4
         B = torch.complex(*torch.randn(2, len(n), generator=generator, device=n.device) / math.sqrt(2))
         B = B / (2 * (B / w).abs().square().sum()).sqrt()  # unit variance of the kernel's sum
         C = torch.complex(

@@ -91,7 +91,9 @@ def architectures(quick: bool) -> dict[str, dict]:
     models = {"mamba": {**bare, "mixer": "mamba", **sizes["mamba"]}}
     models |= {m: {**mixer, "mixer": m, **sizes[m]} for m in ("gla", "retention", "linear_attention")}
     models["retention"] |= {"retnet": True}  # RetNet's MultiScaleRetention (rnn/retention.py)
-    models["gla"] |= {"gla_yang": True}  # Yang et al.'s GatedLinearAttention (rnn/gla.py)
+    # Yang et al.'s GatedLinearAttention (rnn/gla.py) in its chunks of 16 (attn_chunk_size), where the
+    # log-decays' clamp at -3 is theirs, not the recurrence's at -80 / chunk
+    models["gla"] |= {"gla_yang": True, "chunk": 16}
     # S4D-Inv with 32 complex modes, its own init (ssm/s4d.py) and no weight decay on its step sizes and
     # modes (l.127-131, train.py configure_optimizers); configs/model/layer/s4d.yaml
     models["s4d"] = {**mixer, "mixer": "s4d", "d_state": 64, "s4d_init": "inv", **sizes["s4d"]}
