@@ -259,15 +259,7 @@ def test_weight_decay_leaves_the_undecayed_parameters_alone(name: str, how: str)
 def test_a_model_s_undecayed_parameters_form_the_optimiser_s_second_group(tmp_path: Path) -> None:
     """S4D-Inv's step sizes and modes (Gu et al.'s code trains them without weight decay); a model
     naming a parameter it does not have is refused."""
-    model = {
-        "name": "mixer_lm",
-        "mixer": "s4d",
-        "s4d_init": "inv",
-        "d_state": 8,
-        "n_layers": 1,
-        "d_model": 16,
-    }
-    adamw = {"name": "adamw", "lr": 0.01, "weight_decay": 0.1}
+    model, adamw = S4D_INV_ADAMW["model"], S4D_INV_ADAMW["training"]["optimizer"]
     config = tiny_config(model=model, training={"optimizer": adamw, "length": {"steps": 1}})
     trainer = Trainer(Run.create([config], tmp_path / "run"), progress=False)
     exempt = {"blocks.0.mixer.log_dt", "blocks.0.mixer.A_log", "blocks.0.mixer.A_imag"}

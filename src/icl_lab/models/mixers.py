@@ -52,8 +52,8 @@ class LinearAttention(nn.Module):
     and a per-head LayerNorm without gain or bias (that undoes both scalings but for its eps).
     `gla_yang` makes GLA Yang et al.'s layer as that code runs it: queries and keys half the width,
     keys scaled by 1 / sqrt(d / heads), biases on the output gate and on the decay map's second
-    layer only, log-decays clamped at -3 a step, and the same per-head LayerNorm. `attn_dropout` drops unnormalised linear
-    attention's scores in training (as the linear transformer of that code does)."""
+    layer only, log-decays clamped at -3 a step, and the same per-head LayerNorm. `attn_dropout`
+    drops unnormalised linear attention's scores in training (as that code's linear transformer)."""
 
     def __init__(
         self,
