@@ -580,3 +580,5 @@ def test_s4d_inv_is_its_complex_recurrence_and_starts_where_its_code_does() -> N
     torch.testing.assert_close(layer(x), expected, rtol=1e-4, atol=1e-4)
     with pytest.raises(Exception, match="s4d_init applies to s4d only"):
         config_of("mamba", s4d_init="inv")
+    with pytest.raises(Exception, match=r"d_state \(15\) must be even"):
+        config_of("s4d_inv", d_state=15)

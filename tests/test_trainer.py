@@ -273,7 +273,10 @@ def test_a_model_s_undecayed_parameters_form_the_optimiser_s_second_group(tmp_pa
     )
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(type(trainer.model), "no_weight_decay", lambda self: {"blocks.0.mixer.nothing"})
-        with pytest.raises(ComponentError, match=r"exempts no parameter named 'blocks\.0\.mixer\.nothing'"):
+        with pytest.raises(
+            ComponentError,
+            match=r"names 'blocks\.0\.mixer\.nothing' in no_weight_decay\(\), a parameter it does not have",
+        ):
             Trainer(Run.create([config], tmp_path / "other"), progress=False)
 
 

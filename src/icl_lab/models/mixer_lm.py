@@ -132,6 +132,8 @@ class MixerLMConfig(ModelConfig):
             raise ValueError("attn_dropout applies to linear_attention with feature_map none only")
         if self.s4d_init != "real" and self.mixer != "s4d":
             raise ValueError("s4d_init applies to s4d only")
+        if self.s4d_init == "inv" and self.d_state % 2:
+            raise ValueError(f"s4d_init inv pairs conjugate modes: d_state ({self.d_state}) must be even")
         if self.retnet and self.d_model // self.n_heads % 2:
             raise ValueError(
                 f"retnet rotates pairs: d_model / n_heads ({self.d_model // self.n_heads}) must be even"

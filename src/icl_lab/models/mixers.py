@@ -7,8 +7,8 @@ in their queries, keys, values and decays:
 - gated linear attention (Yang et al.): data-dependent decays sigmoid(x W)^(1/16) per key dim;
 - Mamba (Gu and Dao): selective state space, decays exp(Delta_t A) per channel and state, after a
   causal depthwise convolution, gated by SiLU(z);
-- S4D (Gu et al., the real diagonal variant): a fixed diagonal state space per channel, ZOH,
-  computed as a causal convolution by FFT.
+- S4D (Gu et al., the real diagonal variant S4D-Real, or S4D-Inv's complex modes): a fixed diagonal
+  state space per channel, ZOH, computed as a causal convolution by FFT.
 """
 
 import math
@@ -69,12 +69,8 @@ class LinearAttention(nn.Module):
     ) -> None:
         super().__init__()
         self.kind, self.heads, self.chunk = kind, heads, chunk
-        self.feature_map, self.retnet, self.gla_yang, self.attn_dropout = (
-            feature_map,
-            retnet,
-            gla_yang,
-            attn_dropout,
-        )
+        self.feature_map, self.retnet = feature_map, retnet
+        self.gla_yang, self.attn_dropout = gla_yang, attn_dropout
         dv, bias = (2 * d, True) if retnet else (d, bias)
         self.dk = d // 2 if gla_yang else d  # the queries' and keys' width
         self.scale = math.sqrt(d // heads if gla_yang else self.dk // heads)  # scores' divisor
@@ -238,5 +234,5 @@ class S4D(nn.Module):
 
 
 def _complex_product(z: tuple[Tensor, Tensor], w: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-    """(real, imaginary) parts of z w, from theirs."""
+    """The product of two complex numbers given as (real, imaginary) pairs, as such a pair."""
     return z[0] * w[0] - z[1] * w[1], z[0] * w[1] + z[1] * w[0]

@@ -235,7 +235,8 @@ class Trainer:
         exempt = self.model.no_weight_decay()
         if unknown := sorted(exempt - set(params)):
             raise ComponentError(
-                f"model {cfg.model.name!r} exempts no parameter named {unknown[0]!r} from weight decay"
+                f"model {cfg.model.name!r} names {unknown[0]!r} in no_weight_decay(), "
+                "a parameter it does not have"
             )
         self.undecayed = [name in exempt for name in params]
         settings = cfg.training.optimizer
