@@ -26,7 +26,7 @@ from icl_lab.training.compiled import (
     should_compile,
 )
 from icl_lab.training.trainer import Trainer, resume, train
-from test_trainer import CUDA, killed_copy
+from test_trainer import CUDA, S4D_INV_ADAMW, killed_copy
 
 STEPS = 20
 ADAM = {"optimizer": {"name": "adam", "lr": 0.01}, "batch_size": 8, "length": {"steps": STEPS}}
@@ -42,7 +42,7 @@ MIXER = {
 MAMBA = {"name": "mixer_lm", "mixer": "mamba", "n_layers": 1, "d_model": 16}
 # complex modes (as pairs of reals), and parameters without weight decay (a second param group
 # eager, a second functional update compiled), in members at different learning rates
-S4D_INV = {"name": "mixer_lm", "mixer": "s4d", "s4d_init": "inv", "d_state": 8, "n_layers": 1, "d_model": 16}
+S4D_INV = S4D_INV_ADAMW["model"]
 ADAMW = {**ADAM, "optimizer": {"name": "adamw", "lr": 0.01, "weight_decay": 0.5}}
 # no biases: the key bias's gradient is zero up to rounding (softmax ignores a shift common to a
 # query's scores), and Adam would blow that rounding noise up into full-size steps

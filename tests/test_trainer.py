@@ -237,7 +237,8 @@ def test_gradient_clipping_per_member_matches_torch_for_each_member() -> None:
 def test_weight_decay_leaves_the_undecayed_parameters_alone(name: str, how: str) -> None:
     """With zero gradients an update is the weight decay alone: AdamW's p (1 - lr wd), SGD's p - lr
     wd p; a parameter flagged undecayed stays where it is, by step() (its own param group) and by
-    functional_update (the compiled step's) alike, whichever order the flags come in."""
+    functional_update (the compiled step's) alike, though it comes before the decayed one (the
+    groups put it after)."""
     cfg = OptimizerConfig(name=name, lr=0.1, weight_decay=0.5)
     kept, decayed = torch.ones(2, requires_grad=True), torch.ones(3, requires_grad=True)
     params, undecayed = [kept, decayed], [True, False]
