@@ -274,10 +274,13 @@ def test_runs_stored_before_new_config_fields_keep_their_hashes() -> None:
         "task.repeat={fraction: 0.5, epochs: 2}",
         "model.embed_dropout=0.1",
         "model.attn_dropout=0.1",
+        "training.schedule.warmup_start=0.0",
+        "training.schedule.decay_over=whole_run",
     ):
         assert load_config("induction", [later]).hash() != before["induction"], "a set field still counts"
     # icll's Mamba, seed 0, as its run stored on 2026-12-04 hashed it (before the mixer_lm fields of
-    # 2026-12-05: feature_map, positional, init, tie_unembed, layout, embed_std and the rest)
+    # 2026-12-05: feature_map, positional, init, tie_unembed, layout, embed_std and the rest, and the
+    # schedule's warmup_start and decay_over)
     from icl_lab.reproduce.icll import ICLL
 
     mamba = ICLL().experiments(quick=True)["mamba s0"]
@@ -289,7 +292,13 @@ def test_runs_stored_before_new_config_fields_keep_their_hashes() -> None:
         "n_heads": 4,
         "embed_dropout": 0.1,
     }
-    mamba = mamba.model_copy(update={"model": type(mamba.model).model_validate(stored)})
+    as_then = mamba.training.schedule.model_copy(update={"warmup_start": None, "decay_over": "after_warmup"})
+    mamba = mamba.model_copy(
+        update={
+            "model": type(mamba.model).model_validate(stored),
+            "training": mamba.training.model_copy(update={"schedule": as_then}),
+        }
+    )
     assert mamba.hash() == "7e5eed6debef8f3d"
     linear = mamba.model_copy(update={"model": mamba.model.model_copy(update={"mixer": "linear_attention"})})
     for later in (
@@ -325,12 +334,17 @@ def test_train_notes_what_a_valid_config_does_unexpectedly(cli, tmp_path: Path) 
             ],
         )
     )
+    unread = ["training.schedule.warmup_start=1e-6", "training.schedule.decay_over=whole_run"]
     assert notes == [
         "training.length: 100 sequences is 4 whole steps of 32 sequences, 128 sequences",
         "eval.every: 3,000 tokens is 2 whole steps of 2,048 tokens, 4,096 tokens",
         "training.schedule: the warm-up (50 steps) is not shorter than the run (4 steps): the learning "
         "rate never reaches 0.001",
         "training.optimizer.momentum is set but unread by the optimizer chosen",
+    ]
+    assert config_notes(load_config("induction", unread)) == [
+        "training.schedule.warmup_start is set but unread by the schedule chosen",
+        "training.schedule.decay_over is set but unread by the schedule chosen",
     ]
     assert config_notes(load_config("induction")) == []
     code, out, err = cli(

@@ -14,7 +14,7 @@ import torch
 
 from conftest import tiny_config
 from icl_lab.analysis.summary import summarise
-from icl_lab.config import Duration
+from icl_lab.config import Duration, ScheduleConfig
 from icl_lab.errors import IclLabError
 from icl_lab.experiment import ExperimentConfig, validate_config
 from icl_lab.reproduce import REPRODUCTIONS, Claim, reproduce, reproduce_all
@@ -536,6 +536,10 @@ def test_icll_full_mode_builds_each_architecture_at_the_authors_size() -> None:
     assert all(m.cfg.act_fn == "gelu_new" for name, m in models.items() if name not in bare)
     assert configs["gla"].model.gla_yang and configs["retention"].model.retnet
     assert configs["linear_attention"].model.attn_dropout == 0.1
+    timm = ScheduleConfig(  # a tenth of 20,000 steps
+        name="cosine", warmup_steps=2000, min_lr_ratio=0.1, warmup_start=1e-6, decay_over="whole_run"
+    )
+    assert all(c.training.schedule == timm for c in configs.values())
     assert models["s4d"].no_weight_decay() == {
         f"blocks.{i}.mixer.{p}" for i in (0, 1) for p in ("log_dt", "A_log", "A_imag")
     }

@@ -289,6 +289,25 @@ def test_schedules_follow_their_formulas() -> None:
     assert lr_at(11, 12, 1.0, cos) == pytest.approx(0.1)
     assert lr_at(2 + 9 / 2, 12, 1.0, cos) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 2)))
     assert lr_at(5, 10, 0.3, ScheduleConfig()) == 0.3
+    assert lr_at(0, 10, 0.3, ScheduleConfig(warmup_steps=4)) == 0.3, "a constant schedule reads no warm-up"
+
+
+def test_a_timm_schedule_follows_timms_formulas() -> None:
+    """warmup_start and decay_over whole_run as timm's CosineLRScheduler (warmup_prefix false,
+    stepped per update from t = 0) computes them: lr_init + t (lr - lr_init) / W in the warm-up,
+    then lr_min + (lr - lr_min) (1 + cos(pi t / T)) / 2 over the whole run of T updates."""
+    timm = ScheduleConfig(
+        name="cosine", warmup_steps=4, min_lr_ratio=0.1, warmup_start=1e-6, decay_over="whole_run"
+    )
+    lr, total = 5e-4, 40
+    assert lr_at(0, total, lr, timm) == 1e-6
+    assert lr_at(3, total, lr, timm) == pytest.approx(1e-6 + 3 * (lr - 1e-6) / 4)
+    for t in (4, 17, 39):
+        cosine = (1 + math.cos(math.pi * t / total)) / 2
+        assert lr_at(t, total, lr, timm) == pytest.approx(5e-5 + 4.5e-4 * cosine)
+    assert lr_at(4, total, lr, timm) < lr, "the cosine began beneath the warm-up"
+    warmup_only = ScheduleConfig(name="warmup", warmup_steps=5, warmup_start=0.0)
+    assert [lr_at(t, 10, 1.0, warmup_only) for t in (0, 1, 4, 5)] == [0.0, 0.2, 0.8, 1.0]
 
 
 def test_durations_convert_to_whole_steps() -> None:

@@ -40,6 +40,9 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(
         extra="forbid", validate_assignment=True, populate_by_name=True, strict=True, allow_inf_nan=False
     )
+    later_fields: ClassVar[tuple[str, ...]] = ()
+    """fields added after runs were first stored: in the config hash only when set off their default,
+    so older runs keep their hashes"""
 
 
 class Duration(StrictModel):
@@ -106,6 +109,20 @@ class ScheduleConfig(StrictModel):
     name: Literal["constant", "warmup", "cosine"] = "constant"
     warmup_steps: int = Field(0, ge=0)
     min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    warmup_start: float | None = Field(
+        None,
+        ge=0,
+        description="the warm-up's first learning rate, rising linearly by (lr - warmup_start) / "
+        "warmup_steps a step (timm's warmup_lr_init); unset: lr / warmup_steps, rising to lr at the "
+        "warm-up's last step",
+    )
+    decay_over: Literal["after_warmup", "whole_run"] = Field(
+        "after_warmup",
+        description="cosine: decay from the warm-up's end to min_lr_ratio x lr at the last step, or "
+        "over the whole run from step 0 with the warm-up laid over its start, reaching the minimum one "
+        "step after the last (timm's CosineLRScheduler, warmup_prefix false)",
+    )
+    later_fields = ("warmup_start", "decay_over")  # 2026-12-05
 
     @model_validator(mode="after")
     def _warmup_needs_steps(self) -> "ScheduleConfig":
@@ -215,15 +232,13 @@ class TaskConfig(StrictModel):
 
     name: str
     repeat: RepeatConfig | None = None
+    later_fields = ("repeat",)
 
 
 class ModelConfig(StrictModel):
     """Base of every model's config; `name` selects the registered model."""
 
     name: str
-    later_fields: ClassVar[tuple[str, ...]] = ()
-    """fields added after runs were first stored: in the config hash only when set off their default,
-    so older runs keep their hashes"""
 
     def check_io(self, io: "ModelIO") -> None:  # noqa: F821 - ModelIO imports this module
         """Raise ValueError if this model cannot serve a task with these inputs and targets."""

@@ -68,6 +68,7 @@ class ExperimentConfig(StrictModel):
     eval: EvalConfig = EvalConfig()
     checkpointing: CheckpointConfig = CheckpointConfig()
     clamps: list[ClampSection] = Field(default_factory=list)
+    later_fields = ("imports",)
 
     @model_validator(mode="before")
     @classmethod
@@ -143,18 +144,22 @@ class ExperimentConfig(StrictModel):
         data = self.model_dump(mode="json", by_alias=True)
         for key in ("device", "threads", "log_every", "compile", "cuda_graphs"):
             del data["training"][key]
-        # fields added since runs were first stored count only when set: older runs keep their hashes
-        if not data["imports"]:
-            del data["imports"]
-        if data["task"].get("repeat") is None:
-            del data["task"]["repeat"]
+        _drop_later_defaults(self, data)
         if data["model"]["name"] == "linear_self_attention" and data["model"]["init"] == "normal":
             del data["model"]["init"], data["model"]["init_scale"]
-        fields = type(self.model).model_fields
-        for key in type(self.model).later_fields:
-            if getattr(self.model, key) == fields[key].default:
-                del data["model"][key]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _drop_later_defaults(section: BaseModel, data: dict) -> None:
+    """Delete from a section's dump, and its subsections', the `later_fields` left at their
+    defaults: fields added since runs were first stored count in the hash only when set."""
+    later = getattr(section, "later_fields", ())
+    for key, field in type(section).model_fields.items():
+        value, name = getattr(section, key), field.alias or key
+        if key in later and value == field.get_default(call_default_factory=True):
+            del data[name]
+        elif isinstance(value, BaseModel):
+            _drop_later_defaults(value, data[name])
 
 
 def ensemble_key(config: ExperimentConfig) -> str:
@@ -254,6 +259,9 @@ def config_notes(config: ExperimentConfig) -> list[str]:
     unread = {
         "training.schedule.warmup_steps": schedule.name == "constant" and schedule.warmup_steps,
         "training.schedule.min_lr_ratio": schedule.name != "cosine" and schedule.min_lr_ratio,
+        "training.schedule.warmup_start": (schedule.name == "constant" or not schedule.warmup_steps)
+        and schedule.warmup_start is not None,
+        "training.schedule.decay_over": schedule.name != "cosine" and schedule.decay_over != "after_warmup",
         "training.optimizer.momentum": optimizer.name != "sgd" and optimizer.momentum,
     }
     notes += [

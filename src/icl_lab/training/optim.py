@@ -41,13 +41,21 @@ def build_optimizer(
 
 
 def lr_at(step: int, total_steps: int, lr: float, cfg: ScheduleConfig) -> float:
-    """Learning rate for the update taken at `step` (0-based): linear warm-up, then constant or
-    cosine decay to min_lr_ratio * lr at the last step."""
+    """Learning rate for the update taken at `step` (0-based): linear warm-up (from
+    cfg.warmup_start, or lr / warmup_steps), then constant or cosine decay to min_lr_ratio * lr,
+    reached at the last step (or, decaying over the whole run as timm does, one step after it)."""
+    if cfg.name == "constant":
+        return lr
     if step < cfg.warmup_steps:
-        return lr * (step + 1) / cfg.warmup_steps
+        if cfg.warmup_start is None:
+            return lr * (step + 1) / cfg.warmup_steps
+        return cfg.warmup_start + step * (lr - cfg.warmup_start) / cfg.warmup_steps
     if cfg.name != "cosine":
         return lr
-    progress = (step - cfg.warmup_steps) / max(1, total_steps - 1 - cfg.warmup_steps)
+    if cfg.decay_over == "whole_run":
+        progress = step / total_steps
+    else:
+        progress = (step - cfg.warmup_steps) / max(1, total_steps - 1 - cfg.warmup_steps)
     cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     return lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
 
