@@ -1,8 +1,9 @@
 """A seed sweep of Singh's model on a 2-core CPU, three ways: the seeds as single eager runs one after
 another (one core), as one compiled ensemble using both cores' threads, and as one compiled ensemble
-per core (two processes, each pinned to its core with half the seeds: what a sweep with
-`ensemble: auto` and 2 local workers runs on a CPU), the last again with the inductor cache it
-just filled (a sweep run a second time). Runs per hour at the config's full length, the compile
+per core (two processes with half the seeds each, pinned to their cores once compiled: what a
+sweep with `ensemble: auto` and 2 local workers runs on a CPU; also pinned from the start, as this
+script ran them until 2026-12-05), the last again with the inductor cache it just filled (a sweep
+run a second time). Runs per hour at the config's full length, the compile
 included (a cold inductor cache per contender but the warm one, which follows the cold run of the
 same workers).
 
@@ -27,10 +28,15 @@ from common import write_results
 CONFIG = "singh"
 
 
-def worker(cores: set[int], members: int, compile: str, steps: int, barrier, results) -> None:
+def worker(cores: set[int], members: int, compile: str, pin: str, steps: int, barrier, results) -> None:
     """Build a trainer of `members` seeds on `cores` (one thread per core), time its first step
-    (the compile) and then `steps` steps, started together with the other workers."""
-    os.sched_setaffinity(0, cores)
+    (the compile) and then `steps` steps, started together with the other workers; pinned to
+    `cores` from the start, or (pin "after compile") only once compiled, as a sweep's workers,
+    which pin nothing, compile: Inductor then builds its C++ kernels on a thread per core, and two
+    workers compiling the same graph wait on each other's kernels (a file lock per kernel) rather
+    than building them twice."""
+    if pin == "first":
+        os.sched_setaffinity(0, cores)
     import torch
 
     from common import started_trainer, time_steps
@@ -38,6 +44,7 @@ def worker(cores: set[int], members: int, compile: str, steps: int, barrier, res
     torch.set_num_threads(len(cores))
     overrides = ["checkpointing.every=null", f"training.compile={compile}", f"training.threads={len(cores)}"]
     trainer, first_s = started_trainer(CONFIG, overrides, members)
+    os.sched_setaffinity(0, cores)
     time_steps(trainer.train_step, 10)
     barrier.wait()
     results.put((first_s, time_steps(trainer.train_step, steps)))
@@ -59,7 +66,7 @@ def floor(results) -> None:
     results.put((counter.get_total_flops() / 1e6, matmul_gflops()))
 
 
-def contender(workers: list[tuple[set[int], int, str]], steps: int, warm: bool) -> tuple[float, float]:
+def contender(workers: list[tuple[set[int], int, str, str]], steps: int, warm: bool) -> tuple[float, float]:
     """(slowest first step, slowest seconds per step) of workers run at the same time, with the
     inductor cache the previous contender left (warm) or an empty one shared by these workers."""
     ctx = mp.get_context("spawn")
@@ -84,11 +91,13 @@ def main() -> None:
     from icl_lab.experiment import load_config, total_steps
 
     half = args.seeds // 2
-    per_core = [({0}, half, "on"), ({1}, half, "on")]
+    per_core = [({0}, half, "on", "after compile"), ({1}, half, "on", "after compile")]
+    pinned = [({0}, half, "on", "first"), ({1}, half, "on", "first")]  # each g++ on its worker's core
     # name: (workers, warm); the warm contender comes right after the cold one it reuses the cache of
     ways = {
-        "single eager runs, one after another": ([({0}, 1, "off")], False),
-        f"one compiled ensemble of {args.seeds}, 2 threads": ([({0, 1}, args.seeds, "on")], False),
+        "single eager runs, one after another": ([({0}, 1, "off", "first")], False),
+        f"one compiled ensemble of {args.seeds}, 2 threads": ([({0, 1}, args.seeds, "on", "first")], False),
+        f"two compiled ensembles of {half}, one per core, pinned while compiling": (pinned, False),
         f"two compiled ensembles of {half}, one per core": (per_core, False),
         f"two compiled ensembles of {half}, one per core, inductor cache warm": (per_core, True),
     }
@@ -101,7 +110,7 @@ def main() -> None:
     for name, measured in times.items():
         first_s = statistics.median(m[0] for m in measured)
         step_s = statistics.median(m[1] for m in measured)
-        at_once = sum(members for _, members, _ in ways[name][0])  # seeds one launch trains
+        at_once = sum(w[1] for w in ways[name][0])  # seeds one launch trains
         hours = (args.seeds / at_once) * (first_s + length * step_s) / 3600
         rows[name] = {
             "first_step_s": first_s,

@@ -6,7 +6,7 @@ initialisation); the in-context n-gram baselines are scored on the same test pro
 seed's languages, on the default generator against the paper's numbers. Each claim is judged on
 each seed and holds when it holds for most. Every model is built as the authors' code builds it
 (`architectures`). Quick mode: models of width 64 (2 blocks, 1 where theirs has one) on 128-token
-prompts for 2,000 steps, about 45 minutes on 2 cores (measured 2026-12-05, partly beside tests).
+prompts for 2,000 steps, about 45 minutes on 2 cores (measured 2026-12-05, alone).
 Full mode: the default generator's 1,024-token prompts, each architecture at the authors' size
 (AUTHORS_SIZES) and 20,000 steps: for a GPU or a cluster.
 """
@@ -164,7 +164,7 @@ class ICLL(Reproduction):
     """Which architectures learn regular languages in context, against the in-context n-gram models."""
 
     title = "Akyürek et al. 2024: in-context language learning (RegBench) across architectures"
-    quick_budget = "45 minutes on 2 CPU cores (measured 2026-12-05, partly beside tests)"
+    quick_budget = "45 minutes on 2 CPU cores (measured 2026-12-05, alone)"
     seeds = SEEDS
 
     def experiments(self, quick: bool) -> dict[str, ExperimentConfig]:
