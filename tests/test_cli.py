@@ -334,7 +334,6 @@ def test_train_notes_what_a_valid_config_does_unexpectedly(cli, tmp_path: Path) 
             ],
         )
     )
-    unread = ["training.schedule.warmup_start=1e-6", "training.schedule.decay_over=whole_run"]
     assert notes == [
         "training.length: 100 sequences is 4 whole steps of 32 sequences, 128 sequences",
         "eval.every: 3,000 tokens is 2 whole steps of 2,048 tokens, 4,096 tokens",
@@ -342,6 +341,7 @@ def test_train_notes_what_a_valid_config_does_unexpectedly(cli, tmp_path: Path) 
         "rate never reaches 0.001",
         "training.optimizer.momentum is set but unread by the optimizer chosen",
     ]
+    unread = ["training.schedule.warmup_start=1e-6", "training.schedule.decay_over=whole_run"]
     assert config_notes(load_config("induction", unread)) == [
         "training.schedule.warmup_start is set but unread by the schedule chosen",
         "training.schedule.decay_over is set but unread by the schedule chosen",
