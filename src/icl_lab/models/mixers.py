@@ -73,7 +73,7 @@ class LinearAttention(nn.Module):
         self.gla_yang, self.attn_dropout = gla_yang, attn_dropout
         dv, bias = (2 * d, True) if retnet else (d, bias)
         self.dk = d // 2 if gla_yang else d  # the queries' and keys' width
-        self.scale = math.sqrt(d // heads if gla_yang else self.dk // heads)  # scores' divisor
+        self.scale = math.sqrt(d // heads)  # scores' divisor: the full head width, gla_yang's too
         self.qkv = nn.Linear(d, 2 * self.dk + dv, bias=bias)
         self.out = nn.Linear(dv, d, bias=bias)
         if kind != "linear_attention":
