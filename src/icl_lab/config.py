@@ -150,9 +150,10 @@ class TrainingConfig(StrictModel):
     cuda_graphs: bool = Field(
         False,
         description="on a GPU, replay the compiled step as CUDA graphs (torch.compile's "
-        "reduce-overhead mode: one launch for a step's many tiny kernels); needs compile auto or on, "
-        "no effect on a CPU; off by default until a resume with graphs is checked on a GPU (2.29x "
-        "a plain PyTorch loop on an H200: README)",
+        "reduce-overhead mode: one launch for a step's many tiny kernels); needs compile auto or on "
+        "and acts only when the step compiles (under auto, a run long enough to); refused for a "
+        "model with dropout; no effect on a CPU; off by default until a resume with graphs is "
+        "checked on a GPU (2.29x a plain PyTorch loop on an H200: docs/performance.md)",
     )
     log_every: PositiveInt = Field(10, description="steps between progress-bar updates")
 
@@ -202,12 +203,14 @@ class EvalConfig(StrictModel):
     every: Duration = Duration(steps=100)
     batch_size: PositiveInt = 256
     splits: list[str] | None = Field(None, min_length=1, description="null: every split of the task")
-    metrics: list[str] | None = Field(None, min_length=1, description="null: the task's default metrics")
+    metrics: list[str] | None = Field(
+        None, min_length=1, description="null: the task's default metrics that apply to the model"
+    )
     with_clamps: bool = True
 
 
 class CheckpointConfig(StrictModel):
-    """When to write checkpoints (always also at the end of training)."""
+    """When to write checkpoints (always also at step 0 of a fresh run and at the end of training)."""
 
     every: Duration | None = None
 

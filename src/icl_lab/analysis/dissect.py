@@ -7,7 +7,7 @@ transitions of every logged metric beside them. Results live in RUN/dissect/ and
   estimated again;
 - dissect/stages.json: the smoothed LLC, its stages, and each metric's transitions with the stage
   they fall in;
-- dissect/variants/<name>/: the clamped training runs of the causal half (analysis/causal.py), and
+- dissect/variants/<name>-<hash>/: the clamped training runs of the causal half (analysis/causal.py), and
   dissect/causal.json, what each did to its transition.
 The report (report/dissect_page.py) draws the timeline and the causal table from these.
 """

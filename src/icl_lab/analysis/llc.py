@@ -8,7 +8,8 @@ clamps active at that step):
 
 After `burn_in` steps, every `every`-th step's minibatch loss (taken before its update) is a draw;
 per chain, LLC = nbeta (mean draw loss - L(w*)). L(w*) is the mean over chains of their first
-minibatch loss, taken at w* itself. nbeta defaults to batch / ln(batch), devinterp's default.
+minibatch loss, taken at w* itself. nbeta defaults to 60 (Hoogland et al.'s); null takes batch /
+ln(batch), devinterp's default.
 
 Chains are stacked on a leading axis like the members of an ensemble; on a GPU they run vmapped as
 one ensemble, on a CPU one after another (where vmap's batching costs more than it saves).

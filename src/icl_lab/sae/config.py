@@ -62,7 +62,9 @@ class SAETrainSettings(FitSettings):
 
 
 class SAECheckpointConfig(StrictModel):
-    every: PositiveInt | None = Field(1000, description="steps between checkpoints (None: only the last)")
+    every: PositiveInt | None = Field(
+        1000, description="steps between checkpoints (None: step 0 and the last only)"
+    )
 
 
 class SAERunConfig(StrictModel):

@@ -1,5 +1,5 @@
 """What every run directory has, whatever it trains (a model, an SAE): a manifest whose status says
-whether it is running, complete, interrupted or failed, a training lock, a metrics table and
+whether it is running, complete, interrupted, failed or diverged, a training lock, a metrics table and
 checkpoints. Only a run that finished training is ever marked complete.
 """
 

@@ -123,7 +123,7 @@ class SweepConfig(StrictModel):
     seeds: list[int] | None = Field(None, min_length=1, description="default: the base config's seed")
     ensemble: Setting = Field(
         "auto",
-        description="train shape-compatible points as one vmapped ensemble: always, never, or auto = on "
+        description="train shape-compatible points as one vmapped ensemble: always, none, or auto = on "
         "a GPU (where small models are launch-bound), and on a CPU for tiny models only, one "
         "ensemble per worker (sweeps/packing.py)",
     )
