@@ -10,7 +10,12 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from icl_lab.metrics import EvalContext
-from icl_lab.metrics.fewshot import context_label_accuracy, fewshot_attention
+from icl_lab.metrics.fewshot import (
+    context_label_accuracy,
+    fewshot_attention,
+    in_context_accuracy,
+    in_context_probability,
+)
 from icl_lab.tasks.bursty import BurstyConfig, BurstyTask
 
 
@@ -182,6 +187,33 @@ def test_progress_measures_of_uniform_attention_are_chance() -> None:
     assert values["induction_strength"][1, 0] == pytest.approx((B - (N - B)) / T, abs=1e-5)
     ila = np.mean([1 / (2 * j + 2) for j in range(N)])
     assert values["item_label_association"][0, 0] == pytest.approx(ila, abs=1e-5)
+
+
+def test_in_context_accuracy_and_probability_read_the_context_labels_only() -> None:
+    """The global arg-max is a label absent from the context; among the context's labels the target
+    scores highest: in-context accuracy 1 where plain accuracy would be 0."""
+    t = task(n_classes=256, burstiness=2)
+    batch = t.eval_splits()["ic"](100, torch.Generator().manual_seed(5))
+    target = batch.targets[:, -1]
+    context = batch.meta["context_labels"]
+    assert all(int(y) in row for y, row in zip(target, context.tolist(), strict=True))
+    outside = [next(k for k in range(32) if k not in row) for row in context.tolist()]
+    logits = torch.zeros(100, 1, 32)
+    logits[torch.arange(100), 0, outside] = 10.0
+    logits[torch.arange(100), 0, target] = 5.0
+    ctx = EvalContext(None, t, batch, logits, {})
+    assert (logits[:, -1].argmax(-1) == target).float().mean() == 0.0
+    assert in_context_accuracy(ctx)["in_context_accuracy"] == 1.0
+    logits[torch.arange(100), 0, target] = -5.0  # now another context label wins among them
+    assert in_context_accuracy(EvalContext(None, t, batch, logits, {}))["in_context_accuracy"] == 0.0
+    probability = in_context_probability(EvalContext(None, t, batch, logits, {}))["in_context_probability"]
+    expected = np.mean(
+        [
+            sum(math.exp(logits[i, 0, k]) for k in set(row)) / sum(math.exp(v) for v in logits[i, 0].tolist())
+            for i, row in enumerate(context.tolist())
+        ]
+    )
+    assert float(probability) == pytest.approx(expected, rel=1e-5)
 
 
 def test_context_label_accuracy() -> None:

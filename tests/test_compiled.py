@@ -232,18 +232,28 @@ def test_a_step_with_a_non_finite_loss_stops_before_it_updates_anything(
     assert after.keys() == state.keys() and all(torch.equal(after[k], v) for k, v in state.items())
 
 
-def test_a_compiled_step_compiles_once_whatever_its_learning_rate_schedule(tmp_path: Path) -> None:
-    """Each step of a warm-up schedule has a new rate: the compiled step takes it as a tensor and
-    must never recompile for it (dynamo would fall back to eager after a few recompiles)."""
-    training = {**ADAM, "compile": "on", "schedule": {"name": "warmup", "warmup_steps": 5}}
-    trainer = Trainer(
-        Run.create([tiny_config(training=training, model=TRANSFORMER)], tmp_path), progress=False
-    )
-    trainer.train_step()  # compiles (or finds this config's graph compiled by an earlier test)
+def test_a_compiled_step_compiles_once_and_follows_its_learning_rate_schedule(tmp_path: Path) -> None:
+    """Each step of a warm-up and cosine schedule has a new rate: the compiled step takes it as a
+    tensor, must never recompile for it (dynamo would fall back to eager after a few recompiles),
+    and must train at each step's rate, as eager training does."""
+    training = {**ADAM, "schedule": {"name": "cosine", "warmup_steps": 3}}
+    config = tiny_config(training=training, model=TRANSFORMER)
+    configs = {
+        mode: config.model_copy(update={"training": config.training.model_copy(update={"compile": mode})})
+        for mode in ("off", "on")
+    }
+    trainers = {
+        mode: Trainer(Run.create([c], tmp_path / mode), progress=False) for mode, c in configs.items()
+    }
+    initial = {k: v.detach().clone() for k, v in trainers["on"].state.params.items()}
+    trainers["on"].train_step()  # compiles (or finds this config's graph compiled by an earlier test)
     with torch._dynamo.config.patch(error_on_recompile=True):
-        for _ in range(6):
-            trainer.train_step()
-    assert trainer.state.optimizer.param_groups[0]["lr"] == ADAM["optimizer"]["lr"]
+        for _ in range(7):
+            trainers["on"].train_step()
+    for _ in range(8):
+        trainers["off"].train_step()
+    params = {mode: {k: v.detach() for k, v in t.state.params.items()} for mode, t in trainers.items()}
+    assert_agree(params["off"], params["on"], initial)
 
 
 def test_a_one_member_batch_has_the_same_strides_whatever_slice_it_came_from() -> None:

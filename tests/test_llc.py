@@ -134,6 +134,11 @@ def test_the_llc_of_a_trained_run_is_positive_and_reproducible(tmp_path):
     assert np.array_equal(first.per_chain, again.per_chain)
     assert first.trace.shape == (2, config.steps) and np.isfinite(first.trace).all()
     assert first.mean > 0
+    assert first.nbeta == 60.0  # Hoogland et al.'s, the default
+    draws = first.trace[:, first.draws_from :: config.every]
+    assert np.allclose(first.per_chain, first.nbeta * (draws.mean(1) - first.init_loss), rtol=1e-5)
+    devinterp = LLCConfig(step_size=1e-4, localization=100.0, chains=2, draws=30, nbeta=None)
+    assert run_llc(run, step, devinterp).nbeta == pytest.approx(32 / math.log(32))  # batch / ln batch
 
 
 def test_vmapped_chains_equal_chains_run_one_after_another(tmp_path):

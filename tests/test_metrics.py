@@ -14,7 +14,7 @@ from icl_lab.metrics.head_detectors import (
     ov_copying_score,
     previous_token_pattern,
 )
-from icl_lab.metrics.induction import icl_score
+from icl_lab.metrics.induction import copying, icl_score
 from icl_lab.models import ModelIO
 from icl_lab.models.transformer import Transformer, TransformerConfig
 from icl_lab.tasks import Batch
@@ -90,6 +90,30 @@ def test_hand_built_model_predicts_repeated_tokens() -> None:
     values = evaluate(hand_built_induction_model(), task, batch, ["copying", "icl_score"])
     assert values["copy_loss_drop"] > 1.0
     assert values["icl_score"] < -1.0
+
+
+def test_copying_compares_the_first_copy_with_the_repeats_as_a_loop_does() -> None:
+    """Position t's loss is its prediction of token t + 1: the first copy's tokens 1 .. period - 1
+    against the repeats' from the second copy's second token (period + 1) to repeat_end - 1."""
+    task, batch = induction_batch()
+    loss = torch.rand(batch.inputs.shape, generator=torch.Generator().manual_seed(1)) * 5  # (B, T)
+    ctx = EvalContext(None, task, batch, None, {})
+    ctx.__dict__["token_loss"] = loss
+    values = copying(ctx)
+    first, repeat = [], []
+    meta = zip(batch.meta["period"].tolist(), batch.meta["repeat_end"].tolist(), strict=True)
+    for b, (period, end) in enumerate(meta):
+        for t in range(batch.inputs.shape[1]):
+            token = t + 1
+            if 1 <= token < period:
+                first.append(float(loss[b, t]))
+            elif period < token < end:
+                repeat.append(float(loss[b, t]))
+    assert first and repeat
+    assert values["copy_loss_first"].item() == pytest.approx(np.mean(first), rel=1e-5)
+    assert values["copy_loss_repeat"].item() == pytest.approx(np.mean(repeat), rel=1e-5)
+    drop = np.mean(first) - np.mean(repeat)
+    assert values["copy_loss_drop"].item() == pytest.approx(drop, rel=1e-4, abs=1e-6)
 
 
 def prefix_matching_loop(pattern: np.ndarray, period: np.ndarray, end: np.ndarray) -> np.ndarray:

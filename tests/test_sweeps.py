@@ -270,6 +270,14 @@ def test_local_sweep_results_and_rerun(tmp_path: Path) -> None:
         "transition_midpoint",
     } <= set(table.column_names)
     assert table.column("unit").to_pylist() == ["u000", "u000", "u001", "u001"], "4 points: 2 ensembles of 2"
+    for row in table.to_pylist():  # each row holds its own member's final values
+        run = Run.open(Path(row["run"]))
+        assert row["steps"] == run.curve("accuracy", "ic", member=row["member"])[0][-1]
+        for column in ("ic/accuracy", "iw/loss"):
+            split, metric = column.split("/")
+            assert row[column] == pytest.approx(run.curve(metric, split, member=row["member"])[1][-1])
+    losses = table.column("iw/loss").to_pylist()
+    assert losses[0] != losses[1] and losses[2] != losses[3], "an ensemble's members differ"
     stamp = (out / "runs" / "u000" / "manifest.json").stat().st_mtime_ns
     again = run_sweep(config, out, workers=2, progress=False)
     assert (out / "runs" / "u000" / "manifest.json").stat().st_mtime_ns == stamp, "finished runs are skipped"

@@ -95,6 +95,25 @@ def test_run_directory_metrics_and_units(tmp_path: Path) -> None:
     assert Run.open(run.path).config == run.config
 
 
+def test_the_logged_training_loss_is_the_mean_of_the_steps_since_the_last_evaluation(
+    tmp_path: Path, monkeypatch
+) -> None:
+    step_losses = []
+    original = Trainer.train_step
+
+    def recording(self: Trainer) -> None:
+        original(self)
+        step_losses.append(float(self.latest_losses[0]))
+
+    monkeypatch.setattr(Trainer, "train_step", recording)
+    run = train(tiny_config(), str(tmp_path), progress=False)
+    steps, logged = run.curve("loss", "train_batches")
+    assert list(steps) == [4, 8, 12] and len(step_losses) == 12
+    expected = [sum(step_losses[s - 4 : s]) / 4 for s in steps]
+    assert len(set(step_losses)) == 12  # one batch's loss would not stand for its neighbours'
+    assert list(logged) == pytest.approx(expected, rel=1e-6)
+
+
 def test_run_creation_interrupted_leaves_no_run_behind(tmp_path: Path, monkeypatch) -> None:
     """A process killed while creating a run (here: just before the staging directory, manifest
     and all, is renamed into place) leaves nothing at the run's path, so a sweep rerun trains it
