@@ -17,6 +17,7 @@ from conftest import CHROMIUM, render_in_chromium, tiny_config
 from icl_lab.sae.config import validate_sae_config
 from icl_lab.sae.dashboard import write_dashboard
 from icl_lab.sae.run import SAERun, resume_sae, train_sae
+from icl_lab.seeding import generator
 from icl_lab.store.run import Run
 from icl_lab.training.trainer import train
 from test_faults import on_cuda, one_line
@@ -65,6 +66,22 @@ def test_an_sae_run_logs_quality_and_splice_metrics_at_every_evaluation(
     sae = run.sae()
     assert sae.W_dec.shape == (32, 16)
     assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(32), atol=1e-5)
+    # the logged quality is the SAE's on held-out sequences: the config's eval stream, not the buffer
+    source, config = run.source(), run.config
+    inputs = source.task.sample(config.eval.sequences, generator(config.seed, "sae", "eval")).inputs
+    _, cache = source.model.run_with_cache(inputs)
+    x = cache["z", 1].flatten(2).flatten(0, 1) * run.scale  # (sequences x positions, d_in)
+    logged = {r["metric"]: r["value"] for r in evals.to_pylist() if r["step"] == 30}
+    with torch.no_grad():
+        features = sae.encode(x)
+        error = (sae.decode(features) - x).pow(2).sum(1)  # (N,)
+    assert logged["l0"] == pytest.approx(float((features > 0).sum(1).float().mean()), rel=1e-6)
+    assert logged["mse"] == pytest.approx(float(error.mean()), rel=1e-4)
+    assert logged["explained_variance"] == pytest.approx(
+        float(1 - error.sum() / (x - x.mean(0)).pow(2).sum()), rel=1e-4
+    )
+    first = {r["metric"]: r["value"] for r in evals.to_pylist() if r["step"] == 0}
+    assert logged["mse"] < first["mse"], "training lowered the held-out error"
 
 
 def test_the_training_device_is_outside_the_sae_config_hash(model_run: Path) -> None:
