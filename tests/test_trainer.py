@@ -357,6 +357,7 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device 
 def test_training_runs_on_cuda(tmp_path: Path) -> None:
     run = train(tiny_config(training={"device": "cuda"}), str(tmp_path), progress=False)
     assert run.status == "complete"
+    assert [s["device"][:4] for s in run.manifest["segments"]] == ["cuda"], "trained on the GPU"
 
 
 @CUDA
@@ -380,7 +381,7 @@ def test_tasks_and_clamps_train_on_cuda(tmp_path: Path, task: dict, clamps: list
     training = {"device": "cuda", "length": {"steps": 20}}
     config = tiny_config(task=task, model=TINY_READOUT_MODEL, clamps=clamps, training=training)
     run = train(config, str(tmp_path), progress=False)
-    assert run.status == "complete"
+    assert run.status == "complete" and run.manifest["device"].startswith("cuda")
     assert np.isfinite(run.curve("loss", "train")[1]).all()
 
 
