@@ -16,6 +16,7 @@ from torch import Tensor
 from conftest import tiny_config
 from icl_lab.config import TaskConfig
 from icl_lab.errors import ComponentError, ConfigError, RunStoreError
+from icl_lab.evaluation import evaluate
 from icl_lab.experiment import ExperimentConfig
 from icl_lab.interventions import CLAMPS, Clamp
 from icl_lab.interventions.base import ClampContext
@@ -92,6 +93,14 @@ def test_a_task_metric_and_clamp_registered_after_import_train_from_yaml(cli, tm
     assert run.status == "complete" and run.config.clamps[0].kind == "test_scale_logits"
     steps, values = run.curve("start_accuracy", "train")
     assert list(steps) == [0, 4, 8, 12] and all(0 <= v <= 1 for v in values)
+    task, batches = run.eval_data()
+    model, logged = run.model(step=0), run.curve("loss", "train")[1]
+    scaled, plain = (
+        evaluate(model, task, batches["train"], ["loss"], c)["loss"] for c in (run.config.clamps, [])
+    )
+    assert logged[0] == pytest.approx(float(scaled)) and float(scaled) != pytest.approx(float(plain))
+    late = evaluate(run.model(step=12), task, batches["train"], ["loss"])["loss"]
+    assert logged[-1] == pytest.approx(float(late)), "the clamp's window closed at step 4"
     code, out, _ = cli("list", "tasks")
     assert "test_counting" in out
 
