@@ -290,11 +290,10 @@ class ICLL(Reproduction):
             _, heads = run.head_curves(f"ngram_head_score_{n}", "test")
             head, value = max(((h, v[-1]) for h, v in heads.items()), key=lambda hv: hv[1])
             found.append((n, head, value, chance[f"ngram_head_score_{n}"]))
-        best = max(found, key=lambda f: f[2] / f[3])
         text = f"seed {seed}: {name}, best head per n (score vs uniform attention): " + ", ".join(
             f"n={n}: head {h} {v:.2f} vs {c:.2f}" for n, h, v, c in found
         )
-        return seed, best[2] >= 0.5 and best[2] >= 2 * best[3], text
+        return seed, any(v >= 0.5 and v >= 2 * c for _, _, v, c in found), text
 
     def _baseline_claim(self) -> Claim:
         """The n-gram baselines on the default generator's test prompts (one per test DFA), in each
