@@ -321,7 +321,7 @@ def test_runs_stored_before_new_config_fields_keep_their_hashes() -> None:
 
 
 def test_train_notes_what_a_valid_config_does_unexpectedly(cli, tmp_path: Path) -> None:
-    from icl_lab.experiment import config_notes, load_config
+    from icl_lab.experiment import ExperimentConfig, config_notes, load_config
 
     notes = config_notes(
         load_config(
@@ -347,6 +347,27 @@ def test_train_notes_what_a_valid_config_does_unexpectedly(cli, tmp_path: Path) 
         "training.schedule.decay_over is set but unread by the schedule chosen",
     ]
     assert config_notes(load_config("induction")) == []
+    graphs = load_config("induction", ["training.cuda_graphs=true"])  # 1,000 steps
+    assert config_notes(graphs) == [
+        "training.cuda_graphs is set but unread on a CPU: the graphs replay on a GPU"
+    ]
+
+    def on_gpu(config: ExperimentConfig, compile: str = "auto") -> ExperimentConfig:
+        training = config.training.model_copy(update={"device": "cuda", "compile": compile})
+        return config.model_copy(update={"training": training})  # unvalidated: no GPU needed
+
+    assert config_notes(on_gpu(graphs)) == [
+        "training.cuda_graphs: under compile auto a run of 1,000 steps compiles, and replays graphs, "
+        "only packed into an ensemble of 20,000 member-steps or more; alone it trains eager (set "
+        "training.compile: on)"
+    ]
+    assert config_notes(on_gpu(graphs, "on")) == []
+    donor = train(tiny_config(training={"length": {"steps": 1}}), str(tmp_path / "donor"), progress=False)
+    graft = {"kind": "graft", "hook": "blocks.0.hook_attn_out", "source": str(donor.path)}
+    grafted = tiny_config(clamps=[graft], training={"cuda_graphs": True})
+    assert config_notes(on_gpu(grafted)) == [
+        "training.cuda_graphs: a graft clamp's run trains eager, so it replays no graphs"
+    ]
     code, out, err = cli(
         "train", "induction", "--runs-dir", tmp_path, "-q", "--set", "training.length={sequences: 100}"
     )

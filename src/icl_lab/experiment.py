@@ -25,6 +25,7 @@ from icl_lab.models import MODELS, Model
 from icl_lab.registry import Registry, import_user_module
 from icl_lab.seeding import forked_generators
 from icl_lab.tasks import TASKS, Task
+from icl_lab.training.compiled import AUTO_MEMBER_STEPS
 from icl_lab.yaml_text import load_yaml
 
 BUNDLED_CONFIGS = Path(__file__).parent / "configs"
@@ -269,7 +270,25 @@ def config_notes(config: ExperimentConfig) -> list[str]:
         for field, set_ in unread.items()
         if set_
     ]
+    if training.cuda_graphs:
+        notes += _eager_graphs(config, steps)
     return notes
+
+
+def _eager_graphs(config: ExperimentConfig, steps: int) -> list[str]:
+    """Why training.cuda_graphs, set, replays no graphs in a run of this config alone (a line, or none)."""
+    training = config.training
+    if torch.device(training.device).type != "cuda":
+        return ["training.cuda_graphs is set but unread on a CPU: the graphs replay on a GPU"]
+    if any(clamp.kind == "graft" for clamp in config.clamps):
+        return ["training.cuda_graphs: a graft clamp's run trains eager, so it replays no graphs"]
+    if training.compile == "auto" and steps < AUTO_MEMBER_STEPS:
+        return [
+            f"training.cuda_graphs: under compile auto a run of {steps:,} steps compiles, and replays "
+            f"graphs, only packed into an ensemble of {AUTO_MEMBER_STEPS:,} member-steps or more; "
+            "alone it trains eager (set training.compile: on)"
+        ]
+    return []
 
 
 def build_task(config: ExperimentConfig, seed: int | None = None, device: str = "cpu") -> Task:
