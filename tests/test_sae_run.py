@@ -104,8 +104,17 @@ def test_an_sae_trains_on_cuda_and_resumes_there(model_run: Path, tmp_path: Path
     assert all(torch.allclose(a.tensors[k].double(), b.tensors[k].double()) for k in a.tensors)
 
 
-def test_an_sae_run_resumes_bit_identically(model_run: Path, tmp_path: Path) -> None:
-    config = validate_sae_config(sae_data(model_run))  # resampling at step 15 lies after the cut
+@pytest.mark.parametrize(
+    "sae",
+    [
+        None,  # relu_l1: its resampling at step 15 lies after the cut
+        # an encoder made as the decoder's transpose (its strides too): fused Adam resumed with
+        # contiguous moments updated it with other elements' moments until they took its strides
+        {"architecture": "topk", "expansion": 2, "k": 4},
+    ],
+)
+def test_an_sae_run_resumes_bit_identically(model_run: Path, tmp_path: Path, sae: dict | None) -> None:
+    config = validate_sae_config(sae_data(model_run, **({"sae": sae} if sae else {})))
     reference = train_sae(config, tmp_path / "a", progress=False)
     cut_path = killed_copy(reference, tmp_path, last_kept=10)
     manifest = json.loads((cut_path / "manifest.json").read_text())

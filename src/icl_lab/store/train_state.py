@@ -77,13 +77,20 @@ def load_optimizer(optimizer: torch.optim.Optimizer, checkpoint: Checkpoint, dev
     """Restore an optimiser from what optimizer_tensors wrote (param groups in info["param_groups"]).
     The optimiser keeps its own HOW_IT_STEPS flags: a run trained compiled on a GPU (Adam capturable)
     may resume eager or on the CPU. Adam's step counts are left for torch to place: on the
-    parameters' device when the optimiser is capturable or fused, else on the CPU."""
+    parameters' device when the optimiser is capturable or fused, else on the CPU. A state tensor
+    takes its parameter's strides (a checkpoint stores it contiguous): torch's fused Adam pairs
+    parameter and state elements by memory position, so a transposed parameter (an SAE encoder made
+    as its decoder's transpose) beside a contiguous state would update with other elements' moments."""
     groups = [
         {**saved, **{key: live[key] for key in HOW_IT_STEPS if key in live}}
         for saved, live in zip(checkpoint.info["param_groups"], optimizer.param_groups, strict=True)
     ]
+    params = [p for group in optimizer.param_groups for p in group["params"]]  # as state_dict numbers them
     state: dict[str, Any] = {"state": {}, "param_groups": groups}
     for key, value in checkpoint.group("optim").items():
         index, name = key.split("/")
-        state["state"].setdefault(int(index), {})[name] = value if name == "step" else value.to(device)
+        param = params[int(index)]
+        if name != "step":
+            value = torch.empty_like(param).copy_(value) if value.shape == param.shape else value.to(device)
+        state["state"].setdefault(int(index), {})[name] = value
     optimizer.load_state_dict(state)
