@@ -204,6 +204,11 @@ def test_a_run_without_checkpoints_or_an_lstm_with_vmapped_chains_is_refused_up_
         code == 2
         and err.strip() == f"error: run {run.id} has no checkpoints to dissect (it stopped before its first)"
     )
+    code, _, err = cli("report", copy)
+    assert (code, err.strip()) == (
+        2,
+        f"error: run {run.id} has no checkpoints to report (it stopped before its first)",
+    )
     lstm = tiny_config(model={"name": "mixer_lm", "mixer": "lstm", "n_layers": 1, "d_model": 16})
     trained = train(lstm, str(tmp_path / "lstm"), progress=False)
     code, _, err = cli("dissect", trained.path, "--quiet", "--no-causal", "--set", "llc.vmap_chains=true")

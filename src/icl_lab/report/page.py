@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from icl_lab.analysis.summary import RunSummary, summarise, units_text
+from icl_lab.errors import RunStoreError
 from icl_lab.evaluation import key_metric
 from icl_lab.experiment import build_model
 from icl_lab.files import atomic_write_text
@@ -26,10 +27,12 @@ def write_report(run: Run, out_dir: Path | None = None) -> Path:
     figures (Task.report_figures), attention.png (if the model has attention patterns) and
     report/report.html (report/member<M>/ for a handle on member M > 0); return the page."""
     run.check_whole()
+    checkpoints = run.checkpoint_steps
+    if not checkpoints:
+        raise RunStoreError(f"run {run.id} has no checkpoints to report (it stopped before its first)")
     out = out_dir or run.path / "report" / (f"member{run.member}" if run.member else "")
     out.mkdir(parents=True, exist_ok=True)
     summary = summarise(run)
-    checkpoints = run.checkpoint_steps
     shown = sorted(
         {checkpoints[0], checkpoints[-1]}
         | ({_nearest(checkpoints, summary.main.midpoint)} if summary.main else set())
