@@ -6,6 +6,7 @@ import itertools
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -111,6 +112,11 @@ def test_every_point_is_validated_before_work(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump({"name": "s", "base": "reddy_fast", "axis": []}))
     with pytest.raises(ConfigError, match="axis: unknown field"):
         load_sweep(path)
+    for outside in ("..", ".", ".hidden", "-s"):  # a sweep's name is its directory under --runs-dir
+        path.write_text(yaml.safe_dump({"name": outside, "base": "reddy_fast"}))
+        refused = rf"name: String should match pattern .* \(got '{re.escape(outside)}'\)"
+        with pytest.raises(ConfigError, match=refused):
+            load_sweep(path)
 
 
 @pytest.mark.parametrize(

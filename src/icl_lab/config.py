@@ -33,6 +33,10 @@ def _device_here(device: str, info: ValidationInfo) -> str:
 DeviceName = Annotated[str, AfterValidator(_device_here)]
 """A config's device (cpu, cuda, cuda:N), checked against this machine unless the config is stored."""
 
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+"""A run's or sweep's name, part of its directory's name: letters, digits, '_', '.' and '-', starting
+with a letter or digit (so never '.' or '..', which would name a directory outside the runs directory)."""
+
 
 class StrictModel(BaseModel):
     """A config section: unknown fields are errors, every field is validated on assignment."""

@@ -13,6 +13,7 @@ from icl_lab.config import (
     CheckpointConfig,
     EvalConfig,
     ModelConfig,
+    Name,
     StrictModel,
     TaskConfig,
     TrainingConfig,
@@ -61,7 +62,7 @@ class ExperimentConfig(StrictModel):
         description="modules of user components imported before validation: dotted names, or .py files "
         "(relative to the config file; stored as absolute paths)",
     )
-    name: str = Field("experiment", pattern=r"^[A-Za-z0-9_.-]+$")
+    name: Name = "experiment"
     seed: int = Field(0, ge=0)
     task: TaskSection
     model: ModelSection

@@ -10,7 +10,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, NonNegativeInt, PositiveInt, model_validator
 
-from icl_lab.config import DeviceName, StrictModel, validated
+from icl_lab.config import DeviceName, Name, StrictModel, validated
 from icl_lab.errors import ConfigError
 from icl_lab.experiment import apply_overrides, read_yaml, registered
 from icl_lab.sae.base import SAES, SAEConfig
@@ -70,7 +70,7 @@ class SAECheckpointConfig(StrictModel):
 class SAERunConfig(StrictModel):
     """Everything that defines an SAE training run."""
 
-    name: str = Field("sae", pattern=r"^[A-Za-z0-9_.-]+$")
+    name: Name = "sae"
     seed: NonNegativeInt = 0
     source: SourceConfig
     buffer: BufferConfig = BufferConfig()

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import yaml
 from pydantic import Discriminator, Field, Tag, model_validator
 
-from icl_lab.config import StrictModel, validated
+from icl_lab.config import Name, StrictModel, validated
 from icl_lab.errors import ConfigError, IclLabError
 from icl_lab.evaluation import evaluate, metric_names
 from icl_lab.experiment import (
@@ -116,7 +116,7 @@ class SweepReport(StrictModel):
 class SweepConfig(StrictModel):
     """A base experiment config, overrides applied to every point, axes, and seeds."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: Name
     base: str = Field(description="config file or bundled config name")
     overrides: list[str] = Field(default_factory=list, description="key.path=value applied to every point")
     axes: list[Axis] = Field(default_factory=list)
