@@ -114,6 +114,25 @@ def test_a_runs_directory_that_is_a_file(tmp_path: Path, cli) -> None:
     one_line(err, f"the runs directory is a file, not a directory: {tmp_path / 'afile'}")
 
 
+def test_listing_an_unreadable_runs_directory_says_so(
+    tmp_path: Path, cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """(Its permission bits do not stop root, who runs CI: the refusal is planted.) A glob of it
+    found nothing, and the listing was an empty table."""
+    runs, listed = tmp_path / "runs", Path.iterdir
+    trained(tmp_path)
+
+    def refuse(self: Path) -> object:
+        if self == runs:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return listed(self)
+
+    monkeypatch.setattr(Path, "iterdir", refuse)
+    code, out, err = cli("list", "runs", "--runs-dir", runs)
+    assert code == 2 and "tiny" not in out
+    one_line(err, f"{runs}: Permission denied")
+
+
 def test_a_disk_that_fills_up_mid_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The first checkpoints fit, a later one does not: one line, the run is not complete, the
     checkpoints written before are intact and no temporary file is left."""

@@ -299,7 +299,9 @@ def list_runs(
     directory, oldest first. A directory with a manifest that none of them opens is left out; given
     `unreadable`, it is put there with why (as the kind its manifest names says, if one does)."""
     runs = []
-    for path in sorted(Path(runs_dir).glob("[!.]*/manifest.json")):  # not staging directories
+    entries = Path(runs_dir).iterdir()  # an unreadable directory raises here, where glob finds nothing
+    manifests = sorted(p / "manifest.json" for p in entries if not p.name.startswith("."))  # no staging
+    for path in (m for m in manifests if m.is_file()):
         reasons = []
         for kind in kinds:
             try:
