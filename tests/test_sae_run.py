@@ -402,6 +402,26 @@ def test_a_complete_sae_run_missing_its_final_checkpoint_or_an_evaluation_is_ref
     assert code == 0 and "damaged (below)" in out and expected in " ".join(out.split())
 
 
+def test_an_sae_whose_model_run_was_replaced_by_another_is_refused(tmp_path: Path, cli) -> None:
+    """Another run at the SAE's source path (here another seed's): the dashboard would score the SAE
+    on the wrong model's activations, silently, and export would name that model as its match."""
+    model = train(tiny_config(), str(tmp_path / "model"), progress=False).path
+    sae = train_sae(validate_sae_config(sae_data(model)), tmp_path / "sae", progress=False)
+    shutil.rmtree(model)
+    other = train(tiny_config(seed=1), str(tmp_path / "other"), progress=False)
+    shutil.copytree(other.path, model)
+    changed = (
+        f"the model run at {model} is not the one SAE run {sae.id} was trained on (its config hash is "
+        f"{other.config_hash[:12]}, the SAE's source had {sae.manifest['source_hash'][:12]})"
+    )
+    code, _, err = cli("sae", "dashboard", sae.path)
+    assert code == 2
+    one_line(err, changed)
+    code, out, err = cli("sae", "export", sae.path, tmp_path / "out")
+    assert code == 0, err
+    assert f"{changed}, so no TransformerLens model matches it" in " ".join(out.split())
+
+
 def test_sae_export_of_an_sae_whose_model_run_is_gone_says_so(tmp_path: Path, cli) -> None:
     model = train(tiny_config(), str(tmp_path / "model"), progress=False).path
     sae = train_sae(validate_sae_config(sae_data(model)), tmp_path / "sae", progress=False)

@@ -91,8 +91,11 @@ def export(
     pair += ["--checkpoint", str(read["step"])] if read["step"] is not None else []
     pair += ["--member", str(source.member)] if source.member else []
     reads = f"it reads {hook} of {model_run}{at}{f', member {source.member}' if source.member else ''}"
+    changed = handle.source_changed()
     matches = (  # another checkpoint's or member's activations would silently be the wrong ones
-        f"the TransformerLens model it matches: {shlex.join(pair)}"
+        f"{changed}, so no TransformerLens model matches it"
+        if changed
+        else f"the TransformerLens model it matches: {shlex.join(pair)}"
         if Path(source.run).is_dir()
         else f"that model run is gone ({source.run}), so no TransformerLens model matches it"
     )

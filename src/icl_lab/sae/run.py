@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from icl_lab.config import check_trainable_here
-from icl_lab.errors import ConfigError, DivergenceError, IclLabError, Interrupted
+from icl_lab.errors import ConfigError, DivergenceError, IclLabError, Interrupted, RunStoreError
 from icl_lab.experiment import build_task, validate_config
 from icl_lab.models import Model
 from icl_lab.sae.activations import fill_buffer, hook_z, splice_scores
@@ -124,9 +124,10 @@ class SAERun(RunDirectory):
     def create(
         cls, config: SAERunConfig, runs_dir: str | Path, source: Source, run_id: str | None = None
     ) -> "SAERun":
-        """A new SAE run directory, marked running, recording the source hook's width and context
-        and the source checkpoint's step (the model run may train on later, and its latest checkpoint
-        move); the id defaults to the config's name and the time."""
+        """A new SAE run directory, marked running, recording the source hook's width and context,
+        the source checkpoint's step (the model run may train on later, and its latest checkpoint
+        move) and the source run's config hash (another run may take its path); the id defaults to
+        the config's name and the time."""
         run_id = run_id or cls.new_id(config.name)
         path, staging = cls._staging(Path(runs_dir), run_id, {"config.yaml": config.to_yaml()})
         shape = {
@@ -134,6 +135,7 @@ class SAERun(RunDirectory):
             "n_heads": source.n_heads,
             "n_ctx": source.task.tokens_per_sequence,
             "source_step": source.step,
+            "source_hash": source.run.config_hash,
         }
         run = cls(staging, config, cls._new_manifest(run_id, config.hash(), **shape))
         run._commit(path)
@@ -153,7 +155,24 @@ class SAERun(RunDirectory):
     def source(self, device: str = "cpu") -> Source:
         """The source model at the checkpoint this SAE was trained on (SAE runs from before that was
         recorded: its config's step, else the model run's latest)."""
+        changed = self.source_changed()
+        if changed:
+            raise RunStoreError(changed)
         return open_source(self.config, device, self.manifest.get("source_step"))
+
+    def source_changed(self) -> str:
+        """Why the model run now at source.run is not the one this SAE was trained on ('' when it is,
+        when it is gone, or when the SAE run predates the record)."""
+        recorded, path = self.manifest.get("source_hash"), self.config.source.run
+        if recorded is None or not Path(path).is_dir():
+            return ""
+        current = Run.open(path).config_hash
+        if current == recorded:
+            return ""
+        return (
+            f"the model run at {path} is not the one SAE run {self.id} was trained on (its config "
+            f"hash is {current[:12]}, the SAE's source had {recorded[:12]})"
+        )
 
     def sae(self, step: int | None = None) -> SAE:
         """The SAE at a checkpoint (default: the latest; RunStoreError if the run is marked complete

@@ -31,6 +31,7 @@ MANIFEST_TYPES: dict[str, type | tuple[type, ...]] = {
     "total_steps": int,
     "members": int,
     "source_step": (int, type(None)),
+    "source_hash": str,
     "d_in": int,
     "n_ctx": int,
 }
