@@ -425,6 +425,22 @@ def test_sweep_cli_status_and_report(cli, tmp_path: Path) -> None:
     assert code == 0, err
     table = read_results(tmp_path / "c")
     assert table.filter(pc.equal(table["task.burstiness"], 2)).num_rows == 1
+    (tmp_path / "c" / "sweep.yaml").rename(tmp_path / "sweep.yaml.kept")
+    code, _, err = cli("report", tmp_path / "c")
+    assert (code, err.strip()) == (
+        2,
+        f"error: {tmp_path / 'c'} is a sweep directory without its sweep.yaml, which its report reads",
+    )
+    (tmp_path / "sweep.yaml.kept").rename(tmp_path / "c" / "sweep.yaml")
+    unit = tmp_path / "c" / "runs" / "u001"
+    (unit / "manifest.json").unlink()  # a run lost since the results were written
+    code, _, err = cli("report", tmp_path / "c")
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"{tmp_path / 'c'}: its results hold u001 as complete, but that run is now pending" in err
+    code, out, err = cli("sweep", path, "--runs-dir", tmp_path, "--quiet", "--set", "seeds=[0]")
+    assert code == 2 and "1 of 2 sweep points did not complete: point 1" in err
+    said = " ".join(out.split())
+    assert f"run directory already exists without a manifest (delete it to train it again): {unit}" in said
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])

@@ -289,6 +289,8 @@ def report(
 
         console.print(f"report: {write_sweep_report(target)}")
         return
+    if (target / "plan.json").is_file():
+        raise RunStoreError(f"{target} is a sweep directory without its sweep.yaml, which its report reads")
     from icl_lab.report.page import write_report
     from icl_lab.store.run import Run
 

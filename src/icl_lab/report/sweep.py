@@ -22,7 +22,7 @@ from icl_lab.report.figures import loss_unit
 from icl_lab.report.html import figures_html, page, save_png
 from icl_lab.store.run import Run
 from icl_lab.sweeps.config import CurveSpec, HeatmapSpec, SweepConfig
-from icl_lab.sweeps.run import read_results
+from icl_lab.sweeps.run import read_results, sweep_status
 
 
 def _groups(table: pa.Table, keys: list[str], metric: str) -> dict[tuple, np.ndarray]:
@@ -139,6 +139,18 @@ def _order(value: object) -> tuple:
     return (0, value, "") if isinstance(value, int | float) else (1, 0, str(value))
 
 
+def _check_current(sweep_dir: Path, table: pa.Table) -> None:
+    """RunStoreError if a unit the results table holds as complete is not, now, on disk (deleted or
+    damaged since the sweep last ran): its page would show results its runs no longer hold."""
+    complete = {row["unit"] for row in table.to_pylist() if row["status"] == "complete"}
+    for unit, _, status in sweep_status(sweep_dir)[1]:
+        if unit in complete and status != "complete":
+            raise RunStoreError(
+                f"{sweep_dir}: its results hold {unit} as complete, but that run is now {status}; "
+                f"rerun the sweep to train it again and refresh the results"
+            )
+
+
 def write_sweep_report(sweep_dir: Path) -> Path:
     """report/ with a PNG per heatmap and curve of the sweep config, and report.html."""
     config_text = read_text(sweep_dir / "sweep.yaml")
@@ -149,6 +161,7 @@ def write_sweep_report(sweep_dir: Path) -> Path:
     except (yaml.YAMLError, ValueError, KeyError, TypeError):  # a ValidationError is a ValueError
         raise RunStoreError(f"{sweep_dir} holds a damaged sweep.yaml or plan.json") from None
     table = read_results(sweep_dir)
+    _check_current(sweep_dir, table)
     out = sweep_dir / "report"
     out.mkdir(exist_ok=True)
     runs = [row["run"] for row in table.to_pylist() if row["status"] == "complete"]

@@ -83,7 +83,9 @@ class RunDirectory:
         """(final path, a hidden staging directory holding files) for a new run."""
         path = runs / run_id
         if path.exists():
-            raise RunStoreError(f"run directory already exists: {path}")
+            damaged = not (path / "manifest.json").is_file()
+            why = " without a manifest (delete it to train it again)" if damaged else ""
+            raise RunStoreError(f"run directory already exists{why}: {path}")
         staging = runs / f".{run_id}.{secrets.token_hex(4)}.staging"
         if runs.exists() and not runs.is_dir():
             raise RunStoreError(f"the runs directory is a file, not a directory: {runs}")
