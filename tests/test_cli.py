@@ -182,7 +182,19 @@ def test_list_runs_shows_status_and_damage(cli, finished_run: Run, tmp_path: Pat
         path.unlink()
     code, out, _ = cli("list", "runs", "--runs-dir", tmp_path)
     assert code == 0 and "damaged (below)" in out and "complete" not in out.split("damaged")[0]
-    assert f"{damaged}: run {finished_run.id} is marked complete, but its final checkpoint" in out
+    assert (
+        f"{damaged}: run {finished_run.id} is marked complete, but its final checkpoint (step 12) is gone"
+        in out
+    )
+    manifest = json.loads((damaged / "manifest.json").read_text())
+    del manifest["total_steps"]  # every checkpoint there: the manifest is what is damaged
+    (damaged / "manifest.json").write_text(json.dumps(manifest))
+    code, _, err = cli("report", damaged)
+    assert code == 2
+    assert (
+        f"run {finished_run.id} is marked complete, but its manifest lacks total_steps: the file is damaged"
+        in err
+    )
     for where in (tmp_path / "nowhere", damaged / "config.yaml"):
         code, _, err = cli("list", "runs", "--runs-dir", where)
         assert code == 2 and f"--runs-dir: {where} is not a directory" in err

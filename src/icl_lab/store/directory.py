@@ -261,9 +261,14 @@ class RunDirectory:
         if self.status != "complete":
             return
         last = self.manifest.get("total_steps")
-        if last is None or not all(p.is_file() for p in checkpoint_paths(self.checkpoint_dir, last)):
-            at = f" (step {last:,})" if last is not None else ""
-            raise RunStoreError(f"run {self.id} is marked complete, but its final checkpoint{at} is gone")
+        if last is None:
+            raise RunStoreError(
+                f"run {self.id} is marked complete, but its manifest lacks total_steps: the file is damaged"
+            )
+        if not all(p.is_file() for p in checkpoint_paths(self.checkpoint_dir, last)):
+            raise RunStoreError(
+                f"run {self.id} is marked complete, but its final checkpoint (step {last:,}) is gone"
+            )
         members, every = self.evaluation_schedule()
         table = self.metrics
         for member in range(members):
