@@ -1,5 +1,6 @@
 """The local executor and the reproduction machinery (claims, verdicts, files)."""
 
+import errno
 import json
 import os
 import signal
@@ -7,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -286,6 +288,16 @@ def test_reproduce_all_resumes_after_a_kill_without_retraining_finished_runs(cli
     code, _, err = cli("reproduce", "tiny-test", *args)
     assert code == 2 and f"--docs: cannot make {blocked}: Not a directory" in err, err
     assert not (tmp_path / "three").exists(), "refused before anything trained"
+    from icl_lab.report import claims_page
+
+    def read_only(*args: object, **kwargs: object) -> None:  # root, who runs CI, ignores chmod
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    with mock.patch.object(claims_page.tempfile, "TemporaryFile", read_only):
+        args = ("--quick", "--runs-dir", tmp_path / "four", "--docs", docs, "-q")
+        code, _, err = cli("reproduce", "tiny-test", *args)
+    assert code == 2 and f"--docs: cannot write in {docs}: Read-only file system" in err, err
+    assert not (tmp_path / "four").exists(), "refused before anything trained"
 
 
 def test_publishing_keeps_modes_apart_and_refuses_a_corrupt_record(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ and the page published to docs, where one reproduction rerun alone replaces its 
 import html
 import json
 import shutil
+import tempfile
 from pathlib import Path
 
 from icl_lab.errors import ConfigError, RunStoreError
@@ -149,7 +150,7 @@ def write_claims_page(records: list[dict], out: Path, mode: str) -> None:
 
 def published_records(docs: Path, mode: str) -> list[dict]:
     """The records published to docs in this mode so far; docs is made if it does not exist;
-    ConfigError if it is not a directory or cannot be made, RunStoreError if its record is damaged
+    ConfigError if it is not a directory or cannot be made or written, RunStoreError if its record is damaged
     (checked before a reproduction trains, and again when it publishes)."""
     if docs.exists() and not docs.is_dir():
         raise ConfigError(f"--docs: {docs} is not a directory")
@@ -157,6 +158,11 @@ def published_records(docs: Path, mode: str) -> list[dict]:
         docs.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"--docs: cannot make {docs}: {e.strerror or e}") from None
+    try:
+        with tempfile.TemporaryFile(dir=docs):  # the page must be writable there, known before training
+            pass
+    except OSError as e:
+        raise ConfigError(f"--docs: cannot write in {docs}: {e.strerror or e}") from None
     kept = docs / f"{published_name(mode)}.json"
     try:
         return json.loads(kept.read_text())["records"] if kept.is_file() else []
