@@ -155,9 +155,9 @@ class TrainingConfig(StrictModel):
         False,
         description="on a GPU, replay the compiled step as CUDA graphs (torch.compile's "
         "reduce-overhead mode: one launch for a step's many tiny kernels); needs compile auto or on "
-        "and acts only when the step compiles (under auto, in a run long enough to); refused for a "
-        "model with dropout; no effect on a CPU; off by default until a resume with graphs is "
-        "checked on a GPU (2.29x a plain PyTorch loop on an H200: docs/performance.md)",
+        "and acts only when the step compiles (under auto: a run long enough to repay compiling); "
+        "refused for a model with dropout; no effect on a CPU; off by default until a resume with "
+        "graphs is checked on a GPU (2.29x a plain PyTorch loop on an H200: docs/performance.md)",
     )
     log_every: PositiveInt = Field(10, description="steps between progress-bar updates")
 
