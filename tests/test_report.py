@@ -130,6 +130,19 @@ def test_every_progress_measure_a_report_plots_names_its_unit(bursty_run: Run) -
     assert measure_label(bursty_run, "my_metric") == "my metric (unit not declared)"
 
 
+def test_every_attention_panel_labels_its_axes_and_the_colour_bar_its_scale(bursty_run: Run) -> None:
+    from icl_lab.report.figures import attention_patterns
+
+    task, batches = bursty_run.eval_data()
+    figure = attention_patterns(bursty_run, bursty_run.checkpoint_steps[:2], task, "ic", batches["ic"])
+    *panels, bar = figure.axes
+    layers, heads = bursty_run.layers_heads
+    assert len(panels) == 2 * layers * heads  # two checkpoints x every head
+    assert {(ax.get_xlabel(), ax.get_ylabel()) for ax in panels} == {("key token", "query token")}
+    assert bar.get_ylabel() == "attention (query row sums to 1)"
+    assert "seed 3" in figure._suptitle.get_text()
+
+
 def test_report_member_writes_that_members_report_beside_member_0s(cli, tmp_path) -> None:
     members = [tiny_config(seed=seed, training={"length": {"steps": 4}}) for seed in (3, 7)]
     run = train(members, str(tmp_path), progress=False)

@@ -507,7 +507,36 @@ def test_a_figure_of_a_metric_no_point_has_says_so_without_warnings() -> None:
         curve(table, CurveSpec(x="a", by="b", metric="t"), 32),
         heatmap(table, HeatmapSpec(x="a", y="b", metric="t"), 32),
     ):
-        assert [t.get_text() for t in figure.axes[0].texts] == ["no complete point has a value of t"]
+        assert [t.get_text() for t in figure.axes[0].texts] == [
+            "no complete point has a value of t (seeds 0)"
+        ]
+
+
+@pytest.mark.filterwarnings("error")
+def test_a_sweep_curve_names_the_seeds_each_point_rests_on_and_the_value_s_unit() -> None:
+    """A point of one seed has no error bar (not a zero-width one) and says n=1; the title lists the
+    seeds drawn, not a failed run's; the axis names the unit the value's metric declares."""
+    from icl_lab.report.sweep import curve, heatmap
+    from icl_lab.sweeps.config import CurveSpec, HeatmapSpec
+
+    table = pa.table(
+        {
+            "seed": [0, 1, 0, 1, 2],
+            "status": ["complete", "complete", "complete", "failed", "failed"],
+            "steps": [10] * 5,
+            "a": [1, 1, 2, 2, 2],
+            "ic/accuracy": [0.5, 0.7, 0.9, None, None],
+        }
+    )
+    figure = curve(table, CurveSpec(x="a", metric="ic/accuracy"), 32)
+    ax = figure.axes[0]
+    assert ax.get_title() == "ic/accuracy: mean ± std over seeds 0, 1 (n=: a point's seeds)"
+    assert ax.get_ylabel() == "ic/accuracy (fraction)"
+    assert [t.get_text() for t in ax.texts] == ["n=1"]
+    segments = [seg for c in ax.collections for seg in c.get_segments() if len(seg)]
+    assert len(segments) == 1, "an error bar for the two-seed point only"
+    heat = heatmap(table, HeatmapSpec(x="a", y="seed", metric="ic/accuracy"), 32)
+    assert heat.axes[1].get_ylabel() == "ic/accuracy (fraction)" and "seeds 0, 1" in heat.axes[0].get_title()
 
 
 def test_a_heatmap_cell_without_a_value_says_why_and_one_seed_shows_no_spread() -> None:

@@ -55,7 +55,8 @@ def timeline(run: Run, d: Dissection, member: int) -> Figure:
     llc_ax.set_ylabel("LLC (dimensionless)")
     for ax, (split, metric, layer) in zip(measure_axes, measures, strict=True):
         if layer is None:
-            ax.plot(*run.curve(metric, split, member=member), color="k", label=metric)
+            steps, values = run.curve(metric, split, member=member)
+            ax.plot(np.maximum(steps, 1), values, color="k", label=metric)
         else:
             layer %= run.layers_heads[0]
             xs, heads = run.head_curves(metric, split, member)

@@ -148,6 +148,8 @@ def attention_patterns(run: Run, steps: list[int], task: Task, split: str, batch
                 ticks = range(T) if T <= 24 else sorted({*range(0, T, max(1, T // 12)), T - 1})
                 ax.set_xticks(list(ticks), [labels[i] for i in ticks], rotation=90, fontsize=6)
                 ax.set_yticks(list(ticks), [labels[i] for i in ticks], fontsize=6)
+                ax.set_xlabel("key token", fontsize=7)
+                ax.set_ylabel("query token", fontsize=7)
     fig.colorbar(image, ax=axes, shrink=0.6, label="attention (query row sums to 1)")
     fig.suptitle(f"attention on {split} sequence 0 (rows: query, columns: key), {run.whose()}", fontsize=9)
     return fig

@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 
 from icl_lab.errors import RunStoreError
 from icl_lab.files import atomic_write_text, read_text
+from icl_lab.metrics.base import LOSS_UNIT, value_unit
 from icl_lab.report.figures import loss_unit
 from icl_lab.report.html import figures_html, page, save_png
 from icl_lab.store.run import Run
@@ -30,16 +31,24 @@ def _groups(table: pa.Table, keys: list[str], metric: str) -> dict[tuple, np.nda
     key (a point of a `points` axis may leave a plotted field out)."""
     groups: dict[tuple, list[float]] = {}
     for row in table.to_pylist():
-        value = row.get(metric)
-        if any(row.get(k) is None for k in keys):
-            continue
-        if row["status"] == "complete" and value is not None and not math.isnan(value):
-            groups.setdefault(tuple(row[k] for k in keys), []).append(value)
+        if _drawn(row, keys, metric):
+            groups.setdefault(tuple(row[k] for k in keys), []).append(row[metric])
     return {k: np.array(v) for k, v in groups.items()}
 
 
-def _seeds(table: pa.Table) -> str:
-    return ", ".join(str(s) for s in sorted(set(table.column("seed").to_pylist())))
+def _seeds(table: pa.Table, keys: list[str] | None = None, metric: str | None = None) -> str:
+    """The seeds of the table, or (given keys and a metric) of the rows a figure of it draws."""
+    rows = table.to_pylist()
+    if metric is not None:
+        rows = [r for r in rows if _drawn(r, keys or [], metric)]
+    return ", ".join(str(s) for s in sorted({r["seed"] for r in rows}))
+
+
+def _drawn(row: dict, keys: list[str], metric: str) -> bool:
+    """Whether a results row is one of the values a figure of metric over keys draws."""
+    value = row.get(metric)
+    complete = row["status"] == "complete" and value is not None and not math.isnan(value)
+    return complete and all(row.get(k) is not None for k in keys)
 
 
 def _when(table: pa.Table, batch_size: int) -> str:
@@ -50,19 +59,24 @@ def _when(table: pa.Table, batch_size: int) -> str:
     return f"at step {steps[0]:,} ({steps[0] * batch_size:,} sequences)"
 
 
-def _no_values(metric: str) -> Figure:
+def _no_values(table: pa.Table, metric: str) -> Figure:
     """A figure that says no complete point has a value of `metric` (e.g. no run made the transition)."""
     fig, ax = plt.subplots(figsize=(6.5, 1.5), constrained_layout=True)
-    ax.text(0.5, 0.5, f"no complete point has a value of {metric}", ha="center", va="center")
+    text = f"no complete point has a value of {metric} (seeds {_seeds(table)})"
+    ax.text(0.5, 0.5, text, ha="center", va="center")
     ax.set_axis_off()
     return fig
 
 
 def _label(metric: str, loss_unit: str) -> str:
-    """A result column with its unit: transition steps, or the task's loss unit."""
+    """A result column with its unit: transition steps, the task's loss unit for a loss, else the
+    unit the value's metric declares ('split/value' columns)."""
     if metric.startswith("transition_"):
         return f"{metric} (steps)"
-    return f"{metric} ({loss_unit})" if metric.endswith("/loss") else metric
+    value = metric.rsplit("/", 1)[-1]
+    unit = LOSS_UNIT if value == "loss" else value_unit(value)
+    unit = loss_unit if unit == LOSS_UNIT else unit
+    return f"{metric} ({unit})" if unit else metric
 
 
 def heatmap(table: pa.Table, spec: HeatmapSpec, batch_size: int, loss_unit: str = "nats") -> Figure:
@@ -71,7 +85,7 @@ def heatmap(table: pa.Table, spec: HeatmapSpec, batch_size: int, loss_unit: str 
     so that a blank cell is one the sweep does not have."""
     groups = _groups(table, [spec.y, spec.x], spec.metric)
     if not groups:
-        return _no_values(spec.metric)
+        return _no_values(table, spec.metric)
     statuses: dict[tuple, set[str]] = {}
     for row in table.to_pylist():
         if row.get(spec.x) is not None and row.get(spec.y) is not None:
@@ -96,7 +110,8 @@ def heatmap(table: pa.Table, spec: HeatmapSpec, batch_size: int, loss_unit: str 
         ax.text(j, i, text, ha="center", va="center", fontsize=8, color=colour)
     ax.set_xticks(range(len(xs)), [str(x) for x in xs])
     ax.set_yticks(range(len(ys)), [str(y) for y in ys])
-    title = f"{spec.metric} {_when(table, batch_size)}\nmean ± std over seeds {_seeds(table)}"
+    seeds = _seeds(table, [spec.y, spec.x], spec.metric)
+    title = f"{spec.metric} {_when(table, batch_size)}\nmean ± std over seeds {seeds}"
     ax.set(xlabel=spec.x, ylabel=spec.y, title=title)
     return fig
 
@@ -107,25 +122,30 @@ def curve(table: pa.Table, spec: CurveSpec, batch_size: int, loss_unit: str = "n
     keys = [spec.x] + ([spec.by] if spec.by else [])
     groups = _groups(table, keys, spec.metric)
     if not groups:
-        return _no_values(spec.metric)
+        return _no_values(table, spec.metric)
+    seeds = _seeds(table, keys, spec.metric)
+    most = max(v.size for v in groups.values())
+    fewer = any(v.size < most for v in groups.values())
     fig, ax = plt.subplots(figsize=(6.5, 4), constrained_layout=True)
     for line in sorted({k[1:] for k in groups}, key=lambda k: tuple(map(_order, k))):
         xs = sorted((k[0] for k in groups if k[1:] == line), key=_order)
         values = [groups[(x, *line)] for x in xs]
-        label = f"{spec.by}={line[0]}" if spec.by else None
+        means = [v.mean() for v in values]
         ax.errorbar(
             [str(x) for x in xs],
-            [v.mean() for v in values],
-            yerr=[v.std(ddof=1) if v.size > 1 else 0 for v in values],
+            means,
+            yerr=[v.std(ddof=1) if v.size > 1 else np.nan for v in values],  # one seed: no bar
             marker="o",
             capsize=3,
-            label=label,
+            label=f"{spec.by}={line[0]}" if spec.by else None,
         )
-    ax.set(
-        xlabel=spec.x,
-        ylabel=_label(spec.metric, loss_unit),
-        title=f"{spec.metric}: mean ± std over seeds {_seeds(table)}",
-    )
+        for x, mean, v in zip(xs, means, values, strict=True):
+            if v.size < most:  # a point resting on fewer seeds than the others says how many
+                ax.annotate(
+                    f"n={v.size}", (str(x), mean), xytext=(4, 4), textcoords="offset points", fontsize=7
+                )
+    title = f"{spec.metric}: mean ± std over seeds {seeds}" + (" (n=: a point's seeds)" if fewer else "")
+    ax.set(xlabel=spec.x, ylabel=_label(spec.metric, loss_unit), title=title)
     if spec.metric.startswith("transition_"):
         right = ax.secondary_yaxis("right", functions=(lambda s: s * batch_size, lambda q: q / batch_size))
         right.set_ylabel("sequences")

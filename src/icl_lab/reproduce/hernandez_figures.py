@@ -37,17 +37,18 @@ def figures(cells: list["Cell"], olsson: "Model", out: Path) -> list[Path]:
     fig, axes = plt.subplots(1, len(widths), figsize=(6.5 * len(widths), 4.2), squeeze=False)
     for ax, width in zip(axes[0], widths, strict=True):
         row = sorted((c for c in cells if c.width == width), key=lambda c: c.epochs)
+        seed = min(m.seed for c in row for m in c.models)  # every line this seed's run, or none
         colours = plt.cm.viridis(np.linspace(0, 0.9, len(row)))
         for cell, colour in zip(row, colours, strict=True):
-            tokens, loss = cell.models[0].curve("loss")
-            ax.plot(tokens, loss, color=colour, label=f"E = {cell.epochs:g}")
+            for model in (m for m in cell.models if m.seed == seed):
+                tokens, loss = model.curve("loss")
+                ax.plot(tokens, loss, color=colour, label=f"E = {cell.epochs:g}")
         for rung in ladder:
-            if rung.width != width:
-                tokens, loss = rung.models[0].curve("loss")
+            for model in (m for m in rung.models if m.seed == seed and rung.width != width):
+                tokens, loss = model.curve("loss")
                 ax.plot(tokens, loss, "k--", lw=0.8, alpha=0.6, label=f"unique, d {rung.width}")
         ax.set(xscale="log", xlabel="training tokens", ylabel="held-out loss (nats)")
         ax.set_ylim(top=min(ax.get_ylim()[1], 3.0))
-        seed = row[0].models[0].seed
         ax.set_title(f"d {width}: held-out loss over training by repeat count E (seed {seed})", fontsize=9)
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
@@ -69,7 +70,7 @@ def figures(cells: list["Cell"], olsson: "Model", out: Path) -> list[Path]:
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
     for ax, field, label in (
-        (axes[0], "prefix_matching", "prefix matching, best head"),
+        (axes[0], "prefix_matching", "prefix matching, best head (attention share)"),
         (axes[1], "copy_drop", "copy-loss drop (nats)"),
     ):
         ladder_values = [getattr(c, field) for c in ladder]
@@ -97,7 +98,7 @@ def figures(cells: list["Cell"], olsson: "Model", out: Path) -> list[Path]:
         axes,
         (
             ("loss", "heldout", "mean", "held-out loss (nats)"),
-            ("prefix_matching", "repeated", "max", "prefix matching, best head"),
+            ("prefix_matching", "repeated", "max", "prefix matching, best head (attention share)"),
             ("icl_score", "heldout", "mean", "held-out ICL score (nats)"),
         ),
         strict=True,

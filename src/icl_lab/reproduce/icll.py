@@ -321,7 +321,11 @@ class ICLL(Reproduction):
         finals = list(self._finals(runs).values())
         names = sorted(finals[0], key=lambda name: -np.mean([f[name][0] for f in finals]))
         fig, axes = plt.subplots(1, 2, figsize=(11, 0.35 * len(names) + 1.5), sharey=True)
-        for ax, index, label in ((axes[0], 0, "validity accuracy"), (axes[1], 1, "TVD (lower is better)")):
+        panels = (
+            (axes[0], 0, "validity accuracy (fraction)"),
+            (axes[1], 1, "TVD (probability, lower is better)"),
+        )
+        for ax, index, label in panels:
             values = [[f[n][index] for f in finals] for n in names]
             colours = ["tab:grey" if "gram" in n and "+" not in n else "tab:blue" for n in names]
             ax.barh(names, [np.mean(v) for v in values], color=colours)
@@ -334,6 +338,7 @@ class ICLL(Reproduction):
                 label="one seed",
             )
             ax.set_xlabel(label)
+        axes[0].set_ylabel("model, or in-context n-gram baseline (grey)")
         axes[0].invert_yaxis()  # the axes share y: inverting each would undo it
         axes[0].legend(loc="lower right")
         run = next(iter(runs.values()))

@@ -29,7 +29,7 @@ def frontier_figure(points: list[tuple[str, float, float]], path: Path, where: s
     ax.set(
         xscale="log",
         xlabel="L0 (features active per token, held-out tokens)",
-        ylabel="CE loss recovered",
+        ylabel="CE loss recovered (fraction of the zero-ablation gap)",
         title=f"SAEs on {where}, seed {seed}",
     )
     ax.grid(alpha=0.3)
@@ -74,7 +74,7 @@ def prefix_figure(
             ax.plot(probe.lengths, probe.corrupted[:, layer, h], color=colour, ls="--")
         ax.set(
             xlabel="copied prefix length (tokens)",
-            ylabel="attention to the induction source",
+            ylabel="attention to the induction source (attention share)",
             title=name,
             ylim=(0, 1),
         )
