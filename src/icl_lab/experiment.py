@@ -281,8 +281,10 @@ def _eager_graphs(config: ExperimentConfig, steps: int) -> list[str]:
     training = config.training
     if torch.device(training.device).type != "cuda":
         return ["training.cuda_graphs is set but unread on a CPU: the graphs replay on a GPU"]
-    if any(clamp.kind == "graft" for clamp in config.clamps):
-        return ["training.cuda_graphs: a graft clamp's run trains eager, so it replays no graphs"]
+    eager = sorted({clamp.kind for clamp in config.clamps if not clamp.traceable})
+    if eager:  # as the trainer decides: such a clamp's run never compiles its step
+        kinds = ", ".join(eager)
+        return [f"training.cuda_graphs: a {kinds} clamp's run trains eager, so it replays no graphs"]
     if training.compile == "auto" and steps < AUTO_MEMBER_STEPS:
         return [
             f"training.cuda_graphs: under compile auto a run of {steps:,} steps compiles, and replays "

@@ -73,8 +73,7 @@ def _label(metric: str, loss_unit: str) -> str:
     unit the value's metric declares ('split/value' columns)."""
     if metric.startswith("transition_"):
         return f"{metric} (steps)"
-    value = metric.rsplit("/", 1)[-1]
-    unit = LOSS_UNIT if value == "loss" else value_unit(value)
+    unit = value_unit(metric.rsplit("/", 1)[-1])
     unit = loss_unit if unit == LOSS_UNIT else unit
     return f"{metric} ({unit})" if unit else metric
 
