@@ -756,7 +756,14 @@ def test_report_on_a_run_without_evaluations_says_so(tmp_path: Path, cli) -> Non
 
 @pytest.mark.parametrize(
     "damage",
-    ["metrics cut short", "an evaluation gone", "metrics gone", "final checkpoint gone", "final tensors"],
+    [
+        "metrics cut short",
+        "an evaluation gone",
+        "rows of an evaluation gone",
+        "metrics gone",
+        "final checkpoint gone",
+        "final tensors",
+    ],
 )
 def test_a_complete_run_missing_its_end_is_refused_by_report_and_resume(
     tmp_path: Path, damage: str, cli
@@ -770,6 +777,13 @@ def test_a_complete_run_missing_its_end_is_refused_by_report_and_resume(
         table = pq.read_table(run.metrics_path)
         pq.write_table(table.filter(pc.not_equal(table["step"], 4)), run.metrics_path)
         expected = "member 0's metrics lack its evaluations at steps 4: its metrics.parquet is damaged"
+    elif damage == "rows of an evaluation gone":  # step 4 keeps its other rows
+        table = pq.read_table(run.metrics_path)
+        gone = pc.and_(pc.equal(table["step"], 4), pc.equal(table["metric"], "loss"))
+        pq.write_table(table.filter(pc.invert(gone)), run.metrics_path)
+        kept = table.num_rows - pc.sum(gone.cast("int64")).as_py()
+        assert 0 < kept < table.num_rows and run.manifest["metrics_rows"] == table.num_rows
+        expected = f"metrics.parquet has {kept:,} rows where training wrote {table.num_rows:,}: it is damaged"
     elif damage == "metrics gone":
         run.metrics_path.unlink()
         expected = "member 0's metrics are gone: its metrics.parquet is damaged"

@@ -376,7 +376,7 @@ def test_an_interrupted_sae_run_says_how_to_continue_it(
     assert SAERun.open(run).status == "interrupted"
 
 
-@pytest.mark.parametrize("gone", ["json", "safetensors", "an evaluation"])
+@pytest.mark.parametrize("gone", ["json", "safetensors", "an evaluation", "a row"])
 def test_a_complete_sae_run_missing_its_final_checkpoint_or_an_evaluation_is_refused(
     sae_run: SAERun, tmp_path: Path, cli, gone: str
 ) -> None:
@@ -390,6 +390,14 @@ def test_a_complete_sae_run_missing_its_final_checkpoint_or_an_evaluation_is_ref
         expected = (
             f"run {sae_run.id} is marked complete, but member 0's metrics lack its evaluations at steps "
             f"{step}: its metrics.parquet is damaged"
+        )
+    elif gone == "a row":  # every evaluation keeps some of its rows
+        table = pq.read_table(damaged / "metrics.parquet")
+        assert table.num_rows == sae_run.manifest["metrics_rows"]
+        pq.write_table(table.slice(0, table.num_rows - 1), damaged / "metrics.parquet")
+        expected = (
+            f"run {sae_run.id} is marked complete, but its metrics.parquet has {table.num_rows - 1:,} rows "
+            f"where training wrote {table.num_rows:,}: it is damaged"
         )
     else:
         (damaged / "checkpoints" / f"step_000000030.{gone}").unlink()

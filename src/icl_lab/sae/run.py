@@ -340,7 +340,8 @@ class SAETrainer:
             missing = sorted(self._expected_history(self.total_steps) - set(self.logger.rows.columns["step"]))
             if missing:
                 raise IclLabError(f"SAE run {run.id}: metrics are missing at steps {missing[:5]}")
-            run.update_manifest(status="complete", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+            finished = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            run.update_manifest(status="complete", finished=finished, metrics_rows=self.logger.row_count)
         except (KeyboardInterrupt, Interrupted) as e:
             run.record(status="interrupted", interrupted_at=self.fitter.step)
             if isinstance(e, Interrupted):

@@ -34,6 +34,7 @@ MANIFEST_TYPES: dict[str, type | tuple[type, ...]] = {
     "source_hash": str,
     "d_in": int,
     "n_ctx": int,
+    "metrics_rows": int,
 }
 """fields whose type a manifest's reader checks (where present): a damaged value is refused on opening"""
 
@@ -256,8 +257,9 @@ class RunDirectory:
 
     def check_whole(self) -> None:
         """RunStoreError if the run is marked complete but its final checkpoint (tensors or sidecar)
-        or any evaluation of a member is gone (a damaged copy): what it reports would be an earlier
-        state's, or its curves would have holes."""
+        or any evaluation of a member is gone, or its metrics table has other rows than training
+        wrote (a damaged copy): what it reports would be an earlier state's, or its curves would
+        have holes."""
         if self.status != "complete":
             return
         last = self.manifest.get("total_steps")
@@ -281,6 +283,12 @@ class RunDirectory:
                     f"run {self.id} is marked complete, but member {member}'s metrics {lack}: its "
                     f"{self.metrics_path.name} is damaged; train it again"
                 )
+        written = self.manifest.get("metrics_rows")  # absent in runs made before it was recorded
+        if written is not None and table.num_rows != written:
+            raise RunStoreError(
+                f"run {self.id} is marked complete, but its {self.metrics_path.name} has "
+                f"{table.num_rows:,} rows where training wrote {written:,}: it is damaged; train it again"
+            )
 
     def check_config(self) -> None:
         """RunStoreError if the run's config files were edited since it started (the manifest's

@@ -46,5 +46,9 @@ class MetricsLogger:
             if member == 0 and (split, metric) == (key_split, key):
                 self.key_value = float(getattr(array, summary)())
 
+    @property
+    def row_count(self) -> int:
+        return len(self.rows.columns["step"])
+
     def write(self) -> None:
         self.rows.write(self.path)

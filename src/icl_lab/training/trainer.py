@@ -6,10 +6,10 @@ are several), and updates all members with one optimiser (elementwise, so member
 independent; gradient clipping is per member). Clamps compile to hooks gated per member.
 
 Its parts: a TrainState (what a checkpoint holds, and its key format), an Evaluator (each member
-on its own fixed evaluation batches) and a MetricsLogger (the metrics table); the last two may be
-passed in. Resuming from a checkpoint continues bit-identically on the CPU: parameters, optimiser
-state, data-generator states and the running training-loss accumulator are all restored, and
-evaluation batches depend on seeds only. With training.compile the whole step (losses, gradients
+on its own fixed evaluation batches) and a MetricsLogger (the metrics table). Resuming from a
+checkpoint continues bit-identically on the CPU: parameters, optimiser state, data-generator
+states and the running training-loss accumulator are all restored, and evaluation batches depend
+on seeds only. With training.compile the whole step (losses, gradients
 by torch.func.grad, clipping and the optimiser's update) is one torch.compile'd function
 (training/compiled.py), on a GPU optionally replayed as CUDA graphs (training.cuda_graphs);
 nothing else changes.
@@ -188,13 +188,7 @@ def _with_kernels(method: Callable[..., None]) -> Callable[..., None]:
 class Trainer:
     """Trains the members of a run, evaluating and checkpointing as its config says."""
 
-    def __init__(
-        self,
-        run: Run,
-        progress: bool = True,
-        evaluator: Evaluator | None = None,
-        logger: MetricsLogger | None = None,
-    ) -> None:
+    def __init__(self, run: Run, progress: bool = True) -> None:
         self.run, self.progress = run, progress
         cfg = run.config
         self.members: list[ExperimentConfig] = run.configs
@@ -250,10 +244,10 @@ class Trainer:
             torch.zeros(len(self.members), device=self.device),
         )
         self.clamps = self._clamp_table()
-        self.evaluator = evaluator or Evaluator(
+        self.evaluator = Evaluator(
             self.tasks, [batches for _, batches in data], metric_names(cfg, self.model), cfg.eval.with_clamps
         )
-        self.logger = logger or MetricsLogger(run.metrics_path, key_metric(cfg))
+        self.logger = MetricsLogger(run.metrics_path, key_metric(cfg))
         self.restored = False
         self.latest_losses: Tensor | None = None
         self._step_clamps: list[Clamp] = []  # the clamps active in the current step
@@ -608,7 +602,8 @@ class Trainer:
             self._check_history()
             compiled = {"compile_s": round(self.compile_s, 2)} if self.compile_s is not None else {}
             finished = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-            self.run.update_manifest(status="complete", finished=finished, **compiled)
+            rows = self.logger.row_count  # what check_whole expects of the table from now on
+            self.run.update_manifest(status="complete", finished=finished, metrics_rows=rows, **compiled)
         except (KeyboardInterrupt, Interrupted) as e:
             self.run.record(status="interrupted", interrupted_at=state.step)
             if isinstance(e, Interrupted):
