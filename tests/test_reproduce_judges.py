@@ -2,6 +2,7 @@
 of its threshold: runs are stand-ins that return the curves and summaries a judge reads."""
 
 import math
+import warnings
 from types import SimpleNamespace
 
 import numpy as np
@@ -156,6 +157,7 @@ def test_singh_timing_grids_judge_the_direction_of_the_seed_means() -> None:
         (singh.PAPER_STRENGTH, singh.PAPER_KEPT, True),  # the authors' heads: r = 0.96
         (singh.PAPER_STRENGTH, singh.PAPER_KEPT[::-1], False),  # r = -0.70
         ([0.5, 0.6, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1], [0.5, 0.6, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1], False),
+        (singh.PAPER_STRENGTH, [0.25] * 8, False),  # every head alone at chance: r undefined
     ],
 )
 def test_singh_diverse_heads_need_correlation_and_three_strong_heads(
@@ -165,7 +167,10 @@ def test_singh_diverse_heads_need_correlation_and_three_strong_heads(
     run.model = lambda: SimpleNamespace(n_heads=8)
     run.head_curves = lambda metric, split: ([0, 1], {f"1.{h}": [0.0, s] for h, s in enumerate(strength)})
     monkeypatch.setattr(singh, "only_head_kept", lambda model, task, batch, layer: torch.tensor(kept))
-    assert singh._diverse_heads(run)[1] is held
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an undefined r is judged, not warned about
+        _, ok, text = singh._diverse_heads(run)
+    assert ok is held and ("r = nan" in text) == (len(set(kept)) == 1)
 
 
 @pytest.mark.parametrize(

@@ -31,11 +31,16 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 0.5 * (1 + np.tanh(0.5 * z))
 
 
-def expected_loss(z: np.ndarray, n_labels: int, q: float) -> np.ndarray:
-    """loss for z (..., 3)."""
+def _terms(z: np.ndarray, n_labels: int, q: float) -> tuple[np.ndarray, ...]:
+    """(c, s2, s3, m, f) at logits z (..., 3): the three sigmoids, m = s2 s3 and f = exp(-loss)."""
     c, s2, s3 = _sigmoid(z[..., 0]), _sigmoid(z[..., 1]), _sigmoid(z[..., 2])
     m = s2 * s3
-    return -np.log((1 - c) / n_labels + c * ((1 - m) * q + m))
+    return c, s2, s3, m, (1 - c) / n_labels + c * ((1 - m) * q + m)
+
+
+def expected_loss(z: np.ndarray, n_labels: int, q: float) -> np.ndarray:
+    """The mean-field loss at logits z (..., 3)."""
+    return -np.log(_terms(z, n_labels, q)[-1])
 
 
 def gradient_flow(
@@ -46,9 +51,7 @@ def gradient_flow(
     n = int(np.ceil(tau_max / dtau)) + 1
     losses = np.empty((z.shape[0], n))
     for i in range(n):
-        c, s2, s3 = _sigmoid(z[:, 0]), _sigmoid(z[:, 1]), _sigmoid(z[:, 2])
-        m = s2 * s3
-        f = (1 - c) / n_labels + c * ((1 - m) * q + m)
+        c, s2, s3, m, f = _terms(z, n_labels, q)
         losses[:, i] = -np.log(f)
         df = np.stack(
             [

@@ -321,7 +321,8 @@ def _diverse_heads(run: Run) -> tuple[int, bool, str]:
     kept = only_head_kept(model, task, batches["train"], layer=1).numpy()
     _, heads = run.head_curves("induction_strength", "train")
     strength = np.array([heads[f"1.{h}"][-1] for h in range(model.n_heads)])
-    r = float(np.corrcoef(strength, kept)[0, 1])
+    with np.errstate(invalid="ignore", divide="ignore"):  # nan (judged not reproduced) if one is constant
+        r = float(np.corrcoef(strength, kept)[0, 1])
     text = f"seed {run.config.seed}: strength {numbers(strength)}; kept alone {numbers(kept)} (r = {r:.2f})"
     return run.config.seed, bool(r > 0.5 and (strength > 0.2).sum() >= 3), text
 
