@@ -279,8 +279,13 @@ def test_runs_stored_before_new_config_fields_keep_their_hashes() -> None:
         "singh": "a7d8dea218c8ec14",
         "gd": "9a69103f1108961b",
     }
-    # gd's bundled config now takes the authors' init and optimiser: its old settings, set back
-    old_gd = ["model.init=normal", "training.grad_clip=null", "training.optimizer.betas=[0.9, 0.999]"]
+    # gd's bundled config now takes the authors' init, optimiser and shared layers: its old settings, set back
+    old_gd = [
+        "model.init=normal",
+        "model.share_weights=false",
+        "training.grad_clip=null",
+        "training.optimizer.betas=[0.9, 0.999]",
+    ]
     assert {name: load_config(name, old_gd if name == "gd" else []).hash() for name in before} == before
     for later in (
         "task.repeat={fraction: 0.5, epochs: 2}",

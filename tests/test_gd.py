@@ -188,6 +188,23 @@ def test_linear_self_attention_trains_and_reports(tmp_path) -> None:
     assert (report.parent / "training.png").exists() and not (report.parent / "attention.png").exists()
 
 
+def test_clip_bounds_the_residual_stream_after_every_layer() -> None:
+    """As the authors' transformer.py: h = clip(h + attn(h), -clip, clip) after each layer."""
+    data = {**config(2).model_dump(mode="json"), "model": {"name": "linear_self_attention", "n_layers": 2}}
+    plain = build_model(validate_config(data))
+    clipped = build_model(validate_config({**data, "model": {**data["model"], "clip": 0.3}}))
+    clipped.load_state_dict(plain.state_dict())
+    gd_construction(plain, lr=5.0, n_points=10)  # large steps: the stream leaves +-0.3
+    gd_construction(clipped, lr=5.0, n_points=10)
+    _, b = batch(32)
+    e = b.inputs
+    for block in plain.blocks:
+        e = (e + block(e)).clamp(-0.3, 0.3)
+    assert plain(b.inputs).abs().max() > 0.3
+    torch.testing.assert_close(clipped(b.inputs), -e[..., -1:])
+    assert clipped(b.inputs).abs().max() <= 0.3
+
+
 def test_shared_weights_apply_one_layer_repeatedly() -> None:
     shared = build_model(
         validate_config(

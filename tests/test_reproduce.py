@@ -27,7 +27,7 @@ from icl_lab.reproduce.hernandez import Hernandez
 from icl_lab.reproduce.icll import ICLL
 from icl_lab.reproduce.kissane import FRONTIER, Kissane
 from icl_lab.reproduce.reddy import Reddy, _trend
-from icl_lab.reproduce.singh import Singh
+from icl_lab.reproduce.singh import SUBCIRCUITS, Singh
 from icl_lab.sae.config import SAERunConfig, validate_sae_config
 from icl_lab.store.run import Run
 from icl_lab.sweeps.config import ListAxis, SweepConfig, axis_values
@@ -449,6 +449,24 @@ def test_singh_reproduction_runs_its_grids_and_judges(tmp_path: Path) -> None:
     assert "15 labels" in labels.ours and labels.seeds == (0, 1, 2)
     assert not classes.reproduced and not labels.reproduced, "no run gets there in 4 steps: no direction"
     assert (out / "singh.png").stat().st_size > 10_000
+
+
+def test_singh_subcircuit_runs_are_set_as_the_authors_runs() -> None:
+    """icl-dynamics ih_paper_runs.sh: perfect_l1 and perfect_match train one induction head (REST_HEADS
+    ablated), perfect_l1_and_copy all eight; the match run is the match claim's too."""
+    experiments = Singh().experiments(quick=True)
+    assert not any("single + match" in name for name in experiments)
+    clamps = {
+        name: [(c.kind, getattr(c, "heads", None)) for c in experiments[f"{name} s1"].clamps]
+        for name in SUBCIRCUITS
+    }
+    others = ("ablate", [f"1.{h}" for h in range(1, 8)])
+    assert clamps == {
+        "Layer 1 + copy (B learned)": [("layer1", None), ("copy", None)],
+        "match (C learned)": [others, ("induction_match", ["1.0"])],
+        "Layer 1 (B, C learned)": [others, ("layer1", None)],
+    }
+    assert experiments["Layer 1 + copy (B learned) s1"].clamps[1].head == "1.0"
 
 
 shortened_reproduction("reddy-tiny-test", Reddy, 6)

@@ -85,7 +85,7 @@ def test_singh_several_heads_must_beat_one(main: int | None, single: int | None,
 
 
 @pytest.mark.parametrize(
-    ("clamped", "main", "held"),
+    ("clamped", "single", "held"),
     [
         ((10, 20, 30), 40, True),
         ((10, 20, 40), 40, False),
@@ -93,14 +93,15 @@ def test_singh_several_heads_must_beat_one(main: int | None, single: int | None,
         ((10, 20, 30), None, False),
     ],
 )
-def test_singh_every_subcircuit_clamp_must_beat_the_unclamped_run(
-    clamped: tuple, main: int | None, held: bool
+def test_singh_every_subcircuit_clamp_must_beat_the_unclamped_single_head(
+    clamped: tuple, single: int | None, held: bool
 ) -> None:
-    _, ok, text = singh._subcircuits(loss_run(reaches=main), *(loss_run(reaches=t) for t in clamped))
+    _, ok, text = singh._subcircuits(loss_run(reaches=single), *(loss_run(reaches=t) for t in clamped))
     assert ok is held
     assert text.startswith(
-        "seed 0: A: Layer 1 + copy: " + ("never" if clamped[0] is None else f"{clamped[0] * 32:,}")
+        "seed 0: Layer 1 + copy (B learned): " + ("never" if clamped[0] is None else f"{clamped[0] * 32:,}")
     )
+    assert "; unclamped (one induction head) " in text
 
 
 @pytest.mark.parametrize(

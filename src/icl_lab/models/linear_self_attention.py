@@ -9,13 +9,14 @@ in TransformerLens's row-vector layout (W_Q, W_K, W_V: heads x d x d; W_O: heads
 paper's projection P). The prediction is minus the last coordinate of each token's output, so
 that a query token entering with y = 0 leaves with -y_hat. `gd_construction` sets the weights that
 make each layer one step of gradient descent on the in-context least-squares loss. With
-share_weights one layer's weights serve every layer (its hooks fire once per application).
+share_weights one layer's weights serve every layer (its hooks fire once per application); clip
+bounds the residual stream after every layer, as the authors' code does for deep models.
 """
 
 from typing import Literal
 
 import torch
-from pydantic import Field, PositiveFloat, PositiveInt
+from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
 from torch import Tensor, nn
 
 from icl_lab.config import ModelConfig
@@ -29,6 +30,7 @@ class LinearSelfAttentionConfig(ModelConfig):
     """A stack of linear self-attention layers reading (x, y) tokens."""
 
     name: Literal["linear_self_attention"] = "linear_self_attention"
+    later_fields = ("clip",)  # 2026-12-05
     n_layers: PositiveInt = 1
     n_heads: PositiveInt = 1
     init: Literal["normal", "variance_scaling"] = Field(
@@ -40,6 +42,9 @@ class LinearSelfAttentionConfig(ModelConfig):
     init_std: PositiveFloat = Field(0.002, description="std of the normal init of every weight")
     init_scale: PositiveFloat = Field(0.002, description="variance_scaling's scale")
     share_weights: bool = Field(False, description="one layer's weights applied n_layers times")
+    clip: NonNegativeFloat = Field(
+        0.0, description="clip every residual-stream entry to +-clip after each layer (0: no clipping)"
+    )
 
     def check_io(self, io: ModelIO) -> None:
         if io.d_input is None or io.d_out != 1:
@@ -93,8 +98,10 @@ class LinearSelfAttention(Model):
 
     def forward(self, inputs: Tensor) -> Tensor:
         e = inputs
+        clip = self.cfg.clip
         for layer, hook in enumerate(self.hook_resid):
-            e = hook(e + self.blocks[layer % len(self.blocks)](e))
+            e = e + self.blocks[layer % len(self.blocks)](e)
+            e = hook(e.clamp(-clip, clip) if clip else e)
         return -e[..., -1:]
 
 
