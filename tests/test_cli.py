@@ -162,6 +162,15 @@ def test_list(cli, what: str, expected: str) -> None:
     assert code == 0 and expected in out
 
 
+def test_list_reproductions_gives_each_mode_s_scale(cli) -> None:
+    from icl_lab.reproduce import REPRODUCTIONS
+
+    code, out, _ = cli("list", "reproductions")
+    assert code == 0 and out.count("; full: ") == len(list(REPRODUCTIONS.items()))
+    reddy = REPRODUCTIONS.get("reddy-phase")
+    assert "60,000 of its 150,000 steps" in reddy.full_scale  # not called the paper's scale
+
+
 def test_list_describes_each_component_by_its_docstrings_first_sentence() -> None:
     from icl_lab.registry import summary
 

@@ -125,6 +125,7 @@ def test_auto_packing_on_a_cpu_spreads_over_the_workers_and_is_kept_on_a_rerun(t
 class Tiny(Reproduction):
     title = "a two-run reproduction for the tests"
     quick_budget = "seconds"
+    full_scale = "seconds too"
 
     def experiments(self, quick: bool) -> dict[str, ExperimentConfig]:
         return {"a": tiny_config(name="a"), "b": tiny_config(name="b", seed=9)}
@@ -163,6 +164,7 @@ def test_reproduce_writes_claims(tmp_path: Path) -> None:
 class TinySlow(Reproduction):
     title = "a reproduction long enough to be killed midway, for the tests"
     quick_budget = "seconds"
+    full_scale = "seconds too"
 
     def experiments(self, quick: bool) -> dict[str, ExperimentConfig]:
         slow = {"batch_size": 8, "length": {"steps": 3000}, "compile": "off"}
@@ -346,6 +348,7 @@ def test_trend_judgement() -> None:
 class TinySweep(SweepReproduction):
     title = "a one-sweep reproduction for the tests"
     quick_budget = "seconds"
+    full_scale = "seconds too"
 
     def sweeps(self, quick: bool) -> dict:
         from test_sweeps import sweep

@@ -255,7 +255,8 @@ def list_(
             Listable.metrics: [(n, m.description) for n, m in METRICS.items()],
             Listable.clamps: [(n, summary(c.__doc__)) for n, c in CLAMPS.items()],
             Listable.reproductions: [
-                (n, f"{r.title} (--quick: {r.quick_budget})") for n, r in REPRODUCTIONS.items()
+                (n, f"{r.title} (--quick: {r.quick_budget}; full: {r.full_scale})")
+                for n, r in REPRODUCTIONS.items()
             ],
             Listable.experiments: [(p.stem, _header(p)) for p in sorted(BUNDLED_CONFIGS.glob("*.yaml"))],
         }[what]
@@ -508,7 +509,7 @@ def reproduce_(
             console.print(f"published: {published}")
         return
     reproduction = REPRODUCTIONS.get(name)
-    mode = f"quick: {reproduction.quick_budget}" if quick else "full: the paper's scale"
+    mode = f"quick: {reproduction.quick_budget}" if quick else f"full: {reproduction.full_scale}"
     console.print(f"[bold]{reproduction.title}[/] ({mode})")
     claims, out = reproduce(name, quick, runs_dir, workers, not quiet, resume, device, docs)
     table = Table(show_lines=True)

@@ -79,11 +79,13 @@ def judged_by_seed(
 
 
 class Reproduction:
-    """Subclasses name their experiments (quick: a CPU in minutes; full: the paper's scale) and
-    judge each claim from the finished runs; or, as SweepReproduction, from sweeps."""
+    """Subclasses name their experiments (quick: a CPU in minutes; full: nearer the paper's scale, for
+    a GPU, as full_scale says) and judge each claim from the finished runs; or, as
+    SweepReproduction, from sweeps."""
 
     title: ClassVar[str]
     quick_budget: ClassVar[str]
+    full_scale: ClassVar[str]
 
     def experiments(self, quick: bool) -> dict[str, ExperimentConfig]:  # pragma: no cover
         raise NotImplementedError

@@ -40,6 +40,7 @@ class FunctionClasses(Reproduction):
     survive randomised labels?"""
 
     title = "Garg et al. 2022 (function classes) and Campbell et al. 2023 (sliding windows)"
+    full_scale = "d = 20, Garg et al.'s curriculum and 12-layer width-256 model, 50,000 steps"
     quick_budget = "52 minutes on 2 CPU cores (measured 2026-12-03)"
 
     def __init__(self) -> None:

@@ -188,6 +188,7 @@ class Hernandez(SweepReproduction):
     """Repeated data against a ladder of unique-data models; induction heads on real text."""
 
     title = "Hernandez et al. 2022 (repeated data) and Olsson et al. 2022 (induction heads in text models)"
+    full_scale = "3,000 steps, E over every width from 16 to 256, three seeds"
     quick_budget = "52-67 minutes on 2 CPU cores (measured 2026-12-03 and, on a slower day, 2026-12-05)"
 
     def sweeps(self, quick: bool) -> dict[str, SweepConfig]:

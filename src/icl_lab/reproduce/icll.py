@@ -164,6 +164,7 @@ class ICLL(Reproduction):
     """Which architectures learn regular languages in context, against the in-context n-gram models."""
 
     title = "Akyürek et al. 2024: in-context language learning (RegBench) across architectures"
+    full_scale = "each architecture at the authors' size, 20,000 steps on 1,024-token prompts"
     quick_budget = "45 minutes on 2 CPU cores (measured 2026-12-05, alone)"
     seeds = SEEDS
 

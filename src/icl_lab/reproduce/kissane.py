@@ -18,7 +18,9 @@ the time 2,000 steps of 1,024 take. Inputs are scaled to norm sqrt(d_in), so tha
 coefficient means the same on every layer (the paper's hook_z is unscaled; its lambda 0.8-3.0 was
 for GPT-2's scale). The main SAEs use lambda = 3; the frontier adds lambda = 1 and 10, and TopK and
 BatchTopK at k = 8 and 32. Full mode: the text models at 4,000 steps, SAEs at 32 x d_in on 24,400
-batches of 4,096 (1e8 activations), resampling every 25,000 steps as the paper: for a GPU.
+batches of 4,096 (1e8 activations), resampling every 25,000 steps as SPEC §8 gives it, so never
+within those 24,400 (nor does the authors' train.py, resampling every 100,000 steps by default with
+the same 1e8 activations): for a GPU.
 
 Family measure (sae/attribution.py): a feature's family is where most of its positive per-source
 direct feature attribution comes from; a head is polysemantic when the features it dominates
@@ -181,6 +183,7 @@ def _no_moved_rows(main: dict[str, Decomposition]) -> str:
 @REPRODUCTIONS.register("kissane")
 class Kissane(Reproduction):
     title = "Kissane et al. 2024: sparse autoencoders on attention outputs"
+    full_scale = "SAEs at 32 x d_in on 1e8 activations (the paper's count), text models at 4,000 steps"
     quick_budget = (
         "45 minutes on 2 CPU cores (measured alone on 2026-12-03; 159 while other reproductions and tests "
         "shared the cores)"

@@ -8,8 +8,8 @@ of the in-weights path learns at a rate set by the class's frequency, as Reddy's
 the progress measures and the nested-logits fit are judged on each seed's K = 4096 run. Sweep
 figures are means over seeds, with the spread (sd) beside them; a claim judged per seed (p_C, the
 progress measures, the fit) is reproduced when it holds for most seeds. Full mode uses the paper's
-SGD setting (configs/reddy_paper.yaml) and six seeds for L = N: hours on a CPU, meant for a GPU or a
-cluster.
+SGD setting (configs/reddy_paper.yaml) for 60,000 of its 150,000 steps and six seeds for L = N:
+hours on a CPU, meant for a GPU or a cluster.
 """
 
 import numpy as np
@@ -50,6 +50,9 @@ class Reddy(Reproduction):
     """Each claim of SPEC section 1 that a run can test, checked against our runs."""
 
     title = "Reddy 2024: the mechanistic basis of data dependence and abrupt learning"
+    full_scale = (
+        "the paper's optimiser (SGD 0.01, batch 128) for 60,000 of its 150,000 steps, six seeds for L = N"
+    )
     quick_budget = "15 minutes on 2 CPU cores (measured)"
 
     def experiments(self, quick: bool) -> dict[str, ExperimentConfig]:

@@ -4,8 +4,8 @@ and Chan et al.'s finding that in-context learning needs both burstiness and man
 Quick mode runs the bundled sweeps configs/sweeps/reddy_bk.yaml and reddy_alpha_eps.yaml (63 runs
 of Reddy's network with Adam, three seeds) and reddy_eps_sgd.yaml (the noise effect at the paper's
 optimiser, SGD 0.01 and batch 128, for 6,000 steps, three seeds), judging the noise effect at each
-optimiser and at several budgets; full mode runs the first two at the paper's scale (SGD, 60k
-steps, six seeds): meant for a GPU or a Ray cluster.
+optimiser and at several budgets; full mode runs the first two at the paper's optimiser (SGD 0.01,
+batch 128) for 60,000 of its 150,000 steps, six seeds: meant for a GPU or a Ray cluster.
 """
 
 from pathlib import Path
@@ -47,6 +47,9 @@ class ReddyPhase(SweepReproduction):
     """Phase diagrams of in-context vs in-weights learning, checked against Reddy and Chan."""
 
     title = "Reddy 2024 and Chan et al. 2022: phase diagrams of in-context vs in-weights learning"
+    full_scale = (
+        "the phase-diagram sweeps at the paper's optimiser for 60,000 of its 150,000 steps, six seeds"
+    )
     quick_budget = "25 minutes on 2 CPU cores (three seeds, 72 runs, measured on 2026-12-03)"
 
     def sweeps(self, quick: bool) -> dict[str, SweepConfig]:

@@ -85,6 +85,7 @@ class Singh(Reproduction):
     """Each claim of SPEC section 2 that our runs can test."""
 
     title = "Singh et al. 2024: what needs to go right for an induction head"
+    full_scale = "the main runs 900,000 sequences, the timing grids on five seeds"
     quick_budget = "18 minutes on 2 CPU cores (measured 2026-12-04)"
 
     def experiments(self, quick: bool) -> dict[str, ExperimentConfig]:

@@ -16,8 +16,9 @@ RESAMPLE_INPUTS = 1 << 14  # inputs whose losses choose the resampled directions
 
 
 class FitSettings(StrictModel):
-    """Kissane et al.'s optimiser: Adam lr 1.2e-3, betas (0, 0.9999), the lr ramping linearly from
-    0.1 x lr over the warm-up (restarted after each resampling). Batches are drawn uniformly, with
+    """Kissane et al.'s optimiser: Adam lr 1.2e-3, betas (0, 0.9999), the lr ramping from 0.1 x lr
+    over the warm-up (restarted after each resampling): linearly here, along half a cosine in their
+    train.py (a CosineAnnealingLR stepped to its minimum first). Batches are drawn uniformly, with
     replacement, from the shuffled activation buffer."""
 
     steps: PositiveInt
