@@ -131,6 +131,22 @@ def test_vector_input_and_readout_mlp() -> None:
     assert big.readout[0].weight.std().item() == pytest.approx(math.sqrt(2 / 400), rel=0.05)
 
 
+def test_the_reddy_papers_network_initialises_as_the_authors_code() -> None:
+    """configs/reddy_paper.yaml: attention N(0, 1/D) with D = 63 content dims, three ReLU layers of
+    128 He-initialised, logits N(0, 1/128) (SPEC section 1)."""
+    from icl_lab.experiment import build_model, load_config
+
+    model = build_model(load_config("reddy_paper"), "cpu")
+    for name, p in model.named_parameters():
+        if ".attn.W_" in name:
+            assert p.std().item() == pytest.approx(1 / math.sqrt(63), rel=0.03), name
+    assert [tuple(layer.weight.shape) for layer in model.readout] == [(128, 128)] * 3
+    assert all(
+        layer.weight.std().item() == pytest.approx(math.sqrt(2 / 128), rel=0.03) for layer in model.readout
+    )
+    assert model.unembed.W_U.std().item() == pytest.approx(1 / math.sqrt(128), rel=0.05)
+
+
 @pytest.mark.parametrize("path", ["fused", "explicit", "tiny"])
 @pytest.mark.parametrize("positions", [[-1], [2, 5, -1]])
 def test_readout_model_computes_its_last_block_at_the_readout_positions_only(

@@ -34,7 +34,7 @@ class TransformerConfig(ModelConfig):
     """Shape and variant of the transformer; input/output sizes come from the task."""
 
     name: Literal["transformer"] = "transformer"
-    later_fields = ("embed_dropout", "attn_dropout", "tie_unembed")  # 2026-12-04, 2026-12-05
+    later_fields = ("embed_dropout", "attn_dropout", "tie_unembed", "attn_init_std")  # 2026-12-04, -05
     n_layers: PositiveInt = 2
     n_heads: PositiveInt = 4
     d_model: PositiveInt = 64
@@ -62,6 +62,9 @@ class TransformerConfig(ModelConfig):
         "He-initialised",
     )
     init_std: float = Field(0.02, gt=0)
+    attn_init_std: float | None = Field(
+        None, gt=0, description="std of the attention weights' normal init, in place of what init gives them"
+    )
     embed_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the embedded inputs, in training")
     attn_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on attention patterns, in training")
     tie_unembed: bool = Field(False, description="unembed with W_E's transpose (W_U = W_E^T), no bias")
@@ -422,8 +425,8 @@ class Transformer(Model):
             block.attn.vmapped = vmapped
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        """Weights as `init` says; readout MLP layers He-initialised (N(0, 2/fan_in)); biases 0,
-        LayerNorm gains 1."""
+        """Weights as `init` says (attention's N(0, attn_init_std) where set); readout MLP layers
+        He-initialised (N(0, 2/fan_in)); biases 0, LayerNorm gains 1."""
         for name, p in self.named_parameters():
             if name.startswith("ngram."):  # n-gram layers start as identity plus a small n-gram read
                 with torch.no_grad():
@@ -432,6 +435,8 @@ class Transformer(Model):
                     nn.init.normal_(p, 0.0, self.cfg.init_std, generator=generator)
             elif name.startswith("readout.") and name.endswith("weight"):
                 nn.init.normal_(p, 0.0, math.sqrt(2 / p.shape[1]), generator=generator)
+            elif ".attn.W_" in name and self.cfg.attn_init_std is not None:
+                nn.init.normal_(p, 0.0, self.cfg.attn_init_std, generator=generator)
             elif name.split(".")[-1].startswith("W_") and self.cfg.init == "uniform_fan_in":
                 bound = 1 / math.sqrt(fan_in(name, p))
                 nn.init.uniform_(p, -bound, bound, generator=generator)
