@@ -185,8 +185,8 @@ class Kissane(Reproduction):
     title = "Kissane et al. 2024: sparse autoencoders on attention outputs"
     full_scale = "SAEs at 32 x d_in on 1e8 activations (the paper's count), text models at 4,000 steps"
     quick_budget = (
-        "45 minutes on 2 CPU cores (measured alone on 2026-12-03; 159 while other reproductions and tests "
-        "shared the cores)"
+        "45-58 minutes on 2 CPU cores (measured on 2026-12-03 and, on a slower day, 2026-12-05; 159 while "
+        "other reproductions and tests shared the cores)"
     )
     scored_tokens = SCORED_TOKENS
     seeds = SEEDS
