@@ -86,7 +86,7 @@ class Singh(Reproduction):
 
     title = "Singh et al. 2024: what needs to go right for an induction head"
     full_scale = "the main runs 900,000 sequences, the timing grids on five seeds"
-    quick_budget = "18 minutes on 2 CPU cores (measured 2026-12-04)"
+    quick_budget = "18-24 minutes on 2 CPU cores (measured 2026-12-04 and, on a slower day, 2026-12-05)"
 
     def experiments(self, quick: bool) -> dict[str, ExperimentConfig]:
         long, short = (600_000, 300_000) if quick else (900_000, 450_000)
