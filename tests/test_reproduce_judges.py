@@ -380,3 +380,9 @@ def gd_verdicts() -> list[bool]:
 def test_gd_claims_on_planted_figures(gd_planted: dict, change: dict, failed: set | None) -> None:
     gd_planted.update(change)
     assert gd_verdicts() == [i not in (failed or set()) for i in range(7)]
+
+
+def test_gd_multi_step_figures_show_the_digits_they_are_judged_at(gd_planted: dict) -> None:
+    multi = gd.GradientDescent().claims(gd_runs(), quick=True)[5]
+    assert multi.paper == "0.204 0.157 0.108"
+    assert multi.ours.startswith("seed 0: 0.204 0.157 0.108 (GD++ with tuned gamma: 0.204 0.120 0.090)")

@@ -28,9 +28,9 @@ from icl_lab.sweeps.run import finish_sweep, prepare_sweep
 TOLERANCE = 0.05  # accuracy differences smaller than this count as ties when judging a trend
 
 
-def numbers(values: object) -> str:
-    """Values with two decimals, space-separated, for a claim's 'ours' column."""
-    return " ".join(f"{v:.2f}" for v in values)
+def numbers(values: object, fmt: str = ".2f") -> str:
+    """Values (two decimals unless fmt says), space-separated, for a claim's 'ours' column."""
+    return " ".join(f"{v:{fmt}}" for v in values)
 
 
 def mean_sd(values: list[float]) -> str:

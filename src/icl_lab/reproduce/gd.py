@@ -18,7 +18,7 @@ from icl_lab.analysis.gd import compare_with_gd, effective_lr, interpolated_loss
 from icl_lab.analysis.summary import summarise
 from icl_lab.experiment import ExperimentConfig, build_model, load_config
 from icl_lab.models.linear_self_attention import gd_construction
-from icl_lab.reproduce.base import REPRODUCTIONS, Claim, Reproduction, judged_by_seed, mean_spread
+from icl_lab.reproduce.base import REPRODUCTIONS, Claim, Reproduction, judged_by_seed, mean_spread, numbers
 from icl_lab.seeding import generator
 from icl_lab.store.run import Run
 from icl_lab.tasks import Task
@@ -26,11 +26,6 @@ from icl_lab.tasks import Task
 GD_STEPS = (1, 2, 5)
 PAPER_GD_LOSS = {1: 0.204, 2: 0.157, 5: 0.108}  # multi-step GD, checked
 EVAL_PROMPTS = 10_000
-
-
-def _losses(values: object) -> str:
-    """Losses to three decimals (the multi-step GD claim is judged to 0.01), space-separated."""
-    return " ".join(f"{v:.3f}" for v in values)
 
 
 def _loss(run: Run, tokens: torch.Tensor, targets: torch.Tensor) -> float:
@@ -148,13 +143,13 @@ class GradientDescent(Reproduction):
         claims.append(  # no training: each seed draws its own evaluation prompts and tunes GD on them
             judged_by_seed(
                 "multi-step GD (tuned step size) loss for 1 / 2 / 5 steps",
-                _losses(PAPER_GD_LOSS.values()),
+                numbers(PAPER_GD_LOSS.values(), ".3f"),
                 [
                     (
                         seed,
                         all(abs(g[k][2] - PAPER_GD_LOSS[k]) <= 0.01 for k in GD_STEPS),
-                        f"seed {seed}: {_losses(loss for *_, loss in g.values())} "
-                        f"(GD++ with tuned gamma: {_losses(loss for *_, loss in p.values())})",
+                        f"seed {seed}: {numbers([loss for *_, loss in g.values()], '.3f')} "
+                        f"(GD++ with tuned gamma: {numbers([loss for *_, loss in p.values()], '.3f')})",
                     )
                     for seed, (g, p) in tuned.items()
                 ],
