@@ -7,7 +7,7 @@ import torch
 from icl_lab.errors import ConfigError
 from icl_lab.sae import SAES, build_sae
 from icl_lab.sae import sparse_product as sparse_module
-from icl_lab.sae.fit import FitSettings, fit
+from icl_lab.sae.fit import FitSettings, Fitter, fit
 from icl_lab.sae.sparse_product import sparse_product
 
 
@@ -208,6 +208,41 @@ def test_relu_l1_recovers_known_feature_directions_from_synthetic_activations() 
     assert (cosine.max(1).values > 0.95).all(), f"best cosines {cosine.max(1).values}"
     assert history[-1]["l0"] < 3.0, "sparse: about one true feature is active per input"
     assert fitter.resamplings == 2
+
+
+def test_the_cosine_warm_up_follows_kissanes_scheduler_and_restarts_after_resampling() -> None:
+    """train.py's schedule, as an independent reference: a CosineAnnealingLR (T_max = warm-up,
+    eta_min = 0.1 x lr) stepped to its minimum before training, stepped each step until lr is back
+    at its peak, and stepped to its minimum again after a resampling."""
+    lr, warmup, every = 1e-2, 8, 20
+    g = torch.Generator().manual_seed(6)
+    sae = sae_of("relu_l1", expansion=2, resample_every=every, resample_times=1)
+    settings = FitSettings(steps=1, batch_size=16, lr=lr, warmup_steps=warmup, warmup_shape="cosine")
+    fitter, x = Fitter(sae, settings, g), torch.randn(64, 8, generator=g)
+    ours = []
+    for _ in range(2 * every):
+        fitter.train_step(x)
+        ours.append(fitter.optimizer.param_groups[0]["lr"])
+    assert fitter.resamplings == 1
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=warmup, eta_min=0.1 * lr)
+    optimizer.step()  # (torch asks for an optimiser step before the scheduler's)
+    for _ in range(warmup):
+        scheduler.step()
+    theirs = []
+    for i in range(2 * every):
+        theirs.append(optimizer.param_groups[0]["lr"])
+        if i < warmup or scheduler.get_last_lr()[0] + 1e-9 < lr:
+            scheduler.step()
+        if i + 1 == every:
+            while scheduler.get_last_lr()[0] > 0.1 * lr + 1e-9:
+                scheduler.step()
+    assert ours == pytest.approx(theirs, rel=1e-9)
+    assert ours[0] == ours[every] == pytest.approx(0.1 * lr)
+    assert ours[warmup // 4] == pytest.approx(lr * (0.1 + 0.9 * (1 - 0.5**0.5) / 2))
+    linear = Fitter(sae, settings.model_copy(update={"warmup_shape": "linear"}), g)
+    linear.step = warmup // 4
+    assert linear.learning_rate() == pytest.approx(lr * (0.1 + 0.9 / 4))
 
 
 def test_unknown_architecture_is_a_config_error() -> None:

@@ -90,6 +90,15 @@ def test_the_training_device_is_outside_the_sae_config_hash(model_run: Path) -> 
     assert config.model_copy(update={"training": elsewhere}).hash() == config.hash()
 
 
+def test_sae_configs_hash_as_before_the_cosine_warm_up_unless_they_take_it() -> None:
+    data = sae_data(Path("/runs/model"))
+    del data["eval"], data["checkpointing"]
+    config = validate_sae_config(data)
+    assert config.hash() == "5fb1544ac9e83b03", "the hash of 2026-12-05, before warmup_shape"
+    cosine = validate_sae_config(data | {"training": data["training"] | {"warmup_shape": "cosine"}})
+    assert cosine.hash() != config.hash()
+
+
 @CUDA
 def test_an_sae_trains_on_cuda_and_resumes_there(model_run: Path, tmp_path: Path) -> None:
     data = sae_data(model_run)

@@ -49,6 +49,18 @@ class StrictModel(BaseModel):
     so older runs keep their hashes"""
 
 
+def drop_later_defaults(section: BaseModel, data: dict) -> None:
+    """Delete from a section's dump, and its subsections', the `later_fields` left at their
+    defaults: fields added since runs were first stored count in the hash only when set."""
+    later = getattr(section, "later_fields", ())
+    for key, field in type(section).model_fields.items():
+        value, name = getattr(section, key), field.alias or key
+        if key in later and value == field.get_default(call_default_factory=True):
+            del data[name]
+        elif isinstance(value, BaseModel):
+            drop_later_defaults(value, data[name])
+
+
 class Duration(StrictModel):
     """A length of training given in exactly one unit: optimiser steps, sequences or tokens."""
 

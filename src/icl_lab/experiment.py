@@ -17,6 +17,7 @@ from icl_lab.config import (
     StrictModel,
     TaskConfig,
     TrainingConfig,
+    drop_later_defaults,
     validated,
 )
 from icl_lab.errors import ConfigError
@@ -146,22 +147,10 @@ class ExperimentConfig(StrictModel):
         data = self.model_dump(mode="json", by_alias=True)
         for key in ("device", "threads", "log_every", "compile", "cuda_graphs"):
             del data["training"][key]
-        _drop_later_defaults(self, data)
+        drop_later_defaults(self, data)
         if data["model"]["name"] == "linear_self_attention" and data["model"]["init"] == "normal":
             del data["model"]["init"], data["model"]["init_scale"]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _drop_later_defaults(section: BaseModel, data: dict) -> None:
-    """Delete from a section's dump, and its subsections', the `later_fields` left at their
-    defaults: fields added since runs were first stored count in the hash only when set."""
-    later = getattr(section, "later_fields", ())
-    for key, field in type(section).model_fields.items():
-        value, name = getattr(section, key), field.alias or key
-        if key in later and value == field.get_default(call_default_factory=True):
-            del data[name]
-        elif isinstance(value, BaseModel):
-            _drop_later_defaults(value, data[name])
 
 
 def ensemble_key(config: ExperimentConfig) -> str:

@@ -7,8 +7,9 @@ share the seed); each claim is judged on each seed and holds when it holds for m
 Settings: the SAE recipe of SPEC §8 and the authors' code (ckkissane/attention-output-saes:
 common/torch_modules/autoencoder.py, train.py): independent Kaiming-uniform encoder and decoder
 with unit decoder rows, pre-encoder bias, the gradient's part along each decoder row removed, Adam
-(0, 0.9999) at lr 1.2e-3 warmed up from 0.1 x lr, dead-feature resampling. Quick mode (three seeds:
-61 minutes on 2 cores, measured alone on 2026-12-02) shortens everything:
+(0, 0.9999) at lr 1.2e-3 warmed up from 0.1 x lr along half a cosine (train.py's CosineAnnealingLR,
+stepped to its eta_min before training and after each resampling), dead-feature resampling. Quick
+mode (three seeds: 61 minutes on 2 cores, measured alone on 2026-12-02) shortens everything:
 models of 3,000 / 1,000 / 2,000 steps; SAEs of 16 x d_in (the paper: 32 x) on 8,000 batches of 256
 activations (2 M; the paper: 1e8 in batches of 4,096) from a 524,288-token buffer, resampling once
 at step 2,000. The batch is small because the budget buys optimiser steps, not activations: Adam
@@ -96,7 +97,12 @@ def sae_config(
             "source": {"run": model_name(model, seed), "layer": layer},
             "buffer": {"tokens": 524_288, "chunk": 64, "normalisation": "expected_norm"},
             "sae": sae,
-            "training": {"steps": steps, "batch_size": batch, "warmup_steps": 200 if quick else 1000},
+            "training": {
+                "steps": steps,
+                "batch_size": batch,
+                "warmup_steps": 200 if quick else 1000,
+                "warmup_shape": "cosine",
+            },
             "eval": {"every": 1000, "sequences": 32},
             "checkpointing": {"every": 2000},
         }

@@ -10,7 +10,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, NonNegativeInt, PositiveInt, model_validator
 
-from icl_lab.config import DeviceName, Name, StrictModel, validated
+from icl_lab.config import DeviceName, Name, StrictModel, drop_later_defaults, validated
 from icl_lab.errors import ConfigError
 from icl_lab.experiment import apply_overrides, read_yaml, registered
 from icl_lab.sae.base import SAES, SAEConfig
@@ -98,6 +98,7 @@ class SAERunConfig(StrictModel):
         excluded)."""
         data = self.model_dump(mode="json")
         del data["training"]["threads"], data["training"]["device"], data["training"]["log_every"]
+        drop_later_defaults(self, data)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

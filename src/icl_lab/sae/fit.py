@@ -1,6 +1,9 @@
-"""The SAE training step: Adam, a linear warm-up, the architecture's gradient and weight
+"""The SAE training step: Adam, a warm-up, the architecture's gradient and weight
 constraints, and (relu_l1) dead-feature resampling on its schedule with the warm-up restarted after
 each, as Kissane et al. train. `Fitter` holds the loop's state and writes it into a checkpoint."""
+
+import math
+from typing import Literal
 
 import torch
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt
@@ -17,9 +20,8 @@ RESAMPLE_INPUTS = 1 << 14  # inputs whose losses choose the resampled directions
 
 class FitSettings(StrictModel):
     """Kissane et al.'s optimiser: Adam lr 1.2e-3, betas (0, 0.9999), the lr ramping from 0.1 x lr
-    over the warm-up (restarted after each resampling): linearly here, along half a cosine in their
-    train.py (a CosineAnnealingLR stepped to its minimum first). Batches are drawn uniformly, with
-    replacement, from the shuffled activation buffer."""
+    over the warm-up (restarted after each resampling), linearly or, as their train.py does, along
+    half a cosine. Batches are drawn uniformly, with replacement, from the shuffled activation buffer."""
 
     steps: PositiveInt
     batch_size: PositiveInt = 4096
@@ -29,6 +31,13 @@ class FitSettings(StrictModel):
     )
     warmup_steps: NonNegativeInt = 1000
     warmup_start: float = Field(0.1, ge=0, le=1, description="the warm-up starts at this fraction of lr")
+    warmup_shape: Literal["linear", "cosine"] = Field(
+        "linear",
+        description="the warm-up's ramp: linear, or cosine (half a cosine from its minimum, as "
+        "Kissane et al.'s train.py steps a CosineAnnealingLR to eta_min before training and after "
+        "each resampling)",
+    )
+    later_fields = ("warmup_shape",)  # 2026-12-05
 
 
 class Fitter:
@@ -43,11 +52,13 @@ class Fitter:
         self.l0 = torch.tensor(float("nan"))
 
     def learning_rate(self) -> float:
-        """The warm-up's linear ramp from warmup_start x lr to lr, then lr."""
+        """The warm-up's ramp (linear or half a cosine) from warmup_start x lr to lr, then lr."""
         s = self.settings
         if s.warmup_steps == 0:
             return s.lr
         done = min((self.step - self.warmup_from) / s.warmup_steps, 1.0)
+        if s.warmup_shape == "cosine":
+            done = (1 - math.cos(math.pi * done)) / 2
         return s.lr * (s.warmup_start + (1 - s.warmup_start) * done)
 
     def train_step(self, activations: Tensor) -> SAEOutput:
