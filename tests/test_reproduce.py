@@ -578,6 +578,18 @@ def test_icll_full_mode_builds_each_architecture_at_the_authors_size() -> None:
     }
 
 
+def test_function_classes_full_mode_takes_garg_et_al_s_model_optimiser_and_curriculum() -> None:
+    config = FunctionClasses().experiments(quick=False)["linear s0"]
+    model, training, task = config.model, config.training, config.task
+    assert (model.n_layers, model.n_heads, model.d_model) == (12, 8, 256)
+    assert (model.norm, model.positional) == ("pre", "learned")
+    assert training.optimizer.name == "adam" and training.optimizer.lr == 1e-4
+    assert training.schedule == ScheduleConfig(name="constant") and training.batch_size == 64
+    assert (task.dim, task.n_points, training.length.steps) == (20, 41, 50_000)
+    assert (task.dims_curriculum.start, task.dims_curriculum.end, task.dims_curriculum.every) == (5, 20, 2000)
+    assert (task.points_curriculum.start, task.points_curriculum.increment) == (11, 2)
+
+
 @REPRODUCTIONS.register("hernandez-tiny-test")
 class TinyHernandez(Hernandez):
     """Hernandez's sweeps cut to a few steps of 32-byte windows of a small local corpus."""
