@@ -256,7 +256,8 @@ class Kissane(Reproduction):
         return [
             by_seed(
                 "attention outputs decompose sparsely: high CE loss recovered at low L0 on every layer",
-                "75-99% CE recovered at L0 of about 10-80 (GPT-2 Small, 24k-49k features)",
+                "75-99% CE recovered at L0 of about 10-80 (GPT-2 Small, 24k-49k features; the paper's "
+                "Table 2, not checked against its text here)",
                 lambda seed: self._sparse(main[seed]),
                 what="every layer recovers >= 75%",
             ),
