@@ -9,7 +9,7 @@ common/torch_modules/autoencoder.py, train.py): independent Kaiming-uniform enco
 with unit decoder rows, pre-encoder bias, the gradient's part along each decoder row removed, Adam
 (0, 0.9999) at lr 1.2e-3 warmed up from 0.1 x lr along half a cosine (train.py's CosineAnnealingLR,
 stepped to its eta_min before training and after each resampling), dead-feature resampling. Quick
-mode (three seeds: 61 minutes on 2 cores, measured alone on 2026-12-02) shortens everything:
+mode (three seeds: 45-54 minutes on 2 cores, measured alone on 2026-12-03 and 2026-12-05) shortens everything:
 models of 3,000 / 1,000 / 2,000 steps; SAEs of 16 x d_in (the paper: 32 x) on 8,000 batches of 256
 activations (2 M; the paper: 1e8 in batches of 4,096) from a 524,288-token buffer, resampling once
 at step 2,000. The batch is small because the budget buys optimiser steps, not activations: Adam
@@ -191,7 +191,7 @@ class Kissane(Reproduction):
     title = "Kissane et al. 2024: sparse autoencoders on attention outputs"
     full_scale = "SAEs at 32 x d_in on 1e8 activations (the paper's count), text models at 4,000 steps"
     quick_budget = (
-        "45-58 minutes on 2 CPU cores (measured on 2026-12-03 and, on a slower day, 2026-12-05; 159 while "
+        "45-54 minutes on 2 CPU cores (measured on 2026-12-03 and, on a slower day, 2026-12-05; 159 while "
         "other reproductions and tests shared the cores)"
     )
     scored_tokens = SCORED_TOKENS
