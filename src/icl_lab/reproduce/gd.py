@@ -47,7 +47,7 @@ class GradientDescent(Reproduction):
 
     title = "von Oswald et al. 2023: transformers learn in context by gradient descent"
     full_scale = "1, 2 and 5 layers, five seeds"
-    quick_budget = "4 minutes on 2 CPU cores (measured)"
+    quick_budget = "4-7 minutes on 2 CPU cores (measured 2026-12-03 and, on a slower day, 2026-12-05)"
     eval_prompts = EVAL_PROMPTS
 
     def experiments(self, quick: bool) -> dict[str, ExperimentConfig]:

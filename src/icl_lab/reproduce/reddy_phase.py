@@ -50,7 +50,7 @@ class ReddyPhase(SweepReproduction):
     full_scale = (
         "the phase-diagram sweeps at the paper's optimiser for 60,000 of its 150,000 steps, six seeds"
     )
-    quick_budget = "25 minutes on 2 CPU cores (three seeds, 72 runs, measured on 2026-12-03)"
+    quick_budget = "25-26 minutes on 2 CPU cores (three seeds, 72 runs, measured 2026-12-03 and 2026-12-05)"
 
     def sweeps(self, quick: bool) -> dict[str, SweepConfig]:
         paper = [
