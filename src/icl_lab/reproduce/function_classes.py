@@ -50,10 +50,16 @@ class FunctionClasses(Reproduction):
         self._found: dict[tuple[Path, str], dict[str, ErrorCurve]] = {}
 
     def experiments(self, quick: bool) -> dict[str, ExperimentConfig]:
-        model = [] if quick else ["model.n_layers=12", "model.d_model=256", "model.n_heads=8"]
-        # Garg et al.'s train.py: Adam at a constant 1e-4 (no schedule), batch 64 (the config's)
-        model += [] if quick else ["training.optimizer.lr=1e-4", "training.schedule={name: constant}"]
-        model += [] if quick else ["eval.every.steps=1000"]
+        model = (
+            []
+            if quick
+            else [
+                *("model.n_layers=12", "model.d_model=256", "model.n_heads=8"),
+                # Garg et al.'s train.py: Adam at a constant 1e-4 (no schedule), batch 64 (the config's)
+                *("training.optimizer.lr=1e-4", "training.schedule={name: constant}"),
+                "eval.every.steps=1000",
+            ]
+        )
         linear = (
             []
             if quick
