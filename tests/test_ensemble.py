@@ -225,3 +225,16 @@ def test_tied_unembeddings_train_as_one_ensemble_as_they_would_alone(tmp_path: P
         alone = train(config, str(tmp_path / f"alone{i}"), progress=False).parameters()
         for name, value in alone.items():
             assert torch.allclose(stacked[name][i], value[0], atol=1e-5), (i, name)
+
+
+def test_scalar_readout_biases_train_as_one_ensemble_as_they_would_alone(tmp_path: Path) -> None:
+    """A (1,)-shaped bias per hidden readout layer (Reddy's) stacks to (members, 1) under vmap."""
+    scalar = {**TINY_READOUT_MODEL, "readout": {"hidden": [8, 8], "bias": False, "hidden_bias": "scalar"}}
+    short = {**BASE["training"], "length": {"steps": 12}}
+    configs = [tiny_config(**{**BASE, "model": scalar, "training": short}, seed=s) for s in (1, 2)]
+    stacked = train(configs, str(tmp_path / "ensemble"), progress=False).parameters()
+    assert stacked["readout.1.bias"].shape == (2, 1)
+    for i, config in enumerate(configs):
+        alone = train(config, str(tmp_path / f"alone{i}"), progress=False).parameters()
+        for name, value in alone.items():
+            assert torch.allclose(stacked[name][i], value[0], atol=1e-4), (i, name)

@@ -133,7 +133,8 @@ def test_vector_input_and_readout_mlp() -> None:
 
 def test_the_reddy_papers_network_initialises_as_the_authors_code() -> None:
     """configs/reddy_paper.yaml: attention N(0, 1/D) with D = 63 content dims, three ReLU layers of
-    128 He-initialised, logits N(0, 1/128) (SPEC section 1)."""
+    128 He-initialised with one scalar bias each N(0, 1/128), logits N(0, 1/128) without a bias
+    (SPEC section 1; the author's init_network_params, in two public copies)."""
     from icl_lab.experiment import build_model, load_config
 
     model = build_model(load_config("reddy_paper"), "cpu")
@@ -144,7 +145,59 @@ def test_the_reddy_papers_network_initialises_as_the_authors_code() -> None:
     assert all(
         layer.weight.std().item() == pytest.approx(math.sqrt(2 / 128), rel=0.03) for layer in model.readout
     )
+    assert [tuple(layer.bias.shape) for layer in model.readout] == [(1,)] * 3
     assert model.unembed.W_U.std().item() == pytest.approx(1 / math.sqrt(128), rel=0.05)
+    assert model.unembed.b_U is None
+    biases = []
+    for seed in range(300):
+        model.reset_parameters(torch.Generator().manual_seed(seed))
+        biases += [layer.bias.item() for layer in model.readout]
+    assert torch.tensor(biases).std().item() == pytest.approx(1 / math.sqrt(128), rel=0.1)
+    assert abs(torch.tensor(biases).mean().item()) < 3 / math.sqrt(128 * 900)
+
+
+def test_the_reddy_papers_network_computes_and_steps_as_the_authors_update() -> None:
+    """Logits equal the author's forward written out here (x <- x + softmax_causal(x Wq (x Wk)^T) x Wv
+    twice, three ReLU layers adding a scalar bias, unbiased logits at the query), and one step of
+    the config's optimiser is the author's update p <- (1 - 1e-6) p - 0.01 grad."""
+    from icl_lab.experiment import build_model, load_config
+    from icl_lab.training.optim import build_optimizer
+
+    cfg = load_config("reddy_paper")
+    model = build_model(cfg, "cpu").double()
+    x = torch.randn(4, 9, 128, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    causal = torch.ones(9, 9, dtype=torch.bool).tril()
+    h = x
+    for block in model.blocks:
+        (wq,), (wk,), (wv,) = block.attn.W_Q, block.attn.W_K, block.attn.W_V
+        scores = ((h @ wq) @ (h @ wk).transpose(1, 2)).masked_fill(~causal, -math.inf)  # (B, query, key)
+        h = h + torch.softmax(scores, -1) @ (h @ wv)
+    h = h[:, -1]
+    for layer in model.readout:
+        h = torch.relu(h @ layer.weight.T + layer.bias)
+    logits = model(x)[:, -1]
+    torch.testing.assert_close(logits, h @ model.unembed.W_U, rtol=1e-10, atol=1e-10)
+
+    params = list(model.parameters())
+    before = [p.detach().clone() for p in params]
+    F.cross_entropy(logits, torch.tensor([0, 5, 9, 31])).backward()
+    build_optimizer(params, cfg.training.optimizer).step()
+    for p, p0 in zip(params, before, strict=True):
+        torch.testing.assert_close(p.detach(), (1 - 1e-6) * p0 - 0.01 * p.grad, rtol=0, atol=1e-15)
+
+
+def test_readout_biases_default_to_the_bias_flag_and_keep_old_hashes() -> None:
+    """hidden_bias unset follows `bias` (a bias per unit or none), and leaves the hash of every
+    config from before it (reddy_fast's, computed before the field existed)."""
+    from icl_lab.experiment import load_config
+
+    io = ModelIO(n_ctx=T, d_out=5, d_input=7, target_positions=(-1,))
+    for bias, shapes in ((True, [(6,)]), (False, [])):
+        model = make(io, readout={"hidden": [6], "bias": bias})
+        assert [tuple(p.shape) for n, p in model.named_parameters() if n.startswith("readout.")][1:] == shapes
+        assert (model.unembed.b_U is not None) == bias
+    assert load_config("reddy_fast").hash() == "ef55b190114a9b71"
+    assert load_config("reddy_fast", ["model.readout.hidden_bias=unit"]).hash() != "ef55b190114a9b71"
 
 
 @pytest.mark.parametrize("path", ["fused", "explicit", "tiny"])

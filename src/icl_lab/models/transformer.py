@@ -25,9 +25,19 @@ from icl_lab.models.ngram_layer import NgramLayerConfig, insert_ngram_layers, ng
 class ReadoutConfig(StrictModel):
     """Logits read out at chosen positions only, through an optional ReLU MLP."""
 
+    later_fields = ("hidden_bias",)  # 2026-12-05
     positions: list[int] = Field(default_factory=lambda: [-1])
     hidden: list[PositiveInt] = Field(default_factory=list, description="widths of hidden layers")
-    bias: bool = True
+    bias: bool = Field(True, description="a bias per logit (and per hidden unit, unless hidden_bias says)")
+    hidden_bias: Literal["unit", "scalar", "none"] | None = Field(
+        None,
+        description="the hidden layers' biases: one per unit (starting at 0), one scalar per layer "
+        "(starting at N(0, 1/fan_in), as Reddy's code) or none; default: as `bias`",
+    )
+
+    def hidden_bias_kind(self) -> str:
+        """The hidden layers' bias kind, `bias` deciding where hidden_bias is unset."""
+        return self.hidden_bias or ("unit" if self.bias else "none")
 
 
 class TransformerConfig(ModelConfig):
@@ -407,7 +417,13 @@ class Transformer(Model):
         self.readout_positions = cfg.readout.positions if cfg.readout else None
         widths = [d, *(cfg.readout.hidden if cfg.readout else [])]
         out_bias = cfg.readout.bias if cfg.readout else cfg.bias
-        self.readout = nn.ModuleList([nn.Linear(a, b, bias=out_bias) for a, b in itertools.pairwise(widths)])
+        hidden_bias = cfg.readout.hidden_bias_kind() if cfg.readout else "none"
+        self.readout = nn.ModuleList(
+            [nn.Linear(a, b, bias=hidden_bias == "unit") for a, b in itertools.pairwise(widths)]
+        )
+        if hidden_bias == "scalar":  # one learned number added to every unit of the layer
+            for layer in self.readout:
+                layer.bias = nn.Parameter(torch.empty(1))
         if cfg.tie_unembed:
             self.unembed: nn.Module = TiedUnembed(self.embed)
         else:
@@ -426,7 +442,8 @@ class Transformer(Model):
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         """Weights as `init` says (attention's N(0, attn_init_std) where set); readout MLP layers
-        He-initialised (N(0, 2/fan_in)); biases 0, LayerNorm gains 1."""
+        He-initialised (N(0, 2/fan_in)), their scalar biases N(0, 1/fan_in); other biases 0,
+        LayerNorm gains 1."""
         for name, p in self.named_parameters():
             if name.startswith("ngram."):  # n-gram layers start as identity plus a small n-gram read
                 with torch.no_grad():
@@ -435,6 +452,9 @@ class Transformer(Model):
                     nn.init.normal_(p, 0.0, self.cfg.init_std, generator=generator)
             elif name.startswith("readout.") and name.endswith("weight"):
                 nn.init.normal_(p, 0.0, math.sqrt(2 / p.shape[1]), generator=generator)
+            elif name.startswith("readout.") and self.cfg.readout.hidden_bias == "scalar":  # Reddy's init
+                fan = self.readout[int(name.split(".")[1])].in_features
+                nn.init.normal_(p, 0.0, 1 / math.sqrt(fan), generator=generator)
             elif ".attn.W_" in name and self.cfg.attn_init_std is not None:
                 nn.init.normal_(p, 0.0, self.cfg.attn_init_std, generator=generator)
             elif name.split(".")[-1].startswith("W_") and self.cfg.init == "uniform_fan_in":

@@ -108,6 +108,7 @@ class Reddy(Reproduction):
                 ],
             )
         reduced = "model={name: induction_head_model, layer1: ideal, in_weights: mlp}"
+        paper_sgd = load_config("reddy_paper").training.optimizer.model_dump_json()  # JSON is YAML
         for b in BURSTINESS:
             for seed in SEEDS:
                 experiments[f"reduced B{b} s{seed}"] = config(
@@ -116,7 +117,7 @@ class Reddy(Reproduction):
                     f"task.burstiness={b}",
                     "task.n_classes=256",
                     f"training.length.steps={reduced_steps}",
-                    "training.optimizer={name: sgd, lr: 0.01, weight_decay: 1.0e-6}",  # reddy_paper's
+                    f"training.optimizer={paper_sgd}",
                     f"seed={seed}",
                 )
         return experiments
