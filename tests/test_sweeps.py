@@ -530,13 +530,40 @@ def test_a_sweep_curve_names_the_seeds_each_point_rests_on_and_the_value_s_unit(
     )
     figure = curve(table, CurveSpec(x="a", metric="ic/accuracy"), 32)
     ax = figure.axes[0]
-    assert ax.get_title() == "ic/accuracy: mean ± std over seeds 0, 1 (n=: a point's seeds)"
+    title = "ic/accuracy at step 10 (320 sequences)\nmean ± std over seeds 0, 1 (n=: a point's seeds)"
+    assert ax.get_title() == title
     assert ax.get_ylabel() == "ic/accuracy (fraction)"
     assert [t.get_text() for t in ax.texts] == ["n=1"]
     segments = [seg for c in ax.collections for seg in c.get_segments() if len(seg)]
     assert len(segments) == 1, "an error bar for the two-seed point only"
     heat = heatmap(table, HeatmapSpec(x="a", y="seed", metric="ic/accuracy"), 32)
     assert heat.axes[1].get_ylabel() == "ic/accuracy (fraction)" and "seeds 0, 1" in heat.axes[0].get_title()
+
+
+def test_a_sweep_figure_says_at_which_step_its_values_were_read() -> None:
+    """The step (and sequences) of the runs a figure draws, not of a longer run it leaves out; 'at
+    the end of training' where the drawn runs' lengths differ; none for a transition's step."""
+    from icl_lab.report.sweep import curve, heatmap
+    from icl_lab.sweeps.config import CurveSpec, HeatmapSpec
+
+    table = pa.table(
+        {
+            "seed": [0, 0, 0],
+            "status": ["complete"] * 3,
+            "steps": [10, 10, 40],
+            "a": [1, 2, None],  # the 40-step point has no value of a: no figure over a draws it
+            "b": [3, 3, 3],
+            "ic/accuracy": [0.5, 0.9, 0.7],
+            "transition_midpoint": [4.0, 6.0, 20.0],
+        }
+    )
+    at_10 = "ic/accuracy at step 10 (320 sequences)\nmean ± std over seeds 0"
+    assert curve(table, CurveSpec(x="a", metric="ic/accuracy"), 32).axes[0].get_title() == at_10
+    assert heatmap(table, HeatmapSpec(x="a", y="b", metric="ic/accuracy"), 32).axes[0].get_title() == at_10
+    every = curve(table, CurveSpec(x="b", metric="ic/accuracy"), 32).axes[0].get_title()
+    assert every == "ic/accuracy at the end of training\nmean ± std over seeds 0"
+    transition = curve(table, CurveSpec(x="a", metric="transition_midpoint"), 32).axes[0].get_title()
+    assert transition == "transition_midpoint\nmean ± std over seeds 0"
 
 
 def test_a_heatmap_cell_without_a_value_says_why_and_one_seed_shows_no_spread() -> None:

@@ -51,9 +51,10 @@ def _drawn(row: dict, keys: list[str], metric: str) -> bool:
     return complete and all(row.get(k) is not None for k in keys)
 
 
-def _when(table: pa.Table, batch_size: int) -> str:
-    """'at step N (M sequences)' for the final evaluation of the complete points."""
-    steps = sorted({r["steps"] for r in table.to_pylist() if r["status"] == "complete"})
+def _when(table: pa.Table, batch_size: int, keys: list[str], metric: str) -> str:
+    """'at step N (M sequences)': when the values a figure of metric over keys draws were
+    evaluated (the end of each run), or 'at the end of training' where their runs' lengths differ."""
+    steps = sorted({r["steps"] for r in table.to_pylist() if _drawn(r, keys, metric)})
     if len(steps) != 1:
         return "at the end of training"
     return f"at step {steps[0]:,} ({steps[0] * batch_size:,} sequences)"
@@ -109,8 +110,9 @@ def heatmap(table: pa.Table, spec: HeatmapSpec, batch_size: int, loss_unit: str 
         ax.text(j, i, text, ha="center", va="center", fontsize=8, color=colour)
     ax.set_xticks(range(len(xs)), [str(x) for x in xs])
     ax.set_yticks(range(len(ys)), [str(y) for y in ys])
-    seeds = _seeds(table, [spec.y, spec.x], spec.metric)
-    title = f"{spec.metric} {_when(table, batch_size)}\nmean ± std over seeds {seeds}"
+    keys = [spec.y, spec.x]
+    title = f"{spec.metric} {_when(table, batch_size, keys, spec.metric)}"
+    title += f"\nmean ± std over seeds {_seeds(table, keys, spec.metric)}"
     ax.set(xlabel=spec.x, ylabel=spec.y, title=title)
     return fig
 
@@ -143,7 +145,10 @@ def curve(table: pa.Table, spec: CurveSpec, batch_size: int, loss_unit: str = "n
                 ax.annotate(
                     f"n={v.size}", (str(x), mean), xytext=(4, 4), textcoords="offset points", fontsize=7
                 )
-    title = f"{spec.metric}: mean ± std over seeds {seeds}" + (" (n=: a point's seeds)" if fewer else "")
+    title = spec.metric
+    if not spec.metric.startswith("transition_"):  # a transition's step is read from the whole curve
+        title += f" {_when(table, batch_size, keys, spec.metric)}"
+    title += f"\nmean ± std over seeds {seeds}" + (" (n=: a point's seeds)" if fewer else "")
     ax.set(xlabel=spec.x, ylabel=_label(spec.metric, loss_unit), title=title)
     if spec.metric.startswith("transition_"):
         right = ax.secondary_yaxis("right", functions=(lambda s: s * batch_size, lambda q: q / batch_size))

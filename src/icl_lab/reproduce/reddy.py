@@ -53,7 +53,7 @@ class Reddy(Reproduction):
     full_scale = (
         "the paper's optimiser (SGD 0.01, batch 128) for 60,000 of its 150,000 steps, six seeds for L = N"
     )
-    quick_budget = "15 minutes on 2 CPU cores (measured)"
+    quick_budget = "12-15 minutes on 2 CPU cores (measured 2026-12-03 and 2026-12-05)"
 
     def experiments(self, quick: bool) -> dict[str, ExperimentConfig]:
         if quick:
