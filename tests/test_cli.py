@@ -46,6 +46,19 @@ BAD_CONFIGS = [
     (["--set", "eval.splits=[iw]"], "eval.splits: task has no split 'iw'"),
     (["--set", "training.device=cuda:7"], "training.device"),
     (["--set", "oops"], "bad override 'oops'"),
+    (
+        ["--set", "training.optimizer.betas=[2, 0.9]"],
+        "training.optimizer.betas.0: Input should be less than 1",
+    ),
+    (
+        ["--set", "training.optimizer.betas=[0.9, 1]"],
+        "training.optimizer.betas.1: Input should be less than 1",
+    ),
+    (
+        ["--set", "model.readout.hidden_bias=scalar"],
+        "a readout (at positions [-1]) serves tasks with targets at fixed positions, and this task has one "
+        "at every position: remove model.readout",
+    ),
 ]
 
 
@@ -367,6 +380,10 @@ def test_train_notes_what_a_valid_config_does_unexpectedly(cli, tmp_path: Path) 
         "training.schedule: the warm-up (50 steps) is not shorter than the run (4 steps): the learning "
         "rate never reaches 0.001",
         "training.optimizer.momentum is set but unread by the optimizer chosen",
+    ]
+    descending = ["training.schedule={name: warmup, warmup_steps: 10, warmup_start: 0.5}"]
+    assert config_notes(load_config("induction", descending)) == [
+        "training.schedule.warmup_start (0.5) is above the learning rate (0.001): the warm-up descends to it"
     ]
     unread = ["training.schedule.warmup_start=1e-6", "training.schedule.decay_over=whole_run"]
     assert config_notes(load_config("induction", unread)) == [

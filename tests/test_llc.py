@@ -124,6 +124,20 @@ def test_a_diverging_chain_is_reported_not_averaged():
     assert not est.finite and "diverged" in est.problems()[0]
 
 
+def test_a_chain_that_runs_away_but_stays_finite_is_reported():
+    """One chain and three draws: the drift check cannot see it (no spread over chains), the
+    bound can (an LLC is at most half the parameter count)."""
+    config = LLCConfig(step_size=1.0, localization=0.0, chains=1, draws=3, burn_in=0, nbeta=NBETA)
+    est = sgld_llc(
+        lambda p, t: (p["w"] ** 2).sum(1) * 1e3, {"w": torch.ones(3)}, config, NBETA, torch.Generator()
+    )
+    assert est.finite and est.stationary and est.mean > 1e10
+    assert est.problems() == [
+        f"LLC {est.mean:.3g} is over twice its largest possible value (half the 3 parameters): the "
+        "chains ran away; lower the step size"
+    ]
+
+
 def test_the_llc_of_a_trained_run_is_positive_and_reproducible(tmp_path):
     run = train(
         tiny_config(training={"batch_size": 32, "length": {"steps": 150}}), str(tmp_path), progress=False

@@ -173,6 +173,11 @@ def test_an_sae_run_trained_on_a_gpu_opens_here_and_resumes_with_device_cpu(
         ({"source": {"layer": 1, "task": {"seq_len": 32}}}, ["token ids below 16 at 32 positions"]),
         ({"training": {"steps": 30, "device": "cuda:7"}}, ["training.device", "'cuda:7' requested but"]),
         ({"buffer": {"tokens": 10}}, ["buffer.tokens (10) is fewer than training.batch_size (64)"]),
+        ({"training": {"steps": 30, "betas": [0.9, 2]}}, ["training.betas.1: Input should be less than 1"]),
+        (
+            {"sae": {"architecture": "topk", "k": 32, "expansion": 2}},
+            ["sae.k: 32 keeps all 32 features (expansion 2 x d_in 16): no sparsity"],
+        ),
     ],
 )
 def test_bad_sae_configs_exit_2_with_one_line_and_write_nothing(
@@ -187,6 +192,42 @@ def test_bad_sae_configs_exit_2_with_one_line_and_write_nothing(
     assert code == 2
     one_line(err, *needles)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_an_sae_of_a_model_that_is_not_a_language_model_exits_2_and_writes_nothing(
+    tmp_path: Path, cli
+) -> None:
+    from icl_lab.experiment import load_config
+
+    short = ["training.length.steps=2", "eval.batch_size=8", "checkpointing.every.steps=2"]
+    reddy = train(load_config("reddy_fast", short), str(tmp_path / "model"), progress=False)
+    path = tmp_path / "sae.yaml"
+    path.write_text(yaml.safe_dump(sae_data(reddy.path)))
+    code, _, err = cli("sae", "train", path, "--runs-dir", tmp_path / "runs", "-q")
+    assert code == 2
+    one_line(
+        err,
+        f"source.run: the model of run {reddy.id} is not a language model (vectors of width 128 at 17 "
+        "positions, 32 outputs at positions [-1]); an SAE is scored by the next-token loss it recovers",
+    )
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_sae_run_that_fails_before_training_is_marked_failed_not_left_running(
+    model_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import icl_lab.sae.run as sae_run_module
+
+    def no_memory(*args: object, **kwargs: object) -> None:
+        raise MemoryError("the activation buffer does not fit")
+
+    monkeypatch.setattr(sae_run_module, "fill_buffer", no_memory)
+    with pytest.raises(MemoryError):
+        train_sae(validate_sae_config(sae_data(model_run)), tmp_path / "runs", progress=False)
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    run = SAERun.open(run_dir)
+    assert run.status == "failed"
+    assert run.manifest["error"] == "MemoryError: the activation buffer does not fit"
 
 
 def test_an_sae_keeps_reading_the_checkpoint_it_was_trained_on_when_its_model_trains_on(

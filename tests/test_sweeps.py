@@ -488,6 +488,18 @@ def test_stopping_a_sweep_stops_its_workers_and_leaves_runs_resumable(tmp_path: 
 
 
 @pytest.mark.filterwarnings("error")
+def test_a_worker_killed_from_outside_is_a_one_line_error_not_an_internal_one() -> None:
+    """What the kernel's OOM killer does to a sweep's or dissect's worker (it gets SIGKILL)."""
+    import signal
+
+    from icl_lab.errors import WorkerLostError
+    from icl_lab.sweeps.execute import process_pool
+
+    killed = r"^a worker process was killed from outside \(by the system"
+    with pytest.raises(WorkerLostError, match=killed), process_pool(1) as pool:
+        pool.submit(signal.raise_signal, signal.SIGKILL).result()
+
+
 def test_a_figure_of_a_metric_no_point_has_says_so_without_warnings() -> None:
     from icl_lab.report.sweep import curve, heatmap
     from icl_lab.sweeps.config import CurveSpec, HeatmapSpec

@@ -108,13 +108,17 @@ class StepWindow(StrictModel):
         return self.start <= step and (self.until is None or step < self.until)
 
 
+Beta = Annotated[float, Field(ge=0, lt=1)]
+"""an Adam beta: a decay rate in [0, 1)"""
+
+
 class OptimizerConfig(StrictModel):
     """Optimiser and its hyper-parameters."""
 
     name: Literal["sgd", "adam", "adamw"] = "adam"
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    betas: tuple[float, float] = Field((0.9, 0.999), strict=False)  # YAML gives a list
+    betas: tuple[Beta, Beta] = Field((0.9, 0.999), strict=False)  # YAML gives a list
     eps: float = Field(1e-8, gt=0)
     momentum: float = Field(0.0, ge=0, lt=1)
 

@@ -49,6 +49,10 @@ class StorageError(IclLabError):
     """A file that cannot be written or read: a full or read-only disk, missing permissions."""
 
 
+class WorkerLostError(IclLabError):
+    """A worker process killed from outside, by the system for lack of memory most often."""
+
+
 class DivergenceError(IclLabError):
     """Training produced a non-finite loss; the last parameters that are all finite are checkpointed."""
 

@@ -247,6 +247,11 @@ def config_notes(config: ExperimentConfig) -> list[str]:
             f"training.schedule: the warm-up ({schedule.warmup_steps:,} steps) is not shorter than the run "
             f"({steps:,} steps): the learning rate never reaches {optimizer.lr:g}"
         )
+    if schedule.name != "constant" and schedule.warmup_steps and (schedule.warmup_start or 0) > optimizer.lr:
+        notes.append(
+            f"training.schedule.warmup_start ({schedule.warmup_start:g}) is above the learning rate "
+            f"({optimizer.lr:g}): the warm-up descends to it"
+        )
     unread = {
         "training.schedule.warmup_steps": schedule.name == "constant" and schedule.warmup_steps,
         "training.schedule.min_lr_ratio": schedule.name != "cosine" and schedule.min_lr_ratio,
@@ -359,6 +364,8 @@ def resolve_config_path(path: str | Path) -> Path:
         return candidate
     if candidate.is_dir():
         raise ConfigError(f"config path is a directory, not a YAML file: {path}")
+    if candidate.exists():
+        raise ConfigError(f"config path is not a regular file: {path}")
     bare = candidate.suffix in ("", ".yaml") and candidate.parent == Path()
     bundled = BUNDLED_CONFIGS / f"{candidate.stem}.yaml"
     if bare and bundled.is_file():

@@ -72,6 +72,8 @@ def make_dir(path: Path) -> None:
     """Create a directory and its parents if missing; StorageError if the disk refuses."""
     try:
         path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # mkdir's "File exists" for a file in the way reads as if all were well
+        raise StorageError(f"cannot create the directory {path}: a file of that name is in the way") from None
     except OSError as e:
         raise storage_error("create the directory", path, e) from None
 

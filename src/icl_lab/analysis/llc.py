@@ -85,6 +85,7 @@ class LLCEstimate:
     drift_se: float  # its standard error over chains
     seconds: float
     draws_from: int  # the first SGLD step that is a draw
+    n_params: int  # a model of d parameters has an LLC of at most d / 2
 
     @property
     def mean(self) -> float:
@@ -110,6 +111,11 @@ class LLCEstimate:
         found = []
         if self.mean <= 0:
             found.append("negative LLC: not a local minimum at this resolution, or the step is too large")
+        if self.mean > self.n_params:  # twice the bound: beyond what sampling noise explains
+            found.append(
+                f"LLC {self.mean:.3g} is over twice its largest possible value (half the {self.n_params:,} "
+                "parameters): the chains ran away; lower the step size"
+            )
         if not self.stationary:
             found.append(f"the loss trace drifts ({self.drift:+.3g} in LLC units): more burn-in or draws")
         return found
@@ -149,6 +155,7 @@ def sgld_llc(
         drift_se=float(drifts.std(ddof=1) / math.sqrt(C)) if C > 1 else float("inf"),
         seconds=time.perf_counter() - started,
         draws_from=config.burn_in + config.every - 1,
+        n_params=sum(v.numel() for v in center.values()),
     )
 
 

@@ -64,17 +64,19 @@ class Model(HookedModule):
         logits = super().__call__(inputs, **table_rows)
         if return_type == "logits":
             return logits
-        if (
-            self.io.d_vocab is None
-            or self.io.d_vocab != self.io.d_out
-            or logits.shape[-2] != inputs.shape[-1]
-        ):
+        if not self.scores_next_tokens(inputs, logits):
             raise ValueError(
                 "return_type='loss' is the next-token loss of a language model (token ids in, a logit "
                 "for every token at every position out); for this model use its task's loss"
             )
         loss = F.cross_entropy(logits[..., :-1, :].flatten(0, -2), inputs[..., 1:].flatten())
         return loss if return_type == "loss" else (logits, loss)
+
+    def scores_next_tokens(self, inputs: Tensor, logits: Tensor) -> bool:
+        """Whether these are a language model's logits: token ids in, a logit for every token at
+        every position out."""
+        vocab = self.io.d_vocab
+        return vocab is not None and vocab == self.io.d_out and logits.shape[-2] == inputs.shape[-1]
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:  # pragma: no cover
         raise NotImplementedError

@@ -115,10 +115,15 @@ class TransformerConfig(ModelConfig):
             if not -io.n_ctx <= p < io.n_ctx:
                 raise ValueError(f"readout position {p} is outside a context of {io.n_ctx}")
         wanted = io.target_positions
-        if wanted is None or [p % io.n_ctx for p in self.readout.positions] != [p % io.n_ctx for p in wanted]:
+        if wanted is None:
+            raise ValueError(
+                f"a readout (at positions {self.readout.positions}) serves tasks with targets at fixed "
+                "positions, and this task has one at every position: remove model.readout"
+            )
+        if [p % io.n_ctx for p in self.readout.positions] != [p % io.n_ctx for p in wanted]:
             raise ValueError(
                 f"readout positions {self.readout.positions} differ from the task's target "
-                f"positions {list(wanted) if wanted else 'every position'}"
+                f"positions {list(wanted)}"
             )
 
 

@@ -29,6 +29,10 @@ class SAEConfig(StrictModel):
         None, description="expected input width (n_heads x d_head), checked against the hook if given"
     )
 
+    def width_problem(self, d_in: int) -> str | None:
+        """Why this config cannot make a sparse code of inputs d_in wide, if it cannot."""
+        return None
+
 
 @dataclass
 class SAEOutput:

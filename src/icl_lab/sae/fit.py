@@ -9,7 +9,7 @@ import torch
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt
 from torch import Tensor
 
-from icl_lab.config import StrictModel
+from icl_lab.config import Beta, StrictModel
 from icl_lab.sae.base import SAE, SAEOutput
 from icl_lab.sae.relu_l1 import ReluL1
 from icl_lab.store.checkpoints import Checkpoint
@@ -26,7 +26,7 @@ class FitSettings(StrictModel):
     steps: PositiveInt
     batch_size: PositiveInt = 4096
     lr: PositiveFloat = 1.2e-3
-    betas: tuple[float, float] = Field(
+    betas: tuple[Beta, Beta] = Field(
         (0.0, 0.9999), strict=False, description="Adam betas (Kissane: 0, 0.9999)"
     )
     warmup_steps: NonNegativeInt = 1000

@@ -95,7 +95,13 @@ def open_source(config: SAERunConfig, device: str = "cpu", step: int | None = No
     if not src.task:  # a changed task reads other data by design
         run.check_data(src.member, task)
     probe = task.sample(1, generator(config.seed, "sae", "probe", device=device)).inputs
-    _, cache = model.run_with_cache(probe, names_filter=name)
+    logits, cache = model.run_with_cache(probe, names_filter=name)
+    if not model.scores_next_tokens(probe, logits):  # CE loss recovered splices into next-token logits
+        raise ConfigError(
+            f"source.run: the model of run {run.id} is not a language model ({model.io}); an SAE is "
+            "scored by the next-token loss it recovers, which needs token ids in and a logit for every "
+            "token at every position out"
+        )
     n_heads, d_head = cache[name].shape[-2:]
     d_in = n_heads * d_head
     if config.sae.d_in is not None and config.sae.d_in != d_in:
@@ -103,6 +109,8 @@ def open_source(config: SAERunConfig, device: str = "cpu", step: int | None = No
             f"sae.d_in: {config.sae.d_in} does not match {name} of run {run.id}, "
             f"which is {n_heads} heads x {d_head} = {d_in} wide"
         )
+    if problem := config.sae.width_problem(d_in):
+        raise ConfigError(problem)
     return Source(run, step, model, task, name, d_in, n_heads)
 
 
@@ -375,7 +383,12 @@ def train_sae(
     device), create the SAE run and train it."""
     source = source or open_source(config, config.training.device)
     run = SAERun.create(config, runs_dir, source, run_id)
-    return SAETrainer(run, source, progress).fit(resumed=False)
+    try:
+        trainer = SAETrainer(run, source, progress)
+    except Exception as e:  # the new run must not stay marked running (as if it could resume)
+        run.record_failure(e)
+        raise
+    return trainer.fit(resumed=False)
 
 
 def resume_sae(run: SAERun, progress: bool = True) -> SAERun:

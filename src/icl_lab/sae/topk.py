@@ -17,6 +17,15 @@ class TopKConfig(SAEConfig):
     aux_coefficient: float = Field(1 / 32, ge=0, description="weight of the auxiliary loss")
     dead_steps: PositiveInt = Field(1000, description="a latent not fired for this many steps is dead")
 
+    def width_problem(self, d_in: int) -> str | None:
+        d_sae = self.expansion * d_in
+        if self.k >= d_sae:
+            return (
+                f"sae.k: {self.k} keeps all {d_sae} features (expansion {self.expansion} x d_in {d_in}): "
+                "no sparsity; choose k below the feature count"
+            )
+        return None
+
 
 def keep_top(pre: Tensor, k: int) -> Tensor:
     """ReLU of the k largest entries of each row of pre, zeros elsewhere."""

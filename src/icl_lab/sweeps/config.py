@@ -278,6 +278,10 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> SweepConfig:
         and candidate.parent == Path()
     ):
         candidate = BUNDLED_SWEEPS / f"{candidate.stem}.yaml"
+    if candidate.is_dir():
+        raise ConfigError(
+            f"sweep path is a directory, not a sweep file: {path} (its state: icl-lab sweep status {path})"
+        )
     if not candidate.is_file():
         raise ConfigError(f"sweep file not found: {path}")
     data = read_yaml(candidate)

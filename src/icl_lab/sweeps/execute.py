@@ -18,6 +18,7 @@ import signal
 import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -31,7 +32,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from icl_lab.errors import ConfigError, IclLabError, Interrupted, StorageError
+from icl_lab.errors import ConfigError, IclLabError, Interrupted, StorageError, WorkerLostError
 from icl_lab.experiment import ExperimentConfig, ensemble_problem
 from icl_lab.files import atomic_write_text
 from icl_lab.sae.config import SAERunConfig
@@ -186,10 +187,16 @@ def process_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
     )
     try:
         yield pool
-    except BaseException:
+    except BaseException as e:
         for worker in multiprocessing.active_children():
             worker.terminate()
         pool.shutdown(wait=True, cancel_futures=True)
+        if isinstance(e, BrokenProcessPool):
+            raise WorkerLostError(
+                "a worker process was killed from outside (by the system for lack of memory, most "
+                "often: see dmesg); what the workers had finished is kept, and the same command "
+                "resumes the rest"
+            ) from None
         raise
     pool.shutdown(wait=True)
 
