@@ -83,6 +83,8 @@ def test_missing_and_malformed_config_files(cli, tmp_path: Path) -> None:
     assert code == 2 and "nor a bundled config: function_classes, gd, icll, induction," in err
     code, _, err = cli("train", tmp_path)
     assert code == 2 and err.strip() == f"error: config path is a directory, not a YAML file: {tmp_path}"
+    code, _, err = cli("train", "/dev/null")
+    assert code == 2 and err.strip() == "error: config path is not a regular file: /dev/null"
     broken = tmp_path / "broken.yaml"
     broken.write_text("task: [unclosed\n")
     code, _, err = cli("train", broken)

@@ -114,6 +114,18 @@ def test_a_runs_directory_that_is_a_file(tmp_path: Path, cli) -> None:
     one_line(err, f"the runs directory is a file, not a directory: {tmp_path / 'afile'}")
 
 
+def test_a_file_where_a_directory_goes_is_named_as_in_the_way(tmp_path: Path) -> None:
+    from icl_lab.files import make_dir
+
+    (tmp_path / "out").write_text("")
+    with pytest.raises(StorageError) as error:
+        make_dir(tmp_path / "out")  # what `export RUN OUT` and report outputs create
+    assert (
+        str(error.value)
+        == f"cannot create the directory {tmp_path / 'out'}: a file of that name is in the way"
+    )
+
+
 def test_listing_an_unreadable_runs_directory_says_so(
     tmp_path: Path, cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:

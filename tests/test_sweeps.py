@@ -612,3 +612,8 @@ def test_a_sweep_file_given_to_train_says_to_run_it_as_a_sweep(cli, tmp_path: Pa
     assert code == 2 and err.strip() == (
         f"error: {path} is a sweep (it names a base config): run it with `icl-lab sweep {path}`"
     )
+    code, _, err = cli("sweep", tmp_path)  # a sweep's directory where its file goes
+    assert code == 2 and err.strip() == (
+        f"error: sweep path is a directory, not a sweep file: {tmp_path} (its state: icl-lab sweep "
+        f"status {tmp_path})"
+    )
