@@ -480,7 +480,7 @@ def test_an_sae_whose_model_run_was_replaced_by_another_is_refused(tmp_path: Pat
     assert f"{changed}, so no TransformerLens model matches it" in " ".join(out.split())
 
 
-def test_sae_export_of_an_sae_whose_model_run_is_gone_says_so(tmp_path: Path, cli) -> None:
+def test_sae_export_and_dashboard_of_an_sae_whose_model_run_is_gone_say_so(tmp_path: Path, cli) -> None:
     model = train(tiny_config(), str(tmp_path / "model"), progress=False).path
     sae = train_sae(validate_sae_config(sae_data(model)), tmp_path / "sae", progress=False)
     shutil.rmtree(model)
@@ -488,3 +488,6 @@ def test_sae_export_of_an_sae_whose_model_run_is_gone_says_so(tmp_path: Path, cl
     assert code == 0, err
     said = " ".join(out.split())
     assert f"that model run is gone ({model}), so no TransformerLens model matches it" in said
+    code, _, err = cli("sae", "dashboard", sae.path)
+    assert code == 2
+    one_line(err, f"the model run SAE run {sae.id} reads, {model}, is gone (moved or deleted)")

@@ -166,6 +166,10 @@ class SAERun(RunDirectory):
         changed = self.source_changed()
         if changed:
             raise RunStoreError(changed)
+        if not Path(self.config.source.run).is_dir():
+            raise RunStoreError(
+                f"the model run SAE run {self.id} reads, {self.config.source.run}, is gone (moved or deleted)"
+            )
         return open_source(self.config, device, self.manifest.get("source_step"))
 
     def source_changed(self) -> str:
