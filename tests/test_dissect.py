@@ -235,3 +235,26 @@ def test_variants_of_a_model_that_cannot_pack_train_one_run_per_seed(tmp_path, m
         trained = Run.open(path)
         assert trained.status == "complete" and [c.seed for c in trained.configs] == [int(name[-1])]
     assert [e.variant.name for e in result.effects] == ["t0-ablate"]
+
+
+def test_an_interrupted_dissect_with_new_settings_leaves_no_results_of_the_old_ones(
+    cli, run, tmp_path, monkeypatch
+) -> None:
+    import icl_lab.analysis.dissect as dissect_module
+    from icl_lab.errors import Interrupted
+
+    copy = Run.open(shutil.copytree(run.path, tmp_path / run.id))
+    code, _, err = cli("dissect", copy.path, "--workers", "1", "--quiet", "--no-causal", *QUICK_ARGS)
+    assert code == 0, err
+    out = copy.path / "dissect"
+    assert {"report.html", "stages.json", "timeline.png", "traces.png"} <= {p.name for p in out.iterdir()}
+
+    def killed(*args: object) -> None:
+        raise Interrupted("SIGTERM")
+
+    monkeypatch.setattr(dissect_module, "_in_pool", killed)
+    with pytest.raises(Interrupted):
+        dissect(copy, dissect_config([*QUICK, "llc.draws=9"]), workers=1)
+    assert json.loads((out / "config.json").read_text())["llc"]["draws"] == 9
+    assert not {"report.html", "stages.json", "causal.json"} & {p.name for p in out.iterdir()}
+    assert not list(out.glob("*.png")), "no figure of the old settings beside the new ones"

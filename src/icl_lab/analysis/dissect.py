@@ -1,7 +1,9 @@
 """Dissect a finished run: its LLC over checkpoints, the stages that curve shows, and the
 transitions of every logged metric beside them. Results live in RUN/dissect/ and are resumable.
 
-- dissect/config.json: the settings (DissectConfig) the results were made with;
+- dissect/config.json: the settings (DissectConfig) the results were made with (a new call clears
+  the stages, causal verdicts, report and figures of the last before it writes its own settings, so
+  an interrupted call never leaves results beside settings they were not made with);
 - dissect/llc/step_<step>.json: one checkpoint's estimate (per-chain LLCs, the loss traces, the
   sanity checks, seconds); a checkpoint whose file holds the same member and LLC settings is not
   estimated again;
@@ -170,6 +172,11 @@ class Dissection:
     transitions: list[MetricTransition]
 
 
+DERIVED = ("stages.json", "causal.json", "report.html")
+"""dissect/ files a call derives from its settings; the LLC estimates and variant runs are kept
+(each records its settings, and is redone where they differ)"""
+
+
 def usable_estimates(steps: np.ndarray, llc: np.ndarray, std: np.ndarray) -> np.ndarray:
     """Which LLC estimates the stages are read from: finite ones after initialisation (step 0)."""
     return (steps > 0) & np.isfinite(llc) & np.isfinite(std)
@@ -197,6 +204,8 @@ def dissect(
     vmap_chains(config.llc, member_config, "cpu")  # a model whose chains cannot vmap: refused here
     out = run.path / "dissect"
     (out / "llc").mkdir(parents=True, exist_ok=True)
+    for derived in [*(out / name for name in DERIVED), *out.glob("*.png")]:  # an earlier call's
+        derived.unlink(missing_ok=True)
     atomic_write_text(out / "config.json", json.dumps(config.model_dump(mode="json"), indent=1))
     settings = config.model_dump(mode="json", include={"member", "llc"})  # what an estimate depends on
     steps = chosen_checkpoints(run.checkpoint_steps, config.max_checkpoints)
