@@ -7,6 +7,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -437,10 +438,23 @@ def test_sweep_cli_status_and_report(cli, tmp_path: Path) -> None:
     code, _, err = cli("report", tmp_path / "c")
     assert code == 2 and err.count("\n") == 1, err
     assert f"{tmp_path / 'c'}: its results hold u001 as complete, but that run is now pending" in err
+    assert f"move {unit} away (or delete it) and run the sweep again to train it afresh" in err
     code, out, err = cli("sweep", path, "--runs-dir", tmp_path, "--quiet", "--set", "seeds=[0]")
     assert code == 2 and "1 of 2 sweep points did not complete: point 1" in err
     said = " ".join(out.split())
     assert f"run directory already exists without a manifest (delete it to train it again): {unit}" in said
+    shutil.rmtree(unit)
+    code, _, err = cli("sweep", path, "--runs-dir", tmp_path, "--quiet", "--set", "seeds=[0]")
+    assert code == 0, err
+    (unit / "metrics.parquet").write_bytes(b"not parquet")  # damaged since
+    code, _, err = cli("report", tmp_path / "c")
+    assert code == 2 and "but that run is now damaged: metrics table" in err
+    assert f"move {unit} away (or delete it) and run the sweep again to train it afresh" in err
+    code, out, err = cli("sweep", path, "--runs-dir", tmp_path, "--quiet", "--set", "seeds=[0]")
+    assert code == 2 and "1 of 2 sweep points did not complete: point 1" in err
+    assert f"move {unit} away (or delete it) and run the sweep again to train it afresh" in " ".join(
+        out.split()
+    )
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])

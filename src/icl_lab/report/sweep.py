@@ -23,6 +23,7 @@ from icl_lab.report.figures import loss_unit
 from icl_lab.report.html import figures_html, page, save_png
 from icl_lab.store.run import Run
 from icl_lab.sweeps.config import CurveSpec, HeatmapSpec, SweepConfig
+from icl_lab.sweeps.execute import MOVE_AWAY
 from icl_lab.sweeps.run import read_results, sweep_status
 
 
@@ -169,9 +170,14 @@ def _check_current(sweep_dir: Path, table: pa.Table) -> None:
     complete = {row["unit"] for row in table.to_pylist() if row["status"] == "complete"}
     for unit, _, status in sweep_status(sweep_dir)[1]:
         if unit in complete and status != "complete":
+            path = sweep_dir / "runs" / unit
+            unusable = status.startswith("damaged") or (status == "pending" and path.exists())
+            again = (
+                MOVE_AWAY.format(path) if unusable else "run the sweep again to train it"
+            )  # a sweep deletes no run
             raise RunStoreError(
                 f"{sweep_dir}: its results hold {unit} as complete, but that run is now {status}; "
-                f"rerun the sweep to train it again and refresh the results"
+                f"{again}, which refreshes the results"
             )
 
 

@@ -73,6 +73,10 @@ def _wanted_hash(run, configs: list, kind: str) -> str:
     return config.hash()
 
 
+MOVE_AWAY = "move {} away (or delete it) and run the sweep again to train it afresh"
+"""what to do about a damaged run directory: a sweep never deletes one itself"""
+
+
 def run_job(path: str, configs_yaml: list[str], kind: str = "model") -> tuple[str, str]:
     """Train, resume or skip one run directory; returns (status, error). Runs in a worker."""
     import torch
@@ -91,7 +95,10 @@ def run_job(path: str, configs_yaml: list[str], kind: str = "model") -> tuple[st
     try:
         configs = [validate(load_yaml(text)) for text in configs_yaml]
         if (run_dir / "manifest.json").is_file():
-            run = handle.open(run_dir)
+            try:
+                run = handle.open(run_dir)
+            except IclLabError as e:
+                return "failed", f"{type(e).__name__}: {e}; {MOVE_AWAY.format(run_dir)}"
             if run.status == "running":  # another live process trains it: leave it alone
                 owner = f"pid {run.manifest.get('pid')} on {run.manifest.get('host')}"
                 return "running", f"being trained by {owner}"
@@ -101,7 +108,10 @@ def run_job(path: str, configs_yaml: list[str], kind: str = "model") -> tuple[st
                     f"{run_dir} holds a run of other configs (hash {run.config_hash}, asked for "
                     f"{wanted}); move it away or choose another directory"
                 )
-            run.check_whole()
+            try:
+                run.check_whole()
+            except IclLabError as e:
+                return "failed", f"{type(e).__name__}: {e}; {MOVE_AWAY.format(run_dir)}"
             if kind == "model":
                 run.check_sources()
                 run.check_recorded_data()
