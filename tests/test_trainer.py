@@ -166,7 +166,11 @@ def test_resume_from_a_checkpoint_is_bit_identical(
 ) -> None:
     full = train(tiny_config(**sections), str(tmp_path / "a"), progress=False)
     cut = killed_copy(full, tmp_path / "b", last_kept)
+    cut_short = cut / "checkpoints" / f".step_{8:09d}.safetensors.4242.0a1b2c3d.tmp"  # a write killed
+    cut_short.write_bytes(b"\0" * 100)
     assert_identical_runs(full, resume(Run.open(cut), progress=False))
+    if last_kept is not None:  # resumed from a checkpoint: what the killed write left is cleared
+        assert not cut_short.exists()
 
 
 def slow_enough_config(path: Path) -> Path:

@@ -321,7 +321,11 @@ class RunDirectory:
         )
 
     def drop_checkpoints_after(self, step: int) -> None:
-        """Remove checkpoints later than `step` (resuming from it rewrites them), sidecar first."""
+        """Remove checkpoints later than `step` (resuming from it rewrites them), sidecar first, and
+        the temporary files of writes a kill cut short (the caller holds the run's lock: no write of
+        another process is under way)."""
+        for tmp in self.checkpoint_dir.glob(".*.tmp"):  # files.atomic_write's names
+            tmp.unlink(missing_ok=True)
         for later in self.checkpoint_steps:
             if later > step:
                 for path in checkpoint_paths(self.checkpoint_dir, later)[::-1]:
