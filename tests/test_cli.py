@@ -157,9 +157,20 @@ def test_eval_prints_metrics_per_split(cli, finished_run: Run) -> None:
     assert "step 8" in out and "prefix_matching" in out and "icl_score" in out
 
 
-def test_resume_of_a_complete_run_says_so(cli, finished_run: Run) -> None:
+def test_resume_of_a_complete_run_says_so_unless_its_final_checkpoint_is_damaged(
+    cli, finished_run: Run, tmp_path: Path
+) -> None:
     code, out, _ = cli("resume", finished_run.path)
     assert code == 0 and "already complete" in out
+    copy = Run.open(shutil.copytree(finished_run.path, tmp_path / finished_run.id))
+    last = copy.checkpoint_dir / f"step_{copy.checkpoint_steps[-1]:09d}.safetensors"
+    last.write_bytes(last.read_bytes()[:1000])
+    code, out, err = cli("resume", copy.path)
+    assert code == 2 and "already complete" not in out
+    assert (
+        err.strip()
+        == f"error: checkpoint {last} is corrupt or truncated (checksum does not match its sidecar)"
+    )
 
 
 @pytest.mark.parametrize(
@@ -382,6 +393,11 @@ def test_train_notes_what_a_valid_config_does_unexpectedly(cli, tmp_path: Path) 
         "training.schedule: the warm-up (50 steps) is not shorter than the run (4 steps): the learning "
         "rate never reaches 0.001",
         "training.optimizer.momentum is set but unread by the optimizer chosen",
+    ]
+    sgd = ["training.optimizer={name: sgd, lr: 0.1, betas: [0.5, 0.9], eps: 1.0e-6}"]
+    assert config_notes(load_config("induction", sgd)) == [
+        "training.optimizer.betas is set but unread by the optimizer chosen",
+        "training.optimizer.eps is set but unread by the optimizer chosen",
     ]
     descending = ["training.schedule={name: warmup, warmup_steps: 10, warmup_start: 0.5}"]
     assert config_notes(load_config("induction", descending)) == [

@@ -87,6 +87,7 @@ def resume(
     if status == "complete":  # checked as a resume would be: the files, the config, the device
         handle.check_whole()
         handle.check_config()
+        handle.load_checkpoint(handle.manifest["total_steps"])  # a damaged end is refused, not complete
         resume_on(handle.configs, device)
         console.print(f"run {handle.id} is already complete")
         return

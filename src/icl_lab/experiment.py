@@ -259,6 +259,11 @@ def config_notes(config: ExperimentConfig) -> list[str]:
         and schedule.warmup_start is not None,
         "training.schedule.decay_over": schedule.name != "cosine" and schedule.decay_over != "after_warmup",
         "training.optimizer.momentum": optimizer.name != "sgd" and optimizer.momentum,
+        **{  # Adam's alone
+            f"training.optimizer.{name}": optimizer.name == "sgd"
+            and getattr(optimizer, name) != type(optimizer).model_fields[name].default
+            for name in ("betas", "eps")
+        },
     }
     notes += [
         f"{field} is set but unread by the {field.split('.')[1]} chosen"

@@ -51,6 +51,7 @@ def resume(run: SAERunDir, device: Device = None, quiet: Quiet = False) -> None:
     if handle.status == "complete":  # checked as a resume would be: the files, the config, the device
         handle.check_whole()
         handle.check_config()
+        handle.load_checkpoint(handle.manifest["total_steps"])  # a damaged end is refused, not complete
         resume_on([handle.config], device)
         console.print(f"SAE run {handle.id} is already complete")
         return
