@@ -170,11 +170,9 @@ def _check_current(sweep_dir: Path, table: pa.Table) -> None:
     complete = {row["unit"] for row in table.to_pylist() if row["status"] == "complete"}
     for unit, _, status in sweep_status(sweep_dir)[1]:
         if unit in complete and status != "complete":
-            path = sweep_dir / "runs" / unit
+            path = sweep_dir / "runs" / unit  # damaged, or without its manifest: a sweep deletes no run
             unusable = status.startswith("damaged") or (status == "pending" and path.exists())
-            again = (
-                MOVE_AWAY.format(path) if unusable else "run the sweep again to train it"
-            )  # a sweep deletes no run
+            again = MOVE_AWAY.format(path) if unusable else "run the sweep again to train it"
             raise RunStoreError(
                 f"{sweep_dir}: its results hold {unit} as complete, but that run is now {status}; "
                 f"{again}, which refreshes the results"

@@ -95,8 +95,9 @@ def run_job(path: str, configs_yaml: list[str], kind: str = "model") -> tuple[st
     try:
         configs = [validate(load_yaml(text)) for text in configs_yaml]
         if (run_dir / "manifest.json").is_file():
-            try:
+            try:  # a damaged run: unreadable, or marked complete with its end missing
                 run = handle.open(run_dir)
+                run.check_whole()
             except IclLabError as e:
                 return "failed", f"{type(e).__name__}: {e}; {MOVE_AWAY.format(run_dir)}"
             if run.status == "running":  # another live process trains it: leave it alone
@@ -108,10 +109,6 @@ def run_job(path: str, configs_yaml: list[str], kind: str = "model") -> tuple[st
                     f"{run_dir} holds a run of other configs (hash {run.config_hash}, asked for "
                     f"{wanted}); move it away or choose another directory"
                 )
-            try:
-                run.check_whole()
-            except IclLabError as e:
-                return "failed", f"{type(e).__name__}: {e}; {MOVE_AWAY.format(run_dir)}"
             if kind == "model":
                 run.check_sources()
                 run.check_recorded_data()
